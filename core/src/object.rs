@@ -1,0 +1,301 @@
+//! Objects: the trait every API object implements, typed kinds from `k8s-openapi`, and `DynamicObject`.
+
+use crate::error::{Error, Result};
+use crate::resource::{self, ApiResource};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ListMeta, ObjectMeta};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
+
+/// An API object: it has `ObjectMeta` and converts to and from JSON.
+pub trait Object: Clone + Serialize + DeserializeOwned + Send + Sync + std::fmt::Debug + 'static {
+    /// The object's metadata.
+    fn meta(&self) -> &ObjectMeta;
+    /// The object's metadata, mutably.
+    fn meta_mut(&mut self) -> &mut ObjectMeta;
+
+    /// `metadata.name`, or empty.
+    fn name(&self) -> &str {
+        self.meta().name.as_deref().unwrap_or("")
+    }
+
+    /// `metadata.namespace`, if set.
+    fn namespace(&self) -> Option<&str> {
+        self.meta().namespace.as_deref()
+    }
+
+    /// `metadata.uid`, or empty.
+    fn uid(&self) -> &str {
+        self.meta().uid.as_deref().unwrap_or("")
+    }
+
+    /// `metadata.resourceVersion`, or empty.
+    fn resource_version(&self) -> &str {
+        self.meta().resource_version.as_deref().unwrap_or("")
+    }
+}
+
+/// A kind whose descriptor is known at compile time: every `k8s-openapi` kind.
+pub trait TypedObject: Object {
+    /// The kind's descriptor: the built-in registry's when it has the kind, else derived from the type.
+    fn api_resource() -> ApiResource;
+}
+
+impl<K> Object for K
+where
+    K: k8s_openapi::Metadata<Ty = ObjectMeta> + Clone + Serialize + DeserializeOwned + Send + Sync + std::fmt::Debug + 'static,
+{
+    fn meta(&self) -> &ObjectMeta {
+        k8s_openapi::Metadata::metadata(self)
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        k8s_openapi::Metadata::metadata_mut(self)
+    }
+}
+
+impl<K> TypedObject for K
+where
+    K: k8s_openapi::Resource + k8s_openapi::Metadata<Ty = ObjectMeta> + Clone + Serialize + DeserializeOwned + Send + Sync + std::fmt::Debug + 'static,
+{
+    fn api_resource() -> ApiResource {
+        if let Some(r) = resource::builtin(K::GROUP, K::VERSION, K::KIND) {
+            return r.clone();
+        }
+        let namespaced = std::any::type_name::<K::Scope>().ends_with("NamespaceResourceScope");
+        ApiResource::new(K::GROUP, K::VERSION, K::KIND, K::URL_PATH_SEGMENT, namespaced)
+    }
+}
+
+/// `apiVersion` and `kind`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TypeMeta {
+    /// `group/version`, or `v1` for the core group.
+    pub api_version: String,
+    /// The kind, e.g. `Pod`.
+    pub kind: String,
+}
+
+impl TypeMeta {
+    /// The type meta of objects of this resource.
+    pub fn of(resource: &ApiResource) -> Self {
+        Self { api_version: resource.api_version(), kind: resource.kind.to_string() }
+    }
+}
+
+/// An object of any kind: type meta, `ObjectMeta` and the rest as JSON.
+///
+/// The typed kinds convert to and from it through serde; it is what the [`Client`](crate::Client) trait speaks.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct DynamicObject {
+    /// `apiVersion` and `kind`; absent in some watch payloads and patches.
+    pub types: Option<TypeMeta>,
+    /// The object's metadata.
+    pub metadata: ObjectMeta,
+    /// Everything else (`spec`, `status`, `data`...), as a JSON object.
+    pub data: serde_json::Value,
+}
+
+impl Serialize for DynamicObject {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let extra = self.data.as_object();
+        let mut map = serializer.serialize_map(None)?;
+        if let Some(types) = &self.types {
+            map.serialize_entry("apiVersion", &types.api_version)?;
+            map.serialize_entry("kind", &types.kind)?;
+        }
+        map.serialize_entry("metadata", &self.metadata)?;
+        for (k, v) in extra.into_iter().flatten() {
+            if !matches!(k.as_str(), "apiVersion" | "kind" | "metadata") {
+                map.serialize_entry(k, v)?;
+            }
+        }
+        map.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for DynamicObject {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        use serde::de::Error as _;
+        let mut map = serde_json::Map::<String, serde_json::Value>::deserialize(deserializer)?;
+        let text = |v: Option<serde_json::Value>| match v {
+            Some(serde_json::Value::String(s)) => Ok(Some(s)),
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(other) => Err(D::Error::custom(format!("expected a string, found {other}"))),
+        };
+        let api_version = text(map.remove("apiVersion"))?;
+        let kind = text(map.remove("kind"))?;
+        let metadata = match map.remove("metadata") {
+            Some(serde_json::Value::Null) | None => ObjectMeta::default(),
+            Some(m) => serde_json::from_value(m).map_err(|e| D::Error::custom(format!("metadata: {e}")))?,
+        };
+        let types = match (api_version, kind) {
+            (None, None) => None,
+            (a, k) => Some(TypeMeta { api_version: a.unwrap_or_default(), kind: k.unwrap_or_default() }),
+        };
+        Ok(Self { types, metadata, data: serde_json::Value::Object(map) })
+    }
+}
+
+impl DynamicObject {
+    /// An empty object of this resource with this name.
+    pub fn new(resource: &ApiResource, name: impl Into<String>) -> Self {
+        Self {
+            types: Some(TypeMeta::of(resource)),
+            metadata: ObjectMeta { name: Some(name.into()), ..ObjectMeta::default() },
+            data: serde_json::Value::Object(serde_json::Map::new()),
+        }
+    }
+
+    /// Sets the namespace.
+    #[must_use]
+    pub fn within(mut self, namespace: impl Into<String>) -> Self {
+        self.metadata.namespace = Some(namespace.into());
+        self
+    }
+
+    /// Sets the data (everything but type meta and metadata).
+    #[must_use]
+    pub fn data(mut self, data: serde_json::Value) -> Self {
+        self.data = data;
+        self
+    }
+
+    /// Converts any object into a `DynamicObject`.
+    pub fn from_typed<K: Object>(obj: &K) -> Result<Self> {
+        let value = serde_json::to_value(obj).map_err(|e| Error::internal(format!("encode object: {e}")))?;
+        Self::from_value(value)
+    }
+
+    /// Converts a `DynamicObject` into a typed kind. A mismatching body is a `BadRequest`.
+    pub fn to_typed<K: Object>(&self) -> Result<K> {
+        let value = serde_json::to_value(self).map_err(|e| Error::internal(format!("encode object: {e}")))?;
+        serde_json::from_value(value).map_err(|e| Error::bad_request(format!("decode {}: {e}", std::any::type_name::<K>())))
+    }
+
+    /// Parses a JSON value, e.g. a request body.
+    pub fn from_value(value: serde_json::Value) -> Result<Self> {
+        serde_json::from_value(value).map_err(|e| Error::bad_request(format!("decode object: {e}")))
+    }
+
+    /// The whole object as one JSON value.
+    pub fn to_value(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// A top-level field of the data, e.g. `spec`.
+    pub fn field(&self, name: &str) -> Option<&serde_json::Value> {
+        self.data.get(name)
+    }
+
+    /// A dotted path below the object, e.g. `spec.nodeName` or `metadata.name`, as a string if it is a scalar.
+    pub fn path_str(&self, path: &str) -> Option<Cow<'_, str>> {
+        match path {
+            "metadata.name" => return self.metadata.name.as_deref().map(Cow::Borrowed),
+            "metadata.namespace" => return self.metadata.namespace.as_deref().map(Cow::Borrowed),
+            "metadata.uid" => return self.metadata.uid.as_deref().map(Cow::Borrowed),
+            _ => {}
+        }
+        let mut at = &self.data;
+        for part in path.split('.') {
+            at = at.get(part)?;
+        }
+        match at {
+            serde_json::Value::String(s) => Some(Cow::Borrowed(s)),
+            serde_json::Value::Bool(b) => Some(Cow::Owned(b.to_string())),
+            serde_json::Value::Number(n) => Some(Cow::Owned(n.to_string())),
+            _ => None,
+        }
+    }
+}
+
+impl Object for DynamicObject {
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+/// A page of a list: the items and the list's resourceVersion and continue token.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectList<K> {
+    /// `apiVersion` and `kind` (`PodList`...).
+    #[serde(flatten, default)]
+    pub types: TypeMeta,
+    /// `resourceVersion`, `continue` and `remainingItemCount`.
+    #[serde(default)]
+    pub metadata: ListMeta,
+    /// The objects; always present, possibly empty.
+    #[serde(default = "Vec::new")]
+    pub items: Vec<K>,
+}
+
+impl<K> ObjectList<K> {
+    /// The list's resourceVersion, or empty.
+    pub fn resource_version(&self) -> &str {
+        self.metadata.resource_version.as_deref().unwrap_or("")
+    }
+
+    /// The continue token, when there are more pages.
+    pub fn continue_token(&self) -> Option<&str> {
+        self.metadata.continue_.as_deref().filter(|c| !c.is_empty())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::core::v1::{Namespace, Pod};
+
+    #[test]
+    fn typed_kinds_know_their_descriptor() {
+        let pod = Pod::api_resource();
+        assert_eq!((pod.plural.as_ref(), pod.namespaced), ("pods", true));
+        assert_eq!(pod.short_names, vec!["po"]);
+        let ns = Namespace::api_resource();
+        assert!(!ns.namespaced);
+        assert_eq!(Deployment::api_resource().api_version(), "apps/v1");
+        // A kind the registry does not list still gets a descriptor from its type.
+        let csr = k8s_openapi::api::certificates::v1::CertificateSigningRequest::api_resource();
+        assert_eq!((csr.plural.as_ref(), csr.namespaced), ("certificatesigningrequests", false));
+    }
+
+    #[test]
+    fn dynamic_objects_round_trip_typed_ones() -> Result<()> {
+        let value = serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "p", "namespace": "ns", "labels": {"app": "web"}},
+            "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "busybox"}]},
+        });
+        let dynamic = DynamicObject::from_value(value.clone())?;
+        assert_eq!(dynamic.name(), "p");
+        assert_eq!(dynamic.path_str("spec.nodeName").as_deref(), Some("n1"));
+        assert_eq!(dynamic.path_str("metadata.namespace").as_deref(), Some("ns"));
+        assert_eq!(dynamic.to_value(), value);
+        let pod: Pod = dynamic.to_typed()?;
+        assert_eq!(pod.spec.as_ref().and_then(|s| s.node_name.as_deref()), Some("n1"));
+        assert_eq!(DynamicObject::from_typed(&pod)?, dynamic);
+        Ok(())
+    }
+
+    #[test]
+    fn a_body_of_the_wrong_shape_is_a_bad_request() {
+        let dynamic = DynamicObject::from_value(serde_json::json!({"metadata": {"name": "p"}, "spec": {"containers": 3}}));
+        let Ok(dynamic) = dynamic else { unreachable!() };
+        let err = dynamic.to_typed::<Pod>().err();
+        assert_eq!(err.map(|e| e.code()), Some(400));
+    }
+
+    #[test]
+    fn lists_always_serialise_items() -> Result<()> {
+        let list: ObjectList<DynamicObject> = ObjectList { types: TypeMeta::default(), metadata: ListMeta::default(), items: vec![] };
+        let json = serde_json::to_value(&list).map_err(|e| Error::internal(e.to_string()))?;
+        assert_eq!(json.get("items"), Some(&serde_json::json!([])));
+        Ok(())
+    }
+}

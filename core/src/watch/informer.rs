@@ -1,0 +1,222 @@
+//! Shared informers: one reflector (watcher + cache) per kind and selector, however many consumers.
+
+use super::cache::{Change, Store};
+use super::watcher::{watcher, WatchError, WatcherConfig};
+use crate::api::Api;
+use crate::client::Client;
+use crate::object::{DynamicObject, Object, TypedObject};
+use crate::resource::ApiResource;
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use std::any::Any;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use tokio::sync::{broadcast, watch};
+
+/// How a reflector is doing, so that a consumer can tell a slow start from a hang.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ReflectorState {
+    /// The first list has not completed yet.
+    Pending,
+    /// The cache is synced and the watch is running.
+    Ready,
+    /// The last attempt failed; it will retry after a backoff.
+    BackingOff {
+        /// The error of the last attempt.
+        error: String,
+    },
+    /// The API refused access (401/403); it keeps retrying in case permissions change.
+    Forbidden {
+        /// The server's message.
+        message: String,
+    },
+    /// The kind does not exist on the server (404 on list), e.g. a CRD not yet installed.
+    KindMissing {
+        /// The server's message.
+        message: String,
+    },
+}
+
+const CHANNEL_CAPACITY: usize = 16_384;
+
+struct Shared<K> {
+    store: Store<K>,
+    changes: broadcast::Sender<Change<K>>,
+    state: watch::Receiver<ReflectorState>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl<K> Drop for Shared<K> {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A running reflector: a watcher feeding an indexed cache, with change notifications for subscribers.
+/// Clones share it; the reflector stops when the last clone is dropped.
+pub struct Informer<K> {
+    shared: Arc<Shared<K>>,
+}
+
+impl<K> Clone for Informer<K> {
+    fn clone(&self) -> Self {
+        Self { shared: self.shared.clone() }
+    }
+}
+
+impl<K: Object> Informer<K> {
+    /// Starts a reflector on the current tokio runtime.
+    pub fn spawn(api: Api<K>, config: WatcherConfig) -> Self {
+        let store = Store::new();
+        let (changes, _) = broadcast::channel(CHANNEL_CAPACITY);
+        let (state_tx, state) = watch::channel(ReflectorState::Pending);
+        let task = tokio::spawn(run(api, config, store.clone(), changes.clone(), state_tx));
+        Self { shared: Arc::new(Shared { store, changes, state, task }) }
+    }
+
+    /// The cache.
+    pub fn store(&self) -> &Store<K> {
+        &self.shared.store
+    }
+
+    /// The reflector's current state.
+    pub fn state(&self) -> ReflectorState {
+        self.shared.state.borrow().clone()
+    }
+
+    /// A receiver that sees every state change.
+    pub fn state_changes(&self) -> watch::Receiver<ReflectorState> {
+        self.shared.state.clone()
+    }
+
+    /// Waits until the first list has completed.
+    pub async fn wait_ready(&self) {
+        let mut rx = self.shared.state.clone();
+        if self.shared.store.is_ready() {
+            return;
+        }
+        let _ = rx.wait_for(|_| self.shared.store.is_ready()).await;
+    }
+
+    /// Changes from now on. A subscriber that falls more than 16k changes behind receives
+    /// [`Change::Resync`] and should re-read the store.
+    pub fn subscribe(&self) -> ChangeStream<K> {
+        let rx = self.shared.changes.subscribe();
+        futures::stream::unfold(rx, |mut rx| async move {
+            loop {
+                match rx.recv().await {
+                    Ok(change) => return Some((change, rx)),
+                    Err(broadcast::error::RecvError::Lagged(_)) => return Some((Change::Resync, rx)),
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        })
+        .boxed()
+    }
+}
+
+/// The change notifications of an informer.
+pub type ChangeStream<K> = BoxStream<'static, Change<K>>;
+
+fn state_of(error: &WatchError) -> ReflectorState {
+    let e = error.api_error();
+    match e.code() {
+        401 | 403 => ReflectorState::Forbidden { message: e.to_string() },
+        404 if matches!(error, WatchError::List(_)) => ReflectorState::KindMissing { message: e.to_string() },
+        _ => ReflectorState::BackingOff { error: error.to_string() },
+    }
+}
+
+async fn run<K: Object>(api: Api<K>, config: WatcherConfig, store: Store<K>, changes: broadcast::Sender<Change<K>>, state: watch::Sender<ReflectorState>) {
+    let resource = api.resource().group_resource();
+    let mut events = std::pin::pin!(watcher(api, config));
+    while let Some(item) = events.next().await {
+        match item {
+            Ok(event) => {
+                let done = matches!(event, super::watcher::Event::InitDone);
+                for change in store.apply(event) {
+                    let _ = changes.send(change);
+                }
+                if done {
+                    tracing::debug!(%resource, objects = store.len(), "reflector synced");
+                    state.send_replace(ReflectorState::Ready);
+                } else if !matches!(*state.borrow(), ReflectorState::Ready | ReflectorState::Pending) {
+                    state.send_replace(ReflectorState::Ready);
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%resource, %error, "reflector error; retrying");
+                state.send_replace(state_of(&error));
+            }
+        }
+    }
+}
+
+type InformerKey = (std::any::TypeId, String, String, String, Option<String>, Option<String>, Option<String>);
+
+/// A factory that hands out one shared informer per kind, namespace and selector.
+#[derive(Clone)]
+pub struct Informers {
+    client: Arc<dyn Client>,
+    informers: Arc<Mutex<HashMap<InformerKey, Box<dyn Any + Send + Sync>>>>,
+    config: WatcherConfig,
+}
+
+impl Informers {
+    /// A factory over a client.
+    pub fn new(client: Arc<dyn Client>) -> Self {
+        Self { client, informers: Arc::default(), config: WatcherConfig::default() }
+    }
+
+    /// Sets the watcher settings of informers started from now on (default: [`WatcherConfig::default`]).
+    #[must_use]
+    pub fn config(mut self, config: WatcherConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// The client informers use.
+    pub fn client(&self) -> &Arc<dyn Client> {
+        &self.client
+    }
+
+    /// The informer of every `K` (in every namespace), starting it on first use.
+    pub fn all<K: TypedObject>(&self) -> Informer<K> {
+        self.get(Api::all(self.client.clone()), None, None)
+    }
+
+    /// The informer of `K` in one namespace.
+    pub fn namespaced<K: TypedObject>(&self, namespace: &str) -> Informer<K> {
+        self.get(Api::namespaced(self.client.clone(), namespace), None, None)
+    }
+
+    /// The informer of a resource described at run time.
+    pub fn dynamic(&self, resource: ApiResource, namespace: Option<&str>) -> Informer<DynamicObject> {
+        self.get(Api::dynamic(self.client.clone(), resource, namespace), None, None)
+    }
+
+    /// The informer of `api`'s kind and namespace, filtered by selectors.
+    pub fn get<K: Object>(&self, api: Api<K>, labels: Option<&str>, fields: Option<&str>) -> Informer<K> {
+        let r = api.resource();
+        let key = (
+            std::any::TypeId::of::<K>(),
+            r.group.to_string(),
+            r.version.to_string(),
+            r.kind.to_string(),
+            api.namespace().map(str::to_owned),
+            labels.map(str::to_owned),
+            fields.map(str::to_owned),
+        );
+        let mut map = self.informers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(existing) = map.get(&key).and_then(|b| b.downcast_ref::<Informer<K>>()) {
+            return existing.clone();
+        }
+        let mut config = self.config.clone();
+        config.label_selector = labels.map(str::to_owned);
+        config.field_selector = fields.map(str::to_owned);
+        let informer = Informer::spawn(api, config);
+        map.insert(key, Box::new(informer.clone()));
+        informer
+    }
+}

@@ -1,0 +1,1 @@
+//! The reference cluster and small examples of each extension point.

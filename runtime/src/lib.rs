@@ -1,0 +1,1 @@
+//! The container runtime trait with its backends, and the node agent that runs pods on a node.

@@ -1,0 +1,1 @@
+//! The scheduling framework: extension-point plugin traits, default plugins, queue, cache and preemption.
