@@ -1,6 +1,8 @@
 //! `Api<K>`: the typed facade over [`Client`] for one kind in one namespace (or all).
 
-use crate::client::{Client, DeleteParams, Deleted, ListParams, LogParams, LogStream, Patch, PatchParams, PostParams, Target, WatchEvent, WatchParams};
+use crate::client::{
+    Client, DeleteParams, Deleted, ListParams, LogParams, LogStream, Patch, PatchParams, PostParams, Target, WatchEvent, WatchParams,
+};
 use crate::error::{Error, Result};
 use crate::object::{DynamicObject, Object, ObjectList, TypedObject};
 use crate::resource::ApiResource;
@@ -187,7 +189,13 @@ impl<K: Object> Api<K> {
     }
 
     /// Posts to a subresource such as `binding` or `eviction`.
-    pub async fn create_subresource(&self, name: &str, subresource: &str, body: &serde_json::Value, params: &PostParams) -> Result<serde_json::Value> {
+    pub async fn create_subresource(
+        &self,
+        name: &str,
+        subresource: &str,
+        body: &serde_json::Value,
+        params: &PostParams,
+    ) -> Result<serde_json::Value> {
         self.client.create_subresource(self.target(), name, subresource, body, params).await
     }
 }

@@ -431,13 +431,34 @@ pub trait Client: Send + Sync + 'static {
     async fn get_subresource(&self, target: Target<'_>, name: &str, subresource: &str) -> Result<DynamicObject>;
 
     /// Replaces a subresource (`status`, `scale`).
-    async fn update_subresource(&self, target: Target<'_>, name: &str, subresource: &str, obj: &DynamicObject, params: &PostParams) -> Result<DynamicObject>;
+    async fn update_subresource(
+        &self,
+        target: Target<'_>,
+        name: &str,
+        subresource: &str,
+        obj: &DynamicObject,
+        params: &PostParams,
+    ) -> Result<DynamicObject>;
 
     /// Patches a subresource (`status`, `scale`).
-    async fn patch_subresource(&self, target: Target<'_>, name: &str, subresource: &str, patch: &Patch, params: &PatchParams) -> Result<DynamicObject>;
+    async fn patch_subresource(
+        &self,
+        target: Target<'_>,
+        name: &str,
+        subresource: &str,
+        patch: &Patch,
+        params: &PatchParams,
+    ) -> Result<DynamicObject>;
 
     /// Posts to a subresource (`binding`, `eviction`); returns the response body (often a `Status`).
-    async fn create_subresource(&self, target: Target<'_>, name: &str, subresource: &str, body: &serde_json::Value, params: &PostParams) -> Result<serde_json::Value>;
+    async fn create_subresource(
+        &self,
+        target: Target<'_>,
+        name: &str,
+        subresource: &str,
+        body: &serde_json::Value,
+        params: &PostParams,
+    ) -> Result<serde_json::Value>;
 
     /// Streams a pod's container log. Backends without nodes answer 405.
     async fn logs(&self, namespace: &str, pod: &str, params: &LogParams) -> Result<LogStream> {

@@ -157,11 +157,7 @@ impl FieldError {
 
     /// `FieldValueInvalid`: the value is not allowed; `detail` says why.
     pub fn invalid(field: impl Into<String>, value: impl std::fmt::Display, detail: impl std::fmt::Display) -> Self {
-        Self {
-            reason: "FieldValueInvalid".into(),
-            field: field.into(),
-            message: format!("Invalid value: \"{value}\": {detail}"),
-        }
+        Self { reason: "FieldValueInvalid".into(), field: field.into(), message: format!("Invalid value: \"{value}\": {detail}") }
     }
 
     /// `FieldValueForbidden`: the field may not be set or changed (immutable fields).
@@ -423,14 +419,7 @@ fn qualified(group: &str, resource: &str) -> String {
 
 /// A `Status` reporting success (`status: Success`), as DELETE and binding return.
 pub fn success_status(details: Option<StatusDetails>) -> Status {
-    Status {
-        code: Some(200),
-        details,
-        message: None,
-        metadata: ListMeta::default(),
-        reason: None,
-        status: Some("Success".to_owned()),
-    }
+    Status { code: Some(200), details, message: None, metadata: ListMeta::default(), reason: None, status: Some("Success".to_owned()) }
 }
 
 #[cfg(test)]

@@ -55,7 +55,15 @@ where
 
 impl<K> TypedObject for K
 where
-    K: k8s_openapi::Resource + k8s_openapi::Metadata<Ty = ObjectMeta> + Clone + Serialize + DeserializeOwned + Send + Sync + std::fmt::Debug + 'static,
+    K: k8s_openapi::Resource
+        + k8s_openapi::Metadata<Ty = ObjectMeta>
+        + Clone
+        + Serialize
+        + DeserializeOwned
+        + Send
+        + Sync
+        + std::fmt::Debug
+        + 'static,
 {
     fn api_resource() -> ApiResource {
         if let Some(r) = resource::builtin(K::GROUP, K::VERSION, K::KIND) {

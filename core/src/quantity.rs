@@ -65,8 +65,20 @@ impl Ord for Quantity {
         match (rescale(self.mantissa, self.scale - scale), rescale(other.mantissa, other.scale - scale)) {
             (Some(a), Some(b)) => a.cmp(&b),
             // One side overflowed when brought to the finer scale: it is the larger in magnitude.
-            (None, Some(_)) => if self.mantissa > 0 { Ordering::Greater } else { Ordering::Less },
-            (Some(_), None) => if other.mantissa > 0 { Ordering::Less } else { Ordering::Greater },
+            (None, Some(_)) => {
+                if self.mantissa > 0 {
+                    Ordering::Greater
+                } else {
+                    Ordering::Less
+                }
+            }
+            (Some(_), None) => {
+                if other.mantissa > 0 {
+                    Ordering::Less
+                } else {
+                    Ordering::Greater
+                }
+            }
             (None, None) => Ordering::Equal,
         }
     }
@@ -120,7 +132,10 @@ impl Quantity {
         while i < bytes.len() {
             match bytes[i] {
                 b'0'..=b'9' => {
-                    mantissa = mantissa.checked_mul(10).and_then(|m| m.checked_add(i128::from(bytes[i] - b'0'))).ok_or_else(|| fail("too many digits"))?;
+                    mantissa = mantissa
+                        .checked_mul(10)
+                        .and_then(|m| m.checked_add(i128::from(bytes[i] - b'0')))
+                        .ok_or_else(|| fail("too many digits"))?;
                     if seen_dot {
                         scale -= 1;
                     }
@@ -365,7 +380,17 @@ mod tests {
 
     #[test]
     fn canonical_forms_print_the_largest_exact_suffix() {
-        for (input, want) in [("1024Mi", "1Gi"), ("1.5Gi", "1536Mi"), ("1000m", "1"), ("1500m", "1500m"), ("2e3", "2e3"), ("0", "0"), ("1000", "1k"), ("0.5", "500m"), ("1536", "1536")] {
+        for (input, want) in [
+            ("1024Mi", "1Gi"),
+            ("1.5Gi", "1536Mi"),
+            ("1000m", "1"),
+            ("1500m", "1500m"),
+            ("2e3", "2e3"),
+            ("0", "0"),
+            ("1000", "1k"),
+            ("0.5", "500m"),
+            ("1536", "1536"),
+        ] {
             assert_eq!(q(input).to_string(), want, "{input}");
         }
     }

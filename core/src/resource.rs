@@ -83,7 +83,10 @@ impl ApiResource {
     /// True if `name` is the plural, singular, kind or a short name (case-insensitive), as kubectl resolves it.
     pub fn answers_to(&self, name: &str) -> bool {
         let name = name.to_ascii_lowercase();
-        name == self.plural || name == self.singular || name == self.kind.to_ascii_lowercase() || self.short_names.iter().any(|s| *s == name)
+        name == self.plural
+            || name == self.singular
+            || name == self.kind.to_ascii_lowercase()
+            || self.short_names.iter().any(|s| *s == name)
     }
 
     /// Whether the resource has this subresource.
@@ -134,7 +137,16 @@ const CLUSTER: bool = false;
 const BUILTINS: &[Spec] = &[
     spec("", "v1", "Namespace", "namespaces", CLUSTER).short(&["ns"]).sub(&["status", "finalize"]),
     spec("", "v1", "Node", "nodes", CLUSTER).short(&["no"]).sub(&["status", "proxy"]),
-    spec("", "v1", "Pod", "pods", NS).short(&["po"]).all().sub(&["status", "binding", "eviction", "log", "exec", "attach", "portforward", "ephemeralcontainers"]),
+    spec("", "v1", "Pod", "pods", NS).short(&["po"]).all().sub(&[
+        "status",
+        "binding",
+        "eviction",
+        "log",
+        "exec",
+        "attach",
+        "portforward",
+        "ephemeralcontainers",
+    ]),
     spec("", "v1", "Service", "services", NS).short(&["svc"]).all().sub(&["status", "proxy"]),
     spec("", "v1", "Endpoints", "endpoints", NS).short(&["ep"]),
     spec("", "v1", "ConfigMap", "configmaps", NS).short(&["cm"]),
@@ -160,7 +172,9 @@ const BUILTINS: &[Spec] = &[
     spec("coordination.k8s.io", "v1", "Lease", "leases", NS),
     spec("scheduling.k8s.io", "v1", "PriorityClass", "priorityclasses", CLUSTER).short(&["pc"]),
     spec("storage.k8s.io", "v1", "StorageClass", "storageclasses", CLUSTER).short(&["sc"]),
-    spec("apiextensions.k8s.io", "v1", "CustomResourceDefinition", "customresourcedefinitions", CLUSTER).short(&["crd", "crds"]).sub(&["status"]),
+    spec("apiextensions.k8s.io", "v1", "CustomResourceDefinition", "customresourcedefinitions", CLUSTER)
+        .short(&["crd", "crds"])
+        .sub(&["status"]),
     spec("rbac.authorization.k8s.io", "v1", "Role", "roles", NS),
     spec("rbac.authorization.k8s.io", "v1", "ClusterRole", "clusterroles", CLUSTER),
     spec("rbac.authorization.k8s.io", "v1", "RoleBinding", "rolebindings", NS),
@@ -210,10 +224,33 @@ mod tests {
     #[test]
     fn the_registry_holds_every_kind_the_core_issue_lists() {
         for kind in [
-            "Namespace", "Node", "Pod", "Service", "Endpoints", "EndpointSlice", "ConfigMap", "Secret", "ServiceAccount", "Event", "Lease",
-            "ReplicaSet", "Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob", "HorizontalPodAutoscaler", "Ingress",
-            "PersistentVolume", "PersistentVolumeClaim", "PriorityClass", "CustomResourceDefinition", "Role", "ClusterRole",
-            "RoleBinding", "ClusterRoleBinding",
+            "Namespace",
+            "Node",
+            "Pod",
+            "Service",
+            "Endpoints",
+            "EndpointSlice",
+            "ConfigMap",
+            "Secret",
+            "ServiceAccount",
+            "Event",
+            "Lease",
+            "ReplicaSet",
+            "Deployment",
+            "StatefulSet",
+            "DaemonSet",
+            "Job",
+            "CronJob",
+            "HorizontalPodAutoscaler",
+            "Ingress",
+            "PersistentVolume",
+            "PersistentVolumeClaim",
+            "PriorityClass",
+            "CustomResourceDefinition",
+            "Role",
+            "ClusterRole",
+            "RoleBinding",
+            "ClusterRoleBinding",
         ] {
             assert!(builtin_resources().iter().any(|r| r.kind == kind), "{kind} missing");
         }

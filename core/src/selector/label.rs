@@ -44,7 +44,8 @@ impl Requirement {
             Operator::Exists => value.is_some(),
             Operator::DoesNotExist => value.is_none(),
             Operator::Gt | Operator::Lt => {
-                let (Some(have), Some(bound)) = (value.and_then(|v| v.parse::<i64>().ok()), self.values.first().and_then(|v| v.parse::<i64>().ok()))
+                let (Some(have), Some(bound)) =
+                    (value.and_then(|v| v.parse::<i64>().ok()), self.values.first().and_then(|v| v.parse::<i64>().ok()))
                 else {
                     return false;
                 };
@@ -89,10 +90,8 @@ impl LabelSelector {
 
     /// A selector of `key=value` terms for each pair.
     pub fn from_map(labels: &BTreeMap<String, String>) -> Self {
-        let requirements = labels
-            .iter()
-            .map(|(k, v)| Requirement { key: k.clone(), operator: Operator::In, values: vec![v.clone()] })
-            .collect();
+        let requirements =
+            labels.iter().map(|(k, v)| Requirement { key: k.clone(), operator: Operator::In, values: vec![v.clone()] }).collect();
         Self::sorted(requirements)
     }
 
@@ -250,7 +249,11 @@ impl Parser<'_> {
         if key.is_empty() {
             return Err(self.fail("expected a key"));
         }
-        validate_qualified_name(&key).map_err(|e| ParseSelectorError { input: self.input.to_owned(), position: at, reason: format!("invalid label key {key:?}: {e}") })?;
+        validate_qualified_name(&key).map_err(|e| ParseSelectorError {
+            input: self.input.to_owned(),
+            position: at,
+            reason: format!("invalid label key {key:?}: {e}"),
+        })?;
         Ok(key)
     }
 
@@ -258,7 +261,11 @@ impl Parser<'_> {
         self.skip_ws();
         let at = self.pos;
         let value = self.word().to_owned();
-        validate_label_value(&value).map_err(|e| ParseSelectorError { input: self.input.to_owned(), position: at, reason: format!("invalid label value {value:?}: {e}") })?;
+        validate_label_value(&value).map_err(|e| ParseSelectorError {
+            input: self.input.to_owned(),
+            position: at,
+            reason: format!("invalid label value {value:?}: {e}"),
+        })?;
         Ok(value)
     }
 
@@ -383,7 +390,8 @@ mod tests {
     }
 
     fn key() -> impl Strategy<Value = String> {
-        "[a-z]([a-z0-9.-]{0,8}[a-z0-9])?(/[a-z]([a-z0-9_.-]{0,8}[a-z0-9])?)?".prop_filter("valid key", |k| validate_qualified_name(k).is_ok())
+        "[a-z]([a-z0-9.-]{0,8}[a-z0-9])?(/[a-z]([a-z0-9_.-]{0,8}[a-z0-9])?)?"
+            .prop_filter("valid key", |k| validate_qualified_name(k).is_ok())
     }
     fn value() -> impl Strategy<Value = String> {
         "([a-zA-Z0-9]([a-zA-Z0-9_.-]{0,8}[a-zA-Z0-9])?)?"

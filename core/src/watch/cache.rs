@@ -61,9 +61,8 @@ impl<K: Object> Default for Store<K> {
 impl<K: Object> Store<K> {
     /// An empty cache with the built-in namespace, label and owner indexes.
     pub fn new() -> Self {
-        let store = Self {
-            inner: Arc::new(RwLock::new(Inner { objects: HashMap::new(), indexes: HashMap::new(), buffer: None, ready: false })),
-        };
+        let store =
+            Self { inner: Arc::new(RwLock::new(Inner { objects: HashMap::new(), indexes: HashMap::new(), buffer: None, ready: false })) };
         store.add_index(INDEX_NAMESPACE, Arc::new(|k: &K| k.namespace().map(|n| vec![n.to_owned()]).unwrap_or_default()));
         store.add_index(INDEX_LABEL, Arc::new(|k: &K| k.meta().labels.iter().flatten().map(|(k, v)| format!("{k}={v}")).collect()));
         store.add_index(INDEX_OWNER, Arc::new(|k: &K| k.meta().owner_references.iter().flatten().map(|r| r.uid.clone()).collect()));
@@ -173,7 +172,10 @@ impl<K: Object> Store<K> {
                     }
                 }
                 for (key, obj) in fresh {
-                    let unchanged = inner.objects.get(&key).is_some_and(|old| old.resource_version() == obj.resource_version() && !obj.resource_version().is_empty());
+                    let unchanged = inner
+                        .objects
+                        .get(&key)
+                        .is_some_and(|old| old.resource_version() == obj.resource_version() && !obj.resource_version().is_empty());
                     if !unchanged {
                         inner.insert(key, obj.clone());
                         changes.push(Change::Applied(obj));
@@ -241,8 +243,15 @@ mod tests {
         p.metadata.name = Some(name.into());
         p.metadata.resource_version = Some(rv.into());
         p.metadata.labels = Some(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
-        p.metadata.owner_references =
-            owner.map(|uid| vec![OwnerReference { uid: uid.into(), name: "rs".into(), kind: "ReplicaSet".into(), api_version: "apps/v1".into(), ..Default::default() }]);
+        p.metadata.owner_references = owner.map(|uid| {
+            vec![OwnerReference {
+                uid: uid.into(),
+                name: "rs".into(),
+                kind: "ReplicaSet".into(),
+                api_version: "apps/v1".into(),
+                ..Default::default()
+            }]
+        });
         p
     }
 

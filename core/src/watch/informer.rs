@@ -1,13 +1,13 @@
 //! Shared informers: one reflector (watcher + cache) per kind and selector, however many consumers.
 
 use super::cache::{Change, Store};
-use super::watcher::{watcher, WatchError, WatcherConfig};
+use super::watcher::{WatchError, WatcherConfig, watcher};
 use crate::api::Api;
 use crate::client::Client;
 use crate::object::{DynamicObject, Object, TypedObject};
 use crate::resource::ApiResource;
-use futures::stream::BoxStream;
 use futures::StreamExt;
+use futures::stream::BoxStream;
 use std::any::Any;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -128,7 +128,13 @@ fn state_of(error: &WatchError) -> ReflectorState {
     }
 }
 
-async fn run<K: Object>(api: Api<K>, config: WatcherConfig, store: Store<K>, changes: broadcast::Sender<Change<K>>, state: watch::Sender<ReflectorState>) {
+async fn run<K: Object>(
+    api: Api<K>,
+    config: WatcherConfig,
+    store: Store<K>,
+    changes: broadcast::Sender<Change<K>>,
+    state: watch::Sender<ReflectorState>,
+) {
     let resource = api.resource().group_resource();
     let mut events = std::pin::pin!(watcher(api, config));
     while let Some(item) = events.next().await {

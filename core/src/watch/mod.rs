@@ -7,6 +7,6 @@ mod informer;
 mod watcher;
 
 pub use backoff::Backoff;
-pub use cache::{Change, IndexFn, Store, INDEX_LABEL, INDEX_NAMESPACE, INDEX_OWNER};
+pub use cache::{Change, INDEX_LABEL, INDEX_NAMESPACE, INDEX_OWNER, IndexFn, Store};
 pub use informer::{ChangeStream, Informer, Informers, ReflectorState};
-pub use watcher::{watcher, Event, WatchError, WatcherConfig};
+pub use watcher::{Event, WatchError, WatcherConfig, watcher};

@@ -186,7 +186,8 @@ impl<K: Object> State<K> {
                     match self.api.watch(&params).await {
                         Ok(stream) => self.phase = Phase::Streaming { resource_version, stream },
                         Err(e) => {
-                            self.phase = if e.is_gone() { Phase::Listing { continue_token: None } } else { Phase::Starting { resource_version } };
+                            self.phase =
+                                if e.is_gone() { Phase::Listing { continue_token: None } } else { Phase::Starting { resource_version } };
                             self.fail();
                             return Err(WatchError::Start(e));
                         }
@@ -209,7 +210,11 @@ impl<K: Object> State<K> {
                             }
                             WatchEvent::Error(status) => {
                                 let e = Error::from_status(status);
-                                self.phase = if e.is_gone() { Phase::Listing { continue_token: None } } else { Phase::Starting { resource_version } };
+                                self.phase = if e.is_gone() {
+                                    Phase::Listing { continue_token: None }
+                                } else {
+                                    Phase::Starting { resource_version }
+                                };
                                 if !self.phase_is_relist() {
                                     self.fail();
                                 }
@@ -223,7 +228,8 @@ impl<K: Object> State<K> {
                         }
                     }
                     Some(Err(e)) => {
-                        self.phase = if e.is_gone() { Phase::Listing { continue_token: None } } else { Phase::Starting { resource_version } };
+                        self.phase =
+                            if e.is_gone() { Phase::Listing { continue_token: None } } else { Phase::Starting { resource_version } };
                         if !self.phase_is_relist() {
                             self.fail();
                         }
