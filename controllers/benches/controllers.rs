@@ -1,0 +1,3 @@
+//! Controller benchmarks (filled in below).
+
+fn main() {}
