@@ -1,1 +1,26 @@
 //! The container runtime trait with its backends, and the node agent that runs pods on a node.
+//!
+//! Start with [`ContainerRuntime`] (the CRI-shaped backend trait) and its backends:
+//! [`ProcessRuntime`] (host processes, no privileges), [`RuncRuntime`] (OCI containers through
+//! `runc` with CNI networking; root) and [`FakeRuntime`] (scripted, for scale simulation). Images
+//! sit behind [`ImageStore`]. The [`agent`] module is the kubelet's job: it registers a Node,
+//! heartbeats a Lease and runs the pods bound to it over any runtime, talking to the API only
+//! through `bosun_core::Client`.
+
+pub mod conformance;
+pub mod cri;
+pub mod error;
+pub mod fake;
+pub mod image;
+pub mod logs;
+pub mod process;
+pub mod sys;
+
+pub use cri::{
+    Capabilities, ContainerConfig, ContainerFilter, ContainerId, ContainerRuntime, ContainerState, ContainerStats, ContainerStatus,
+    EventKind, ExecResult, ExecSession, LogOptions, Mount, RuntimeEvent, SandboxConfig, SandboxId, SandboxState, SandboxStatus,
+};
+pub use error::{Result, RuntimeError};
+pub use fake::{FakeRuntime, FakeScript};
+pub use image::{HostImages, ImageStore, LocalImageStore};
+pub use process::ProcessRuntime;

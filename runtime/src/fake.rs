@@ -1,0 +1,456 @@
+//! [`FakeRuntime`]: containers that "run" without processes, scripted per container (start delay,
+//! exit code, usage, probe answers), so that thousands of hollow nodes fit in one process.
+//!
+//! A container's [`FakeScript`] comes from the behaviour function given to
+//! [`FakeRuntime::with_behavior`], else from the JSON annotation `fake.bosun.dev/<container-name>`
+//! or `fake.bosun.dev/script` on the pod, else the default (runs forever, healthy).
+
+use crate::cri::*;
+use crate::error::{Result, RuntimeError};
+use crate::logs::format_time;
+use crate::process::{broadcast_events, short};
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::sync::{broadcast, watch};
+use tokio::time::Instant;
+
+/// The annotation prefix the fake reads scripts from.
+pub const SCRIPT_ANNOTATION: &str = "fake.bosun.dev/script";
+
+/// How one fake container behaves.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct FakeScript {
+    /// Time from start to running, in milliseconds.
+    pub start_delay_ms: u64,
+    /// Exit this long after starting (`None`: run until stopped).
+    pub exit_after_ms: Option<u64>,
+    /// The exit code when it exits by itself.
+    pub exit_code: i32,
+    /// CPU usage in millicores.
+    pub cpu_millis: u64,
+    /// Memory working set in bytes.
+    pub memory_bytes: u64,
+    /// HTTP and TCP probes succeed.
+    pub probe_ok: bool,
+    /// Exit code of every exec (exec probes included).
+    pub exec_exit_code: i32,
+    /// Ignore SIGTERM (only SIGKILL after the grace period ends it).
+    pub ignore_sigterm: bool,
+    /// Lines written to stdout at start.
+    pub log: Vec<String>,
+}
+
+impl Default for FakeScript {
+    fn default() -> Self {
+        Self {
+            start_delay_ms: 0,
+            exit_after_ms: None,
+            exit_code: 0,
+            cpu_millis: 10,
+            memory_bytes: 16 << 20,
+            probe_ok: true,
+            exec_exit_code: 0,
+            ignore_sigterm: false,
+            log: Vec::new(),
+        }
+    }
+}
+
+/// Chooses a script for a container.
+pub type Behavior = Arc<dyn Fn(&SandboxConfig, &ContainerConfig) -> FakeScript + Send + Sync>;
+
+/// A runtime for scale simulation. Cheap to clone (a handle); time follows tokio's clock, so
+/// paused-time tests drive it.
+#[derive(Clone)]
+pub struct FakeRuntime {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for FakeRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FakeRuntime").finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    behavior: Option<Behavior>,
+    state: Mutex<State>,
+    events: broadcast::Sender<RuntimeEvent>,
+    ip_prefix: u32,
+}
+
+#[derive(Default)]
+struct State {
+    sandboxes: HashMap<SandboxId, SandboxStatus>,
+    containers: HashMap<ContainerId, FakeContainer>,
+    seq: u64,
+}
+
+struct FakeContainer {
+    status: ContainerStatus,
+    script: FakeScript,
+    started: Option<Instant>,
+    log: Vec<(Timestamp, String, &'static str)>,
+    exited: watch::Sender<bool>,
+}
+
+impl Default for FakeRuntime {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl FakeRuntime {
+    /// A fake runtime reading scripts from annotations. Pod IPs come from 10.x addresses that are
+    /// never routed (nothing connects to them: network probes are answered by the script).
+    pub fn new() -> Self {
+        let (events, _) = broadcast::channel(16384);
+        Self {
+            inner: Arc::new(Inner {
+                behavior: None,
+                state: Mutex::new(State::default()),
+                events,
+                ip_prefix: u32::from(Ipv4Addr::new(10, 0, 0, 0)) + (fastrand::u32(0..=255) << 16),
+            }),
+        }
+    }
+
+    /// A fake runtime whose containers follow `behavior` instead of annotations.
+    pub fn with_behavior(behavior: impl Fn(&SandboxConfig, &ContainerConfig) -> FakeScript + Send + Sync + 'static) -> Self {
+        let mut this = Self::new();
+        if let Some(inner) = Arc::get_mut(&mut this.inner) {
+            inner.behavior = Some(Arc::new(behavior));
+        }
+        this
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn emit(&self, kind: EventKind, sandbox: &SandboxId, id: &ContainerId) {
+        let _ = self.inner.events.send(RuntimeEvent { kind, sandbox_id: sandbox.clone(), container_id: id.clone() });
+    }
+
+    fn script_for(&self, sandbox: &SandboxConfig, config: &ContainerConfig) -> FakeScript {
+        if let Some(b) = &self.inner.behavior {
+            return b(sandbox, config);
+        }
+        let key = format!("fake.bosun.dev/{}", config.name);
+        [
+            config.annotations.get(&key),
+            sandbox.annotations.get(&key),
+            config.annotations.get(SCRIPT_ANNOTATION),
+            sandbox.annotations.get(SCRIPT_ANNOTATION),
+        ]
+        .into_iter()
+        .flatten()
+        .find_map(|json| serde_json::from_str(json).ok())
+        .unwrap_or_default()
+    }
+
+    /// Makes a running container exit now with `code` (a test's crash).
+    pub fn exit(&self, id: &ContainerId, code: i32) {
+        self.finish(id, code, None);
+    }
+
+    /// Changes whether a container's network probes and execs succeed.
+    pub fn set_healthy(&self, id: &ContainerId, healthy: bool) {
+        if let Some(c) = self.state().containers.get_mut(id) {
+            c.script.probe_ok = healthy;
+            c.script.exec_exit_code = if healthy { 0 } else { 1 };
+        }
+    }
+
+    /// How many containers are running.
+    pub fn running(&self) -> usize {
+        self.state().containers.values().filter(|c| c.status.state == ContainerState::Running).count()
+    }
+
+    fn finish(&self, id: &ContainerId, code: i32, signal: Option<i32>) {
+        let sandbox = {
+            let mut state = self.state();
+            let Some(c) = state.containers.get_mut(id) else { return };
+            if c.status.state != ContainerState::Running {
+                return;
+            }
+            c.status.state = ContainerState::Exited;
+            c.status.finished_at = Some(Timestamp::now());
+            c.status.exit_code = Some(code);
+            c.status.signal = signal;
+            c.status.reason = Some(ContainerStatus::exit_reason(code, false).into());
+            let _ = c.exited.send(true);
+            c.status.sandbox_id.clone()
+        };
+        self.emit(EventKind::Exited, &sandbox, id);
+    }
+
+    fn lookup(&self, id: &ContainerId) -> Result<ContainerStatus> {
+        self.state().containers.get(id).map(|c| c.status.clone()).ok_or_else(|| RuntimeError::not_found("container", &id.0))
+    }
+
+    async fn wait_exited(&self, id: &ContainerId, limit: Duration) -> bool {
+        let rx = self.state().containers.get(id).map(|c| c.exited.subscribe());
+        let Some(mut rx) = rx else { return true };
+        tokio::time::timeout(limit, rx.wait_for(|e| *e)).await.is_ok()
+    }
+}
+
+#[async_trait]
+impl ContainerRuntime for FakeRuntime {
+    fn version(&self) -> RuntimeVersion {
+        RuntimeVersion { name: "fake".into(), version: env!("CARGO_PKG_VERSION").into() }
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities { exec: true, signals: true, mounts: true, network_namespace: true, resource_limits: true, images: false }
+    }
+
+    async fn run_sandbox(&self, config: &SandboxConfig) -> Result<SandboxId> {
+        let mut state = self.state();
+        state.seq += 1;
+        let seq = state.seq;
+        let id = SandboxId(format!("fsb-{}-{}", short(&config.uid), seq));
+        let offset = u32::try_from(seq % 65_000).unwrap_or(1) + 1;
+        let ip = (!config.host_network).then(|| IpAddr::V4(Ipv4Addr::from(self.inner.ip_prefix + offset)));
+        state.sandboxes.insert(
+            id.clone(),
+            SandboxStatus { id: id.clone(), config: config.clone(), state: SandboxState::Ready, ip, created_at: Timestamp::now() },
+        );
+        Ok(id)
+    }
+
+    async fn stop_sandbox(&self, id: &SandboxId) -> Result<()> {
+        let running: Vec<ContainerId> = self
+            .state()
+            .containers
+            .iter()
+            .filter(|(_, c)| &c.status.sandbox_id == id && c.status.state == ContainerState::Running)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for c in running {
+            self.finish(&c, 137, Some(9));
+        }
+        if let Some(sb) = self.state().sandboxes.get_mut(id) {
+            sb.state = SandboxState::NotReady;
+        }
+        Ok(())
+    }
+
+    async fn remove_sandbox(&self, id: &SandboxId) -> Result<()> {
+        self.stop_sandbox(id).await?;
+        let ids: Vec<ContainerId> =
+            self.state().containers.iter().filter(|(_, c)| &c.status.sandbox_id == id).map(|(k, _)| k.clone()).collect();
+        for c in ids {
+            self.remove_container(&c).await?;
+        }
+        self.state().sandboxes.remove(id);
+        Ok(())
+    }
+
+    async fn sandbox_status(&self, id: &SandboxId) -> Result<SandboxStatus> {
+        self.state().sandboxes.get(id).cloned().ok_or_else(|| RuntimeError::not_found("sandbox", &id.0))
+    }
+
+    async fn list_sandboxes(&self) -> Result<Vec<SandboxStatus>> {
+        Ok(self.state().sandboxes.values().cloned().collect())
+    }
+
+    async fn create_container(&self, sandbox: &SandboxId, config: &ContainerConfig) -> Result<ContainerId> {
+        let id = {
+            let mut state = self.state();
+            let sb = state.sandboxes.get(sandbox).ok_or_else(|| RuntimeError::not_found("sandbox", &sandbox.0))?;
+            if sb.state != SandboxState::Ready {
+                return Err(RuntimeError::Invalid(format!("sandbox {sandbox} is not ready")));
+            }
+            let script = self.script_for(&sb.config, config);
+            state.seq += 1;
+            let id = ContainerId(format!("fc-{}-{}-{}", config.name, config.attempt, state.seq));
+            let status = ContainerStatus {
+                id: id.clone(),
+                sandbox_id: sandbox.clone(),
+                name: config.name.clone(),
+                attempt: config.attempt,
+                image: config.image.name.clone(),
+                state: ContainerState::Created,
+                created_at: Timestamp::now(),
+                started_at: None,
+                finished_at: None,
+                exit_code: None,
+                signal: None,
+                reason: None,
+                message: None,
+                log_path: None,
+                labels: config.labels.clone(),
+            };
+            let (exited, _) = watch::channel(false);
+            state.containers.insert(id.clone(), FakeContainer { status, script, started: None, log: Vec::new(), exited });
+            id
+        };
+        self.emit(EventKind::Created, sandbox, &id);
+        Ok(id)
+    }
+
+    async fn start_container(&self, id: &ContainerId) -> Result<()> {
+        let script = {
+            let state = self.state();
+            let c = state.containers.get(id).ok_or_else(|| RuntimeError::not_found("container", &id.0))?;
+            if c.status.state != ContainerState::Created {
+                return Err(RuntimeError::Invalid(format!("container {id} is not in the created state")));
+            }
+            c.script.clone()
+        };
+        if script.start_delay_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(script.start_delay_ms)).await;
+        }
+        let sandbox = {
+            let mut state = self.state();
+            let c = state.containers.get_mut(id).ok_or_else(|| RuntimeError::not_found("container", &id.0))?;
+            c.status.state = ContainerState::Running;
+            c.status.started_at = Some(Timestamp::now());
+            c.started = Some(Instant::now());
+            let now = Timestamp::now();
+            c.log.extend(script.log.iter().map(|l| (now, l.clone(), "stdout")));
+            c.status.sandbox_id.clone()
+        };
+        self.emit(EventKind::Started, &sandbox, id);
+        if let Some(after) = script.exit_after_ms {
+            let this = self.clone();
+            let id = id.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(after)).await;
+                this.finish(&id, script.exit_code, None);
+            });
+        }
+        Ok(())
+    }
+
+    async fn stop_container(&self, id: &ContainerId, grace: Duration) -> Result<()> {
+        let status = self.lookup(id)?;
+        if status.state != ContainerState::Running {
+            return Ok(());
+        }
+        let ignores_term = self.state().containers.get(id).is_some_and(|c| c.script.ignore_sigterm);
+        if !grace.is_zero() {
+            if !ignores_term {
+                self.finish(id, 143, Some(15));
+                return Ok(());
+            }
+            if self.wait_exited(id, grace).await {
+                return Ok(());
+            }
+        }
+        self.finish(id, 137, Some(9));
+        Ok(())
+    }
+
+    async fn signal_container(&self, id: &ContainerId, signal: i32) -> Result<()> {
+        let status = self.lookup(id)?;
+        if status.state != ContainerState::Running {
+            return Err(RuntimeError::Invalid(format!("container {id} is not running")));
+        }
+        let ignores_term = self.state().containers.get(id).is_some_and(|c| c.script.ignore_sigterm);
+        if signal == 9 || (signal == 15 && !ignores_term) {
+            self.finish(id, 128 + signal, Some(signal));
+        }
+        Ok(())
+    }
+
+    async fn remove_container(&self, id: &ContainerId) -> Result<()> {
+        let removed = self.state().containers.remove(id);
+        if let Some(c) = removed {
+            let _ = c.exited.send(true);
+            self.emit(EventKind::Removed, &c.status.sandbox_id, id);
+        }
+        Ok(())
+    }
+
+    async fn container_status(&self, id: &ContainerId) -> Result<ContainerStatus> {
+        self.lookup(id)
+    }
+
+    async fn list_containers(&self, filter: &ContainerFilter) -> Result<Vec<ContainerStatus>> {
+        Ok(self
+            .state()
+            .containers
+            .values()
+            .map(|c| &c.status)
+            .filter(|s| filter.sandbox_id.as_ref().is_none_or(|sb| &s.sandbox_id == sb))
+            .filter(|s| filter.state.is_none_or(|st| s.state == st))
+            .cloned()
+            .collect())
+    }
+
+    fn events(&self) -> BoxStream<'static, RuntimeEvent> {
+        broadcast_events(self.inner.events.subscribe())
+    }
+
+    async fn exec_sync(&self, id: &ContainerId, cmd: &[String], _timeout: Duration) -> Result<ExecResult> {
+        let state = self.state();
+        let c = state.containers.get(id).ok_or_else(|| RuntimeError::not_found("container", &id.0))?;
+        if c.status.state != ContainerState::Running {
+            return Err(RuntimeError::Invalid(format!("container {id} is not running")));
+        }
+        let stdout = match cmd.first().map(String::as_str) {
+            Some("echo") => format!("{}\n", cmd[1..].join(" ")).into_bytes(),
+            _ => Vec::new(),
+        };
+        Ok(ExecResult { exit_code: c.script.exec_exit_code, stdout, stderr: Vec::new(), timed_out: false })
+    }
+
+    async fn logs(&self, id: &ContainerId, options: &LogOptions) -> Result<LogByteStream> {
+        let lines = {
+            let state = self.state();
+            let c = state.containers.get(id).ok_or_else(|| RuntimeError::not_found("container", &id.0))?;
+            c.log.clone()
+        };
+        let mut lines: Vec<_> = lines.into_iter().filter(|(t, _, _)| options.since.is_none_or(|s| *t >= s)).collect();
+        if let Some(tail) = options.tail_lines {
+            let skip = lines.len().saturating_sub(usize::try_from(tail).unwrap_or(usize::MAX));
+            lines.drain(..skip);
+        }
+        let mut out = String::new();
+        for (t, line, _) in lines {
+            if options.timestamps {
+                out.push_str(&format_time(t));
+                out.push(' ');
+            }
+            out.push_str(&line);
+            out.push('\n');
+        }
+        if let Some(limit) = options.limit_bytes {
+            let mut cut = usize::try_from(limit).unwrap_or(usize::MAX).min(out.len());
+            while !out.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            out.truncate(cut);
+        }
+        Ok(Box::pin(futures::stream::iter([Ok(bytes::Bytes::from(out))])))
+    }
+
+    async fn stats(&self, id: &ContainerId) -> Result<ContainerStats> {
+        let state = self.state();
+        let c = state.containers.get(id).ok_or_else(|| RuntimeError::not_found("container", &id.0))?;
+        if c.status.state != ContainerState::Running {
+            return Ok(ContainerStats::default());
+        }
+        let elapsed = c.started.map(|s| s.elapsed()).unwrap_or_default();
+        let cpu = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX).saturating_mul(c.script.cpu_millis) / 1000;
+        Ok(ContainerStats { cpu_usage_nanos: cpu, memory_working_set_bytes: c.script.memory_bytes })
+    }
+
+    async fn recover(&self) -> Result<Vec<ContainerStatus>> {
+        Ok(self.state().containers.values().map(|c| c.status.clone()).collect())
+    }
+
+    async fn probe_network(&self, id: &ContainerId, _port: u16) -> Option<bool> {
+        Some(self.state().containers.get(id).is_some_and(|c| c.status.state == ContainerState::Running && c.script.probe_ok))
+    }
+}

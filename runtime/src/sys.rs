@@ -1,0 +1,191 @@
+//! Small operating-system helpers shared by the process and runc backends: signals to process
+//! groups, `/proc` statistics, bounded output capture and mount-namespace detection.
+
+use crate::cri::{ContainerStats, EXEC_OUTPUT_CAP, ExecResult};
+use crate::error::{Result, RuntimeError};
+use rustix::process::{Pid, Signal};
+use std::path::Path;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::process::Command;
+
+/// Sends a signal to a process group; a group that is gone already is not an error.
+pub fn signal_group(pgid: i32, signal: i32) -> Result<()> {
+    let pid = Pid::from_raw(pgid).ok_or_else(|| RuntimeError::Invalid(format!("bad process group {pgid}")))?;
+    let sig = Signal::from_named_raw(signal).ok_or_else(|| RuntimeError::Invalid(format!("unknown signal {signal}")))?;
+    match rustix::process::kill_process_group(pid, sig) {
+        Ok(()) => Ok(()),
+        Err(rustix::io::Errno::SRCH) => Ok(()),
+        Err(e) => Err(RuntimeError::io(format!("signal {signal} to group {pgid}"), e.into())),
+    }
+}
+
+/// Whether a process exists.
+pub fn alive(pid: i32) -> bool {
+    Pid::from_raw(pid).is_some_and(|p| rustix::process::test_kill_process(p).is_ok())
+        && std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !stat_field(&s, 3).is_some_and(|st| st == "Z"))
+}
+
+/// Field `n` (1-based, as in proc(5)) of a `/proc/<pid>/stat` line.
+fn stat_field(stat: &str, n: usize) -> Option<&str> {
+    // The command name (field 2) is in parentheses and may contain spaces.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split(' ').nth(n.checked_sub(3)?)
+}
+
+/// The start time of a process in clock ticks since boot (to tell a pid apart from a reused one).
+pub fn start_ticks(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat_field(&stat, 22)?.parse().ok()
+}
+
+/// CPU time and resident memory of every process in a process group, from `/proc`.
+pub fn group_stats(pgid: i32) -> ContainerStats {
+    const TICK_NANOS: u64 = 10_000_000; // USER_HZ is 100 on Linux.
+    const PAGE: u64 = 4096;
+    let mut stats = ContainerStats::default();
+    let Ok(entries) = std::fs::read_dir("/proc") else { return stats };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        if stat_field(&stat, 5).and_then(|g| g.parse::<i32>().ok()) != Some(pgid) {
+            continue;
+        }
+        let num = |n| stat_field(&stat, n).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        stats.cpu_usage_nanos += (num(14) + num(15)) * TICK_NANOS;
+        stats.memory_working_set_bytes += num(24) * PAGE;
+    }
+    stats
+}
+
+/// Reads a stream to its end, keeping at most [`EXEC_OUTPUT_CAP`] bytes.
+pub async fn read_capped(mut r: impl AsyncRead + Unpin) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    while let Ok(n) = r.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        let room = EXEC_OUTPUT_CAP.saturating_sub(out.len());
+        out.extend_from_slice(&buf[..n.min(room)]);
+    }
+    out
+}
+
+/// Runs a prepared command (already in its own process group) to completion, killing its group when
+/// `timeout` passes.
+pub async fn exec_with_timeout(cmd: &mut Command, timeout: Duration) -> Result<ExecResult> {
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().map_err(|e| RuntimeError::io("spawn exec", e))?;
+    let pid = child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0);
+    let out = child.stdout.take().map(|s| tokio::spawn(read_capped(s)));
+    let err = child.stderr.take().map(|s| tokio::spawn(read_capped(s)));
+    let (exit_code, timed_out) = match tokio::time::timeout(timeout, child.wait()).await {
+        Ok(status) => (exit_code_of(status.map_err(|e| RuntimeError::io("wait exec", e))?), false),
+        Err(_) => {
+            if pid > 0 {
+                let _ = signal_group(pid, Signal::KILL.as_raw());
+            }
+            let _ = child.wait().await;
+            (-1, true)
+        }
+    };
+    if pid > 0 {
+        // Leftover members of the group (a backgrounded child holding the pipes) die too.
+        let _ = signal_group(pid, Signal::KILL.as_raw());
+    }
+    let stdout = match out {
+        Some(h) => h.await.unwrap_or_default(),
+        None => Vec::new(),
+    };
+    let stderr = match err {
+        Some(h) => h.await.unwrap_or_default(),
+        None => Vec::new(),
+    };
+    Ok(ExecResult { exit_code, stdout, stderr, timed_out })
+}
+
+/// The Kubernetes-style exit code of a status: the code, or 128 + the signal.
+pub fn exit_code_of(status: std::process::ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+}
+
+/// How this process can give a container its own mount namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MountSupport {
+    /// As root: `unshare --mount`.
+    Root,
+    /// Unprivileged, through a user namespace: `unshare --mount --map-root-user`.
+    UserNamespace,
+    /// Not at all.
+    Unavailable,
+}
+
+impl MountSupport {
+    /// Probes what works here by trying it.
+    pub fn detect() -> Self {
+        let try_run = |args: &[&str]| {
+            std::process::Command::new("unshare")
+                .args(args)
+                .arg("true")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        if rustix::process::geteuid().is_root() && try_run(&["--mount", "--propagation", "private"]) {
+            Self::Root
+        } else if try_run(&["--mount", "--propagation", "private", "--map-root-user"]) {
+            Self::UserNamespace
+        } else {
+            Self::Unavailable
+        }
+    }
+}
+
+/// Quotes a string for `sh`.
+pub fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// Whether a path is a directory (mount targets for directories are directories).
+pub fn is_dir(p: &Path) -> bool {
+    std::fs::metadata(p).is_ok_and(|m| m.is_dir())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_fields_survive_spaces_in_the_command_name() {
+        let stat = "42 (my prog) S 1 42 42 0 -1 4194560 100 0 0 0 7 3 0 0 20 0 1 0 5555 1000 25";
+        assert_eq!(stat_field(stat, 3), Some("S"));
+        assert_eq!(stat_field(stat, 5), Some("42"));
+        assert_eq!(stat_field(stat, 14), Some("7"));
+        assert_eq!(stat_field(stat, 22), Some("5555"));
+    }
+
+    #[test]
+    fn quoting_escapes_single_quotes() {
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+    }
+
+    #[tokio::test]
+    async fn an_overrunning_command_is_killed_at_its_timeout() {
+        let started = std::time::Instant::now();
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "echo before; sleep 30; echo after"]);
+        let r = exec_with_timeout(&mut cmd, Duration::from_millis(300)).await.expect("exec");
+        assert!(r.timed_out);
+        assert_eq!(r.exit_code, -1);
+        assert_eq!(r.stdout, b"before\n");
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+}

@@ -1,0 +1,4 @@
+//! Integration tests of bosun-runtime: the shared conformance suite against every backend, and the
+//! node agent against the in-memory API server.
+
+mod conformance;
