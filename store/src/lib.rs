@@ -1,1 +1,5 @@
 //! Cluster state: the `Storage` trait with its backends, the Kubernetes API semantics and the REST server.
+
+pub mod storage;
+
+pub use storage::{KeyValue, MemoryStorage, Revision, Storage, StorageError};

@@ -1,0 +1,3 @@
+//! Storage benchmark (filled in below): durable vs memory vs etcd.
+
+fn main() {}

@@ -1,0 +1,1 @@
+//! The conformance suite every `Storage` backend passes (filled in next).
