@@ -192,6 +192,16 @@ impl<K: Object> Controller<K> {
         self
     }
 
+    /// The client the controller's watches use.
+    pub fn client(&self) -> Arc<dyn bosun_core::Client> {
+        self.api.client().clone()
+    }
+
+    /// The informers factory the controller's watches come from.
+    pub fn informers_factory(&self) -> &Informers {
+        &self.informers
+    }
+
     /// The informer of the controlled kind (shared through the informers factory).
     pub fn informer(&self) -> Informer<K> {
         self.informers.get(self.api.clone(), None, None)

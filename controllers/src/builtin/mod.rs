@@ -1,0 +1,86 @@
+//! The built-in controllers, one file each, and the helpers they share.
+
+pub mod deployment;
+pub mod endpoints;
+pub mod gc;
+pub mod namespace;
+pub mod replicaset;
+
+use crate::clock;
+use crate::runtime::{Controller, Metrics, Recorder};
+use bosun_core::meta::{find_condition, is_condition_true, is_deleting};
+use bosun_core::watch::Informers;
+use bosun_core::{Api, Client, Error, LabelSelector, Object};
+use k8s_openapi::api::core::v1::Pod;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What every built-in controller shares: the client, the informers, metrics and events.
+#[derive(Clone)]
+pub struct Shared {
+    /// The client.
+    pub client: Arc<dyn Client>,
+    /// The shared informers (one reflector per kind).
+    pub informers: Informers,
+    /// The metrics registry.
+    pub metrics: Metrics,
+    /// The event recorder.
+    pub recorder: Recorder,
+}
+
+impl Shared {
+    /// Shared state over a client.
+    pub fn new(client: Arc<dyn Client>, informers: Informers, metrics: Metrics) -> Self {
+        let recorder = Recorder::new(client.clone(), "bosun-controller-manager", "bosun");
+        Self { client, informers, metrics, recorder }
+    }
+
+    /// A controller wired to the shared informers and metrics.
+    pub fn controller<K: Object>(&self, api: Api<K>, name: &str) -> Controller<K> {
+        Controller::new(api).informers(&self.informers).metrics(&self.metrics).name(name)
+    }
+}
+
+/// Parses a workload's label selector; a missing or invalid one is a 400.
+pub fn selector_of(selector: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector) -> Result<LabelSelector, Error> {
+    LabelSelector::from_api(selector).map_err(|e| Error::bad_request(format!("invalid selector: {e}")))
+}
+
+/// Whether a pod counts toward its owner's replicas: not being deleted and not finished.
+pub fn pod_is_active(pod: &Pod) -> bool {
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    !is_deleting(pod.meta()) && !matches!(phase, Some("Succeeded" | "Failed"))
+}
+
+/// Whether the pod's `Ready` condition is `True`.
+pub fn pod_is_ready(pod: &Pod) -> bool {
+    pod.status.as_ref().and_then(|s| s.conditions.as_deref()).is_some_and(|c| is_condition_true(c, "Ready"))
+}
+
+/// Whether a ready pod has been ready for `min_ready_seconds`; else how long until it will be.
+pub fn pod_is_available(pod: &Pod, min_ready_seconds: i32) -> Result<(), Duration> {
+    if min_ready_seconds <= 0 {
+        return Ok(());
+    }
+    let since = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_deref())
+        .and_then(|c| find_condition(c, "Ready"))
+        .and_then(|c| c.last_transition_time.as_ref())
+        .map(|t| clock::seconds_since(&t.0));
+    match since {
+        Some(s) if s >= f64::from(min_ready_seconds) => Ok(()),
+        Some(s) => Err(Duration::from_secs_f64((f64::from(min_ready_seconds) - s).max(0.001))),
+        None => Ok(()),
+    }
+}
+
+/// Ignores a 404: the object is already gone.
+pub fn ignore_not_found<T>(r: Result<T, Error>) -> Result<Option<T>, Error> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(e),
+    }
+}

@@ -1,0 +1,155 @@
+//! The controller manager: starts every built-in controller on one client, sharing one reflector
+//! per kind, optionally behind leader election.
+
+use crate::builtin::{self, Shared};
+use crate::runtime::{LeaderElector, Metrics, backoff_policy};
+use bosun_core::Client;
+use bosun_core::watch::Informers;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use tokio::task::JoinHandle;
+
+/// The built-in controllers.
+pub const BUILTINS: &[&str] = &["replicaset", "deployment", "garbagecollector", "endpointslice", "namespace"];
+
+/// Which controllers run and how.
+#[derive(Debug, Clone)]
+pub struct ManagerConfig {
+    /// The controllers to run (default: all of [`BUILTINS`]).
+    pub controllers: BTreeSet<String>,
+    /// Reconciles at once per controller (default 16).
+    pub concurrency: usize,
+    /// Elect a leader on this Lease (`namespace`, `name`, `identity`) before starting (default: none).
+    pub leader_election: Option<(String, String, String)>,
+}
+
+impl Default for ManagerConfig {
+    fn default() -> Self {
+        Self { controllers: BUILTINS.iter().map(|s| (*s).to_owned()).collect(), concurrency: 16, leader_election: None }
+    }
+}
+
+impl ManagerConfig {
+    /// Runs only these controllers.
+    #[must_use]
+    pub fn only(mut self, names: &[&str]) -> Self {
+        self.controllers = names.iter().map(|s| (*s).to_owned()).collect();
+        self
+    }
+
+    /// Sets the per-controller concurrency (default 16).
+    #[must_use]
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n.max(1);
+        self
+    }
+
+    /// Runs only while holding Lease `name` in `namespace` as `identity` (default: always run).
+    #[must_use]
+    pub fn leader_election(mut self, namespace: &str, name: &str, identity: &str) -> Self {
+        self.leader_election = Some((namespace.to_owned(), name.to_owned(), identity.to_owned()));
+        self
+    }
+}
+
+/// Starts the built-in controllers on one client.
+#[must_use = "a manager does nothing until spawned or run"]
+pub struct ControllerManager {
+    client: Arc<dyn Client>,
+    informers: Informers,
+    metrics: Metrics,
+    config: ManagerConfig,
+}
+
+impl ControllerManager {
+    /// A manager over `client` with its own informers and metrics.
+    pub fn new(client: Arc<dyn Client>) -> Self {
+        Self { informers: Informers::new(client.clone()), client, metrics: Metrics::new(), config: ManagerConfig::default() }
+    }
+
+    /// Shares these informers (default: its own).
+    pub fn informers(mut self, informers: &Informers) -> Self {
+        self.informers = informers.clone();
+        self
+    }
+
+    /// Reports into this metrics registry (default: its own).
+    pub fn metrics(mut self, metrics: &Metrics) -> Self {
+        self.metrics = metrics.clone();
+        self
+    }
+
+    /// Sets the configuration (default: [`ManagerConfig::default`]).
+    pub fn config(mut self, config: ManagerConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// The metrics registry (reconciles, queues, readiness of every controller).
+    pub fn metrics_registry(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Spawns every configured controller now (leader election is ignored here); the tasks run
+    /// until aborted.
+    pub fn spawn_all(&self) -> Vec<JoinHandle<()>> {
+        let shared = Shared::new(self.client.clone(), self.informers.clone(), self.metrics.clone());
+        let on = |name: &str| self.config.controllers.contains(name);
+        let n = self.config.concurrency;
+        let mut tasks = Vec::new();
+        if on("replicaset") {
+            let (c, ctx) = builtin::replicaset::controller(&shared);
+            tasks.push(tokio::spawn(c.concurrency(n).run(builtin::replicaset::reconcile, backoff_policy, ctx)));
+        }
+        if on("deployment") {
+            let (c, ctx) = builtin::deployment::controller(&shared);
+            tasks.push(tokio::spawn(c.concurrency(n).run(builtin::deployment::reconcile, backoff_policy, ctx)));
+        }
+        if on("endpointslice") {
+            let (c, ctx) = builtin::endpoints::controller(&shared);
+            tasks.push(tokio::spawn(c.concurrency(n).run(builtin::endpoints::reconcile, backoff_policy, ctx)));
+        }
+        if on("namespace") {
+            let (c, ctx) = builtin::namespace::controller(&shared);
+            tasks.push(tokio::spawn(c.concurrency(n).run(builtin::namespace::reconcile, backoff_policy, ctx)));
+        }
+        if on("garbagecollector") {
+            tasks.push(tokio::spawn(builtin::gc::run(shared.clone(), builtin::gc::default_resources(), n)));
+        }
+        tasks
+    }
+
+    /// Runs the controllers until the process ends, behind leader election when configured:
+    /// they start on acquiring the lease and stop if it is lost, then the manager campaigns again.
+    pub async fn run(self) {
+        let Some((ns, name, identity)) = self.config.leader_election.clone() else {
+            let tasks = self.spawn_all();
+            futures::future::join_all(tasks).await;
+            return;
+        };
+        let elector = LeaderElector::new(self.client.clone(), &ns, name, identity);
+        loop {
+            let result = elector
+                .run(|_token| async {
+                    let tasks = self.spawn_all();
+                    let guard = AbortAll(tasks);
+                    futures::future::pending::<()>().await;
+                    drop(guard);
+                })
+                .await;
+            if let Err(error) = result {
+                tracing::warn!(%error, "controller manager lost leadership; campaigning again");
+            }
+        }
+    }
+}
+
+struct AbortAll(Vec<JoinHandle<()>>);
+
+impl Drop for AbortAll {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
+}
