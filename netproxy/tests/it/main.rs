@@ -1,1 +1,5 @@
-//! Integration tests of bosun-netproxy.
+//! Integration tests of bosun-netproxy over real sockets (loopback), real nftables (network
+//! namespaces), real HTTP/TLS and a real DNS resolver.
+
+mod support;
+mod userspace;

@@ -1,0 +1,94 @@
+//! Helpers shared by the integration tests.
+
+use bosun_netproxy::table::{Affinity, Endpoint, Protocol, ProxyService, ServicePortName};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+
+/// Whether missing components must fail tests (CI) rather than skip them.
+pub fn require_components() -> bool {
+    std::env::var("BOSUN_REQUIRE_COMPONENTS").is_ok_and(|v| v == "1")
+}
+
+/// A free port on an address (racy but good enough on a private loopback address).
+pub fn free_port(ip: IpAddr) -> u16 {
+    std::net::TcpListener::bind((ip, 0)).and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+pub fn endpoint(addr: SocketAddr) -> Endpoint {
+    Endpoint { addr, node_name: None, zone: None, ready: true, serving: true, terminating: false, zone_hints: Vec::new() }
+}
+
+pub fn service(name: &str, protocol: Protocol, ip: IpAddr, port: u16, endpoints: &[SocketAddr]) -> ProxyService {
+    let eps: Vec<Endpoint> = endpoints.iter().copied().map(endpoint).collect();
+    ProxyService {
+        name: ServicePortName { namespace: "default".into(), name: name.into(), port: String::new(), protocol },
+        cluster_ips: vec![ip],
+        port,
+        node_port: None,
+        external_ips: Vec::new(),
+        affinity: Affinity::None,
+        internal_local: false,
+        external_local: false,
+        cluster_endpoints: eps.clone(),
+        external_endpoints: eps,
+    }
+}
+
+/// A TCP server that greets each connection with its name and a newline, then echoes.
+pub async fn tcp_named_echo(ip: IpAddr, name: &'static str) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let l = TcpListener::bind((ip, 0)).await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let task = tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                if s.write_all(format!("{name}\n").as_bytes()).await.is_err() {
+                    return;
+                }
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 || s.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, task)
+}
+
+/// A UDP server that answers each datagram with its name, a colon and the datagram.
+pub async fn udp_named_echo(ip: IpAddr, name: &'static str) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let s = UdpSocket::bind((ip, 0)).await.expect("bind");
+    let addr = s.local_addr().expect("addr");
+    let task = tokio::spawn(async move {
+        let mut buf = [0u8; 2048];
+        while let Ok((n, from)) = s.recv_from(&mut buf).await {
+            let mut reply = format!("{name}:").into_bytes();
+            reply.extend_from_slice(&buf[..n]);
+            let _ = s.send_to(&reply, from).await;
+        }
+    });
+    (addr, task)
+}
+
+/// Connects and reads the greeting line.
+pub async fn greet(addr: SocketAddr) -> (String, TcpStream) {
+    let mut s = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr)).await.expect("connect in time").expect("connect");
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut b)).await.expect("greeting in time").expect("read");
+        if n == 0 || b[0] == b'\n' {
+            break;
+        }
+        line.push(b[0]);
+    }
+    (String::from_utf8(line).expect("utf8"), s)
+}
+
+pub fn arc(s: ProxyService) -> Arc<ProxyService> {
+    Arc::new(s)
+}
