@@ -1,0 +1,2 @@
+//! Load benchmark of the HTTP API server (filled in below).
+fn main() {}

@@ -1,0 +1,53 @@
+//! The Kubernetes REST API over HTTP: discovery, CRUD, watch, patch, subresources, Table output,
+//! OpenAPI and health endpoints, in front of any [`bosun_core::Client`].
+//!
+//! Start with [`serve`]: it binds a plain HTTP listener (and optionally an HTTPS one with a
+//! self-signed certificate) and returns a [`Server`] handle with the bound addresses.
+//! [`Server::write_kubeconfig`] writes a kubeconfig that points `kubectl` at it.
+
+mod body;
+mod catalog;
+mod discovery;
+mod metrics;
+mod node;
+mod openapi;
+mod rest;
+mod router;
+mod server;
+mod table;
+mod tls;
+mod validation;
+mod watch;
+
+pub use catalog::{ResourceCatalog, StaticCatalog};
+pub use node::{ExecIo, ExecRequest, NoNodes, NodeConnector};
+pub use server::{HttpConfig, Server, serve};
+pub use table::{Column, TableRow, table_columns, table_row};
+pub use tls::{SelfSignedCert, kubeconfig_yaml};
+
+/// Starting or running the HTTP server failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// A listener could not be bound.
+    #[error("bind {addr}")]
+    Bind {
+        /// The address asked for.
+        addr: std::net::SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The self-signed certificate could not be made or loaded.
+    #[error("tls setup: {0}")]
+    Tls(String),
+    /// The kubeconfig could not be written.
+    #[error("write kubeconfig {path}")]
+    Kubeconfig {
+        /// Where.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}

@@ -1,0 +1,602 @@
+//! The resource handlers: verbs on collections, objects and subresources, mapped onto
+//! [`bosun_core::Client`] calls.
+
+use super::body::{self, Body, Format, Output};
+use super::catalog::ResourceCatalog;
+use super::metrics::Metrics;
+use super::node::NodeConnector;
+use super::openapi::{self, OpenApi};
+use super::router::{Query, ResourcePath};
+use super::table::{self, Include};
+use super::{validation, watch};
+use bosun_core::{
+    ApiResource, Client, DeleteParams, Deleted, DynamicObject, Error, FieldValidation, ListParams, LogParams, Patch, PatchParams,
+    PostParams, Preconditions, PropagationPolicy, Result, Target, TypeMeta, VersionMatch, WatchParams,
+};
+use bytes::Bytes;
+use futures::StreamExt;
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::{Frame, Incoming};
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What every handler shares.
+pub(crate) struct State {
+    pub client: Arc<dyn Client>,
+    pub catalog: Arc<dyn ResourceCatalog>,
+    pub nodes: Option<Arc<dyn NodeConnector>>,
+    pub openapi: OpenApi,
+    pub metrics: Arc<Metrics>,
+    pub max_body_bytes: usize,
+    pub default_watch_timeout: Duration,
+}
+
+/// The verb and resource a request counted as, for metrics.
+pub(crate) struct Served {
+    pub verb: &'static str,
+    pub resource: String,
+}
+
+/// A response plus the warnings to send with it.
+struct Reply {
+    response: Response<Body>,
+    warnings: Vec<String>,
+}
+
+impl From<Response<Body>> for Reply {
+    fn from(response: Response<Body>) -> Self {
+        Self { response, warnings: Vec::new() }
+    }
+}
+
+fn find(resources: &[ApiResource], path: &ResourcePath) -> Result<ApiResource> {
+    if let Some(r) = resources.iter().find(|r| r.group == path.group && r.version == path.version && r.plural == path.plural) {
+        return Ok(r.clone());
+    }
+    Err(Error::not_found(&path.group, &path.plural, path.name.as_deref().unwrap_or(""))
+        .with_message("the server could not find the requested resource"))
+}
+
+trait WithMessage {
+    fn with_message(self, message: &str) -> Self;
+}
+
+impl WithMessage for Error {
+    fn with_message(self, message: &str) -> Self {
+        let mut status = self.to_status();
+        status.message = Some(message.to_owned());
+        Error::from_status(status)
+    }
+}
+
+fn verb_of(method: &Method, path: &ResourcePath, query: &Query) -> &'static str {
+    let watching = path.legacy_watch || query.flag("watch");
+    match (method, path.name.is_some(), path.subresource.as_deref()) {
+        (&Method::GET, _, Some("log")) => "GET",
+        (_, _, Some("exec" | "attach" | "portforward" | "proxy")) => "CONNECT",
+        (&Method::GET, _, _) if watching => "WATCH",
+        (&Method::GET, false, _) => "LIST",
+        (&Method::GET, true, _) => "GET",
+        (&Method::POST, _, _) => "POST",
+        (&Method::PUT, _, _) => "PUT",
+        (&Method::PATCH, _, _) => "PATCH",
+        (&Method::DELETE, false, _) => "DELETECOLLECTION",
+        (&Method::DELETE, true, _) => "DELETE",
+        _ => "UNKNOWN",
+    }
+}
+
+/// Serves a request below a resource.
+pub(crate) async fn handle(state: &State, req: Request<Incoming>, path: ResourcePath, served: &mut Served) -> Response<Body> {
+    let query = Query::parse(req.uri().query());
+    served.verb = verb_of(req.method(), &path, &query);
+    served.resource = match &path.subresource {
+        Some(sub) => format!("{}/{sub}", path.plural),
+        None => path.plural.clone(),
+    };
+    match dispatch(state, req, &path, &query, served.verb).await {
+        Ok(reply) => {
+            let mut response = reply.response;
+            for w in reply.warnings {
+                let text = format!("299 - {}", serde_json::Value::String(w));
+                if let Ok(v) = HeaderValue::from_str(&text) {
+                    response.headers_mut().append(http::header::WARNING, v);
+                }
+            }
+            response
+        }
+        Err(err) => body::status_response(&err),
+    }
+}
+
+async fn dispatch(state: &State, req: Request<Incoming>, path: &ResourcePath, query: &Query, verb: &'static str) -> Result<Reply> {
+    let resources = state.catalog.resources();
+    let resource = find(&resources, path)?;
+    let namespace = match (&path.namespace, resource.namespaced) {
+        (Some(_), false) => {
+            return Err(Error::not_found(&path.group, &path.plural, "").with_message("the server could not find the requested resource"));
+        }
+        (ns, _) => ns.clone(),
+    };
+    let target = Target::new(&resource, namespace.as_deref());
+    if let Some(sub) = path.subresource.as_deref() {
+        let name = path.name.as_deref().unwrap_or_default();
+        if !resource.has_subresource(sub) {
+            return Err(Error::not_found(&path.group, &format!("{}/{sub}", path.plural), name)
+                .with_message("the server could not find the requested resource"));
+        }
+        return subresource(state, req, &resource, target, namespace.as_deref(), name, sub, query, verb).await;
+    }
+    let output = body::negotiate(req.headers())?;
+    let include = Include::parse(query.get("includeObject"))?;
+    let check = |v: &str| -> Result<()> {
+        if resource.supports(v) {
+            Ok(())
+        } else {
+            Err(Error::method_not_allowed(format!("{v} is not supported on resources of kind \"{}\"", resource.group_resource())))
+        }
+    };
+    match verb {
+        "WATCH" => {
+            check("watch")?;
+            let mut params = watch_params(query)?;
+            if let Some(name) = &path.name {
+                params.field_selector = Some(format!("metadata.name={name}"));
+            }
+            let timeout = params.timeout_seconds.map_or(state.default_watch_timeout, |s| Duration::from_secs(u64::from(s)));
+            let stream = state.client.watch(target, &params).await?;
+            let encoding = watch::Encoding { resource: resource.clone(), output, include };
+            let mut response = Response::new(watch::body(stream, encoding, timeout, state.metrics.clone()));
+            response.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            response.headers_mut().insert(http::header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+            Ok(response.into())
+        }
+        "LIST" => {
+            check("list")?;
+            let list = state.client.list(target, &list_params(query)?).await?;
+            if output == Output::Table {
+                let items: Vec<Value> = list.items.iter().map(|o| typed_value(o, &resource)).collect();
+                let meta = serde_json::to_value(&list.metadata).unwrap_or_else(|_| json!({}));
+                return Ok(body::respond(StatusCode::OK, &table::table(&resource, &items, meta, include, true), output).into());
+            }
+            let mut list = list;
+            list.types = TypeMeta { api_version: resource.api_version(), kind: format!("{}List", resource.kind) };
+            Ok(body::respond(StatusCode::OK, &list, output).into())
+        }
+        "GET" => {
+            check("get")?;
+            let name = path.name.as_deref().unwrap_or_default();
+            let obj = state.client.get(target, name).await?;
+            let value = typed_value(&obj, &resource);
+            if output == Output::Table {
+                let meta = json!({"resourceVersion": obj.metadata.resource_version});
+                return Ok(body::respond(StatusCode::OK, &table::table(&resource, &[value], meta, include, true), output).into());
+            }
+            Ok(body::respond(StatusCode::OK, &value, output).into())
+        }
+        "POST" => {
+            check("create")?;
+            let (bytes, format) = read_body(state, req).await?;
+            let (params, validation) = post_params(query)?;
+            let value = body::decode(&bytes, format)?;
+            let obj = object_for(&resource, value.clone(), namespace.as_deref(), None)?;
+            let warnings = check_fields(state, &resource, &resource.kind, &value, validation)?;
+            let created = state.client.create(target, &obj, &params).await?;
+            Ok(Reply { response: body::respond(StatusCode::CREATED, &typed_value(&created, &resource), plain(output)), warnings })
+        }
+        "PUT" => {
+            check("update")?;
+            let name = path.name.as_deref().unwrap_or_default();
+            let (bytes, format) = read_body(state, req).await?;
+            let (params, validation) = post_params(query)?;
+            let value = body::decode(&bytes, format)?;
+            let obj = object_for(&resource, value.clone(), namespace.as_deref(), Some(name))?;
+            let warnings = check_fields(state, &resource, &resource.kind, &value, validation)?;
+            let updated = state.client.update(target, &obj, &params).await?;
+            Ok(Reply { response: body::respond(StatusCode::OK, &typed_value(&updated, &resource), plain(output)), warnings })
+        }
+        "PATCH" => {
+            check("patch")?;
+            let name = path.name.as_deref().unwrap_or_default().to_owned();
+            let (patch, params, warnings) = read_patch(state, req, &resource, &resource.kind, query).await?;
+            let patched = state.client.patch(target, &name, &patch, &params).await?;
+            Ok(Reply { response: body::respond(StatusCode::OK, &typed_value(&patched, &resource), plain(output)), warnings })
+        }
+        "DELETE" => {
+            check("delete")?;
+            let name = path.name.as_deref().unwrap_or_default().to_owned();
+            let params = delete_params(state, req, query).await?;
+            let obj = match state.client.delete(target, &name, &params).await? {
+                Deleted::Now(o) | Deleted::Pending(o) => o,
+            };
+            Ok(body::respond(StatusCode::OK, &typed_value(&obj, &resource), plain(output)).into())
+        }
+        "DELETECOLLECTION" => {
+            check("deletecollection")?;
+            let list = list_params(query)?;
+            let params = delete_params(state, req, query).await?;
+            let mut deleted = state.client.delete_collection(target, &list, &params).await?;
+            deleted.types = TypeMeta { api_version: resource.api_version(), kind: format!("{}List", resource.kind) };
+            Ok(body::respond(StatusCode::OK, &deleted, plain(output)).into())
+        }
+        _ => Err(Error::method_not_allowed(format!("method {} is not supported here", verb))),
+    }
+}
+
+/// Writes answer plain objects even when a Table was asked for.
+fn plain(output: Output) -> Output {
+    if output == Output::Table { Output::Json } else { output }
+}
+
+/// The object as JSON with its type meta filled in.
+fn typed_value(obj: &DynamicObject, resource: &ApiResource) -> Value {
+    let mut value = obj.to_value();
+    if let Some(map) = value.as_object_mut() {
+        if !map.contains_key("kind") {
+            map.insert("apiVersion".into(), resource.api_version().into());
+            map.insert("kind".into(), resource.kind.to_string().into());
+        }
+    }
+    value
+}
+
+async fn read_body(state: &State, req: Request<Incoming>) -> Result<(Bytes, Format)> {
+    let media = body::media_type(req.headers());
+    let format = body::body_format(&media)?;
+    let bytes = body::read_limited(req.into_body(), state.max_body_bytes).await?;
+    Ok((bytes, format))
+}
+
+/// Builds the object of a create or update from its body, checking it against the URL.
+fn object_for(resource: &ApiResource, value: Value, namespace: Option<&str>, name: Option<&str>) -> Result<DynamicObject> {
+    if !value.is_object() {
+        return Err(Error::bad_request(format!("the body of a {} must be a JSON object", resource.kind)));
+    }
+    let mut obj = DynamicObject::from_value(value)?;
+    match &obj.types {
+        None => obj.types = Some(TypeMeta::of(resource)),
+        Some(t) if t.api_version.is_empty() && t.kind.is_empty() => obj.types = Some(TypeMeta::of(resource)),
+        Some(t) if t.kind != resource.kind => {
+            return Err(Error::bad_request(format!(
+                "the kind in the body ({}) does not match the kind of the request ({})",
+                t.kind, resource.kind
+            )));
+        }
+        Some(t) if t.api_version != resource.api_version() => {
+            return Err(Error::bad_request(format!(
+                "the API version in the data ({}) does not match the expected API version ({})",
+                t.api_version,
+                resource.api_version()
+            )));
+        }
+        Some(_) => {}
+    }
+    if let Some(ns) = namespace {
+        match obj.metadata.namespace.as_deref() {
+            Some(body_ns) if !body_ns.is_empty() && body_ns != ns => {
+                return Err(Error::bad_request("the namespace of the provided object does not match the namespace sent on the request"));
+            }
+            _ => obj.metadata.namespace = Some(ns.to_owned()),
+        }
+    }
+    if let Some(name) = name {
+        match obj.metadata.name.as_deref() {
+            Some(n) if n != name => {
+                return Err(Error::bad_request(format!("the name of the object ({n}) does not match the name on the URL ({name})")));
+            }
+            _ => obj.metadata.name = Some(name.to_owned()),
+        }
+    }
+    Ok(obj)
+}
+
+fn field_validation(query: &Query) -> Result<Option<FieldValidation>> {
+    match query.get("fieldValidation") {
+        None | Some("") => Ok(None),
+        Some("Strict") => Ok(Some(FieldValidation::Strict)),
+        Some("Warn") => Ok(Some(FieldValidation::Warn)),
+        Some("Ignore") => Ok(Some(FieldValidation::Ignore)),
+        Some(other) => Err(Error::bad_request(format!("fieldValidation must be one of \"Ignore\", \"Warn\" or \"Strict\", not {other:?}"))),
+    }
+}
+
+fn dry_run(query: &Query) -> Result<bool> {
+    let values = query.all("dryRun");
+    match values.iter().map(String::as_str).filter(|v| !v.is_empty()).collect::<Vec<_>>().as_slice() {
+        [] => Ok(false),
+        ["All"] => Ok(true),
+        other => Err(Error::bad_request(format!("dryRun: unsupported value {other:?}: only \"All\" is supported"))),
+    }
+}
+
+fn post_params(query: &Query) -> Result<(PostParams, Option<FieldValidation>)> {
+    let validation = field_validation(query)?;
+    Ok((PostParams { dry_run: dry_run(query)?, field_manager: query.non_empty("fieldManager"), field_validation: validation }, validation))
+}
+
+/// Unknown fields of a body: Strict refuses them with 400, Warn (the default) returns them as warnings.
+fn check_fields(
+    state: &State,
+    resource: &ApiResource,
+    kind: &str,
+    value: &Value,
+    validation: Option<FieldValidation>,
+) -> Result<Vec<String>> {
+    let validation = validation.unwrap_or_default();
+    if validation == FieldValidation::Ignore {
+        return Ok(Vec::new());
+    }
+    let Some(doc) = state.openapi.group_version(state.catalog.as_ref(), &resource.group, &resource.version) else {
+        return Ok(Vec::new());
+    };
+    let root = if kind == "Scale" { Some("io.k8s.api.autoscaling.v1.Scale".to_owned()) } else { doc.roots.get(kind).cloned() };
+    let Some(root) = root else { return Ok(Vec::new()) };
+    let unknown = validation::unknown_fields(value, &root, &doc.schemas);
+    if unknown.is_empty() {
+        return Ok(Vec::new());
+    }
+    let messages: Vec<String> = unknown.iter().map(|f| format!("unknown field \"{f}\"")).collect();
+    if validation == FieldValidation::Strict {
+        return Err(Error::bad_request(format!(
+            "{kind} in version \"{}\" cannot be handled as a {kind}: strict decoding error: {}",
+            resource.version,
+            messages.join(", ")
+        )));
+    }
+    Ok(messages)
+}
+
+async fn read_patch(
+    state: &State,
+    req: Request<Incoming>,
+    resource: &ApiResource,
+    kind: &str,
+    query: &Query,
+) -> Result<(Patch, PatchParams, Vec<String>)> {
+    let media = body::media_type(req.headers());
+    let unsupported = || {
+        Error::unsupported_media_type(format!(
+            "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml{}",
+            if openapi::is_typed(resource) { ", application/strategic-merge-patch+json" } else { "" }
+        ))
+    };
+    let kind_of = match media.as_str() {
+        "application/json-patch+json" => 0,
+        "application/merge-patch+json" => 1,
+        "application/strategic-merge-patch+json" if openapi::is_typed(resource) || kind == "Scale" => 2,
+        "application/apply-patch+yaml" => 3,
+        _ => return Err(unsupported()),
+    };
+    let bytes = body::read_limited(req.into_body(), state.max_body_bytes).await?;
+    let value = body::decode(&bytes, if kind_of == 3 { Format::Yaml } else { Format::Json })?;
+    let validation = field_validation(query)?;
+    let force = match query.get("force") {
+        None | Some("" | "false") => false,
+        Some("true") if kind_of == 3 => true,
+        Some("true") => return Err(Error::bad_request("force: Forbidden: may not be specified for non-apply patch")),
+        Some(other) => return Err(Error::bad_request(format!("force: invalid value {other:?}"))),
+    };
+    let patch = match kind_of {
+        0 => {
+            if !value.is_array() {
+                return Err(Error::bad_request("json patch must be an array of operations"));
+            }
+            Patch::Json(value.clone())
+        }
+        _ if !value.is_object() => return Err(Error::bad_request("the patch must be a JSON object")),
+        1 => Patch::Merge(value.clone()),
+        2 => Patch::Strategic(value.clone()),
+        _ => Patch::Apply(value.clone()),
+    };
+    let warnings = if kind_of == 0 { Vec::new() } else { check_fields(state, resource, kind, &value, validation)? };
+    let params =
+        PatchParams { dry_run: dry_run(query)?, field_manager: query.non_empty("fieldManager"), force, field_validation: validation };
+    Ok((patch, params, warnings))
+}
+
+fn list_params(query: &Query) -> Result<ListParams> {
+    let version_match = match query.get("resourceVersionMatch") {
+        None | Some("") => None,
+        Some("NotOlderThan") => Some(VersionMatch::NotOlderThan),
+        Some("Exact") => Some(VersionMatch::Exact),
+        Some(other) => return Err(Error::bad_request(format!("resourceVersionMatch: unsupported value {other:?}"))),
+    };
+    Ok(ListParams {
+        label_selector: query.non_empty("labelSelector"),
+        field_selector: query.non_empty("fieldSelector"),
+        limit: query.number::<u32>("limit")?.filter(|l| *l > 0),
+        continue_token: query.non_empty("continue"),
+        resource_version: query.non_empty("resourceVersion"),
+        version_match,
+    })
+}
+
+fn watch_params(query: &Query) -> Result<WatchParams> {
+    Ok(WatchParams {
+        label_selector: query.non_empty("labelSelector"),
+        field_selector: query.non_empty("fieldSelector"),
+        resource_version: query.non_empty("resourceVersion"),
+        timeout_seconds: query.number::<u32>("timeoutSeconds")?,
+        allow_bookmarks: query.flag("allowWatchBookmarks"),
+        send_initial_events: query.flag("sendInitialEvents"),
+    })
+}
+
+fn propagation(s: &str) -> Result<PropagationPolicy> {
+    match s {
+        "Orphan" => Ok(PropagationPolicy::Orphan),
+        "Background" => Ok(PropagationPolicy::Background),
+        "Foreground" => Ok(PropagationPolicy::Foreground),
+        other => Err(Error::bad_request(format!("propagationPolicy: unsupported value {other:?}"))),
+    }
+}
+
+/// `DeleteOptions` from the body (if any) and the query.
+async fn delete_params(state: &State, req: Request<Incoming>, query: &Query) -> Result<DeleteParams> {
+    let media = body::media_type(req.headers());
+    let bytes = body::read_limited(req.into_body(), state.max_body_bytes).await?;
+    let mut params = DeleteParams { dry_run: dry_run(query)?, ..DeleteParams::default() };
+    if let Some(g) = query.number::<u32>("gracePeriodSeconds")? {
+        params.grace_period_seconds = Some(g);
+    }
+    if let Some(p) = query.non_empty("propagationPolicy") {
+        params.propagation_policy = Some(propagation(&p)?);
+    }
+    match query.get("orphanDependents") {
+        Some("true") => params.propagation_policy = Some(PropagationPolicy::Orphan),
+        Some("false") if params.propagation_policy.is_none() => params.propagation_policy = Some(PropagationPolicy::Background),
+        _ => {}
+    }
+    if !bytes.iter().all(u8::is_ascii_whitespace) {
+        let body = body::decode(&bytes, body::body_format(&media)?)?;
+        if let Some(g) = body.get("gracePeriodSeconds").and_then(Value::as_i64) {
+            params.grace_period_seconds = Some(u32::try_from(g.max(0)).unwrap_or(u32::MAX));
+        }
+        if let Some(p) = body.get("propagationPolicy").and_then(Value::as_str) {
+            params.propagation_policy = Some(propagation(p)?);
+        } else if let Some(o) = body.get("orphanDependents").and_then(Value::as_bool) {
+            params.propagation_policy = Some(if o { PropagationPolicy::Orphan } else { PropagationPolicy::Background });
+        }
+        if let Some(p) = body.get("preconditions").filter(|p| p.is_object()) {
+            let pre: Preconditions = serde_json::from_value(p.clone()).map_err(|e| Error::bad_request(format!("preconditions: {e}")))?;
+            params.preconditions = Some(pre);
+        }
+        if let Some(d) = body.get("dryRun").and_then(Value::as_array) {
+            match d.iter().filter_map(Value::as_str).collect::<Vec<_>>().as_slice() {
+                [] => {}
+                ["All"] => params.dry_run = true,
+                other => return Err(Error::bad_request(format!("dryRun: unsupported value {other:?}"))),
+            }
+        }
+    }
+    Ok(params)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn subresource(
+    state: &State,
+    req: Request<Incoming>,
+    resource: &ApiResource,
+    target: Target<'_>,
+    namespace: Option<&str>,
+    name: &str,
+    sub: &str,
+    query: &Query,
+    verb: &'static str,
+) -> Result<Reply> {
+    match (sub, req.method().clone()) {
+        ("log", Method::GET) => return logs(state, namespace.unwrap_or("default"), name, query).await,
+        ("exec" | "attach", Method::GET | Method::POST) => {
+            return super::server::exec(state, req, namespace.unwrap_or("default"), name, sub, query).await.map(Reply::from);
+        }
+        ("exec" | "attach" | "portforward" | "proxy" | "log", _) => {
+            return Err(Error::method_not_allowed(format!("{verb} is not supported on {}/{sub}", resource.plural)));
+        }
+        _ => {}
+    }
+    let output = plain(body::negotiate(req.headers())?);
+    let kind = if sub == "scale" { "Scale".to_owned() } else { resource.kind.to_string() };
+    match req.method().clone() {
+        Method::GET => {
+            let obj = state.client.get_subresource(target, name, sub).await?;
+            Ok(body::respond(StatusCode::OK, &obj, output).into())
+        }
+        Method::PUT => {
+            let (bytes, format) = read_body(state, req).await?;
+            let (params, validation) = post_params(query)?;
+            let value = body::decode(&bytes, format)?;
+            let warnings = check_fields(state, resource, &kind, &value, validation)?;
+            let mut obj = DynamicObject::from_value(value)?;
+            if let (Some(ns), true) = (namespace, obj.metadata.namespace.is_none()) {
+                obj.metadata.namespace = Some(ns.to_owned());
+            }
+            if obj.metadata.name.is_none() {
+                obj.metadata.name = Some(name.to_owned());
+            }
+            let updated = state.client.update_subresource(target, name, sub, &obj, &params).await?;
+            Ok(Reply { response: body::respond(StatusCode::OK, &updated, output), warnings })
+        }
+        Method::PATCH => {
+            let (patch, params, warnings) = read_patch(state, req, resource, &kind, query).await?;
+            let patched = state.client.patch_subresource(target, name, sub, &patch, &params).await?;
+            Ok(Reply { response: body::respond(StatusCode::OK, &patched, output), warnings })
+        }
+        Method::POST => {
+            let (bytes, format) = read_body(state, req).await?;
+            let (params, _) = post_params(query)?;
+            let value = body::decode(&bytes, format)?;
+            let answer = state.client.create_subresource(target, name, sub, &value, &params).await?;
+            Ok(body::respond(StatusCode::CREATED, &answer, output).into())
+        }
+        other => Err(Error::method_not_allowed(format!("method {other} is not supported on {}/{sub}", resource.plural))),
+    }
+}
+
+async fn logs(state: &State, namespace: &str, pod: &str, query: &Query) -> Result<Reply> {
+    let params = LogParams {
+        container: query.non_empty("container"),
+        follow: query.flag("follow"),
+        tail_lines: query.number("tailLines")?,
+        timestamps: query.flag("timestamps"),
+        previous: query.flag("previous"),
+        since_seconds: query.number("sinceSeconds")?,
+        limit_bytes: query.number("limitBytes")?,
+    };
+    let stream = match &state.nodes {
+        Some(nodes) => nodes.logs(namespace, pod, &params).await?,
+        None => state.client.logs(namespace, pod, &params).await?,
+    };
+    let frames = stream.scan((), |(), chunk| futures::future::ready(chunk.ok())).map(|b| Ok::<_, std::io::Error>(Frame::data(b)));
+    let mut response = Response::new(BodyExt::boxed_unsync(StreamBody::new(frames)));
+    response.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    Ok(response.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deploy() -> ApiResource {
+        bosun_core::resource::builtin("apps", "v1", "Deployment").cloned().unwrap_or_else(|| unreachable!())
+    }
+
+    #[test]
+    fn a_body_in_another_namespace_is_refused() {
+        let v = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "a", "namespace": "other"}});
+        let err = object_for(&deploy(), v, Some("default"), None).err();
+        assert_eq!(err.map(|e| e.code()), Some(400));
+    }
+
+    #[test]
+    fn a_body_without_type_meta_gets_the_resources() -> Result<()> {
+        let obj = object_for(&deploy(), json!({"metadata": {"name": "a"}}), Some("default"), None)?;
+        assert_eq!(obj.types, Some(TypeMeta { api_version: "apps/v1".into(), kind: "Deployment".into() }));
+        assert_eq!(obj.metadata.namespace.as_deref(), Some("default"));
+        Ok(())
+    }
+
+    #[test]
+    fn a_put_must_name_the_object_of_its_url() {
+        let v = json!({"metadata": {"name": "b"}});
+        assert_eq!(object_for(&deploy(), v, Some("default"), Some("a")).err().map(|e| e.code()), Some(400));
+        let v = json!({"apiVersion": "v1", "kind": "Deployment", "metadata": {"name": "a"}});
+        assert_eq!(object_for(&deploy(), v, Some("default"), Some("a")).err().map(|e| e.code()), Some(400));
+    }
+
+    #[test]
+    fn query_parameters_become_client_parameters() -> Result<()> {
+        let q = Query::parse(Some("labelSelector=app%3Dweb&limit=500&resourceVersion=0&resourceVersionMatch=NotOlderThan"));
+        let l = list_params(&q)?;
+        assert_eq!((l.label_selector.as_deref(), l.limit, l.version_match), (Some("app=web"), Some(500), Some(VersionMatch::NotOlderThan)));
+        let q = Query::parse(Some("watch=true&timeoutSeconds=5&allowWatchBookmarks=true"));
+        let w = watch_params(&q)?;
+        assert_eq!((w.timeout_seconds, w.allow_bookmarks), (Some(5), true));
+        assert_eq!(field_validation(&Query::parse(Some("fieldValidation=Strict")))?, Some(FieldValidation::Strict));
+        assert!(field_validation(&Query::parse(Some("fieldValidation=strict"))).is_err());
+        assert!(dry_run(&Query::parse(Some("dryRun=All")))?);
+        assert!(dry_run(&Query::parse(Some("dryRun=Some"))).is_err());
+        Ok(())
+    }
+}
