@@ -1,0 +1,226 @@
+//! The scheduling framework: one trait per extension point, the typed per-cycle state, statuses,
+//! cluster events with queueing hints, and [`Framework`], the runtime that runs a profile's plugins.
+//!
+//! A plugin is a struct implementing [`Plugin`] plus the extension-point traits it serves; its
+//! `as_*` methods tell the framework which ones (return `Some(self)`), so that one registration
+//! enables the plugin at every point it implements, as kube-scheduler's `multiPoint` does.
+
+mod cycle_state;
+mod events;
+mod handle;
+mod runtime;
+mod status;
+
+pub use cycle_state::{CycleState, StateData};
+pub use events::{ActionType, ClusterEvent, ClusterEventWithHint, EventObject, EventResource, QueueingHint, QueueingHintFn};
+pub use handle::{Handle, PdbInfo, WaitingPods};
+pub use runtime::{Diagnosis, Framework, Profile, ScheduleError, ScheduleResult};
+pub use status::{Code, Status};
+
+use crate::node_info::NodeInfo;
+use crate::pod_info::PodInfo;
+use crate::queue::QueuedPodInfo;
+use crate::snapshot::Snapshot;
+use async_trait::async_trait;
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The highest score a Score plugin may give after normalisation.
+pub const MAX_NODE_SCORE: i64 = 100;
+/// The lowest score.
+pub const MIN_NODE_SCORE: i64 = 0;
+
+/// The nodes a PreFilter plugin restricts the pod to (`None` in the plugin answer: all nodes).
+pub type PreFilterResult = HashSet<String>;
+
+/// One node's score: its index in the snapshot and the score.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeScore {
+    /// Index of the node in the snapshot.
+    pub index: usize,
+    /// The score.
+    pub score: i64,
+}
+
+/// The part of every plugin: a name, the events that can make a pod it rejected schedulable, and
+/// which extension points it serves.
+#[allow(unused_variables)]
+pub trait Plugin: Send + Sync + 'static {
+    /// The plugin's name, as profiles refer to it.
+    fn name(&self) -> &'static str;
+
+    /// Cluster events after which a pod this plugin rejected may fit (with hints). The default,
+    /// every event, is always correct but requeues more than needed.
+    fn events_to_register(&self) -> Vec<ClusterEventWithHint> {
+        vec![ClusterEventWithHint::always(EventResource::WildCard, ActionType::ALL)]
+    }
+
+    /// Serves PreEnqueue.
+    fn as_pre_enqueue(self: Arc<Self>) -> Option<Arc<dyn PreEnqueuePlugin>> {
+        None
+    }
+    /// Serves QueueSort.
+    fn as_queue_sort(self: Arc<Self>) -> Option<Arc<dyn QueueSortPlugin>> {
+        None
+    }
+    /// Serves PreFilter.
+    fn as_pre_filter(self: Arc<Self>) -> Option<Arc<dyn PreFilterPlugin>> {
+        None
+    }
+    /// Serves Filter.
+    fn as_filter(self: Arc<Self>) -> Option<Arc<dyn FilterPlugin>> {
+        None
+    }
+    /// Serves PostFilter.
+    fn as_post_filter(self: Arc<Self>) -> Option<Arc<dyn PostFilterPlugin>> {
+        None
+    }
+    /// Serves PreScore.
+    fn as_pre_score(self: Arc<Self>) -> Option<Arc<dyn PreScorePlugin>> {
+        None
+    }
+    /// Serves Score (and NormalizeScore).
+    fn as_score(self: Arc<Self>) -> Option<Arc<dyn ScorePlugin>> {
+        None
+    }
+    /// Serves Reserve/Unreserve.
+    fn as_reserve(self: Arc<Self>) -> Option<Arc<dyn ReservePlugin>> {
+        None
+    }
+    /// Serves Permit.
+    fn as_permit(self: Arc<Self>) -> Option<Arc<dyn PermitPlugin>> {
+        None
+    }
+    /// Serves PreBind.
+    fn as_pre_bind(self: Arc<Self>) -> Option<Arc<dyn PreBindPlugin>> {
+        None
+    }
+    /// Serves Bind.
+    fn as_bind(self: Arc<Self>) -> Option<Arc<dyn BindPlugin>> {
+        None
+    }
+    /// Serves PostBind.
+    fn as_post_bind(self: Arc<Self>) -> Option<Arc<dyn PostBindPlugin>> {
+        None
+    }
+}
+
+/// PreEnqueue: may keep a pod out of the active queue (scheduling gates) without marking it unschedulable.
+pub trait PreEnqueuePlugin: Plugin {
+    /// `Success` lets the pod in; anything else keeps it gated.
+    fn pre_enqueue(&self, pod: &PodInfo) -> Status;
+}
+
+/// QueueSort: the order of the active queue. One per scheduler; every profile must agree.
+pub trait QueueSortPlugin: Plugin {
+    /// Whether `a` goes before `b`.
+    fn less(&self, a: &QueuedPodInfo, b: &QueuedPodInfo) -> bool;
+}
+
+/// PreFilter: per-pod precomputation into the cycle state; may reject the pod or narrow the nodes.
+#[allow(unused_variables)]
+pub trait PreFilterPlugin: Plugin {
+    /// Runs once per cycle. `Skip` skips this plugin's Filter.
+    fn pre_filter(&self, state: &mut CycleState, pod: &PodInfo, snapshot: &Snapshot, handle: &Handle) -> (Option<PreFilterResult>, Status);
+
+    /// Whether `add_pod`/`remove_pod` do anything (preemption dry runs call them).
+    fn has_extensions(&self) -> bool {
+        false
+    }
+
+    /// Updates the state as if `to_add` ran on `node`.
+    fn add_pod(&self, state: &mut CycleState, pod: &PodInfo, to_add: &Arc<PodInfo>, node: &NodeInfo, handle: &Handle) -> Status {
+        Status::success()
+    }
+
+    /// Updates the state as if `to_remove` left `node`.
+    fn remove_pod(&self, state: &mut CycleState, pod: &PodInfo, to_remove: &Arc<PodInfo>, node: &NodeInfo, handle: &Handle) -> Status {
+        Status::success()
+    }
+}
+
+/// Filter: whether the pod may run on one node. Called in parallel across nodes.
+pub trait FilterPlugin: Plugin {
+    /// `Success` when the node fits.
+    fn filter(&self, state: &CycleState, pod: &PodInfo, node: &NodeInfo) -> Status;
+}
+
+/// What a PostFilter plugin may use: the profile's framework (to run filters in dry runs), the
+/// snapshot and the handle.
+pub struct PostFilterContext<'a> {
+    /// The running profile.
+    pub framework: &'a Framework,
+    /// This cycle's snapshot.
+    pub snapshot: &'a Snapshot,
+    /// Cluster access.
+    pub handle: &'a Handle,
+}
+
+/// The filter outcome of every node, as PostFilter sees it.
+pub type NodeStatuses = std::collections::HashMap<usize, Status>;
+
+/// PostFilter: runs when no node fits (preemption).
+pub trait PostFilterPlugin: Plugin {
+    /// Returns the nominated node, if any, and a status (`Success` when something was done).
+    fn post_filter(
+        &self,
+        state: &CycleState,
+        pod: &Arc<PodInfo>,
+        statuses: &NodeStatuses,
+        ctx: &PostFilterContext<'_>,
+    ) -> (Option<String>, Status);
+}
+
+/// PreScore: per-pod precomputation for Score over the feasible nodes.
+pub trait PreScorePlugin: Plugin {
+    /// `Skip` skips this plugin's Score.
+    fn pre_score(&self, state: &mut CycleState, pod: &PodInfo, nodes: &[&NodeInfo], snapshot: &Snapshot, handle: &Handle) -> Status;
+}
+
+/// Score: ranks a feasible node; NormalizeScore brings scores into 0..=100 afterwards.
+#[allow(unused_variables)]
+pub trait ScorePlugin: Plugin {
+    /// The raw score of one node.
+    fn score(&self, state: &CycleState, pod: &PodInfo, node: &NodeInfo) -> Result<i64, Status>;
+
+    /// Normalises the raw scores in place (default: leave them).
+    fn normalize_score(&self, state: &CycleState, pod: &PodInfo, scores: &mut [NodeScore]) -> Status {
+        Status::success()
+    }
+}
+
+/// Reserve/Unreserve: commit or roll back plugin state for the assumed pod.
+pub trait ReservePlugin: Plugin {
+    /// Called once the node is chosen; a failure unreserves and fails the cycle.
+    fn reserve(&self, state: &mut CycleState, pod: &Arc<PodInfo>, node: &str) -> Status;
+    /// Undoes `reserve`; must be idempotent.
+    fn unreserve(&self, state: &CycleState, pod: &Arc<PodInfo>, node: &str);
+}
+
+/// Permit: approve, deny, or make the pod wait (with a timeout) before binding.
+pub trait PermitPlugin: Plugin {
+    /// `Success`, a rejection, or `Wait` with the longest wait allowed.
+    fn permit(&self, state: &CycleState, pod: &Arc<PodInfo>, node: &str) -> (Status, Duration);
+}
+
+/// PreBind: work that must finish before the binding (volumes).
+#[async_trait]
+pub trait PreBindPlugin: Plugin {
+    /// A failure unreserves and retries the pod.
+    async fn pre_bind(&self, state: &CycleState, pod: &Arc<PodInfo>, node: &str, handle: &Handle) -> Status;
+}
+
+/// Bind: makes the binding; `Skip` hands over to the next binder.
+#[async_trait]
+pub trait BindPlugin: Plugin {
+    /// Binds the pod to the node.
+    async fn bind(&self, state: &CycleState, pod: &Arc<PodInfo>, node: &str, handle: &Handle) -> Status;
+}
+
+/// PostBind: informational, after a successful bind.
+#[async_trait]
+pub trait PostBindPlugin: Plugin {
+    /// Called after the bind.
+    async fn post_bind(&self, state: &CycleState, pod: &Arc<PodInfo>, node: &str, handle: &Handle);
+}

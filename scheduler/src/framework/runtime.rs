@@ -1,0 +1,809 @@
+//! `Profile` (which plugins, which weights) and `Framework` (running them for one pod).
+
+use super::*;
+use rayon::prelude::*;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// Nodes below which filtering and scoring stay on the calling thread.
+const PARALLEL_THRESHOLD: usize = 512;
+/// Nodes per parallel work item.
+const CHUNK: usize = 128;
+/// kube-scheduler's floor on the number of feasible nodes to find.
+const MIN_FEASIBLE_NODES_TO_FIND: usize = 100;
+/// kube-scheduler's floor on the adaptive percentage.
+const MIN_FEASIBLE_PERCENTAGE: usize = 5;
+
+/// A scheduling profile: a scheduler name and the plugins it runs, with score weights.
+#[derive(Clone)]
+pub struct Profile {
+    scheduler_name: String,
+    plugins: Vec<(Arc<dyn Plugin>, i64)>,
+    disabled: Vec<String>,
+    percentage_of_nodes_to_score: Option<u32>,
+}
+
+impl std::fmt::Debug for Profile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.plugins.iter().map(|(p, _)| p.name()).collect();
+        f.debug_struct("Profile").field("scheduler_name", &self.scheduler_name).field("plugins", &names).finish()
+    }
+}
+
+impl Profile {
+    /// A profile with no plugins, answering pods whose `schedulerName` is `scheduler_name`.
+    pub fn new(scheduler_name: impl Into<String>) -> Self {
+        Self { scheduler_name: scheduler_name.into(), plugins: Vec::new(), disabled: Vec::new(), percentage_of_nodes_to_score: None }
+    }
+
+    /// kube-scheduler's default plugins and weights under `scheduler_name`.
+    pub fn defaults(scheduler_name: impl Into<String>) -> Self {
+        crate::plugins::default_plugins().into_iter().fold(Self::new(scheduler_name), |p, (plugin, w)| p.weighted_arc(plugin, w))
+    }
+
+    /// Enables a plugin at every extension point it serves (score weight 1). Replaces a plugin of the same name.
+    #[must_use]
+    pub fn plugin(self, plugin: impl Plugin) -> Self {
+        self.weighted_arc(Arc::new(plugin), 1)
+    }
+
+    /// Enables a plugin with a score weight. Replaces a plugin of the same name.
+    #[must_use]
+    pub fn weighted(self, plugin: impl Plugin, weight: i64) -> Self {
+        self.weighted_arc(Arc::new(plugin), weight)
+    }
+
+    /// Enables a shared plugin with a score weight. Replaces a plugin of the same name.
+    #[must_use]
+    pub fn weighted_arc(mut self, plugin: Arc<dyn Plugin>, weight: i64) -> Self {
+        let name = plugin.name();
+        match self.plugins.iter_mut().find(|(p, _)| p.name() == name) {
+            Some(slot) => *slot = (plugin, weight),
+            None => self.plugins.push((plugin, weight)),
+        }
+        self.disabled.retain(|d| d != name);
+        self
+    }
+
+    /// Disables a plugin by name (`*` disables all registered so far).
+    #[must_use]
+    pub fn disable(mut self, name: &str) -> Self {
+        if name == "*" {
+            self.plugins.clear();
+        } else {
+            self.disabled.push(name.to_owned());
+        }
+        self
+    }
+
+    /// Changes a plugin's score weight.
+    #[must_use]
+    pub fn weight(mut self, name: &str, weight: i64) -> Self {
+        if let Some(slot) = self.plugins.iter_mut().find(|(p, _)| p.name() == name) {
+            slot.1 = weight;
+        }
+        self
+    }
+
+    /// The share of nodes to score, 1–100 (default: kube-scheduler's adaptive `50 - nodes/125`, at least 5 %).
+    #[must_use]
+    pub fn percentage_of_nodes_to_score(mut self, percent: u32) -> Self {
+        self.percentage_of_nodes_to_score = Some(percent.clamp(1, 100));
+        self
+    }
+
+    /// The scheduler name.
+    pub fn scheduler_name(&self) -> &str {
+        &self.scheduler_name
+    }
+
+    /// Builds the runtime; fails without exactly one QueueSort or without a Bind plugin.
+    pub fn build(self) -> Result<Framework, crate::Error> {
+        let plugins: Vec<(Arc<dyn Plugin>, i64)> =
+            self.plugins.into_iter().filter(|(p, _)| !self.disabled.iter().any(|d| d == p.name())).collect();
+        let mut f = Framework {
+            name: self.scheduler_name,
+            pre_enqueue: Vec::new(),
+            queue_sort: None,
+            pre_filter: Vec::new(),
+            filter: Vec::new(),
+            post_filter: Vec::new(),
+            pre_score: Vec::new(),
+            score: Vec::new(),
+            reserve: Vec::new(),
+            permit: Vec::new(),
+            pre_bind: Vec::new(),
+            bind: Vec::new(),
+            post_bind: Vec::new(),
+            events: Vec::new(),
+            percentage_of_nodes_to_score: self.percentage_of_nodes_to_score,
+            next_start: AtomicUsize::new(0),
+        };
+        for (p, weight) in plugins {
+            let name = p.name();
+            let mut rejects = false;
+            if let Some(x) = p.clone().as_pre_enqueue() {
+                f.pre_enqueue.push(x);
+                rejects = true;
+            }
+            if let Some(x) = p.clone().as_queue_sort() {
+                if f.queue_sort.is_some() {
+                    return Err(crate::Error::InvalidProfile(format!("{}: more than one QueueSort plugin", f.name)));
+                }
+                f.queue_sort = Some(x);
+            }
+            if let Some(x) = p.clone().as_pre_filter() {
+                f.pre_filter.push(x);
+                rejects = true;
+            }
+            if let Some(x) = p.clone().as_filter() {
+                f.filter.push(x);
+                rejects = true;
+            }
+            if let Some(x) = p.clone().as_post_filter() {
+                f.post_filter.push(x);
+            }
+            if let Some(x) = p.clone().as_pre_score() {
+                f.pre_score.push(x);
+            }
+            if let Some(x) = p.clone().as_score() {
+                if weight <= 0 {
+                    return Err(crate::Error::InvalidProfile(format!("{}: score plugin {name} needs a positive weight", f.name)));
+                }
+                f.score.push((x, weight));
+            }
+            if let Some(x) = p.clone().as_reserve() {
+                f.reserve.push(x);
+                rejects = true;
+            }
+            if let Some(x) = p.clone().as_permit() {
+                f.permit.push(x);
+                rejects = true;
+            }
+            if let Some(x) = p.clone().as_pre_bind() {
+                f.pre_bind.push(x);
+                rejects = true;
+            }
+            if let Some(x) = p.clone().as_bind() {
+                f.bind.push(x);
+            }
+            if let Some(x) = p.clone().as_post_bind() {
+                f.post_bind.push(x);
+            }
+            if rejects {
+                for e in p.events_to_register() {
+                    f.events.push((name, e));
+                }
+            }
+        }
+        if f.queue_sort.is_none() {
+            return Err(crate::Error::InvalidProfile(format!("{}: no QueueSort plugin", f.name)));
+        }
+        if f.bind.is_empty() {
+            return Err(crate::Error::InvalidProfile(format!("{}: no Bind plugin", f.name)));
+        }
+        Ok(f)
+    }
+}
+
+/// Where a pod goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScheduleResult {
+    /// The chosen node.
+    pub suggested_host: String,
+    /// Nodes filtered.
+    pub evaluated_nodes: usize,
+    /// Nodes found feasible.
+    pub feasible_nodes: usize,
+}
+
+/// Why no node fits: the status of every node that was evaluated and what PreFilter/PostFilter said.
+#[derive(Debug, Clone, Default)]
+pub struct Diagnosis {
+    /// Number of nodes in the snapshot.
+    pub num_all_nodes: usize,
+    /// Failed nodes (snapshot index) with their status.
+    pub node_statuses: NodeStatuses,
+    /// A status shared by every node not listed (PreFilter rejection or restriction).
+    pub absent_status: Option<Status>,
+    /// Plugins that rejected the pod (for queueing hints).
+    pub unschedulable_plugins: Vec<String>,
+    /// Plugins that answered `Pending`.
+    pub pending_plugins: Vec<String>,
+    /// What PostFilter (preemption) said.
+    pub post_filter_msg: Option<String>,
+    /// An internal error, if that is why.
+    pub error: Option<String>,
+}
+
+impl Diagnosis {
+    fn add_plugin(list: &mut Vec<String>, status: &Status) {
+        if let Some(p) = status.plugin()
+            && !list.iter().any(|x| x == p)
+        {
+            list.push(p.to_owned());
+        }
+    }
+
+    fn record(&mut self, index: usize, status: Status) {
+        if status.code() == Code::Pending {
+            Self::add_plugin(&mut self.pending_plugins, &status);
+        } else {
+            Self::add_plugin(&mut self.unschedulable_plugins, &status);
+        }
+        self.node_statuses.insert(index, status);
+    }
+
+    /// kube-scheduler's summary: `0/3 nodes are available: 1 node(s) had untolerated taint {a: b}, 2 Insufficient cpu.`
+    /// followed by the preemption message.
+    pub fn message(&self) -> String {
+        if let Some(e) = &self.error {
+            return e.clone();
+        }
+        if self.num_all_nodes == 0 {
+            return "no nodes available to schedule pods".to_owned();
+        }
+        let mut histogram: BTreeMap<String, usize> = BTreeMap::new();
+        for s in self.node_statuses.values() {
+            for r in s.reasons() {
+                *histogram.entry(r.to_string()).or_default() += 1;
+            }
+        }
+        if let Some(s) = &self.absent_status {
+            let absent = self.num_all_nodes.saturating_sub(self.node_statuses.len());
+            if absent > 0 {
+                for r in s.reasons() {
+                    *histogram.entry(r.to_string()).or_default() += absent;
+                }
+            }
+        }
+        let mut reasons: Vec<String> = histogram.into_iter().map(|(r, n)| format!("{n} {r}")).collect();
+        reasons.sort();
+        let mut msg = format!("0/{} nodes are available:", self.num_all_nodes);
+        if !reasons.is_empty() {
+            msg.push_str(&format!(" {}.", reasons.join(", ")));
+        }
+        if let Some(p) = &self.post_filter_msg {
+            msg.push_str(&format!(" {p}"));
+        }
+        msg
+    }
+}
+
+/// Why a scheduling attempt failed.
+#[derive(Debug, Clone)]
+pub enum ScheduleError {
+    /// No node fits.
+    Fit(Box<Diagnosis>),
+    /// A plugin failed internally.
+    Internal(Status),
+}
+
+/// The runtime of one profile: its plugins per extension point, ready to run.
+pub struct Framework {
+    name: String,
+    pre_enqueue: Vec<Arc<dyn PreEnqueuePlugin>>,
+    queue_sort: Option<Arc<dyn QueueSortPlugin>>,
+    pre_filter: Vec<Arc<dyn PreFilterPlugin>>,
+    filter: Vec<Arc<dyn FilterPlugin>>,
+    post_filter: Vec<Arc<dyn PostFilterPlugin>>,
+    pre_score: Vec<Arc<dyn PreScorePlugin>>,
+    score: Vec<(Arc<dyn ScorePlugin>, i64)>,
+    reserve: Vec<Arc<dyn ReservePlugin>>,
+    permit: Vec<Arc<dyn PermitPlugin>>,
+    pre_bind: Vec<Arc<dyn PreBindPlugin>>,
+    bind: Vec<Arc<dyn BindPlugin>>,
+    post_bind: Vec<Arc<dyn PostBindPlugin>>,
+    events: Vec<(&'static str, ClusterEventWithHint)>,
+    percentage_of_nodes_to_score: Option<u32>,
+    next_start: AtomicUsize,
+}
+
+impl std::fmt::Debug for Framework {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Framework").field("name", &self.name).finish()
+    }
+}
+
+impl Framework {
+    /// The scheduler name of the profile.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The QueueSort plugin.
+    pub fn queue_sort(&self) -> Option<&Arc<dyn QueueSortPlugin>> {
+        self.queue_sort.as_ref()
+    }
+
+    /// The events each rejecting plugin registered: (plugin, event with hint).
+    pub fn events(&self) -> &[(&'static str, ClusterEventWithHint)] {
+        &self.events
+    }
+
+    /// Whether the profile has PostFilter plugins.
+    pub fn has_post_filter(&self) -> bool {
+        !self.post_filter.is_empty()
+    }
+
+    /// Runs PreEnqueue; the first non-success keeps the pod gated.
+    pub fn run_pre_enqueue(&self, pod: &PodInfo) -> Status {
+        for p in &self.pre_enqueue {
+            let s = p.pre_enqueue(pod);
+            if !s.is_success() {
+                return s.with_plugin(p.name());
+            }
+        }
+        Status::success()
+    }
+
+    /// Runs PreFilter; merges the node subsets plugins return (intersection).
+    pub fn run_pre_filter(
+        &self,
+        state: &mut CycleState,
+        pod: &PodInfo,
+        snapshot: &Snapshot,
+        handle: &Handle,
+    ) -> (Option<PreFilterResult>, Status) {
+        let mut result: Option<PreFilterResult> = None;
+        let mut restricting: Vec<&'static str> = Vec::new();
+        for p in &self.pre_filter {
+            let (r, s) = p.pre_filter(state, pod, snapshot, handle);
+            if s.is_skip() {
+                state.skip_filter.push(p.name());
+                continue;
+            }
+            if !s.is_success() {
+                return (None, s.with_plugin(p.name()));
+            }
+            if let Some(r) = r {
+                restricting.push(p.name());
+                result = Some(match result {
+                    None => r,
+                    Some(prev) => prev.intersection(&r).cloned().collect(),
+                });
+                if result.as_ref().is_some_and(HashSet::is_empty) {
+                    let msg = format!("node(s) didn't satisfy plugin(s) [{}]", restricting.join(", "));
+                    return (result, Status::unresolvable(msg).with_plugin(p.name()));
+                }
+            }
+        }
+        (result, Status::success())
+    }
+
+    /// Runs PreFilter's AddPod extensions.
+    pub fn run_pre_filter_add_pod(
+        &self,
+        state: &mut CycleState,
+        pod: &PodInfo,
+        to_add: &Arc<PodInfo>,
+        node: &NodeInfo,
+        handle: &Handle,
+    ) -> Status {
+        let plugins: Vec<&Arc<dyn PreFilterPlugin>> =
+            self.pre_filter.iter().filter(|p| p.has_extensions() && !state.skips_filter(p.name())).collect();
+        for p in plugins {
+            let s = p.add_pod(state, pod, to_add, node, handle);
+            if !s.is_success() {
+                return s.with_plugin(p.name());
+            }
+        }
+        Status::success()
+    }
+
+    /// Runs PreFilter's RemovePod extensions.
+    pub fn run_pre_filter_remove_pod(
+        &self,
+        state: &mut CycleState,
+        pod: &PodInfo,
+        to_remove: &Arc<PodInfo>,
+        node: &NodeInfo,
+        handle: &Handle,
+    ) -> Status {
+        let plugins: Vec<&Arc<dyn PreFilterPlugin>> =
+            self.pre_filter.iter().filter(|p| p.has_extensions() && !state.skips_filter(p.name())).collect();
+        for p in plugins {
+            let s = p.remove_pod(state, pod, to_remove, node, handle);
+            if !s.is_success() {
+                return s.with_plugin(p.name());
+            }
+        }
+        Status::success()
+    }
+
+    /// Runs every Filter on one node; the first failure wins.
+    pub fn run_filter(&self, state: &CycleState, pod: &PodInfo, node: &NodeInfo) -> Status {
+        for p in &self.filter {
+            if state.skips_filter(p.name()) {
+                continue;
+            }
+            let s = p.filter(state, pod, node);
+            if !s.is_success() {
+                return s.with_plugin(p.name());
+            }
+        }
+        Status::success()
+    }
+
+    /// Runs Filter twice when pods of at least equal priority are nominated to the node: once as
+    /// if they ran there, once without, so that a nominated pod's room is kept and its absence
+    /// does not break affinity. As kube-scheduler's `RunFilterPluginsWithNominatedPods`.
+    pub fn run_filter_with_nominated_pods(&self, state: &CycleState, pod: &PodInfo, node: &NodeInfo, handle: &Handle) -> Status {
+        let nominator = handle.nominator();
+        if nominator.is_empty() {
+            return self.run_filter(state, pod, node);
+        }
+        let nominated: Vec<Arc<PodInfo>> =
+            nominator.pods_for_node(&node.name).into_iter().filter(|p| p.priority >= pod.priority && p.uid != pod.uid).collect();
+        if nominated.is_empty() {
+            return self.run_filter(state, pod, node);
+        }
+        let mut state2 = state.clone();
+        let mut node2 = node.clone();
+        for p in nominated {
+            node2.add_pod(p.clone());
+            let s = self.run_pre_filter_add_pod(&mut state2, pod, &p, &node2, handle);
+            if !s.is_success() {
+                return s;
+            }
+        }
+        let s = self.run_filter(&state2, pod, &node2);
+        if !s.is_success() {
+            return s;
+        }
+        self.run_filter(state, pod, node)
+    }
+
+    /// How many feasible nodes to look for among `all` (kube-scheduler's `numFeasibleNodesToFind`).
+    pub fn num_feasible_nodes_to_find(&self, all: usize) -> usize {
+        let pct = self.percentage_of_nodes_to_score.map(|p| p as usize);
+        if all < MIN_FEASIBLE_NODES_TO_FIND || pct.is_some_and(|p| p >= 100) {
+            return all;
+        }
+        let adaptive = pct.unwrap_or_else(|| 50usize.saturating_sub(all / 125).max(MIN_FEASIBLE_PERCENTAGE));
+        (all * adaptive / 100).max(MIN_FEASIBLE_NODES_TO_FIND)
+    }
+
+    /// Filters nodes from a round-robin start until enough are feasible. `candidates` limits the
+    /// nodes (snapshot indexes) considered; `None` means all.
+    fn find_feasible(
+        &self,
+        state: &CycleState,
+        pod: &PodInfo,
+        snapshot: &Snapshot,
+        handle: &Handle,
+        candidates: Option<&[usize]>,
+        diagnosis: &mut Diagnosis,
+    ) -> (Vec<usize>, usize) {
+        let n = candidates.map_or(snapshot.len(), <[usize]>::len);
+        if n == 0 {
+            return (Vec::new(), 0);
+        }
+        let want = self.num_feasible_nodes_to_find(n);
+        let start = self.next_start.load(Ordering::Relaxed) % n;
+        let node_at = |i: usize| -> usize {
+            let j = (start + i) % n;
+            candidates.map_or(j, |c| c[j])
+        };
+        let mut feasible = Vec::with_capacity(want.min(n));
+        let processed;
+        if n < PARALLEL_THRESHOLD || rayon::current_num_threads() < 2 {
+            let mut i = 0;
+            while i < n && feasible.len() < want {
+                let idx = node_at(i);
+                let s = self.run_filter_with_nominated_pods(state, pod, &snapshot.nodes()[idx], handle);
+                if s.is_success() {
+                    feasible.push(idx);
+                } else if s.code() == Code::Error {
+                    diagnosis.error = Some(s.message());
+                    return (Vec::new(), i);
+                } else {
+                    diagnosis.record(idx, s);
+                }
+                i += 1;
+            }
+            processed = i;
+        } else {
+            let found = AtomicUsize::new(0);
+            let chunks: Vec<(Vec<usize>, Vec<(usize, Status)>, usize)> = (0..n.div_ceil(CHUNK))
+                .into_par_iter()
+                .map(|c| {
+                    let mut ok = Vec::new();
+                    let mut failed = Vec::new();
+                    let mut last = 0;
+                    for i in c * CHUNK..((c + 1) * CHUNK).min(n) {
+                        if found.load(Ordering::Relaxed) >= want {
+                            break;
+                        }
+                        let idx = node_at(i);
+                        let s = self.run_filter_with_nominated_pods(state, pod, &snapshot.nodes()[idx], handle);
+                        if s.is_success() {
+                            ok.push(idx);
+                            found.fetch_add(1, Ordering::Relaxed);
+                        } else {
+                            failed.push((idx, s));
+                        }
+                        last = i + 1;
+                    }
+                    (ok, failed, last)
+                })
+                .collect();
+            let mut last_seen = 0;
+            for (ok, failed, last) in chunks {
+                if feasible.len() >= want {
+                    break;
+                }
+                for (idx, s) in failed {
+                    if s.code() == Code::Error {
+                        diagnosis.error = Some(s.message());
+                        return (Vec::new(), n);
+                    }
+                    diagnosis.record(idx, s);
+                }
+                feasible.extend(ok);
+                last_seen = last_seen.max(last);
+            }
+            feasible.truncate(want);
+            processed = last_seen.max(1);
+        }
+        self.next_start.store((start + processed) % n, Ordering::Relaxed);
+        (feasible, processed)
+    }
+
+    /// Runs PreScore, Score and NormalizeScore over the feasible nodes and weights the scores.
+    pub fn prioritize(
+        &self,
+        state: &mut CycleState,
+        pod: &PodInfo,
+        feasible: &[usize],
+        snapshot: &Snapshot,
+        handle: &Handle,
+    ) -> Result<Vec<NodeScore>, Status> {
+        let nodes: Vec<&NodeInfo> = feasible.iter().map(|i| &*snapshot.nodes()[*i]).collect();
+        for p in &self.pre_score {
+            let s = p.pre_score(state, pod, &nodes, snapshot, handle);
+            if s.is_skip() {
+                state.skip_score.push(p.name());
+            } else if !s.is_success() {
+                return Err(s.with_plugin(p.name()));
+            }
+        }
+        let mut total: Vec<NodeScore> = feasible.iter().map(|i| NodeScore { index: *i, score: 0 }).collect();
+        let state: &CycleState = state;
+        let active: Vec<&(Arc<dyn ScorePlugin>, i64)> = self.score.iter().filter(|(p, _)| !state.skips_score(p.name())).collect();
+        let score_one = |(p, _): &&(Arc<dyn ScorePlugin>, i64)| -> Result<Vec<NodeScore>, Status> {
+            let mut scores = Vec::with_capacity(nodes.len());
+            for (i, n) in nodes.iter().enumerate() {
+                let s = p.score(state, pod, n).map_err(|s| s.with_plugin(p.name()))?;
+                scores.push(NodeScore { index: feasible[i], score: s });
+            }
+            let s = p.normalize_score(state, pod, &mut scores);
+            if !s.is_success() {
+                return Err(s.with_plugin(p.name()));
+            }
+            Ok(scores)
+        };
+        let per_plugin: Vec<Result<Vec<NodeScore>, Status>> = if nodes.len() * active.len() >= PARALLEL_THRESHOLD {
+            active.par_iter().map(score_one).collect()
+        } else {
+            active.iter().map(score_one).collect()
+        };
+        for (scores, (p, w)) in per_plugin.into_iter().zip(&active) {
+            let scores = scores?;
+            for (t, s) in total.iter_mut().zip(scores) {
+                if !(MIN_NODE_SCORE..=MAX_NODE_SCORE).contains(&s.score) {
+                    return Err(Status::error(format!("plugin {} returned an invalid score {}", p.name(), s.score)));
+                }
+                t.score += s.score * w;
+            }
+        }
+        Ok(total)
+    }
+
+    /// Picks the highest total; ties are broken at random (reservoir sampling), as kube-scheduler.
+    pub fn select_host(scores: &[NodeScore]) -> Option<usize> {
+        let mut best: Option<usize> = None;
+        let mut best_score = i64::MIN;
+        let mut ties = 0u32;
+        for s in scores {
+            if s.score > best_score {
+                best_score = s.score;
+                best = Some(s.index);
+                ties = 1;
+            } else if s.score == best_score {
+                ties += 1;
+                if fastrand::u32(0..ties) == 0 {
+                    best = Some(s.index);
+                }
+            }
+        }
+        best
+    }
+
+    /// The scheduling algorithm: PreFilter, Filter (the nominated node first), Score, select.
+    pub fn schedule_pod(
+        &self,
+        state: &mut CycleState,
+        pod: &PodInfo,
+        snapshot: &Snapshot,
+        handle: &Handle,
+    ) -> Result<ScheduleResult, ScheduleError> {
+        let mut diagnosis = Diagnosis { num_all_nodes: snapshot.len(), ..Diagnosis::default() };
+        if snapshot.is_empty() {
+            return Err(ScheduleError::Fit(Box::new(diagnosis)));
+        }
+        if let Some(e) = &pod.parse_error {
+            diagnosis.absent_status = Some(Status::unresolvable(format!("pod spec cannot be parsed: {e}")));
+            return Err(ScheduleError::Fit(Box::new(diagnosis)));
+        }
+        let (result, s) = self.run_pre_filter(state, pod, snapshot, handle);
+        if !s.is_success() {
+            if s.code() == Code::Error {
+                return Err(ScheduleError::Internal(s));
+            }
+            Diagnosis::add_plugin(&mut diagnosis.unschedulable_plugins, &s);
+            diagnosis.absent_status = Some(s);
+            return Err(ScheduleError::Fit(Box::new(diagnosis)));
+        }
+        // A pod nominated by an earlier preemption tries its node first.
+        if let Some(nnn) = &pod.nominated_node_name
+            && let Some(idx) = snapshot.index_of(nnn)
+            && result.as_ref().is_none_or(|r| r.contains(nnn.as_str()))
+        {
+            let s = self.run_filter_with_nominated_pods(state, pod, &snapshot.nodes()[idx], handle);
+            if s.is_success() {
+                return Ok(ScheduleResult { suggested_host: nnn.clone(), evaluated_nodes: 1, feasible_nodes: 1 });
+            }
+        }
+        let candidates: Option<Vec<usize>> = result.as_ref().map(|r| {
+            let mut v: Vec<usize> = r.iter().filter_map(|n| snapshot.index_of(n)).collect();
+            v.sort_unstable();
+            v
+        });
+        if let Some(c) = &candidates {
+            let names: Vec<&str> = self.pre_filter.iter().map(|p| p.name()).collect();
+            let _ = names;
+            if c.len() < snapshot.len() {
+                diagnosis.absent_status = Some(Status::unresolvable("node(s) didn't satisfy plugin(s) [NodeAffinity]"));
+            }
+        }
+        let (feasible, processed) = self.find_feasible(state, pod, snapshot, handle, candidates.as_deref(), &mut diagnosis);
+        if let Some(e) = diagnosis.error.take() {
+            return Err(ScheduleError::Internal(Status::error(e)));
+        }
+        if feasible.is_empty() {
+            return Err(ScheduleError::Fit(Box::new(diagnosis)));
+        }
+        let host = if feasible.len() == 1 {
+            feasible[0]
+        } else {
+            let scores = self.prioritize(state, pod, &feasible, snapshot, handle).map_err(ScheduleError::Internal)?;
+            Self::select_host(&scores).unwrap_or(feasible[0])
+        };
+        Ok(ScheduleResult {
+            suggested_host: snapshot.nodes()[host].name.to_string(),
+            evaluated_nodes: processed,
+            feasible_nodes: feasible.len(),
+        })
+    }
+
+    /// Runs PostFilter plugins until one succeeds; returns the nominated node and the message.
+    pub fn run_post_filter(
+        &self,
+        state: &CycleState,
+        pod: &Arc<PodInfo>,
+        diagnosis: &Diagnosis,
+        snapshot: &Snapshot,
+        handle: &Handle,
+    ) -> (Option<String>, Status) {
+        let ctx = PostFilterContext { framework: self, snapshot, handle };
+        let mut last = Status::unschedulable("no PostFilter plugin");
+        for p in &self.post_filter {
+            let (nominated, s) = p.post_filter(state, pod, &diagnosis.node_statuses, &ctx);
+            if s.is_success() {
+                return (nominated, s.with_plugin(p.name()));
+            }
+            if s.code() == Code::Error {
+                return (None, s.with_plugin(p.name()));
+            }
+            last = s.with_plugin(p.name());
+        }
+        (None, last)
+    }
+
+    /// Runs Reserve; on failure the caller must run Unreserve.
+    pub fn run_reserve(&self, state: &mut CycleState, pod: &Arc<PodInfo>, node: &str) -> Status {
+        for p in &self.reserve {
+            let s = p.reserve(state, pod, node);
+            if !s.is_success() {
+                return s.with_plugin(p.name());
+            }
+        }
+        Status::success()
+    }
+
+    /// Runs Unreserve in reverse order.
+    pub fn run_unreserve(&self, state: &CycleState, pod: &Arc<PodInfo>, node: &str) {
+        for p in self.reserve.iter().rev() {
+            p.unreserve(state, pod, node);
+        }
+    }
+
+    /// Runs Permit; returns `Wait` with the plugins to wait for and the shortest timeout.
+    pub fn run_permit(&self, state: &CycleState, pod: &Arc<PodInfo>, node: &str) -> (Status, Vec<String>, Duration) {
+        let mut waiting = Vec::new();
+        let mut timeout = Duration::MAX;
+        for p in &self.permit {
+            let (s, t) = p.permit(state, pod, node);
+            match s.code() {
+                Code::Success => {}
+                Code::Wait => {
+                    waiting.push(p.name().to_owned());
+                    timeout = timeout.min(t);
+                }
+                _ => return (s.with_plugin(p.name()), Vec::new(), Duration::ZERO),
+            }
+        }
+        if waiting.is_empty() { (Status::success(), waiting, Duration::ZERO) } else { (Status::wait(), waiting, timeout) }
+    }
+
+    /// Runs PreBind.
+    pub async fn run_pre_bind(&self, state: &CycleState, pod: &Arc<PodInfo>, node: &str, handle: &Handle) -> Status {
+        for p in &self.pre_bind {
+            let s = p.pre_bind(state, pod, node, handle).await;
+            if !s.is_success() {
+                return s.with_plugin(p.name());
+            }
+        }
+        Status::success()
+    }
+
+    /// Runs Bind plugins until one does not `Skip`.
+    pub async fn run_bind(&self, state: &CycleState, pod: &Arc<PodInfo>, node: &str, handle: &Handle) -> Status {
+        for p in &self.bind {
+            let s = p.bind(state, pod, node, handle).await;
+            if s.is_skip() {
+                continue;
+            }
+            return if s.is_success() { s } else { s.with_plugin(p.name()) };
+        }
+        Status::error("every Bind plugin skipped the pod")
+    }
+
+    /// Runs PostBind.
+    pub async fn run_post_bind(&self, state: &CycleState, pod: &Arc<PodInfo>, node: &str, handle: &Handle) {
+        for p in &self.post_bind {
+            p.post_bind(state, pod, node, handle).await;
+        }
+    }
+
+    /// Which registered plugins care about an event, and whether their hints say to retry `pod`
+    /// that `rejectors` turned away. Pods rejected by no known plugin are always retried.
+    pub fn hints_say_queue(
+        &self,
+        pod: &PodInfo,
+        rejectors: &[String],
+        event: &ClusterEvent,
+        old: Option<&EventObject>,
+        new: Option<&EventObject>,
+    ) -> bool {
+        if rejectors.is_empty() {
+            return true;
+        }
+        let mut cache: HashMap<&str, bool> = HashMap::new();
+        for (plugin, reg) in &self.events {
+            if !rejectors.iter().any(|r| r == plugin) || !event.matches(&reg.event) {
+                continue;
+            }
+            if *cache.get(plugin).unwrap_or(&false) {
+                continue;
+            }
+            let q = reg.hint.as_ref().is_none_or(|h| h(pod, old, new) == QueueingHint::Queue);
+            if q {
+                return true;
+            }
+            cache.insert(plugin, false);
+        }
+        false
+    }
+}

@@ -1,0 +1,260 @@
+//! DefaultPreemption (PostFilter): when no node fits, find nodes where evicting lower-priority
+//! pods makes room, respecting PodDisruptionBudgets where possible, pick the least disruptive,
+//! delete its victims asynchronously and nominate the node.
+
+use crate::framework::{Code, CycleState, Framework, Handle, NodeStatuses, Plugin, PostFilterContext, PostFilterPlugin, Status};
+use crate::node_info::NodeInfo;
+use crate::pod_info::PodInfo;
+use bosun_core::k8s_openapi::api::core::v1::Pod;
+use bosun_core::{Api, DeleteParams};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// The message for nodes where evictions would not help.
+pub const NOT_HELPFUL: &str = "Preemption is not helpful for scheduling";
+/// The message for nodes without suitable victims.
+pub const NO_VICTIMS: &str = "No preemption victims found for incoming pod";
+
+/// Priority-based preemption.
+#[derive(Debug, Clone)]
+pub struct DefaultPreemption {
+    /// Candidates to look for, as a share of all nodes (kube default 10 %).
+    pub min_candidate_nodes_percentage: usize,
+    /// ...and at least this many (kube default 100).
+    pub min_candidate_nodes_absolute: usize,
+}
+
+impl Default for DefaultPreemption {
+    fn default() -> Self {
+        Self { min_candidate_nodes_percentage: 10, min_candidate_nodes_absolute: 100 }
+    }
+}
+
+/// A node where preemption would work, with its victims.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    /// The node.
+    pub node: String,
+    /// Pods to evict, most important first.
+    pub victims: Vec<Arc<PodInfo>>,
+    /// How many of them a disruption budget protects.
+    pub pdb_violations: usize,
+}
+
+impl Plugin for DefaultPreemption {
+    fn name(&self) -> &'static str {
+        "DefaultPreemption"
+    }
+    fn as_post_filter(self: Arc<Self>) -> Option<Arc<dyn PostFilterPlugin>> {
+        Some(self)
+    }
+}
+
+/// Whether `a` is more important than `b`: higher priority, then earlier start.
+fn more_important(a: &PodInfo, b: &PodInfo) -> std::cmp::Ordering {
+    b.priority.cmp(&a.priority).then_with(|| a.start_time().cmp(&b.start_time()))
+}
+
+impl DefaultPreemption {
+    fn num_candidates(&self, all: usize) -> usize {
+        (all * self.min_candidate_nodes_percentage / 100).max(self.min_candidate_nodes_absolute).min(all)
+    }
+
+    /// The dry run on one node: evict every lower-priority pod, check the pod fits, then reprieve
+    /// as many victims as possible, PDB-protected ones first.
+    pub fn select_victims(
+        &self,
+        fw: &Framework,
+        state: &CycleState,
+        pod: &PodInfo,
+        node: &NodeInfo,
+        handle: &Handle,
+        pdb_allowance: &mut Vec<(crate::framework::PdbInfo, i32)>,
+    ) -> Result<Candidate, &'static str> {
+        let mut lower: Vec<Arc<PodInfo>> = node.pods.iter().filter(|p| p.priority < pod.priority).cloned().collect();
+        if lower.is_empty() {
+            return Err(NO_VICTIMS);
+        }
+        let mut state = state.clone();
+        let mut ni = node.clone();
+        for v in &lower {
+            ni.remove_pod(&v.uid);
+            if !fw.run_pre_filter_remove_pod(&mut state, pod, v, &ni, handle).is_success() {
+                return Err(NOT_HELPFUL);
+            }
+        }
+        if !fw.run_filter_with_nominated_pods(&state, pod, &ni, handle).is_success() {
+            return Err(NOT_HELPFUL);
+        }
+        lower.sort_by(|a, b| more_important(a, b));
+        // Split by PDB violation, in importance order.
+        let mut allowance: Vec<(crate::framework::PdbInfo, i32)> = pdb_allowance.clone();
+        let (mut violating, mut ok) = (Vec::new(), Vec::new());
+        for v in lower {
+            let mut violates = false;
+            for (pdb, left) in allowance.iter_mut() {
+                if pdb.namespace != v.namespace || pdb.selector.is_empty() || !pdb.selector.matches(v.labels()) {
+                    continue;
+                }
+                if pdb.disrupted_pods.iter().any(|n| *n == v.name) {
+                    continue;
+                }
+                *left -= 1;
+                if *left < 0 {
+                    violates = true;
+                }
+            }
+            if violates { violating.push(v) } else { ok.push(v) }
+        }
+        let mut victims = Vec::new();
+        let mut pdb_violations = 0;
+        let mut reprieve = |v: Arc<PodInfo>, protected: bool, state: &mut CycleState, ni: &mut NodeInfo| {
+            ni.add_pod(v.clone());
+            let added = fw.run_pre_filter_add_pod(state, pod, &v, ni, handle).is_success();
+            if added && fw.run_filter_with_nominated_pods(state, pod, ni, handle).is_success() {
+                return;
+            }
+            ni.remove_pod(&v.uid);
+            let _ = fw.run_pre_filter_remove_pod(state, pod, &v, ni, handle);
+            if protected {
+                pdb_violations += 1;
+            }
+            victims.push(v);
+        };
+        for v in violating {
+            reprieve(v, true, &mut state, &mut ni);
+        }
+        for v in ok {
+            reprieve(v, false, &mut state, &mut ni);
+        }
+        if victims.is_empty() {
+            return Err(NO_VICTIMS);
+        }
+        victims.sort_by(|a, b| more_important(a, b));
+        // Budgets consumed by this candidate are not shared with others: each dry run starts from the same allowance.
+        let _ = pdb_allowance;
+        Ok(Candidate { node: node.name.to_string(), victims, pdb_violations })
+    }
+
+    /// kube-scheduler's `pickOneNodeForPreemption`: fewest PDB violations, lowest highest-victim
+    /// priority, lowest priority sum, fewest victims, latest start of the most important victims.
+    pub fn pick_one(candidates: &[Candidate]) -> Option<&Candidate> {
+        candidates.iter().min_by(|a, b| {
+            let high = |c: &Candidate| c.victims.first().map_or(i32::MIN, |v| v.priority);
+            let sum = |c: &Candidate| c.victims.iter().map(|v| i64::from(v.priority) + i64::from(i32::MAX) + 1).sum::<i64>();
+            let earliest_of_highest = |c: &Candidate| {
+                let h = high(c);
+                c.victims.iter().filter(|v| v.priority == h).filter_map(|v| v.start_time()).min()
+            };
+            a.pdb_violations
+                .cmp(&b.pdb_violations)
+                .then(high(a).cmp(&high(b)))
+                .then(sum(a).cmp(&sum(b)))
+                .then(a.victims.len().cmp(&b.victims.len()))
+                // Later start is better: reverse.
+                .then(earliest_of_highest(b).cmp(&earliest_of_highest(a)))
+        })
+    }
+
+    fn evict(&self, pod: &PodInfo, candidate: &Candidate, handle: &Handle) {
+        for v in &candidate.victims {
+            if handle.waiting_pods().pods().iter().any(|w| w.uid == v.uid) {
+                handle.waiting_pods().reject(&v.uid, self.name(), "preempted");
+                continue;
+            }
+            let Some(client) = handle.client().cloned() else { continue };
+            let (ns, name) = (v.namespace.clone(), v.name.clone());
+            let mut params = DeleteParams::default();
+            if let Some(g) = handle.victim_grace_period() {
+                params = params.grace_period(g);
+            }
+            let preemptor = pod.key();
+            handle.spawn(async move {
+                let api = Api::<Pod>::namespaced(client, &ns);
+                if let Err(error) = api.delete(&name, &params).await
+                    && !error.is_not_found()
+                {
+                    tracing::warn!(%error, victim = %format!("{ns}/{name}"), %preemptor, "preemption could not delete a victim");
+                }
+            });
+        }
+        // Lower-priority pods nominated to the node lose their nomination.
+        for other in handle.nominator().pods_for_node(&candidate.node) {
+            if other.priority < pod.priority {
+                handle.nominator().remove(&other.uid);
+                let Some(client) = handle.client().cloned() else { continue };
+                let (ns, name) = (other.namespace.clone(), other.name.clone());
+                handle.spawn(async move {
+                    let api = Api::<Pod>::namespaced(client, &ns);
+                    let patch = bosun_core::Patch::Merge(serde_json::json!({"status": {"nominatedNodeName": null}}));
+                    if let Err(error) = api.patch_status(&name, &patch, &Default::default()).await {
+                        tracing::debug!(%error, "clearing a nomination failed");
+                    }
+                });
+            }
+        }
+    }
+}
+
+impl PostFilterPlugin for DefaultPreemption {
+    fn post_filter(
+        &self,
+        state: &CycleState,
+        pod: &Arc<PodInfo>,
+        statuses: &NodeStatuses,
+        ctx: &PostFilterContext<'_>,
+    ) -> (Option<String>, Status) {
+        let snapshot = ctx.snapshot;
+        let all = snapshot.len();
+        if pod.preempt_never {
+            return (None, Status::unschedulable("preemption: not eligible due to preemptionPolicy=Never."));
+        }
+        if let Some(nnn) = &pod.nominated_node_name
+            && let Some(n) = snapshot.node(nnn)
+            && n.pods.iter().any(|p| p.is_terminating() && p.priority < pod.priority)
+        {
+            return (None, Status::unschedulable("preemption: not eligible due to a terminating pod on the nominated node."));
+        }
+        let mut potential: Vec<usize> = statuses.iter().filter(|(_, s)| s.code() == Code::Unschedulable).map(|(i, _)| *i).collect();
+        potential.sort_unstable();
+        let mut histogram: BTreeMap<&'static str, usize> = BTreeMap::new();
+        let unresolvable = all - potential.len();
+        if unresolvable > 0 {
+            *histogram.entry(NOT_HELPFUL).or_default() += unresolvable;
+        }
+        let mut candidates = Vec::new();
+        if !potential.is_empty() {
+            let want = self.num_candidates(potential.len());
+            let offset = fastrand::usize(0..potential.len());
+            let mut allowance: Vec<(crate::framework::PdbInfo, i32)> = ctx
+                .handle
+                .pdbs()
+                .into_iter()
+                .map(|p| {
+                    let left = p.disruptions_allowed;
+                    (p, left)
+                })
+                .collect();
+            for k in 0..potential.len() {
+                if candidates.len() >= want {
+                    break;
+                }
+                let node = &snapshot.nodes()[potential[(offset + k) % potential.len()]];
+                match self.select_victims(ctx.framework, state, pod, node, ctx.handle, &mut allowance) {
+                    Ok(c) => candidates.push(c),
+                    Err(reason) => *histogram.entry(reason).or_default() += 1,
+                }
+            }
+        }
+        let Some(best) = Self::pick_one(&candidates) else {
+            let parts: Vec<String> = histogram.iter().map(|(r, n)| format!("{n} {r}")).collect();
+            return (None, Status::unschedulable(format!("preemption: 0/{all} nodes are available: {}.", parts.join(", "))));
+        };
+        tracing::debug!(pod = %pod.key(), node = %best.node, victims = best.victims.len(), "preempting");
+        self.evict(pod, best, ctx.handle);
+        (Some(best.node.clone()), Status::success())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,308 @@
+//! PodTopologySpread (PreFilter, Filter, PreScore, Score; weight 2): hard constraints
+//! (`DoNotSchedule`) filter by skew with `minDomains`, `nodeAffinityPolicy` and
+//! `nodeTaintsPolicy`; soft ones (`ScheduleAnyway`) score, as kube-scheduler does.
+
+use crate::framework::{
+    ActionType, ClusterEventWithHint, CycleState, EventResource, FilterPlugin, Handle, MAX_NODE_SCORE, NodeScore, Plugin, PreFilterPlugin,
+    PreFilterResult, PreScorePlugin, ScorePlugin, Status,
+};
+use crate::node_info::NodeInfo;
+use crate::pod_info::{PodInfo, SpreadConstraint, WhenUnsatisfiable, tolerates};
+use crate::snapshot::Snapshot;
+use rayon::prelude::*;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+/// The reason when the skew would be too large.
+pub const REASON_CONSTRAINTS: &str = "node(s) didn't match pod topology spread constraints";
+/// The reason when the node lacks a topology label.
+pub const REASON_LABEL: &str = "node(s) didn't match pod topology spread constraints (missing required label)";
+const HOSTNAME: &str = "kubernetes.io/hostname";
+
+/// Topology spread.
+#[derive(Debug, Clone, Default)]
+pub struct PodTopologySpread;
+
+#[derive(Debug, Clone)]
+struct FilterState {
+    constraints: Vec<SpreadConstraint>,
+    counts: Vec<HashMap<String, i64>>,
+    min: Vec<i64>,
+}
+
+#[derive(Debug, Clone)]
+struct ScoreState {
+    constraints: Vec<SpreadConstraint>,
+    counts: Vec<HashMap<String, i64>>,
+    weights: Vec<f64>,
+    ignored: HashSet<usize>,
+}
+
+impl Plugin for PodTopologySpread {
+    fn name(&self) -> &'static str {
+        "PodTopologySpread"
+    }
+    fn events_to_register(&self) -> Vec<ClusterEventWithHint> {
+        vec![
+            ClusterEventWithHint::always(
+                EventResource::AssignedPod,
+                ActionType::ADD.or(ActionType::DELETE).or(ActionType::UPDATE_POD_LABEL),
+            ),
+            ClusterEventWithHint::always(
+                EventResource::Node,
+                ActionType::ADD.or(ActionType::DELETE).or(ActionType::UPDATE_NODE_LABEL).or(ActionType::UPDATE_NODE_TAINT),
+            ),
+        ]
+    }
+    fn as_pre_filter(self: Arc<Self>) -> Option<Arc<dyn PreFilterPlugin>> {
+        Some(self)
+    }
+    fn as_filter(self: Arc<Self>) -> Option<Arc<dyn FilterPlugin>> {
+        Some(self)
+    }
+    fn as_pre_score(self: Arc<Self>) -> Option<Arc<dyn PreScorePlugin>> {
+        Some(self)
+    }
+    fn as_score(self: Arc<Self>) -> Option<Arc<dyn ScorePlugin>> {
+        Some(self)
+    }
+}
+
+fn has_all_keys(node: &NodeInfo, constraints: &[SpreadConstraint]) -> bool {
+    let l = node.labels();
+    constraints.iter().all(|c| l.contains_key(&c.topology_key))
+}
+
+fn counts_for(c: &SpreadConstraint, pod: &PodInfo, node: &NodeInfo) -> bool {
+    if c.honor_node_affinity && !pod.required_node_affinity.matches(node.labels(), &node.name) {
+        return false;
+    }
+    if c.honor_node_taints {
+        let blocked = node
+            .taints()
+            .iter()
+            .filter(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")
+            .any(|t| !pod.tolerations.iter().any(|tol| tolerates(tol, t)));
+        if blocked {
+            return false;
+        }
+    }
+    true
+}
+
+fn matching(c: &SpreadConstraint, ns: &str, node: &NodeInfo) -> i64 {
+    node.pods.iter().filter(|p| p.namespace == ns && !p.is_terminating() && c.selector.matches(p.labels())).count() as i64
+}
+
+fn min_of(counts: &HashMap<String, i64>) -> i64 {
+    counts.values().copied().min().unwrap_or(i64::from(i32::MAX))
+}
+
+/// Counts matching pods per domain over `nodes`; `only_domains` restricts to known domains (scoring).
+fn count_domains(
+    constraints: &[SpreadConstraint],
+    pod: &PodInfo,
+    nodes: &[Arc<NodeInfo>],
+    only: Option<&[HashMap<String, i64>]>,
+) -> Vec<HashMap<String, i64>> {
+    let one = |chunk: &[Arc<NodeInfo>]| -> Vec<HashMap<String, i64>> {
+        let mut out = vec![HashMap::new(); constraints.len()];
+        for n in chunk {
+            if !has_all_keys(n, constraints) {
+                continue;
+            }
+            for (i, c) in constraints.iter().enumerate() {
+                if only.is_some() && c.topology_key == HOSTNAME {
+                    continue;
+                }
+                if !counts_for(c, pod, n) {
+                    continue;
+                }
+                let Some(v) = n.labels().get(&c.topology_key) else { continue };
+                if let Some(known) = only
+                    && !known[i].contains_key(v)
+                {
+                    continue;
+                }
+                let k = matching(c, &pod.namespace, n);
+                match out[i].get_mut(v.as_str()) {
+                    Some(x) => *x += k,
+                    None => {
+                        out[i].insert(v.clone(), k);
+                    }
+                }
+            }
+        }
+        out
+    };
+    if nodes.len() < 1024 {
+        return one(nodes);
+    }
+    nodes.par_chunks(512).map(one).reduce(
+        || vec![HashMap::new(); constraints.len()],
+        |mut a, b| {
+            for (ai, bi) in a.iter_mut().zip(b) {
+                for (k, v) in bi {
+                    *ai.entry(k).or_default() += v;
+                }
+            }
+            a
+        },
+    )
+}
+
+impl PreFilterPlugin for PodTopologySpread {
+    fn pre_filter(&self, state: &mut CycleState, pod: &PodInfo, snapshot: &Snapshot, _: &Handle) -> (Option<PreFilterResult>, Status) {
+        let constraints: Vec<SpreadConstraint> =
+            pod.spread_constraints.iter().filter(|c| c.when_unsatisfiable == WhenUnsatisfiable::DoNotSchedule).cloned().collect();
+        if constraints.is_empty() {
+            return (None, Status::skip());
+        }
+        let counts = count_domains(&constraints, pod, snapshot.nodes(), None);
+        let min = counts.iter().map(min_of).collect();
+        state.insert(FilterState { constraints, counts, min });
+        (None, Status::success())
+    }
+
+    fn has_extensions(&self) -> bool {
+        true
+    }
+
+    fn add_pod(&self, state: &mut CycleState, pod: &PodInfo, to_add: &Arc<PodInfo>, node: &NodeInfo, _: &Handle) -> Status {
+        update(state, pod, to_add, node, 1);
+        Status::success()
+    }
+
+    fn remove_pod(&self, state: &mut CycleState, pod: &PodInfo, to_remove: &Arc<PodInfo>, node: &NodeInfo, _: &Handle) -> Status {
+        update(state, pod, to_remove, node, -1);
+        Status::success()
+    }
+}
+
+fn update(state: &mut CycleState, pod: &PodInfo, other: &PodInfo, node: &NodeInfo, delta: i64) {
+    let Some(s) = state.get_mut::<FilterState>() else { return };
+    if other.namespace != pod.namespace || !has_all_keys(node, &s.constraints) {
+        return;
+    }
+    for i in 0..s.constraints.len() {
+        let c = &s.constraints[i];
+        if !counts_for(c, pod, node) || !c.selector.matches(other.labels()) {
+            continue;
+        }
+        if let Some(v) = node.labels().get(&c.topology_key) {
+            *s.counts[i].entry(v.clone()).or_default() += delta;
+            s.min[i] = min_of(&s.counts[i]);
+        }
+    }
+}
+
+impl FilterPlugin for PodTopologySpread {
+    fn filter(&self, state: &CycleState, pod: &PodInfo, node: &NodeInfo) -> Status {
+        let Some(s) = state.get::<FilterState>() else { return Status::success() };
+        for (i, c) in s.constraints.iter().enumerate() {
+            let Some(v) = node.labels().get(&c.topology_key) else { return Status::unresolvable(REASON_LABEL) };
+            let mut min = s.min[i];
+            if let Some(md) = c.min_domains
+                && (s.counts[i].len() as i64) < md
+            {
+                min = 0;
+            }
+            let self_match = i64::from(c.selector.matches(pod.labels()));
+            let count = s.counts[i].get(v.as_str()).copied().unwrap_or(0);
+            if count + self_match - min > c.max_skew {
+                return Status::unschedulable(REASON_CONSTRAINTS);
+            }
+        }
+        Status::success()
+    }
+}
+
+impl PreScorePlugin for PodTopologySpread {
+    fn pre_score(&self, state: &mut CycleState, pod: &PodInfo, nodes: &[&NodeInfo], snapshot: &Snapshot, _: &Handle) -> Status {
+        let constraints: Vec<SpreadConstraint> =
+            pod.spread_constraints.iter().filter(|c| c.when_unsatisfiable == WhenUnsatisfiable::ScheduleAnyway).cloned().collect();
+        if constraints.is_empty() {
+            return Status::skip();
+        }
+        let mut ignored = HashSet::new();
+        let mut known = vec![HashMap::new(); constraints.len()];
+        let mut hostnames = 0usize;
+        for n in nodes {
+            if !has_all_keys(n, &constraints) {
+                if let Some(i) = snapshot.index_of(&n.name) {
+                    ignored.insert(i);
+                }
+                continue;
+            }
+            hostnames += 1;
+            for (i, c) in constraints.iter().enumerate() {
+                if c.topology_key != HOSTNAME
+                    && let Some(v) = n.labels().get(&c.topology_key)
+                {
+                    known[i].entry(v.clone()).or_insert(0i64);
+                }
+            }
+        }
+        let counts = count_domains(&constraints, pod, snapshot.nodes(), Some(&known));
+        let counts: Vec<HashMap<String, i64>> = known
+            .into_iter()
+            .zip(counts)
+            .map(|(mut k, c)| {
+                for (d, n) in c {
+                    k.insert(d, n);
+                }
+                k
+            })
+            .collect();
+        let weights = constraints
+            .iter()
+            .zip(&counts)
+            .map(|(c, m)| {
+                let size = if c.topology_key == HOSTNAME { hostnames } else { m.len() };
+                ((size + 2) as f64).ln()
+            })
+            .collect();
+        state.insert(ScoreState { constraints, counts, weights, ignored });
+        Status::success()
+    }
+}
+
+impl ScorePlugin for PodTopologySpread {
+    fn score(&self, state: &CycleState, pod: &PodInfo, node: &NodeInfo) -> Result<i64, Status> {
+        let Some(s) = state.get::<ScoreState>() else { return Ok(0) };
+        if !has_all_keys(node, &s.constraints) {
+            return Ok(0);
+        }
+        let mut score = 0.0;
+        for (i, c) in s.constraints.iter().enumerate() {
+            let Some(v) = node.labels().get(&c.topology_key) else { continue };
+            let cnt = if c.topology_key == HOSTNAME {
+                matching(c, &pod.namespace, node)
+            } else {
+                s.counts[i].get(v.as_str()).copied().unwrap_or(0)
+            };
+            score += cnt as f64 * s.weights[i] + (c.max_skew - 1) as f64;
+        }
+        Ok(score.round() as i64)
+    }
+
+    fn normalize_score(&self, state: &CycleState, _: &PodInfo, scores: &mut [NodeScore]) -> Status {
+        let Some(s) = state.get::<ScoreState>() else { return Status::success() };
+        let live = || scores.iter().filter(|x| !s.ignored.contains(&x.index)).map(|x| x.score);
+        let min = live().min().unwrap_or(0);
+        let max = live().max().unwrap_or(0);
+        for x in scores.iter_mut() {
+            if s.ignored.contains(&x.index) {
+                x.score = 0;
+            } else if max == 0 {
+                x.score = MAX_NODE_SCORE;
+            } else {
+                x.score = MAX_NODE_SCORE * (max + min - x.score) / max;
+            }
+        }
+        Status::success()
+    }
+}
+
+#[cfg(test)]
+mod tests;

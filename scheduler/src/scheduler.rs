@@ -1,0 +1,715 @@
+//! The scheduler: informers feed the cache and the queue; one thread runs scheduling cycles
+//! serially on incremental snapshots; binding cycles run concurrently on the tokio runtime.
+
+use crate::cache::Cache;
+use crate::framework::{
+    ActionType, ClusterEvent, Code, CycleState, EventObject, EventResource, Framework, Handle, PdbInfo, Profile, ScheduleError, Status,
+};
+use crate::node_info::NodeStatic;
+use crate::pod_info::PodInfo;
+use crate::queue::{QueuedPodInfo, SchedulingQueue, default_clock};
+use crate::snapshot::Snapshot;
+use bosun_core::k8s_openapi::api::core::v1::{Event as CoreEvent, Namespace, Node, ObjectReference, Pod, PodCondition};
+use bosun_core::k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use bosun_core::k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use bosun_core::watch::{Change, Informer, Informers};
+use bosun_core::{Api, Client, LabelSelector, Patch, PatchParams, PostParams};
+use futures::StreamExt;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+/// Counters of what the scheduler did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SchedulerStats {
+    /// Scheduling cycles run.
+    pub attempts: u64,
+    /// Pods bound.
+    pub scheduled: u64,
+    /// Cycles that found no node.
+    pub unschedulable: u64,
+    /// Cycles that failed for an internal reason.
+    pub errors: u64,
+    /// Preemptions that nominated a node.
+    pub nominations: u64,
+    /// Bindings that failed.
+    pub bind_failures: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    attempts: AtomicU64,
+    scheduled: AtomicU64,
+    unschedulable: AtomicU64,
+    errors: AtomicU64,
+    nominations: AtomicU64,
+    bind_failures: AtomicU64,
+}
+
+/// Builds a [`Scheduler`].
+#[must_use]
+pub struct SchedulerBuilder {
+    client: Arc<dyn Client>,
+    informers: Option<Informers>,
+    profiles: Vec<Profile>,
+    victim_grace_period: Option<u32>,
+    success_events: bool,
+}
+
+impl SchedulerBuilder {
+    /// Adds a profile (default: one profile of the default plugins, `default-scheduler`).
+    pub fn profile(mut self, profile: Profile) -> Self {
+        self.profiles.push(profile);
+        self
+    }
+
+    /// Shares an informer factory with other components (default: a private one).
+    pub fn informers(mut self, informers: Informers) -> Self {
+        self.informers = Some(informers);
+        self
+    }
+
+    /// Deletes preemption victims with this grace period (default: the pod's own).
+    pub fn victim_grace_period(mut self, seconds: u32) -> Self {
+        self.victim_grace_period = Some(seconds);
+        self
+    }
+
+    /// Records a `Scheduled` event for every bound pod, as kube-scheduler does (default: on).
+    pub fn success_events(mut self, on: bool) -> Self {
+        self.success_events = on;
+        self
+    }
+
+    /// Builds the scheduler (not yet running).
+    pub fn build(self) -> crate::Result<Scheduler> {
+        let profiles = if self.profiles.is_empty() { vec![Profile::defaults(crate::DEFAULT_SCHEDULER_NAME)] } else { self.profiles };
+        let mut frameworks = Vec::new();
+        let mut names = HashSet::new();
+        for p in profiles {
+            if !names.insert(p.scheduler_name().to_owned()) {
+                return Err(crate::Error::InvalidProfile(format!("two profiles named {}", p.scheduler_name())));
+            }
+            frameworks.push(Arc::new(p.build()?));
+        }
+        let nominator = Arc::default();
+        let queue = Arc::new(SchedulingQueue::new(&frameworks, Arc::clone(&nominator), default_clock())?);
+        let handle =
+            Handle::new(Some(self.client.clone()), nominator, self.victim_grace_period, tokio::runtime::Handle::try_current().ok());
+        Ok(Scheduler {
+            inner: Arc::new(Inner {
+                informers: self.informers.unwrap_or_else(|| Informers::new(self.client.clone())),
+                client: self.client,
+                frameworks: frameworks.into_iter().map(|f| (f.name().to_owned(), f)).collect(),
+                queue,
+                cache: Mutex::new(Cache::new()),
+                handle,
+                counters: Counters::default(),
+                success_events: self.success_events,
+                progress: tokio::sync::watch::channel(0).0,
+            }),
+        })
+    }
+}
+
+struct Inner {
+    client: Arc<dyn Client>,
+    informers: Informers,
+    frameworks: HashMap<String, Arc<Framework>>,
+    queue: Arc<SchedulingQueue>,
+    cache: Mutex<Cache>,
+    handle: Handle,
+    counters: Counters,
+    success_events: bool,
+    progress: tokio::sync::watch::Sender<u64>,
+}
+
+/// The scheduler. Cheap to clone; [`Scheduler::start`] runs it.
+#[derive(Clone)]
+pub struct Scheduler {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Scheduler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scheduler").field("profiles", &self.inner.frameworks.keys().collect::<Vec<_>>()).finish()
+    }
+}
+
+/// A running scheduler; dropping it (or [`Running::stop`]) stops it.
+#[derive(Debug)]
+pub struct Running {
+    scheduler: Scheduler,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Running {
+    /// The scheduler.
+    pub fn scheduler(&self) -> &Scheduler {
+        &self.scheduler
+    }
+
+    /// Stops the scheduling loop and the event handlers.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        self.scheduler.inner.queue.close();
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn lock(cache: &Mutex<Cache>) -> MutexGuard<'_, Cache> {
+    cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn is_terminal(pod: &Pod) -> bool {
+    matches!(pod.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"))
+}
+
+fn now() -> Time {
+    use bosun_core::k8s_openapi::jiff::Timestamp;
+    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let secs = i64::try_from(d.as_secs()).unwrap_or(0);
+    let nanos = i32::try_from(d.subsec_nanos()).unwrap_or(0);
+    Time(Timestamp::new(secs, nanos).unwrap_or(Timestamp::UNIX_EPOCH))
+}
+
+impl Scheduler {
+    /// A builder over a client.
+    pub fn builder(client: Arc<dyn Client>) -> SchedulerBuilder {
+        SchedulerBuilder { client, informers: None, profiles: Vec::new(), victim_grace_period: None, success_events: true }
+    }
+
+    /// What the scheduler did so far.
+    pub fn stats(&self) -> SchedulerStats {
+        let c = &self.inner.counters;
+        SchedulerStats {
+            attempts: c.attempts.load(Ordering::Relaxed),
+            scheduled: c.scheduled.load(Ordering::Relaxed),
+            unschedulable: c.unschedulable.load(Ordering::Relaxed),
+            errors: c.errors.load(Ordering::Relaxed),
+            nominations: c.nominations.load(Ordering::Relaxed),
+            bind_failures: c.bind_failures.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Waits until at least `n` pods have been bound in total.
+    pub async fn wait_scheduled(&self, n: u64) {
+        let mut rx = self.inner.progress.subscribe();
+        let _ = rx.wait_for(|v| *v >= n).await;
+    }
+
+    /// The queue.
+    pub fn queue(&self) -> &Arc<SchedulingQueue> {
+        &self.inner.queue
+    }
+
+    /// The plugin handle (namespaces, PDBs, nominator, waiting pods).
+    pub fn handle(&self) -> &Handle {
+        &self.inner.handle
+    }
+
+    /// The number of pods the cache accounts (bound and assumed).
+    pub fn cached_pods(&self) -> usize {
+        lock(&self.inner.cache).pod_count()
+    }
+
+    /// Starts informers, event handlers, the queue's flush timers and the scheduling thread on the
+    /// current tokio runtime; returns once pods and nodes are synced.
+    pub async fn start(&self) -> Running {
+        let inf = &self.inner.informers;
+        let pods: Informer<Pod> = inf.all();
+        let nodes: Informer<Node> = inf.all();
+        let namespaces: Informer<Namespace> = inf.all();
+        let pdbs: Informer<PodDisruptionBudget> = inf.all();
+        let mut tasks = Vec::new();
+        let pod_changes = pods.subscribe();
+        let node_changes = nodes.subscribe();
+        let ns_changes = namespaces.subscribe();
+        let pdb_changes = pdbs.subscribe();
+        {
+            let me = self.clone();
+            let inf = nodes.clone();
+            tasks.push(tokio::spawn(async move { me.node_loop(inf, node_changes).await }));
+        }
+        {
+            let me = self.clone();
+            let inf = pods.clone();
+            tasks.push(tokio::spawn(async move { me.pod_loop(inf, pod_changes).await }));
+        }
+        {
+            let me = self.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut s = ns_changes;
+                for n in namespaces.store().list() {
+                    me.on_namespace(&n, false);
+                }
+                while let Some(c) = s.next().await {
+                    match c {
+                        Change::Applied(n) => me.on_namespace(&n, false),
+                        Change::Deleted(n) => me.on_namespace(&n, true),
+                        Change::Resync => namespaces.store().list().iter().for_each(|n| me.on_namespace(n, false)),
+                    }
+                }
+            }));
+        }
+        {
+            let me = self.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut s = pdb_changes;
+                for p in pdbs.store().list() {
+                    me.on_pdb(&p, false);
+                }
+                while let Some(c) = s.next().await {
+                    match c {
+                        Change::Applied(p) => me.on_pdb(&p, false),
+                        Change::Deleted(p) => me.on_pdb(&p, true),
+                        Change::Resync => pdbs.store().list().iter().for_each(|p| me.on_pdb(p, false)),
+                    }
+                }
+            }));
+        }
+        {
+            let q = self.inner.queue.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                let mut n = 0u64;
+                loop {
+                    tick.tick().await;
+                    q.flush_backoff_completed();
+                    n += 1;
+                    if n.is_multiple_of(30) {
+                        q.flush_unschedulable_leftover();
+                    }
+                }
+            }));
+        }
+        pods.wait_ready().await;
+        nodes.wait_ready().await;
+        // Let the event loops apply the initial state before the first cycle.
+        tokio::task::yield_now().await;
+        let me = self.clone();
+        let rt = tokio::runtime::Handle::current();
+        let thread = std::thread::Builder::new()
+            .name("bosun-scheduler".into())
+            .spawn(move || {
+                let _guard = rt.enter();
+                let mut snapshot = Snapshot::default();
+                while let Some(q) = me.inner.queue.pop() {
+                    me.schedule_one(q, &mut snapshot, &rt);
+                }
+            })
+            .ok();
+        Running { scheduler: self.clone(), tasks, thread }
+    }
+
+    async fn node_loop(self, inf: Informer<Node>, mut changes: bosun_core::watch::ChangeStream<Node>) {
+        inf.wait_ready().await;
+        for n in inf.store().list() {
+            self.on_node(n, false);
+        }
+        while let Some(c) = changes.next().await {
+            match c {
+                Change::Applied(n) => self.on_node(n, false),
+                Change::Deleted(n) => self.on_node(n, true),
+                Change::Resync => {
+                    let live = inf.store().list();
+                    let names: HashSet<String> = live.iter().filter_map(|n| n.metadata.name.clone()).collect();
+                    let known: Vec<String> = {
+                        let mut s = Snapshot::default();
+                        lock(&self.inner.cache).update_snapshot(&mut s);
+                        s.nodes().iter().map(|n| n.name.to_string()).collect()
+                    };
+                    for gone in known.into_iter().filter(|n| !names.contains(n)) {
+                        lock(&self.inner.cache).remove_node(&gone);
+                    }
+                    for n in live {
+                        self.on_node(n, false);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn pod_loop(self, inf: Informer<Pod>, mut changes: bosun_core::watch::ChangeStream<Pod>) {
+        inf.wait_ready().await;
+        for p in inf.store().list() {
+            self.on_pod(p, false);
+        }
+        while let Some(c) = changes.next().await {
+            match c {
+                Change::Applied(p) => self.on_pod(p, false),
+                Change::Deleted(p) => self.on_pod(p, true),
+                Change::Resync => {
+                    for p in inf.store().list() {
+                        self.on_pod(p, false);
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_namespace(&self, ns: &Namespace, deleted: bool) {
+        let Some(name) = ns.metadata.name.as_deref() else { return };
+        self.inner.handle.set_namespace(name, (!deleted).then(|| ns.metadata.labels.clone().unwrap_or_default()));
+        if !deleted {
+            self.inner.queue.on_event(&ClusterEvent::new(EventResource::Namespace, ActionType::UPDATE), None, None);
+        }
+    }
+
+    fn on_pdb(&self, pdb: &PodDisruptionBudget, deleted: bool) {
+        let selector = pdb.spec.as_ref().and_then(|s| s.selector.as_ref()).and_then(|s| LabelSelector::from_api(s).ok());
+        let status = pdb.status.as_ref();
+        self.inner.handle.set_pdb(PdbInfo {
+            namespace: pdb.metadata.namespace.clone().unwrap_or_default(),
+            name: pdb.metadata.name.clone().unwrap_or_default(),
+            selector: selector.unwrap_or_default(),
+            disruptions_allowed: if deleted { -1 } else { status.and_then(|s| s.disruptions_allowed).unwrap_or(0) },
+            disrupted_pods: status.and_then(|s| s.disrupted_pods.as_ref()).map(|m| m.keys().cloned().collect()).unwrap_or_default(),
+        });
+    }
+
+    fn on_node(&self, node: Arc<Node>, deleted: bool) {
+        let Some(name) = node.metadata.name.clone() else { return };
+        let q = &self.inner.queue;
+        if deleted {
+            lock(&self.inner.cache).remove_node(&name);
+            q.on_event(&ClusterEvent::new(EventResource::Node, ActionType::DELETE), None, None);
+            return;
+        }
+        let new = NodeStatic::new(node);
+        let old = {
+            let mut cache = lock(&self.inner.cache);
+            let existing = cache.node_info(&name).and_then(|n| n.node.clone());
+            if let Some(o) = &existing
+                && o.same_for_scheduling(&new)
+                && conditions(&o.node) == conditions(&new.node)
+            {
+                return;
+            }
+            cache.add_or_update_node(new.clone());
+            existing
+        };
+        let action = match &old {
+            None => ActionType::ADD,
+            Some(o) => {
+                let mut a = ActionType(0);
+                if o.allocatable != new.allocatable {
+                    a = a.or(ActionType::UPDATE_NODE_ALLOCATABLE);
+                }
+                if o.labels() != new.labels() {
+                    a = a.or(ActionType::UPDATE_NODE_LABEL);
+                }
+                if o.taints != new.taints || o.unschedulable != new.unschedulable {
+                    a = a.or(ActionType::UPDATE_NODE_TAINT);
+                }
+                if conditions(&o.node) != conditions(&new.node) {
+                    a = a.or(ActionType::UPDATE_NODE_CONDITION);
+                }
+                if o.images != new.images {
+                    a = a.or(ActionType::UPDATE_NODE_OTHER);
+                }
+                a
+            }
+        };
+        let old = old.map(EventObject::Node);
+        q.on_event(&ClusterEvent::new(EventResource::Node, action), old.as_ref(), Some(&EventObject::Node(new)));
+    }
+
+    fn on_pod(&self, pod: Arc<Pod>, deleted: bool) {
+        let info = PodInfo::new(pod);
+        let q = &self.inner.queue;
+        if deleted || (is_terminal(&info.pod) && info.node_name.is_some()) {
+            q.delete(&info.uid);
+            let old = lock(&self.inner.cache).remove_pod(&info.uid);
+            if let Some(old) = old {
+                let ev = ClusterEvent::new(EventResource::AssignedPod, ActionType::DELETE);
+                q.on_event(&ev, Some(&EventObject::Pod(old)), None);
+            }
+            return;
+        }
+        if info.node_name.is_some() {
+            q.delete(&info.uid);
+            let (old, was_assumed) = {
+                let mut cache = lock(&self.inner.cache);
+                let old = cache.pod(&info.uid);
+                let assumed = cache.is_assumed(&info.uid);
+                cache.add_or_update_pod(info.clone());
+                (old, assumed)
+            };
+            let action = match &old {
+                None => ActionType::ADD,
+                Some(_) if was_assumed => ActionType::ADD,
+                Some(o) => {
+                    let mut a = ActionType(0);
+                    if o.labels() != info.labels() {
+                        a = a.or(ActionType::UPDATE_POD_LABEL);
+                    }
+                    if o.requests.milli_cpu > info.requests.milli_cpu || o.requests.memory > info.requests.memory {
+                        a = a.or(ActionType::UPDATE_POD_SCALE_DOWN);
+                    }
+                    a
+                }
+            };
+            if action.0 != 0 {
+                let ev = ClusterEvent::new(EventResource::AssignedPod, action);
+                q.on_event(&ev, old.map(EventObject::Pod).as_ref(), Some(&EventObject::Pod(info)));
+            }
+            return;
+        }
+        if !self.inner.frameworks.contains_key(&info.scheduler_name) || is_terminal(&info.pod) {
+            return;
+        }
+        if lock(&self.inner.cache).is_assumed(&info.uid) {
+            // Its binding is in flight; the bound version will follow.
+            return;
+        }
+        q.add(info);
+    }
+
+    /// One scheduling cycle for one pod.
+    fn schedule_one(&self, q: QueuedPodInfo, snapshot: &mut Snapshot, rt: &tokio::runtime::Handle) {
+        let pod = q.pod.clone();
+        let queue = &self.inner.queue;
+        let Some(fw) = self.inner.frameworks.get(&pod.scheduler_name).cloned() else {
+            queue.done(&pod.uid);
+            return;
+        };
+        if pod.is_terminating() {
+            queue.done(&pod.uid);
+            return;
+        }
+        let cycle = queue.scheduling_cycle();
+        self.inner.counters.attempts.fetch_add(1, Ordering::Relaxed);
+        lock(&self.inner.cache).update_snapshot(snapshot);
+        let span = tracing::debug_span!("schedule", pod = %pod.key());
+        let _enter = span.enter();
+        let handle = &self.inner.handle;
+        let mut state = CycleState::new();
+        let result = fw.schedule_pod(&mut state, &pod, snapshot, handle);
+        let result = match result {
+            Ok(r) => r,
+            Err(ScheduleError::Fit(mut diagnosis)) => {
+                let mut nominated = None;
+                if fw.has_post_filter() && !snapshot.is_empty() && diagnosis.absent_status.is_none() {
+                    let (n, s) = fw.run_post_filter(&state, &pod, &diagnosis, snapshot, handle);
+                    if s.code() == Code::Error {
+                        tracing::warn!(error = %s, "preemption failed");
+                    }
+                    if !s.is_success() && !s.message().is_empty() {
+                        diagnosis.post_filter_msg = Some(s.message());
+                    }
+                    nominated = n;
+                }
+                self.inner.counters.unschedulable.fetch_add(1, Ordering::Relaxed);
+                if nominated.is_some() {
+                    self.inner.counters.nominations.fetch_add(1, Ordering::Relaxed);
+                }
+                let message = diagnosis.message();
+                let mut q = q;
+                q.unschedulable_plugins = diagnosis.unschedulable_plugins.clone();
+                q.pending_plugins = diagnosis.pending_plugins.clone();
+                self.fail(q, cycle, "Unschedulable", message, nominated);
+                return;
+            }
+            Err(ScheduleError::Internal(s)) => {
+                self.inner.counters.errors.fetch_add(1, Ordering::Relaxed);
+                let mut q = q;
+                q.unschedulable_plugins.clear();
+                self.fail(q, cycle, "SchedulerError", s.message(), None);
+                return;
+            }
+        };
+        let host = result.suggested_host;
+        if let Err(e) = lock(&self.inner.cache).assume_pod(pod.clone(), &host) {
+            tracing::warn!(error = %e, "assume failed");
+            queue.done(&pod.uid);
+            return;
+        }
+        let s = fw.run_reserve(&mut state, &pod, &host);
+        if !s.is_success() {
+            self.undo(&fw, &state, &pod, &host);
+            self.fail_status(q, cycle, s);
+            return;
+        }
+        let (permit, waiting_on, timeout) = fw.run_permit(&state, &pod, &host);
+        if permit.is_rejected() || permit.code() == Code::Error {
+            self.undo(&fw, &state, &pod, &host);
+            self.fail_status(q, cycle, permit);
+            return;
+        }
+        let wait = (permit.code() == Code::Wait).then(|| (handle.waiting_pods().register(pod.clone(), waiting_on), timeout));
+        if pod.nominated_node_name.is_some() {
+            handle.nominator().remove(&pod.uid);
+        }
+        let me = self.clone();
+        rt.spawn(async move { me.binding_cycle(fw, state, q, host, cycle, wait).await });
+    }
+
+    fn undo(&self, fw: &Framework, state: &CycleState, pod: &Arc<PodInfo>, host: &str) {
+        fw.run_unreserve(state, pod, host);
+        let _ = lock(&self.inner.cache).forget_pod(&pod.uid);
+    }
+
+    fn fail_status(&self, mut q: QueuedPodInfo, cycle: u64, s: Status) {
+        if s.is_rejected() {
+            q.unschedulable_plugins = s.plugin().map(|p| vec![p.to_owned()]).unwrap_or_default();
+            self.inner.counters.unschedulable.fetch_add(1, Ordering::Relaxed);
+            self.fail(q, cycle, "Unschedulable", s.message(), None);
+        } else {
+            q.unschedulable_plugins.clear();
+            self.inner.counters.errors.fetch_add(1, Ordering::Relaxed);
+            self.fail(q, cycle, "SchedulerError", s.message(), None);
+        }
+    }
+
+    async fn binding_cycle(
+        self,
+        fw: Arc<Framework>,
+        state: CycleState,
+        q: QueuedPodInfo,
+        host: String,
+        cycle: u64,
+        wait: Option<(tokio::sync::oneshot::Receiver<Status>, Duration)>,
+    ) {
+        let pod = q.pod.clone();
+        let handle = &self.inner.handle;
+        let mut status = Status::success();
+        if let Some((rx, timeout)) = wait {
+            status = match tokio::time::timeout(timeout, rx).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(_)) => Status::error("permit wait abandoned"),
+                Err(_) => {
+                    handle.waiting_pods().forget(&pod.uid);
+                    Status::unschedulable("rejected due to timeout after waiting at permit")
+                }
+            };
+        }
+        if status.is_success() {
+            status = fw.run_pre_bind(&state, &pod, &host, handle).await;
+        }
+        if status.is_success() {
+            status = fw.run_bind(&state, &pod, &host, handle).await;
+        }
+        if status.is_success() {
+            lock(&self.inner.cache).finish_binding(&pod.uid);
+            self.inner.queue.done(&pod.uid);
+            let n = self.inner.counters.scheduled.fetch_add(1, Ordering::Relaxed) + 1;
+            self.inner.progress.send_replace(n);
+            if self.inner.success_events {
+                self.record_event(&pod, "Normal", "Scheduled", format!("Successfully assigned {} to {host}", pod.key()));
+            }
+            fw.run_post_bind(&state, &pod, &host, handle).await;
+            return;
+        }
+        self.inner.counters.bind_failures.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(pod = %pod.key(), node = %host, %status, "binding failed");
+        fw.run_unreserve(&state, &pod, &host);
+        let _ = lock(&self.inner.cache).forget_pod(&pod.uid);
+        // The freed room may help others.
+        self.inner.queue.on_event(
+            &ClusterEvent::new(EventResource::AssignedPod, ActionType::DELETE),
+            Some(&EventObject::Pod(pod.clone())),
+            None,
+        );
+        if status.message().contains("not found") {
+            self.inner.queue.delete(&pod.uid);
+            return;
+        }
+        self.fail_status(q, cycle, status);
+    }
+
+    /// Records a failed attempt: back into the queue, nominate, and report through a
+    /// `PodScheduled=False` condition and a `FailedScheduling` event.
+    fn fail(&self, q: QueuedPodInfo, cycle: u64, reason: &'static str, message: String, nominated: Option<String>) {
+        let pod = q.pod.clone();
+        let queue = &self.inner.queue;
+        if let Some(n) = &nominated {
+            queue.nominator().add(pod.clone(), n);
+        }
+        queue.add_unschedulable(q, cycle);
+        tracing::debug!(pod = %pod.key(), %message, "unschedulable");
+        self.record_event(&pod, "Warning", "FailedScheduling", message.clone());
+        let client = self.inner.client.clone();
+        let mut conditions: Vec<PodCondition> = pod.pod.status.as_ref().and_then(|s| s.conditions.clone()).unwrap_or_default();
+        let changed = bosun_core::meta::set_condition(
+            &mut conditions,
+            PodCondition {
+                type_: "PodScheduled".into(),
+                status: "False".into(),
+                reason: Some(reason.into()),
+                message: Some(message),
+                ..Default::default()
+            },
+            now(),
+        );
+        let nominated_changed = nominated.is_some() && nominated != pod.nominated_node_name;
+        if !changed && !nominated_changed {
+            return;
+        }
+        self.inner.handle.spawn(async move {
+            let mut status = serde_json::json!({ "conditions": conditions });
+            if let Some(n) = nominated {
+                status["nominatedNodeName"] = serde_json::Value::String(n);
+            }
+            let api = Api::<Pod>::namespaced(client, &pod.namespace);
+            if let Err(error) =
+                api.patch_status(&pod.name, &Patch::Merge(serde_json::json!({ "status": status })), &PatchParams::default()).await
+            {
+                tracing::debug!(%error, pod = %pod.key(), "could not update the pod's status");
+            }
+        });
+    }
+
+    fn record_event(&self, pod: &Arc<PodInfo>, type_: &str, reason: &str, message: String) {
+        let client = self.inner.client.clone();
+        let mut ev = CoreEvent::default();
+        ev.metadata.name = Some(format!("{}.{:016x}", pod.name, fastrand::u64(..)));
+        ev.metadata.namespace = Some(pod.namespace.clone());
+        ev.involved_object = ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Pod".into()),
+            name: Some(pod.name.clone()),
+            namespace: Some(pod.namespace.clone()),
+            uid: Some(pod.uid.clone()),
+            ..Default::default()
+        };
+        ev.reason = Some(reason.into());
+        ev.message = Some(message);
+        ev.type_ = Some(type_.into());
+        ev.count = Some(1);
+        ev.first_timestamp = Some(now());
+        ev.last_timestamp = Some(now());
+        ev.reporting_component = Some("default-scheduler".into());
+        ev.source = Some(bosun_core::k8s_openapi::api::core::v1::EventSource { component: Some("default-scheduler".into()), host: None });
+        let ns = pod.namespace.clone();
+        self.inner.handle.spawn(async move {
+            if let Err(error) = Api::<CoreEvent>::namespaced(client, &ns).create(&ev, &PostParams::default()).await {
+                tracing::debug!(%error, "could not record an event");
+            }
+        });
+    }
+}
+
+fn conditions(node: &Node) -> Vec<(String, String)> {
+    node.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .map(|c| c.iter().map(|c| (c.type_.clone(), c.status.clone())).collect())
+        .unwrap_or_default()
+}

@@ -1,0 +1,136 @@
+//! `Snapshot`: the per-cycle, read-only view of every node that Filter and Score read.
+//! Updated incrementally from the cache: only nodes changed since the last cycle are replaced.
+
+use crate::node_info::NodeInfo;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Zone label kube-scheduler interleaves nodes by.
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+/// Region label.
+pub const REGION_LABEL: &str = "topology.kubernetes.io/region";
+
+/// Every schedulable node's info in zone-interleaved order, with lookups the plugins need.
+#[derive(Debug, Default, Clone)]
+pub struct Snapshot {
+    pub(crate) nodes: Vec<Arc<NodeInfo>>,
+    pub(crate) index: HashMap<Arc<str>, usize>,
+    pub(crate) with_affinity: Vec<usize>,
+    pub(crate) with_required_anti_affinity: Vec<usize>,
+    pub(crate) image_nodes: HashMap<String, usize>,
+}
+
+impl Snapshot {
+    /// A snapshot of these nodes (tests and simulations); the cache builds the scheduler's own.
+    pub fn from_nodes(nodes: Vec<NodeInfo>) -> Self {
+        let mut s = Self::default();
+        s.rebuild(nodes.into_iter().filter(|n| n.node.is_some()).map(Arc::new).collect());
+        s
+    }
+
+    pub(crate) fn rebuild(&mut self, nodes: Vec<Arc<NodeInfo>>) {
+        // Interleave zones so that a partial scan samples every zone (kube-scheduler's node tree).
+        let mut zones: std::collections::BTreeMap<String, Vec<Arc<NodeInfo>>> = std::collections::BTreeMap::new();
+        for n in nodes {
+            let l = n.labels();
+            let zone = format!("{}:\0:{}", l.get(REGION_LABEL).map_or("", String::as_str), l.get(ZONE_LABEL).map_or("", String::as_str));
+            zones.entry(zone).or_default().push(n);
+        }
+        let mut lists: Vec<std::vec::IntoIter<Arc<NodeInfo>>> = zones
+            .into_values()
+            .map(|mut v| {
+                v.sort_by(|a, b| a.name.cmp(&b.name));
+                v.into_iter()
+            })
+            .collect();
+        let mut ordered = Vec::new();
+        loop {
+            let mut any = false;
+            for l in &mut lists {
+                if let Some(n) = l.next() {
+                    ordered.push(n);
+                    any = true;
+                }
+            }
+            if !any {
+                break;
+            }
+        }
+        self.nodes = ordered;
+        self.index = self.nodes.iter().enumerate().map(|(i, n)| (n.name.clone(), i)).collect();
+        self.with_affinity = (0..self.nodes.len()).filter(|i| self.nodes[*i].pods_with_affinity > 0).collect();
+        self.with_required_anti_affinity = (0..self.nodes.len()).filter(|i| self.nodes[*i].pods_with_required_anti_affinity > 0).collect();
+        self.recount_images();
+    }
+
+    pub(crate) fn recount_images(&mut self) {
+        self.image_nodes.clear();
+        for n in &self.nodes {
+            if let Some(s) = &n.node {
+                for img in s.images.keys() {
+                    *self.image_nodes.entry(img.clone()).or_default() += 1;
+                }
+            }
+        }
+    }
+
+    /// Replaces one node's info, keeping the affinity lists right.
+    pub(crate) fn replace(&mut self, i: usize, info: Arc<NodeInfo>) {
+        let old = &self.nodes[i];
+        if (old.pods_with_affinity > 0) != (info.pods_with_affinity > 0) {
+            toggle(&mut self.with_affinity, i, info.pods_with_affinity > 0);
+        }
+        if (old.pods_with_required_anti_affinity > 0) != (info.pods_with_required_anti_affinity > 0) {
+            toggle(&mut self.with_required_anti_affinity, i, info.pods_with_required_anti_affinity > 0);
+        }
+        self.nodes[i] = info;
+    }
+
+    /// Every node, in scan order.
+    pub fn nodes(&self) -> &[Arc<NodeInfo>] {
+        &self.nodes
+    }
+
+    /// The number of nodes.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// True without nodes.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// A node's index by name.
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.index.get(name).copied()
+    }
+
+    /// A node by name.
+    pub fn node(&self, name: &str) -> Option<&Arc<NodeInfo>> {
+        self.index_of(name).map(|i| &self.nodes[i])
+    }
+
+    /// Nodes with at least one pod that has pod (anti-)affinity terms.
+    pub fn nodes_with_affinity(&self) -> impl Iterator<Item = &Arc<NodeInfo>> {
+        self.with_affinity.iter().map(|i| &self.nodes[*i])
+    }
+
+    /// Nodes with at least one pod that has required anti-affinity terms.
+    pub fn nodes_with_required_anti_affinity(&self) -> impl Iterator<Item = &Arc<NodeInfo>> {
+        self.with_required_anti_affinity.iter().map(|i| &self.nodes[*i])
+    }
+
+    /// On how many nodes an image (normalised name) is present.
+    pub fn image_node_count(&self, image: &str) -> usize {
+        self.image_nodes.get(image).copied().unwrap_or(0)
+    }
+}
+
+fn toggle(list: &mut Vec<usize>, i: usize, on: bool) {
+    if on {
+        list.push(i);
+    } else if let Some(p) = list.iter().position(|x| *x == i) {
+        list.swap_remove(p);
+    }
+}
