@@ -1,0 +1,5 @@
+//! Integration tests of the controller runtime and the built-in controllers, on the in-process
+//! API server and tokio's paused clock.
+
+mod support;
+mod workloads;
