@@ -112,6 +112,15 @@ impl Gc {
         if !deleted && (meta.owner_references.as_ref().is_some_and(|r| !r.is_empty()) || is_deleting(meta)) {
             queue.add((idx, ObjectKey::of(obj)));
         }
+        if deleted {
+            // An owner in foreground deletion may have been waiting for this one.
+            for r in meta.owner_references.iter().flatten() {
+                if let Some(i) = self.resources.iter().position(|res| res.matches_type(&r.api_version, &r.kind)) {
+                    let ns = if self.resources[i].namespaced { obj.namespace() } else { None };
+                    queue.add((i, ObjectKey::new(ns, r.name.clone())));
+                }
+            }
+        }
         if deleted || is_deleting(meta) {
             for (i, inf) in self.informers.iter().enumerate() {
                 for dep in inf.store().by_index(INDEX_OWNER, obj.uid()) {

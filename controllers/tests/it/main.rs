@@ -1,5 +1,6 @@
 //! Integration tests of the controller runtime and the built-in controllers, on the in-process
 //! API server and tokio's paused clock.
 
+mod cluster;
 mod support;
 mod workloads;
