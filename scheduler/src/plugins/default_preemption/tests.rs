@@ -1,1 +1,112 @@
 use super::*;
+use crate::framework::{Diagnosis, PdbInfo, Profile};
+use crate::plugins::testutil::{node, pod};
+use crate::snapshot::Snapshot;
+use bosun_core::LabelSelector;
+
+fn framework() -> Framework {
+    Profile::defaults("default-scheduler").build().unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Runs the whole cycle (filter, then preemption) and returns the nominated node and the message.
+fn preempt(snap: &Snapshot, p: &Arc<PodInfo>, handle: &Handle) -> (Option<String>, Status, Diagnosis) {
+    let fw = framework();
+    let mut state = CycleState::new();
+    match fw.schedule_pod(&mut state, p, snap, handle) {
+        Ok(r) => panic!("pod fits on {}", r.suggested_host),
+        Err(crate::framework::ScheduleError::Fit(d)) => {
+            let (n, s) = fw.run_post_filter(&state, p, &d, snap, handle);
+            (n, s, *d)
+        }
+        Err(e) => panic!("{e:?}"),
+    }
+}
+
+fn victim(name: &str, node_name: &str, prio: i32, cpu: &str) -> Arc<PodInfo> {
+    pod(name).node(node_name).priority(prio).req(cpu, "").info()
+}
+
+#[test]
+fn pods_of_equal_or_higher_priority_are_never_victims() {
+    let snap = Snapshot::from_nodes(vec![node("n1").info(&[victim("a", "n1", 10, "2"), victim("b", "n1", 20, "2")])]);
+    let p = pod("p").priority(10).req("1", "").info();
+    let (n, s, d) = preempt(&snap, &p, &Handle::default());
+    assert_eq!(n, None);
+    assert!(!s.is_success());
+    assert_eq!(s.message(), "preemption: 0/1 nodes are available: 1 No preemption victims found for incoming pod.");
+    assert_eq!(d.message(), "0/1 nodes are available: 1 Insufficient cpu.");
+}
+
+#[test]
+fn the_fewest_lowest_priority_victims_are_chosen_and_the_rest_reprieved() {
+    let pods = [victim("v1", "n1", 1, "1"), victim("v2", "n1", 2, "1"), victim("v3", "n1", 3, "1"), victim("v4", "n1", 4, "1")];
+    let snap = Snapshot::from_nodes(vec![node("n1").info(&pods)]);
+    let p = pod("p").priority(100).req("2", "").info();
+    let fw = framework();
+    let mut state = CycleState::new();
+    let handle = Handle::default();
+    let _ = fw.run_pre_filter(&mut state, &p, &snap, &handle);
+    let c = DefaultPreemption::default()
+        .select_victims(&fw, &state, &p, &snap.nodes()[0], &handle, &mut Vec::new())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let names: Vec<&str> = c.victims.iter().map(|v| v.name.as_str()).collect();
+    assert_eq!(names, ["v2", "v1"]);
+    assert_eq!(c.pdb_violations, 0);
+}
+
+#[test]
+fn a_node_whose_victims_a_budget_protects_loses_to_one_without() {
+    let snap = Snapshot::from_nodes(vec![
+        node("guarded").info(&[pod("g").labels(&[("app", "db")]).node("guarded").priority(1).req("4", "").info()]),
+        node("free").info(&[pod("f").labels(&[("app", "batch")]).node("free").priority(1).req("4", "").info()]),
+    ]);
+    let handle = Handle::default();
+    handle.set_pdb(PdbInfo {
+        namespace: "default".into(),
+        name: "db".into(),
+        selector: LabelSelector::parse("app=db").unwrap_or_default(),
+        disruptions_allowed: 0,
+        disrupted_pods: Vec::new(),
+    });
+    let p = pod("p").priority(100).req("3", "").info();
+    for _ in 0..10 {
+        let (n, s, _) = preempt(&snap, &p, &handle);
+        assert!(s.is_success(), "{s}");
+        assert_eq!(n.as_deref(), Some("free"));
+    }
+}
+
+#[test]
+fn candidates_with_lower_priority_victims_win() {
+    let a = Candidate { node: "a".into(), victims: vec![victim("x", "a", 5, "1")], pdb_violations: 0 };
+    let b = Candidate { node: "b".into(), victims: vec![victim("y", "b", 3, "1"), victim("z", "b", 2, "1")], pdb_violations: 0 };
+    let c = Candidate { node: "c".into(), victims: vec![victim("w", "c", 1, "1")], pdb_violations: 1 };
+    assert_eq!(DefaultPreemption::pick_one(&[a.clone(), b.clone(), c]).map(|c| c.node.as_str()), Some("b"));
+    let d = Candidate { node: "d".into(), victims: vec![victim("v", "d", 3, "1")], pdb_violations: 0 };
+    // Same highest priority: the smaller priority sum wins.
+    assert_eq!(DefaultPreemption::pick_one(&[b, d, a]).map(|c| c.node.as_str()), Some("d"));
+}
+
+#[test]
+fn preemption_is_not_attempted_where_evictions_cannot_help() {
+    // The pod does not tolerate the node's taint: evicting pods there would not help.
+    let snap = Snapshot::from_nodes(vec![node("t").taint("k", "v", "NoSchedule").info(&[victim("a", "t", 0, "4")])]);
+    let p = pod("p").priority(100).req("1", "").info();
+    let (n, s, _) = preempt(&snap, &p, &Handle::default());
+    assert_eq!(n, None);
+    assert_eq!(s.message(), "preemption: 0/1 nodes are available: 1 Preemption is not helpful for scheduling.");
+    // preemptionPolicy: Never.
+    let snap = Snapshot::from_nodes(vec![node("n").info(&[victim("a", "n", 0, "4")])]);
+    let never = pod("q")
+        .priority(100)
+        .req("1", "")
+        .with(|p| {
+            if let Some(s) = p.spec.as_mut() {
+                s.preemption_policy = Some("Never".into());
+            }
+        })
+        .info();
+    let (n, s, _) = preempt(&snap, &never, &Handle::default());
+    assert_eq!(n, None);
+    assert!(s.message().contains("preemptionPolicy=Never"));
+}
