@@ -6,11 +6,13 @@
 //! path, and [`dns`] answers cluster names, both from the same table.
 
 pub mod backend;
+pub mod nftables;
 pub mod sync;
 pub mod table;
 pub mod userspace;
 
 pub use backend::{ApplyError, ProxyBackend};
+pub use nftables::{NftablesConfig, NftablesProxy};
 pub use sync::{ServiceProxy, TableHandle};
 pub use table::{
     Affinity, Endpoint, NodeContext, Protocol, ProxyService, ServiceInfo, ServiceKind, ServicePortName, ServiceTable, TableDiff,

@@ -1,0 +1,115 @@
+//! The nftables backend for real: a client namespace reaches a ClusterIP that DNATs to server namespaces.
+
+use crate::netns::{self, Netns};
+use crate::support::*;
+use bosun_netproxy::table::{Affinity, Protocol, TableDiff};
+use bosun_netproxy::{NftablesConfig, NftablesProxy, ProxyBackend};
+use std::io::{BufRead, BufReader};
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+fn skip() -> bool {
+    if netns::available() {
+        return false;
+    }
+    if require_components() {
+        panic!("nftables test needs root, iproute2 and nftables (BOSUN_REQUIRE_COMPONENTS=1)");
+    }
+    eprintln!("SKIPPING nftables test: needs root, iproute2 (ip netns) and nftables (nft)");
+    true
+}
+
+/// A TCP server inside a namespace greeting each connection with `name`.
+fn serve_in(ns: &Netns, addr: &'static str, name: &'static str) {
+    let listener = ns.enter(move || std::net::TcpListener::bind(addr).expect("bind in netns"));
+    std::thread::spawn(move || {
+        for mut s in listener.incoming().flatten() {
+            use std::io::Write;
+            let _ = s.write_all(format!("{name}\n").as_bytes());
+        }
+    });
+}
+
+/// Connects from inside a namespace and returns the greeting (or the error).
+fn ask(ns: &Netns, to: SocketAddr) -> Result<String, String> {
+    ns.enter(move || {
+        let s = std::net::TcpStream::connect_timeout(&to, Duration::from_secs(2)).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).map_err(|e| e.to_string())?;
+        let mut line = String::new();
+        BufReader::new(s).read_line(&mut line).map_err(|e| e.to_string())?;
+        Ok(line.trim().to_owned())
+    })
+}
+
+#[tokio::test]
+async fn cluster_ip_dnats_from_a_client_namespace_to_servers_and_follows_endpoint_changes() {
+    if skip() {
+        return;
+    }
+    let client = Netns::create("c").expect("netns");
+    let s1 = Netns::create("s1").expect("netns");
+    let s2 = Netns::create("s2").expect("netns");
+    client.link(&s1, "vc1", "10.240.1.1/24", "vs1", "10.240.1.2/24").expect("veth");
+    client.link(&s2, "vc2", "10.240.2.1/24", "vs2", "10.240.2.2/24").expect("veth");
+    // The cluster IP range must be routable before DNAT picks the real destination.
+    client.ip(&["route", "add", "10.96.0.0/16", "dev", "vc1"]).expect("route");
+    // Replies go back to whichever client address the first route chose.
+    s1.ip(&["route", "add", "default", "via", "10.240.1.1"]).expect("route");
+    s2.ip(&["route", "add", "default", "via", "10.240.2.1"]).expect("route");
+    serve_in(&s1, "10.240.1.2:8080", "s1");
+    serve_in(&s2, "10.240.2.2:8080", "s2");
+
+    let proxy = NftablesProxy::new(NftablesConfig::default().netns(client.name.clone()));
+    let vip: IpAddr = "10.96.0.10".parse().expect("ip");
+    let ep1: SocketAddr = "10.240.1.2:8080".parse().expect("addr");
+    let ep2: SocketAddr = "10.240.2.2:8080".parse().expect("addr");
+    let to = SocketAddr::new(vip, 80);
+
+    // Full sync with only server 1.
+    let svc = service("web", Protocol::Tcp, vip, 80, &[ep1]);
+    proxy.apply(&TableDiff { full: true, upserted: vec![arc(svc)], removed: vec![] }).await.expect("full sync");
+    for _ in 0..3 {
+        assert_eq!(ask(&client, to).expect("reach s1"), "s1");
+    }
+
+    // Incremental: both servers; both get traffic.
+    let both = service("web", Protocol::Tcp, vip, 80, &[ep1, ep2]);
+    proxy.apply(&TableDiff { full: false, upserted: vec![arc(both)], removed: vec![] }).await.expect("diff");
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..40 {
+        seen.insert(ask(&client, to).expect("reach"));
+        if seen.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(seen.len(), 2, "random DNAT reaches both servers: {seen:?}");
+
+    // Only server 2.
+    let two = service("web", Protocol::Tcp, vip, 80, &[ep2]);
+    proxy.apply(&TableDiff { full: false, upserted: vec![arc(two)], removed: vec![] }).await.expect("diff");
+    for _ in 0..5 {
+        assert_eq!(ask(&client, to).expect("reach s2"), "s2");
+    }
+
+    // No endpoints: rejected at once (not a timeout).
+    let none = service("web", Protocol::Tcp, vip, 80, &[]);
+    proxy.apply(&TableDiff { full: false, upserted: vec![arc(none.clone())], removed: vec![] }).await.expect("diff");
+    let err = ask(&client, to).expect_err("rejected");
+    assert!(err.to_lowercase().contains("refused") || err.contains("unreachable"), "{err}");
+
+    // A second service with affinity sticks to one server.
+    let vip2: IpAddr = "10.96.0.11".parse().expect("ip");
+    let mut sticky = service("sticky", Protocol::Tcp, vip2, 80, &[ep1, ep2]);
+    sticky.affinity = Affinity::ClientIp { timeout: Duration::from_secs(60) };
+    proxy.apply(&TableDiff { full: false, upserted: vec![arc(sticky)], removed: vec![] }).await.expect("diff");
+    let first = ask(&client, SocketAddr::new(vip2, 80)).expect("reach");
+    for _ in 0..8 {
+        assert_eq!(ask(&client, SocketAddr::new(vip2, 80)).expect("reach"), first);
+    }
+
+    // Removing the service removes its rules.
+    proxy.apply(&TableDiff { full: false, upserted: vec![], removed: vec![none.name.clone()] }).await.expect("diff");
+    let err = ask(&client, to).expect_err("no rule: nothing listens on the cluster IP");
+    assert!(!err.is_empty());
+    proxy.cleanup().await.expect("cleanup");
+}
