@@ -38,8 +38,8 @@ pub enum FinalizerError<E: std::error::Error + 'static> {
 /// the reconcile), calls [`FinalizerEvent::Cleanup`] for deleting objects that still carry it and
 /// then removes it. Deleting objects without it are left alone.
 ///
-/// Both patches are JSON patches guarded by a `test` of the finalizer list, so a concurrent change
-/// turns into a conflict and a retry rather than a lost update.
+/// Adding is a merge patch guarded by the resourceVersion, removing a JSON patch guarded by a
+/// `test` of the entry, so a concurrent change turns into a conflict and a retry, not a lost update.
 pub async fn finalizer<K, E, F, Fut>(api: &Api<K>, name: &str, obj: Arc<K>, callback: F) -> Result<Action, FinalizerError<E>>
 where
     K: Object,
@@ -54,17 +54,11 @@ where
     match (is_deleting(meta), present) {
         (false, true) => callback(FinalizerEvent::Apply(obj)).await.map_err(FinalizerError::Callback),
         (false, false) => {
-            let patch = match &meta.finalizers {
-                None => serde_json::json!([
-                    {"op": "test", "path": "/metadata/finalizers", "value": null},
-                    {"op": "add", "path": "/metadata/finalizers", "value": [name]},
-                ]),
-                Some(list) => serde_json::json!([
-                    {"op": "test", "path": "/metadata/finalizers", "value": list},
-                    {"op": "add", "path": "/metadata/finalizers/-", "value": name},
-                ]),
-            };
-            api.patch(&object_name, &Patch::Json(patch), &PatchParams::default()).await.map_err(FinalizerError::Add)?;
+            // A merge patch guarded by the resourceVersion: a concurrent change is a 409 and a retry.
+            let mut list = meta.finalizers.clone().unwrap_or_default();
+            list.push(name.to_owned());
+            let patch = serde_json::json!({"metadata": {"finalizers": list, "resourceVersion": meta.resource_version}});
+            api.patch(&object_name, &Patch::Merge(patch), &PatchParams::default()).await.map_err(FinalizerError::Add)?;
             Ok(Action::await_change())
         }
         (true, true) => {

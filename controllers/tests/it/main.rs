@@ -2,5 +2,6 @@
 //! API server and tokio's paused clock.
 
 mod cluster;
+mod runtime;
 mod support;
 mod workloads;
