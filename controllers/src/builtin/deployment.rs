@@ -70,10 +70,10 @@ pub fn equal_ignoring_hash(a: &PodTemplateSpec, b: &PodTemplateSpec) -> bool {
         if let Some(labels) = t.metadata.as_mut().and_then(|m| m.labels.as_mut()) {
             labels.remove(POD_TEMPLATE_HASH);
         }
-        if let Some(m) = t.metadata.as_mut() {
-            if m.labels.as_ref().is_some_and(|l| l.is_empty()) {
-                m.labels = None;
-            }
+        if let Some(m) = t.metadata.as_mut()
+            && m.labels.as_ref().is_some_and(|l| l.is_empty())
+        {
+            m.labels = None;
         }
         t
     };
@@ -157,10 +157,10 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<DeploymentCtx>) -> Result<Ac
         written.retain(|k, _| live.contains(&k.as_str()) || !k.starts_with(&uid));
         for rs in &sets {
             let key = format!("{uid}/{}", rs.uid());
-            if let Some(&w) = written.get(&key) {
-                if rs.resource_version().parse::<u64>().is_ok_and(|seen| seen < w) {
-                    return Ok(Action::requeue(Duration::from_millis(50)));
-                }
+            if let Some(&w) = written.get(&key)
+                && rs.resource_version().parse::<u64>().is_ok_and(|seen| seen < w)
+            {
+                return Ok(Action::requeue(Duration::from_millis(50)));
             }
         }
     }

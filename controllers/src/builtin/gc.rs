@@ -228,10 +228,10 @@ impl Gc {
         let resource = match self.resources.iter().position(|res| res.matches_type(&r.api_version, &r.kind)) {
             Some(i) => {
                 let ns_key = if self.resources[i].namespaced { ns } else { None };
-                if let Some(owner) = self.informers[i].store().get(&ObjectKey::new(ns_key, r.name.clone())) {
-                    if owner.uid() == r.uid {
-                        return Ok(state_of(&owner));
-                    }
+                if let Some(owner) = self.informers[i].store().get(&ObjectKey::new(ns_key, r.name.clone()))
+                    && owner.uid() == r.uid
+                {
+                    return Ok(state_of(&owner));
                 }
                 self.resources[i].clone()
             }

@@ -58,10 +58,13 @@ pub enum LeaderError {
     Api(#[from] Error),
 }
 
+/// A lease record as observed: holder, renew time (as text) and transition count.
+type Record = (Option<String>, String, i32);
+
 #[derive(Default)]
 struct State {
     /// The record as last seen (holder, renew time, transitions) and when it was first seen so.
-    observed: Option<((Option<String>, String, i32), Instant)>,
+    observed: Option<(Record, Instant)>,
     token: Option<FencingToken>,
     renewed: Option<Instant>,
 }
