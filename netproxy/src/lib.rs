@@ -6,12 +6,14 @@
 //! path, and [`dns`] answers cluster names, both from the same table.
 
 pub mod backend;
+pub mod dns;
 pub mod nftables;
 pub mod sync;
 pub mod table;
 pub mod userspace;
 
 pub use backend::{ApplyError, ProxyBackend};
+pub use dns::{ClusterDns, DnsServer};
 pub use nftables::{NftablesConfig, NftablesProxy};
 pub use sync::{ServiceProxy, TableHandle};
 pub use table::{

@@ -1,6 +1,7 @@
 //! Integration tests of bosun-netproxy over real sockets (loopback), real nftables (network
 //! namespaces), real HTTP/TLS and a real DNS resolver.
 
+mod dns;
 mod netns;
 mod nftables;
 mod support;

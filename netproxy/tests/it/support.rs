@@ -92,3 +92,35 @@ pub async fn greet(addr: SocketAddr) -> (String, TcpStream) {
 pub fn arc(s: ProxyService) -> Arc<ProxyService> {
     Arc::new(s)
 }
+
+/// A Service from JSON spec parts.
+pub fn k8s_service(ns: &str, name: &str, spec: serde_json::Value) -> bosun_core::k8s_openapi::api::core::v1::Service {
+    serde_json::from_value(serde_json::json!({"metadata": {"name": name, "namespace": ns}, "spec": spec})).expect("service")
+}
+
+/// An EndpointSlice for a service.
+pub fn k8s_slice(
+    ns: &str,
+    svc: &str,
+    slice: &str,
+    endpoints: serde_json::Value,
+    ports: serde_json::Value,
+) -> bosun_core::k8s_openapi::api::discovery::v1::EndpointSlice {
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"name": slice, "namespace": ns, "labels": {"kubernetes.io/service-name": svc}},
+        "addressType": "IPv4", "endpoints": endpoints, "ports": ports
+    }))
+    .expect("slice")
+}
+
+/// Puts a service (built from its objects) into a table handle.
+pub fn put(
+    table: &bosun_netproxy::TableHandle,
+    svc: &bosun_core::k8s_openapi::api::core::v1::Service,
+    slices: Vec<bosun_core::k8s_openapi::api::discovery::v1::EndpointSlice>,
+) {
+    let slices: Vec<Arc<_>> = slices.into_iter().map(Arc::new).collect();
+    let entry = bosun_netproxy::table::build_service(svc, &slices, &bosun_netproxy::NodeContext::default());
+    let key = bosun_core::ObjectKey::new(svc.metadata.namespace.as_deref(), svc.metadata.name.clone().unwrap_or_default());
+    table.update(|t| t.set_service(&key, entry));
+}
