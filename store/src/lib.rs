@@ -1,6 +1,10 @@
 //! Cluster state: the `Storage` trait with its backends, the Kubernetes API semantics and the REST server.
 
+pub mod api;
+pub mod http;
 pub mod patch;
 pub mod storage;
 
-pub use storage::{KeyValue, MemoryStorage, Revision, Storage, StorageError};
+pub use api::{ApiServer, ApiServerBuilder};
+pub use http::{HttpConfig, Server as HttpServer, serve};
+pub use storage::{DurableStorage, KeyValue, MemoryStorage, Revision, Storage, StorageError};

@@ -1,3 +1,10 @@
 //! The store crate's integration tests: one binary, one module per area.
 
+mod api;
+mod api_deletion;
+mod api_subresources;
+mod api_watch;
+mod http;
+mod kubectl;
 mod storage;
+mod storage_durable;

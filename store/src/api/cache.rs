@@ -1,0 +1,497 @@
+//! The watch cache: one storage watch per kind, kept in memory, serving lists and fanning every
+//! change out to the kind's watchers, each behind a bounded queue.
+
+use super::codec;
+use super::strategy::{Kind, Rules};
+use crate::storage::{RangeRequest, Revision, Storage, WatchEvent as StorageEvent, WatchOptions};
+use bosun_core::client::Bookmark;
+use bosun_core::{DynamicObject, Error, FieldSelector, LabelSelector, Result, WatchEvent};
+use bytes::Bytes;
+use futures::StreamExt;
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::ops::Bound;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Duration;
+use tokio::sync::{Notify, mpsc, watch};
+
+/// Tuning of the watch cache.
+#[derive(Debug, Clone)]
+pub(crate) struct CacheOptions {
+    /// Events kept per kind for watches that resume from an older version.
+    pub history: usize,
+    /// Events queued per watcher before it is ended as too slow.
+    pub watcher_queue: usize,
+    /// How often watchers that asked for bookmarks get one.
+    pub bookmark_interval: Duration,
+    /// How long a read waits for the cache to reach a version before giving up.
+    pub wait_timeout: Duration,
+}
+
+impl Default for CacheOptions {
+    fn default() -> Self {
+        Self { history: 100_000, watcher_queue: 4096, bookmark_interval: Duration::from_secs(30), wait_timeout: Duration::from_secs(3) }
+    }
+}
+
+/// One object as the cache holds it: decoded, with its version, and its JSON encoded at most once.
+#[derive(Debug)]
+pub struct Cached {
+    /// The storage key.
+    pub(crate) key: Arc<str>,
+    /// The object, `metadata.resourceVersion` set.
+    pub(crate) obj: DynamicObject,
+    encoded: OnceLock<Bytes>,
+}
+
+impl Cached {
+    pub(crate) fn new(key: Arc<str>, obj: DynamicObject) -> Self {
+        Self { key, obj, encoded: OnceLock::new() }
+    }
+
+    /// A cache entry decoded from storage, its client-facing JSON made from the stored bytes.
+    fn stored(key: Arc<str>, obj: DynamicObject, bytes: &[u8], revision: Revision) -> Self {
+        let encoded = OnceLock::new();
+        if let Some(b) = codec::splice_version(bytes, revision) {
+            let _ = encoded.set(b);
+        }
+        Self { key, obj, encoded }
+    }
+
+    /// The object.
+    pub fn object(&self) -> &DynamicObject {
+        &self.obj
+    }
+
+    /// The object's JSON, encoded once and shared by every reader.
+    pub fn encoded(&self) -> Bytes {
+        self.encoded.get_or_init(|| Bytes::from(serde_json::to_vec(&self.obj).unwrap_or_default())).clone()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Change {
+    Added,
+    Modified,
+    Deleted,
+}
+
+#[derive(Debug)]
+struct CacheEvent {
+    revision: Revision,
+    change: Change,
+    obj: Arc<Cached>,
+    prev: Option<Arc<Cached>>,
+}
+
+/// What a list or watch selects.
+#[derive(Debug, Clone)]
+pub(crate) struct Filter {
+    pub(crate) namespace: Option<String>,
+    pub(crate) labels: LabelSelector,
+    pub(crate) fields: FieldSelector,
+    pub(crate) kind: Arc<Kind>,
+}
+
+impl Filter {
+    pub(crate) fn matches(&self, obj: &DynamicObject) -> bool {
+        if let Some(ns) = self.namespace.as_deref() {
+            if obj.metadata.namespace.as_deref() != Some(ns) {
+                return false;
+            }
+        }
+        self.labels.matches_opt(obj.metadata.labels.as_ref())
+            && (self.fields.is_empty() || self.fields.matches(|f| self.kind.field_value(obj, f)))
+    }
+}
+
+struct Watcher {
+    filter: Arc<Filter>,
+    tx: mpsc::Sender<WatchEvent<DynamicObject>>,
+    bookmarks: bool,
+    overflow: Arc<AtomicBool>,
+}
+
+#[derive(Default)]
+struct State {
+    ready: bool,
+    /// Every change up to this revision is applied.
+    revision: Revision,
+    /// History holds every change after this revision.
+    oldest: Revision,
+    /// The revision of the last change to this kind.
+    last_change: Revision,
+    items: BTreeMap<Arc<str>, Arc<Cached>>,
+    history: VecDeque<Arc<CacheEvent>>,
+    watchers: Vec<Watcher>,
+    /// Pods by `spec.nodeName`.
+    by_node: HashMap<String, BTreeSet<Arc<str>>>,
+}
+
+/// A page of a list served from the cache.
+pub(crate) struct Page {
+    pub(crate) revision: Revision,
+    pub(crate) items: Vec<Arc<Cached>>,
+    pub(crate) more: bool,
+    /// The revision of the last change, to tell whether a later page may come from the cache too.
+    pub(crate) last_change: Revision,
+}
+
+/// Where a watch starts.
+pub(crate) enum Start {
+    /// The current state as `ADDED` events, then changes.
+    Now,
+    /// Changes after this revision.
+    After(Revision),
+}
+
+/// The receiving half of a registered watch.
+pub(crate) struct Registration {
+    pub(crate) initial: Vec<WatchEvent<DynamicObject>>,
+    pub(crate) revision: Revision,
+    pub(crate) rx: mpsc::Receiver<WatchEvent<DynamicObject>>,
+    pub(crate) overflow: Arc<AtomicBool>,
+}
+
+/// The cache of one kind (one storage prefix).
+pub(crate) struct KindCache {
+    prefix: String,
+    kind: Arc<Kind>,
+    options: CacheOptions,
+    state: RwLock<State>,
+    revision: watch::Sender<Revision>,
+    want_progress: Notify,
+    task: OnceLock<tokio::task::AbortHandle>,
+}
+
+impl Drop for KindCache {
+    fn drop(&mut self) {
+        if let Some(t) = self.task.get() {
+            t.abort();
+        }
+    }
+}
+
+fn node_of(obj: &DynamicObject) -> Option<&str> {
+    obj.data.get("spec").and_then(|s| s.get("nodeName")).and_then(serde_json::Value::as_str).filter(|n| !n.is_empty())
+}
+
+impl KindCache {
+    /// A cache for a kind's prefix; [`KindCache::start`] begins feeding it.
+    pub(crate) fn new(prefix: String, kind: Arc<Kind>, options: CacheOptions) -> Arc<Self> {
+        Arc::new(Self {
+            prefix,
+            kind,
+            options,
+            state: RwLock::new(State::default()),
+            revision: watch::channel(0).0,
+            want_progress: Notify::new(),
+            task: OnceLock::new(),
+        })
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Spawns the task that lists the prefix, then follows its storage watch (relisting when it breaks).
+    pub(crate) fn start(self: &Arc<Self>, storage: Arc<dyn Storage>) {
+        let weak = Arc::downgrade(self);
+        let handle = tokio::spawn(async move {
+            let mut failures = 0u32;
+            loop {
+                let Some(cache) = weak.upgrade() else { return };
+                match cache.follow(&storage).await {
+                    Ok(()) => failures = 0,
+                    Err(error) => {
+                        failures += 1;
+                        tracing::warn!(prefix = %cache.prefix, %error, "watch cache relists");
+                    }
+                }
+                drop(cache);
+                tokio::time::sleep(Duration::from_millis(50u64 << failures.min(6))).await;
+            }
+        });
+        let _ = self.task.set(handle.abort_handle());
+    }
+
+    async fn follow(&self, storage: &Arc<dyn Storage>) -> std::result::Result<(), crate::storage::StorageError> {
+        let listed = storage.range(RangeRequest::prefix(self.prefix.clone())).await?;
+        let mut items = BTreeMap::new();
+        let mut by_node: HashMap<String, BTreeSet<Arc<str>>> = HashMap::new();
+        for kv in &listed.kvs {
+            match codec::decode(&kv.value, kv.mod_revision) {
+                Ok(obj) => {
+                    if self.kind.rules == Rules::Pod {
+                        if let Some(n) = node_of(&obj) {
+                            by_node.entry(n.to_owned()).or_default().insert(kv.key.clone());
+                        }
+                    }
+                    items.insert(kv.key.clone(), Arc::new(Cached::stored(kv.key.clone(), obj, &kv.value, kv.mod_revision)));
+                }
+                Err(error) => tracing::warn!(key = %kv.key, %error, "undecodable object skipped"),
+            }
+        }
+        let mut stream = storage.watch(&self.prefix, listed.revision, WatchOptions::default()).await?;
+        {
+            let mut st = self.write();
+            let restarted = st.ready;
+            st.items = items;
+            st.by_node = by_node;
+            st.history.clear();
+            st.revision = listed.revision;
+            st.oldest = listed.revision;
+            st.last_change = listed.revision;
+            st.ready = true;
+            if restarted {
+                // Watchers cannot be told what changed while the storage watch was down: they relist.
+                for w in st.watchers.drain(..) {
+                    w.overflow.store(true, Ordering::SeqCst);
+                }
+            }
+        }
+        self.revision.send_replace(listed.revision);
+        let mut ticker = tokio::time::interval(self.options.bookmark_interval);
+        ticker.tick().await;
+        loop {
+            tokio::select! {
+                ev = stream.next() => match ev {
+                    None => return Ok(()),
+                    Some(Err(e)) => return Err(e),
+                    Some(Ok(ev)) => self.apply(ev),
+                },
+                () = self.want_progress.notified() => stream.request_progress(),
+                _ = ticker.tick() => self.bookmark_all(),
+            }
+        }
+    }
+
+    fn apply(&self, ev: StorageEvent) {
+        let mut st = self.write();
+        let event = match ev {
+            StorageEvent::Progress { revision } => {
+                if revision > st.revision {
+                    st.revision = revision;
+                    drop(st);
+                    self.revision.send_replace(revision);
+                }
+                return;
+            }
+            StorageEvent::Put { kv, .. } => {
+                let obj = match codec::decode(&kv.value, kv.mod_revision) {
+                    Ok(o) => o,
+                    Err(error) => {
+                        tracing::warn!(key = %kv.key, %error, "undecodable object skipped");
+                        return;
+                    }
+                };
+                let cached = Arc::new(Cached::stored(kv.key.clone(), obj, &kv.value, kv.mod_revision));
+                let prev = st.items.insert(kv.key.clone(), cached.clone());
+                let change = if prev.is_some() { Change::Modified } else { Change::Added };
+                CacheEvent { revision: kv.mod_revision, change, obj: cached, prev }
+            }
+            StorageEvent::Delete { key, revision, .. } => {
+                let Some(prev) = st.items.remove(&key) else { return };
+                let mut last = prev.obj.clone();
+                last.metadata.resource_version = Some(revision.to_string());
+                CacheEvent { revision, change: Change::Deleted, obj: Arc::new(Cached::new(key, last)), prev: Some(prev) }
+            }
+        };
+        if self.kind.rules == Rules::Pod {
+            let old_node = event.prev.as_ref().and_then(|p| node_of(&p.obj)).map(str::to_owned);
+            let new_node = if event.change == Change::Deleted { None } else { node_of(&event.obj.obj).map(str::to_owned) };
+            if old_node != new_node {
+                if let Some(n) = old_node {
+                    if let Some(set) = st.by_node.get_mut(&n) {
+                        set.remove(&event.obj.key);
+                        if set.is_empty() {
+                            st.by_node.remove(&n);
+                        }
+                    }
+                }
+                if let Some(n) = new_node {
+                    st.by_node.entry(n).or_default().insert(event.obj.key.clone());
+                }
+            }
+        }
+        let revision = event.revision;
+        let event = Arc::new(event);
+        st.history.push_back(event.clone());
+        while st.history.len() > self.options.history {
+            if let Some(e) = st.history.pop_front() {
+                st.oldest = e.revision;
+            }
+        }
+        st.revision = st.revision.max(revision);
+        st.last_change = revision;
+        st.watchers.retain(|w| dispatch(w, &event));
+        drop(st);
+        self.revision.send_replace(revision);
+    }
+
+    fn bookmark_all(&self) {
+        let mut st = self.write();
+        let revision = st.revision;
+        st.watchers.retain(|w| {
+            if !w.bookmarks {
+                return !w.tx.is_closed();
+            }
+            let b = WatchEvent::Bookmark(Bookmark { resource_version: revision.to_string(), annotations: BTreeMap::new() });
+            send(w, b)
+        });
+    }
+
+    /// Waits until the cache has applied every change up to `revision`; false on timeout.
+    pub(crate) async fn wait_for(&self, revision: Revision) -> bool {
+        let mut rx = self.revision.subscribe();
+        if *rx.borrow_and_update() >= revision && self.read().ready {
+            return true;
+        }
+        let wait = async {
+            loop {
+                if *rx.borrow_and_update() >= revision && self.read().ready {
+                    return true;
+                }
+                self.want_progress.notify_one();
+                tokio::select! {
+                    changed = rx.changed() => if changed.is_err() { return false },
+                    () = tokio::time::sleep(Duration::from_millis(20)) => {}
+                }
+            }
+        };
+        tokio::time::timeout(self.options.wait_timeout, wait).await.unwrap_or(false)
+    }
+
+    /// The revision of the last change to this kind.
+    pub(crate) fn last_change(&self) -> Revision {
+        self.read().last_change
+    }
+
+    /// One object by key.
+    pub(crate) fn get(&self, key: &str) -> Option<Arc<Cached>> {
+        self.read().items.get(key).cloned()
+    }
+
+    /// A page of the objects the filter selects, after `start_after`, at the cache's revision.
+    pub(crate) fn list(&self, filter: &Filter, start_after: Option<&str>, limit: usize) -> Page {
+        let st = self.read();
+        let prefix = match filter.namespace.as_deref() {
+            Some(ns) => format!("{}{ns}/", self.prefix),
+            None => self.prefix.clone(),
+        };
+        let limit = if limit == 0 { usize::MAX } else { limit };
+        let mut items = Vec::new();
+        let mut more = false;
+        let mut take = |c: &Arc<Cached>| -> bool {
+            if !c.key.starts_with(prefix.as_str()) || !filter.matches(&c.obj) {
+                return true;
+            }
+            if items.len() == limit {
+                more = true;
+                return false;
+            }
+            items.push(c.clone());
+            true
+        };
+        let node = if self.kind.rules == Rules::Pod { filter.fields.required_value("spec.nodeName") } else { None };
+        if let Some(node) = node.filter(|n| !n.is_empty()) {
+            let keys = st.by_node.get(node);
+            let lower = start_after.map_or(Bound::Unbounded, |s| Bound::Excluded(Arc::<str>::from(s)));
+            for key in keys.into_iter().flat_map(|k| k.range((lower.clone(), Bound::Unbounded))) {
+                if let Some(c) = st.items.get(key) {
+                    if !take(c) {
+                        break;
+                    }
+                }
+            }
+        } else {
+            let lower: Arc<str> = match start_after {
+                Some(s) if s >= prefix.as_str() => Arc::from(s),
+                _ => Arc::from(prefix.as_str()),
+            };
+            let bound = if start_after.is_some_and(|s| s >= prefix.as_str()) { Bound::Excluded(lower) } else { Bound::Included(lower) };
+            for (k, c) in st.items.range((bound, Bound::Unbounded)) {
+                if !k.starts_with(prefix.as_str()) {
+                    break;
+                }
+                if !take(c) {
+                    break;
+                }
+            }
+        }
+        Page { revision: st.revision, items, more, last_change: st.last_change }
+    }
+
+    /// Registers a watcher; fails with 410 when `After` is older than the history.
+    pub(crate) fn watch(&self, filter: Arc<Filter>, start: Start, bookmarks: bool) -> Result<Registration> {
+        let (tx, rx) = mpsc::channel(self.options.watcher_queue);
+        let overflow = Arc::new(AtomicBool::new(false));
+        let mut st = self.write();
+        let initial = match start {
+            Start::Now => {
+                let prefix = match filter.namespace.as_deref() {
+                    Some(ns) => format!("{}{ns}/", self.prefix),
+                    None => self.prefix.clone(),
+                };
+                st.items
+                    .range::<str, _>((Bound::Included(prefix.as_str()), Bound::Unbounded))
+                    .take_while(|(k, _)| k.starts_with(prefix.as_str()))
+                    .filter(|(_, c)| filter.matches(&c.obj))
+                    .map(|(_, c)| WatchEvent::Added(c.obj.clone()))
+                    .collect()
+            }
+            Start::After(rv) => {
+                if rv < st.oldest {
+                    return Err(Error::expired(format!("too old resource version: {rv} ({})", st.oldest)));
+                }
+                let from = st.history.partition_point(|e| e.revision <= rv);
+                st.history.range(from..).filter_map(|e| translate(&filter, e)).collect()
+            }
+        };
+        let revision = st.revision;
+        st.watchers.push(Watcher { filter, tx, bookmarks, overflow: overflow.clone() });
+        Ok(Registration { initial, revision, rx, overflow })
+    }
+
+    /// The number of open watchers.
+    pub(crate) fn watcher_count(&self) -> usize {
+        self.read().watchers.iter().filter(|w| !w.tx.is_closed()).count()
+    }
+}
+
+/// The event a watcher with this filter sees for a change, if any: objects entering the selection
+/// are `ADDED`, objects leaving it `DELETED`.
+fn translate(filter: &Filter, e: &CacheEvent) -> Option<WatchEvent<DynamicObject>> {
+    let now = e.change != Change::Deleted && filter.matches(&e.obj.obj);
+    let before = e.prev.as_ref().is_some_and(|p| filter.matches(&p.obj));
+    match (e.change, before, now) {
+        (Change::Deleted, true, _) => Some(WatchEvent::Deleted(e.obj.obj.clone())),
+        (_, true, true) => Some(WatchEvent::Modified(e.obj.obj.clone())),
+        (_, false, true) => Some(WatchEvent::Added(e.obj.obj.clone())),
+        (_, true, false) => Some(WatchEvent::Deleted(e.obj.obj.clone())),
+        _ => None,
+    }
+}
+
+/// Sends to a watcher; false when the watcher is gone or too slow (then it is ended).
+fn send(w: &Watcher, ev: WatchEvent<DynamicObject>) -> bool {
+    match w.tx.try_send(ev) {
+        Ok(()) => true,
+        Err(mpsc::error::TrySendError::Closed(_)) => false,
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            w.overflow.store(true, Ordering::SeqCst);
+            false
+        }
+    }
+}
+
+fn dispatch(w: &Watcher, e: &CacheEvent) -> bool {
+    match translate(&w.filter, e) {
+        Some(ev) => send(w, ev),
+        None => !w.tx.is_closed(),
+    }
+}

@@ -1,0 +1,354 @@
+//! Subresources: `status`, `scale` (as `autoscaling/v1` Scale), `pods/binding`, `pods/eviction`
+//! and `namespaces/finalize`.
+
+use super::ApiServer;
+use super::strategy::{Kind, Rules};
+use super::write::{Change, now_text};
+use bosun_core::{DeleteParams, DynamicObject, Error, FieldError, LabelSelector, Patch, PostParams, Result, TypeMeta};
+use serde_json::{Value, json};
+use std::sync::Arc;
+
+fn get_path<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
+    let mut at = v;
+    for p in path.split('.') {
+        at = at.get(p)?;
+    }
+    Some(at)
+}
+
+fn set_path(v: &mut Value, path: &str, value: Value) {
+    let mut at = v;
+    let parts: Vec<&str> = path.split('.').collect();
+    for (i, p) in parts.iter().enumerate() {
+        if !at.is_object() {
+            *at = Value::Object(Default::default());
+        }
+        let Some(map) = at.as_object_mut() else { return };
+        if i + 1 == parts.len() {
+            map.insert((*p).to_owned(), value);
+            return;
+        }
+        at = map.entry((*p).to_owned()).or_insert_with(|| Value::Object(Default::default()));
+    }
+}
+
+/// The paths of a kind's scale: spec replicas, status replicas, label selector (`None`: none).
+fn scale_paths(kind: &Kind) -> (String, String, Option<String>) {
+    if let Some((s, r, l)) = kind.custom_scale.clone() {
+        return (s, r, l);
+    }
+    ("spec.replicas".into(), "status.replicas".into(), Some("spec.selector".into()))
+}
+
+/// A label selector (API form or a plain map) in its string form.
+fn selector_string(v: &Value) -> String {
+    if let Some(s) = v.as_str() {
+        return s.to_owned();
+    }
+    if v.get("matchLabels").is_some() || v.get("matchExpressions").is_some() {
+        if let Ok(sel) = serde_json::from_value::<bosun_core::k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>(v.clone()) {
+            if let Ok(parsed) = LabelSelector::from_api(&sel) {
+                return parsed.to_string();
+            }
+        }
+        return String::new();
+    }
+    let mut parts: Vec<String> = v.as_object().into_iter().flatten().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect();
+    parts.sort();
+    parts.join(",")
+}
+
+impl ApiServer {
+    /// The `autoscaling/v1` Scale of an object.
+    pub(crate) fn to_scale(&self, kind: &Kind, obj: &DynamicObject) -> DynamicObject {
+        let (spec_path, status_path, selector_path) = scale_paths(kind);
+        let data = &obj.data;
+        let replicas = get_path(data, &spec_path).and_then(Value::as_i64).unwrap_or(if kind.rules == Rules::Custom { 0 } else { 1 });
+        let status_replicas = get_path(data, &status_path).and_then(Value::as_i64).unwrap_or(0);
+        let mut status = json!({"replicas": status_replicas});
+        if let Some(sel) = selector_path.as_deref().and_then(|p| get_path(data, p)) {
+            status["selector"] = json!(selector_string(sel));
+        }
+        let mut meta = bosun_core::k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+            name: obj.metadata.name.clone(),
+            namespace: obj.metadata.namespace.clone(),
+            uid: obj.metadata.uid.clone(),
+            resource_version: obj.metadata.resource_version.clone(),
+            creation_timestamp: obj.metadata.creation_timestamp.clone(),
+            ..Default::default()
+        };
+        meta.labels = None;
+        DynamicObject {
+            types: Some(TypeMeta { api_version: "autoscaling/v1".into(), kind: "Scale".into() }),
+            metadata: meta,
+            data: json!({"spec": {"replicas": replicas}, "status": status}),
+        }
+    }
+
+    fn check_subresource(kind: &Kind, sub: &str) -> Result<()> {
+        if kind.resource.has_subresource(sub) {
+            Ok(())
+        } else {
+            Err(Error::not_found(&kind.resource.group, &format!("{}/{sub}", kind.resource.plural), "")
+                .with_text(format!("the server could not find the requested resource ({}/{sub})", kind.resource.plural)))
+        }
+    }
+
+    /// Reads `status` (the whole object) or `scale`.
+    pub(crate) async fn get_sub(&self, kind: &Arc<Kind>, ns: Option<&str>, name: &str, sub: &str) -> Result<DynamicObject> {
+        Self::check_subresource(kind, sub)?;
+        let (obj, _) = self.get_object(kind, ns, name).await?;
+        match sub {
+            "status" => Ok(obj),
+            "scale" => Ok(self.to_scale(kind, &obj)),
+            other => Err(Error::method_not_allowed(format!("{other} does not support get"))),
+        }
+    }
+
+    fn scale_replicas(scale: &DynamicObject, name: &str) -> Result<i64> {
+        let replicas = scale.data.get("spec").and_then(|s| s.get("replicas"));
+        let n = match replicas {
+            None | Some(Value::Null) => 0,
+            Some(v) => v.as_i64().ok_or_else(|| Error::bad_request("spec.replicas must be an integer"))?,
+        };
+        if n < 0 {
+            return Err(Error::invalid(
+                "autoscaling",
+                "Scale",
+                name,
+                vec![FieldError::invalid("spec.replicas", n, "must be greater than or equal to 0")],
+            ));
+        }
+        Ok(n)
+    }
+
+    fn with_replicas(kind: &Kind, current: &DynamicObject, replicas: i64, rv: Option<String>) -> DynamicObject {
+        let (spec_path, _, _) = scale_paths(kind);
+        let mut obj = current.clone();
+        set_path(&mut obj.data, &spec_path, json!(replicas));
+        obj.metadata.resource_version = rv;
+        obj
+    }
+
+    /// Replaces `status` or `scale` (or `finalize` for namespaces).
+    pub(crate) async fn update_sub(
+        &self,
+        kind: &Arc<Kind>,
+        ns: Option<&str>,
+        name: &str,
+        sub: &str,
+        body: &DynamicObject,
+        params: &PostParams,
+    ) -> Result<DynamicObject> {
+        Self::check_subresource(kind, sub)?;
+        let change = Change { subresource: Some(sub), dry_run: params.dry_run, validation: params.field_validation };
+        match sub {
+            "status" => self.update_object(kind, ns, name, change, &|_| Ok(body.clone())).await,
+            "scale" => {
+                let replicas = Self::scale_replicas(body, name)?;
+                let rv = body.metadata.resource_version.clone().filter(|r| !r.is_empty());
+                let change = Change { validation: None, ..change };
+                let obj =
+                    self.update_object(kind, ns, name, change, &|cur| Ok(Self::with_replicas(kind, cur, replicas, rv.clone()))).await?;
+                Ok(self.to_scale(kind, &obj))
+            }
+            "finalize" if kind.rules == Rules::Namespace => {
+                let finalizers = body.data.get("spec").and_then(|s| s.get("finalizers")).cloned().unwrap_or(json!([]));
+                self.update_object(kind, ns, name, change, &|cur| {
+                    let mut obj = cur.clone();
+                    set_path(&mut obj.data, "spec.finalizers", finalizers.clone());
+                    Ok(obj)
+                })
+                .await
+            }
+            other => Err(Error::method_not_allowed(format!("{other} does not support update"))),
+        }
+    }
+
+    /// Patches `status` or `scale`.
+    pub(crate) async fn patch_sub(
+        &self,
+        kind: &Arc<Kind>,
+        ns: Option<&str>,
+        name: &str,
+        sub: &str,
+        patch: &Patch,
+        params: &bosun_core::PatchParams,
+    ) -> Result<DynamicObject> {
+        Self::check_subresource(kind, sub)?;
+        let change = Change { subresource: Some(sub), dry_run: params.dry_run, validation: params.field_validation };
+        match sub {
+            "status" => self.update_object(kind, ns, name, change, &|cur| self.apply_patch(kind, cur, patch)).await,
+            "scale" => {
+                let scale_kind = Kind::builtin(bosun_core::ApiResource::new("autoscaling", "v1", "Scale", "scales", true));
+                let obj = self
+                    .update_object(kind, ns, name, Change { validation: None, ..change }, &|cur| {
+                        let scale = self.to_scale(kind, cur);
+                        let patched = self.apply_patch(&scale_kind, &scale, patch)?;
+                        let replicas = Self::scale_replicas(&patched, name)?;
+                        let rv = patched.metadata.resource_version.clone().filter(|r| Some(r) != scale.metadata.resource_version.as_ref());
+                        Ok(Self::with_replicas(kind, cur, replicas, rv.or_else(|| cur.metadata.resource_version.clone())))
+                    })
+                    .await?;
+                Ok(self.to_scale(kind, &obj))
+            }
+            other => Err(Error::method_not_allowed(format!("{other} does not support patch"))),
+        }
+    }
+
+    /// `pods/binding`: assigns a pod to a node.
+    pub(crate) async fn bind(&self, kind: &Arc<Kind>, ns: Option<&str>, name: &str, body: &Value, params: &PostParams) -> Result<Value> {
+        let node = body
+            .get("target")
+            .and_then(|t| t.get("name"))
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| Error::invalid("", "Binding", name, vec![FieldError::required("target.name")]))?
+            .to_owned();
+        let target_kind = body.get("target").and_then(|t| t.get("kind")).and_then(Value::as_str).unwrap_or("Node");
+        if target_kind != "Node" {
+            return Err(Error::invalid("", "Binding", name, vec![FieldError::not_supported("target.kind", target_kind, &["Node"])]));
+        }
+        let annotations = body.get("metadata").and_then(|m| m.get("annotations")).and_then(Value::as_object).cloned();
+        let uid = body.get("metadata").and_then(|m| m.get("uid")).and_then(Value::as_str).map(str::to_owned);
+        let at = now_text();
+        let change = Change { subresource: Some("binding"), dry_run: params.dry_run, validation: None };
+        self.update_object(kind, ns, name, change, &|cur| {
+            if let Some(uid) = uid.as_deref() {
+                if cur.metadata.uid.as_deref() != Some(uid) {
+                    return Err(Error::conflict(format!(
+                        "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                        cur.metadata.uid.as_deref().unwrap_or("")
+                    )));
+                }
+            }
+            if cur.metadata.deletion_timestamp.is_some() {
+                return Err(Error::conflict(format!("pod {name} is being deleted, cannot be assigned to a host")));
+            }
+            if let Some(existing) = cur.path_str("spec.nodeName").filter(|n| !n.is_empty()) {
+                return Err(Error::conflict(format!("pod {name} is already assigned to node \"{existing}\"")));
+            }
+            let mut obj = cur.clone();
+            obj.metadata.resource_version = None;
+            set_path(&mut obj.data, "spec.nodeName", json!(node));
+            if let Some(a) = annotations.as_ref() {
+                let map = obj.metadata.annotations.get_or_insert_with(Default::default);
+                for (k, v) in a {
+                    map.insert(k.clone(), v.as_str().unwrap_or("").to_owned());
+                }
+            }
+            let status = obj.data.as_object_mut().map(|m| m.entry("status").or_insert_with(|| json!({})));
+            if let Some(status) = status.and_then(Value::as_object_mut) {
+                let conditions = status.entry("conditions").or_insert_with(|| json!([]));
+                if let Some(list) = conditions.as_array_mut() {
+                    list.retain(|c| c.get("type").and_then(Value::as_str) != Some("PodScheduled"));
+                    list.push(json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": at}));
+                }
+            }
+            Ok(obj)
+        })
+        .await?;
+        Ok(success(201))
+    }
+
+    /// `pods/eviction`: deletes a pod unless a disruption budget forbids it (429).
+    pub(crate) async fn evict(&self, kind: &Arc<Kind>, ns: Option<&str>, name: &str, body: &Value, params: &PostParams) -> Result<Value> {
+        let (pod, _) = self.get_object(kind, ns, name).await?;
+        let mut delete = DeleteParams { dry_run: params.dry_run, ..DeleteParams::default() };
+        if let Some(opts) = body.get("deleteOptions") {
+            delete.grace_period_seconds = opts.get("gracePeriodSeconds").and_then(Value::as_u64).and_then(|g| u32::try_from(g).ok());
+            if let Some(p) = opts.get("preconditions") {
+                delete.preconditions = serde_json::from_value(p.clone()).ok();
+            }
+            delete.propagation_policy = opts.get("propagationPolicy").cloned().and_then(|p| serde_json::from_value(p).ok());
+        }
+        let phase = pod.path_str("status.phase").map(|p| p.into_owned()).unwrap_or_default();
+        let terminal = matches!(phase.as_str(), "Succeeded" | "Failed");
+        if !terminal && pod.metadata.deletion_timestamp.is_none() {
+            self.take_disruption(ns, &pod, params.dry_run).await?;
+        }
+        self.delete_object(kind, ns, name, &delete).await?;
+        Ok(success(201))
+    }
+
+    /// Consumes one allowed disruption of the budget covering a pod, or refuses with 429.
+    async fn take_disruption(&self, ns: Option<&str>, pod: &DynamicObject, dry_run: bool) -> Result<()> {
+        let Some(res) = bosun_core::resource::builtin("policy", "v1", "PodDisruptionBudget") else { return Ok(()) };
+        let pdb_kind = self.registry.resolve(res)?;
+        let list = self.list_objects(&pdb_kind, ns, &Default::default()).await?;
+        let labels = pod.metadata.labels.clone().unwrap_or_default();
+        let matching: Vec<&DynamicObject> = list
+            .items
+            .iter()
+            .filter(|p| {
+                let sel = p.data.get("spec").and_then(|s| s.get("selector")).cloned();
+                let Some(sel) = sel.and_then(|s| serde_json::from_value(s).ok()) else { return false };
+                LabelSelector::from_api(&sel).is_ok_and(|s| !s.is_empty() && s.matches(&labels))
+            })
+            .collect();
+        match matching.as_slice() {
+            [] => Ok(()),
+            [pdb] => {
+                let allowed = pdb.data.get("status").and_then(|s| s.get("disruptionsAllowed")).and_then(Value::as_i64).unwrap_or(0);
+                let pdb_name = pdb.metadata.name.clone().unwrap_or_default();
+                if allowed <= 0 {
+                    let mut err = Error::too_many_requests("Cannot evict pod as it would violate the pod's disruption budget.");
+                    if let Error::TooManyRequests(body) = &mut err {
+                        body.details = Some(bosun_core::k8s_openapi::apimachinery::pkg::apis::meta::v1::StatusDetails {
+                            causes: Some(vec![bosun_core::k8s_openapi::apimachinery::pkg::apis::meta::v1::StatusCause {
+                                reason: Some("DisruptionBudget".into()),
+                                message: Some(format!(
+                                    "The disruption budget {pdb_name} needs {} healthy pods and has {} currently",
+                                    pdb.path_str("status.desiredHealthy").unwrap_or_default(),
+                                    pdb.path_str("status.currentHealthy").unwrap_or_default()
+                                )),
+                                field: None,
+                            }]),
+                            ..Default::default()
+                        });
+                    }
+                    return Err(err);
+                }
+                if dry_run {
+                    return Ok(());
+                }
+                let rv = pdb.metadata.resource_version.clone();
+                let pod_name = pod.metadata.name.clone().unwrap_or_default();
+                let at = now_text();
+                let change = Change { subresource: Some("status"), dry_run, validation: None };
+                self.update_object(&pdb_kind, ns, &pdb_name, change, &|cur| {
+                    let mut obj = cur.clone();
+                    obj.metadata.resource_version = rv.clone();
+                    set_path(&mut obj.data, "status.disruptionsAllowed", json!(allowed - 1));
+                    let disrupted = obj.data.get("status").and_then(|s| s.get("disruptedPods")).cloned().unwrap_or(json!({}));
+                    let mut disrupted = disrupted;
+                    if let Some(m) = disrupted.as_object_mut() {
+                        m.insert(pod_name.clone(), json!(at));
+                    }
+                    set_path(&mut obj.data, "status.disruptedPods", disrupted);
+                    Ok(obj)
+                })
+                .await
+                .map_err(|e| if e.is_conflict() { Error::too_many_requests("the disruption budget changed; try again") } else { e })?;
+                Ok(())
+            }
+            _ => Err(Error::internal("This pod has more than one PodDisruptionBudget, which the eviction subresource does not support.")),
+        }
+    }
+}
+
+/// A success `Status` as JSON.
+fn success(code: i32) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": code})
+}
+
+trait WithText {
+    fn with_text(self, message: String) -> Self;
+}
+
+impl WithText for Error {
+    fn with_text(self, message: String) -> Self {
+        let details = self.body().and_then(|b| b.details.clone());
+        Error::NotFound(Box::new(bosun_core::ErrorBody { message, details }))
+    }
+}

@@ -1,0 +1,533 @@
+//! Writes: create, update and patch through strategy, admission and compare-and-swap storage.
+
+use super::ApiServer;
+use super::admission::{Attributes, Operation};
+use super::codec;
+use super::crd;
+use super::strategy::{Kind, Rules};
+use crate::storage::StorageError;
+use bosun_core::k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use bosun_core::k8s_openapi::jiff::Timestamp;
+use bosun_core::{DynamicObject, Error, FieldValidation, Patch, Result, TypeMeta};
+use serde_json::Value;
+use std::sync::Arc;
+
+/// Attempts of a write whose compare-and-swap lost to a concurrent writer before giving up.
+const MAX_ATTEMPTS: usize = 32;
+
+/// Now, at the second precision Kubernetes timestamps have.
+pub(crate) fn now() -> Time {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    Time(Timestamp::from_second(i64::try_from(secs).unwrap_or(0)).unwrap_or(Timestamp::UNIX_EPOCH))
+}
+
+/// A random version-4 UUID.
+pub(crate) fn uuid() -> String {
+    let a = fastrand::u64(..);
+    let b = fastrand::u64(..);
+    format!(
+        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
+        (a >> 32) as u32,
+        (a >> 16) as u16,
+        (a & 0x0fff) as u16,
+        ((b >> 48) as u16 & 0x3fff) | 0x8000,
+        b & 0xffff_ffff_ffff
+    )
+}
+
+/// How an update was asked for.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Change<'a> {
+    /// `status`, `scale`, `binding`, `finalize`... or the main resource.
+    pub(crate) subresource: Option<&'a str>,
+    /// Validate but do not persist.
+    pub(crate) dry_run: bool,
+    /// Unknown-field handling of the body.
+    pub(crate) validation: Option<FieldValidation>,
+}
+
+/// Data of an object without `status`: what `metadata.generation` tracks.
+fn spec_part(data: &Value) -> Value {
+    match data {
+        Value::Object(map) => {
+            Value::Object(map.iter().filter(|(k, _)| k.as_str() != "status").map(|(k, v)| (k.clone(), v.clone())).collect())
+        }
+        other => other.clone(),
+    }
+}
+
+fn spec_changed(new: &Value, old: &Value) -> bool {
+    match (new, old) {
+        (Value::Object(n), Value::Object(o)) => {
+            let n = n.iter().filter(|(k, _)| k.as_str() != "status");
+            let o_count = o.keys().filter(|k| k.as_str() != "status").count();
+            let mut count = 0;
+            for (k, v) in n {
+                count += 1;
+                if o.get(k) != Some(v) {
+                    return true;
+                }
+            }
+            count != o_count
+        }
+        _ => spec_part(new) != spec_part(old),
+    }
+}
+
+impl ApiServer {
+    /// Checks and fills in `apiVersion` and `kind`.
+    fn check_types(&self, kind: &Kind, obj: &mut DynamicObject) -> Result<()> {
+        let want = TypeMeta::of(&kind.resource);
+        match obj.types.as_ref() {
+            Some(t) if !t.kind.is_empty() && t.kind != want.kind => {
+                return Err(Error::bad_request(format!(
+                    "the API version in the data ({}) does not match the expected API version ({})",
+                    format_args!("{}, Kind={}", t.api_version, t.kind),
+                    format_args!("{}, Kind={}", want.api_version, want.kind),
+                )));
+            }
+            Some(t) if !t.api_version.is_empty() && t.api_version != want.api_version => {
+                // Another served version of the same custom resource is fine: versions share storage.
+                let (group, _) = bosun_core::resource::split_api_version(&t.api_version);
+                if kind.rules != Rules::Custom || group != kind.resource.group {
+                    return Err(Error::bad_request(format!(
+                        "the API version in the data ({}) does not match the expected API version ({})",
+                        t.api_version, want.api_version
+                    )));
+                }
+            }
+            _ => {}
+        }
+        obj.types = Some(want);
+        Ok(())
+    }
+
+    /// Refuses unknown fields under `Strict` field validation.
+    fn check_fields(&self, kind: &Kind, obj: &DynamicObject, validation: Option<FieldValidation>) -> Result<()> {
+        if validation != Some(FieldValidation::Strict) {
+            return Ok(());
+        }
+        let unknown = kind.unknown_fields(&obj.to_value())?;
+        if unknown.is_empty() {
+            return Ok(());
+        }
+        let list: Vec<String> = unknown.iter().map(|f| format!("unknown field \"{f}\"")).collect();
+        Err(Error::bad_request(format!("strict decoding error: {}", list.join(", "))))
+    }
+
+    /// The namespace a write goes to: the request's, which a body may repeat but not contradict.
+    fn write_namespace(&self, kind: &Kind, namespace: Option<&str>, obj: &DynamicObject) -> Result<Option<String>> {
+        if !kind.resource.namespaced {
+            return Ok(None);
+        }
+        let body = obj.metadata.namespace.as_deref().filter(|n| !n.is_empty());
+        match (namespace, body) {
+            (Some(a), Some(b)) if a != b => {
+                Err(Error::bad_request("the namespace of the provided object does not match the namespace sent on the request"))
+            }
+            (Some(a), _) => Ok(Some(a.to_owned())),
+            (None, Some(b)) => Ok(Some(b.to_owned())),
+            (None, None) => Err(Error::bad_request("a namespace must be specified for a namespaced resource")),
+        }
+    }
+
+    pub(crate) async fn admit(&self, attrs: &Attributes<'_>, obj: &mut DynamicObject, old: Option<&DynamicObject>) -> Result<()> {
+        for p in &self.admission {
+            p.admit(attrs, obj, old, self).await?;
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn admit_validate(&self, attrs: &Attributes<'_>, obj: &DynamicObject, old: Option<&DynamicObject>) -> Result<()> {
+        for p in &self.admission {
+            p.validate(attrs, obj, old, self).await?;
+        }
+        Ok(())
+    }
+
+    /// Creates an object.
+    pub(crate) async fn create_object(
+        &self,
+        kind: &Arc<Kind>,
+        namespace: Option<&str>,
+        mut obj: DynamicObject,
+        params: &bosun_core::PostParams,
+    ) -> Result<DynamicObject> {
+        let ns = self.write_namespace(kind, namespace, &obj)?;
+        obj.metadata.namespace = ns.clone();
+        self.check_types(kind, &mut obj)?;
+        self.check_fields(kind, &obj, params.field_validation)?;
+        let generate = obj.metadata.generate_name.clone().filter(|g| !g.is_empty());
+        let named = obj.metadata.name.as_deref().is_some_and(|n| !n.is_empty());
+        if !named {
+            match generate.as_deref() {
+                Some(g) => obj.metadata.name = Some(bosun_core::meta::generate_name(g)),
+                None => {
+                    return Err(Error::invalid(
+                        &kind.resource.group,
+                        &kind.resource.kind,
+                        "",
+                        vec![bosun_core::FieldError::required("metadata.name").with_message("name or generateName is required")],
+                    ));
+                }
+            }
+        }
+        let meta = &mut obj.metadata;
+        meta.uid = Some(uuid());
+        meta.creation_timestamp = Some(now());
+        meta.generation = Some(1);
+        meta.resource_version = None;
+        meta.deletion_timestamp = None;
+        meta.deletion_grace_period_seconds = None;
+        meta.self_link = None;
+        kind.prepare_create(&mut obj);
+        kind.default(&mut obj, true)?;
+        let name = obj.metadata.name.clone().unwrap_or_default();
+        let attrs = Attributes {
+            operation: Operation::Create,
+            resource: &kind.resource,
+            subresource: None,
+            namespace: ns.as_deref(),
+            name: &name,
+            dry_run: params.dry_run,
+        };
+        self.admit(&attrs, &mut obj, None).await?;
+        kind.validate(&obj, None, self.node_ports)?;
+        self.admit_validate(&attrs, &obj, None).await?;
+        if kind.rules == Rules::CustomResourceDefinition {
+            let status = crd::accepted_status(&obj, &now_text());
+            if let Some(map) = obj.data.as_object_mut() {
+                map.insert("status".into(), status);
+            }
+        }
+        if params.dry_run {
+            if kind.rules == Rules::Service {
+                self.check_service_dry_run(&obj)?;
+            }
+            return Ok(obj);
+        }
+        let allocated = if kind.rules == Rules::Service { self.allocate_service(&mut obj, None).await? } else { Vec::new() };
+        let mut attempts = 0;
+        loop {
+            let name = obj.metadata.name.clone().unwrap_or_default();
+            let key = codec::key(&kind.resource, ns.as_deref(), &name);
+            let bytes = codec::encode(&obj)?;
+            match self.storage.create(&key, bytes, None).await {
+                Ok(kv) => {
+                    obj.metadata.resource_version = Some(kv.mod_revision.to_string());
+                    break;
+                }
+                Err(StorageError::AlreadyExists { .. }) if !named && attempts < 8 => {
+                    attempts += 1;
+                    if let Some(g) = generate.as_deref() {
+                        obj.metadata.name = Some(bosun_core::meta::generate_name(g));
+                    }
+                }
+                Err(e) => {
+                    self.release(&allocated).await;
+                    return Err(match e {
+                        StorageError::AlreadyExists { .. } => Error::already_exists(&kind.resource.group, &kind.resource.plural, &name),
+                        other => codec::storage_error(other),
+                    });
+                }
+            }
+        }
+        if kind.rules == Rules::CustomResourceDefinition {
+            self.registry.register(crd::kinds_of(&obj));
+        }
+        self.present(kind, &mut obj);
+        Ok(obj)
+    }
+
+    /// Updates an object by applying `mutate` to its current state, retrying when a concurrent
+    /// write wins the compare-and-swap (unless the new state pins a resourceVersion).
+    pub(crate) async fn update_object(
+        &self,
+        kind: &Arc<Kind>,
+        namespace: Option<&str>,
+        name: &str,
+        change: Change<'_>,
+        mutate: &(dyn Fn(&DynamicObject) -> Result<DynamicObject> + Send + Sync),
+    ) -> Result<DynamicObject> {
+        let ns = namespace.filter(|_| kind.resource.namespaced);
+        if kind.resource.namespaced && ns.is_none() {
+            return Err(Error::bad_request("a namespace must be specified for a namespaced resource"));
+        }
+        let key = codec::key(&kind.resource, ns, name);
+        for _ in 0..MAX_ATTEMPTS {
+            let Some(kv) = self.storage.get(&key).await.map_err(codec::storage_error)? else {
+                return Err(Error::not_found(&kind.resource.group, &kind.resource.plural, name));
+            };
+            let current = codec::decode(&kv.value, kv.mod_revision)?;
+            let mut obj = mutate(&current)?;
+            if obj.metadata.name.as_deref().is_some_and(|n| !n.is_empty() && n != name) {
+                return Err(Error::bad_request(format!(
+                    "the name of the object ({}) does not match the name on the URL ({name})",
+                    obj.metadata.name.as_deref().unwrap_or("")
+                )));
+            }
+            if kind.resource.namespaced {
+                if let Some(body_ns) = obj.metadata.namespace.as_deref().filter(|n| !n.is_empty()) {
+                    if Some(body_ns) != ns {
+                        return Err(Error::bad_request(
+                            "the namespace of the provided object does not match the namespace sent on the request",
+                        ));
+                    }
+                }
+            }
+            if let Some(rv) = obj.metadata.resource_version.as_deref().filter(|r| !r.is_empty()) {
+                if rv != kv.mod_revision.to_string() {
+                    return Err(Error::stale(&kind.resource.group, &kind.resource.plural, name));
+                }
+            }
+            if let Some(uid) = obj.metadata.uid.as_deref().filter(|u| !u.is_empty()) {
+                if Some(uid) != current.metadata.uid.as_deref() {
+                    return Err(Error::conflict(format!(
+                        "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                        current.metadata.uid.as_deref().unwrap_or("")
+                    )));
+                }
+            }
+            self.check_types(kind, &mut obj)?;
+            self.check_fields(kind, &obj, change.validation)?;
+            // What the server owns stays the server's.
+            {
+                let (m, c) = (&mut obj.metadata, &current.metadata);
+                m.name = Some(name.to_owned());
+                m.namespace = ns.map(str::to_owned);
+                m.uid = c.uid.clone();
+                m.creation_timestamp = c.creation_timestamp.clone();
+                m.deletion_timestamp = c.deletion_timestamp.clone();
+                m.deletion_grace_period_seconds = c.deletion_grace_period_seconds;
+                m.generation = c.generation;
+                m.resource_version = Some(kv.mod_revision.to_string());
+                m.self_link = None;
+                if m.generate_name.is_none() {
+                    m.generate_name = c.generate_name.clone();
+                }
+            }
+            match change.subresource {
+                None => kind.prepare_update(&mut obj, &current),
+                Some("status") => kind.prepare_status_update(&mut obj, &current),
+                Some(_) => {}
+            }
+            // A finalizer may not be added to an object that is going away.
+            if current.metadata.deletion_timestamp.is_some() {
+                let old: std::collections::HashSet<&String> = current.metadata.finalizers.iter().flatten().collect();
+                if obj.metadata.finalizers.iter().flatten().any(|f| !old.contains(f)) {
+                    return Err(Error::invalid(
+                        &kind.resource.group,
+                        &kind.resource.kind,
+                        name,
+                        vec![bosun_core::FieldError::forbidden(
+                            "metadata.finalizers",
+                            "no new finalizers can be added if the object is being deleted",
+                        )],
+                    ));
+                }
+            }
+            // A binding changes one field of an already defaulted and validated pod.
+            let binding = change.subresource == Some("binding");
+            if !binding {
+                kind.default(&mut obj, false)?;
+            }
+            if kind.rules == Rules::Service {
+                carry_service_allocations(&mut obj, &current);
+            }
+            let attrs = Attributes {
+                operation: Operation::Update,
+                resource: &kind.resource,
+                subresource: change.subresource,
+                namespace: ns,
+                name,
+                dry_run: change.dry_run,
+            };
+            self.admit(&attrs, &mut obj, Some(&current)).await?;
+            if !binding {
+                kind.validate(&obj, Some(&current), self.node_ports)?;
+            }
+            self.admit_validate(&attrs, &obj, Some(&current)).await?;
+            if spec_changed(&obj.data, &current.data) {
+                obj.metadata.generation = Some(current.metadata.generation.unwrap_or(0) + 1);
+            }
+            if obj.metadata == current.metadata && obj.data == current.data && obj.types == current.types {
+                let mut same = current;
+                self.present(kind, &mut same);
+                return Ok(same);
+            }
+            if change.dry_run {
+                return Ok(obj);
+            }
+            // The last finalizer gone from an object being deleted (with no grace period left): delete it.
+            let finished = obj.metadata.deletion_timestamp.is_some()
+                && obj.metadata.finalizers.as_ref().is_none_or(Vec::is_empty)
+                && obj.metadata.deletion_grace_period_seconds.unwrap_or(0) == 0
+                && !(kind.rules == Rules::Namespace && namespace_finalizers_left(&obj));
+            if finished {
+                match self.storage.delete(&key, Some(kv.mod_revision)).await {
+                    Ok(_) => {
+                        self.on_removed(kind, &obj).await;
+                        self.present(kind, &mut obj);
+                        return Ok(obj);
+                    }
+                    Err(StorageError::Conflict { .. }) => continue,
+                    Err(StorageError::NotFound { .. }) => return Err(Error::not_found(&kind.resource.group, &kind.resource.plural, name)),
+                    Err(e) => return Err(codec::storage_error(e)),
+                }
+            }
+            let allocated = if kind.rules == Rules::Service { self.allocate_service(&mut obj, Some(&current)).await? } else { Vec::new() };
+            let bytes = codec::encode(&obj)?;
+            match self.storage.update(&key, bytes, kv.mod_revision, None).await {
+                Ok(new) => {
+                    obj.metadata.resource_version = Some(new.mod_revision.to_string());
+                    if kind.rules == Rules::Service {
+                        self.release(&released_service_values(&current, &obj)).await;
+                    }
+                    if kind.rules == Rules::CustomResourceDefinition {
+                        self.registry.register(crd::kinds_of(&obj));
+                    }
+                    self.present(kind, &mut obj);
+                    return Ok(obj);
+                }
+                Err(StorageError::Conflict { .. }) => {
+                    self.release(&allocated).await;
+                    continue;
+                }
+                Err(StorageError::NotFound { .. }) => {
+                    self.release(&allocated).await;
+                    return Err(Error::not_found(&kind.resource.group, &kind.resource.plural, name));
+                }
+                Err(e) => {
+                    self.release(&allocated).await;
+                    return Err(codec::storage_error(e));
+                }
+            }
+        }
+        Err(Error::conflict(format!("too many concurrent writes to {} \"{name}\"; try again", kind.resource.plural)))
+    }
+
+    /// Applies a patch to an object's JSON.
+    pub(crate) fn apply_patch(&self, kind: &Kind, current: &DynamicObject, patch: &Patch) -> Result<DynamicObject> {
+        let doc = current.to_value();
+        let patched = match patch {
+            Patch::Json(ops) => crate::patch::json_patch(&doc, ops)?,
+            Patch::Merge(p) => crate::patch::merge_patch(&doc, p)?,
+            Patch::Strategic(p) => {
+                if kind.rules == Rules::Custom {
+                    return Err(Error::unsupported_media_type(
+                        "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml",
+                    ));
+                }
+                crate::patch::merge_patch(&doc, p)?
+            }
+            Patch::Apply(p) => crate::patch::merge_patch(&doc, p)?,
+        };
+        if !patched.is_object() {
+            return Err(Error::bad_request("the patched object is not a JSON object"));
+        }
+        DynamicObject::from_value(patched)
+    }
+
+    /// Called once an object is gone from storage: releases what it held.
+    pub(crate) async fn on_removed(&self, kind: &Arc<Kind>, obj: &DynamicObject) {
+        match kind.rules {
+            Rules::Service => {
+                let empty = DynamicObject::default();
+                self.release(&released_service_values(obj, &empty)).await;
+            }
+            Rules::CustomResourceDefinition => {
+                let kinds = crd::kinds_of(obj);
+                if let Some(k) = kinds.first() {
+                    // Every custom object goes with its definition.
+                    let prefix = codec::prefix(&k.resource);
+                    if let Ok(resp) = self.storage.range(crate::storage::RangeRequest::prefix(prefix)).await {
+                        for kv in resp.kvs {
+                            let _ = self.storage.delete(&kv.key, None).await;
+                        }
+                    }
+                    self.registry.unregister(&k.resource.group, &k.resource.plural);
+                    self.drop_cache(&k.resource);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn namespace_finalizers_left(obj: &DynamicObject) -> bool {
+    obj.data.get("spec").and_then(|s| s.get("finalizers")).and_then(Value::as_array).is_some_and(|f| !f.is_empty())
+}
+
+pub(crate) fn now_text() -> String {
+    serde_json::to_value(now()).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
+}
+
+/// On update, a Service keeps its allocated cluster IP and node ports when the body leaves them out.
+fn carry_service_allocations(obj: &mut DynamicObject, old: &DynamicObject) {
+    let Some(old_spec) = old.data.get("spec") else { return };
+    let Some(spec) = obj.data.get_mut("spec").and_then(Value::as_object_mut) else { return };
+    if spec.get("type").and_then(Value::as_str) == Some("ExternalName") {
+        return;
+    }
+    for field in ["clusterIP", "clusterIPs", "ipFamilies", "ipFamilyPolicy"] {
+        let missing = spec.get(field).is_none_or(|v| v.is_null() || v.as_str() == Some("") || v.as_array().is_some_and(Vec::is_empty));
+        if missing {
+            if let Some(v) = old_spec.get(field) {
+                spec.insert(field.into(), v.clone());
+            }
+        }
+    }
+    let wants_ports = matches!(spec.get("type").and_then(Value::as_str), Some("NodePort" | "LoadBalancer"));
+    if !wants_ports {
+        return;
+    }
+    let old_ports = old_spec.get("ports").and_then(Value::as_array).cloned().unwrap_or_default();
+    if let Some(ports) = spec.get_mut("ports").and_then(Value::as_array_mut) {
+        for p in ports.iter_mut() {
+            if p.get("nodePort").and_then(Value::as_i64).unwrap_or(0) != 0 {
+                continue;
+            }
+            let same = old_ports.iter().find(|o| o.get("port") == p.get("port") && o.get("protocol") == p.get("protocol"));
+            if let (Some(np), Some(map)) = (same.and_then(|o| o.get("nodePort")).cloned(), p.as_object_mut()) {
+                map.insert("nodePort".into(), np);
+            }
+        }
+    }
+}
+
+/// Allocation values the old service held that the new one no longer does, as `(is_ip, value)`.
+fn released_service_values(old: &DynamicObject, new: &DynamicObject) -> Vec<(bool, String)> {
+    let ip = |o: &DynamicObject| o.path_str("spec.clusterIP").map(|s| s.into_owned()).filter(|s| !s.is_empty() && s != "None");
+    let ports = |o: &DynamicObject| -> Vec<String> {
+        o.data
+            .get("spec")
+            .and_then(|s| s.get("ports"))
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p.get("nodePort").and_then(Value::as_i64))
+            .filter(|n| *n != 0)
+            .map(|n| n.to_string())
+            .collect()
+    };
+    let mut out = Vec::new();
+    if let Some(old_ip) = ip(old) {
+        if ip(new).as_deref() != Some(old_ip.as_str()) {
+            out.push((true, old_ip));
+        }
+    }
+    let new_ports = ports(new);
+    out.extend(ports(old).into_iter().filter(|p| !new_ports.contains(p)).map(|p| (false, p)));
+    out
+}
+
+trait WithMessage {
+    fn with_message(self, message: &str) -> Self;
+}
+
+impl WithMessage for bosun_core::FieldError {
+    fn with_message(mut self, message: &str) -> Self {
+        self.message = message.to_owned();
+        self
+    }
+}
