@@ -41,11 +41,24 @@ impl ResourceCatalog for StaticCatalog {
     }
 }
 
-impl<F> ResourceCatalog for F
+impl<T: ResourceCatalog> ResourceCatalog for Arc<T> {
+    fn resources(&self) -> Arc<[ApiResource]> {
+        (**self).resources()
+    }
+
+    fn schema(&self, resource: &ApiResource) -> Option<serde_json::Value> {
+        (**self).schema(resource)
+    }
+}
+
+/// A catalog read from a function on every request.
+pub struct FnCatalog<F>(pub F);
+
+impl<F> ResourceCatalog for FnCatalog<F>
 where
     F: Fn() -> Vec<ApiResource> + Send + Sync + 'static,
 {
     fn resources(&self) -> Arc<[ApiResource]> {
-        self().into()
+        (self.0)().into()
     }
 }

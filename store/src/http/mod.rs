@@ -19,7 +19,7 @@ mod tls;
 mod validation;
 mod watch;
 
-pub use catalog::{ResourceCatalog, StaticCatalog};
+pub use catalog::{FnCatalog, ResourceCatalog, StaticCatalog};
 pub use node::{ExecIo, ExecRequest, NoNodes, NodeConnector};
 pub use server::{HttpConfig, Server, serve};
 pub use table::{Column, TableRow, table_columns, table_row};
