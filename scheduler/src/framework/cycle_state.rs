@@ -34,6 +34,8 @@ pub struct CycleState {
     pub skip_filter: Vec<&'static str>,
     /// Plugins whose Score is skipped for this pod (their PreScore answered `Skip`).
     pub skip_score: Vec<&'static str>,
+    /// Plugins whose PreFilter narrowed the nodes.
+    pub(crate) restricted_by: Vec<&'static str>,
 }
 
 impl Clone for CycleState {
@@ -42,6 +44,7 @@ impl Clone for CycleState {
             data: self.data.iter().map(|(t, d)| (*t, (**d).clone_data())).collect(),
             skip_filter: self.skip_filter.clone(),
             skip_score: self.skip_score.clone(),
+            restricted_by: self.restricted_by.clone(),
         }
     }
 }

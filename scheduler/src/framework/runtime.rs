@@ -363,11 +363,12 @@ impl Framework {
                     Some(prev) => prev.intersection(&r).cloned().collect(),
                 });
                 if result.as_ref().is_some_and(HashSet::is_empty) {
-                    let msg = format!("node(s) didn't satisfy plugin(s) [{}]", restricting.join(", "));
+                    let msg = format!("node(s) didn't satisfy plugin(s) [{}] simultaneously", restricting.join(", "));
                     return (result, Status::unresolvable(msg).with_plugin(p.name()));
                 }
             }
         }
+        state.restricted_by = restricting;
         (result, Status::success())
     }
 
@@ -660,12 +661,11 @@ impl Framework {
             v.sort_unstable();
             v
         });
-        if let Some(c) = &candidates {
-            let names: Vec<&str> = self.pre_filter.iter().map(|p| p.name()).collect();
-            let _ = names;
-            if c.len() < snapshot.len() {
-                diagnosis.absent_status = Some(Status::unresolvable("node(s) didn't satisfy plugin(s) [NodeAffinity]"));
-            }
+        if let Some(c) = &candidates
+            && c.len() < snapshot.len()
+        {
+            let msg = format!("node(s) didn't satisfy plugin(s) [{}]", state.restricted_by.join(", "));
+            diagnosis.absent_status = Some(Status::unresolvable(msg));
         }
         let (feasible, processed) = self.find_feasible(state, pod, snapshot, handle, candidates.as_deref(), &mut diagnosis);
         if let Some(e) = diagnosis.error.take() {

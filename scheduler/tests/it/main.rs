@@ -1,0 +1,4 @@
+//! Integration tests: the scheduler against the store's in-process API server.
+
+mod harness;
+mod scheduling;
