@@ -228,3 +228,117 @@ async fn conflicts_dropped_watches_and_gone_watches_still_converge() -> Result<(
     assert!(h.metrics().controller("deployment").errors() >= 1, "the injected conflicts surfaced as errors and were retried");
     Ok(())
 }
+
+#[tokio::test(start_paused = true)]
+async fn recreate_removes_every_old_pod_before_starting_new_ones() -> Result<(), Box<dyn std::error::Error>> {
+    let h = harness(&["replicaset", "deployment"]);
+    let deploys = Api::<Deployment>::namespaced(h.client(), "default");
+    let pods = Api::<Pod>::namespaced(h.client(), "default");
+    let mut d = deployment("web", 4, 1, 1);
+    d.spec.strategy = Some(k8s_openapi::api::apps::v1::DeploymentStrategy { type_: Some("Recreate".into()), rolling_update: None });
+    deploys.create(&d, &PostParams::default()).await?;
+    h.run_until_quiescent().await?;
+    let informer = h.informers().all::<Pod>();
+    let store = informer.store().clone();
+    let mut changes = informer.subscribe();
+    let mixed = Arc::new(AtomicUsize::new(0));
+    let seen = mixed.clone();
+    let watcher = tokio::spawn(async move {
+        while changes.next().await.is_some() {
+            let live: Vec<_> = store.list().into_iter().filter(|p| pod_is_active(p)).collect();
+            if images(&live.iter().map(|p| (**p).clone()).collect::<Vec<_>>()).len() > 1 {
+                seen.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    });
+    set_image(&deploys, "web", "web:2").await?;
+    h.run_until_quiescent().await?;
+    watcher.abort();
+    assert_eq!(mixed.load(Ordering::SeqCst), 0, "old and new pods never run side by side");
+    let now = active_pods(&pods).await;
+    assert_eq!((now.len(), images(&now)), (4, vec!["web:2".to_owned()]));
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_paused_deployment_does_not_roll_out_until_resumed() -> Result<(), Box<dyn std::error::Error>> {
+    let h = harness(&["replicaset", "deployment"]);
+    let deploys = Api::<Deployment>::namespaced(h.client(), "default");
+    let pods = Api::<Pod>::namespaced(h.client(), "default");
+    deploys.create(&deployment("web", 3, 1, 0), &PostParams::default()).await?;
+    h.run_until_quiescent().await?;
+    deploys.patch("web", &Patch::Merge(serde_json::json!({"spec": {"paused": true}})), &PatchParams::default()).await?;
+    set_image(&deploys, "web", "web:2").await?;
+    h.run_until_quiescent().await?;
+    assert_eq!(images(&active_pods(&pods).await), ["web:1"], "paused: no rollout");
+    let progressing = deploys.get("web").await?.status.unwrap_or_default().conditions.unwrap_or_default();
+    let reason = progressing.iter().find(|c| c.type_.as_deref() == Some("Progressing")).and_then(|c| c.reason.clone());
+    assert_eq!(reason.as_deref(), Some("DeploymentPaused"));
+    deploys.patch("web", &Patch::Merge(serde_json::json!({"spec": {"paused": false}})), &PatchParams::default()).await?;
+    h.run_until_quiescent().await?;
+    let now = active_pods(&pods).await;
+    assert_eq!((now.len(), images(&now)), (3, vec!["web:2".to_owned()]));
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn old_replicasets_beyond_the_history_limit_are_deleted() -> Result<(), Box<dyn std::error::Error>> {
+    let h = harness(&["replicaset", "deployment"]);
+    let deploys = Api::<Deployment>::namespaced(h.client(), "default");
+    let sets = Api::<ReplicaSet>::namespaced(h.client(), "default");
+    let mut d = deployment("web", 2, 1, 0);
+    d.spec.revision_history_limit = Some(2);
+    deploys.create(&d, &PostParams::default()).await?;
+    h.run_until_quiescent().await?;
+    for i in 2..=6 {
+        set_image(&deploys, "web", &format!("web:{i}")).await?;
+        h.run_until_quiescent().await?;
+    }
+    let mut revisions: Vec<i64> = sets
+        .list(&ListParams::default())
+        .await?
+        .items
+        .iter()
+        .filter_map(|rs| rs.metadata.annotations.as_ref().and_then(|a| a.get(REVISION)).and_then(|r| r.parse().ok()))
+        .collect();
+    revisions.sort();
+    assert_eq!(revisions, [4, 5, 6], "the current revision and the two newest old ones stay");
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stuck_rollout_reports_progress_deadline_exceeded() -> Result<(), Box<dyn std::error::Error>> {
+    // No kubelet: pods never become ready, so the rollout cannot finish.
+    let mut h = bosun_controllers::Harness::new(server());
+    h.start_builtins(bosun_controllers::ManagerConfig::default().only(&["replicaset", "deployment"]));
+    let deploys = Api::<Deployment>::namespaced(h.client(), "default");
+    let mut d = deployment("web", 2, 1, 0);
+    d.spec.progress_deadline_seconds = Some(60);
+    deploys.create(&d, &PostParams::default()).await?;
+    h.run_until_quiescent().await?;
+    tokio::time::sleep(std::time::Duration::from_secs(61)).await;
+    h.run_until_quiescent().await?;
+    let conditions = deploys.get("web").await?.status.unwrap_or_default().conditions.unwrap_or_default();
+    let p = conditions.iter().find(|c| c.type_.as_deref() == Some("Progressing")).ok_or("no Progressing condition")?;
+    assert_eq!((p.status.as_deref(), p.reason.as_deref()), (Some("False"), Some("ProgressDeadlineExceeded")));
+    let a = conditions.iter().find(|c| c.type_.as_deref() == Some("Available")).ok_or("no Available condition")?;
+    assert_eq!(a.status.as_deref(), Some("False"));
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn min_ready_seconds_delays_availability() -> Result<(), Box<dyn std::error::Error>> {
+    let h = harness(&["replicaset"]);
+    let rs_api = Api::<ReplicaSet>::namespaced(h.client(), "default");
+    let mut rs = replicaset("web", "web", 2);
+    rs.spec.min_ready_seconds = Some(30);
+    rs_api.create(&rs, &PostParams::default()).await?;
+    h.run_until_quiescent().await?;
+    let status = rs_api.get("web").await?.status.unwrap_or_default();
+    assert_eq!((status.ready_replicas, status.available_replicas), (Some(2), Some(0)));
+    tokio::time::sleep(std::time::Duration::from_secs(31)).await;
+    h.run_until_quiescent().await?;
+    let status = rs_api.get("web").await?.status.unwrap_or_default();
+    assert_eq!(status.available_replicas, Some(2));
+    Ok(())
+}
