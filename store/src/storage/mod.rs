@@ -28,6 +28,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 #[cfg(feature = "testing")]
 pub mod conformance;
+pub mod durable;
 #[cfg(feature = "etcd")]
 pub mod etcd;
 pub mod memory;
@@ -35,6 +36,7 @@ mod mvcc;
 mod snapshot;
 mod watch;
 
+pub use durable::{DurableOptions, DurableStorage};
 #[cfg(feature = "etcd")]
 pub use etcd::EtcdStorage;
 pub use memory::MemoryStorage;
