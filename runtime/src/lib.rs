@@ -7,6 +7,7 @@
 //! heartbeats a Lease and runs the pods bound to it over any runtime, talking to the API only
 //! through `bosun_core::Client`.
 
+pub mod agent;
 pub mod conformance;
 pub mod cri;
 pub mod error;
@@ -16,6 +17,7 @@ pub mod logs;
 pub mod process;
 pub mod sys;
 
+pub use agent::{NodeAgent, NodeAgentConfig, NodeHandle};
 pub use cri::{
     Capabilities, ContainerConfig, ContainerFilter, ContainerId, ContainerRuntime, ContainerState, ContainerStats, ContainerStatus,
     EventKind, ExecResult, ExecSession, LogOptions, Mount, RuntimeEvent, SandboxConfig, SandboxId, SandboxState, SandboxStatus,

@@ -1,4 +1,6 @@
 //! Integration tests of bosun-runtime: the shared conformance suite against every backend, and the
 //! node agent against the in-memory API server.
 
+mod agent_fake;
 mod conformance;
+mod support;

@@ -1,0 +1,222 @@
+//! The Node object: registration with capacity, allocatable, labels, addresses and node info;
+//! the Lease heartbeat in `kube-node-lease`; node conditions.
+
+use super::NodeAgentConfig;
+use bosun_core::k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use bosun_core::k8s_openapi::api::core::v1::{
+    DaemonEndpoint, Namespace, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeSpec, NodeStatus, NodeSystemInfo,
+};
+use bosun_core::k8s_openapi::apimachinery::pkg::api::resource::Quantity as ApiQuantity;
+use bosun_core::k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, OwnerReference, Time};
+use bosun_core::{Api, Client, Patch, PatchParams, PostParams, Quantity, Result};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// The namespace node leases live in.
+pub const LEASE_NAMESPACE: &str = "kube-node-lease";
+
+/// Seconds a lease is valid (the kubelet's 40 s).
+pub const LEASE_DURATION_SECONDS: i32 = 40;
+
+/// The Kubernetes architecture name of this machine.
+pub fn arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "powerpc64" => "ppc64le",
+        other => other,
+    }
+}
+
+/// This machine's capacity: CPUs, memory, 110 pods, and the disk holding `root`.
+pub fn host_capacity(root: &std::path::Path) -> BTreeMap<String, Quantity> {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mem_kib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines().find(|l| l.starts_with("MemTotal:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<i64>().ok())
+        })
+        .unwrap_or(1 << 20);
+    let disk = rustix::fs::statvfs(root).map_or(10 << 30, |s| i64::try_from(s.f_blocks.saturating_mul(s.f_frsize)).unwrap_or(i64::MAX));
+    BTreeMap::from([
+        ("cpu".to_string(), Quantity::from_milli(i64::try_from(cpus).unwrap_or(1) * 1000)),
+        ("memory".to_string(), Quantity::from_bytes(mem_kib * 1024)),
+        ("pods".to_string(), Quantity::from_milli(110_000)),
+        ("ephemeral-storage".to_string(), Quantity::from_bytes(disk)),
+    ])
+}
+
+fn api_map(m: &BTreeMap<String, Quantity>) -> BTreeMap<String, ApiQuantity> {
+    m.iter().map(|(k, v)| (k.clone(), ApiQuantity(v.to_string()))).collect()
+}
+
+fn condition(type_: &str, ok: bool, reason: &str, message: &str, now: jiff::Timestamp) -> NodeCondition {
+    // Ready is good when True; the pressure conditions are good when False.
+    let status = if type_ == "Ready" { ok } else { !ok };
+    NodeCondition {
+        type_: type_.to_string(),
+        status: if status { "True" } else { "False" }.to_string(),
+        reason: Some(reason.to_string()),
+        message: Some(message.to_string()),
+        last_heartbeat_time: Some(Time(now)),
+        last_transition_time: Some(Time(now)),
+        ..NodeCondition::default()
+    }
+}
+
+/// Node conditions from what the agent can measure (the fake node is always healthy).
+pub fn conditions(config: &NodeAgentConfig, now: jiff::Timestamp) -> Vec<NodeCondition> {
+    let (mem_ok, disk_ok) = if config.measure_pressure {
+        let avail_kib = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+            m.lines().find(|l| l.starts_with("MemAvailable:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<u64>().ok())
+        });
+        let disk = rustix::fs::statvfs(&config.root_dir).ok().map(|s| (s.f_bavail, s.f_blocks));
+        (avail_kib.is_none_or(|k| k > 100 * 1024), disk.is_none_or(|(avail, total)| total == 0 || avail * 10 >= total))
+    } else {
+        (true, true)
+    };
+    vec![
+        condition(
+            "MemoryPressure",
+            mem_ok,
+            if mem_ok { "KubeletHasSufficientMemory" } else { "KubeletHasInsufficientMemory" },
+            "kubelet has sufficient memory available",
+            now,
+        ),
+        condition(
+            "DiskPressure",
+            disk_ok,
+            if disk_ok { "KubeletHasNoDiskPressure" } else { "KubeletHasDiskPressure" },
+            "kubelet has no disk pressure",
+            now,
+        ),
+        condition("PIDPressure", true, "KubeletHasSufficientPID", "kubelet has sufficient PID available", now),
+        condition("Ready", true, "KubeletReady", "kubelet is posting ready status", now),
+    ]
+}
+
+/// The Node object this agent registers.
+pub fn desired_node(config: &NodeAgentConfig, runtime_version: &str, allocatable: &BTreeMap<String, Quantity>) -> Node {
+    let mut labels = BTreeMap::from([
+        ("kubernetes.io/hostname".to_string(), config.node_name.clone()),
+        ("kubernetes.io/os".to_string(), "linux".to_string()),
+        ("kubernetes.io/arch".to_string(), arch().to_string()),
+        ("beta.kubernetes.io/os".to_string(), "linux".to_string()),
+        ("beta.kubernetes.io/arch".to_string(), arch().to_string()),
+    ]);
+    labels.extend(config.labels.clone());
+    let now = jiff::Timestamp::now();
+    Node {
+        metadata: ObjectMeta { name: Some(config.node_name.clone()), labels: Some(labels), ..ObjectMeta::default() },
+        spec: Some(NodeSpec { taints: (!config.taints.is_empty()).then(|| config.taints.clone()), ..NodeSpec::default() }),
+        status: Some(NodeStatus {
+            capacity: Some(api_map(&config.capacity)),
+            allocatable: Some(api_map(allocatable)),
+            conditions: Some(conditions(config, now)),
+            addresses: Some(vec![
+                NodeAddress { type_: "InternalIP".into(), address: config.node_ip.clone() },
+                NodeAddress { type_: "Hostname".into(), address: config.node_name.clone() },
+            ]),
+            daemon_endpoints: Some(NodeDaemonEndpoints { kubelet_endpoint: Some(DaemonEndpoint { port: i32::from(config.port) }) }),
+            node_info: Some(NodeSystemInfo {
+                architecture: arch().into(),
+                container_runtime_version: runtime_version.to_string(),
+                kubelet_version: format!("v1.37.0-bosun.{}", env!("CARGO_PKG_VERSION")),
+                kube_proxy_version: String::new(),
+                operating_system: "linux".into(),
+                os_image: "bosun".into(),
+                kernel_version: std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string(),
+                machine_id: config.node_name.clone(),
+                system_uuid: config.node_name.clone(),
+                boot_id: std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default().trim().to_string(),
+                ..NodeSystemInfo::default()
+            }),
+            ..NodeStatus::default()
+        }),
+    }
+}
+
+/// Creates the Node, or updates labels and status when it exists (an agent restart).
+pub async fn register(client: &Arc<dyn Client>, node: &Node) -> Result<Node> {
+    let api = Api::<Node>::all(client.clone());
+    let name = node.metadata.name.clone().unwrap_or_default();
+    let created = match api.create(node, &PostParams::default()).await {
+        Ok(n) => n,
+        Err(e) if e.code() == 409 => {
+            let patch = serde_json::json!({ "metadata": { "labels": node.metadata.labels } });
+            api.patch(&name, &Patch::Merge(patch), &PatchParams::default()).await?
+        }
+        Err(e) => return Err(e),
+    };
+    // Status is a subresource: write it explicitly, since create may drop it.
+    let status = serde_json::json!({ "status": node.status });
+    match api.patch_status(&name, &Patch::Merge(status), &PatchParams::default()).await {
+        Ok(n) => Ok(n),
+        Err(e) if e.code() == 404 || e.code() == 405 => Ok(created),
+        Err(e) => Err(e),
+    }
+}
+
+/// Writes the node's conditions (heartbeat times included).
+pub async fn update_status(client: &Arc<dyn Client>, config: &NodeAgentConfig) -> Result<()> {
+    let status = serde_json::json!({ "status": { "conditions": conditions(config, jiff::Timestamp::now()) } });
+    Api::<Node>::all(client.clone()).patch_status(&config.node_name, &Patch::Merge(status), &PatchParams::default()).await.map(|_| ())
+}
+
+/// Creates or renews the node's Lease.
+pub async fn renew_lease(client: &Arc<dyn Client>, node_name: &str, node_uid: Option<&str>) -> Result<()> {
+    let api = Api::<Lease>::namespaced(client.clone(), LEASE_NAMESPACE);
+    let now = MicroTime(jiff::Timestamp::now());
+    match api.get_opt(node_name).await? {
+        Some(mut lease) => {
+            let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
+            spec.renew_time = Some(now);
+            spec.holder_identity = Some(node_name.to_string());
+            spec.lease_duration_seconds = Some(LEASE_DURATION_SECONDS);
+            api.replace(&lease, &PostParams::default()).await?;
+        }
+        None => {
+            let owner = node_uid.map(|uid| {
+                vec![OwnerReference {
+                    api_version: "v1".into(),
+                    kind: "Node".into(),
+                    name: node_name.to_string(),
+                    uid: uid.to_string(),
+                    ..OwnerReference::default()
+                }]
+            });
+            let lease = Lease {
+                metadata: ObjectMeta {
+                    name: Some(node_name.to_string()),
+                    namespace: Some(LEASE_NAMESPACE.into()),
+                    owner_references: owner,
+                    ..ObjectMeta::default()
+                },
+                spec: Some(LeaseSpec {
+                    holder_identity: Some(node_name.to_string()),
+                    lease_duration_seconds: Some(LEASE_DURATION_SECONDS),
+                    renew_time: Some(now),
+                    ..LeaseSpec::default()
+                }),
+            };
+            match api.create(&lease, &PostParams::default()).await {
+                Ok(_) => {}
+                Err(e) if e.code() == 404 => {
+                    // The lease namespace is missing: make it, then retry once.
+                    let ns = Namespace {
+                        metadata: ObjectMeta { name: Some(LEASE_NAMESPACE.into()), ..ObjectMeta::default() },
+                        ..Namespace::default()
+                    };
+                    match Api::<Namespace>::all(client.clone()).create(&ns, &PostParams::default()).await {
+                        Ok(_) => {}
+                        Err(e) if e.code() == 409 => {}
+                        Err(e) => return Err(e),
+                    }
+                    api.create(&lease, &PostParams::default()).await?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,975 @@
+//! The per-pod worker: a level-triggered loop that brings one pod's containers to what its spec
+//! asks (sandbox and volumes, init containers and sidecars in order, app containers with restart
+//! policy and crash-loop backoff, probes), terminates it gracefully when it is deleted, and
+//! reports its status.
+
+use super::env::{self, EnvContext, ObjectCache};
+use super::events::Recorder;
+use super::probe::{self, ProbeState, ProbeTarget};
+use super::status::{self, ContainerView, Terminated, ViewState};
+use super::volume::{self, PodVolumes};
+use super::{Ctx, POD_UID_LABEL};
+use crate::cri::{ContainerConfig, ContainerId, ContainerResources, ContainerState, ContainerStatus, SandboxConfig, SandboxId};
+use crate::error::RuntimeError;
+use bosun_core::k8s_openapi::api::core::v1::{Container, HostIP, ObjectReference, Pod, PodIP, PodStatus};
+use bosun_core::k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use bosun_core::{Api, DeleteParams, Patch, PatchParams, Preconditions, Quantity};
+use jiff::Timestamp;
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
+
+/// What the agent's handle can read about a pod's containers (for logs, exec and usage).
+#[derive(Debug, Default, Clone)]
+pub struct PodShared {
+    /// The pod's namespace and name.
+    pub key: (String, String),
+    /// Its sandbox.
+    pub sandbox: Option<SandboxId>,
+    /// Per container name: (current instance, previous instance).
+    pub containers: BTreeMap<String, (Option<ContainerId>, Option<ContainerId>)>,
+}
+
+/// What a recovered sandbox brings to a new worker.
+#[derive(Debug, Clone)]
+pub struct Adopted {
+    /// The sandbox.
+    pub sandbox: SandboxId,
+    /// Its IP.
+    pub ip: Option<IpAddr>,
+    /// Its containers.
+    pub containers: Vec<ContainerStatus>,
+}
+
+#[derive(Default)]
+struct Slot {
+    current: Option<ContainerId>,
+    status: Option<ContainerStatus>,
+    previous: Option<ContainerId>,
+    last_terminated: Option<Terminated>,
+    restart_count: u32,
+    crash_restarts: u32,
+    backoff_for: Option<ContainerId>,
+    backoff_until: Option<Instant>,
+    waiting: Option<(String, Option<String>)>,
+    probes: Option<(tokio::task::JoinHandle<()>, Arc<Mutex<ProbeState>>)>,
+    has_probes: bool,
+    has_readiness: bool,
+    has_startup: bool,
+    retry_at: Option<Instant>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some((h, _)) = &self.probes {
+            h.abort();
+        }
+    }
+}
+
+impl Slot {
+    fn state(&self) -> Option<ContainerState> {
+        self.status.as_ref().map(|s| s.state)
+    }
+
+    fn probe_state(&self) -> ProbeState {
+        self.probes.as_ref().map(|(_, s)| s.lock().unwrap_or_else(|p| p.into_inner()).clone()).unwrap_or_default()
+    }
+
+    fn started(&self) -> bool {
+        self.state() == Some(ContainerState::Running) && (!self.has_startup || self.probe_state().started)
+    }
+
+    fn ready(&self) -> bool {
+        let p = self.probe_state();
+        self.started() && (!self.has_readiness || p.ready)
+    }
+}
+
+fn terminated_of(st: &ContainerStatus) -> Terminated {
+    Terminated {
+        exit_code: st.exit_code.unwrap_or(0),
+        signal: st.signal,
+        reason: st.reason.clone().unwrap_or_else(|| "Error".into()),
+        message: st.message.clone(),
+        started_at: st.started_at,
+        finished_at: st.finished_at,
+        container_id: st.id.0.clone(),
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Policy {
+    Always,
+    OnFailure,
+    Never,
+}
+
+impl Policy {
+    fn of(s: Option<&str>) -> Self {
+        match s {
+            Some("OnFailure") => Self::OnFailure,
+            Some("Never") => Self::Never,
+            _ => Self::Always,
+        }
+    }
+
+    fn restarts(self, exit_code: i32) -> bool {
+        match self {
+            Self::Always => true,
+            Self::OnFailure => exit_code != 0,
+            Self::Never => false,
+        }
+    }
+}
+
+/// One pod's worker.
+pub struct Worker {
+    ctx: Arc<Ctx>,
+    pod: Arc<Pod>,
+    pod_rx: watch::Receiver<Option<Arc<Pod>>>,
+    wake: Arc<Notify>,
+    shared: Arc<Mutex<PodShared>>,
+    recorder: Recorder,
+    sandbox: Option<(SandboxId, Option<IpAddr>)>,
+    volumes: Option<PodVolumes>,
+    volumes_synced: Option<Instant>,
+    slots: HashMap<String, Slot>,
+    init_done: bool,
+    terminal: Option<&'static str>,
+    pod_waiting: Option<(String, String)>,
+    start_time: Timestamp,
+    last_status: Option<serde_json::Value>,
+    last_event: Option<String>,
+    finished: bool,
+}
+
+impl Worker {
+    /// A worker for a pod, adopting a recovered sandbox when there is one.
+    pub fn new(
+        ctx: Arc<Ctx>,
+        pod: Arc<Pod>,
+        pod_rx: watch::Receiver<Option<Arc<Pod>>>,
+        wake: Arc<Notify>,
+        shared: Arc<Mutex<PodShared>>,
+        adopted: Option<Adopted>,
+    ) -> Self {
+        let object = ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Pod".into()),
+            name: pod.metadata.name.clone(),
+            namespace: pod.metadata.namespace.clone(),
+            uid: pod.metadata.uid.clone(),
+            resource_version: pod.metadata.resource_version.clone(),
+            ..ObjectReference::default()
+        };
+        let recorder = Recorder::new(ctx.config.record_events.then(|| ctx.client.clone()), object, &ctx.config.node_name);
+        let start_time = pod.status.as_ref().and_then(|s| s.start_time.as_ref()).map_or_else(Timestamp::now, |t| t.0);
+        let mut w = Self {
+            ctx,
+            pod,
+            pod_rx,
+            wake,
+            shared,
+            recorder,
+            sandbox: None,
+            volumes: None,
+            volumes_synced: None,
+            slots: HashMap::new(),
+            init_done: false,
+            terminal: None,
+            pod_waiting: None,
+            start_time,
+            last_status: None,
+            last_event: None,
+            finished: false,
+        };
+        if let Some(a) = adopted {
+            w.adopt(a);
+        }
+        w
+    }
+
+    fn adopt(&mut self, a: Adopted) {
+        self.sandbox = Some((a.sandbox, a.ip));
+        let mut by_name: BTreeMap<String, Vec<ContainerStatus>> = BTreeMap::new();
+        for c in a.containers {
+            by_name.entry(c.name.clone()).or_default().push(c);
+        }
+        for (name, mut list) in by_name {
+            list.sort_by_key(|c| c.attempt);
+            let slot = self.slots.entry(name).or_default();
+            let cur = list.pop();
+            let prev = list.pop();
+            slot.restart_count = cur.as_ref().map_or(0, |c| c.attempt);
+            slot.current = cur.as_ref().map(|c| c.id.clone());
+            slot.previous = prev.as_ref().map(|c| c.id.clone());
+            slot.last_terminated = prev.as_ref().map(terminated_of);
+            slot.status = cur;
+        }
+        // App containers only start after every init container has succeeded.
+        let spec = self.pod.spec.clone().unwrap_or_default();
+        self.init_done = spec.containers.iter().any(|c| self.slots.get(&c.name).is_some_and(|s| s.current.is_some()));
+        for c in spec.init_containers.iter().flatten().chain(spec.containers.iter()) {
+            if self.slots.get(&c.name).and_then(Slot::state) == Some(ContainerState::Running) {
+                self.spawn_probes(c);
+            }
+        }
+        self.publish_shared();
+    }
+
+    fn publish_shared(&self) {
+        let mut s = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+        s.sandbox = self.sandbox.as_ref().map(|(id, _)| id.clone());
+        s.containers = self.slots.iter().map(|(k, v)| (k.clone(), (v.current.clone(), v.previous.clone()))).collect();
+    }
+
+    /// Runs until the pod is gone (deleted and its containers stopped).
+    pub async fn run(mut self) {
+        let uid = self.uid().to_string();
+        let span = tracing::info_span!("pod", pod.uid = %uid, pod.name = %self.pod.metadata.name.clone().unwrap_or_default());
+        let _guard = span.enter();
+        drop(_guard);
+        loop {
+            let next = self.sync().await;
+            if self.finished {
+                break;
+            }
+            let sleep = async {
+                match next {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                changed = self.pod_rx.changed() => {
+                    if changed.is_err() {
+                        // The agent dropped the pod: it was removed from the API.
+                        self.pod_rx = watch::channel(None).1;
+                    }
+                }
+                () = self.wake.notified() => {}
+                () = sleep => {}
+            }
+        }
+        tracing::debug!(pod.uid = %uid, "pod worker done");
+    }
+
+    fn uid(&self) -> &str {
+        self.pod.metadata.uid.as_deref().unwrap_or_default()
+    }
+
+    fn name(&self) -> &str {
+        self.pod.metadata.name.as_deref().unwrap_or_default()
+    }
+
+    fn namespace(&self) -> &str {
+        self.pod.metadata.namespace.as_deref().unwrap_or("default")
+    }
+
+    fn pod_dir(&self) -> std::path::PathBuf {
+        self.ctx.config.root_dir.join("pods").join(self.uid())
+    }
+
+    fn pod_ip(&self) -> Option<String> {
+        match &self.sandbox {
+            Some((_, Some(ip))) => Some(ip.to_string()),
+            Some((_, None)) => Some(self.ctx.config.node_ip.clone()),
+            None => None,
+        }
+    }
+
+    async fn sync(&mut self) -> Option<Instant> {
+        let latest = self.pod_rx.borrow_and_update().clone();
+        let removed = latest.is_none();
+        if let Some(p) = latest {
+            self.pod = p;
+        }
+        let deleting = self.pod.metadata.deletion_timestamp.is_some();
+        if removed || deleting {
+            self.terminate(removed).await;
+            self.finished = true;
+            return None;
+        }
+        if self.terminal.is_some() {
+            return None;
+        }
+        let now = Instant::now();
+        let mut next: Option<Instant> = None;
+        let soon = |at: Instant, next: &mut Option<Instant>| *next = Some(next.map_or(at, |n| n.min(at)));
+
+        // Sandbox and volumes.
+        let needs_refresh = self.volumes_synced.is_none_or(|t| now >= t + self.ctx.config.volume_resync);
+        if self.sandbox.is_none() || (needs_refresh && has_generated_volumes(&self.pod)) {
+            if let Err(wait) = self.ensure_volumes().await {
+                if self.sandbox.is_none() {
+                    self.pod_waiting = Some(("ContainerCreating".into(), wait));
+                    self.publish().await;
+                    soon(now + Duration::from_secs(2), &mut next);
+                    return next;
+                }
+            }
+        }
+        if has_generated_volumes(&self.pod)
+            && let Some(t) = self.volumes_synced
+        {
+            soon(t + self.ctx.config.volume_resync, &mut next);
+        }
+        if self.sandbox.is_none() {
+            match self.run_sandbox().await {
+                Ok(()) => self.pod_waiting = None,
+                Err(msg) => {
+                    self.event_once("Warning", "FailedCreatePodSandBox", format!("Failed to create pod sandbox: {msg}"));
+                    self.pod_waiting = Some(("ContainerCreating".into(), msg));
+                    self.publish().await;
+                    soon(now + Duration::from_secs(2), &mut next);
+                    return next;
+                }
+            }
+        }
+        self.refresh().await;
+        self.handle_probe_failures().await;
+
+        let spec = self.pod.spec.clone().unwrap_or_default();
+        let policy = Policy::of(spec.restart_policy.as_deref());
+        let mut inits_ok = true;
+        for c in spec.init_containers.iter().flatten() {
+            if c.restart_policy.as_deref() == Some("Always") {
+                // A sidecar: started in order, kept running, restarted always.
+                self.ensure(c, Policy::Always, &mut next).await;
+                if !self.slots.get(&c.name).is_some_and(Slot::started) {
+                    inits_ok = false;
+                    break;
+                }
+                continue;
+            }
+            if self.init_done {
+                continue;
+            }
+            let slot = self.slots.entry(c.name.clone()).or_default();
+            match (slot.state(), slot.status.as_ref().and_then(|s| s.exit_code)) {
+                (Some(ContainerState::Exited), Some(0)) => continue,
+                (Some(ContainerState::Exited), Some(_)) if policy == Policy::Never => {
+                    self.finish("Failed").await;
+                    return None;
+                }
+                _ => {
+                    // Init containers restart on failure unless the pod's policy is Never.
+                    self.ensure(c, Policy::OnFailure, &mut next).await;
+                    inits_ok = false;
+                    break;
+                }
+            }
+        }
+        if inits_ok {
+            self.init_done = true;
+            for c in &spec.containers {
+                self.ensure(c, policy, &mut next).await;
+            }
+            if policy != Policy::Always {
+                let mut all_done = true;
+                let mut failed = false;
+                for c in &spec.containers {
+                    let slot = self.slots.get(&c.name);
+                    match slot.and_then(|s| s.status.as_ref()) {
+                        Some(st) if st.state == ContainerState::Exited && !policy.restarts(st.exit_code.unwrap_or(0)) => {
+                            failed |= st.exit_code != Some(0);
+                        }
+                        _ => all_done = false,
+                    }
+                }
+                if all_done {
+                    self.finish(if failed { "Failed" } else { "Succeeded" }).await;
+                    return None;
+                }
+            }
+        }
+        for slot in self.slots.values() {
+            if let Some(at) = slot.backoff_until.filter(|at| *at > now) {
+                soon(at, &mut next);
+            }
+            if let Some(at) = slot.retry_at.filter(|at| *at > now) {
+                soon(at, &mut next);
+            }
+        }
+        self.publish_shared();
+        self.publish().await;
+        next
+    }
+
+    fn event_once(&mut self, type_: &str, reason: &str, message: String) {
+        let key = format!("{reason}:{message}");
+        if self.last_event.as_deref() == Some(key.as_str()) {
+            return;
+        }
+        self.last_event = Some(key);
+        if type_ == "Warning" { self.recorder.warning(reason, message) } else { self.recorder.normal(reason, message) }
+    }
+
+    async fn ensure_volumes(&mut self) -> Result<(), String> {
+        let pod = self.pod.clone();
+        let host_ip = self.ctx.config.node_ip.clone();
+        let pod_ip = self.pod_ip();
+        let cx = EnvContext { pod: &pod, pod_ip: pod_ip.as_deref(), host_ip: &host_ip, allocatable: &self.ctx.allocatable };
+        let mut cache = ObjectCache::new(self.ctx.client.clone(), self.namespace());
+        match volume::prepare(&pod, &self.pod_dir(), &self.ctx.client, &cx, &mut cache).await {
+            Ok(v) => {
+                self.volumes = Some(v);
+                self.volumes_synced = Some(Instant::now());
+                Ok(())
+            }
+            Err(e) => {
+                let msg = format!("MountVolume.SetUp failed: {e}");
+                self.event_once("Warning", "FailedMount", msg.clone());
+                Err(msg)
+            }
+        }
+    }
+
+    async fn run_sandbox(&mut self) -> Result<(), String> {
+        let pod = &self.pod;
+        let spec = pod.spec.clone().unwrap_or_default();
+        let mut labels = pod.metadata.labels.clone().unwrap_or_default();
+        labels.insert(POD_UID_LABEL.into(), self.uid().to_string());
+        labels.insert("io.kubernetes.pod.name".into(), self.name().to_string());
+        labels.insert("io.kubernetes.pod.namespace".into(), self.namespace().to_string());
+        let config = SandboxConfig {
+            name: self.name().to_string(),
+            namespace: self.namespace().to_string(),
+            uid: self.uid().to_string(),
+            attempt: 0,
+            hostname: spec.hostname.clone().unwrap_or_else(|| self.name().to_string()),
+            host_network: spec.host_network.unwrap_or(false),
+            log_directory: self.ctx.config.root_dir.join("logs").join(format!("{}_{}_{}", self.namespace(), self.name(), self.uid())),
+            labels,
+            annotations: pod.metadata.annotations.clone().unwrap_or_default(),
+        };
+        let id = self.ctx.runtime.run_sandbox(&config).await.map_err(|e| e.to_string())?;
+        let st = self.ctx.runtime.sandbox_status(&id).await.map_err(|e| e.to_string())?;
+        self.ctx.register_waker(id.clone(), self.wake.clone());
+        self.sandbox = Some((id, st.ip));
+        self.publish_shared();
+        Ok(())
+    }
+
+    async fn refresh(&mut self) {
+        for slot in self.slots.values_mut() {
+            if let Some(id) = &slot.current {
+                match self.ctx.runtime.container_status(id).await {
+                    Ok(st) => slot.status = Some(st),
+                    Err(e) if e.is_not_found() => {
+                        slot.current = None;
+                        slot.status = None;
+                    }
+                    Err(_) => {}
+                }
+            }
+        }
+    }
+
+    async fn handle_probe_failures(&mut self) {
+        let grace = self.grace_period();
+        let mut kills = Vec::new();
+        for (name, slot) in &mut self.slots {
+            if slot.state() != Some(ContainerState::Running) {
+                continue;
+            }
+            if let Some(msg) = slot.probe_state().failed
+                && let Some(id) = slot.current.clone()
+            {
+                if let Some((h, _)) = slot.probes.take() {
+                    h.abort();
+                }
+                kills.push((name.clone(), id, msg));
+            }
+        }
+        for (name, id, msg) in kills {
+            self.recorder.normal("Killing", format!("Container {name} failed: {msg}, will be restarted"));
+            if let Err(e) = self.ctx.runtime.stop_container(&id, grace).await {
+                tracing::warn!(error = %e, "cannot stop unhealthy container");
+            }
+            if let Some(slot) = self.slots.get_mut(&name)
+                && let Ok(st) = self.ctx.runtime.container_status(&id).await
+            {
+                slot.status = Some(st);
+            }
+        }
+    }
+
+    fn grace_period(&self) -> Duration {
+        let secs = self
+            .pod
+            .metadata
+            .deletion_grace_period_seconds
+            .or(self.pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds))
+            .unwrap_or(30);
+        Duration::from_secs(u64::try_from(secs).unwrap_or(0))
+    }
+
+    /// Brings one container toward running under a restart policy.
+    async fn ensure(&mut self, c: &Container, policy: Policy, next: &mut Option<Instant>) {
+        let now = Instant::now();
+        let backoff = self.ctx.config.backoff.clone();
+        let pod_label = format!("{}_{}({})", self.name(), self.namespace(), self.uid());
+        let slot = self.slots.entry(c.name.clone()).or_default();
+        if slot.retry_at.is_some_and(|at| now < at) {
+            return;
+        }
+        match slot.status.clone() {
+            None => {}
+            Some(st) if st.state == ContainerState::Running => return,
+            Some(st) if st.state == ContainerState::Created => {
+                if let Err(e) = self.ctx.runtime.start_container(&st.id).await {
+                    tracing::warn!(error = %e, "cannot start created container");
+                }
+                return;
+            }
+            Some(st) => {
+                let code = st.exit_code.unwrap_or(0);
+                if !policy.restarts(code) {
+                    slot.waiting = None;
+                    return;
+                }
+                if slot.backoff_for.as_ref() != Some(&st.id) {
+                    let ran = match (st.started_at, st.finished_at) {
+                        (Some(a), Some(b)) => b.duration_since(a).try_into().unwrap_or_default(),
+                        _ => Duration::ZERO,
+                    };
+                    if ran >= backoff.reset_after() {
+                        slot.crash_restarts = 0;
+                    }
+                    let delay = backoff.delay(slot.crash_restarts);
+                    slot.crash_restarts = slot.crash_restarts.saturating_add(1);
+                    slot.backoff_for = Some(st.id.clone());
+                    slot.backoff_until = Some(now + delay);
+                    if !delay.is_zero() {
+                        let msg = format!("back-off {} restarting failed container={} pod={pod_label}", fmt_duration(delay), c.name);
+                        slot.waiting = Some(("CrashLoopBackOff".into(), Some(msg)));
+                        self.recorder.warning("BackOff", format!("Back-off restarting failed container {} in pod {}", c.name, pod_label));
+                    }
+                }
+                if let Some(until) = slot.backoff_until.filter(|u| now < *u) {
+                    *next = Some(next.map_or(until, |n| n.min(until)));
+                    return;
+                }
+            }
+        }
+        self.start(c, next).await;
+    }
+
+    async fn start(&mut self, c: &Container, next: &mut Option<Instant>) {
+        let now = Instant::now();
+        let Some((sandbox, _)) = self.sandbox.clone() else { return };
+        let image_name = c.image.clone().unwrap_or_default();
+        let retry = |slot: &mut Slot, reason: &str, msg: String, next: &mut Option<Instant>, after: Duration| {
+            slot.waiting = Some((reason.to_string(), Some(msg)));
+            let at = now + after;
+            slot.retry_at = Some(at);
+            *next = Some(next.map_or(at, |n| n.min(at)));
+        };
+        let image = match self.ctx.images.ensure(&image_name).await {
+            Ok(i) => i,
+            Err(e) => {
+                let slot = self.slots.entry(c.name.clone()).or_default();
+                let reason = if slot.waiting.as_ref().is_some_and(|(r, _)| r == "ErrImagePull" || r == "ImagePullBackOff") {
+                    "ImagePullBackOff"
+                } else {
+                    "ErrImagePull"
+                };
+                retry(slot, reason, e.to_string(), next, Duration::from_secs(5));
+                self.event_once("Warning", "Failed", format!("Failed to pull image {image_name:?}: {e}"));
+                return;
+            }
+        };
+        let pod = self.pod.clone();
+        let host_ip = self.ctx.config.node_ip.clone();
+        let pod_ip = self.pod_ip();
+        let cx = EnvContext { pod: &pod, pod_ip: pod_ip.as_deref(), host_ip: &host_ip, allocatable: &self.ctx.allocatable };
+        let mut cache = ObjectCache::new(self.ctx.client.clone(), self.namespace());
+        let resolved = env::resolve(c, &cx, &mut cache).await;
+        let env = match resolved {
+            Ok(env) => env,
+            Err(e) => {
+                let slot = self.slots.entry(c.name.clone()).or_default();
+                retry(slot, "CreateContainerConfigError", e.to_string(), next, Duration::from_secs(2));
+                self.event_once("Warning", "Failed", format!("Error: {e}"));
+                return;
+            }
+        };
+        let mounts = match self.volumes.as_ref().map(|v| v.mounts(c)).transpose() {
+            Ok(m) => m.unwrap_or_default(),
+            Err(e) => {
+                let slot = self.slots.entry(c.name.clone()).or_default();
+                retry(slot, "CreateContainerConfigError", e.to_string(), next, Duration::from_secs(2));
+                self.event_once("Warning", "Failed", format!("Error: {e}"));
+                return;
+            }
+        };
+        let expand_all = |v: &Option<Vec<String>>| -> Vec<String> {
+            let vars: HashMap<String, String> = env.iter().cloned().collect();
+            v.iter().flatten().map(|s| env::expand(s, &vars)).collect()
+        };
+        let slot = self.slots.entry(c.name.clone()).or_default();
+        let attempt = if slot.current.is_some() || slot.previous.is_some() { slot.restart_count + 1 } else { 0 };
+        let mut labels = BTreeMap::new();
+        labels.insert(POD_UID_LABEL.to_string(), self.pod.metadata.uid.clone().unwrap_or_default());
+        labels.insert("io.kubernetes.container.name".to_string(), c.name.clone());
+        let config = ContainerConfig {
+            name: c.name.clone(),
+            attempt,
+            image,
+            command: expand_all(&c.command),
+            args: expand_all(&c.args),
+            env,
+            working_dir: c.working_dir.clone().filter(|w| !w.is_empty()),
+            mounts,
+            resources: resources_of(c),
+            read_only_rootfs: c.security_context.as_ref().and_then(|s| s.read_only_root_filesystem).unwrap_or(false),
+            run_as_user: c
+                .security_context
+                .as_ref()
+                .and_then(|s| s.run_as_user)
+                .or(self.pod.spec.as_ref().and_then(|s| s.security_context.as_ref()).and_then(|s| s.run_as_user))
+                .and_then(|u| u32::try_from(u).ok()),
+            labels,
+            annotations: self.pod.metadata.annotations.clone().unwrap_or_default(),
+        };
+        let id = match self.ctx.runtime.create_container(&sandbox, &config).await {
+            Ok(id) => id,
+            Err(e) => {
+                let slot = self.slots.entry(c.name.clone()).or_default();
+                retry(slot, "CreateContainerError", e.to_string(), next, Duration::from_secs(5));
+                if let RuntimeError::Mount { mount_path, reason } = &e {
+                    self.event_once(
+                        "Warning",
+                        "FailedMount",
+                        format!("cannot mount volume at {mount_path} for container {}: {reason}", c.name),
+                    );
+                } else {
+                    self.event_once("Warning", "Failed", format!("Error: {e}"));
+                }
+                return;
+            }
+        };
+        // The old instance becomes "previous"; the one before it is removed.
+        let runtime = self.ctx.runtime.clone();
+        let slot = self.slots.entry(c.name.clone()).or_default();
+        if let Some(old) = slot.current.take() {
+            if let Some(older) = slot.previous.replace(old) {
+                let _ = runtime.remove_container(&older).await;
+            }
+            slot.last_terminated = slot.status.as_ref().map(terminated_of);
+            slot.restart_count = attempt;
+        }
+        slot.current = Some(id.clone());
+        slot.status = None;
+        slot.waiting = None;
+        slot.retry_at = None;
+        slot.backoff_until = None;
+        if let Some((h, _)) = slot.probes.take() {
+            h.abort();
+        }
+        self.recorder.normal("Pulled", format!("Container image {image_name:?} already present on machine"));
+        self.recorder.normal("Created", format!("Created container: {}", c.name));
+        if let Err(e) = runtime.start_container(&id).await {
+            self.recorder.warning("Failed", format!("Error: failed to start container {:?}: {e}", c.name));
+        } else {
+            self.recorder.normal("Started", format!("Started container {}", c.name));
+        }
+        let st = runtime.container_status(&id).await.ok();
+        let running = st.as_ref().is_some_and(|s| s.state == ContainerState::Running);
+        if let Some(slot) = self.slots.get_mut(&c.name) {
+            slot.status = st;
+        }
+        self.publish_shared();
+        if running {
+            self.spawn_probes(c);
+            if let Some(hook) = c.lifecycle.as_ref().and_then(|l| l.post_start.as_ref())
+                && let Some(exec) = &hook.exec
+            {
+                let cmd = exec.command.clone().unwrap_or_default();
+                let ok = runtime.exec_sync(&id, &cmd, Duration::from_secs(30)).await.is_ok_and(|r| r.exit_code == 0);
+                if !ok {
+                    self.recorder.warning("FailedPostStartHook", format!("PostStartHook failed for container {}", c.name));
+                    let _ = runtime.stop_container(&id, Duration::ZERO).await;
+                }
+            }
+        }
+    }
+
+    fn spawn_probes(&mut self, c: &Container) {
+        let Some(slot) = self.slots.get_mut(&c.name) else { return };
+        slot.has_readiness = c.readiness_probe.is_some();
+        slot.has_startup = c.startup_probe.is_some();
+        slot.has_probes = slot.has_readiness || slot.has_startup || c.liveness_probe.is_some();
+        if !slot.has_probes {
+            return;
+        }
+        let Some(id) = slot.current.clone() else { return };
+        let ip = self
+            .sandbox
+            .as_ref()
+            .and_then(|(_, ip)| *ip)
+            .or_else(|| self.ctx.config.node_ip.parse().ok())
+            .unwrap_or(IpAddr::from([127, 0, 0, 1]));
+        let target = ProbeTarget { runtime: self.ctx.runtime.clone(), container_id: id, ip };
+        let state = Arc::new(Mutex::new(ProbeState::default()));
+        let handle = probe::spawn(c.clone(), target, state.clone(), self.wake.clone(), self.recorder.clone());
+        if let Some((old, _)) = slot.probes.replace((handle, state)) {
+            old.abort();
+        }
+    }
+
+    /// The pod reached Succeeded or Failed: stop what still runs (sidecars), free the sandbox.
+    async fn finish(&mut self, phase: &'static str) {
+        self.terminal = Some(phase);
+        let grace = self.grace_period();
+        self.stop_all(grace).await;
+        if let Some((sb, _)) = &self.sandbox {
+            let _ = self.ctx.runtime.stop_sandbox(sb).await;
+        }
+        self.refresh().await;
+        self.publish_shared();
+        self.publish().await;
+    }
+
+    async fn stop_all(&mut self, grace: Duration) {
+        let spec = self.pod.spec.clone().unwrap_or_default();
+        let runtime = self.ctx.runtime.clone();
+        let deadline = Instant::now() + grace;
+        let stop_one = |c: Container, id: ContainerId, recorder: Recorder| {
+            let runtime = runtime.clone();
+            async move {
+                recorder.normal("Killing", format!("Stopping container {}", c.name));
+                if let Some(hook) = c.lifecycle.as_ref().and_then(|l| l.pre_stop.as_ref()) {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if let Some(exec) = &hook.exec {
+                        let cmd = exec.command.clone().unwrap_or_default();
+                        let _ = runtime.exec_sync(&id, &cmd, left).await;
+                    } else if let Some(sleep) = &hook.sleep {
+                        let d = Duration::from_secs(u64::try_from(sleep.seconds).unwrap_or(0)).min(left);
+                        tokio::time::sleep(d).await;
+                    } else if hook.http_get.is_some() {
+                        let probe = bosun_core::k8s_openapi::api::core::v1::Probe {
+                            http_get: hook.http_get.clone(),
+                            timeout_seconds: Some(i32::try_from(left.as_secs().max(1)).unwrap_or(1)),
+                            ..Default::default()
+                        };
+                        let ip = IpAddr::from([127, 0, 0, 1]);
+                        let _ = probe::run_once(&probe, &c, &ProbeTarget { runtime: runtime.clone(), container_id: id.clone(), ip }).await;
+                    }
+                }
+                let left = deadline.saturating_duration_since(Instant::now());
+                if let Err(e) = runtime.stop_container(&id, left).await {
+                    tracing::warn!(error = %e, "cannot stop container");
+                }
+            }
+        };
+        let running = |slots: &HashMap<String, Slot>, c: &Container| -> Option<ContainerId> {
+            let s = slots.get(&c.name)?;
+            (s.state() == Some(ContainerState::Running)).then(|| s.current.clone()).flatten()
+        };
+        for slot in self.slots.values_mut() {
+            if let Some((h, _)) = slot.probes.take() {
+                h.abort();
+            }
+        }
+        // App containers together, then sidecars in reverse order.
+        let apps: Vec<_> = spec
+            .containers
+            .iter()
+            .filter_map(|c| running(&self.slots, c).map(|id| stop_one(c.clone(), id, self.recorder.clone())))
+            .collect();
+        futures::future::join_all(apps).await;
+        for c in spec.init_containers.iter().flatten().rev() {
+            if let Some(id) = running(&self.slots, c) {
+                stop_one(c.clone(), id, self.recorder.clone()).await;
+            }
+        }
+    }
+
+    async fn terminate(&mut self, removed: bool) {
+        let grace = self.grace_period();
+        self.stop_all(grace).await;
+        if let Some((sb, _)) = &self.sandbox {
+            let _ = self.ctx.runtime.stop_sandbox(sb).await;
+        }
+        self.refresh().await;
+        if !removed {
+            if self.terminal.is_none() {
+                self.terminal = Some(if Policy::of(self.pod.spec.as_ref().and_then(|s| s.restart_policy.as_deref())) == Policy::Always {
+                    "Failed"
+                } else {
+                    self.current_phase()
+                });
+            }
+            self.publish().await;
+            let params = DeleteParams {
+                grace_period_seconds: Some(0),
+                preconditions: Some(Preconditions { uid: self.pod.metadata.uid.clone(), resource_version: None }),
+                ..DeleteParams::default()
+            };
+            match Api::<Pod>::namespaced(self.ctx.client.clone(), self.namespace()).delete(self.name(), &params).await {
+                Ok(_) => {}
+                Err(e) if e.is_not_found() || e.is_conflict() => {}
+                Err(e) => tracing::warn!(error = %e, "cannot finish pod deletion"),
+            }
+        }
+        if let Some((sb, _)) = self.sandbox.take() {
+            let _ = self.ctx.runtime.remove_sandbox(&sb).await;
+            self.ctx.wakers.lock().unwrap_or_else(|p| p.into_inner()).remove(&sb);
+        }
+        self.slots.clear();
+        self.publish_shared();
+        let _ = tokio::fs::remove_dir_all(self.pod_dir()).await;
+    }
+
+    fn views(&self, containers: &[Container], init: bool) -> Vec<ContainerView> {
+        containers
+            .iter()
+            .map(|c| {
+                let sidecar = init && c.restart_policy.as_deref() == Some("Always");
+                let slot = self.slots.get(&c.name);
+                let default_reason = if init || self.init_done { "ContainerCreating" } else { "PodInitializing" };
+                let (state, last) = match slot.and_then(|s| s.status.as_ref()) {
+                    Some(st) if st.state == ContainerState::Running => {
+                        (ViewState::Running { started_at: st.started_at }, slot.and_then(|s| s.last_terminated.clone()))
+                    }
+                    Some(st) if st.state == ContainerState::Exited => match slot.and_then(|s| s.waiting.clone()) {
+                        Some((reason, message)) => (ViewState::Waiting { reason, message }, Some(terminated_of(st))),
+                        None => (ViewState::Terminated(terminated_of(st)), slot.and_then(|s| s.last_terminated.clone())),
+                    },
+                    _ => {
+                        let (reason, message) = slot.and_then(|s| s.waiting.clone()).unwrap_or((default_reason.into(), None));
+                        let reason = self.pod_waiting.as_ref().map_or(reason, |(r, _)| r.clone());
+                        (ViewState::Waiting { reason, message }, slot.and_then(|s| s.last_terminated.clone()))
+                    }
+                };
+                ContainerView {
+                    name: c.name.clone(),
+                    image: c.image.clone().unwrap_or_default(),
+                    restart_count: i32::try_from(slot.map_or(0, |s| s.restart_count)).unwrap_or(i32::MAX),
+                    state,
+                    last_terminated: last,
+                    ready: slot.is_some_and(Slot::ready),
+                    started: (!init || sidecar).then(|| slot.is_some_and(Slot::started)),
+                    container_id: slot.and_then(|s| s.current.as_ref().map(|id| id.0.clone())),
+                }
+            })
+            .collect()
+    }
+
+    fn current_phase(&self) -> &'static str {
+        if let Some(p) = self.terminal {
+            return p;
+        }
+        if !self.init_done {
+            return "Pending";
+        }
+        let spec = self.pod.spec.clone().unwrap_or_default();
+        let ever_ran =
+            spec.containers.iter().all(|c| self.slots.get(&c.name).is_some_and(|s| s.status.is_some() || s.last_terminated.is_some()));
+        if ever_ran { "Running" } else { "Pending" }
+    }
+
+    async fn publish(&mut self) {
+        let spec = self.pod.spec.clone().unwrap_or_default();
+        let now = Timestamp::now();
+        let init_views = self.views(spec.init_containers.as_deref().unwrap_or_default(), true);
+        let app_views = self.views(&spec.containers, false);
+        let rt = self.ctx.runtime_name.clone();
+        let mut conditions = self.pod.status.as_ref().and_then(|s| s.conditions.clone()).unwrap_or_default();
+        let sandbox_ready = self.sandbox.is_some() && self.terminal.is_none();
+        let containers_ready = self.terminal.is_none() && !app_views.is_empty() && app_views.iter().all(|v| v.ready);
+        status::set_condition(&mut conditions, "PodReadyToStartContainers", sandbox_ready, None, now);
+        status::set_condition(&mut conditions, "Initialized", self.init_done, (!self.init_done).then_some("ContainersNotInitialized"), now);
+        status::set_condition(
+            &mut conditions,
+            "ContainersReady",
+            containers_ready,
+            (!containers_ready).then_some("ContainersNotReady"),
+            now,
+        );
+        status::set_condition(&mut conditions, "Ready", containers_ready, (!containers_ready).then_some("ContainersNotReady"), now);
+        let pod_ip = self.pod_ip();
+        let host_ip = self.ctx.config.node_ip.clone();
+        let status = PodStatus {
+            phase: Some(self.current_phase().to_string()),
+            conditions: Some(conditions),
+            host_ip: Some(host_ip.clone()),
+            host_ips: Some(vec![HostIP { ip: host_ip }]),
+            pod_ip: pod_ip.clone(),
+            pod_ips: pod_ip.map(|ip| vec![PodIP { ip }]),
+            start_time: Some(Time(self.start_time)),
+            init_container_statuses: (!init_views.is_empty()).then(|| init_views.iter().map(|v| v.to_api(&rt)).collect()),
+            container_statuses: Some(app_views.iter().map(|v| v.to_api(&rt)).collect()),
+            qos_class: Some(status::qos_class(&self.pod).to_string()),
+            message: self.pod_waiting.as_ref().map(|(_, m)| m.clone()),
+            ..PodStatus::default()
+        };
+        let Ok(mut value) = serde_json::to_value(&status) else { return };
+        // Transition times change only with status; compare without them to skip no-op writes.
+        let fingerprint = {
+            let mut v = value.clone();
+            if let Some(conds) = v.get_mut("conditions").and_then(|c| c.as_array_mut()) {
+                for c in conds {
+                    if let Some(o) = c.as_object_mut() {
+                        o.remove("lastTransitionTime");
+                    }
+                }
+            }
+            v
+        };
+        if self.last_status.as_ref() == Some(&fingerprint) {
+            return;
+        }
+        if self.pod_waiting.is_none()
+            && let Some(o) = value.as_object_mut()
+        {
+            // Clear a message left by an earlier sandbox failure.
+            o.insert("message".into(), serde_json::Value::Null);
+        }
+        let api = Api::<Pod>::namespaced(self.ctx.client.clone(), self.namespace());
+        match api.patch_status(self.name(), &Patch::Merge(serde_json::json!({ "status": value })), &PatchParams::default()).await {
+            Ok(p) => {
+                self.last_status = Some(fingerprint);
+                // Keep the conditions others own (PodScheduled) current.
+                if let Some(st) = p.status {
+                    let mut pod = (*self.pod).clone();
+                    pod.status = Some(st);
+                    self.pod = Arc::new(pod);
+                }
+            }
+            Err(e) if e.is_not_found() => {}
+            Err(e) => tracing::warn!(error = %e, "cannot update pod status"),
+        }
+    }
+}
+
+fn has_generated_volumes(pod: &Pod) -> bool {
+    pod.spec
+        .iter()
+        .flat_map(|s| s.volumes.iter().flatten())
+        .any(|v| v.config_map.is_some() || v.secret.is_some() || v.projected.is_some() || v.downward_api.is_some())
+}
+
+fn resources_of(c: &Container) -> ContainerResources {
+    let res = c.resources.clone().unwrap_or_default();
+    let get = |m: &Option<BTreeMap<String, bosun_core::k8s_openapi::apimachinery::pkg::api::resource::Quantity>>, k: &str| {
+        m.as_ref().and_then(|m| m.get(k)).and_then(|q| Quantity::parse(&q.0).ok())
+    };
+    ContainerResources {
+        cpu_request_millis: get(&res.requests, "cpu").and_then(|q| u64::try_from(q.milli_value()).ok()),
+        cpu_limit_millis: get(&res.limits, "cpu").and_then(|q| u64::try_from(q.milli_value()).ok()),
+        memory_limit_bytes: get(&res.limits, "memory").and_then(|q| u64::try_from(q.value()).ok()),
+    }
+}
+
+/// Formats a backoff the way the kubelet does (`10s`, `5m0s`).
+pub fn fmt_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    if s >= 60 { format!("{}m{}s", s / 60, s % 60) } else { format!("{s}s") }
+}

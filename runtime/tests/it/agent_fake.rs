@@ -1,0 +1,316 @@
+//! The node agent over the fake runtime on paused tokio time: registration and lease, crash-loop
+//! backoff, probes, init containers, phases, graceful deletion.
+
+use crate::support::*;
+use bosun_core::k8s_openapi::api::coordination::v1::Lease;
+use bosun_core::k8s_openapi::api::core::v1::{ConfigMap, Node, Pod};
+use bosun_core::{Api, Client, DeleteParams, PostParams};
+use bosun_runtime::agent::backoff::DoublingBackoff;
+use bosun_runtime::{FakeRuntime, HostImages, NodeAgent, NodeAgentConfig, NodeHandle};
+use std::sync::Arc;
+use std::time::Duration;
+
+async fn start_node(client: &Arc<dyn Client>, name: &str, fake: &FakeRuntime, dir: &std::path::Path) -> NodeHandle {
+    let config = NodeAgentConfig::new(name, dir.join(name)).measure_pressure(false).record_events(true);
+    NodeAgent::new(client.clone(), fake.clone(), HostImages, config).start().await.expect("start agent")
+}
+
+fn script(s: serde_json::Value) -> serde_json::Value {
+    serde_json::json!({ "fake.bosun.dev/script": s.to_string() })
+}
+
+#[tokio::test(start_paused = true)]
+async fn node_registers_with_capacity_and_renews_its_lease() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let client = api_server();
+    let fake = FakeRuntime::new();
+    let _node = start_node(&client, "n1", &fake, dir.path()).await;
+    let node = Api::<Node>::all(client.clone()).get("n1").await.expect("node registered");
+    let labels = node.metadata.labels.clone().unwrap_or_default();
+    assert_eq!(labels.get("kubernetes.io/hostname").map(String::as_str), Some("n1"));
+    assert_eq!(labels.get("kubernetes.io/os").map(String::as_str), Some("linux"));
+    let status = node.status.expect("node status");
+    let cap = status.capacity.expect("capacity");
+    for r in ["cpu", "memory", "pods", "ephemeral-storage"] {
+        assert!(cap.contains_key(r), "capacity has {r}");
+        assert!(status.allocatable.as_ref().is_some_and(|a| a.contains_key(r)), "allocatable has {r}");
+    }
+    assert_eq!(cap.get("pods").map(|q| q.0.as_str()), Some("110"));
+    let conds = status.conditions.expect("conditions");
+    assert!(conds.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+    for t in ["MemoryPressure", "DiskPressure", "PIDPressure"] {
+        assert!(conds.iter().any(|c| c.type_ == t && c.status == "False"), "{t} is False");
+    }
+    assert!(status.node_info.is_some_and(|i| i.container_runtime_version.starts_with("fake://")));
+    let leases = Api::<Lease>::namespaced(client.clone(), "kube-node-lease");
+    let first = leases.get("n1").await.expect("lease").spec.expect("spec");
+    assert_eq!(first.holder_identity.as_deref(), Some("n1"));
+    assert_eq!(first.lease_duration_seconds, Some(40));
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    let second = leases.get("n1").await.expect("lease").spec.expect("spec");
+    assert!(second.renew_time.expect("renewed").0 > first.renew_time.expect("renew time").0, "the lease is renewed every 10 s");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_crashing_container_backs_off_10s_doubling() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let client = api_server();
+    let fake = FakeRuntime::new();
+    let _node = start_node(&client, "n1", &fake, dir.path()).await;
+    let mut p = pod("crasher", "n1", serde_json::json!({ "containers": [{ "name": "app", "image": "busybox" }] }));
+    p.metadata.annotations = serde_json::from_value(script(serde_json::json!({ "exitAfterMs": 1000, "exitCode": 2 }))).ok();
+    create(&client, &p).await;
+    // Record when each restart happens (virtual seconds since creation).
+    let api = Api::<Pod>::namespaced(client.clone(), "default");
+    let start = tokio::time::Instant::now();
+    let mut restarts_at: Vec<f64> = Vec::new();
+    let mut saw_backoff = false;
+    let mut last = 0;
+    while restarts_at.len() < 5 && start.elapsed() < Duration::from_secs(400) {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let pod = api.get("crasher").await.expect("pod");
+        let Some(cs) = container(&pod, "app") else { continue };
+        if cs.restart_count > last {
+            last = cs.restart_count;
+            restarts_at.push(start.elapsed().as_secs_f64());
+        }
+        if waiting_reason(&pod, "app").as_deref() == Some("CrashLoopBackOff") {
+            saw_backoff = true;
+            let w = cs.state.as_ref().and_then(|s| s.waiting.as_ref()).and_then(|w| w.message.clone()).unwrap_or_default();
+            assert!(w.starts_with("back-off ") && w.contains("restarting failed container=app"), "kubelet-style message: {w}");
+            let last_exit = cs.last_state.as_ref().and_then(|s| s.terminated.as_ref()).map(|t| t.exit_code);
+            assert_eq!(last_exit, Some(2), "lastState shows the crash");
+            assert_ne!(phase(&pod), "Failed");
+        }
+    }
+    assert!(saw_backoff, "the pod showed CrashLoopBackOff");
+    assert_eq!(restarts_at.len(), 5, "five restarts within 400 s: {restarts_at:?}");
+    // Each instance runs 1 s; then restart 1 is at once and the next wait 10, 20, 40, 80 s.
+    let gaps: Vec<f64> = restarts_at.windows(2).map(|w| w[1] - w[0]).collect();
+    let expected = [11.0, 21.0, 41.0, 81.0];
+    for (gap, want) in gaps.iter().zip(expected) {
+        assert!((gap - want).abs() < 1.5, "gaps {gaps:?} follow 10 s doubling (+1 s of running)");
+    }
+    assert!(restarts_at[0] < 3.0, "the first restart comes at once: {restarts_at:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_backoff_curve_is_pluggable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let client = api_server();
+    let fake = FakeRuntime::new();
+    let config = NodeAgentConfig::new("n1", dir.path().join("n1")).measure_pressure(false).backoff(DoublingBackoff::fast());
+    let _node = NodeAgent::new(client.clone(), fake.clone(), HostImages, config).start().await.expect("start");
+    let mut p = pod("crasher", "n1", serde_json::json!({ "containers": [{ "name": "app", "image": "x" }] }));
+    p.metadata.annotations = serde_json::from_value(script(serde_json::json!({ "exitAfterMs": 100, "exitCode": 1 }))).ok();
+    create(&client, &p).await;
+    // 1 s doubling: restarts after 0, 1, 2, 4 s, so four restarts well inside 12 s.
+    wait_pod(&client, "crasher", Duration::from_secs(12), Duration::from_millis(100), "4 restarts", |p| {
+        container(p, "app").is_some_and(|c| c.restart_count >= 4)
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn probes_drive_readiness_and_liveness_restarts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let client = api_server();
+    let fake = FakeRuntime::new();
+    let _node = start_node(&client, "n1", &fake, dir.path()).await;
+    let p = pod(
+        "probed",
+        "n1",
+        serde_json::json!({ "containers": [{
+            "name": "app", "image": "x",
+            "readinessProbe": { "httpGet": { "port": 8080, "path": "/ready" }, "periodSeconds": 1, "failureThreshold": 1 },
+            "livenessProbe": { "tcpSocket": { "port": 8080 }, "initialDelaySeconds": 5, "periodSeconds": 2, "failureThreshold": 3 }
+        }] }),
+    );
+    create(&client, &p).await;
+    let running =
+        wait_pod(&client, "probed", Duration::from_secs(10), Duration::from_millis(200), "ready", |p| phase(p) == "Running" && is_ready(p))
+            .await;
+    assert_eq!(running.status.as_ref().and_then(|s| s.qos_class.as_deref()), Some("BestEffort"));
+    assert!(running.status.as_ref().and_then(|s| s.pod_ip.clone()).is_some(), "a pod IP is reported");
+    let id = container_id(&running, "app").expect("container id");
+    fake.set_healthy(&id, false);
+    // Readiness fails at once (threshold 1); liveness after 3 failures 2 s apart, then a restart.
+    let unready = wait_pod(&client, "probed", Duration::from_secs(3), Duration::from_millis(200), "unready", |p| !is_ready(p)).await;
+    assert_eq!(container(&unready, "app").map(|c| c.restart_count), Some(0));
+    let restarted = wait_pod(&client, "probed", Duration::from_secs(20), Duration::from_millis(200), "restarted and ready", |p| {
+        container(p, "app").is_some_and(|c| c.restart_count == 1) && is_ready(p)
+    })
+    .await;
+    let last = container(&restarted, "app").and_then(|c| c.last_state.clone()).and_then(|s| s.terminated).expect("last state");
+    assert_eq!(last.exit_code, 143, "the unhealthy container was stopped with SIGTERM");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_startup_probe_holds_liveness_until_it_passes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let client = api_server();
+    let fake = FakeRuntime::new();
+    let _node = start_node(&client, "n1", &fake, dir.path()).await;
+    let mut p = pod(
+        "slow",
+        "n1",
+        serde_json::json!({ "containers": [{
+            "name": "app", "image": "x",
+            "startupProbe": { "exec": { "command": ["check"] }, "periodSeconds": 1, "failureThreshold": 5 }
+        }] }),
+    );
+    p.metadata.annotations = serde_json::from_value(script(serde_json::json!({ "execExitCode": 1 }))).ok();
+    create(&client, &p).await;
+    // Never started: after 5 failed startup probes the container is restarted.
+    let pod = wait_pod(&client, "slow", Duration::from_secs(20), Duration::from_millis(250), "restart after startup failure", |p| {
+        container(p, "app").is_some_and(|c| c.restart_count >= 1)
+    })
+    .await;
+    assert_eq!(container(&pod, "app").and_then(|c| c.started), Some(false));
+    assert!(!is_ready(&pod));
+}
+
+#[tokio::test(start_paused = true)]
+async fn init_containers_run_in_order_and_phases_follow_restart_policy() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let client = api_server();
+    let fake = FakeRuntime::new();
+    let _node = start_node(&client, "n1", &fake, dir.path()).await;
+    let ann = serde_json::json!({
+        "fake.bosun.dev/init-1": serde_json::json!({ "exitAfterMs": 2000 }).to_string(),
+        "fake.bosun.dev/init-2": serde_json::json!({ "exitAfterMs": 2000 }).to_string(),
+        "fake.bosun.dev/main": serde_json::json!({ "exitAfterMs": 2000 }).to_string(),
+        "fake.bosun.dev/bad": serde_json::json!({ "exitAfterMs": 500, "exitCode": 3 }).to_string(),
+    });
+    let mut ok = pod(
+        "job",
+        "n1",
+        serde_json::json!({ "restartPolicy": "Never",
+            "initContainers": [{ "name": "init-1", "image": "x" }, { "name": "init-2", "image": "x" }],
+            "containers": [{ "name": "main", "image": "x" }] }),
+    );
+    ok.metadata.annotations = serde_json::from_value(ann.clone()).ok();
+    create(&client, &ok).await;
+    let initializing = wait_pod(&client, "job", Duration::from_secs(5), Duration::from_millis(100), "initializing", |p| {
+        p.status
+            .as_ref()
+            .and_then(|s| s.init_container_statuses.as_ref())
+            .is_some_and(|i| i.iter().any(|c| c.state.as_ref().is_some_and(|s| s.running.is_some())))
+    })
+    .await;
+    assert_eq!(phase(&initializing), "Pending");
+    assert_eq!(waiting_reason(&initializing, "main").as_deref(), Some("PodInitializing"));
+    let inits = initializing.status.as_ref().and_then(|s| s.init_container_statuses.clone()).unwrap_or_default();
+    assert!(inits[0].state.as_ref().is_some_and(|s| s.running.is_some()), "init-1 runs first");
+    assert!(inits[1].state.as_ref().is_some_and(|s| s.waiting.is_some()), "init-2 waits for it");
+    let done =
+        wait_pod(&client, "job", Duration::from_secs(20), Duration::from_millis(200), "Succeeded", |p| phase(p) == "Succeeded").await;
+    let main = container(&done, "main").and_then(|c| c.state.clone()).and_then(|s| s.terminated).expect("terminated");
+    assert_eq!((main.exit_code, main.reason.as_deref()), (0, Some("Completed")));
+
+    let mut bad = pod(
+        "bad-init",
+        "n1",
+        serde_json::json!({ "restartPolicy": "Never",
+            "initContainers": [{ "name": "bad", "image": "x" }],
+            "containers": [{ "name": "main", "image": "x" }] }),
+    );
+    bad.metadata.annotations = serde_json::from_value(ann.clone()).ok();
+    create(&client, &bad).await;
+    wait_pod(&client, "bad-init", Duration::from_secs(10), Duration::from_millis(200), "Failed", |p| phase(p) == "Failed").await;
+
+    let mut on_failure =
+        pod("retry", "n1", serde_json::json!({ "restartPolicy": "OnFailure", "containers": [{ "name": "bad", "image": "x" }] }));
+    on_failure.metadata.annotations = serde_json::from_value(ann).ok();
+    create(&client, &on_failure).await;
+    let p = wait_pod(&client, "retry", Duration::from_secs(30), Duration::from_millis(200), "restarted", |p| {
+        container(p, "bad").is_some_and(|c| c.restart_count >= 2)
+    })
+    .await;
+    assert_ne!(phase(&p), "Failed", "OnFailure keeps restarting a failing container");
+}
+
+#[tokio::test(start_paused = true)]
+async fn sidecars_start_before_app_containers_and_stop_with_the_pod() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let client = api_server();
+    let fake = FakeRuntime::new();
+    let _node = start_node(&client, "n1", &fake, dir.path()).await;
+    let mut p = pod(
+        "with-sidecar",
+        "n1",
+        serde_json::json!({ "restartPolicy": "Never",
+            "initContainers": [{ "name": "proxy", "image": "x", "restartPolicy": "Always" }],
+            "containers": [{ "name": "main", "image": "x" }] }),
+    );
+    p.metadata.annotations = serde_json::from_value(serde_json::json!({
+        "fake.bosun.dev/main": serde_json::json!({ "exitAfterMs": 3000 }).to_string()
+    }))
+    .ok();
+    create(&client, &p).await;
+    let running =
+        wait_pod(&client, "with-sidecar", Duration::from_secs(5), Duration::from_millis(100), "running", |p| phase(p) == "Running").await;
+    let proxy = running.status.as_ref().and_then(|s| s.init_container_statuses.clone()).unwrap_or_default();
+    assert!(proxy[0].state.as_ref().is_some_and(|s| s.running.is_some()), "the sidecar runs beside the app");
+    assert_eq!(proxy[0].started, Some(true));
+    let done =
+        wait_pod(&client, "with-sidecar", Duration::from_secs(20), Duration::from_millis(200), "Succeeded", |p| phase(p) == "Succeeded")
+            .await;
+    let proxy = done.status.as_ref().and_then(|s| s.init_container_statuses.clone()).unwrap_or_default();
+    assert!(proxy[0].state.as_ref().is_some_and(|s| s.terminated.is_some()), "the sidecar is stopped once the app is done");
+    assert_eq!(fake.running(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn deletion_waits_for_the_grace_period_then_removes_the_pod() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let client = api_server();
+    let fake = FakeRuntime::new();
+    let _node = start_node(&client, "n1", &fake, dir.path()).await;
+    let mut p =
+        pod("stubborn", "n1", serde_json::json!({ "terminationGracePeriodSeconds": 20, "containers": [{ "name": "app", "image": "x" }] }));
+    p.metadata.annotations = serde_json::from_value(script(serde_json::json!({ "ignoreSigterm": true }))).ok();
+    create(&client, &p).await;
+    wait_pod(&client, "stubborn", Duration::from_secs(5), Duration::from_millis(100), "running", |p| phase(p) == "Running").await;
+    let api = Api::<Pod>::namespaced(client.clone(), "default");
+    let t = tokio::time::Instant::now();
+    api.delete("stubborn", &DeleteParams::default()).await.expect("delete");
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert!(api.get_opt("stubborn").await.expect("get").is_some(), "the pod waits out its grace period");
+    assert_eq!(fake.running(), 1);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while api.get_opt("stubborn").await.expect("get").is_some() {
+        assert!(tokio::time::Instant::now() < deadline, "the pod is removed after its grace period");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(t.elapsed() >= Duration::from_secs(19), "SIGKILL came only after the grace period: {:?}", t.elapsed());
+    assert_eq!(fake.running(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_missing_config_map_holds_the_container_until_it_appears() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let client = api_server();
+    let fake = FakeRuntime::new();
+    let _node = start_node(&client, "n1", &fake, dir.path()).await;
+    let p = pod(
+        "configured",
+        "n1",
+        serde_json::json!({ "containers": [{ "name": "app", "image": "x",
+            "env": [{ "name": "MODE", "valueFrom": { "configMapKeyRef": { "name": "settings", "key": "mode" } } }] }] }),
+    );
+    create(&client, &p).await;
+    let waiting = wait_pod(&client, "configured", Duration::from_secs(5), Duration::from_millis(100), "config error", |p| {
+        waiting_reason(p, "app").as_deref() == Some("CreateContainerConfigError")
+    })
+    .await;
+    let msg = container(&waiting, "app").and_then(|c| c.state.clone()).and_then(|s| s.waiting).and_then(|w| w.message).unwrap_or_default();
+    assert!(msg.contains("settings"), "the message names the ConfigMap: {msg}");
+    let cm: ConfigMap =
+        serde_json::from_value(serde_json::json!({ "metadata": { "name": "settings" }, "data": { "mode": "fast" } })).expect("cm");
+    Api::<ConfigMap>::namespaced(client.clone(), "default").create(&cm, &PostParams::default()).await.expect("create cm");
+    wait_pod(&client, "configured", Duration::from_secs(10), Duration::from_millis(200), "running", |p| {
+        phase(p) == "Running" && is_ready(p)
+    })
+    .await;
+}
