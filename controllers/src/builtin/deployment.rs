@@ -570,8 +570,10 @@ mod tests {
 
     #[test]
     fn template_hashes_are_stable_and_ignore_nothing_but_the_collision_count() {
-        let mut t = PodTemplateSpec::default();
-        t.metadata = Some(ObjectMeta { labels: Some([("app".to_owned(), "web".to_owned())].into()), ..ObjectMeta::default() });
+        let t = PodTemplateSpec {
+            metadata: Some(ObjectMeta { labels: Some([("app".to_owned(), "web".to_owned())].into()), ..ObjectMeta::default() }),
+            ..PodTemplateSpec::default()
+        };
         let a = pod_template_hash(&t, None);
         assert_eq!(a, pod_template_hash(&t, None));
         assert_ne!(a, pod_template_hash(&t, Some(1)));
