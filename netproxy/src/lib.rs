@@ -7,6 +7,7 @@
 
 pub mod backend;
 pub mod dns;
+pub mod ingress;
 pub mod nftables;
 pub mod sync;
 pub mod table;
@@ -14,6 +15,7 @@ pub mod userspace;
 
 pub use backend::{ApplyError, ProxyBackend};
 pub use dns::{ClusterDns, DnsServer};
+pub use ingress::{IngressController, IngressProxy};
 pub use nftables::{NftablesConfig, NftablesProxy};
 pub use sync::{ServiceProxy, TableHandle};
 pub use table::{

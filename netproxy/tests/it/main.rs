@@ -2,6 +2,7 @@
 //! namespaces), real HTTP/TLS and a real DNS resolver.
 
 mod dns;
+mod ingress;
 mod netns;
 mod nftables;
 mod support;
