@@ -6,4 +6,5 @@ mod ingress;
 mod netns;
 mod nftables;
 mod support;
+mod sync;
 mod userspace;
