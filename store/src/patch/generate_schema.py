@@ -85,7 +85,9 @@ while todo:
 
 
 def own_special(f):
-    return f["merge"] or f["retain"] or f["replace"] or f["merge_key"] or f["list_type"] not in (None, "atomic") or f["atomic"]
+    # Map-shaped fields are kept so that server-side apply can tell maps (whose keys it owns one
+    # by one) from structs; every object the table does not reach is a plain struct.
+    return f["merge"] or f["retain"] or f["replace"] or f["merge_key"] or f["list_type"] not in (None, "atomic") or f["atomic"] or f["shape"] == "Map"
 
 
 # Fixpoint: a type is interesting if it is atomic or has an interesting field.

@@ -15,7 +15,9 @@
 //! Nothing here touches `metadata.resourceVersion`, defaulting or validation: the caller runs the
 //! patched object through the same path as an update.
 
+pub mod apply;
 pub mod error;
+pub mod fieldpath;
 pub mod json_patch;
 pub mod merge_patch;
 pub mod schema;
@@ -26,6 +28,7 @@ pub mod yaml;
 use bosun_core::{ApiResource, Patch};
 use serde_json::Value;
 
+pub use apply::{ManagedFieldsEntry, record_update, server_side_apply};
 pub use error::{FIELD_MANAGER_CONFLICT, FieldConflict, PatchError, Result};
 pub use json_patch::json_patch;
 pub use merge_patch::merge_patch;
@@ -84,12 +87,11 @@ impl ApplyContext {
 /// `live` is the stored object. JSON, merge and strategic merge patches need it to exist (the
 /// caller answers 404 otherwise).
 pub fn apply_patch(resource: &ApiResource, live: &Value, patch: &Patch, ctx: &ApplyContext) -> Result<Value> {
-    let _ = ctx;
     match patch {
         Patch::Json(p) => json_patch(live, p),
         Patch::Merge(p) => merge_patch(live, p),
         Patch::Strategic(p) => strategic_merge_patch(builtin_schema(resource)?, live, p),
-        Patch::Apply(_) => Err(PatchError::malformed("server-side apply is not implemented yet")),
+        Patch::Apply(p) => server_side_apply(resource, live, p, ctx),
     }
 }
 

@@ -67,12 +67,14 @@ pub(crate) struct TypeDef {
 /// A position in a kind's schema: the type of the value found there.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Node {
-    /// Nothing known: default semantics all the way down.
+    /// No schema (custom resources): every object is a map, every list atomic.
     #[default]
-    Unknown,
-    /// A declared struct type (index into the table).
-    Struct(usize),
-    /// An object with arbitrary keys whose values are of this node's kind.
+    Deduced,
+    /// A struct of a built-in kind: a table index, or `None` for a struct with default
+    /// semantics all the way down.
+    Struct(Option<usize>),
+    /// An object with arbitrary keys (`additionalProperties`): the values' struct type, and
+    /// whether the map is atomic.
     MapOf(Option<usize>, bool),
 }
 
@@ -96,6 +98,11 @@ pub struct FieldSemantics {
 }
 
 impl FieldSemantics {
+    /// The semantics of a field the schema says nothing about (and of the object root).
+    pub const fn default_for_root() -> Self {
+        Self::DEFAULT
+    }
+
     const DEFAULT: Self = Self {
         merge: false,
         replace: false,
@@ -110,10 +117,7 @@ impl FieldSemantics {
 impl Node {
     /// The root node of a kind, or `None` when the kind is not a built-in one (no strategic merge patch).
     pub fn for_kind(group: &str, version: &str, kind: &str) -> Option<Self> {
-        KINDS
-            .iter()
-            .find(|(g, v, k, _)| *g == group && *v == version && *k == kind)
-            .map(|(_, _, _, root)| root.map_or(Self::Unknown, Self::Struct))
+        KINDS.iter().find(|(g, v, k, _)| *g == group && *v == version && *k == kind).map(|(_, _, _, root)| Self::Struct(*root))
     }
 
     /// The schema node at a dotted path of a kind (list items are crossed implicitly:
@@ -130,7 +134,7 @@ impl Node {
 
     fn def(self) -> Option<&'static TypeDef> {
         match self {
-            Self::Struct(i) => TYPES.get(i),
+            Self::Struct(Some(i)) => TYPES.get(i),
             _ => None,
         }
     }
@@ -158,17 +162,23 @@ impl Node {
     /// The node of the value under key `name` (for lists: of each item).
     pub fn child(self, name: &str) -> Self {
         match self {
-            Self::Unknown => Self::Unknown,
-            Self::MapOf(elem, _) => elem.map_or(Self::Unknown, Self::Struct),
-            Self::Struct(_) => match self.raw_field(name) {
-                None => Self::Unknown,
+            Self::Deduced => Self::Deduced,
+            Self::MapOf(elem, _) => Self::Struct(elem),
+            Self::Struct(None) => Self::Struct(None),
+            Self::Struct(Some(_)) => match self.raw_field(name) {
+                None => Self::Struct(None),
                 Some(f) => match f.shape {
                     Shape::Map => Self::MapOf(f.elem, f.atomic),
-                    Shape::Scalar => Self::Unknown,
-                    Shape::Struct | Shape::List => f.elem.map_or(Self::Unknown, Self::Struct),
+                    Shape::Scalar | Shape::Struct | Shape::List => Self::Struct(f.elem),
                 },
             },
         }
+    }
+
+    /// Whether the keys of an object here are map entries (each owned on its own by server-side
+    /// apply) rather than the declared fields of a struct.
+    pub fn is_map(self) -> bool {
+        matches!(self, Self::Deduced | Self::MapOf(..))
     }
 
     /// Whether an object at this node is atomic (replaced whole and owned as one field).
@@ -176,7 +186,7 @@ impl Node {
         match self {
             Self::Struct(_) => self.def().is_some_and(|d| d.atomic),
             Self::MapOf(_, atomic) => atomic,
-            Self::Unknown => false,
+            Self::Deduced => false,
         }
     }
 

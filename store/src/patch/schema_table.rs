@@ -9,18 +9,18 @@ pub(super) static TYPES: &[TypeDef] = &[
     // 0
     TypeDef { name: "admissionregistration.v1.MatchResources", atomic: true, fields: &[
         Field { name: "excludeResourceRules", shape: Shape::List, elem: Some(7), strategy: 0, merge_key: None, list_type: ListType::Atomic, map_keys: &[], atomic: false },
-        Field { name: "namespaceSelector", shape: Shape::Struct, elem: Some(188), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "objectSelector", shape: Shape::Struct, elem: Some(188), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "namespaceSelector", shape: Shape::Struct, elem: Some(200), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "objectSelector", shape: Shape::Struct, elem: Some(200), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
         Field { name: "resourceRules", shape: Shape::List, elem: Some(7), strategy: 0, merge_key: None, list_type: ListType::Atomic, map_keys: &[], atomic: false },
     ]},
     // 1
     TypeDef { name: "admissionregistration.v1.MutatingAdmissionPolicy", atomic: false, fields: &[
-        Field { name: "metadata", shape: Shape::Struct, elem: Some(189), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "metadata", shape: Shape::Struct, elem: Some(201), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
         Field { name: "spec", shape: Shape::Struct, elem: Some(4), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
     // 2
     TypeDef { name: "admissionregistration.v1.MutatingAdmissionPolicyBinding", atomic: false, fields: &[
-        Field { name: "metadata", shape: Shape::Struct, elem: Some(189), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "metadata", shape: Shape::Struct, elem: Some(201), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
         Field { name: "spec", shape: Shape::Struct, elem: Some(3), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
     // 3
@@ -38,12 +38,12 @@ pub(super) static TYPES: &[TypeDef] = &[
     // 5
     TypeDef { name: "admissionregistration.v1.MutatingWebhook", atomic: false, fields: &[
         Field { name: "matchConditions", shape: Shape::List, elem: None, strategy: MERGE, merge_key: Some("name"), list_type: ListType::Map, map_keys: &["name"], atomic: false },
-        Field { name: "namespaceSelector", shape: Shape::Struct, elem: Some(188), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "objectSelector", shape: Shape::Struct, elem: Some(188), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "namespaceSelector", shape: Shape::Struct, elem: Some(200), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "objectSelector", shape: Shape::Struct, elem: Some(200), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
     // 6
     TypeDef { name: "admissionregistration.v1.MutatingWebhookConfiguration", atomic: false, fields: &[
-        Field { name: "metadata", shape: Shape::Struct, elem: Some(189), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "metadata", shape: Shape::Struct, elem: Some(201), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
         Field { name: "webhooks", shape: Shape::List, elem: Some(5), strategy: MERGE, merge_key: Some("name"), list_type: ListType::Map, map_keys: &["name"], atomic: false },
     ]},
     // 7
@@ -54,17 +54,17 @@ pub(super) static TYPES: &[TypeDef] = &[
     ]},
     // 9
     TypeDef { name: "admissionregistration.v1.ParamRef", atomic: true, fields: &[
-        Field { name: "selector", shape: Shape::Struct, elem: Some(188), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "selector", shape: Shape::Struct, elem: Some(200), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
     // 10
     TypeDef { name: "admissionregistration.v1.ValidatingAdmissionPolicy", atomic: false, fields: &[
-        Field { name: "metadata", shape: Shape::Struct, elem: Some(189), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "metadata", shape: Shape::Struct, elem: Some(201), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
         Field { name: "spec", shape: Shape::Struct, elem: Some(13), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
         Field { name: "status", shape: Shape::Struct, elem: Some(14), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
     // 11
     TypeDef { name: "admissionregistration.v1.ValidatingAdmissionPolicyBinding", atomic: false, fields: &[
-        Field { name: "metadata", shape: Shape::Struct, elem: Some(189), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "metadata", shape: Shape::Struct, elem: Some(201), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
         Field { name: "spec", shape: Shape::Struct, elem: Some(12), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
     // 12
@@ -87,12 +87,12 @@ pub(super) static TYPES: &[TypeDef] = &[
     // 15
     TypeDef { name: "admissionregistration.v1.ValidatingWebhook", atomic: false, fields: &[
         Field { name: "matchConditions", shape: Shape::List, elem: None, strategy: MERGE, merge_key: Some("name"), list_type: ListType::Map, map_keys: &["name"], atomic: false },
-        Field { name: "namespaceSelector", shape: Shape::Struct, elem: Some(188), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "objectSelector", shape: Shape::Struct, elem: Some(188), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "namespaceSelector", shape: Shape::Struct, elem: Some(200), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "objectSelector", shape: Shape::Struct, elem: Some(200), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
     // 16
     TypeDef { name: "admissionregistration.v1.ValidatingWebhookConfiguration", atomic: false, fields: &[
-        Field { name: "metadata", shape: Shape::Struct, elem: Some(189), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "metadata", shape: Shape::Struct, elem: Some(201), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
         Field { name: "webhooks", shape: Shape::List, elem: Some(15), strategy: MERGE, merge_key: Some("name"), list_type: ListType::Map, map_keys: &["name"], atomic: false },
     ]},
     // 17
@@ -100,7 +100,7 @@ pub(super) static TYPES: &[TypeDef] = &[
     ]},
     // 18
     TypeDef { name: "apiextensions.v1.CustomResourceDefinition", atomic: false, fields: &[
-        Field { name: "metadata", shape: Shape::Struct, elem: Some(189), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "metadata", shape: Shape::Struct, elem: Some(201), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
         Field { name: "spec", shape: Shape::Struct, elem: Some(19), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
         Field { name: "status", shape: Shape::Struct, elem: Some(20), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
@@ -125,6 +125,7 @@ pub(super) static TYPES: &[TypeDef] = &[
         Field { name: "allOf", shape: Shape::List, elem: Some(23), strategy: 0, merge_key: None, list_type: ListType::Atomic, map_keys: &[], atomic: false },
         Field { name: "anyOf", shape: Shape::List, elem: Some(23), strategy: 0, merge_key: None, list_type: ListType::Atomic, map_keys: &[], atomic: false },
         Field { name: "definitions", shape: Shape::Map, elem: Some(23), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "dependencies", shape: Shape::Map, elem: None, strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
         Field { name: "not", shape: Shape::Struct, elem: Some(23), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
         Field { name: "oneOf", shape: Shape::List, elem: Some(23), strategy: 0, merge_key: None, list_type: ListType::Atomic, map_keys: &[], atomic: false },
         Field { name: "patternProperties", shape: Shape::Map, elem: Some(23), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
@@ -133,7 +134,7 @@ pub(super) static TYPES: &[TypeDef] = &[
     ]},
     // 24
     TypeDef { name: "apiregistration.v1.APIService", atomic: false, fields: &[
-        Field { name: "metadata", shape: Shape::Struct, elem: Some(189), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "metadata", shape: Shape::Struct, elem: Some(201), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
         Field { name: "status", shape: Shape::Struct, elem: Some(25), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
     // 25
@@ -142,18 +143,18 @@ pub(super) static TYPES: &[TypeDef] = &[
     ]},
     // 26
     TypeDef { name: "apps.v1.ControllerRevision", atomic: false, fields: &[
-        Field { name: "metadata", shape: Shape::Struct, elem: Some(189), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "metadata", shape: Shape::Struct, elem: Some(201), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
     // 27
     TypeDef { name: "apps.v1.DaemonSet", atomic: false, fields: &[
-        Field { name: "metadata", shape: Shape::Struct, elem: Some(189), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "metadata", shape: Shape::Struct, elem: Some(201), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
         Field { name: "spec", shape: Shape::Struct, elem: Some(28), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
         Field { name: "status", shape: Shape::Struct, elem: Some(29), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
     // 28
     TypeDef { name: "apps.v1.DaemonSetSpec", atomic: false, fields: &[
-        Field { name: "selector", shape: Shape::Struct, elem: Some(188), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "template", shape: Shape::Struct, elem: Some(141), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "selector", shape: Shape::Struct, elem: Some(200), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "template", shape: Shape::Struct, elem: Some(151), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
     // 29
     TypeDef { name: "apps.v1.DaemonSetStatus", atomic: false, fields: &[
@@ -161,15 +162,15 @@ pub(super) static TYPES: &[TypeDef] = &[
     ]},
     // 30
     TypeDef { name: "apps.v1.Deployment", atomic: false, fields: &[
-        Field { name: "metadata", shape: Shape::Struct, elem: Some(189), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "metadata", shape: Shape::Struct, elem: Some(201), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
         Field { name: "spec", shape: Shape::Struct, elem: Some(31), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
         Field { name: "status", shape: Shape::Struct, elem: Some(32), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
     // 31
     TypeDef { name: "apps.v1.DeploymentSpec", atomic: false, fields: &[
-        Field { name: "selector", shape: Shape::Struct, elem: Some(188), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "selector", shape: Shape::Struct, elem: Some(200), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
         Field { name: "strategy", shape: Shape::Struct, elem: None, strategy: RETAIN_KEYS, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "template", shape: Shape::Struct, elem: Some(141), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "template", shape: Shape::Struct, elem: Some(151), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
     // 32
     TypeDef { name: "apps.v1.DeploymentStatus", atomic: false, fields: &[
@@ -177,14 +178,14 @@ pub(super) static TYPES: &[TypeDef] = &[
     ]},
     // 33
     TypeDef { name: "apps.v1.ReplicaSet", atomic: false, fields: &[
-        Field { name: "metadata", shape: Shape::Struct, elem: Some(189), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "metadata", shape: Shape::Struct, elem: Some(201), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
         Field { name: "spec", shape: Shape::Struct, elem: Some(34), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
         Field { name: "status", shape: Shape::Struct, elem: Some(35), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
     // 34
     TypeDef { name: "apps.v1.ReplicaSetSpec", atomic: false, fields: &[
-        Field { name: "selector", shape: Shape::Struct, elem: Some(188), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "template", shape: Shape::Struct, elem: Some(141), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "selector", shape: Shape::Struct, elem: Some(200), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "template", shape: Shape::Struct, elem: Some(151), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
     // 35
     TypeDef { name: "apps.v1.ReplicaSetStatus", atomic: false, fields: &[
@@ -192,15 +193,15 @@ pub(super) static TYPES: &[TypeDef] = &[
     ]},
     // 36
     TypeDef { name: "apps.v1.StatefulSet", atomic: false, fields: &[
-        Field { name: "metadata", shape: Shape::Struct, elem: Some(189), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "metadata", shape: Shape::Struct, elem: Some(201), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
         Field { name: "spec", shape: Shape::Struct, elem: Some(37), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
         Field { name: "status", shape: Shape::Struct, elem: Some(38), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
     // 37
     TypeDef { name: "apps.v1.StatefulSetSpec", atomic: false, fields: &[
-        Field { name: "selector", shape: Shape::Struct, elem: Some(188), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "template", shape: Shape::Struct, elem: Some(141), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "volumeClaimTemplates", shape: Shape::List, elem: Some(129), strategy: 0, merge_key: None, list_type: ListType::Atomic, map_keys: &[], atomic: false },
+        Field { name: "selector", shape: Shape::Struct, elem: Some(200), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "template", shape: Shape::Struct, elem: Some(151), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "volumeClaimTemplates", shape: Shape::List, elem: Some(138), strategy: 0, merge_key: None, list_type: ListType::Atomic, map_keys: &[], atomic: false },
     ]},
     // 38
     TypeDef { name: "apps.v1.StatefulSetStatus", atomic: false, fields: &[
@@ -208,987 +209,1130 @@ pub(super) static TYPES: &[TypeDef] = &[
     ]},
     // 39
     TypeDef { name: "authentication.v1.SelfSubjectReview", atomic: false, fields: &[
-        Field { name: "metadata", shape: Shape::Struct, elem: Some(189), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "metadata", shape: Shape::Struct, elem: Some(201), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "status", shape: Shape::Struct, elem: Some(40), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
     // 40
-    TypeDef { name: "authentication.v1.TokenRequest", atomic: false, fields: &[
-        Field { name: "metadata", shape: Shape::Struct, elem: Some(189), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+    TypeDef { name: "authentication.v1.SelfSubjectReviewStatus", atomic: false, fields: &[
+        Field { name: "userInfo", shape: Shape::Struct, elem: Some(45), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
     // 41
-    TypeDef { name: "authentication.v1.TokenReview", atomic: false, fields: &[
-        Field { name: "metadata", shape: Shape::Struct, elem: Some(189), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+    TypeDef { name: "authentication.v1.TokenRequest", atomic: false, fields: &[
+        Field { name: "metadata", shape: Shape::Struct, elem: Some(201), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "spec", shape: Shape::Struct, elem: Some(42), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
     // 42
-    TypeDef { name: "authorization.v1.LocalSubjectAccessReview", atomic: false, fields: &[
-        Field { name: "metadata", shape: Shape::Struct, elem: Some(189), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+    TypeDef { name: "authentication.v1.TokenRequestSpec", atomic: false, fields: &[
+        Field { name: "attestations", shape: Shape::Map, elem: None, strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
     // 43
-    TypeDef { name: "authorization.v1.SelfSubjectAccessReview", atomic: false, fields: &[
-        Field { name: "metadata", shape: Shape::Struct, elem: Some(189), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+    TypeDef { name: "authentication.v1.TokenReview", atomic: false, fields: &[
+        Field { name: "metadata", shape: Shape::Struct, elem: Some(201), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "status", shape: Shape::Struct, elem: Some(44), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
     // 44
-    TypeDef { name: "authorization.v1.SelfSubjectRulesReview", atomic: false, fields: &[
-        Field { name: "metadata", shape: Shape::Struct, elem: Some(189), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+    TypeDef { name: "authentication.v1.TokenReviewStatus", atomic: false, fields: &[
+        Field { name: "user", shape: Shape::Struct, elem: Some(45), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
     // 45
-    TypeDef { name: "authorization.v1.SubjectAccessReview", atomic: false, fields: &[
-        Field { name: "metadata", shape: Shape::Struct, elem: Some(189), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+    TypeDef { name: "authentication.v1.UserInfo", atomic: false, fields: &[
+        Field { name: "extra", shape: Shape::Map, elem: None, strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
     // 46
-    TypeDef { name: "autoscaling.v1.CrossVersionObjectReference", atomic: true, fields: &[
+    TypeDef { name: "authorization.v1.LocalSubjectAccessReview", atomic: false, fields: &[
+        Field { name: "metadata", shape: Shape::Struct, elem: Some(201), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "spec", shape: Shape::Struct, elem: Some(50), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
     // 47
-    TypeDef { name: "autoscaling.v1.HorizontalPodAutoscaler", atomic: false, fields: &[
-        Field { name: "metadata", shape: Shape::Struct, elem: Some(189), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "spec", shape: Shape::Struct, elem: Some(48), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+    TypeDef { name: "authorization.v1.SelfSubjectAccessReview", atomic: false, fields: &[
+        Field { name: "metadata", shape: Shape::Struct, elem: Some(201), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
     // 48
-    TypeDef { name: "autoscaling.v1.HorizontalPodAutoscalerSpec", atomic: false, fields: &[
-        Field { name: "scaleTargetRef", shape: Shape::Struct, elem: Some(46), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+    TypeDef { name: "authorization.v1.SelfSubjectRulesReview", atomic: false, fields: &[
+        Field { name: "metadata", shape: Shape::Struct, elem: Some(201), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
     // 49
-    TypeDef { name: "autoscaling.v1.Scale", atomic: false, fields: &[
-        Field { name: "metadata", shape: Shape::Struct, elem: Some(189), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+    TypeDef { name: "authorization.v1.SubjectAccessReview", atomic: false, fields: &[
+        Field { name: "metadata", shape: Shape::Struct, elem: Some(201), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "spec", shape: Shape::Struct, elem: Some(50), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
     // 50
-    TypeDef { name: "autoscaling.v2.ExternalMetricSource", atomic: false, fields: &[
-        Field { name: "metric", shape: Shape::Struct, elem: Some(55), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+    TypeDef { name: "authorization.v1.SubjectAccessReviewSpec", atomic: false, fields: &[
+        Field { name: "extra", shape: Shape::Map, elem: None, strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
     // 51
-    TypeDef { name: "autoscaling.v2.ExternalMetricStatus", atomic: false, fields: &[
-        Field { name: "metric", shape: Shape::Struct, elem: Some(55), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+    TypeDef { name: "autoscaling.v1.CrossVersionObjectReference", atomic: true, fields: &[
     ]},
     // 52
-    TypeDef { name: "autoscaling.v2.HorizontalPodAutoscaler", atomic: false, fields: &[
-        Field { name: "metadata", shape: Shape::Struct, elem: Some(189), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+    TypeDef { name: "autoscaling.v1.HorizontalPodAutoscaler", atomic: false, fields: &[
+        Field { name: "metadata", shape: Shape::Struct, elem: Some(201), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
         Field { name: "spec", shape: Shape::Struct, elem: Some(53), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "status", shape: Shape::Struct, elem: Some(54), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
     // 53
-    TypeDef { name: "autoscaling.v2.HorizontalPodAutoscalerSpec", atomic: false, fields: &[
-        Field { name: "metrics", shape: Shape::List, elem: Some(56), strategy: 0, merge_key: None, list_type: ListType::Atomic, map_keys: &[], atomic: false },
+    TypeDef { name: "autoscaling.v1.HorizontalPodAutoscalerSpec", atomic: false, fields: &[
+        Field { name: "scaleTargetRef", shape: Shape::Struct, elem: Some(51), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
     // 54
-    TypeDef { name: "autoscaling.v2.HorizontalPodAutoscalerStatus", atomic: false, fields: &[
-        Field { name: "conditions", shape: Shape::List, elem: None, strategy: MERGE, merge_key: Some("type"), list_type: ListType::Map, map_keys: &["type"], atomic: false },
-        Field { name: "currentMetrics", shape: Shape::List, elem: Some(57), strategy: 0, merge_key: None, list_type: ListType::Atomic, map_keys: &[], atomic: false },
+    TypeDef { name: "autoscaling.v1.Scale", atomic: false, fields: &[
+        Field { name: "metadata", shape: Shape::Struct, elem: Some(201), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
     // 55
-    TypeDef { name: "autoscaling.v2.MetricIdentifier", atomic: false, fields: &[
-        Field { name: "selector", shape: Shape::Struct, elem: Some(188), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+    TypeDef { name: "autoscaling.v2.ExternalMetricSource", atomic: false, fields: &[
+        Field { name: "metric", shape: Shape::Struct, elem: Some(60), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
     // 56
-    TypeDef { name: "autoscaling.v2.MetricSpec", atomic: false, fields: &[
-        Field { name: "external", shape: Shape::Struct, elem: Some(50), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "object", shape: Shape::Struct, elem: Some(58), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "pods", shape: Shape::Struct, elem: Some(60), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+    TypeDef { name: "autoscaling.v2.ExternalMetricStatus", atomic: false, fields: &[
+        Field { name: "metric", shape: Shape::Struct, elem: Some(60), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
     // 57
-    TypeDef { name: "autoscaling.v2.MetricStatus", atomic: false, fields: &[
-        Field { name: "external", shape: Shape::Struct, elem: Some(51), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "object", shape: Shape::Struct, elem: Some(59), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "pods", shape: Shape::Struct, elem: Some(61), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+    TypeDef { name: "autoscaling.v2.HorizontalPodAutoscaler", atomic: false, fields: &[
+        Field { name: "metadata", shape: Shape::Struct, elem: Some(201), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "spec", shape: Shape::Struct, elem: Some(58), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "status", shape: Shape::Struct, elem: Some(59), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
     // 58
-    TypeDef { name: "autoscaling.v2.ObjectMetricSource", atomic: false, fields: &[
-        Field { name: "metric", shape: Shape::Struct, elem: Some(55), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+    TypeDef { name: "autoscaling.v2.HorizontalPodAutoscalerSpec", atomic: false, fields: &[
+        Field { name: "metrics", shape: Shape::List, elem: Some(61), strategy: 0, merge_key: None, list_type: ListType::Atomic, map_keys: &[], atomic: false },
     ]},
     // 59
-    TypeDef { name: "autoscaling.v2.ObjectMetricStatus", atomic: false, fields: &[
-        Field { name: "metric", shape: Shape::Struct, elem: Some(55), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+    TypeDef { name: "autoscaling.v2.HorizontalPodAutoscalerStatus", atomic: false, fields: &[
+        Field { name: "conditions", shape: Shape::List, elem: None, strategy: MERGE, merge_key: Some("type"), list_type: ListType::Map, map_keys: &["type"], atomic: false },
+        Field { name: "currentMetrics", shape: Shape::List, elem: Some(62), strategy: 0, merge_key: None, list_type: ListType::Atomic, map_keys: &[], atomic: false },
     ]},
     // 60
-    TypeDef { name: "autoscaling.v2.PodsMetricSource", atomic: false, fields: &[
-        Field { name: "metric", shape: Shape::Struct, elem: Some(55), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+    TypeDef { name: "autoscaling.v2.MetricIdentifier", atomic: false, fields: &[
+        Field { name: "selector", shape: Shape::Struct, elem: Some(200), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
     // 61
-    TypeDef { name: "autoscaling.v2.PodsMetricStatus", atomic: false, fields: &[
-        Field { name: "metric", shape: Shape::Struct, elem: Some(55), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+    TypeDef { name: "autoscaling.v2.MetricSpec", atomic: false, fields: &[
+        Field { name: "external", shape: Shape::Struct, elem: Some(55), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "object", shape: Shape::Struct, elem: Some(63), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "pods", shape: Shape::Struct, elem: Some(65), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
     // 62
-    TypeDef { name: "batch.v1.CronJob", atomic: false, fields: &[
-        Field { name: "metadata", shape: Shape::Struct, elem: Some(189), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "spec", shape: Shape::Struct, elem: Some(63), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "status", shape: Shape::Struct, elem: Some(64), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+    TypeDef { name: "autoscaling.v2.MetricStatus", atomic: false, fields: &[
+        Field { name: "external", shape: Shape::Struct, elem: Some(56), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "object", shape: Shape::Struct, elem: Some(64), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "pods", shape: Shape::Struct, elem: Some(66), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
     // 63
-    TypeDef { name: "batch.v1.CronJobSpec", atomic: false, fields: &[
-        Field { name: "jobTemplate", shape: Shape::Struct, elem: Some(69), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+    TypeDef { name: "autoscaling.v2.ObjectMetricSource", atomic: false, fields: &[
+        Field { name: "metric", shape: Shape::Struct, elem: Some(60), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
     // 64
-    TypeDef { name: "batch.v1.CronJobStatus", atomic: false, fields: &[
-        Field { name: "active", shape: Shape::List, elem: Some(127), strategy: 0, merge_key: None, list_type: ListType::Atomic, map_keys: &[], atomic: false },
+    TypeDef { name: "autoscaling.v2.ObjectMetricStatus", atomic: false, fields: &[
+        Field { name: "metric", shape: Shape::Struct, elem: Some(60), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
     // 65
-    TypeDef { name: "batch.v1.Job", atomic: false, fields: &[
-        Field { name: "metadata", shape: Shape::Struct, elem: Some(189), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "spec", shape: Shape::Struct, elem: Some(67), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "status", shape: Shape::Struct, elem: Some(68), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+    TypeDef { name: "autoscaling.v2.PodsMetricSource", atomic: false, fields: &[
+        Field { name: "metric", shape: Shape::Struct, elem: Some(60), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
     // 66
+    TypeDef { name: "autoscaling.v2.PodsMetricStatus", atomic: false, fields: &[
+        Field { name: "metric", shape: Shape::Struct, elem: Some(60), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+    ]},
+    // 67
+    TypeDef { name: "batch.v1.CronJob", atomic: false, fields: &[
+        Field { name: "metadata", shape: Shape::Struct, elem: Some(201), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "spec", shape: Shape::Struct, elem: Some(68), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "status", shape: Shape::Struct, elem: Some(69), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+    ]},
+    // 68
+    TypeDef { name: "batch.v1.CronJobSpec", atomic: false, fields: &[
+        Field { name: "jobTemplate", shape: Shape::Struct, elem: Some(74), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+    ]},
+    // 69
+    TypeDef { name: "batch.v1.CronJobStatus", atomic: false, fields: &[
+        Field { name: "active", shape: Shape::List, elem: Some(136), strategy: 0, merge_key: None, list_type: ListType::Atomic, map_keys: &[], atomic: false },
+    ]},
+    // 70
+    TypeDef { name: "batch.v1.Job", atomic: false, fields: &[
+        Field { name: "metadata", shape: Shape::Struct, elem: Some(201), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "spec", shape: Shape::Struct, elem: Some(72), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "status", shape: Shape::Struct, elem: Some(73), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+    ]},
+    // 71
     TypeDef { name: "batch.v1.JobSchedulingConfiguration", atomic: false, fields: &[
         Field { name: "resourceClaims", shape: Shape::List, elem: None, strategy: MERGE, merge_key: Some("name"), list_type: ListType::Map, map_keys: &["name"], atomic: false },
     ]},
-    // 67
+    // 72
     TypeDef { name: "batch.v1.JobSpec", atomic: false, fields: &[
-        Field { name: "podFailurePolicy", shape: Shape::Struct, elem: Some(70), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "scheduling", shape: Shape::Struct, elem: Some(66), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "selector", shape: Shape::Struct, elem: Some(188), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "template", shape: Shape::Struct, elem: Some(141), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "podFailurePolicy", shape: Shape::Struct, elem: Some(75), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "scheduling", shape: Shape::Struct, elem: Some(71), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "selector", shape: Shape::Struct, elem: Some(200), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "template", shape: Shape::Struct, elem: Some(151), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
-    // 68
+    // 73
     TypeDef { name: "batch.v1.JobStatus", atomic: false, fields: &[
         Field { name: "conditions", shape: Shape::List, elem: None, strategy: MERGE, merge_key: Some("type"), list_type: ListType::Atomic, map_keys: &[], atomic: false },
-        Field { name: "uncountedTerminatedPods", shape: Shape::Struct, elem: Some(73), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "uncountedTerminatedPods", shape: Shape::Struct, elem: Some(78), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
-    // 69
+    // 74
     TypeDef { name: "batch.v1.JobTemplateSpec", atomic: false, fields: &[
-        Field { name: "metadata", shape: Shape::Struct, elem: Some(189), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "spec", shape: Shape::Struct, elem: Some(67), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "metadata", shape: Shape::Struct, elem: Some(201), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "spec", shape: Shape::Struct, elem: Some(72), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
-    // 70
+    // 75
     TypeDef { name: "batch.v1.PodFailurePolicy", atomic: false, fields: &[
-        Field { name: "rules", shape: Shape::List, elem: Some(72), strategy: 0, merge_key: None, list_type: ListType::Atomic, map_keys: &[], atomic: false },
+        Field { name: "rules", shape: Shape::List, elem: Some(77), strategy: 0, merge_key: None, list_type: ListType::Atomic, map_keys: &[], atomic: false },
     ]},
-    // 71
+    // 76
     TypeDef { name: "batch.v1.PodFailurePolicyOnExitCodesRequirement", atomic: false, fields: &[
         Field { name: "values", shape: Shape::List, elem: None, strategy: 0, merge_key: None, list_type: ListType::Set, map_keys: &[], atomic: false },
     ]},
-    // 72
+    // 77
     TypeDef { name: "batch.v1.PodFailurePolicyRule", atomic: false, fields: &[
-        Field { name: "onExitCodes", shape: Shape::Struct, elem: Some(71), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "onExitCodes", shape: Shape::Struct, elem: Some(76), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
-    // 73
+    // 78
     TypeDef { name: "batch.v1.UncountedTerminatedPods", atomic: false, fields: &[
         Field { name: "failed", shape: Shape::List, elem: None, strategy: 0, merge_key: None, list_type: ListType::Set, map_keys: &[], atomic: false },
         Field { name: "succeeded", shape: Shape::List, elem: None, strategy: 0, merge_key: None, list_type: ListType::Set, map_keys: &[], atomic: false },
     ]},
-    // 74
+    // 79
     TypeDef { name: "certificates.v1.CertificateSigningRequest", atomic: false, fields: &[
-        Field { name: "metadata", shape: Shape::Struct, elem: Some(189), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "status", shape: Shape::Struct, elem: Some(75), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "metadata", shape: Shape::Struct, elem: Some(201), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "spec", shape: Shape::Struct, elem: Some(80), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "status", shape: Shape::Struct, elem: Some(81), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
-    // 75
+    // 80
+    TypeDef { name: "certificates.v1.CertificateSigningRequestSpec", atomic: false, fields: &[
+        Field { name: "extra", shape: Shape::Map, elem: None, strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+    ]},
+    // 81
     TypeDef { name: "certificates.v1.CertificateSigningRequestStatus", atomic: false, fields: &[
         Field { name: "conditions", shape: Shape::List, elem: None, strategy: 0, merge_key: None, list_type: ListType::Map, map_keys: &["type"], atomic: false },
     ]},
-    // 76
+    // 82
     TypeDef { name: "certificates.v1.ClusterTrustBundle", atomic: false, fields: &[
-        Field { name: "metadata", shape: Shape::Struct, elem: Some(189), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "metadata", shape: Shape::Struct, elem: Some(201), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
-    // 77
+    // 83
     TypeDef { name: "certificates.v1.PodCertificateRequest", atomic: false, fields: &[
-        Field { name: "metadata", shape: Shape::Struct, elem: Some(189), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "status", shape: Shape::Struct, elem: Some(78), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "metadata", shape: Shape::Struct, elem: Some(201), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "spec", shape: Shape::Struct, elem: Some(84), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "status", shape: Shape::Struct, elem: Some(85), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
-    // 78
+    // 84
+    TypeDef { name: "certificates.v1.PodCertificateRequestSpec", atomic: false, fields: &[
+        Field { name: "unverifiedUserAnnotations", shape: Shape::Map, elem: None, strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+    ]},
+    // 85
     TypeDef { name: "certificates.v1.PodCertificateRequestStatus", atomic: false, fields: &[
         Field { name: "conditions", shape: Shape::List, elem: None, strategy: MERGE, merge_key: Some("type"), list_type: ListType::Map, map_keys: &["type"], atomic: false },
     ]},
-    // 79
-    TypeDef { name: "coordination.v1.Lease", atomic: false, fields: &[
-        Field { name: "metadata", shape: Shape::Struct, elem: Some(189), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-    ]},
-    // 80
-    TypeDef { name: "core.v1.Affinity", atomic: false, fields: &[
-        Field { name: "nodeAffinity", shape: Shape::Struct, elem: Some(119), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "podAffinity", shape: Shape::Struct, elem: Some(135), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "podAntiAffinity", shape: Shape::Struct, elem: Some(137), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-    ]},
-    // 81
-    TypeDef { name: "core.v1.Binding", atomic: false, fields: &[
-        Field { name: "metadata", shape: Shape::Struct, elem: Some(189), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "target", shape: Shape::Struct, elem: Some(127), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-    ]},
-    // 82
-    TypeDef { name: "core.v1.CSIPersistentVolumeSource", atomic: false, fields: &[
-        Field { name: "controllerExpandSecretRef", shape: Shape::Struct, elem: Some(160), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "controllerPublishSecretRef", shape: Shape::Struct, elem: Some(160), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "nodeExpandSecretRef", shape: Shape::Struct, elem: Some(160), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "nodePublishSecretRef", shape: Shape::Struct, elem: Some(160), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "nodeStageSecretRef", shape: Shape::Struct, elem: Some(160), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-    ]},
-    // 83
-    TypeDef { name: "core.v1.CSIVolumeSource", atomic: false, fields: &[
-        Field { name: "nodePublishSecretRef", shape: Shape::Struct, elem: Some(115), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-    ]},
-    // 84
-    TypeDef { name: "core.v1.CephFSPersistentVolumeSource", atomic: false, fields: &[
-        Field { name: "secretRef", shape: Shape::Struct, elem: Some(160), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-    ]},
-    // 85
-    TypeDef { name: "core.v1.CephFSVolumeSource", atomic: false, fields: &[
-        Field { name: "secretRef", shape: Shape::Struct, elem: Some(115), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-    ]},
     // 86
-    TypeDef { name: "core.v1.CinderPersistentVolumeSource", atomic: false, fields: &[
-        Field { name: "secretRef", shape: Shape::Struct, elem: Some(160), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+    TypeDef { name: "coordination.v1.Lease", atomic: false, fields: &[
+        Field { name: "metadata", shape: Shape::Struct, elem: Some(201), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
     // 87
-    TypeDef { name: "core.v1.CinderVolumeSource", atomic: false, fields: &[
-        Field { name: "secretRef", shape: Shape::Struct, elem: Some(115), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+    TypeDef { name: "core.v1.Affinity", atomic: false, fields: &[
+        Field { name: "nodeAffinity", shape: Shape::Struct, elem: Some(128), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "podAffinity", shape: Shape::Struct, elem: Some(144), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "podAntiAffinity", shape: Shape::Struct, elem: Some(146), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
     // 88
-    TypeDef { name: "core.v1.ClusterTrustBundleProjection", atomic: false, fields: &[
-        Field { name: "labelSelector", shape: Shape::Struct, elem: Some(188), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+    TypeDef { name: "core.v1.Binding", atomic: false, fields: &[
+        Field { name: "metadata", shape: Shape::Struct, elem: Some(201), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "target", shape: Shape::Struct, elem: Some(136), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
     // 89
-    TypeDef { name: "core.v1.ComponentStatus", atomic: false, fields: &[
-        Field { name: "conditions", shape: Shape::List, elem: None, strategy: MERGE, merge_key: Some("type"), list_type: ListType::Map, map_keys: &["type"], atomic: false },
-        Field { name: "metadata", shape: Shape::Struct, elem: Some(189), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+    TypeDef { name: "core.v1.CSIPersistentVolumeSource", atomic: false, fields: &[
+        Field { name: "controllerExpandSecretRef", shape: Shape::Struct, elem: Some(171), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "controllerPublishSecretRef", shape: Shape::Struct, elem: Some(171), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "nodeExpandSecretRef", shape: Shape::Struct, elem: Some(171), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "nodePublishSecretRef", shape: Shape::Struct, elem: Some(171), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "nodeStageSecretRef", shape: Shape::Struct, elem: Some(171), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "volumeAttributes", shape: Shape::Map, elem: None, strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
     // 90
-    TypeDef { name: "core.v1.ConfigMap", atomic: false, fields: &[
-        Field { name: "metadata", shape: Shape::Struct, elem: Some(189), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+    TypeDef { name: "core.v1.CSIVolumeSource", atomic: false, fields: &[
+        Field { name: "nodePublishSecretRef", shape: Shape::Struct, elem: Some(124), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "volumeAttributes", shape: Shape::Map, elem: None, strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
     // 91
-    TypeDef { name: "core.v1.ConfigMapKeySelector", atomic: true, fields: &[
+    TypeDef { name: "core.v1.CephFSPersistentVolumeSource", atomic: false, fields: &[
+        Field { name: "secretRef", shape: Shape::Struct, elem: Some(171), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
     // 92
-    TypeDef { name: "core.v1.Container", atomic: false, fields: &[
-        Field { name: "env", shape: Shape::List, elem: Some(103), strategy: MERGE, merge_key: Some("name"), list_type: ListType::Map, map_keys: &["name"], atomic: false },
-        Field { name: "ports", shape: Shape::List, elem: None, strategy: MERGE, merge_key: Some("containerPort"), list_type: ListType::Map, map_keys: &["containerPort", "protocol"], atomic: false },
-        Field { name: "resources", shape: Shape::Struct, elem: Some(153), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "restartPolicyRules", shape: Shape::List, elem: Some(93), strategy: 0, merge_key: None, list_type: ListType::Atomic, map_keys: &[], atomic: false },
-        Field { name: "volumeDevices", shape: Shape::List, elem: None, strategy: MERGE, merge_key: Some("devicePath"), list_type: ListType::Map, map_keys: &["devicePath"], atomic: false },
-        Field { name: "volumeMounts", shape: Shape::List, elem: Some(172), strategy: MERGE, merge_key: Some("mountPath"), list_type: ListType::Map, map_keys: &["mountPath"], atomic: false },
+    TypeDef { name: "core.v1.CephFSVolumeSource", atomic: false, fields: &[
+        Field { name: "secretRef", shape: Shape::Struct, elem: Some(124), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
     // 93
-    TypeDef { name: "core.v1.ContainerRestartRule", atomic: false, fields: &[
-        Field { name: "exitCodes", shape: Shape::Struct, elem: Some(94), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+    TypeDef { name: "core.v1.CinderPersistentVolumeSource", atomic: false, fields: &[
+        Field { name: "secretRef", shape: Shape::Struct, elem: Some(171), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
     // 94
+    TypeDef { name: "core.v1.CinderVolumeSource", atomic: false, fields: &[
+        Field { name: "secretRef", shape: Shape::Struct, elem: Some(124), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+    ]},
+    // 95
+    TypeDef { name: "core.v1.ClusterTrustBundleProjection", atomic: false, fields: &[
+        Field { name: "labelSelector", shape: Shape::Struct, elem: Some(200), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+    ]},
+    // 96
+    TypeDef { name: "core.v1.ComponentStatus", atomic: false, fields: &[
+        Field { name: "conditions", shape: Shape::List, elem: None, strategy: MERGE, merge_key: Some("type"), list_type: ListType::Map, map_keys: &["type"], atomic: false },
+        Field { name: "metadata", shape: Shape::Struct, elem: Some(201), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+    ]},
+    // 97
+    TypeDef { name: "core.v1.ConfigMap", atomic: false, fields: &[
+        Field { name: "binaryData", shape: Shape::Map, elem: None, strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "data", shape: Shape::Map, elem: None, strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "metadata", shape: Shape::Struct, elem: Some(201), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+    ]},
+    // 98
+    TypeDef { name: "core.v1.ConfigMapKeySelector", atomic: true, fields: &[
+    ]},
+    // 99
+    TypeDef { name: "core.v1.Container", atomic: false, fields: &[
+        Field { name: "env", shape: Shape::List, elem: Some(110), strategy: MERGE, merge_key: Some("name"), list_type: ListType::Map, map_keys: &["name"], atomic: false },
+        Field { name: "ports", shape: Shape::List, elem: None, strategy: MERGE, merge_key: Some("containerPort"), list_type: ListType::Map, map_keys: &["containerPort", "protocol"], atomic: false },
+        Field { name: "resources", shape: Shape::Struct, elem: Some(164), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "restartPolicyRules", shape: Shape::List, elem: Some(100), strategy: 0, merge_key: None, list_type: ListType::Atomic, map_keys: &[], atomic: false },
+        Field { name: "volumeDevices", shape: Shape::List, elem: None, strategy: MERGE, merge_key: Some("devicePath"), list_type: ListType::Map, map_keys: &["devicePath"], atomic: false },
+        Field { name: "volumeMounts", shape: Shape::List, elem: Some(183), strategy: MERGE, merge_key: Some("mountPath"), list_type: ListType::Map, map_keys: &["mountPath"], atomic: false },
+    ]},
+    // 100
+    TypeDef { name: "core.v1.ContainerRestartRule", atomic: false, fields: &[
+        Field { name: "exitCodes", shape: Shape::Struct, elem: Some(101), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+    ]},
+    // 101
     TypeDef { name: "core.v1.ContainerRestartRuleOnExitCodes", atomic: false, fields: &[
         Field { name: "values", shape: Shape::List, elem: None, strategy: 0, merge_key: None, list_type: ListType::Set, map_keys: &[], atomic: false },
     ]},
-    // 95
+    // 102
     TypeDef { name: "core.v1.ContainerStatus", atomic: false, fields: &[
-        Field { name: "allocatedResourcesStatus", shape: Shape::List, elem: Some(154), strategy: MERGE, merge_key: Some("name"), list_type: ListType::Map, map_keys: &["name"], atomic: false },
-        Field { name: "resources", shape: Shape::Struct, elem: Some(153), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "allocatedResources", shape: Shape::Map, elem: None, strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "allocatedResourcesStatus", shape: Shape::List, elem: Some(165), strategy: MERGE, merge_key: Some("name"), list_type: ListType::Map, map_keys: &["name"], atomic: false },
+        Field { name: "resources", shape: Shape::Struct, elem: Some(164), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
         Field { name: "volumeMounts", shape: Shape::List, elem: None, strategy: MERGE, merge_key: Some("mountPath"), list_type: ListType::Map, map_keys: &["mountPath"], atomic: false },
     ]},
-    // 96
-    TypeDef { name: "core.v1.DownwardAPIProjection", atomic: false, fields: &[
-        Field { name: "items", shape: Shape::List, elem: Some(97), strategy: 0, merge_key: None, list_type: ListType::Atomic, map_keys: &[], atomic: false },
-    ]},
-    // 97
-    TypeDef { name: "core.v1.DownwardAPIVolumeFile", atomic: false, fields: &[
-        Field { name: "fieldRef", shape: Shape::Struct, elem: Some(126), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "resourceFieldRef", shape: Shape::Struct, elem: Some(150), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-    ]},
-    // 98
-    TypeDef { name: "core.v1.DownwardAPIVolumeSource", atomic: false, fields: &[
-        Field { name: "items", shape: Shape::List, elem: Some(97), strategy: 0, merge_key: None, list_type: ListType::Atomic, map_keys: &[], atomic: false },
-    ]},
-    // 99
-    TypeDef { name: "core.v1.EndpointAddress", atomic: true, fields: &[
-        Field { name: "targetRef", shape: Shape::Struct, elem: Some(127), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-    ]},
-    // 100
-    TypeDef { name: "core.v1.EndpointPort", atomic: true, fields: &[
-    ]},
-    // 101
-    TypeDef { name: "core.v1.EndpointSubset", atomic: false, fields: &[
-        Field { name: "addresses", shape: Shape::List, elem: Some(99), strategy: 0, merge_key: None, list_type: ListType::Atomic, map_keys: &[], atomic: false },
-        Field { name: "notReadyAddresses", shape: Shape::List, elem: Some(99), strategy: 0, merge_key: None, list_type: ListType::Atomic, map_keys: &[], atomic: false },
-        Field { name: "ports", shape: Shape::List, elem: Some(100), strategy: 0, merge_key: None, list_type: ListType::Atomic, map_keys: &[], atomic: false },
-    ]},
-    // 102
-    TypeDef { name: "core.v1.Endpoints", atomic: false, fields: &[
-        Field { name: "metadata", shape: Shape::Struct, elem: Some(189), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "subsets", shape: Shape::List, elem: Some(101), strategy: 0, merge_key: None, list_type: ListType::Atomic, map_keys: &[], atomic: false },
-    ]},
     // 103
-    TypeDef { name: "core.v1.EnvVar", atomic: false, fields: &[
-        Field { name: "valueFrom", shape: Shape::Struct, elem: Some(104), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+    TypeDef { name: "core.v1.DownwardAPIProjection", atomic: false, fields: &[
+        Field { name: "items", shape: Shape::List, elem: Some(104), strategy: 0, merge_key: None, list_type: ListType::Atomic, map_keys: &[], atomic: false },
     ]},
     // 104
-    TypeDef { name: "core.v1.EnvVarSource", atomic: false, fields: &[
-        Field { name: "configMapKeyRef", shape: Shape::Struct, elem: Some(91), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "fieldRef", shape: Shape::Struct, elem: Some(126), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "fileKeyRef", shape: Shape::Struct, elem: Some(109), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "resourceFieldRef", shape: Shape::Struct, elem: Some(150), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "secretKeyRef", shape: Shape::Struct, elem: Some(159), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+    TypeDef { name: "core.v1.DownwardAPIVolumeFile", atomic: false, fields: &[
+        Field { name: "fieldRef", shape: Shape::Struct, elem: Some(135), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "resourceFieldRef", shape: Shape::Struct, elem: Some(160), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
     // 105
-    TypeDef { name: "core.v1.EphemeralContainer", atomic: false, fields: &[
-        Field { name: "env", shape: Shape::List, elem: Some(103), strategy: MERGE, merge_key: Some("name"), list_type: ListType::Map, map_keys: &["name"], atomic: false },
-        Field { name: "ports", shape: Shape::List, elem: None, strategy: MERGE, merge_key: Some("containerPort"), list_type: ListType::Map, map_keys: &["containerPort", "protocol"], atomic: false },
-        Field { name: "resources", shape: Shape::Struct, elem: Some(153), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "restartPolicyRules", shape: Shape::List, elem: Some(93), strategy: 0, merge_key: None, list_type: ListType::Atomic, map_keys: &[], atomic: false },
-        Field { name: "volumeDevices", shape: Shape::List, elem: None, strategy: MERGE, merge_key: Some("devicePath"), list_type: ListType::Map, map_keys: &["devicePath"], atomic: false },
-        Field { name: "volumeMounts", shape: Shape::List, elem: Some(172), strategy: MERGE, merge_key: Some("mountPath"), list_type: ListType::Map, map_keys: &["mountPath"], atomic: false },
+    TypeDef { name: "core.v1.DownwardAPIVolumeSource", atomic: false, fields: &[
+        Field { name: "items", shape: Shape::List, elem: Some(104), strategy: 0, merge_key: None, list_type: ListType::Atomic, map_keys: &[], atomic: false },
     ]},
     // 106
-    TypeDef { name: "core.v1.EphemeralVolumeSource", atomic: false, fields: &[
-        Field { name: "volumeClaimTemplate", shape: Shape::Struct, elem: Some(132), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+    TypeDef { name: "core.v1.EndpointAddress", atomic: true, fields: &[
+        Field { name: "targetRef", shape: Shape::Struct, elem: Some(136), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
     // 107
-    TypeDef { name: "core.v1.Event", atomic: false, fields: &[
-        Field { name: "involvedObject", shape: Shape::Struct, elem: Some(127), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "metadata", shape: Shape::Struct, elem: Some(189), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "related", shape: Shape::Struct, elem: Some(127), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+    TypeDef { name: "core.v1.EndpointPort", atomic: true, fields: &[
     ]},
     // 108
-    TypeDef { name: "core.v1.EvictionResponder", atomic: true, fields: &[
+    TypeDef { name: "core.v1.EndpointSubset", atomic: false, fields: &[
+        Field { name: "addresses", shape: Shape::List, elem: Some(106), strategy: 0, merge_key: None, list_type: ListType::Atomic, map_keys: &[], atomic: false },
+        Field { name: "notReadyAddresses", shape: Shape::List, elem: Some(106), strategy: 0, merge_key: None, list_type: ListType::Atomic, map_keys: &[], atomic: false },
+        Field { name: "ports", shape: Shape::List, elem: Some(107), strategy: 0, merge_key: None, list_type: ListType::Atomic, map_keys: &[], atomic: false },
     ]},
     // 109
-    TypeDef { name: "core.v1.FileKeySelector", atomic: true, fields: &[
+    TypeDef { name: "core.v1.Endpoints", atomic: false, fields: &[
+        Field { name: "metadata", shape: Shape::Struct, elem: Some(201), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "subsets", shape: Shape::List, elem: Some(108), strategy: 0, merge_key: None, list_type: ListType::Atomic, map_keys: &[], atomic: false },
     ]},
     // 110
-    TypeDef { name: "core.v1.FlexPersistentVolumeSource", atomic: false, fields: &[
-        Field { name: "secretRef", shape: Shape::Struct, elem: Some(160), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+    TypeDef { name: "core.v1.EnvVar", atomic: false, fields: &[
+        Field { name: "valueFrom", shape: Shape::Struct, elem: Some(111), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
     // 111
-    TypeDef { name: "core.v1.FlexVolumeSource", atomic: false, fields: &[
-        Field { name: "secretRef", shape: Shape::Struct, elem: Some(115), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+    TypeDef { name: "core.v1.EnvVarSource", atomic: false, fields: &[
+        Field { name: "configMapKeyRef", shape: Shape::Struct, elem: Some(98), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "fieldRef", shape: Shape::Struct, elem: Some(135), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "fileKeyRef", shape: Shape::Struct, elem: Some(116), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "resourceFieldRef", shape: Shape::Struct, elem: Some(160), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "secretKeyRef", shape: Shape::Struct, elem: Some(170), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
     // 112
-    TypeDef { name: "core.v1.ISCSIPersistentVolumeSource", atomic: false, fields: &[
-        Field { name: "secretRef", shape: Shape::Struct, elem: Some(160), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+    TypeDef { name: "core.v1.EphemeralContainer", atomic: false, fields: &[
+        Field { name: "env", shape: Shape::List, elem: Some(110), strategy: MERGE, merge_key: Some("name"), list_type: ListType::Map, map_keys: &["name"], atomic: false },
+        Field { name: "ports", shape: Shape::List, elem: None, strategy: MERGE, merge_key: Some("containerPort"), list_type: ListType::Map, map_keys: &["containerPort", "protocol"], atomic: false },
+        Field { name: "resources", shape: Shape::Struct, elem: Some(164), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "restartPolicyRules", shape: Shape::List, elem: Some(100), strategy: 0, merge_key: None, list_type: ListType::Atomic, map_keys: &[], atomic: false },
+        Field { name: "volumeDevices", shape: Shape::List, elem: None, strategy: MERGE, merge_key: Some("devicePath"), list_type: ListType::Map, map_keys: &["devicePath"], atomic: false },
+        Field { name: "volumeMounts", shape: Shape::List, elem: Some(183), strategy: MERGE, merge_key: Some("mountPath"), list_type: ListType::Map, map_keys: &["mountPath"], atomic: false },
     ]},
     // 113
-    TypeDef { name: "core.v1.ISCSIVolumeSource", atomic: false, fields: &[
-        Field { name: "secretRef", shape: Shape::Struct, elem: Some(115), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+    TypeDef { name: "core.v1.EphemeralVolumeSource", atomic: false, fields: &[
+        Field { name: "volumeClaimTemplate", shape: Shape::Struct, elem: Some(141), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
     // 114
-    TypeDef { name: "core.v1.LimitRange", atomic: false, fields: &[
-        Field { name: "metadata", shape: Shape::Struct, elem: Some(189), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+    TypeDef { name: "core.v1.Event", atomic: false, fields: &[
+        Field { name: "involvedObject", shape: Shape::Struct, elem: Some(136), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "metadata", shape: Shape::Struct, elem: Some(201), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "related", shape: Shape::Struct, elem: Some(136), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
     // 115
-    TypeDef { name: "core.v1.LocalObjectReference", atomic: true, fields: &[
+    TypeDef { name: "core.v1.EvictionResponder", atomic: true, fields: &[
     ]},
     // 116
-    TypeDef { name: "core.v1.Namespace", atomic: false, fields: &[
-        Field { name: "metadata", shape: Shape::Struct, elem: Some(189), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "status", shape: Shape::Struct, elem: Some(117), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+    TypeDef { name: "core.v1.FileKeySelector", atomic: true, fields: &[
     ]},
     // 117
+    TypeDef { name: "core.v1.FlexPersistentVolumeSource", atomic: false, fields: &[
+        Field { name: "options", shape: Shape::Map, elem: None, strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "secretRef", shape: Shape::Struct, elem: Some(171), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+    ]},
+    // 118
+    TypeDef { name: "core.v1.FlexVolumeSource", atomic: false, fields: &[
+        Field { name: "options", shape: Shape::Map, elem: None, strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "secretRef", shape: Shape::Struct, elem: Some(124), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+    ]},
+    // 119
+    TypeDef { name: "core.v1.ISCSIPersistentVolumeSource", atomic: false, fields: &[
+        Field { name: "secretRef", shape: Shape::Struct, elem: Some(171), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+    ]},
+    // 120
+    TypeDef { name: "core.v1.ISCSIVolumeSource", atomic: false, fields: &[
+        Field { name: "secretRef", shape: Shape::Struct, elem: Some(124), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+    ]},
+    // 121
+    TypeDef { name: "core.v1.LimitRange", atomic: false, fields: &[
+        Field { name: "metadata", shape: Shape::Struct, elem: Some(201), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "spec", shape: Shape::Struct, elem: Some(123), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+    ]},
+    // 122
+    TypeDef { name: "core.v1.LimitRangeItem", atomic: false, fields: &[
+        Field { name: "default", shape: Shape::Map, elem: None, strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "defaultRequest", shape: Shape::Map, elem: None, strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "max", shape: Shape::Map, elem: None, strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "maxLimitRequestRatio", shape: Shape::Map, elem: None, strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "min", shape: Shape::Map, elem: None, strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+    ]},
+    // 123
+    TypeDef { name: "core.v1.LimitRangeSpec", atomic: false, fields: &[
+        Field { name: "limits", shape: Shape::List, elem: Some(122), strategy: 0, merge_key: None, list_type: ListType::Atomic, map_keys: &[], atomic: false },
+    ]},
+    // 124
+    TypeDef { name: "core.v1.LocalObjectReference", atomic: true, fields: &[
+    ]},
+    // 125
+    TypeDef { name: "core.v1.Namespace", atomic: false, fields: &[
+        Field { name: "metadata", shape: Shape::Struct, elem: Some(201), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "status", shape: Shape::Struct, elem: Some(126), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+    ]},
+    // 126
     TypeDef { name: "core.v1.NamespaceStatus", atomic: false, fields: &[
         Field { name: "conditions", shape: Shape::List, elem: None, strategy: MERGE, merge_key: Some("type"), list_type: ListType::Map, map_keys: &["type"], atomic: false },
     ]},
-    // 118
+    // 127
     TypeDef { name: "core.v1.Node", atomic: false, fields: &[
-        Field { name: "metadata", shape: Shape::Struct, elem: Some(189), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "spec", shape: Shape::Struct, elem: Some(124), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "status", shape: Shape::Struct, elem: Some(125), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "metadata", shape: Shape::Struct, elem: Some(201), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "spec", shape: Shape::Struct, elem: Some(133), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "status", shape: Shape::Struct, elem: Some(134), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
-    // 119
+    // 128
     TypeDef { name: "core.v1.NodeAffinity", atomic: false, fields: &[
-        Field { name: "preferredDuringSchedulingIgnoredDuringExecution", shape: Shape::List, elem: Some(143), strategy: 0, merge_key: None, list_type: ListType::Atomic, map_keys: &[], atomic: false },
-        Field { name: "requiredDuringSchedulingIgnoredDuringExecution", shape: Shape::Struct, elem: Some(122), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "preferredDuringSchedulingIgnoredDuringExecution", shape: Shape::List, elem: Some(153), strategy: 0, merge_key: None, list_type: ListType::Atomic, map_keys: &[], atomic: false },
+        Field { name: "requiredDuringSchedulingIgnoredDuringExecution", shape: Shape::Struct, elem: Some(131), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
-    // 120
+    // 129
     TypeDef { name: "core.v1.NodeAllocatableResourceClaimStatus", atomic: false, fields: &[
         Field { name: "containers", shape: Shape::List, elem: None, strategy: 0, merge_key: None, list_type: ListType::Set, map_keys: &[], atomic: false },
         Field { name: "mapping", shape: Shape::List, elem: None, strategy: MERGE, merge_key: Some("name"), list_type: ListType::Map, map_keys: &["name"], atomic: false },
         Field { name: "overhead", shape: Shape::List, elem: None, strategy: MERGE, merge_key: Some("name"), list_type: ListType::Map, map_keys: &["name"], atomic: false },
     ]},
-    // 121
+    // 130
     TypeDef { name: "core.v1.NodePodPreemptionPolicy", atomic: false, fields: &[
         Field { name: "disableResizePreemption", shape: Shape::List, elem: None, strategy: 0, merge_key: None, list_type: ListType::Set, map_keys: &[], atomic: false },
     ]},
-    // 122
-    TypeDef { name: "core.v1.NodeSelector", atomic: true, fields: &[
-        Field { name: "nodeSelectorTerms", shape: Shape::List, elem: Some(123), strategy: 0, merge_key: None, list_type: ListType::Atomic, map_keys: &[], atomic: false },
-    ]},
-    // 123
-    TypeDef { name: "core.v1.NodeSelectorTerm", atomic: true, fields: &[
-    ]},
-    // 124
-    TypeDef { name: "core.v1.NodeSpec", atomic: false, fields: &[
-        Field { name: "podCIDRs", shape: Shape::List, elem: None, strategy: MERGE, merge_key: None, list_type: ListType::Set, map_keys: &[], atomic: false },
-        Field { name: "podPreemptionPolicy", shape: Shape::Struct, elem: Some(121), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-    ]},
-    // 125
-    TypeDef { name: "core.v1.NodeStatus", atomic: false, fields: &[
-        Field { name: "addresses", shape: Shape::List, elem: None, strategy: MERGE, merge_key: Some("type"), list_type: ListType::Map, map_keys: &["type"], atomic: false },
-        Field { name: "conditions", shape: Shape::List, elem: None, strategy: MERGE, merge_key: Some("type"), list_type: ListType::Map, map_keys: &["type"], atomic: false },
-    ]},
-    // 126
-    TypeDef { name: "core.v1.ObjectFieldSelector", atomic: true, fields: &[
-    ]},
-    // 127
-    TypeDef { name: "core.v1.ObjectReference", atomic: true, fields: &[
-    ]},
-    // 128
-    TypeDef { name: "core.v1.PersistentVolume", atomic: false, fields: &[
-        Field { name: "metadata", shape: Shape::Struct, elem: Some(189), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "spec", shape: Shape::Struct, elem: Some(133), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-    ]},
-    // 129
-    TypeDef { name: "core.v1.PersistentVolumeClaim", atomic: false, fields: &[
-        Field { name: "metadata", shape: Shape::Struct, elem: Some(189), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "spec", shape: Shape::Struct, elem: Some(130), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "status", shape: Shape::Struct, elem: Some(131), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-    ]},
-    // 130
-    TypeDef { name: "core.v1.PersistentVolumeClaimSpec", atomic: false, fields: &[
-        Field { name: "dataSource", shape: Shape::Struct, elem: Some(169), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "selector", shape: Shape::Struct, elem: Some(188), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-    ]},
     // 131
-    TypeDef { name: "core.v1.PersistentVolumeClaimStatus", atomic: false, fields: &[
-        Field { name: "conditions", shape: Shape::List, elem: None, strategy: MERGE, merge_key: Some("type"), list_type: ListType::Map, map_keys: &["type"], atomic: false },
-        Field { name: "healthStatus", shape: Shape::Struct, elem: Some(171), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+    TypeDef { name: "core.v1.NodeSelector", atomic: true, fields: &[
+        Field { name: "nodeSelectorTerms", shape: Shape::List, elem: Some(132), strategy: 0, merge_key: None, list_type: ListType::Atomic, map_keys: &[], atomic: false },
     ]},
     // 132
-    TypeDef { name: "core.v1.PersistentVolumeClaimTemplate", atomic: false, fields: &[
-        Field { name: "metadata", shape: Shape::Struct, elem: Some(189), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "spec", shape: Shape::Struct, elem: Some(130), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+    TypeDef { name: "core.v1.NodeSelectorTerm", atomic: true, fields: &[
     ]},
     // 133
-    TypeDef { name: "core.v1.PersistentVolumeSpec", atomic: false, fields: &[
-        Field { name: "cephfs", shape: Shape::Struct, elem: Some(84), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "cinder", shape: Shape::Struct, elem: Some(86), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "claimRef", shape: Shape::Struct, elem: Some(127), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "csi", shape: Shape::Struct, elem: Some(82), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "flexVolume", shape: Shape::Struct, elem: Some(110), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "iscsi", shape: Shape::Struct, elem: Some(112), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "nodeAffinity", shape: Shape::Struct, elem: Some(173), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "rbd", shape: Shape::Struct, elem: Some(145), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "scaleIO", shape: Shape::Struct, elem: Some(155), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "storageos", shape: Shape::Struct, elem: Some(165), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+    TypeDef { name: "core.v1.NodeSpec", atomic: false, fields: &[
+        Field { name: "podCIDRs", shape: Shape::List, elem: None, strategy: MERGE, merge_key: None, list_type: ListType::Set, map_keys: &[], atomic: false },
+        Field { name: "podPreemptionPolicy", shape: Shape::Struct, elem: Some(130), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
     // 134
-    TypeDef { name: "core.v1.Pod", atomic: false, fields: &[
-        Field { name: "metadata", shape: Shape::Struct, elem: Some(189), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "spec", shape: Shape::Struct, elem: Some(138), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "status", shape: Shape::Struct, elem: Some(139), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+    TypeDef { name: "core.v1.NodeStatus", atomic: false, fields: &[
+        Field { name: "addresses", shape: Shape::List, elem: None, strategy: MERGE, merge_key: Some("type"), list_type: ListType::Map, map_keys: &["type"], atomic: false },
+        Field { name: "allocatable", shape: Shape::Map, elem: None, strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "capacity", shape: Shape::Map, elem: None, strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "conditions", shape: Shape::List, elem: None, strategy: MERGE, merge_key: Some("type"), list_type: ListType::Map, map_keys: &["type"], atomic: false },
     ]},
     // 135
-    TypeDef { name: "core.v1.PodAffinity", atomic: false, fields: &[
-        Field { name: "preferredDuringSchedulingIgnoredDuringExecution", shape: Shape::List, elem: Some(175), strategy: 0, merge_key: None, list_type: ListType::Atomic, map_keys: &[], atomic: false },
-        Field { name: "requiredDuringSchedulingIgnoredDuringExecution", shape: Shape::List, elem: Some(136), strategy: 0, merge_key: None, list_type: ListType::Atomic, map_keys: &[], atomic: false },
+    TypeDef { name: "core.v1.ObjectFieldSelector", atomic: true, fields: &[
     ]},
     // 136
-    TypeDef { name: "core.v1.PodAffinityTerm", atomic: false, fields: &[
-        Field { name: "labelSelector", shape: Shape::Struct, elem: Some(188), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "namespaceSelector", shape: Shape::Struct, elem: Some(188), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+    TypeDef { name: "core.v1.ObjectReference", atomic: true, fields: &[
     ]},
     // 137
-    TypeDef { name: "core.v1.PodAntiAffinity", atomic: false, fields: &[
-        Field { name: "preferredDuringSchedulingIgnoredDuringExecution", shape: Shape::List, elem: Some(175), strategy: 0, merge_key: None, list_type: ListType::Atomic, map_keys: &[], atomic: false },
-        Field { name: "requiredDuringSchedulingIgnoredDuringExecution", shape: Shape::List, elem: Some(136), strategy: 0, merge_key: None, list_type: ListType::Atomic, map_keys: &[], atomic: false },
+    TypeDef { name: "core.v1.PersistentVolume", atomic: false, fields: &[
+        Field { name: "metadata", shape: Shape::Struct, elem: Some(201), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "spec", shape: Shape::Struct, elem: Some(142), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
     // 138
-    TypeDef { name: "core.v1.PodSpec", atomic: false, fields: &[
-        Field { name: "affinity", shape: Shape::Struct, elem: Some(80), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "containers", shape: Shape::List, elem: Some(92), strategy: MERGE, merge_key: Some("name"), list_type: ListType::Map, map_keys: &["name"], atomic: false },
-        Field { name: "ephemeralContainers", shape: Shape::List, elem: Some(105), strategy: MERGE, merge_key: Some("name"), list_type: ListType::Map, map_keys: &["name"], atomic: false },
-        Field { name: "evictionResponders", shape: Shape::List, elem: Some(108), strategy: MERGE, merge_key: Some("name"), list_type: ListType::Map, map_keys: &["name"], atomic: false },
-        Field { name: "hostAliases", shape: Shape::List, elem: None, strategy: MERGE, merge_key: Some("ip"), list_type: ListType::Map, map_keys: &["ip"], atomic: false },
-        Field { name: "imagePullSecrets", shape: Shape::List, elem: Some(115), strategy: MERGE, merge_key: Some("name"), list_type: ListType::Map, map_keys: &["name"], atomic: false },
-        Field { name: "initContainers", shape: Shape::List, elem: Some(92), strategy: MERGE, merge_key: Some("name"), list_type: ListType::Map, map_keys: &["name"], atomic: false },
-        Field { name: "nodeSelector", shape: Shape::Map, elem: None, strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: true },
-        Field { name: "resourceClaims", shape: Shape::List, elem: None, strategy: MERGE|RETAIN_KEYS, merge_key: Some("name"), list_type: ListType::Map, map_keys: &["name"], atomic: false },
-        Field { name: "resources", shape: Shape::Struct, elem: Some(153), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "schedulingGates", shape: Shape::List, elem: None, strategy: MERGE, merge_key: Some("name"), list_type: ListType::Map, map_keys: &["name"], atomic: false },
-        Field { name: "topologySpreadConstraints", shape: Shape::List, elem: Some(168), strategy: MERGE, merge_key: Some("topologyKey"), list_type: ListType::Map, map_keys: &["topologyKey", "whenUnsatisfiable"], atomic: false },
-        Field { name: "volumes", shape: Shape::List, elem: Some(170), strategy: MERGE|RETAIN_KEYS, merge_key: Some("name"), list_type: ListType::Map, map_keys: &["name"], atomic: false },
+    TypeDef { name: "core.v1.PersistentVolumeClaim", atomic: false, fields: &[
+        Field { name: "metadata", shape: Shape::Struct, elem: Some(201), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "spec", shape: Shape::Struct, elem: Some(139), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "status", shape: Shape::Struct, elem: Some(140), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
     // 139
-    TypeDef { name: "core.v1.PodStatus", atomic: false, fields: &[
-        Field { name: "conditions", shape: Shape::List, elem: None, strategy: MERGE, merge_key: Some("type"), list_type: ListType::Map, map_keys: &["type"], atomic: false },
-        Field { name: "containerStatuses", shape: Shape::List, elem: Some(95), strategy: 0, merge_key: None, list_type: ListType::Atomic, map_keys: &[], atomic: false },
-        Field { name: "ephemeralContainerStatuses", shape: Shape::List, elem: Some(95), strategy: 0, merge_key: None, list_type: ListType::Atomic, map_keys: &[], atomic: false },
-        Field { name: "hostIPs", shape: Shape::List, elem: None, strategy: MERGE, merge_key: Some("ip"), list_type: ListType::Atomic, map_keys: &[], atomic: false },
-        Field { name: "initContainerStatuses", shape: Shape::List, elem: Some(95), strategy: 0, merge_key: None, list_type: ListType::Atomic, map_keys: &[], atomic: false },
-        Field { name: "nodeAllocatableResourceClaimStatuses", shape: Shape::List, elem: Some(120), strategy: MERGE, merge_key: Some("resourceClaimName"), list_type: ListType::Map, map_keys: &["resourceClaimName"], atomic: false },
-        Field { name: "podIPs", shape: Shape::List, elem: None, strategy: MERGE, merge_key: Some("ip"), list_type: ListType::Map, map_keys: &["ip"], atomic: false },
-        Field { name: "resourceClaimStatuses", shape: Shape::List, elem: None, strategy: MERGE|RETAIN_KEYS, merge_key: Some("name"), list_type: ListType::Map, map_keys: &["name"], atomic: false },
-        Field { name: "resources", shape: Shape::Struct, elem: Some(153), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "volumeHealth", shape: Shape::List, elem: Some(142), strategy: 0, merge_key: None, list_type: ListType::Map, map_keys: &["name"], atomic: false },
+    TypeDef { name: "core.v1.PersistentVolumeClaimSpec", atomic: false, fields: &[
+        Field { name: "dataSource", shape: Shape::Struct, elem: Some(180), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "resources", shape: Shape::Struct, elem: Some(186), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "selector", shape: Shape::Struct, elem: Some(200), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
     // 140
-    TypeDef { name: "core.v1.PodTemplate", atomic: false, fields: &[
-        Field { name: "metadata", shape: Shape::Struct, elem: Some(189), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "template", shape: Shape::Struct, elem: Some(141), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+    TypeDef { name: "core.v1.PersistentVolumeClaimStatus", atomic: false, fields: &[
+        Field { name: "allocatedResourceStatuses", shape: Shape::Map, elem: None, strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "allocatedResources", shape: Shape::Map, elem: None, strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "capacity", shape: Shape::Map, elem: None, strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "conditions", shape: Shape::List, elem: None, strategy: MERGE, merge_key: Some("type"), list_type: ListType::Map, map_keys: &["type"], atomic: false },
+        Field { name: "healthStatus", shape: Shape::Struct, elem: Some(182), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
     // 141
-    TypeDef { name: "core.v1.PodTemplateSpec", atomic: false, fields: &[
-        Field { name: "metadata", shape: Shape::Struct, elem: Some(189), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "spec", shape: Shape::Struct, elem: Some(138), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+    TypeDef { name: "core.v1.PersistentVolumeClaimTemplate", atomic: false, fields: &[
+        Field { name: "metadata", shape: Shape::Struct, elem: Some(201), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "spec", shape: Shape::Struct, elem: Some(139), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
     // 142
-    TypeDef { name: "core.v1.PodVolumeHealth", atomic: false, fields: &[
-        Field { name: "healthConditions", shape: Shape::List, elem: None, strategy: MERGE, merge_key: Some("status"), list_type: ListType::Map, map_keys: &["status", "reason"], atomic: false },
+    TypeDef { name: "core.v1.PersistentVolumeSpec", atomic: false, fields: &[
+        Field { name: "capacity", shape: Shape::Map, elem: None, strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "cephfs", shape: Shape::Struct, elem: Some(91), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "cinder", shape: Shape::Struct, elem: Some(93), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "claimRef", shape: Shape::Struct, elem: Some(136), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "csi", shape: Shape::Struct, elem: Some(89), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "flexVolume", shape: Shape::Struct, elem: Some(117), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "iscsi", shape: Shape::Struct, elem: Some(119), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "nodeAffinity", shape: Shape::Struct, elem: Some(184), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "rbd", shape: Shape::Struct, elem: Some(155), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "scaleIO", shape: Shape::Struct, elem: Some(166), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "storageos", shape: Shape::Struct, elem: Some(176), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
     // 143
-    TypeDef { name: "core.v1.PreferredSchedulingTerm", atomic: false, fields: &[
-        Field { name: "preference", shape: Shape::Struct, elem: Some(123), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-    ]},
-    // 144
-    TypeDef { name: "core.v1.ProjectedVolumeSource", atomic: false, fields: &[
-        Field { name: "sources", shape: Shape::List, elem: Some(174), strategy: 0, merge_key: None, list_type: ListType::Atomic, map_keys: &[], atomic: false },
-    ]},
-    // 145
-    TypeDef { name: "core.v1.RBDPersistentVolumeSource", atomic: false, fields: &[
-        Field { name: "secretRef", shape: Shape::Struct, elem: Some(160), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-    ]},
-    // 146
-    TypeDef { name: "core.v1.RBDVolumeSource", atomic: false, fields: &[
-        Field { name: "secretRef", shape: Shape::Struct, elem: Some(115), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-    ]},
-    // 147
-    TypeDef { name: "core.v1.ReplicationController", atomic: false, fields: &[
-        Field { name: "metadata", shape: Shape::Struct, elem: Some(189), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+    TypeDef { name: "core.v1.Pod", atomic: false, fields: &[
+        Field { name: "metadata", shape: Shape::Struct, elem: Some(201), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
         Field { name: "spec", shape: Shape::Struct, elem: Some(148), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
         Field { name: "status", shape: Shape::Struct, elem: Some(149), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
+    // 144
+    TypeDef { name: "core.v1.PodAffinity", atomic: false, fields: &[
+        Field { name: "preferredDuringSchedulingIgnoredDuringExecution", shape: Shape::List, elem: Some(187), strategy: 0, merge_key: None, list_type: ListType::Atomic, map_keys: &[], atomic: false },
+        Field { name: "requiredDuringSchedulingIgnoredDuringExecution", shape: Shape::List, elem: Some(145), strategy: 0, merge_key: None, list_type: ListType::Atomic, map_keys: &[], atomic: false },
+    ]},
+    // 145
+    TypeDef { name: "core.v1.PodAffinityTerm", atomic: false, fields: &[
+        Field { name: "labelSelector", shape: Shape::Struct, elem: Some(200), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "namespaceSelector", shape: Shape::Struct, elem: Some(200), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+    ]},
+    // 146
+    TypeDef { name: "core.v1.PodAntiAffinity", atomic: false, fields: &[
+        Field { name: "preferredDuringSchedulingIgnoredDuringExecution", shape: Shape::List, elem: Some(187), strategy: 0, merge_key: None, list_type: ListType::Atomic, map_keys: &[], atomic: false },
+        Field { name: "requiredDuringSchedulingIgnoredDuringExecution", shape: Shape::List, elem: Some(145), strategy: 0, merge_key: None, list_type: ListType::Atomic, map_keys: &[], atomic: false },
+    ]},
+    // 147
+    TypeDef { name: "core.v1.PodCertificateProjection", atomic: false, fields: &[
+        Field { name: "userAnnotations", shape: Shape::Map, elem: None, strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+    ]},
     // 148
-    TypeDef { name: "core.v1.ReplicationControllerSpec", atomic: false, fields: &[
-        Field { name: "selector", shape: Shape::Map, elem: None, strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: true },
-        Field { name: "template", shape: Shape::Struct, elem: Some(141), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+    TypeDef { name: "core.v1.PodSpec", atomic: false, fields: &[
+        Field { name: "affinity", shape: Shape::Struct, elem: Some(87), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "containers", shape: Shape::List, elem: Some(99), strategy: MERGE, merge_key: Some("name"), list_type: ListType::Map, map_keys: &["name"], atomic: false },
+        Field { name: "ephemeralContainers", shape: Shape::List, elem: Some(112), strategy: MERGE, merge_key: Some("name"), list_type: ListType::Map, map_keys: &["name"], atomic: false },
+        Field { name: "evictionResponders", shape: Shape::List, elem: Some(115), strategy: MERGE, merge_key: Some("name"), list_type: ListType::Map, map_keys: &["name"], atomic: false },
+        Field { name: "hostAliases", shape: Shape::List, elem: None, strategy: MERGE, merge_key: Some("ip"), list_type: ListType::Map, map_keys: &["ip"], atomic: false },
+        Field { name: "imagePullSecrets", shape: Shape::List, elem: Some(124), strategy: MERGE, merge_key: Some("name"), list_type: ListType::Map, map_keys: &["name"], atomic: false },
+        Field { name: "initContainers", shape: Shape::List, elem: Some(99), strategy: MERGE, merge_key: Some("name"), list_type: ListType::Map, map_keys: &["name"], atomic: false },
+        Field { name: "nodeSelector", shape: Shape::Map, elem: None, strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: true },
+        Field { name: "overhead", shape: Shape::Map, elem: None, strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "resourceClaims", shape: Shape::List, elem: None, strategy: MERGE|RETAIN_KEYS, merge_key: Some("name"), list_type: ListType::Map, map_keys: &["name"], atomic: false },
+        Field { name: "resources", shape: Shape::Struct, elem: Some(164), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "schedulingGates", shape: Shape::List, elem: None, strategy: MERGE, merge_key: Some("name"), list_type: ListType::Map, map_keys: &["name"], atomic: false },
+        Field { name: "topologySpreadConstraints", shape: Shape::List, elem: Some(179), strategy: MERGE, merge_key: Some("topologyKey"), list_type: ListType::Map, map_keys: &["topologyKey", "whenUnsatisfiable"], atomic: false },
+        Field { name: "volumes", shape: Shape::List, elem: Some(181), strategy: MERGE|RETAIN_KEYS, merge_key: Some("name"), list_type: ListType::Map, map_keys: &["name"], atomic: false },
     ]},
     // 149
+    TypeDef { name: "core.v1.PodStatus", atomic: false, fields: &[
+        Field { name: "allocatedResources", shape: Shape::Map, elem: None, strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "conditions", shape: Shape::List, elem: None, strategy: MERGE, merge_key: Some("type"), list_type: ListType::Map, map_keys: &["type"], atomic: false },
+        Field { name: "containerStatuses", shape: Shape::List, elem: Some(102), strategy: 0, merge_key: None, list_type: ListType::Atomic, map_keys: &[], atomic: false },
+        Field { name: "ephemeralContainerStatuses", shape: Shape::List, elem: Some(102), strategy: 0, merge_key: None, list_type: ListType::Atomic, map_keys: &[], atomic: false },
+        Field { name: "hostIPs", shape: Shape::List, elem: None, strategy: MERGE, merge_key: Some("ip"), list_type: ListType::Atomic, map_keys: &[], atomic: false },
+        Field { name: "initContainerStatuses", shape: Shape::List, elem: Some(102), strategy: 0, merge_key: None, list_type: ListType::Atomic, map_keys: &[], atomic: false },
+        Field { name: "nodeAllocatableResourceClaimStatuses", shape: Shape::List, elem: Some(129), strategy: MERGE, merge_key: Some("resourceClaimName"), list_type: ListType::Map, map_keys: &["resourceClaimName"], atomic: false },
+        Field { name: "podIPs", shape: Shape::List, elem: None, strategy: MERGE, merge_key: Some("ip"), list_type: ListType::Map, map_keys: &["ip"], atomic: false },
+        Field { name: "resourceClaimStatuses", shape: Shape::List, elem: None, strategy: MERGE|RETAIN_KEYS, merge_key: Some("name"), list_type: ListType::Map, map_keys: &["name"], atomic: false },
+        Field { name: "resources", shape: Shape::Struct, elem: Some(164), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "volumeHealth", shape: Shape::List, elem: Some(152), strategy: 0, merge_key: None, list_type: ListType::Map, map_keys: &["name"], atomic: false },
+    ]},
+    // 150
+    TypeDef { name: "core.v1.PodTemplate", atomic: false, fields: &[
+        Field { name: "metadata", shape: Shape::Struct, elem: Some(201), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "template", shape: Shape::Struct, elem: Some(151), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+    ]},
+    // 151
+    TypeDef { name: "core.v1.PodTemplateSpec", atomic: false, fields: &[
+        Field { name: "metadata", shape: Shape::Struct, elem: Some(201), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "spec", shape: Shape::Struct, elem: Some(148), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+    ]},
+    // 152
+    TypeDef { name: "core.v1.PodVolumeHealth", atomic: false, fields: &[
+        Field { name: "healthConditions", shape: Shape::List, elem: None, strategy: MERGE, merge_key: Some("status"), list_type: ListType::Map, map_keys: &["status", "reason"], atomic: false },
+    ]},
+    // 153
+    TypeDef { name: "core.v1.PreferredSchedulingTerm", atomic: false, fields: &[
+        Field { name: "preference", shape: Shape::Struct, elem: Some(132), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+    ]},
+    // 154
+    TypeDef { name: "core.v1.ProjectedVolumeSource", atomic: false, fields: &[
+        Field { name: "sources", shape: Shape::List, elem: Some(185), strategy: 0, merge_key: None, list_type: ListType::Atomic, map_keys: &[], atomic: false },
+    ]},
+    // 155
+    TypeDef { name: "core.v1.RBDPersistentVolumeSource", atomic: false, fields: &[
+        Field { name: "secretRef", shape: Shape::Struct, elem: Some(171), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+    ]},
+    // 156
+    TypeDef { name: "core.v1.RBDVolumeSource", atomic: false, fields: &[
+        Field { name: "secretRef", shape: Shape::Struct, elem: Some(124), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+    ]},
+    // 157
+    TypeDef { name: "core.v1.ReplicationController", atomic: false, fields: &[
+        Field { name: "metadata", shape: Shape::Struct, elem: Some(201), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "spec", shape: Shape::Struct, elem: Some(158), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "status", shape: Shape::Struct, elem: Some(159), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+    ]},
+    // 158
+    TypeDef { name: "core.v1.ReplicationControllerSpec", atomic: false, fields: &[
+        Field { name: "selector", shape: Shape::Map, elem: None, strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: true },
+        Field { name: "template", shape: Shape::Struct, elem: Some(151), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+    ]},
+    // 159
     TypeDef { name: "core.v1.ReplicationControllerStatus", atomic: false, fields: &[
         Field { name: "conditions", shape: Shape::List, elem: None, strategy: MERGE, merge_key: Some("type"), list_type: ListType::Map, map_keys: &["type"], atomic: false },
     ]},
-    // 150
+    // 160
     TypeDef { name: "core.v1.ResourceFieldSelector", atomic: true, fields: &[
     ]},
-    // 151
+    // 161
     TypeDef { name: "core.v1.ResourceQuota", atomic: false, fields: &[
-        Field { name: "metadata", shape: Shape::Struct, elem: Some(189), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "spec", shape: Shape::Struct, elem: Some(152), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "metadata", shape: Shape::Struct, elem: Some(201), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "spec", shape: Shape::Struct, elem: Some(162), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "status", shape: Shape::Struct, elem: Some(163), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
-    // 152
+    // 162
     TypeDef { name: "core.v1.ResourceQuotaSpec", atomic: false, fields: &[
-        Field { name: "scopeSelector", shape: Shape::Struct, elem: Some(157), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "hard", shape: Shape::Map, elem: None, strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "scopeSelector", shape: Shape::Struct, elem: Some(168), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
-    // 153
+    // 163
+    TypeDef { name: "core.v1.ResourceQuotaStatus", atomic: false, fields: &[
+        Field { name: "hard", shape: Shape::Map, elem: None, strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "used", shape: Shape::Map, elem: None, strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+    ]},
+    // 164
     TypeDef { name: "core.v1.ResourceRequirements", atomic: false, fields: &[
         Field { name: "claims", shape: Shape::List, elem: None, strategy: 0, merge_key: None, list_type: ListType::Map, map_keys: &["name"], atomic: false },
+        Field { name: "limits", shape: Shape::Map, elem: None, strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "requests", shape: Shape::Map, elem: None, strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
-    // 154
+    // 165
     TypeDef { name: "core.v1.ResourceStatus", atomic: false, fields: &[
         Field { name: "resources", shape: Shape::List, elem: None, strategy: 0, merge_key: None, list_type: ListType::Map, map_keys: &["resourceID"], atomic: false },
     ]},
-    // 155
+    // 166
     TypeDef { name: "core.v1.ScaleIOPersistentVolumeSource", atomic: false, fields: &[
-        Field { name: "secretRef", shape: Shape::Struct, elem: Some(160), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "secretRef", shape: Shape::Struct, elem: Some(171), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
-    // 156
+    // 167
     TypeDef { name: "core.v1.ScaleIOVolumeSource", atomic: false, fields: &[
-        Field { name: "secretRef", shape: Shape::Struct, elem: Some(115), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "secretRef", shape: Shape::Struct, elem: Some(124), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
-    // 157
+    // 168
     TypeDef { name: "core.v1.ScopeSelector", atomic: true, fields: &[
     ]},
-    // 158
+    // 169
     TypeDef { name: "core.v1.Secret", atomic: false, fields: &[
-        Field { name: "metadata", shape: Shape::Struct, elem: Some(189), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "data", shape: Shape::Map, elem: None, strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "metadata", shape: Shape::Struct, elem: Some(201), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "stringData", shape: Shape::Map, elem: None, strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
-    // 159
+    // 170
     TypeDef { name: "core.v1.SecretKeySelector", atomic: true, fields: &[
     ]},
-    // 160
+    // 171
     TypeDef { name: "core.v1.SecretReference", atomic: true, fields: &[
     ]},
-    // 161
+    // 172
     TypeDef { name: "core.v1.Service", atomic: false, fields: &[
-        Field { name: "metadata", shape: Shape::Struct, elem: Some(189), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "spec", shape: Shape::Struct, elem: Some(163), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "status", shape: Shape::Struct, elem: Some(164), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "metadata", shape: Shape::Struct, elem: Some(201), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "spec", shape: Shape::Struct, elem: Some(174), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "status", shape: Shape::Struct, elem: Some(175), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
-    // 162
+    // 173
     TypeDef { name: "core.v1.ServiceAccount", atomic: false, fields: &[
-        Field { name: "imagePullSecrets", shape: Shape::List, elem: Some(115), strategy: 0, merge_key: None, list_type: ListType::Atomic, map_keys: &[], atomic: false },
-        Field { name: "metadata", shape: Shape::Struct, elem: Some(189), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "secrets", shape: Shape::List, elem: Some(127), strategy: MERGE, merge_key: Some("name"), list_type: ListType::Map, map_keys: &["name"], atomic: false },
+        Field { name: "imagePullSecrets", shape: Shape::List, elem: Some(124), strategy: 0, merge_key: None, list_type: ListType::Atomic, map_keys: &[], atomic: false },
+        Field { name: "metadata", shape: Shape::Struct, elem: Some(201), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "secrets", shape: Shape::List, elem: Some(136), strategy: MERGE, merge_key: Some("name"), list_type: ListType::Map, map_keys: &["name"], atomic: false },
     ]},
-    // 163
+    // 174
     TypeDef { name: "core.v1.ServiceSpec", atomic: false, fields: &[
         Field { name: "ports", shape: Shape::List, elem: None, strategy: MERGE, merge_key: Some("port"), list_type: ListType::Map, map_keys: &["port", "protocol"], atomic: false },
         Field { name: "selector", shape: Shape::Map, elem: None, strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: true },
     ]},
-    // 164
+    // 175
     TypeDef { name: "core.v1.ServiceStatus", atomic: false, fields: &[
         Field { name: "conditions", shape: Shape::List, elem: None, strategy: MERGE, merge_key: Some("type"), list_type: ListType::Map, map_keys: &["type"], atomic: false },
     ]},
-    // 165
+    // 176
     TypeDef { name: "core.v1.StorageOSPersistentVolumeSource", atomic: false, fields: &[
-        Field { name: "secretRef", shape: Shape::Struct, elem: Some(127), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "secretRef", shape: Shape::Struct, elem: Some(136), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
-    // 166
+    // 177
     TypeDef { name: "core.v1.StorageOSVolumeSource", atomic: false, fields: &[
-        Field { name: "secretRef", shape: Shape::Struct, elem: Some(115), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "secretRef", shape: Shape::Struct, elem: Some(124), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
-    // 167
+    // 178
     TypeDef { name: "core.v1.TopologySelectorTerm", atomic: true, fields: &[
     ]},
-    // 168
+    // 179
     TypeDef { name: "core.v1.TopologySpreadConstraint", atomic: false, fields: &[
-        Field { name: "labelSelector", shape: Shape::Struct, elem: Some(188), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "labelSelector", shape: Shape::Struct, elem: Some(200), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
-    // 169
+    // 180
     TypeDef { name: "core.v1.TypedLocalObjectReference", atomic: true, fields: &[
     ]},
-    // 170
+    // 181
     TypeDef { name: "core.v1.Volume", atomic: false, fields: &[
-        Field { name: "cephfs", shape: Shape::Struct, elem: Some(85), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "cinder", shape: Shape::Struct, elem: Some(87), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "csi", shape: Shape::Struct, elem: Some(83), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "downwardAPI", shape: Shape::Struct, elem: Some(98), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "ephemeral", shape: Shape::Struct, elem: Some(106), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "flexVolume", shape: Shape::Struct, elem: Some(111), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "iscsi", shape: Shape::Struct, elem: Some(113), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "projected", shape: Shape::Struct, elem: Some(144), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "rbd", shape: Shape::Struct, elem: Some(146), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "scaleIO", shape: Shape::Struct, elem: Some(156), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "storageos", shape: Shape::Struct, elem: Some(166), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "cephfs", shape: Shape::Struct, elem: Some(92), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "cinder", shape: Shape::Struct, elem: Some(94), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "csi", shape: Shape::Struct, elem: Some(90), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "downwardAPI", shape: Shape::Struct, elem: Some(105), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "ephemeral", shape: Shape::Struct, elem: Some(113), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "flexVolume", shape: Shape::Struct, elem: Some(118), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "iscsi", shape: Shape::Struct, elem: Some(120), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "projected", shape: Shape::Struct, elem: Some(154), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "rbd", shape: Shape::Struct, elem: Some(156), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "scaleIO", shape: Shape::Struct, elem: Some(167), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "storageos", shape: Shape::Struct, elem: Some(177), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
-    // 171
+    // 182
     TypeDef { name: "core.v1.VolumeHealthStatus", atomic: false, fields: &[
         Field { name: "healthConditions", shape: Shape::List, elem: None, strategy: MERGE, merge_key: Some("status"), list_type: ListType::Map, map_keys: &["status", "reason"], atomic: false },
     ]},
-    // 172
+    // 183
     TypeDef { name: "core.v1.VolumeMount", atomic: false, fields: &[
         Field { name: "bindMountOptions", shape: Shape::List, elem: None, strategy: 0, merge_key: None, list_type: ListType::Set, map_keys: &[], atomic: false },
     ]},
-    // 173
+    // 184
     TypeDef { name: "core.v1.VolumeNodeAffinity", atomic: false, fields: &[
-        Field { name: "required", shape: Shape::Struct, elem: Some(122), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "required", shape: Shape::Struct, elem: Some(131), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
-    // 174
+    // 185
     TypeDef { name: "core.v1.VolumeProjection", atomic: false, fields: &[
-        Field { name: "clusterTrustBundle", shape: Shape::Struct, elem: Some(88), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "downwardAPI", shape: Shape::Struct, elem: Some(96), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "clusterTrustBundle", shape: Shape::Struct, elem: Some(95), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "downwardAPI", shape: Shape::Struct, elem: Some(103), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "podCertificate", shape: Shape::Struct, elem: Some(147), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
-    // 175
+    // 186
+    TypeDef { name: "core.v1.VolumeResourceRequirements", atomic: false, fields: &[
+        Field { name: "limits", shape: Shape::Map, elem: None, strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "requests", shape: Shape::Map, elem: None, strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+    ]},
+    // 187
     TypeDef { name: "core.v1.WeightedPodAffinityTerm", atomic: false, fields: &[
-        Field { name: "podAffinityTerm", shape: Shape::Struct, elem: Some(136), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "podAffinityTerm", shape: Shape::Struct, elem: Some(145), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
-    // 176
+    // 188
     TypeDef { name: "discovery.v1.Endpoint", atomic: false, fields: &[
         Field { name: "addresses", shape: Shape::List, elem: None, strategy: 0, merge_key: None, list_type: ListType::Set, map_keys: &[], atomic: false },
-        Field { name: "targetRef", shape: Shape::Struct, elem: Some(127), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "deprecatedTopology", shape: Shape::Map, elem: None, strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "targetRef", shape: Shape::Struct, elem: Some(136), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
-    // 177
+    // 189
     TypeDef { name: "discovery.v1.EndpointPort", atomic: true, fields: &[
     ]},
-    // 178
+    // 190
     TypeDef { name: "discovery.v1.EndpointSlice", atomic: false, fields: &[
-        Field { name: "endpoints", shape: Shape::List, elem: Some(176), strategy: 0, merge_key: None, list_type: ListType::Atomic, map_keys: &[], atomic: false },
-        Field { name: "metadata", shape: Shape::Struct, elem: Some(189), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "ports", shape: Shape::List, elem: Some(177), strategy: 0, merge_key: None, list_type: ListType::Atomic, map_keys: &[], atomic: false },
+        Field { name: "endpoints", shape: Shape::List, elem: Some(188), strategy: 0, merge_key: None, list_type: ListType::Atomic, map_keys: &[], atomic: false },
+        Field { name: "metadata", shape: Shape::Struct, elem: Some(201), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "ports", shape: Shape::List, elem: Some(189), strategy: 0, merge_key: None, list_type: ListType::Atomic, map_keys: &[], atomic: false },
     ]},
-    // 179
+    // 191
     TypeDef { name: "events.v1.Event", atomic: false, fields: &[
-        Field { name: "metadata", shape: Shape::Struct, elem: Some(189), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "regarding", shape: Shape::Struct, elem: Some(127), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "related", shape: Shape::Struct, elem: Some(127), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "metadata", shape: Shape::Struct, elem: Some(201), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "regarding", shape: Shape::Struct, elem: Some(136), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "related", shape: Shape::Struct, elem: Some(136), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
-    // 180
+    // 192
     TypeDef { name: "flowcontrol.v1.FlowSchema", atomic: false, fields: &[
-        Field { name: "metadata", shape: Shape::Struct, elem: Some(189), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "spec", shape: Shape::Struct, elem: Some(181), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "status", shape: Shape::Struct, elem: Some(182), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "metadata", shape: Shape::Struct, elem: Some(201), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "spec", shape: Shape::Struct, elem: Some(193), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "status", shape: Shape::Struct, elem: Some(194), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
-    // 181
+    // 193
     TypeDef { name: "flowcontrol.v1.FlowSchemaSpec", atomic: false, fields: &[
-        Field { name: "rules", shape: Shape::List, elem: Some(184), strategy: 0, merge_key: None, list_type: ListType::Atomic, map_keys: &[], atomic: false },
+        Field { name: "rules", shape: Shape::List, elem: Some(196), strategy: 0, merge_key: None, list_type: ListType::Atomic, map_keys: &[], atomic: false },
     ]},
-    // 182
+    // 194
     TypeDef { name: "flowcontrol.v1.FlowSchemaStatus", atomic: false, fields: &[
         Field { name: "conditions", shape: Shape::List, elem: None, strategy: MERGE, merge_key: Some("type"), list_type: ListType::Map, map_keys: &["type"], atomic: false },
     ]},
-    // 183
+    // 195
     TypeDef { name: "flowcontrol.v1.NonResourcePolicyRule", atomic: false, fields: &[
         Field { name: "nonResourceURLs", shape: Shape::List, elem: None, strategy: 0, merge_key: None, list_type: ListType::Set, map_keys: &[], atomic: false },
         Field { name: "verbs", shape: Shape::List, elem: None, strategy: 0, merge_key: None, list_type: ListType::Set, map_keys: &[], atomic: false },
     ]},
-    // 184
+    // 196
     TypeDef { name: "flowcontrol.v1.PolicyRulesWithSubjects", atomic: false, fields: &[
-        Field { name: "nonResourceRules", shape: Shape::List, elem: Some(183), strategy: 0, merge_key: None, list_type: ListType::Atomic, map_keys: &[], atomic: false },
-        Field { name: "resourceRules", shape: Shape::List, elem: Some(187), strategy: 0, merge_key: None, list_type: ListType::Atomic, map_keys: &[], atomic: false },
+        Field { name: "nonResourceRules", shape: Shape::List, elem: Some(195), strategy: 0, merge_key: None, list_type: ListType::Atomic, map_keys: &[], atomic: false },
+        Field { name: "resourceRules", shape: Shape::List, elem: Some(199), strategy: 0, merge_key: None, list_type: ListType::Atomic, map_keys: &[], atomic: false },
     ]},
-    // 185
+    // 197
     TypeDef { name: "flowcontrol.v1.PriorityLevelConfiguration", atomic: false, fields: &[
-        Field { name: "metadata", shape: Shape::Struct, elem: Some(189), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "status", shape: Shape::Struct, elem: Some(186), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "metadata", shape: Shape::Struct, elem: Some(201), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "status", shape: Shape::Struct, elem: Some(198), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
-    // 186
+    // 198
     TypeDef { name: "flowcontrol.v1.PriorityLevelConfigurationStatus", atomic: false, fields: &[
         Field { name: "conditions", shape: Shape::List, elem: None, strategy: MERGE, merge_key: Some("type"), list_type: ListType::Map, map_keys: &["type"], atomic: false },
     ]},
-    // 187
+    // 199
     TypeDef { name: "flowcontrol.v1.ResourcePolicyRule", atomic: false, fields: &[
         Field { name: "apiGroups", shape: Shape::List, elem: None, strategy: 0, merge_key: None, list_type: ListType::Set, map_keys: &[], atomic: false },
         Field { name: "namespaces", shape: Shape::List, elem: None, strategy: 0, merge_key: None, list_type: ListType::Set, map_keys: &[], atomic: false },
         Field { name: "resources", shape: Shape::List, elem: None, strategy: 0, merge_key: None, list_type: ListType::Set, map_keys: &[], atomic: false },
         Field { name: "verbs", shape: Shape::List, elem: None, strategy: 0, merge_key: None, list_type: ListType::Set, map_keys: &[], atomic: false },
     ]},
-    // 188
-    TypeDef { name: "meta.v1.LabelSelector", atomic: true, fields: &[
-    ]},
-    // 189
-    TypeDef { name: "meta.v1.ObjectMeta", atomic: false, fields: &[
-        Field { name: "finalizers", shape: Shape::List, elem: None, strategy: MERGE, merge_key: None, list_type: ListType::Set, map_keys: &[], atomic: false },
-        Field { name: "ownerReferences", shape: Shape::List, elem: Some(190), strategy: MERGE, merge_key: Some("uid"), list_type: ListType::Map, map_keys: &["uid"], atomic: false },
-    ]},
-    // 190
-    TypeDef { name: "meta.v1.OwnerReference", atomic: true, fields: &[
-    ]},
-    // 191
-    TypeDef { name: "networking.v1.HTTPIngressPath", atomic: false, fields: &[
-        Field { name: "backend", shape: Shape::Struct, elem: Some(195), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-    ]},
-    // 192
-    TypeDef { name: "networking.v1.HTTPIngressRuleValue", atomic: false, fields: &[
-        Field { name: "paths", shape: Shape::List, elem: Some(191), strategy: 0, merge_key: None, list_type: ListType::Atomic, map_keys: &[], atomic: false },
-    ]},
-    // 193
-    TypeDef { name: "networking.v1.IPAddress", atomic: false, fields: &[
-        Field { name: "metadata", shape: Shape::Struct, elem: Some(189), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-    ]},
-    // 194
-    TypeDef { name: "networking.v1.Ingress", atomic: false, fields: &[
-        Field { name: "metadata", shape: Shape::Struct, elem: Some(189), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "spec", shape: Shape::Struct, elem: Some(199), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-    ]},
-    // 195
-    TypeDef { name: "networking.v1.IngressBackend", atomic: false, fields: &[
-        Field { name: "resource", shape: Shape::Struct, elem: Some(169), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "service", shape: Shape::Struct, elem: Some(198), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-    ]},
-    // 196
-    TypeDef { name: "networking.v1.IngressClass", atomic: false, fields: &[
-        Field { name: "metadata", shape: Shape::Struct, elem: Some(189), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-    ]},
-    // 197
-    TypeDef { name: "networking.v1.IngressRule", atomic: false, fields: &[
-        Field { name: "http", shape: Shape::Struct, elem: Some(192), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-    ]},
-    // 198
-    TypeDef { name: "networking.v1.IngressServiceBackend", atomic: false, fields: &[
-        Field { name: "port", shape: Shape::Struct, elem: Some(205), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-    ]},
-    // 199
-    TypeDef { name: "networking.v1.IngressSpec", atomic: false, fields: &[
-        Field { name: "defaultBackend", shape: Shape::Struct, elem: Some(195), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "rules", shape: Shape::List, elem: Some(197), strategy: 0, merge_key: None, list_type: ListType::Atomic, map_keys: &[], atomic: false },
-    ]},
     // 200
-    TypeDef { name: "networking.v1.NetworkPolicy", atomic: false, fields: &[
-        Field { name: "metadata", shape: Shape::Struct, elem: Some(189), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "spec", shape: Shape::Struct, elem: Some(204), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+    TypeDef { name: "meta.v1.LabelSelector", atomic: true, fields: &[
+        Field { name: "matchLabels", shape: Shape::Map, elem: None, strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
     // 201
-    TypeDef { name: "networking.v1.NetworkPolicyEgressRule", atomic: false, fields: &[
-        Field { name: "to", shape: Shape::List, elem: Some(203), strategy: 0, merge_key: None, list_type: ListType::Atomic, map_keys: &[], atomic: false },
+    TypeDef { name: "meta.v1.ObjectMeta", atomic: false, fields: &[
+        Field { name: "annotations", shape: Shape::Map, elem: None, strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "finalizers", shape: Shape::List, elem: None, strategy: MERGE, merge_key: None, list_type: ListType::Set, map_keys: &[], atomic: false },
+        Field { name: "labels", shape: Shape::Map, elem: None, strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "ownerReferences", shape: Shape::List, elem: Some(202), strategy: MERGE, merge_key: Some("uid"), list_type: ListType::Map, map_keys: &["uid"], atomic: false },
     ]},
     // 202
-    TypeDef { name: "networking.v1.NetworkPolicyIngressRule", atomic: false, fields: &[
-        Field { name: "from", shape: Shape::List, elem: Some(203), strategy: 0, merge_key: None, list_type: ListType::Atomic, map_keys: &[], atomic: false },
+    TypeDef { name: "meta.v1.OwnerReference", atomic: true, fields: &[
     ]},
     // 203
-    TypeDef { name: "networking.v1.NetworkPolicyPeer", atomic: false, fields: &[
-        Field { name: "namespaceSelector", shape: Shape::Struct, elem: Some(188), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "podSelector", shape: Shape::Struct, elem: Some(188), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+    TypeDef { name: "networking.v1.HTTPIngressPath", atomic: false, fields: &[
+        Field { name: "backend", shape: Shape::Struct, elem: Some(207), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
     // 204
-    TypeDef { name: "networking.v1.NetworkPolicySpec", atomic: false, fields: &[
-        Field { name: "egress", shape: Shape::List, elem: Some(201), strategy: 0, merge_key: None, list_type: ListType::Atomic, map_keys: &[], atomic: false },
-        Field { name: "ingress", shape: Shape::List, elem: Some(202), strategy: 0, merge_key: None, list_type: ListType::Atomic, map_keys: &[], atomic: false },
-        Field { name: "podSelector", shape: Shape::Struct, elem: Some(188), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+    TypeDef { name: "networking.v1.HTTPIngressRuleValue", atomic: false, fields: &[
+        Field { name: "paths", shape: Shape::List, elem: Some(203), strategy: 0, merge_key: None, list_type: ListType::Atomic, map_keys: &[], atomic: false },
     ]},
     // 205
-    TypeDef { name: "networking.v1.ServiceBackendPort", atomic: true, fields: &[
+    TypeDef { name: "networking.v1.IPAddress", atomic: false, fields: &[
+        Field { name: "metadata", shape: Shape::Struct, elem: Some(201), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
     // 206
-    TypeDef { name: "networking.v1.ServiceCIDR", atomic: false, fields: &[
-        Field { name: "metadata", shape: Shape::Struct, elem: Some(189), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "status", shape: Shape::Struct, elem: Some(207), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+    TypeDef { name: "networking.v1.Ingress", atomic: false, fields: &[
+        Field { name: "metadata", shape: Shape::Struct, elem: Some(201), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "spec", shape: Shape::Struct, elem: Some(211), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
     // 207
+    TypeDef { name: "networking.v1.IngressBackend", atomic: false, fields: &[
+        Field { name: "resource", shape: Shape::Struct, elem: Some(180), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "service", shape: Shape::Struct, elem: Some(210), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+    ]},
+    // 208
+    TypeDef { name: "networking.v1.IngressClass", atomic: false, fields: &[
+        Field { name: "metadata", shape: Shape::Struct, elem: Some(201), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+    ]},
+    // 209
+    TypeDef { name: "networking.v1.IngressRule", atomic: false, fields: &[
+        Field { name: "http", shape: Shape::Struct, elem: Some(204), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+    ]},
+    // 210
+    TypeDef { name: "networking.v1.IngressServiceBackend", atomic: false, fields: &[
+        Field { name: "port", shape: Shape::Struct, elem: Some(217), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+    ]},
+    // 211
+    TypeDef { name: "networking.v1.IngressSpec", atomic: false, fields: &[
+        Field { name: "defaultBackend", shape: Shape::Struct, elem: Some(207), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "rules", shape: Shape::List, elem: Some(209), strategy: 0, merge_key: None, list_type: ListType::Atomic, map_keys: &[], atomic: false },
+    ]},
+    // 212
+    TypeDef { name: "networking.v1.NetworkPolicy", atomic: false, fields: &[
+        Field { name: "metadata", shape: Shape::Struct, elem: Some(201), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "spec", shape: Shape::Struct, elem: Some(216), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+    ]},
+    // 213
+    TypeDef { name: "networking.v1.NetworkPolicyEgressRule", atomic: false, fields: &[
+        Field { name: "to", shape: Shape::List, elem: Some(215), strategy: 0, merge_key: None, list_type: ListType::Atomic, map_keys: &[], atomic: false },
+    ]},
+    // 214
+    TypeDef { name: "networking.v1.NetworkPolicyIngressRule", atomic: false, fields: &[
+        Field { name: "from", shape: Shape::List, elem: Some(215), strategy: 0, merge_key: None, list_type: ListType::Atomic, map_keys: &[], atomic: false },
+    ]},
+    // 215
+    TypeDef { name: "networking.v1.NetworkPolicyPeer", atomic: false, fields: &[
+        Field { name: "namespaceSelector", shape: Shape::Struct, elem: Some(200), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "podSelector", shape: Shape::Struct, elem: Some(200), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+    ]},
+    // 216
+    TypeDef { name: "networking.v1.NetworkPolicySpec", atomic: false, fields: &[
+        Field { name: "egress", shape: Shape::List, elem: Some(213), strategy: 0, merge_key: None, list_type: ListType::Atomic, map_keys: &[], atomic: false },
+        Field { name: "ingress", shape: Shape::List, elem: Some(214), strategy: 0, merge_key: None, list_type: ListType::Atomic, map_keys: &[], atomic: false },
+        Field { name: "podSelector", shape: Shape::Struct, elem: Some(200), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+    ]},
+    // 217
+    TypeDef { name: "networking.v1.ServiceBackendPort", atomic: true, fields: &[
+    ]},
+    // 218
+    TypeDef { name: "networking.v1.ServiceCIDR", atomic: false, fields: &[
+        Field { name: "metadata", shape: Shape::Struct, elem: Some(201), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "status", shape: Shape::Struct, elem: Some(219), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+    ]},
+    // 219
     TypeDef { name: "networking.v1.ServiceCIDRStatus", atomic: false, fields: &[
         Field { name: "conditions", shape: Shape::List, elem: None, strategy: MERGE, merge_key: Some("type"), list_type: ListType::Map, map_keys: &["type"], atomic: false },
     ]},
-    // 208
-    TypeDef { name: "node.v1.RuntimeClass", atomic: false, fields: &[
-        Field { name: "metadata", shape: Shape::Struct, elem: Some(189), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "scheduling", shape: Shape::Struct, elem: Some(209), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+    // 220
+    TypeDef { name: "node.v1.Overhead", atomic: false, fields: &[
+        Field { name: "podFixed", shape: Shape::Map, elem: None, strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
-    // 209
+    // 221
+    TypeDef { name: "node.v1.RuntimeClass", atomic: false, fields: &[
+        Field { name: "metadata", shape: Shape::Struct, elem: Some(201), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "overhead", shape: Shape::Struct, elem: Some(220), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "scheduling", shape: Shape::Struct, elem: Some(222), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+    ]},
+    // 222
     TypeDef { name: "node.v1.Scheduling", atomic: false, fields: &[
         Field { name: "nodeSelector", shape: Shape::Map, elem: None, strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: true },
     ]},
-    // 210
+    // 223
     TypeDef { name: "policy.v1.Eviction", atomic: false, fields: &[
-        Field { name: "metadata", shape: Shape::Struct, elem: Some(189), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "metadata", shape: Shape::Struct, elem: Some(201), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
-    // 211
+    // 224
     TypeDef { name: "policy.v1.PodDisruptionBudget", atomic: false, fields: &[
-        Field { name: "metadata", shape: Shape::Struct, elem: Some(189), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "spec", shape: Shape::Struct, elem: Some(212), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "status", shape: Shape::Struct, elem: Some(213), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "metadata", shape: Shape::Struct, elem: Some(201), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "spec", shape: Shape::Struct, elem: Some(225), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "status", shape: Shape::Struct, elem: Some(226), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
-    // 212
+    // 225
     TypeDef { name: "policy.v1.PodDisruptionBudgetSpec", atomic: false, fields: &[
-        Field { name: "selector", shape: Shape::Struct, elem: Some(188), strategy: REPLACE, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "selector", shape: Shape::Struct, elem: Some(200), strategy: REPLACE, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
-    // 213
+    // 226
     TypeDef { name: "policy.v1.PodDisruptionBudgetStatus", atomic: false, fields: &[
         Field { name: "conditions", shape: Shape::List, elem: None, strategy: MERGE, merge_key: Some("type"), list_type: ListType::Map, map_keys: &["type"], atomic: false },
+        Field { name: "disruptedPods", shape: Shape::Map, elem: None, strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
-    // 214
+    // 227
     TypeDef { name: "rbac.v1.AggregationRule", atomic: false, fields: &[
-        Field { name: "clusterRoleSelectors", shape: Shape::List, elem: Some(188), strategy: 0, merge_key: None, list_type: ListType::Atomic, map_keys: &[], atomic: false },
+        Field { name: "clusterRoleSelectors", shape: Shape::List, elem: Some(200), strategy: 0, merge_key: None, list_type: ListType::Atomic, map_keys: &[], atomic: false },
     ]},
-    // 215
+    // 228
     TypeDef { name: "rbac.v1.ClusterRole", atomic: false, fields: &[
-        Field { name: "aggregationRule", shape: Shape::Struct, elem: Some(214), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "metadata", shape: Shape::Struct, elem: Some(189), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "aggregationRule", shape: Shape::Struct, elem: Some(227), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "metadata", shape: Shape::Struct, elem: Some(201), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
-    // 216
+    // 229
     TypeDef { name: "rbac.v1.ClusterRoleBinding", atomic: false, fields: &[
-        Field { name: "metadata", shape: Shape::Struct, elem: Some(189), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "roleRef", shape: Shape::Struct, elem: Some(219), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "subjects", shape: Shape::List, elem: Some(220), strategy: 0, merge_key: None, list_type: ListType::Atomic, map_keys: &[], atomic: false },
+        Field { name: "metadata", shape: Shape::Struct, elem: Some(201), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "roleRef", shape: Shape::Struct, elem: Some(232), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "subjects", shape: Shape::List, elem: Some(233), strategy: 0, merge_key: None, list_type: ListType::Atomic, map_keys: &[], atomic: false },
     ]},
-    // 217
+    // 230
     TypeDef { name: "rbac.v1.Role", atomic: false, fields: &[
-        Field { name: "metadata", shape: Shape::Struct, elem: Some(189), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "metadata", shape: Shape::Struct, elem: Some(201), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
-    // 218
+    // 231
     TypeDef { name: "rbac.v1.RoleBinding", atomic: false, fields: &[
-        Field { name: "metadata", shape: Shape::Struct, elem: Some(189), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "roleRef", shape: Shape::Struct, elem: Some(219), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "subjects", shape: Shape::List, elem: Some(220), strategy: 0, merge_key: None, list_type: ListType::Atomic, map_keys: &[], atomic: false },
+        Field { name: "metadata", shape: Shape::Struct, elem: Some(201), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "roleRef", shape: Shape::Struct, elem: Some(232), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "subjects", shape: Shape::List, elem: Some(233), strategy: 0, merge_key: None, list_type: ListType::Atomic, map_keys: &[], atomic: false },
     ]},
-    // 219
+    // 232
     TypeDef { name: "rbac.v1.RoleRef", atomic: true, fields: &[
     ]},
-    // 220
+    // 233
     TypeDef { name: "rbac.v1.Subject", atomic: true, fields: &[
     ]},
-    // 221
+    // 234
     TypeDef { name: "resource.v1.AllocatedDeviceStatus", atomic: false, fields: &[
         Field { name: "conditions", shape: Shape::List, elem: None, strategy: 0, merge_key: None, list_type: ListType::Map, map_keys: &["type"], atomic: false },
     ]},
-    // 222
+    // 235
     TypeDef { name: "resource.v1.AllocationResult", atomic: false, fields: &[
-        Field { name: "devices", shape: Shape::Struct, elem: Some(224), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "nodeSelector", shape: Shape::Struct, elem: Some(122), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "devices", shape: Shape::Struct, elem: Some(239), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "nodeSelector", shape: Shape::Struct, elem: Some(131), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
-    // 223
+    // 236
+    TypeDef { name: "resource.v1.CapacityRequirements", atomic: false, fields: &[
+        Field { name: "requests", shape: Shape::Map, elem: None, strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+    ]},
+    // 237
+    TypeDef { name: "resource.v1.CounterSet", atomic: false, fields: &[
+        Field { name: "counters", shape: Shape::Map, elem: None, strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+    ]},
+    // 238
     TypeDef { name: "resource.v1.Device", atomic: false, fields: &[
-        Field { name: "nodeSelector", shape: Shape::Struct, elem: Some(122), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "attributes", shape: Shape::Map, elem: None, strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "capacity", shape: Shape::Map, elem: None, strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "consumesCounters", shape: Shape::List, elem: Some(242), strategy: 0, merge_key: None, list_type: ListType::Atomic, map_keys: &[], atomic: false },
+        Field { name: "nodeAllocatableResources", shape: Shape::Map, elem: None, strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "nodeSelector", shape: Shape::Struct, elem: Some(131), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
-    // 224
+    // 239
     TypeDef { name: "resource.v1.DeviceAllocationResult", atomic: false, fields: &[
-        Field { name: "results", shape: Shape::List, elem: Some(226), strategy: 0, merge_key: None, list_type: ListType::Atomic, map_keys: &[], atomic: false },
+        Field { name: "results", shape: Shape::List, elem: Some(244), strategy: 0, merge_key: None, list_type: ListType::Atomic, map_keys: &[], atomic: false },
     ]},
-    // 225
+    // 240
+    TypeDef { name: "resource.v1.DeviceClaim", atomic: false, fields: &[
+        Field { name: "requests", shape: Shape::List, elem: Some(243), strategy: 0, merge_key: None, list_type: ListType::Atomic, map_keys: &[], atomic: false },
+    ]},
+    // 241
     TypeDef { name: "resource.v1.DeviceClass", atomic: false, fields: &[
-        Field { name: "metadata", shape: Shape::Struct, elem: Some(189), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "metadata", shape: Shape::Struct, elem: Some(201), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
-    // 226
+    // 242
+    TypeDef { name: "resource.v1.DeviceCounterConsumption", atomic: false, fields: &[
+        Field { name: "counters", shape: Shape::Map, elem: None, strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+    ]},
+    // 243
+    TypeDef { name: "resource.v1.DeviceRequest", atomic: false, fields: &[
+        Field { name: "exactly", shape: Shape::Struct, elem: Some(248), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "firstAvailable", shape: Shape::List, elem: Some(245), strategy: 0, merge_key: None, list_type: ListType::Atomic, map_keys: &[], atomic: false },
+    ]},
+    // 244
     TypeDef { name: "resource.v1.DeviceRequestAllocationResult", atomic: false, fields: &[
+        Field { name: "consumedCapacity", shape: Shape::Map, elem: None, strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
         Field { name: "skipNodeOperations", shape: Shape::List, elem: None, strategy: 0, merge_key: None, list_type: ListType::Set, map_keys: &[], atomic: false },
     ]},
-    // 227
-    TypeDef { name: "resource.v1.DeviceTaintRule", atomic: false, fields: &[
-        Field { name: "metadata", shape: Shape::Struct, elem: Some(189), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "status", shape: Shape::Struct, elem: Some(228), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+    // 245
+    TypeDef { name: "resource.v1.DeviceSubRequest", atomic: false, fields: &[
+        Field { name: "capacity", shape: Shape::Struct, elem: Some(236), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
-    // 228
+    // 246
+    TypeDef { name: "resource.v1.DeviceTaintRule", atomic: false, fields: &[
+        Field { name: "metadata", shape: Shape::Struct, elem: Some(201), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "status", shape: Shape::Struct, elem: Some(247), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+    ]},
+    // 247
     TypeDef { name: "resource.v1.DeviceTaintRuleStatus", atomic: false, fields: &[
         Field { name: "conditions", shape: Shape::List, elem: None, strategy: MERGE, merge_key: Some("type"), list_type: ListType::Map, map_keys: &["type"], atomic: false },
     ]},
-    // 229
-    TypeDef { name: "resource.v1.ResourceClaim", atomic: false, fields: &[
-        Field { name: "metadata", shape: Shape::Struct, elem: Some(189), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "status", shape: Shape::Struct, elem: Some(230), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+    // 248
+    TypeDef { name: "resource.v1.ExactDeviceRequest", atomic: false, fields: &[
+        Field { name: "capacity", shape: Shape::Struct, elem: Some(236), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
-    // 230
+    // 249
+    TypeDef { name: "resource.v1.ResourceClaim", atomic: false, fields: &[
+        Field { name: "metadata", shape: Shape::Struct, elem: Some(201), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "spec", shape: Shape::Struct, elem: Some(250), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "status", shape: Shape::Struct, elem: Some(251), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+    ]},
+    // 250
+    TypeDef { name: "resource.v1.ResourceClaimSpec", atomic: false, fields: &[
+        Field { name: "devices", shape: Shape::Struct, elem: Some(240), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+    ]},
+    // 251
     TypeDef { name: "resource.v1.ResourceClaimStatus", atomic: false, fields: &[
-        Field { name: "allocation", shape: Shape::Struct, elem: Some(222), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "devices", shape: Shape::List, elem: Some(221), strategy: 0, merge_key: None, list_type: ListType::Map, map_keys: &["driver", "device", "pool", "shareID"], atomic: false },
+        Field { name: "allocation", shape: Shape::Struct, elem: Some(235), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "devices", shape: Shape::List, elem: Some(234), strategy: 0, merge_key: None, list_type: ListType::Map, map_keys: &["driver", "device", "pool", "shareID"], atomic: false },
         Field { name: "reservedFor", shape: Shape::List, elem: None, strategy: MERGE, merge_key: Some("uid"), list_type: ListType::Map, map_keys: &["uid"], atomic: false },
     ]},
-    // 231
+    // 252
     TypeDef { name: "resource.v1.ResourceClaimTemplate", atomic: false, fields: &[
-        Field { name: "metadata", shape: Shape::Struct, elem: Some(189), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "spec", shape: Shape::Struct, elem: Some(232), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "metadata", shape: Shape::Struct, elem: Some(201), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "spec", shape: Shape::Struct, elem: Some(253), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
-    // 232
+    // 253
     TypeDef { name: "resource.v1.ResourceClaimTemplateSpec", atomic: false, fields: &[
-        Field { name: "metadata", shape: Shape::Struct, elem: Some(189), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "metadata", shape: Shape::Struct, elem: Some(201), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "spec", shape: Shape::Struct, elem: Some(250), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
-    // 233
+    // 254
     TypeDef { name: "resource.v1.ResourceSlice", atomic: false, fields: &[
-        Field { name: "metadata", shape: Shape::Struct, elem: Some(189), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "spec", shape: Shape::Struct, elem: Some(234), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "metadata", shape: Shape::Struct, elem: Some(201), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "spec", shape: Shape::Struct, elem: Some(255), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
-    // 234
+    // 255
     TypeDef { name: "resource.v1.ResourceSliceSpec", atomic: false, fields: &[
-        Field { name: "devices", shape: Shape::List, elem: Some(223), strategy: 0, merge_key: None, list_type: ListType::Atomic, map_keys: &[], atomic: false },
-        Field { name: "nodeSelector", shape: Shape::Struct, elem: Some(122), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "devices", shape: Shape::List, elem: Some(238), strategy: 0, merge_key: None, list_type: ListType::Atomic, map_keys: &[], atomic: false },
+        Field { name: "nodeSelector", shape: Shape::Struct, elem: Some(131), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "sharedCounters", shape: Shape::List, elem: Some(237), strategy: 0, merge_key: None, list_type: ListType::Atomic, map_keys: &[], atomic: false },
         Field { name: "skipNodeOperations", shape: Shape::List, elem: None, strategy: 0, merge_key: None, list_type: ListType::Set, map_keys: &[], atomic: false },
     ]},
-    // 235
+    // 256
     TypeDef { name: "scheduling.v1.PriorityClass", atomic: false, fields: &[
-        Field { name: "metadata", shape: Shape::Struct, elem: Some(189), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "metadata", shape: Shape::Struct, elem: Some(201), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
-    // 236
+    // 257
     TypeDef { name: "storage.v1.CSIDriver", atomic: false, fields: &[
-        Field { name: "metadata", shape: Shape::Struct, elem: Some(189), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "spec", shape: Shape::Struct, elem: Some(237), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "metadata", shape: Shape::Struct, elem: Some(201), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "spec", shape: Shape::Struct, elem: Some(258), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
-    // 237
+    // 258
     TypeDef { name: "storage.v1.CSIDriverSpec", atomic: false, fields: &[
         Field { name: "volumeLifecycleModes", shape: Shape::List, elem: None, strategy: 0, merge_key: None, list_type: ListType::Set, map_keys: &[], atomic: false },
     ]},
-    // 238
+    // 259
     TypeDef { name: "storage.v1.CSINode", atomic: false, fields: &[
-        Field { name: "metadata", shape: Shape::Struct, elem: Some(189), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "spec", shape: Shape::Struct, elem: Some(239), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "status", shape: Shape::Struct, elem: Some(240), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "metadata", shape: Shape::Struct, elem: Some(201), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "spec", shape: Shape::Struct, elem: Some(260), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "status", shape: Shape::Struct, elem: Some(261), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
-    // 239
+    // 260
     TypeDef { name: "storage.v1.CSINodeSpec", atomic: false, fields: &[
         Field { name: "drivers", shape: Shape::List, elem: None, strategy: MERGE, merge_key: Some("name"), list_type: ListType::Map, map_keys: &["name"], atomic: false },
     ]},
-    // 240
+    // 261
     TypeDef { name: "storage.v1.CSINodeStatus", atomic: false, fields: &[
         Field { name: "storageHealth", shape: Shape::List, elem: None, strategy: MERGE, merge_key: Some("name"), list_type: ListType::Map, map_keys: &["name"], atomic: false },
     ]},
-    // 241
+    // 262
     TypeDef { name: "storage.v1.CSIStorageCapacity", atomic: false, fields: &[
-        Field { name: "metadata", shape: Shape::Struct, elem: Some(189), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "nodeTopology", shape: Shape::Struct, elem: Some(188), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "metadata", shape: Shape::Struct, elem: Some(201), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "nodeTopology", shape: Shape::Struct, elem: Some(200), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
-    // 242
+    // 263
     TypeDef { name: "storage.v1.StorageClass", atomic: false, fields: &[
-        Field { name: "allowedTopologies", shape: Shape::List, elem: Some(167), strategy: 0, merge_key: None, list_type: ListType::Atomic, map_keys: &[], atomic: false },
-        Field { name: "metadata", shape: Shape::Struct, elem: Some(189), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "allowedTopologies", shape: Shape::List, elem: Some(178), strategy: 0, merge_key: None, list_type: ListType::Atomic, map_keys: &[], atomic: false },
+        Field { name: "metadata", shape: Shape::Struct, elem: Some(201), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "parameters", shape: Shape::Map, elem: None, strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
-    // 243
+    // 264
     TypeDef { name: "storage.v1.VolumeAttachment", atomic: false, fields: &[
-        Field { name: "metadata", shape: Shape::Struct, elem: Some(189), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "spec", shape: Shape::Struct, elem: Some(245), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "metadata", shape: Shape::Struct, elem: Some(201), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "spec", shape: Shape::Struct, elem: Some(266), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "status", shape: Shape::Struct, elem: Some(267), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
-    // 244
+    // 265
     TypeDef { name: "storage.v1.VolumeAttachmentSource", atomic: false, fields: &[
-        Field { name: "inlineVolumeSpec", shape: Shape::Struct, elem: Some(133), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "inlineVolumeSpec", shape: Shape::Struct, elem: Some(142), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
-    // 245
+    // 266
     TypeDef { name: "storage.v1.VolumeAttachmentSpec", atomic: false, fields: &[
-        Field { name: "source", shape: Shape::Struct, elem: Some(244), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "source", shape: Shape::Struct, elem: Some(265), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
-    // 246
+    // 267
+    TypeDef { name: "storage.v1.VolumeAttachmentStatus", atomic: false, fields: &[
+        Field { name: "attachmentMetadata", shape: Shape::Map, elem: None, strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+    ]},
+    // 268
     TypeDef { name: "storage.v1.VolumeAttributesClass", atomic: false, fields: &[
-        Field { name: "metadata", shape: Shape::Struct, elem: Some(189), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "metadata", shape: Shape::Struct, elem: Some(201), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "parameters", shape: Shape::Map, elem: None, strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
-    // 247
+    // 269
     TypeDef { name: "storagemigration.v1.StorageVersionMigration", atomic: false, fields: &[
-        Field { name: "metadata", shape: Shape::Struct, elem: Some(189), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
-        Field { name: "status", shape: Shape::Struct, elem: Some(248), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "metadata", shape: Shape::Struct, elem: Some(201), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
+        Field { name: "status", shape: Shape::Struct, elem: Some(270), strategy: 0, merge_key: None, list_type: ListType::Unspecified, map_keys: &[], atomic: false },
     ]},
-    // 248
+    // 270
     TypeDef { name: "storagemigration.v1.StorageVersionMigrationStatus", atomic: false, fields: &[
         Field { name: "conditions", shape: Shape::List, elem: None, strategy: MERGE, merge_key: Some("type"), list_type: ListType::Map, map_keys: &["type"], atomic: false },
     ]},
@@ -1197,23 +1341,23 @@ pub(super) static TYPES: &[TypeDef] = &[
 /// (group, version, kind, root type): the GA kinds of the definitions.
 #[rustfmt::skip]
 pub(super) static KINDS: &[(&str, &str, &str, Option<usize>)] = &[
-    ("", "v1", "Binding", Some(81)),
-    ("", "v1", "ComponentStatus", Some(89)),
-    ("", "v1", "ConfigMap", Some(90)),
-    ("", "v1", "Endpoints", Some(102)),
-    ("", "v1", "Event", Some(107)),
-    ("", "v1", "LimitRange", Some(114)),
-    ("", "v1", "Namespace", Some(116)),
-    ("", "v1", "Node", Some(118)),
-    ("", "v1", "PersistentVolume", Some(128)),
-    ("", "v1", "PersistentVolumeClaim", Some(129)),
-    ("", "v1", "Pod", Some(134)),
-    ("", "v1", "PodTemplate", Some(140)),
-    ("", "v1", "ReplicationController", Some(147)),
-    ("", "v1", "ResourceQuota", Some(151)),
-    ("", "v1", "Secret", Some(158)),
-    ("", "v1", "Service", Some(161)),
-    ("", "v1", "ServiceAccount", Some(162)),
+    ("", "v1", "Binding", Some(88)),
+    ("", "v1", "ComponentStatus", Some(96)),
+    ("", "v1", "ConfigMap", Some(97)),
+    ("", "v1", "Endpoints", Some(109)),
+    ("", "v1", "Event", Some(114)),
+    ("", "v1", "LimitRange", Some(121)),
+    ("", "v1", "Namespace", Some(125)),
+    ("", "v1", "Node", Some(127)),
+    ("", "v1", "PersistentVolume", Some(137)),
+    ("", "v1", "PersistentVolumeClaim", Some(138)),
+    ("", "v1", "Pod", Some(143)),
+    ("", "v1", "PodTemplate", Some(150)),
+    ("", "v1", "ReplicationController", Some(157)),
+    ("", "v1", "ResourceQuota", Some(161)),
+    ("", "v1", "Secret", Some(169)),
+    ("", "v1", "Service", Some(172)),
+    ("", "v1", "ServiceAccount", Some(173)),
     ("admissionregistration.k8s.io", "v1", "MutatingAdmissionPolicy", Some(1)),
     ("admissionregistration.k8s.io", "v1", "MutatingAdmissionPolicyBinding", Some(2)),
     ("admissionregistration.k8s.io", "v1", "MutatingWebhookConfiguration", Some(6)),
@@ -1228,48 +1372,48 @@ pub(super) static KINDS: &[(&str, &str, &str, Option<usize>)] = &[
     ("apps", "v1", "ReplicaSet", Some(33)),
     ("apps", "v1", "StatefulSet", Some(36)),
     ("authentication.k8s.io", "v1", "SelfSubjectReview", Some(39)),
-    ("authentication.k8s.io", "v1", "TokenRequest", Some(40)),
-    ("authentication.k8s.io", "v1", "TokenReview", Some(41)),
-    ("authorization.k8s.io", "v1", "LocalSubjectAccessReview", Some(42)),
-    ("authorization.k8s.io", "v1", "SelfSubjectAccessReview", Some(43)),
-    ("authorization.k8s.io", "v1", "SelfSubjectRulesReview", Some(44)),
-    ("authorization.k8s.io", "v1", "SubjectAccessReview", Some(45)),
-    ("autoscaling", "v1", "HorizontalPodAutoscaler", Some(47)),
-    ("autoscaling", "v1", "Scale", Some(49)),
-    ("autoscaling", "v2", "HorizontalPodAutoscaler", Some(52)),
-    ("batch", "v1", "CronJob", Some(62)),
-    ("batch", "v1", "Job", Some(65)),
-    ("certificates.k8s.io", "v1", "CertificateSigningRequest", Some(74)),
-    ("certificates.k8s.io", "v1", "ClusterTrustBundle", Some(76)),
-    ("certificates.k8s.io", "v1", "PodCertificateRequest", Some(77)),
-    ("coordination.k8s.io", "v1", "Lease", Some(79)),
-    ("discovery.k8s.io", "v1", "EndpointSlice", Some(178)),
-    ("events.k8s.io", "v1", "Event", Some(179)),
-    ("flowcontrol.apiserver.k8s.io", "v1", "FlowSchema", Some(180)),
-    ("flowcontrol.apiserver.k8s.io", "v1", "PriorityLevelConfiguration", Some(185)),
-    ("networking.k8s.io", "v1", "IPAddress", Some(193)),
-    ("networking.k8s.io", "v1", "Ingress", Some(194)),
-    ("networking.k8s.io", "v1", "IngressClass", Some(196)),
-    ("networking.k8s.io", "v1", "NetworkPolicy", Some(200)),
-    ("networking.k8s.io", "v1", "ServiceCIDR", Some(206)),
-    ("node.k8s.io", "v1", "RuntimeClass", Some(208)),
-    ("policy", "v1", "Eviction", Some(210)),
-    ("policy", "v1", "PodDisruptionBudget", Some(211)),
-    ("rbac.authorization.k8s.io", "v1", "ClusterRole", Some(215)),
-    ("rbac.authorization.k8s.io", "v1", "ClusterRoleBinding", Some(216)),
-    ("rbac.authorization.k8s.io", "v1", "Role", Some(217)),
-    ("rbac.authorization.k8s.io", "v1", "RoleBinding", Some(218)),
-    ("resource.k8s.io", "v1", "DeviceClass", Some(225)),
-    ("resource.k8s.io", "v1", "DeviceTaintRule", Some(227)),
-    ("resource.k8s.io", "v1", "ResourceClaim", Some(229)),
-    ("resource.k8s.io", "v1", "ResourceClaimTemplate", Some(231)),
-    ("resource.k8s.io", "v1", "ResourceSlice", Some(233)),
-    ("scheduling.k8s.io", "v1", "PriorityClass", Some(235)),
-    ("storage.k8s.io", "v1", "CSIDriver", Some(236)),
-    ("storage.k8s.io", "v1", "CSINode", Some(238)),
-    ("storage.k8s.io", "v1", "CSIStorageCapacity", Some(241)),
-    ("storage.k8s.io", "v1", "StorageClass", Some(242)),
-    ("storage.k8s.io", "v1", "VolumeAttachment", Some(243)),
-    ("storage.k8s.io", "v1", "VolumeAttributesClass", Some(246)),
-    ("storagemigration.k8s.io", "v1", "StorageVersionMigration", Some(247)),
+    ("authentication.k8s.io", "v1", "TokenRequest", Some(41)),
+    ("authentication.k8s.io", "v1", "TokenReview", Some(43)),
+    ("authorization.k8s.io", "v1", "LocalSubjectAccessReview", Some(46)),
+    ("authorization.k8s.io", "v1", "SelfSubjectAccessReview", Some(47)),
+    ("authorization.k8s.io", "v1", "SelfSubjectRulesReview", Some(48)),
+    ("authorization.k8s.io", "v1", "SubjectAccessReview", Some(49)),
+    ("autoscaling", "v1", "HorizontalPodAutoscaler", Some(52)),
+    ("autoscaling", "v1", "Scale", Some(54)),
+    ("autoscaling", "v2", "HorizontalPodAutoscaler", Some(57)),
+    ("batch", "v1", "CronJob", Some(67)),
+    ("batch", "v1", "Job", Some(70)),
+    ("certificates.k8s.io", "v1", "CertificateSigningRequest", Some(79)),
+    ("certificates.k8s.io", "v1", "ClusterTrustBundle", Some(82)),
+    ("certificates.k8s.io", "v1", "PodCertificateRequest", Some(83)),
+    ("coordination.k8s.io", "v1", "Lease", Some(86)),
+    ("discovery.k8s.io", "v1", "EndpointSlice", Some(190)),
+    ("events.k8s.io", "v1", "Event", Some(191)),
+    ("flowcontrol.apiserver.k8s.io", "v1", "FlowSchema", Some(192)),
+    ("flowcontrol.apiserver.k8s.io", "v1", "PriorityLevelConfiguration", Some(197)),
+    ("networking.k8s.io", "v1", "IPAddress", Some(205)),
+    ("networking.k8s.io", "v1", "Ingress", Some(206)),
+    ("networking.k8s.io", "v1", "IngressClass", Some(208)),
+    ("networking.k8s.io", "v1", "NetworkPolicy", Some(212)),
+    ("networking.k8s.io", "v1", "ServiceCIDR", Some(218)),
+    ("node.k8s.io", "v1", "RuntimeClass", Some(221)),
+    ("policy", "v1", "Eviction", Some(223)),
+    ("policy", "v1", "PodDisruptionBudget", Some(224)),
+    ("rbac.authorization.k8s.io", "v1", "ClusterRole", Some(228)),
+    ("rbac.authorization.k8s.io", "v1", "ClusterRoleBinding", Some(229)),
+    ("rbac.authorization.k8s.io", "v1", "Role", Some(230)),
+    ("rbac.authorization.k8s.io", "v1", "RoleBinding", Some(231)),
+    ("resource.k8s.io", "v1", "DeviceClass", Some(241)),
+    ("resource.k8s.io", "v1", "DeviceTaintRule", Some(246)),
+    ("resource.k8s.io", "v1", "ResourceClaim", Some(249)),
+    ("resource.k8s.io", "v1", "ResourceClaimTemplate", Some(252)),
+    ("resource.k8s.io", "v1", "ResourceSlice", Some(254)),
+    ("scheduling.k8s.io", "v1", "PriorityClass", Some(256)),
+    ("storage.k8s.io", "v1", "CSIDriver", Some(257)),
+    ("storage.k8s.io", "v1", "CSINode", Some(259)),
+    ("storage.k8s.io", "v1", "CSIStorageCapacity", Some(262)),
+    ("storage.k8s.io", "v1", "StorageClass", Some(263)),
+    ("storage.k8s.io", "v1", "VolumeAttachment", Some(264)),
+    ("storage.k8s.io", "v1", "VolumeAttributesClass", Some(268)),
+    ("storagemigration.k8s.io", "v1", "StorageVersionMigration", Some(269)),
 ];

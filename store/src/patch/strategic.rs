@@ -174,7 +174,7 @@ fn merge_list(original: Vec<Value>, patch: &[Value], elem: Node, merge_key: Opti
         }
         Some(ElemKind::Object) => {
             let merge_key = merge_key.ok_or_else(|| PatchError::unprocessable("cannot merge lists of objects without a merge key"))?;
-            let (original, plain) = apply_special_elements(original, patch, merge_key)?;
+            let (original, plain) = apply_special_elements(original, patch, merge_key, elem)?;
             let mut merged = original.clone();
             for item in &plain {
                 let Value::Object(p) = item else { continue };
@@ -196,7 +196,7 @@ fn merge_list(original: Vec<Value>, patch: &[Value], elem: Node, merge_key: Opti
 }
 
 /// Handles `$patch: delete` and `$patch: replace` items; returns the new original and the plain patch items.
-fn apply_special_elements(mut original: Vec<Value>, patch: &[Value], merge_key: &str) -> Result<(Vec<Value>, Vec<Value>)> {
+fn apply_special_elements(mut original: Vec<Value>, patch: &[Value], merge_key: &str, elem: Node) -> Result<(Vec<Value>, Vec<Value>)> {
     let mut plain = Vec::new();
     let mut replace = false;
     for item in patch {
@@ -218,7 +218,7 @@ fn apply_special_elements(mut original: Vec<Value>, patch: &[Value], merge_key: 
         let mut cleaned = Vec::with_capacity(plain.len());
         for item in plain {
             cleaned.push(match item {
-                Value::Object(p) => Value::Object(merge_map(Map::new(), &p, Node::Unknown)?),
+                Value::Object(p) => Value::Object(merge_map(Map::new(), &p, elem)?),
                 other => other,
             });
         }

@@ -6,5 +6,6 @@ mod api_subresources;
 mod api_watch;
 mod http;
 mod kubectl;
+mod patch;
 mod storage;
 mod storage_durable;

@@ -1,0 +1,652 @@
+//! Server-side apply (`application/apply-patch+yaml`) and `managedFields` tracking for ordinary
+//! writes, after structured-merge-diff: the applied intent merges into the live object by the
+//! kind's list types and map keys, each field manager owns the fields it set, a change to a field
+//! another manager owns is a conflict unless forced, and fields a manager stops applying are
+//! removed when no one else owns them.
+
+use serde_json::{Map, Value};
+
+use bosun_core::ApiResource;
+
+use super::ApplyContext;
+use super::error::{FieldConflict, PatchError, Result};
+use super::fieldpath::{FieldSet, Path, PathElement, canonical, path_string};
+use super::json_patch::json_eq;
+use super::schema::{FieldSemantics, ListType, Node};
+
+/// The manager Kubernetes credits with the fields of an object that had no `managedFields`
+/// when it was first applied to.
+pub const BEFORE_FIRST_APPLY: &str = "before-first-apply";
+
+const APPLY: &str = "Apply";
+const UPDATE: &str = "Update";
+
+/// One `managedFields` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManagedFieldsEntry {
+    /// The field manager.
+    pub manager: String,
+    /// `Apply` or `Update`.
+    pub operation: String,
+    /// The `apiVersion` the manager wrote with.
+    pub api_version: String,
+    /// When the manager last changed its fields (RFC 3339).
+    pub time: Option<String>,
+    /// The subresource written through, if any.
+    pub subresource: Option<String>,
+    /// The fields the manager owns.
+    pub fields: FieldSet,
+}
+
+impl ManagedFieldsEntry {
+    fn same_owner(&self, manager: &str, operation: &str, api_version: &str, subresource: Option<&str>) -> bool {
+        self.manager == manager
+            && self.operation == operation
+            && self.subresource.as_deref() == subresource
+            && (operation == APPLY || self.api_version == api_version)
+    }
+
+    fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        m.insert("manager".into(), Value::String(self.manager.clone()));
+        m.insert("operation".into(), Value::String(self.operation.clone()));
+        m.insert("apiVersion".into(), Value::String(self.api_version.clone()));
+        if let Some(t) = &self.time {
+            m.insert("time".into(), Value::String(t.clone()));
+        }
+        m.insert("fieldsType".into(), Value::String("FieldsV1".into()));
+        m.insert("fieldsV1".into(), self.fields.to_fields_v1());
+        if let Some(s) = &self.subresource {
+            m.insert("subresource".into(), Value::String(s.clone()));
+        }
+        Value::Object(m)
+    }
+
+    fn from_json(v: &Value) -> Option<Self> {
+        let s = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
+        if v.get("fieldsType").and_then(Value::as_str).is_some_and(|t| t != "FieldsV1") {
+            return None;
+        }
+        Some(Self {
+            manager: s("manager")?,
+            operation: s("operation")?,
+            api_version: s("apiVersion").unwrap_or_default(),
+            time: s("time"),
+            subresource: s("subresource").filter(|s| !s.is_empty()),
+            fields: FieldSet::from_fields_v1(v.get("fieldsV1").unwrap_or(&Value::Object(Map::new())))?,
+        })
+    }
+}
+
+/// Reads `metadata.managedFields`; `Err` when an entry is not well formed.
+pub fn decode_managed_fields(obj: &Value) -> Result<Vec<ManagedFieldsEntry>> {
+    let Some(list) = obj.pointer("/metadata/managedFields") else { return Ok(Vec::new()) };
+    let Some(items) = list.as_array() else {
+        return Err(PatchError::malformed("metadata.managedFields must be a list"));
+    };
+    let mut out = Vec::new();
+    for item in items {
+        // `[{}]` is how a client resets managed fields: entries without a manager are dropped.
+        if item.as_object().is_some_and(Map::is_empty) {
+            continue;
+        }
+        out.push(
+            ManagedFieldsEntry::from_json(item)
+                .ok_or_else(|| PatchError::malformed(format!("invalid metadata.managedFields entry: {item}")))?,
+        );
+    }
+    Ok(out)
+}
+
+/// Writes entries into `metadata.managedFields`, sorted as kube-apiserver sorts them; no entry removes the field.
+pub fn encode_managed_fields(obj: &mut Value, mut entries: Vec<ManagedFieldsEntry>) {
+    entries.retain(|e| !e.fields.is_empty());
+    entries.sort_by(|p, q| {
+        (
+            p.operation.as_str(),
+            p.time.as_deref().unwrap_or(""),
+            p.manager.as_str(),
+            p.api_version.as_str(),
+            p.subresource.as_deref().unwrap_or(""),
+        )
+            .cmp(&(
+                q.operation.as_str(),
+                q.time.as_deref().unwrap_or(""),
+                q.manager.as_str(),
+                q.api_version.as_str(),
+                q.subresource.as_deref().unwrap_or(""),
+            ))
+    });
+    let Some(meta) = obj.as_object_mut().map(|o| o.entry("metadata").or_insert_with(|| Value::Object(Map::new()))) else { return };
+    let Some(meta) = meta.as_object_mut() else { return };
+    if entries.is_empty() {
+        meta.remove("managedFields");
+    } else {
+        meta.insert("managedFields".into(), Value::Array(entries.iter().map(ManagedFieldsEntry::to_json).collect()));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Schema helpers
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum ListKind {
+    Atomic,
+    Set,
+    Map(Vec<&'static str>),
+}
+
+fn list_kind(node: Node, sem: &FieldSemantics) -> ListKind {
+    if node == Node::Deduced {
+        return ListKind::Atomic;
+    }
+    match sem.list_type {
+        ListType::Map if !sem.map_keys.is_empty() => ListKind::Map(sem.map_keys.to_vec()),
+        ListType::Set => ListKind::Set,
+        ListType::Atomic | ListType::Map => ListKind::Atomic,
+        ListType::Unspecified if sem.merge => sem.merge_key.map_or(ListKind::Set, |k| ListKind::Map(vec![k])),
+        ListType::Unspecified => ListKind::Atomic,
+    }
+}
+
+fn object_atomic(node: Node, sem: &FieldSemantics) -> bool {
+    sem.atomic || node.is_atomic()
+}
+
+fn child_sem(node: Node, key: &str) -> FieldSemantics {
+    node.field(key)
+}
+
+/// The path element of an associative list item; key fields that are absent take their
+/// Kubernetes default (`protocol: TCP`) so that an applied port matches the defaulted live one.
+fn item_key(item: &Value, keys: &[&'static str], index: usize) -> PathElement {
+    let Some(obj) = item.as_object() else { return PathElement::Index(index) };
+    let tcp = Value::String("TCP".into());
+    let fields: Vec<(&str, &Value)> = keys
+        .iter()
+        .filter_map(|k| match obj.get(*k) {
+            Some(v) if !v.is_null() => Some((*k, v)),
+            _ if *k == "protocol" => Some((*k, &tcp)),
+            _ => None,
+        })
+        .collect();
+    if fields.is_empty() { PathElement::Index(index) } else { PathElement::key(&fields) }
+}
+
+fn item_elements(items: &[Value], kind: &ListKind) -> Vec<PathElement> {
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| match kind {
+            ListKind::Map(keys) => item_key(item, keys, i),
+            ListKind::Set => PathElement::value(item),
+            ListKind::Atomic => PathElement::Index(i),
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Field sets
+
+/// The fields a value sets, by structured-merge-diff's rules: leaves, list items, map entries,
+/// atomic values, empty or null struct fields.
+pub fn field_set(value: &Value, root: Node) -> FieldSet {
+    let mut out = FieldSet::new();
+    walk(value, root, &FieldSemantics::default_for_root(), &mut Vec::new(), &mut out);
+    out
+}
+
+fn walk(v: &Value, node: Node, sem: &FieldSemantics, path: &mut Path, out: &mut FieldSet) {
+    match v {
+        Value::Object(m) => {
+            if object_atomic(node, sem) {
+                out.insert(path);
+                return;
+            }
+            for (k, cv) in m {
+                path.push(PathElement::Field(k.clone()));
+                walk(cv, node.child(k), &child_sem(node, k), path, out);
+                if cv.is_null() || cv.as_object().is_some_and(Map::is_empty) || node.is_map() {
+                    out.insert(path);
+                }
+                path.pop();
+            }
+        }
+        Value::Array(items) => {
+            let kind = list_kind(node, sem);
+            if kind == ListKind::Atomic {
+                out.insert(path);
+                return;
+            }
+            for (pe, item) in item_elements(items, &kind).into_iter().zip(items) {
+                path.push(pe);
+                if matches!(kind, ListKind::Map(_)) {
+                    walk(item, node, &FieldSemantics::default_for_root(), path, out);
+                }
+                out.insert(path);
+                path.pop();
+            }
+        }
+        _ => out.insert(path),
+    }
+}
+
+/// What changed from `old` to `new`: (added or modified fields, removed fields).
+pub fn diff(old: &Value, new: &Value, root: Node) -> (FieldSet, FieldSet) {
+    let (mut changed, mut removed) = (FieldSet::new(), FieldSet::new());
+    diff_walk(old, new, root, &FieldSemantics::default_for_root(), &mut Vec::new(), &mut changed, &mut removed);
+    (changed, removed)
+}
+
+fn diff_walk(old: &Value, new: &Value, node: Node, sem: &FieldSemantics, path: &mut Path, changed: &mut FieldSet, removed: &mut FieldSet) {
+    match (old, new) {
+        (Value::Object(o), Value::Object(n)) if !object_atomic(node, sem) => {
+            for (k, nv) in n {
+                path.push(PathElement::Field(k.clone()));
+                let (cn, cs) = (node.child(k), child_sem(node, k));
+                match o.get(k) {
+                    Some(ov) => diff_walk(ov, nv, cn, &cs, path, changed, removed),
+                    None => {
+                        walk(nv, cn, &cs, path, changed);
+                        if nv.is_null() || nv.as_object().is_some_and(Map::is_empty) || node.is_map() || cn.is_map() {
+                            changed.insert(path);
+                        }
+                    }
+                }
+                path.pop();
+            }
+            for (k, ov) in o {
+                if n.contains_key(k) {
+                    continue;
+                }
+                path.push(PathElement::Field(k.clone()));
+                walk(ov, node.child(k), &child_sem(node, k), path, removed);
+                removed.insert(path);
+                path.pop();
+            }
+        }
+        (Value::Array(o), Value::Array(n)) if list_kind(node, sem) != ListKind::Atomic => {
+            let kind = list_kind(node, sem);
+            let (ope, npe) = (item_elements(o, &kind), item_elements(n, &kind));
+            for (pe, item) in npe.iter().zip(n) {
+                path.push(pe.clone());
+                match ope.iter().position(|x| x == pe) {
+                    Some(i) if matches!(kind, ListKind::Map(_)) => {
+                        diff_walk(&o[i], item, node, &FieldSemantics::default_for_root(), path, changed, removed);
+                    }
+                    Some(_) => {}
+                    None => {
+                        if matches!(kind, ListKind::Map(_)) {
+                            walk(item, node, &FieldSemantics::default_for_root(), path, changed);
+                        }
+                        changed.insert(path);
+                    }
+                }
+                path.pop();
+            }
+            for (pe, item) in ope.iter().zip(o) {
+                if npe.contains(pe) {
+                    continue;
+                }
+                path.push(pe.clone());
+                if matches!(kind, ListKind::Map(_)) {
+                    walk(item, node, &FieldSemantics::default_for_root(), path, removed);
+                }
+                removed.insert(path);
+                path.pop();
+            }
+        }
+        _ => {
+            if !json_eq(old, new) {
+                changed.insert(path);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Merging the applied intent
+
+fn strip_nulls(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(m.iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| (k.clone(), strip_nulls(v))).collect()),
+        Value::Array(a) => Value::Array(a.iter().map(strip_nulls).collect()),
+        other => other.clone(),
+    }
+}
+
+/// Merges the applied configuration into the live object (structured merge: associative lists
+/// by key, sets by value, atomic values replaced).
+fn merge(live: &Value, applied: &Value, node: Node, sem: &FieldSemantics) -> Value {
+    match (live, applied) {
+        (Value::Object(l), Value::Object(a)) if !object_atomic(node, sem) => {
+            let mut out = l.clone();
+            for (k, av) in a {
+                if av.is_null() {
+                    out.remove(k);
+                    continue;
+                }
+                let merged = match l.get(k) {
+                    Some(lv) => merge(lv, av, node.child(k), &child_sem(node, k)),
+                    None => strip_nulls(av),
+                };
+                out.insert(k.clone(), merged);
+            }
+            Value::Object(out)
+        }
+        (Value::Array(l), Value::Array(a)) if list_kind(node, sem) != ListKind::Atomic => {
+            let kind = list_kind(node, sem);
+            Value::Array(merge_lists(l, a, &kind, node))
+        }
+        _ => strip_nulls(applied),
+    }
+}
+
+/// Interleaves live and applied items as structured-merge-diff does: applied items in their
+/// order, live-only items kept where they were relative to the shared ones.
+fn merge_lists(lhs: &[Value], rhs: &[Value], kind: &ListKind, node: Node) -> Vec<Value> {
+    let (lpe, rpe) = (item_elements(lhs, kind), item_elements(rhs, kind));
+    let in_rhs = |pe: &PathElement| rpe.contains(pe);
+    let lhs_item = |pe: &PathElement| lpe.iter().position(|x| x == pe).map(|i| &lhs[i]);
+    let merge_item = |pe: &PathElement, r: &Value| match (kind, lhs_item(pe)) {
+        (ListKind::Map(_), Some(l)) => merge(l, r, node, &FieldSemantics::default_for_root()),
+        _ => strip_nulls(r),
+    };
+    let mut shared: std::collections::VecDeque<&PathElement> = rpe.iter().filter(|pe| lpe.contains(pe)).collect();
+    let mut merged_rhs: Vec<&PathElement> = Vec::new();
+    let mut out = Vec::with_capacity(lhs.len() + rhs.len());
+    let (mut li, mut ri) = (0, 0);
+    while li < lhs.len() || ri < rhs.len() {
+        if li < lhs.len() && ri < rhs.len() {
+            if lpe[li] == rpe[ri] {
+                out.push(merge_item(&rpe[ri], &rhs[ri]));
+                merged_rhs.push(&rpe[ri]);
+                li += 1;
+                ri += 1;
+                shared.pop_front();
+                continue;
+            }
+            if in_rhs(&lpe[li]) && shared.front().is_some_and(|s| **s != lpe[li]) && !merged_rhs.contains(&&lpe[li]) {
+                li += 1;
+                continue;
+            }
+        }
+        if li < lhs.len() {
+            if !in_rhs(&lpe[li]) {
+                out.push(lhs[li].clone());
+                li += 1;
+                continue;
+            }
+            if merged_rhs.contains(&&lpe[li]) {
+                li += 1;
+                continue;
+            }
+        }
+        if ri < rhs.len() {
+            let pe = &rpe[ri];
+            out.push(merge_item(pe, &rhs[ri]));
+            merged_rhs.push(pe);
+            if shared.front().is_some_and(|s| *s == pe) {
+                shared.pop_front();
+            }
+            ri += 1;
+        } else {
+            li += 1;
+        }
+    }
+    out
+}
+
+/// Removes the value at `path` (no-op when absent).
+fn remove_at(v: &mut Value, path: &[PathElement], node: Node, sem: &FieldSemantics) {
+    let Some((first, rest)) = path.split_first() else { return };
+    match (v, first) {
+        (Value::Object(m), PathElement::Field(k)) => {
+            if rest.is_empty() {
+                m.remove(k);
+            } else if let Some(child) = m.get_mut(k) {
+                let (cn, cs) = (node.child(k), child_sem(node, k));
+                remove_at(child, rest, cn, &cs);
+            }
+        }
+        (Value::Array(items), pe) => {
+            let kind = list_kind(node, sem);
+            let Some(i) = item_elements(items, &kind).iter().position(|x| x == pe) else { return };
+            if rest.is_empty() {
+                items.remove(i);
+            } else {
+                remove_at(&mut items[i], rest, node, &FieldSemantics::default_for_root());
+            }
+        }
+        _ => {}
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scope: the fields managedFields tracks for a write
+
+fn f(name: &str) -> PathElement {
+    PathElement::Field(name.to_owned())
+}
+
+/// Drops the fields kube-apiserver never tracks, and those reset by the write's subresource.
+fn scope(set: &FieldSet, resource: &ApiResource, subresource: Option<&str>) -> FieldSet {
+    let mut out = set.clone();
+    for top in ["apiVersion", "kind"] {
+        out = out.without_prefix(&[f(top)]);
+    }
+    for meta in
+        ["name", "namespace", "creationTimestamp", "selfLink", "uid", "clusterName", "generation", "managedFields", "resourceVersion"]
+    {
+        out = out.without_prefix(&[f("metadata"), f(meta)]);
+    }
+    let mut meta_member = FieldSet::new();
+    meta_member.insert(&[f("metadata")]);
+    out = out.difference(&meta_member);
+    match subresource {
+        Some("status") => out.only_prefix(&[f("status")]),
+        None if resource.has_subresource("status") => out.without_prefix(&[f("status")]),
+        _ => out,
+    }
+}
+
+/// The part of an applied configuration a write may change.
+fn scoped_intent(applied: &Value, resource: &ApiResource, subresource: Option<&str>) -> Value {
+    let mut v = applied.clone();
+    if let Some(meta) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.remove("managedFields");
+    }
+    match subresource {
+        Some("status") => {
+            let mut out = Map::new();
+            if let Some(s) = v.get("status") {
+                out.insert("status".into(), s.clone());
+            }
+            Value::Object(out)
+        }
+        None if resource.has_subresource("status") => {
+            if let Some(o) = v.as_object_mut() {
+                o.remove("status");
+            }
+            v
+        }
+        _ => v,
+    }
+}
+
+fn root_node(resource: &ApiResource) -> Node {
+    Node::for_kind(&resource.group, &resource.version, &resource.kind).unwrap_or(Node::Deduced)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Apply and Update
+
+/// Server-side apply of `applied` (the parsed `application/apply-patch+yaml` body) to `live`
+/// (`Value::Null` when the object does not exist yet: apply creates it).
+///
+/// Needs `ctx.field_manager` (400 without). Fields the applier sets that another manager owns
+/// with a different value are a [`PatchError::Conflict`] (409, one cause per field) unless
+/// `ctx.force`, which takes them over. Fields this manager applied before but no longer does are
+/// removed unless another manager owns them. The result carries the updated
+/// `metadata.managedFields`.
+pub fn server_side_apply(resource: &ApiResource, live: &Value, applied: &Value, ctx: &ApplyContext) -> Result<Value> {
+    let manager = ctx
+        .field_manager
+        .as_deref()
+        .filter(|m| !m.is_empty())
+        .ok_or_else(|| PatchError::malformed("fieldManager is required for apply requests"))?;
+    let Some(applied_obj) = applied.as_object() else {
+        return Err(PatchError::malformed("an apply configuration must be an object"));
+    };
+    let api_version = applied_obj.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
+    let kind = applied_obj.get("kind").and_then(Value::as_str).unwrap_or_default();
+    if api_version.is_empty() || kind.is_empty() {
+        return Err(PatchError::malformed("apiVersion and kind must be set in an apply configuration"));
+    }
+    let sub = ctx.subresource.as_deref();
+    if sub.is_none() && (api_version != resource.api_version() || kind != resource.kind) {
+        return Err(PatchError::malformed(format!(
+            "the apply configuration is {api_version}, Kind={kind}, but the resource is {}, Kind={}",
+            resource.api_version(),
+            resource.kind
+        )));
+    }
+    let root = root_node(resource);
+    let live_obj = if live.is_null() { Value::Object(Map::new()) } else { live.clone() };
+    let mut managers = decode_managed_fields(&live_obj)?;
+    if !live.is_null() && managers.is_empty() {
+        managers.push(ManagedFieldsEntry {
+            manager: BEFORE_FIRST_APPLY.into(),
+            operation: UPDATE.into(),
+            api_version: live_obj.get("apiVersion").and_then(Value::as_str).unwrap_or(api_version).to_owned(),
+            time: None,
+            subresource: None,
+            fields: scope(&field_set(&live_obj, root), resource, None),
+        });
+    }
+
+    let intent = scoped_intent(applied, resource, sub);
+    let mut new_obj = merge(&live_obj, &intent, root, &FieldSemantics::default_for_root());
+    let new_set = scope(&field_set(&intent, root), resource, sub);
+    let (changed, _) = diff(&live_obj, &new_obj, root);
+    let changed = scope(&changed, resource, sub);
+
+    let is_self = |e: &ManagedFieldsEntry| e.same_owner(manager, APPLY, api_version, sub);
+    let mut conflicts = Vec::new();
+    for entry in managers.iter_mut().filter(|e| !is_self(e)) {
+        let clash = entry.fields.intersection(&changed).intersection(&new_set);
+        if clash.is_empty() {
+            continue;
+        }
+        for p in clash.paths() {
+            conflicts.push(FieldConflict {
+                manager: entry.manager.clone(),
+                api_version: entry.api_version.clone(),
+                field: path_string(&p),
+            });
+        }
+        if ctx.force {
+            entry.fields = entry.fields.difference(&clash);
+        }
+    }
+    if !conflicts.is_empty() && !ctx.force {
+        return Err(PatchError::Conflict(conflicts));
+    }
+
+    let previous = managers.iter().find(|e| is_self(e)).map(|e| e.fields.clone()).unwrap_or_default();
+    let others = managers.iter().filter(|e| !is_self(e)).fold(FieldSet::new(), |acc, e| acc.union(&e.fields));
+    let stale = previous.difference(&new_set).difference(&others);
+    for p in stale.paths() {
+        if !others.has_descendant(&p) {
+            remove_at(&mut new_obj, &p, root, &FieldSemantics::default_for_root());
+        }
+    }
+
+    let time = ctx.time.clone().unwrap_or_else(now_rfc3339);
+    managers.retain(|e| !is_self(e));
+    managers.push(ManagedFieldsEntry {
+        manager: manager.to_owned(),
+        operation: APPLY.into(),
+        api_version: api_version.to_owned(),
+        time: Some(time),
+        subresource: sub.map(str::to_owned),
+        fields: new_set,
+    });
+    encode_managed_fields(&mut new_obj, managers);
+    Ok(new_obj)
+}
+
+/// Records an ordinary write (create, update, or a JSON, merge or strategic merge patch) in
+/// `new`'s `metadata.managedFields` as an `Update` by `ctx.field_manager` (default `unknown`).
+///
+/// The writer takes the fields it added or changed from every other manager (no conflicts for
+/// updates), and removed fields leave every manager's set. If the request itself changed
+/// `metadata.managedFields` (as kubectl does when it migrates client-side apply to server-side
+/// apply), those entries are the starting point instead of the old object's; `[{}]` resets them.
+/// `old` is `None` on create.
+pub fn record_update(resource: &ApiResource, old: Option<&Value>, new: &mut Value, ctx: &ApplyContext) -> Result<()> {
+    let manager = ctx.field_manager.clone().filter(|m| !m.is_empty()).unwrap_or_else(|| "unknown".into());
+    let sub = ctx.subresource.as_deref();
+    let old_mf = old.and_then(|o| o.pointer("/metadata/managedFields"));
+    let new_mf = new.pointer("/metadata/managedFields");
+    let requested = match new_mf {
+        Some(Value::Array(a)) if a.is_empty() => false,
+        Some(mf) => old_mf != Some(mf),
+        None => false,
+    };
+    let mut managers =
+        if requested { decode_managed_fields(new)? } else { old.map(decode_managed_fields).transpose()?.unwrap_or_default() };
+    let root = root_node(resource);
+    let empty = Value::Object(Map::new());
+    let (changed, removed) = diff(old.unwrap_or(&empty), new, root);
+    let (changed, removed) = (scope(&changed, resource, sub), scope(&removed, resource, sub));
+    let api_version = new.get("apiVersion").and_then(Value::as_str).map_or_else(|| resource.api_version(), str::to_owned);
+    for entry in &mut managers {
+        entry.fields = entry.fields.difference(&removed);
+        if !entry.same_owner(&manager, UPDATE, &api_version, sub) {
+            entry.fields = entry.fields.difference(&changed);
+        }
+    }
+    if !changed.is_empty() {
+        let time = ctx.time.clone().unwrap_or_else(now_rfc3339);
+        match managers.iter_mut().find(|e| e.same_owner(&manager, UPDATE, &api_version, sub)) {
+            Some(entry) => {
+                entry.fields = entry.fields.union(&changed);
+                entry.time = Some(time);
+            }
+            None => managers.push(ManagedFieldsEntry {
+                manager,
+                operation: UPDATE.into(),
+                api_version,
+                time: Some(time),
+                subresource: sub.map(str::to_owned),
+                fields: changed,
+            }),
+        }
+    }
+    encode_managed_fields(new, managers);
+    Ok(())
+}
+
+/// The current UTC time as RFC 3339 with second precision, as `metav1.Time` serializes.
+pub fn now_rfc3339() -> String {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let secs = i64::try_from(secs).unwrap_or(0);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since the epoch (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+/// For tests and callers: the canonical text of a value, as used in set keys.
+pub fn canonical_json(v: &Value) -> String {
+    canonical(v)
+}
