@@ -4,6 +4,8 @@
 //! to validate with `Strict`.
 
 use super::catalog::ResourceCatalog;
+use crate::patch::Node;
+use crate::patch::schema::ListType;
 use bosun_core::ApiResource;
 use k8s_openapi::api::{apps, autoscaling, batch, coordination, core, discovery, events, networking, policy, rbac, scheduling, storage};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions;
@@ -364,10 +366,94 @@ fn generate(
             schema.insert("x-kubernetes-group-version-kind".into(), json!([{"group": r.group, "version": r.version, "kind": r.kind}]));
         }
     }
+    let mut visited = std::collections::HashSet::new();
+    for r in resources {
+        if let (Some(node), Some(root)) = (Node::for_kind(&r.group, &r.version, &r.kind), roots.get(r.kind.as_ref())) {
+            annotate(&mut defs, root, node, &mut visited);
+        }
+    }
     if let Some(Value::Object(scale)) = defs.get_mut("io.k8s.api.autoscaling.v1.Scale") {
         scale.insert("x-kubernetes-group-version-kind".into(), json!([{"group": "autoscaling", "version": "v1", "kind": "Scale"}]));
     }
     (roots, defs)
+}
+
+/// The component a property schema refers to: directly, through a single `allOf`, or through its
+/// array items.
+fn referenced(schema: &Value) -> Option<(String, bool)> {
+    let direct = |s: &Value| -> Option<String> {
+        if let Some(r) = s.get("$ref").and_then(Value::as_str) {
+            return r.rsplit('/').next().map(str::to_owned);
+        }
+        match s.get("allOf").and_then(Value::as_array).map(Vec::as_slice) {
+            Some([only]) => only.get("$ref").and_then(Value::as_str).and_then(|r| r.rsplit('/').next()).map(str::to_owned),
+            _ => None,
+        }
+    };
+    if let Some(r) = direct(schema) {
+        return Some((r, false));
+    }
+    if let Some(r) = schema.get("items").and_then(direct) {
+        return Some((r, false));
+    }
+    schema.get("additionalProperties").and_then(direct).map(|r| (r, true))
+}
+
+/// Adds the patch and list semantics kube-apiserver publishes (`x-kubernetes-patch-strategy`,
+/// `x-kubernetes-patch-merge-key`, `x-kubernetes-list-type`, `x-kubernetes-list-map-keys`,
+/// `x-kubernetes-map-type`) from the patch engine's tables, so that clients computing strategic
+/// merge patches from the OpenAPI document (kubectl apply) merge lists by key.
+fn annotate(defs: &mut Map<String, Value>, name: &str, node: Node, visited: &mut std::collections::HashSet<String>) {
+    if !matches!(node, Node::Struct(Some(_))) || !visited.insert(name.to_owned()) {
+        return;
+    }
+    let Some(Value::Object(schema)) = defs.get_mut(name) else { return };
+    if node.is_atomic() {
+        schema.insert("x-kubernetes-map-type".into(), "atomic".into());
+    }
+    let mut children = Vec::new();
+    if let Some(Value::Object(props)) = schema.get_mut("properties") {
+        for (key, prop) in props.iter_mut() {
+            let sem = node.field(key);
+            if let Value::Object(p) = prop {
+                let mut strategy = Vec::new();
+                if sem.merge {
+                    strategy.push("merge");
+                }
+                if sem.retain_keys {
+                    strategy.push("retainKeys");
+                }
+                if sem.replace {
+                    strategy.push("replace");
+                }
+                if !strategy.is_empty() {
+                    p.insert("x-kubernetes-patch-strategy".into(), strategy.join(",").into());
+                }
+                if let Some(k) = sem.merge_key {
+                    p.insert("x-kubernetes-patch-merge-key".into(), k.into());
+                }
+                let list_type = match sem.list_type {
+                    ListType::Atomic => Some("atomic"),
+                    ListType::Set => Some("set"),
+                    ListType::Map => Some("map"),
+                    ListType::Unspecified => None,
+                };
+                if let Some(t) = list_type {
+                    p.insert("x-kubernetes-list-type".into(), t.into());
+                }
+                if !sem.map_keys.is_empty() {
+                    p.insert("x-kubernetes-list-map-keys".into(), json!(sem.map_keys));
+                }
+            }
+            if let Some((component, is_map)) = referenced(prop) {
+                let child = node.child(key);
+                children.push((component, if is_map { child.child("*") } else { child }));
+            }
+        }
+    }
+    for (component, child) in children {
+        annotate(defs, &component, child, visited);
+    }
 }
 
 fn info() -> Value {
@@ -499,7 +585,12 @@ mod tests {
         assert!(names.contains(&"fieldValidation"), "{names:?}");
         let schema = &doc["components"]["schemas"]["io.k8s.api.apps.v1.Deployment"];
         assert_eq!(schema["x-kubernetes-group-version-kind"][0]["kind"], "Deployment");
-        assert!(doc["components"]["schemas"]["io.k8s.api.core.v1.PodSpec"].is_object());
+        let pod_spec = &doc["components"]["schemas"]["io.k8s.api.core.v1.PodSpec"];
+        assert_eq!(pod_spec["properties"]["containers"]["x-kubernetes-patch-merge-key"], "name");
+        assert_eq!(pod_spec["properties"]["containers"]["x-kubernetes-patch-strategy"], "merge");
+        let container = &doc["components"]["schemas"]["io.k8s.api.core.v1.Container"];
+        assert_eq!(container["properties"]["ports"]["x-kubernetes-patch-merge-key"], "containerPort");
+        assert_eq!(container["properties"]["ports"]["x-kubernetes-list-type"], "map");
     }
 
     #[test]

@@ -57,7 +57,8 @@ impl SelfSignedCert {
 }
 
 /// A kubeconfig (YAML) with one cluster, user and context named `bosun`, pointing at `server`
-/// and trusting `ca_pem` when given.
+/// and trusting `ca_pem` when given. The user carries a placeholder bearer token (the server does
+/// not authenticate yet), which keeps kubectl from prompting for a password over HTTPS.
 pub fn kubeconfig_yaml(server: &str, ca_pem: Option<&str>) -> String {
     let trust = match ca_pem {
         Some(pem) => format!("certificate-authority-data: {}", base64::engine::general_purpose::STANDARD.encode(pem)),
@@ -73,7 +74,8 @@ clusters:
     server: {server}{trust}
 users:
 - name: bosun
-  user: {{}}
+  user:
+    token: bosun
 contexts:
 - name: bosun
   context:
