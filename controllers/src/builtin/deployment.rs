@@ -108,6 +108,16 @@ pub fn surge_and_unavailable(d: &Deployment) -> (i32, i32) {
     if surge == 0 && unavailable == 0 { (0, 1) } else { (surge, unavailable) }
 }
 
+/// The Deployment's annotations a ReplicaSet carries too (`kubernetes.io/change-cause`, which
+/// `kubectl rollout history` shows), without the controller's own and kubectl's applied config.
+fn copied_annotations(d: &Deployment) -> std::collections::BTreeMap<String, String> {
+    let mut a = d.metadata.annotations.clone().unwrap_or_default();
+    for k in [REVISION, REVISION_HISTORY, DESIRED_REPLICAS, MAX_REPLICAS, "kubectl.kubernetes.io/last-applied-configuration"] {
+        a.remove(k);
+    }
+    a
+}
+
 fn revision_of(rs: &ReplicaSet) -> i64 {
     rs.meta().annotations.as_ref().and_then(|a| a.get(REVISION)).and_then(|r| r.parse().ok()).unwrap_or(0)
 }
@@ -178,6 +188,7 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<DeploymentCtx>) -> Result<Ac
 
     let new_rs = match new_rs {
         Some(rs) => {
+            let mut annotations = serde_json::Map::new();
             if revision_of(&rs) <= max_old_revision {
                 // A template that went back to an older ReplicaSet (rollback): it becomes the newest revision.
                 let mut history: Vec<String> = rs
@@ -188,12 +199,29 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<DeploymentCtx>) -> Result<Ac
                     .map(|h| h.split(',').map(str::to_owned).collect())
                     .unwrap_or_default();
                 history.push(revision_of(&rs).to_string());
-                let patch = serde_json::json!({"metadata": {"annotations": {REVISION: (max_old_revision + 1).to_string(), REVISION_HISTORY: history.join(",")}}});
+                annotations.insert(REVISION.into(), (max_old_revision + 1).to_string().into());
+                annotations.insert(REVISION_HISTORY.into(), history.join(",").into());
+            }
+            let rs_annotations = rs.meta().annotations.clone().unwrap_or_default();
+            for (k, v) in copied_annotations(&d) {
+                if rs_annotations.get(&k) != Some(&v) {
+                    annotations.insert(k, v.into());
+                }
+            }
+            let mut spec_patch = serde_json::Map::new();
+            if rs.spec.min_ready_seconds != spec.min_ready_seconds {
+                spec_patch.insert("minReadySeconds".into(), spec.min_ready_seconds.unwrap_or(0).into());
+            }
+            if annotations.is_empty() && spec_patch.is_empty() {
+                Some(rs)
+            } else {
+                let patch = serde_json::json!({
+                    "metadata": {"annotations": annotations, "resourceVersion": rs.resource_version()},
+                    "spec": spec_patch,
+                });
                 let updated = rs_api.patch(rs.name(), &Patch::Merge(patch), &PatchParams::default()).await?;
                 ctx.note_write(&uid, &updated);
                 Some(Arc::new(updated))
-            } else {
-                Some(rs)
             }
         }
         None if paused => None,
@@ -222,14 +250,13 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<DeploymentCtx>) -> Result<Ac
                     name: Some(name),
                     namespace: Some(ns.clone()),
                     labels: Some(labels),
-                    annotations: Some(
-                        [
-                            (REVISION.to_owned(), (max_old_revision + 1).to_string()),
-                            (DESIRED_REPLICAS.to_owned(), desired.to_string()),
-                            (MAX_REPLICAS.to_owned(), (desired + surge).to_string()),
-                        ]
-                        .into(),
-                    ),
+                    annotations: Some({
+                        let mut a = copied_annotations(&d);
+                        a.insert(REVISION.to_owned(), (max_old_revision + 1).to_string());
+                        a.insert(DESIRED_REPLICAS.to_owned(), desired.to_string());
+                        a.insert(MAX_REPLICAS.to_owned(), (desired + surge).to_string());
+                        a
+                    }),
                     owner_references: Some(vec![controller_ref(&*d)]),
                     ..ObjectMeta::default()
                 },

@@ -16,6 +16,10 @@ use std::sync::Arc;
 
 /// Endpoints per EndpointSlice at most.
 pub const MAX_ENDPOINTS_PER_SLICE: usize = 100;
+/// Addresses a legacy Endpoints object holds at most.
+pub const MAX_ENDPOINTS_ADDRESSES: usize = 1000;
+/// The annotation marking a truncated legacy Endpoints object.
+pub const OVER_CAPACITY: &str = "endpoints.kubernetes.io/over-capacity";
 /// The label naming a slice's Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// The label naming a slice's manager.
@@ -308,14 +312,36 @@ async fn sync_endpoints(
             ),
         });
     }
+    // The legacy object holds at most 1000 addresses; the rest are only in the slices.
+    let mut budget = MAX_ENDPOINTS_ADDRESSES;
+    let mut truncated = false;
+    for subset in &mut subsets {
+        for list in [&mut subset.addresses, &mut subset.not_ready_addresses] {
+            if let Some(l) = list.as_mut() {
+                if l.len() > budget {
+                    l.truncate(budget);
+                    truncated = true;
+                }
+                budget -= l.len();
+            }
+        }
+    }
+    subsets
+        .retain(|s| s.addresses.as_ref().is_some_and(|a| !a.is_empty()) || s.not_ready_addresses.as_ref().is_some_and(|a| !a.is_empty()));
     let subsets = (!subsets.is_empty()).then_some(subsets);
+    let over = truncated.then(|| [(OVER_CAPACITY.to_owned(), "truncated".to_owned())].into_iter().collect::<BTreeMap<_, _>>());
     let api = Api::<Endpoints>::namespaced(ctx.shared.client.clone(), ns);
     let labels: BTreeMap<String, String> = [(SERVICE_NAME_LABEL.to_owned(), svc.name().to_owned())].into();
     match ctx.endpoints.get(&ObjectKey::new(Some(ns), svc.name())) {
         Some(have) => {
-            if have.subsets != subsets {
+            let have_over = have.metadata.annotations.as_ref().and_then(|a| a.get(OVER_CAPACITY)).is_some();
+            if have.subsets != subsets || have_over != truncated {
                 let mut update = (*have).clone();
                 update.subsets = subsets;
+                let mut annotations = update.metadata.annotations.take().unwrap_or_default();
+                annotations.remove(OVER_CAPACITY);
+                annotations.extend(over.into_iter().flatten());
+                update.metadata.annotations = (!annotations.is_empty()).then_some(annotations);
                 api.replace(&update, &PostParams::default()).await?;
             }
         }
@@ -325,6 +351,7 @@ async fn sync_endpoints(
                     name: Some(svc.name().to_owned()),
                     namespace: Some(ns.to_owned()),
                     labels: Some(labels),
+                    annotations: over,
                     ..ObjectMeta::default()
                 },
                 subsets,

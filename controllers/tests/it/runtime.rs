@@ -139,3 +139,32 @@ async fn repeated_events_fold_into_a_series() -> Result<(), Box<dyn std::error::
     assert_eq!(failed.reporting_controller.as_deref(), Some("test-controller"));
     Ok(())
 }
+
+#[tokio::test(start_paused = true)]
+async fn only_the_elected_manager_runs_controllers_and_a_standby_takes_over() -> Result<(), Box<dyn std::error::Error>> {
+    use bosun_controllers::{ControllerManager, ManagerConfig, Metrics};
+    use k8s_openapi::api::apps::v1::ReplicaSet;
+    use k8s_openapi::api::core::v1::Pod;
+    let client = server();
+    let (ma, mb) = (Metrics::new(), Metrics::new());
+    let config = |id: &str| ManagerConfig::default().only(&["replicaset"]).leader_election("kube-system", "bosun-controller-manager", id);
+    let a = tokio::spawn(ControllerManager::new(client.clone()).metrics(&ma).config(config("a")).run());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let b = tokio::spawn(ControllerManager::new(client.clone()).metrics(&mb).config(config("b")).run());
+    let sets = Api::<ReplicaSet>::namespaced(client.clone(), "default");
+    let pods = Api::<Pod>::namespaced(client.clone(), "default");
+    sets.create(&replicaset("web", "web", 2), &PostParams::default()).await?;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(pods.list(&ListParams::default()).await?.items.len(), 2);
+    assert!(ma.controller("replicaset").reconciles() > 0, "the leader reconciles");
+    assert_eq!(mb.controller("replicaset").reconciles(), 0, "the standby does not");
+    a.abort();
+    tokio::time::sleep(Duration::from_secs(40)).await;
+    let scale = serde_json::json!({"spec": {"replicas": 3}});
+    sets.patch("web", &bosun_core::Patch::Merge(scale), &bosun_core::PatchParams::default()).await?;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(pods.list(&ListParams::default()).await?.items.len(), 3, "the standby took over");
+    assert!(mb.controller("replicaset").reconciles() > 0);
+    b.abort();
+    Ok(())
+}
