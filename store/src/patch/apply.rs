@@ -4,6 +4,8 @@
 //! another manager owns is a conflict unless forced, and fields a manager stops applying are
 //! removed when no one else owns them.
 
+use std::collections::{HashMap, HashSet};
+
 use serde_json::{Map, Value};
 
 use bosun_core::ApiResource;
@@ -173,6 +175,15 @@ fn item_key(item: &Value, keys: &[&'static str], index: usize) -> PathElement {
     if fields.is_empty() { PathElement::Index(index) } else { PathElement::key(&fields) }
 }
 
+/// Position of each element (the first, for duplicates).
+fn index_of(elements: &[PathElement]) -> HashMap<&PathElement, usize> {
+    let mut out = HashMap::with_capacity(elements.len());
+    for (i, pe) in elements.iter().enumerate() {
+        out.entry(pe).or_insert(i);
+    }
+    out
+}
+
 fn item_elements(items: &[Value], kind: &ListKind) -> Vec<PathElement> {
     items
         .iter()
@@ -268,9 +279,11 @@ fn diff_walk(old: &Value, new: &Value, node: Node, sem: &FieldSemantics, path: &
         (Value::Array(o), Value::Array(n)) if list_kind(node, sem) != ListKind::Atomic => {
             let kind = list_kind(node, sem);
             let (ope, npe) = (item_elements(o, &kind), item_elements(n, &kind));
+            let old_index = index_of(&ope);
+            let new_index = index_of(&npe);
             for (pe, item) in npe.iter().zip(n) {
                 path.push(pe.clone());
-                match ope.iter().position(|x| x == pe) {
+                match old_index.get(pe).copied() {
                     Some(i) if matches!(kind, ListKind::Map(_)) => {
                         diff_walk(&o[i], item, node, &FieldSemantics::default_for_root(), path, changed, removed);
                     }
@@ -285,7 +298,7 @@ fn diff_walk(old: &Value, new: &Value, node: Node, sem: &FieldSemantics, path: &
                 path.pop();
             }
             for (pe, item) in ope.iter().zip(o) {
-                if npe.contains(pe) {
+                if new_index.contains_key(pe) {
                     continue;
                 }
                 path.push(pe.clone());
@@ -346,27 +359,28 @@ fn merge(live: &Value, applied: &Value, node: Node, sem: &FieldSemantics) -> Val
 /// order, live-only items kept where they were relative to the shared ones.
 fn merge_lists(lhs: &[Value], rhs: &[Value], kind: &ListKind, node: Node) -> Vec<Value> {
     let (lpe, rpe) = (item_elements(lhs, kind), item_elements(rhs, kind));
-    let in_rhs = |pe: &PathElement| rpe.contains(pe);
-    let lhs_item = |pe: &PathElement| lpe.iter().position(|x| x == pe).map(|i| &lhs[i]);
+    let (lhs_index, rhs_index) = (index_of(&lpe), index_of(&rpe));
+    let in_rhs = |pe: &PathElement| rhs_index.contains_key(pe);
+    let lhs_item = |pe: &PathElement| lhs_index.get(pe).map(|&i| &lhs[i]);
     let merge_item = |pe: &PathElement, r: &Value| match (kind, lhs_item(pe)) {
         (ListKind::Map(_), Some(l)) => merge(l, r, node, &FieldSemantics::default_for_root()),
         _ => strip_nulls(r),
     };
-    let mut shared: std::collections::VecDeque<&PathElement> = rpe.iter().filter(|pe| lpe.contains(pe)).collect();
-    let mut merged_rhs: Vec<&PathElement> = Vec::new();
+    let mut shared: std::collections::VecDeque<&PathElement> = rpe.iter().filter(|pe| lhs_index.contains_key(pe)).collect();
+    let mut merged_rhs: HashSet<&PathElement> = HashSet::new();
     let mut out = Vec::with_capacity(lhs.len() + rhs.len());
     let (mut li, mut ri) = (0, 0);
     while li < lhs.len() || ri < rhs.len() {
         if li < lhs.len() && ri < rhs.len() {
             if lpe[li] == rpe[ri] {
                 out.push(merge_item(&rpe[ri], &rhs[ri]));
-                merged_rhs.push(&rpe[ri]);
+                merged_rhs.insert(&rpe[ri]);
                 li += 1;
                 ri += 1;
                 shared.pop_front();
                 continue;
             }
-            if in_rhs(&lpe[li]) && shared.front().is_some_and(|s| **s != lpe[li]) && !merged_rhs.contains(&&lpe[li]) {
+            if in_rhs(&lpe[li]) && shared.front().is_some_and(|s| **s != lpe[li]) && !merged_rhs.contains(&lpe[li]) {
                 li += 1;
                 continue;
             }
@@ -377,7 +391,7 @@ fn merge_lists(lhs: &[Value], rhs: &[Value], kind: &ListKind, node: Node) -> Vec
                 li += 1;
                 continue;
             }
-            if merged_rhs.contains(&&lpe[li]) {
+            if merged_rhs.contains(&lpe[li]) {
                 li += 1;
                 continue;
             }
@@ -385,7 +399,7 @@ fn merge_lists(lhs: &[Value], rhs: &[Value], kind: &ListKind, node: Node) -> Vec
         if ri < rhs.len() {
             let pe = &rpe[ri];
             out.push(merge_item(pe, &rhs[ri]));
-            merged_rhs.push(pe);
+            merged_rhs.insert(pe);
             if shared.front().is_some_and(|s| *s == pe) {
                 shared.pop_front();
             }
@@ -649,4 +663,54 @@ pub fn now_rfc3339() -> String {
 /// For tests and callers: the canonical text of a value, as used in set keys.
 pub fn canonical_json(v: &Value) -> String {
     canonical(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn configmaps() -> ApiResource {
+        bosun_core::resource::builtin("", "v1", "ConfigMap").cloned().expect("configmaps are built in")
+    }
+
+    #[test]
+    fn the_server_side_apply_docs_example_gives_the_documented_managed_fields() {
+        let intent = json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "test-cm", "namespace": "default", "labels": {"test-label": "test"}},
+            "data": {"key": "some value"}
+        });
+        let ctx = ApplyContext::new("kubectl").time("2010-10-10T00:00:00Z");
+        let obj = server_side_apply(&configmaps(), &Value::Null, &intent, &ctx).expect("apply");
+        assert_eq!(
+            obj["metadata"]["managedFields"],
+            json!([{
+                "manager": "kubectl", "operation": "Apply", "apiVersion": "v1", "time": "2010-10-10T00:00:00Z",
+                "fieldsType": "FieldsV1",
+                "fieldsV1": {"f:metadata": {"f:labels": {"f:test-label": {}}}, "f:data": {"f:key": {}}}
+            }])
+        );
+    }
+
+    #[test]
+    fn associative_lists_keep_live_only_items_in_place() {
+        let kind = ListKind::Map(vec!["name"]);
+        let items = |names: &[&str]| names.iter().map(|n| json!({"name": n})).collect::<Vec<_>>();
+        let node = Node::Struct(None);
+        let merged = merge_lists(&items(&["a", "x", "b", "c"]), &items(&["c", "b", "d"]), &kind, node);
+        let names: Vec<&str> = merged.iter().filter_map(|v| v["name"].as_str()).collect();
+        assert_eq!(names, vec!["a", "x", "c", "b", "d"]);
+        let merged = merge_lists(&items(&["a", "b"]), &items(&["b", "a"]), &kind, node);
+        let names: Vec<&str> = merged.iter().filter_map(|v| v["name"].as_str()).collect();
+        assert_eq!(names, vec!["b", "a"]);
+    }
+
+    #[test]
+    fn timestamps_are_rfc_3339_seconds_in_utc() {
+        let now = now_rfc3339();
+        assert_eq!(now.len(), 20, "{now}");
+        assert!(now.ends_with('Z') && now.as_bytes()[10] == b'T', "{now}");
+        assert!(now.as_str() > "2024-01-01T00:00:00Z");
+    }
 }
