@@ -344,6 +344,12 @@ impl ContainerRuntime for ProcessRuntime {
             if sb.state != SandboxState::Ready {
                 return Err(RuntimeError::Invalid(format!("sandbox {sandbox} is not ready")));
             }
+            if let (Some(m), MountSupport::Unavailable) = (config.mounts.first(), self.inner.mounts) {
+                return Err(RuntimeError::Mount {
+                    mount_path: m.container_path.clone(),
+                    reason: "the process runtime needs root or unprivileged user namespaces to make a private mount namespace".into(),
+                });
+            }
             let log_dir = if sb.config.log_directory.as_os_str().is_empty() {
                 self.inner.root.join("logs").join(&sandbox.0)
             } else {
@@ -426,6 +432,17 @@ impl ContainerRuntime for ProcessRuntime {
             }
         };
         let pid = child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0);
+        if !record.config.mounts.is_empty() {
+            // Running means mounted: wait until the wrapper has exec'd the container's own argv.
+            let want: Vec<u8> = argv.iter().flat_map(|a| a.bytes().chain([0])).collect();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            while tokio::time::Instant::now() < deadline && sys::alive(pid) {
+                if std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == want) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
         let stdout = child.stdout.take();
         let stderr = child.stderr.take();
         let pumps = {

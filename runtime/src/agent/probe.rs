@@ -156,9 +156,8 @@ pub fn spawn(
         }
         set(&|s| s.started = true);
         let liveness = async {
-            if let Some(p) = container.liveness_probe.clone()
-                && let Err(msg) = run_loop(&p, &container, &target, &recorder, "Liveness", false).await
-            {
+            let Some(p) = container.liveness_probe.clone() else { return std::future::pending::<()>().await };
+            if let Err(msg) = run_loop(&p, &container, &target, &recorder, "Liveness", false).await {
                 set(&|s| s.failed = Some(msg.clone()));
             }
         };

@@ -2,5 +2,6 @@
 //! node agent against the in-memory API server.
 
 mod agent_fake;
+mod agent_process;
 mod conformance;
 mod support;
