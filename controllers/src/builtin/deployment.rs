@@ -6,7 +6,7 @@ use super::{Shared, ignore_not_found, selector_of};
 use crate::clock;
 use crate::runtime::{Action, Controller};
 use bosun_core::meta::{controller_of, controller_ref, is_deleting};
-use bosun_core::watch::{INDEX_NAMESPACE, Store};
+use bosun_core::watch::Store;
 use bosun_core::{Api, DeleteParams, Error, Object, Patch, PatchParams, PostParams};
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentCondition, ReplicaSet, ReplicaSetSpec};
 use k8s_openapi::api::core::v1::PodTemplateSpec;
@@ -145,7 +145,7 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<DeploymentCtx>) -> Result<Ac
     let selector = selector_of(&spec.selector)?;
     let uid = d.uid().to_owned();
     let mut sets: Vec<Arc<ReplicaSet>> = Vec::new();
-    for rs in ctx.sets.by_index(INDEX_NAMESPACE, &ns) {
+    for rs in super::claim_candidates(&ctx.sets, &ns, d.uid(), &selector) {
         match controller_of(rs.meta()) {
             Some(r) if r.uid == uid => sets.push(rs),
             None if !selector.is_empty() && selector.matches_opt(rs.meta().labels.as_ref()) && !is_deleting(rs.meta()) => {
@@ -164,7 +164,10 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<DeploymentCtx>) -> Result<Ac
     {
         let mut written = ctx.written.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let live: Vec<&str> = sets.iter().map(|s| s.uid()).collect();
-        written.retain(|k, _| live.contains(&k.as_str()) || !k.starts_with(&uid));
+        written.retain(|k, _| match k.split_once('/') {
+            Some((owner, rs)) if owner == uid => live.contains(&rs),
+            _ => true,
+        });
         for rs in &sets {
             let key = format!("{uid}/{}", rs.uid());
             if let Some(&w) = written.get(&key)

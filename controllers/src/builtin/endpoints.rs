@@ -138,9 +138,8 @@ pub async fn reconcile(svc: Arc<Service>, ctx: Arc<EndpointsCtx>) -> Result<Acti
     let publish_not_ready = svc.spec.as_ref().and_then(|s| s.publish_not_ready_addresses).unwrap_or(false);
     let mut pods: Vec<Arc<Pod>> = ctx
         .pods
-        .by_index(INDEX_NAMESPACE, &ns)
+        .select(Some(&ns), &selector)
         .into_iter()
-        .filter(|p| selector.matches_opt(p.meta().labels.as_ref()))
         .filter(|p| p.status.as_ref().and_then(|s| s.pod_ip.as_deref()).is_some_and(|ip| !ip.is_empty()))
         .filter(|p| !matches!(p.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed")))
         .collect();

@@ -9,7 +9,7 @@ pub mod replicaset;
 use crate::clock;
 use crate::runtime::{Controller, Metrics, Recorder};
 use bosun_core::meta::{find_condition, is_condition_true, is_deleting};
-use bosun_core::watch::Informers;
+use bosun_core::watch::{INDEX_OWNER, Informers, Store};
 use bosun_core::{Api, Client, Error, LabelSelector, Object};
 use k8s_openapi::api::core::v1::Pod;
 use std::sync::Arc;
@@ -74,6 +74,18 @@ pub fn pod_is_available(pod: &Pod, min_ready_seconds: i32) -> Result<(), Duratio
         Some(s) => Err(Duration::from_secs_f64((f64::from(min_ready_seconds) - s).max(0.001))),
         None => Ok(()),
     }
+}
+
+/// The objects an owner may claim: those that already name it as an owner (owner index) and those
+/// in its namespace its selector matches (label index); each once. Cheap in a crowded namespace.
+pub fn claim_candidates<K: Object>(store: &Store<K>, namespace: &str, owner_uid: &str, selector: &LabelSelector) -> Vec<Arc<K>> {
+    let mut out = store.by_index(INDEX_OWNER, owner_uid);
+    if !selector.is_empty() {
+        let seen: std::collections::HashSet<String> = out.iter().map(|o| o.uid().to_owned()).collect();
+        out.extend(store.select(Some(namespace), selector).into_iter().filter(|o| !seen.contains(o.uid())));
+    }
+    out.retain(|o| o.namespace() == Some(namespace));
+    out
 }
 
 /// Ignores a 404: the object is already gone.

@@ -5,7 +5,7 @@
 use super::{Shared, pod_is_active, pod_is_available, pod_is_ready, selector_of};
 use crate::runtime::{Action, Controller};
 use bosun_core::meta::{controller_of, controller_ref, is_deleting};
-use bosun_core::watch::{INDEX_NAMESPACE, Store};
+use bosun_core::watch::Store;
 use bosun_core::{Api, DeleteParams, Error, Object, ObjectKey, Patch, PatchParams, PostParams};
 use futures::future::join_all;
 use k8s_openapi::api::apps::v1::ReplicaSet;
@@ -82,7 +82,7 @@ pub async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<ReplicaSetCtx>) -> Result<A
     let pods_api = Api::<Pod>::namespaced(ctx.shared.client.clone(), &ns);
     let rs_uid = rs.uid().to_owned();
     let mut owned: Vec<Arc<Pod>> = Vec::new();
-    for pod in ctx.pods.by_index(INDEX_NAMESPACE, &ns) {
+    for pod in super::claim_candidates(&ctx.pods, &ns, rs.uid(), &selector) {
         let matches = selector.matches_opt(pod.meta().labels.as_ref());
         match controller_of(pod.meta()) {
             Some(r) if r.uid == rs_uid => {
