@@ -6,29 +6,36 @@ use super::error::{PatchError, Result};
 
 /// Parses one JSON or YAML document into a JSON value.
 ///
-/// A body whose first non-blank character is `{` or `[` is parsed as JSON (exact numbers, faster);
-/// anything else as YAML 1.2. Errors carry the 1-based line and column. An empty body and a
+/// A body whose first non-blank character is `{` or `[` is parsed as JSON first (exact numbers,
+/// faster), then as YAML; anything else as YAML. Errors carry the 1-based line and column. An empty body and a
 /// stream of several YAML documents are errors.
 pub fn parse_yaml_or_json(bytes: &[u8]) -> Result<Value> {
     let first = bytes.iter().copied().find(|b| !b.is_ascii_whitespace());
     match first {
         None => Err(PatchError::Parse { message: "the request body is empty".into(), line: 1, column: 1 }),
-        Some(b'{' | b'[') => serde_json::from_slice(bytes).map_err(|e| PatchError::Parse {
-            message: strip_position(&e.to_string()),
-            line: e.line().max(1),
-            column: e.column().max(1),
-        }),
-        Some(_) => {
-            let value: Value = serde_yaml::from_slice(bytes).map_err(|e| {
-                let (line, column) = e.location().map(|l| (l.line(), l.column())).unwrap_or((1, 1));
-                PatchError::Parse { message: strip_position(&e.to_string()), line, column }
-            })?;
-            if value.is_null() {
-                return Err(PatchError::Parse { message: "the request body holds no document".into(), line: 1, column: 1 });
-            }
-            Ok(value)
-        }
+        Some(b'{' | b'[') => match serde_json::from_slice(bytes) {
+            Ok(v) => Ok(v),
+            // A YAML flow collection (`{a: 1}`) also starts with a brace; when neither parser
+            // accepts the body, the JSON error is the one that points at the mistake.
+            Err(json_err) => parse_yaml(bytes).map_err(|_| PatchError::Parse {
+                message: strip_position(&json_err.to_string()),
+                line: json_err.line().max(1),
+                column: json_err.column().max(1),
+            }),
+        },
+        Some(_) => parse_yaml(bytes),
     }
+}
+
+fn parse_yaml(bytes: &[u8]) -> Result<Value> {
+    let value: Value = serde_yaml::from_slice(bytes).map_err(|e| {
+        let (line, column) = e.location().map(|l| (l.line(), l.column())).unwrap_or((1, 1));
+        PatchError::Parse { message: strip_position(&e.to_string()), line, column }
+    })?;
+    if value.is_null() {
+        return Err(PatchError::Parse { message: "the request body holds no document".into(), line: 1, column: 1 });
+    }
+    Ok(value)
 }
 
 /// Drops the parser's own " at line X column Y" suffix, since the error reports the position itself.

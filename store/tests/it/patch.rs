@@ -282,6 +282,165 @@ fn yaml_apply_bodies_parse_with_positions() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Strategic merge patch cases from apimachinery's own suite (strategicpatch/patch_test.go),
+// carried onto Pod fields: its `mergingList` (merge key `name`) is `spec.containers`, its
+// `mergingIntList` (merged scalars) is `metadata.finalizers`, `value`/`other` are `image`/`workingDir`.
+
+fn pod_smp(doc: &str, patch: &str) -> Result<Value, PatchError> {
+    let node = patch::Node::for_kind("", "v1", "Pod").expect("pod schema");
+    let doc = patch::parse_yaml_or_json(doc.as_bytes()).expect("doc yaml");
+    let patch = patch::parse_yaml_or_json(patch.as_bytes()).expect("patch yaml");
+    patch::strategic_merge_patch(node, &doc, &patch)
+}
+
+fn smp_case(description: &str, doc: &str, patch: &str, expected: &str) {
+    let got = pod_smp(doc, patch).unwrap_or_else(|e| panic!("{description}: {e}"));
+    let expected = patch::parse_yaml_or_json(expected.as_bytes()).expect("expected yaml");
+    assert_eq!(got, expected, "{description}");
+}
+
+#[test]
+fn apimachinery_strategic_merge_patch_cases_hold() {
+    smp_case(
+        "preserve the order from the patch in a merging list",
+        "spec: {containers: [{name: '1'}, {name: '2', image: b}, {name: '3'}]}",
+        "spec: {containers: [{name: '3', image: c}, {name: '1', image: a}, {name: '2', workingDir: x}]}",
+        "spec: {containers: [{name: '3', image: c}, {name: '1', image: a}, {name: '2', image: b, workingDir: x}]}",
+    );
+    smp_case(
+        "preserve the order from the patch in a merging list 2",
+        "spec: {containers: [{name: '1'}, {name: '2', image: b}, {name: '3'}]}",
+        "spec: {containers: [{name: '3', image: c}, {name: '1', image: a}]}",
+        "spec: {containers: [{name: '2', image: b}, {name: '3', image: c}, {name: '1', image: a}]}",
+    );
+    smp_case(
+        "preserve the order in a merging scalar list",
+        "metadata: {finalizers: ['1', '2', '3']}",
+        "metadata: {finalizers: ['3', '1', '2']}",
+        "metadata: {finalizers: ['3', '1', '2']}",
+    );
+    smp_case(
+        "preserve the order in a merging scalar list 2",
+        "metadata: {finalizers: ['1', '2', '3']}",
+        "metadata: {finalizers: ['3', '1']}",
+        "metadata: {finalizers: ['2', '3', '1']}",
+    );
+    smp_case(
+        "unique scalars when merging lists",
+        "metadata: {finalizers: ['1', '2']}",
+        "metadata: {finalizers: ['2', '3']}",
+        "metadata: {finalizers: ['1', '2', '3']}",
+    );
+    smp_case(
+        "$setElementOrder contains an item not present in the list to be merged",
+        "spec: {containers: [{name: '1'}, {name: '3'}]}",
+        "spec: {$setElementOrder/containers: [{name: '3'}, {name: '2'}, {name: '1'}], containers: [{name: '3', image: '3'}, {name: '1', image: '1'}]}",
+        "spec: {containers: [{name: '3', image: '3'}, {name: '1', image: '1'}]}",
+    );
+    smp_case(
+        "$setElementOrder contains an item not present in the scalar list",
+        "metadata: {finalizers: ['1', '3']}",
+        "metadata: {$setElementOrder/finalizers: ['3', '2', '1']}",
+        "metadata: {finalizers: ['3', '1']}",
+    );
+    smp_case(
+        "delete items in lists of scalars",
+        "metadata: {finalizers: ['1', '2', '3', '4']}",
+        "metadata: {$setElementOrder/finalizers: ['1', '2'], $deleteFromPrimitiveList/finalizers: ['3']}",
+        "metadata: {finalizers: ['1', '2', '4']}",
+    );
+    smp_case(
+        "delete all duplicate items in lists of scalars",
+        "metadata: {finalizers: ['1', '2', '3', '3', '4']}",
+        "metadata: {$setElementOrder/finalizers: ['1', '2'], $deleteFromPrimitiveList/finalizers: ['3']}",
+        "metadata: {finalizers: ['1', '2', '4']}",
+    );
+    smp_case(
+        "add and delete items in lists of scalars",
+        "metadata: {finalizers: ['1', '2', '3', '4']}",
+        "metadata: {$setElementOrder/finalizers: ['1', '2', '4'], $deleteFromPrimitiveList/finalizers: ['3'], finalizers: ['4']}",
+        "metadata: {finalizers: ['1', '2', '4']}",
+    );
+    smp_case(
+        "merge lists of maps",
+        "spec: {containers: [{name: '1', workingDir: a}, {name: '2', image: '2', workingDir: b}]}",
+        "spec: {$setElementOrder/containers: [{name: '4'}, {name: '1'}, {name: '2'}, {name: '3'}], containers: [{name: '4', image: '4'}, {name: '3', image: '3'}]}",
+        "spec: {containers: [{name: '4', image: '4'}, {name: '1', workingDir: a}, {name: '2', image: '2', workingDir: b}, {name: '3', image: '3'}]}",
+    );
+    smp_case(
+        "add field to map in merging list",
+        "spec: {containers: [{name: '1', workingDir: a}, {name: '2', image: '2', workingDir: b}]}",
+        "spec: {$setElementOrder/containers: [{name: '1'}, {name: '2'}], containers: [{name: '1', image: '1'}]}",
+        "spec: {containers: [{name: '1', image: '1', workingDir: a}, {name: '2', image: '2', workingDir: b}]}",
+    );
+    smp_case(
+        "delete all maps from merging list",
+        "spec: {containers: [{name: '1'}, {name: '2'}]}",
+        "spec: {containers: [{name: '1', $patch: delete}, {name: '2', $patch: delete}]}",
+        "spec: {containers: []}",
+    );
+    smp_case(
+        "delete all items from merging list",
+        "spec: {containers: [{name: '1'}, {name: '2'}]}",
+        "spec: {containers: [{$patch: replace}]}",
+        "spec: {containers: []}",
+    );
+    smp_case(
+        "delete map from nested map",
+        "metadata: {labels: {key1: '1', key2: '1'}}",
+        "metadata: {labels: {$patch: delete}}",
+        "metadata: {labels: {}}",
+    );
+    smp_case("add key and delete all keys from map", "{name: '1', value: '1'}", "{other: a, $patch: replace}", "{other: a}");
+    smp_case(
+        "delete field from nested map",
+        "metadata: {labels: {key1: '1', key2: '1', other: a}}",
+        "metadata: {labels: {key2: null}}",
+        "metadata: {labels: {key1: '1', other: a}}",
+    );
+    smp_case(
+        "retainKeys list can add a field when no retainKeys directive present",
+        "spec: {volumes: [{name: bar}, {name: foo}]}",
+        "spec: {volumes: [{name: foo, emptyDir: {}}]}",
+        "spec: {volumes: [{name: bar}, {name: foo, emptyDir: {}}]}",
+    );
+    smp_case(
+        "retainKeys in a list item clears the other volume sources",
+        "spec: {volumes: [{name: foo, emptyDir: {}}]}",
+        "spec: {volumes: [{$retainKeys: [configMap, name], name: foo, configMap: {name: cm}}]}",
+        "spec: {volumes: [{name: foo, configMap: {name: cm}}]}",
+    );
+    smp_case(
+        "defined null values remove original fields",
+        "{name: original-name, value: original-value, other: current-other}",
+        "{name: modified-name, value: null}",
+        "{name: modified-name, other: current-other}",
+    );
+    smp_case(
+        "maps merge and untouched lists stay",
+        "spec: {nodeSelector: {a: b}, imagePullSecrets: [{name: x}], hostAliases: []}",
+        "spec: {nodeSelector: {c: d}}",
+        "spec: {nodeSelector: {a: b, c: d}, imagePullSecrets: [{name: x}], hostAliases: []}",
+    );
+}
+
+#[test]
+fn apimachinery_strategic_merge_patch_error_cases_hold() {
+    let mismatch = pod_smp(
+        "spec: {containers: [{name: '1'}, {name: '3'}, {name: '2'}]}",
+        "spec: {$setElementOrder/containers: [{name: '1'}, {name: '2'}, {name: '3'}], containers: [{name: '3', image: '3'}, {name: '1', image: '1'}]}",
+    );
+    assert!(mismatch.as_ref().err().is_some_and(|e| e.to_string().contains("doesn't match")), "{mismatch:?}");
+    let scalars = pod_smp(
+        "metadata: {finalizers: ['1', '3', '2']}",
+        "metadata: {$setElementOrder/finalizers: ['1', '2', '3'], finalizers: ['3', '1']}",
+    );
+    assert!(scalars.as_ref().err().is_some_and(|e| e.to_string().contains("doesn't match")), "{scalars:?}");
+    let no_key = pod_smp("spec: {containers: [{name: '1', image: a}]}", "spec: {containers: [{image: b}]}");
+    assert!(no_key.as_ref().err().is_some_and(|e| e.to_string().contains("does not contain declared merge key")), "{no_key:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
 // Properties
 
 fn json_leaf() -> impl Strategy<Value = Value> {
