@@ -23,7 +23,7 @@ pub fn signal_group(pgid: i32, signal: i32) -> Result<()> {
 /// Whether a process exists.
 pub fn alive(pid: i32) -> bool {
     Pid::from_raw(pid).is_some_and(|p| rustix::process::test_kill_process(p).is_ok())
-        && std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !stat_field(&s, 3).is_some_and(|st| st == "Z"))
+        && std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| stat_field(&s, 3).is_none_or(|st| st != "Z"))
 }
 
 /// Field `n` (1-based, as in proc(5)) of a `/proc/<pid>/stat` line.

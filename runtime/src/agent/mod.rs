@@ -318,12 +318,13 @@ impl NodeAgent {
 
         let pods: Arc<Mutex<HashMap<String, PodEntry>>> = Arc::new(Mutex::new(HashMap::new()));
         let usage = Arc::new(Mutex::new(NodeUsage::default()));
-        let mut tasks = Vec::new();
-        tasks.push(tokio::spawn(lease_loop(ctx.clone(), node_uid)));
-        tasks.push(tokio::spawn(status_loop(ctx.clone())));
-        tasks.push(tokio::spawn(pod_loop(ctx.clone(), pods.clone(), orphans)));
-        tasks.push(tokio::spawn(event_router(ctx.clone(), pods.clone())));
-        tasks.push(tokio::spawn(usage_loop(ctx.clone(), pods.clone(), usage.clone())));
+        let tasks = vec![
+            tokio::spawn(lease_loop(ctx.clone(), node_uid)),
+            tokio::spawn(status_loop(ctx.clone())),
+            tokio::spawn(pod_loop(ctx.clone(), pods.clone(), orphans)),
+            tokio::spawn(event_router(ctx.clone(), pods.clone())),
+            tokio::spawn(usage_loop(ctx.clone(), pods.clone(), usage.clone())),
+        ];
         Ok(NodeHandle { inner: Arc::new(HandleInner { ctx, pods, usage, tasks: Mutex::new(tasks) }) })
     }
 }
@@ -355,8 +356,6 @@ async fn pod_loop(ctx: Arc<Ctx>, pods: Arc<Mutex<HashMap<String, PodEntry>>>, mu
     let config = WatcherConfig::default().fields(format!("spec.nodeName={}", ctx.config.node_name));
     let mut stream = std::pin::pin!(watcher(api, config));
     let mut listing: Option<HashSet<String>> = None;
-    let lock = |p: &Arc<Mutex<HashMap<String, PodEntry>>>| p.lock().unwrap_or_else(|e| e.into_inner()).len();
-    let _ = lock;
     while let Some(ev) = stream.next().await {
         match ev {
             Ok(Event::Init) => listing = Some(HashSet::new()),

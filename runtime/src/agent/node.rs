@@ -60,7 +60,6 @@ fn condition(type_: &str, ok: bool, reason: &str, message: &str, now: jiff::Time
         message: Some(message.to_string()),
         last_heartbeat_time: Some(Time(now)),
         last_transition_time: Some(Time(now)),
-        ..NodeCondition::default()
     }
 }
 

@@ -148,11 +148,11 @@ pub fn spawn(
                 wake.notify_one();
             }
         };
-        if let Some(p) = container.startup_probe.clone() {
-            if let Err(msg) = run_loop(&p, &container, &target, &recorder, "Startup", true).await {
-                set(&|s| s.failed = Some(msg.clone()));
-                return;
-            }
+        if let Some(p) = container.startup_probe.clone()
+            && let Err(msg) = run_loop(&p, &container, &target, &recorder, "Startup", true).await
+        {
+            set(&|s| s.failed = Some(msg.clone()));
+            return;
         }
         set(&|s| s.started = true);
         let liveness = async {

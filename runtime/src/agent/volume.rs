@@ -204,13 +204,11 @@ fn host_path(volume: &str, path: &Path, type_: &str) -> Result<PathBuf, VolumeEr
     let fail = |message: String| VolumeError::Invalid { volume: volume.into(), message };
     match type_ {
         "DirectoryOrCreate" => std::fs::create_dir_all(path).map_err(io(volume))?,
-        "FileOrCreate" => {
-            if !path.exists() {
-                if let Some(parent) = path.parent() {
-                    std::fs::create_dir_all(parent).map_err(io(volume))?;
-                }
-                std::fs::write(path, b"").map_err(io(volume))?;
+        "FileOrCreate" if !path.exists() => {
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).map_err(io(volume))?;
             }
+            std::fs::write(path, b"").map_err(io(volume))?;
         }
         "Directory" if !path.is_dir() => return Err(fail(format!("hostPath type check failed: {} is not a directory", path.display()))),
         "File" if !path.is_file() => return Err(fail(format!("hostPath type check failed: {} is not a file", path.display()))),

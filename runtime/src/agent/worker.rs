@@ -303,15 +303,14 @@ impl Worker {
 
         // Sandbox and volumes.
         let needs_refresh = self.volumes_synced.is_none_or(|t| now >= t + self.ctx.config.volume_resync);
-        if self.sandbox.is_none() || (needs_refresh && has_generated_volumes(&self.pod)) {
-            if let Err(wait) = self.ensure_volumes().await {
-                if self.sandbox.is_none() {
-                    self.pod_waiting = Some(("ContainerCreating".into(), wait));
-                    self.publish().await;
-                    soon(now + Duration::from_secs(2), &mut next);
-                    return next;
-                }
-            }
+        if (self.sandbox.is_none() || (needs_refresh && has_generated_volumes(&self.pod)))
+            && let Err(wait) = self.ensure_volumes().await
+            && self.sandbox.is_none()
+        {
+            self.pod_waiting = Some(("ContainerCreating".into(), wait));
+            self.publish().await;
+            soon(now + Duration::from_secs(2), &mut next);
+            return next;
         }
         if has_generated_volumes(&self.pod)
             && let Some(t) = self.volumes_synced
