@@ -1,2 +1,196 @@
-//! Benchmarks of bosun-netproxy (filled in below).
-fn main() {}
+//! Benchmarks of bosun-netproxy: the userspace proxy against a direct loopback connection in the same
+//! run, and nftables programming at 10,000 services (inside a network namespace this bench creates).
+//!
+//! Run: `cargo bench -p bosun-netproxy --bench netproxy`. Ends with `BENCH name=value` lines.
+
+use bosun_netproxy::table::{Affinity, Endpoint, Protocol, ProxyService, ServicePortName, TableDiff};
+use bosun_netproxy::{NftablesConfig, NftablesProxy, ProxyBackend, UserspaceConfig, UserspaceProxy};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const BULK_BYTES: usize = 512 * 1024 * 1024;
+const ROUND_TRIPS: usize = 5_000;
+const SERVICES: usize = 10_000;
+const ENDPOINTS: usize = 10;
+
+fn endpoint(addr: SocketAddr) -> Endpoint {
+    Endpoint { addr, node_name: None, zone: None, ready: true, serving: true, terminating: false, zone_hints: Vec::new() }
+}
+
+fn service(name: String, vip: IpAddr, port: u16, eps: Vec<SocketAddr>) -> ProxyService {
+    let eps: Vec<Endpoint> = eps.into_iter().map(endpoint).collect();
+    ProxyService {
+        name: ServicePortName { namespace: "bench".into(), name, port: "http".into(), protocol: Protocol::Tcp },
+        cluster_ips: vec![vip],
+        port,
+        node_port: None,
+        external_ips: Vec::new(),
+        affinity: Affinity::None,
+        internal_local: false,
+        external_local: false,
+        cluster_endpoints: eps.clone(),
+        external_endpoints: eps,
+    }
+}
+
+/// A server that swallows a stream and answers one byte at EOF; and echoes small messages.
+async fn servers() -> (SocketAddr, SocketAddr) {
+    let sink = TcpListener::bind("127.0.80.2:0").await.expect("bind");
+    let echo = TcpListener::bind("127.0.80.3:0").await.expect("bind");
+    let (sa, ea) = (sink.local_addr().expect("addr"), echo.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = sink.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 256 * 1024];
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+                let _ = s.write_all(b"k").await;
+            });
+        }
+    });
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = echo.accept().await {
+            let _ = s.set_nodelay(true);
+            tokio::spawn(async move {
+                let mut buf = [0u8; 64];
+                while s.read_exact(&mut buf).await.is_ok() {
+                    if s.write_all(&buf).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    (sa, ea)
+}
+
+async fn bulk(to: SocketAddr) -> f64 {
+    let mut s = TcpStream::connect(to).await.expect("connect");
+    let chunk = vec![7u8; 256 * 1024];
+    let start = Instant::now();
+    let mut sent = 0;
+    while sent < BULK_BYTES {
+        s.write_all(&chunk).await.expect("write");
+        sent += chunk.len();
+    }
+    s.shutdown().await.expect("shutdown");
+    let mut k = [0u8; 1];
+    s.read_exact(&mut k).await.expect("ack");
+    BULK_BYTES as f64 / start.elapsed().as_secs_f64()
+}
+
+async fn p50_round_trip_us(to: SocketAddr) -> f64 {
+    let mut s = TcpStream::connect(to).await.expect("connect");
+    s.set_nodelay(true).expect("nodelay");
+    let msg = [1u8; 64];
+    let mut buf = [0u8; 64];
+    let mut samples = Vec::with_capacity(ROUND_TRIPS);
+    for i in 0..ROUND_TRIPS + 200 {
+        let t = Instant::now();
+        s.write_all(&msg).await.expect("write");
+        s.read_exact(&mut buf).await.expect("read");
+        if i >= 200 {
+            samples.push(t.elapsed().as_secs_f64() * 1e6);
+        }
+    }
+    samples.sort_by(f64::total_cmp);
+    samples[samples.len() / 2]
+}
+
+async fn userspace() -> (f64, f64) {
+    let (sink, echo) = servers().await;
+    let proxy = UserspaceProxy::new(UserspaceConfig::default());
+    let vip: IpAddr = "127.0.80.1".parse().expect("ip");
+    let (ps, pe) = (18_081, 18_082);
+    let diff = TableDiff {
+        full: true,
+        upserted: vec![Arc::new(service("sink".into(), vip, ps, vec![sink])), Arc::new(service("echo".into(), vip, pe, vec![echo]))],
+        removed: vec![],
+    };
+    proxy.apply(&diff).await.expect("apply");
+    let direct_bulk = bulk(sink).await;
+    let proxied_bulk = bulk(SocketAddr::new(vip, ps)).await;
+    let direct_bulk2 = bulk(sink).await;
+    let proxied_bulk2 = bulk(SocketAddr::new(vip, ps)).await;
+    let direct = direct_bulk.max(direct_bulk2);
+    let proxied = proxied_bulk.max(proxied_bulk2);
+    println!("userspace bulk: direct {:.0} MiB/s, proxied {:.0} MiB/s", direct / 1048576.0, proxied / 1048576.0);
+    let d50 = p50_round_trip_us(echo).await;
+    let p50 = p50_round_trip_us(SocketAddr::new(vip, pe)).await;
+    println!("userspace 64-byte round trip p50: direct {d50:.1} us, proxied {p50:.1} us");
+    (proxied / direct, (p50 - d50).max(0.0))
+}
+
+fn ip(args: &[&str]) -> bool {
+    std::process::Command::new("ip").args(args).output().is_ok_and(|o| o.status.success())
+}
+
+async fn nftables() -> Option<(f64, f64, f64)> {
+    let ns = format!("bnp-bench-{}", std::process::id());
+    if !ip(&["netns", "add", &ns]) {
+        eprintln!("!!! SKIPPING nftables benchmark: cannot create a network namespace (needs root and iproute2)");
+        return None;
+    }
+    let proxy = NftablesProxy::new(NftablesConfig::default().netns(ns.clone()));
+    if !NftablesProxy::available(&NftablesConfig::default().netns(ns.clone())).await {
+        eprintln!("!!! SKIPPING nftables benchmark: nft is not installed or not usable");
+        ip(&["netns", "delete", &ns]);
+        return None;
+    }
+    let vip = |i: usize| IpAddr::V4(Ipv4Addr::new(10, 96, (i / 250) as u8, (i % 250 + 1) as u8));
+    let eps = |i: usize, shift: usize| -> Vec<SocketAddr> {
+        (0..ENDPOINTS)
+            .map(|e| {
+                SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 1 + (i / 250 % 200) as u8, (i % 250) as u8, (e + 1 + shift) as u8)), 8080)
+            })
+            .collect()
+    };
+    let all: Vec<Arc<ProxyService>> = (0..SERVICES).map(|i| Arc::new(service(format!("svc{i}"), vip(i), 80, eps(i, 0)))).collect();
+    let start = Instant::now();
+    proxy.apply(&TableDiff { full: true, upserted: all, removed: vec![] }).await.expect("full sync of 10k services");
+    let full_ms = start.elapsed().as_secs_f64() * 1e3;
+    println!("nftables: programmed {SERVICES} services x {ENDPOINTS} endpoints in {full_ms:.0} ms");
+
+    let mut add = Vec::new();
+    let mut change = Vec::new();
+    for k in 0..7 {
+        let i = SERVICES + k;
+        let t = Instant::now();
+        let diff = TableDiff { full: false, upserted: vec![Arc::new(service(format!("svc{i}"), vip(i), 80, eps(i, 0)))], removed: vec![] };
+        proxy.apply(&diff).await.expect("add one");
+        add.push(t.elapsed().as_secs_f64() * 1e3);
+        let t = Instant::now();
+        let diff =
+            TableDiff { full: false, upserted: vec![Arc::new(service(format!("svc{k}"), vip(k), 80, eps(k, 100)))], removed: vec![] };
+        proxy.apply(&diff).await.expect("change one");
+        change.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    add.sort_by(f64::total_cmp);
+    change.sort_by(f64::total_cmp);
+    let (add_ms, change_ms) = (add[add.len() / 2], change[change.len() / 2]);
+    println!(
+        "nftables at {SERVICES} services: add one service {add_ms:.1} ms, change one service's endpoints {change_ms:.1} ms (medians of 7)"
+    );
+    let _ = proxy.cleanup().await;
+    ip(&["netns", "delete", &ns]);
+    Some((full_ms, add_ms, change_ms))
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let (ratio, added) = rt.block_on(userspace());
+    let nft = rt.block_on(nftables());
+    println!("BENCH netproxy.userspace.throughput_ratio={ratio:.3}");
+    println!("BENCH netproxy.userspace.added_p50_us={added:.1}");
+    if let Some((full, add, change)) = nft {
+        println!("BENCH netproxy.nftables.program_10000_services_ms={full:.1}");
+        println!("BENCH netproxy.nftables.add_one_at_10000_ms={add:.2}");
+        println!("BENCH netproxy.nftables.change_one_endpoint_at_10000_ms={change:.2}");
+    }
+}

@@ -1,13 +1,14 @@
-//! The nftables proxy backend: a table of its own with DNAT through verdict maps (one lookup per
-//! packet, like kube-proxy's nftables mode), applied atomically with `nft -f`. A full sync replaces
-//! the table in one transaction; a diff adds and removes only the map elements and chains it touches,
-//! so its cost follows the change, not the number of services. IPv4 only for now.
+//! The nftables proxy backend: a table of its own with DNAT through verdict maps (a few hash lookups
+//! per new connection, like kube-proxy's nftables mode), applied atomically with `nft -f`. A full
+//! sync replaces the table in one transaction; a diff adds and removes only the map elements it
+//! touches, so its cost follows the change, not the number of services. IPv4 only for now; the
+//! conntrack mark of service connections carries the service port's id.
 
 mod script;
 
 use crate::backend::{ApplyError, ProxyBackend};
 use crate::table::{ProxyService, ServicePortName, TableDiff};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
@@ -69,75 +70,135 @@ impl NftablesConfig {
     }
 }
 
+/// What the kernel has for one service port.
+struct Programmed {
+    spec: Arc<ProxyService>,
+    ids: script::Ids,
+    elements: BTreeSet<script::Element>,
+}
+
+/// The backend's record of the kernel's state (only updated after `nft` succeeded).
+#[derive(Default)]
+struct State {
+    ports: HashMap<ServicePortName, Programmed>,
+    picks: BTreeSet<script::Pick>,
+    next_id: u32,
+    free_ids: Vec<u32>,
+}
+
+impl State {
+    fn take_id(&mut self) -> u32 {
+        self.free_ids.pop().unwrap_or_else(|| {
+            self.next_id += 1;
+            self.next_id
+        })
+    }
+}
+
+/// Elements per `add element` statement: nft parses one huge statement much more slowly than many small ones.
+const CHUNK: usize = 256;
+
 /// The nftables backend. Cheap to clone; clones share state.
 #[derive(Clone)]
 pub struct NftablesProxy {
     config: Arc<NftablesConfig>,
-    /// What the kernel has, per service port (only updated after `nft` succeeded).
-    programmed: Arc<tokio::sync::Mutex<HashMap<ServicePortName, Arc<ProxyService>>>>,
+    state: Arc<tokio::sync::Mutex<State>>,
 }
 
 impl NftablesProxy {
     /// A backend with the given settings; nothing is programmed until the first apply.
     pub fn new(config: NftablesConfig) -> Self {
-        Self { config: Arc::new(config), programmed: Arc::default() }
+        Self { config: Arc::new(config), state: Arc::default() }
     }
 
     /// Whether `nft` can be run here (installed, and we may use netlink).
     pub async fn available(config: &NftablesConfig) -> bool {
-        let probe = Self::new(config.clone());
-        probe.run("list tables\n").await.is_ok()
+        Self::new(config.clone()).run("list tables\n").await.is_ok()
     }
 
     /// Removes the table (no error when it does not exist).
     pub async fn cleanup(&self) -> Result<(), NftablesError> {
         let t = &self.config.table;
         self.run(&format!("table ip {t} {{}}\ndelete table ip {t}\n")).await?;
-        self.programmed.lock().await.clear();
+        *self.state.lock().await = State::default();
         Ok(())
     }
 
-    /// The script a full sync of `services` would apply (for inspection and tests).
-    pub fn full_script<'a>(&self, services: impl IntoIterator<Item = &'a ProxyService>) -> String {
+    /// Builds the full-sync script and the state it leaves.
+    fn full(&self, services: &[Arc<ProxyService>]) -> (String, State) {
         let t = &self.config.table;
+        let mut state = State::default();
+        let mut body = String::new();
+        let mut all = BTreeSet::new();
+        for svc in services {
+            let ids = script::Ids { cluster: state.take_id(), external: state.take_id() };
+            let elements = script::elements(svc, ids, &mut state.picks);
+            script::affinity_chains(&mut body, t, None, Some(svc));
+            all.extend(elements.iter().cloned());
+            state.ports.insert(svc.name.clone(), Programmed { spec: svc.clone(), ids, elements });
+        }
         // Creating then deleting makes the delete safe when the table does not exist yet.
         let mut out = format!("table ip {t} {{}}\ndelete table ip {t}\n");
         out.push_str(&script::base(t));
-        for svc in services {
-            script::chains(&mut out, t, None, Some(svc));
-            script::keys(svc).write(&mut out, t, "add");
+        for pick in &state.picks {
+            pick.write(&mut out, t);
         }
-        out
+        out.push_str(&body);
+        script::write_elements(&mut out, t, "add", &all, CHUNK);
+        (out, state)
     }
 
-    fn diff_script(&self, programmed: &HashMap<ServicePortName, Arc<ProxyService>>, diff: &TableDiff) -> String {
+    /// The script a full sync of `services` would apply (for inspection and tests).
+    pub fn full_script(&self, services: &[Arc<ProxyService>]) -> String {
+        self.full(services).0
+    }
+
+    /// Builds the incremental script for a diff; returns it with the new per-port records and picks.
+    fn incremental(
+        &self,
+        state: &mut State,
+        diff: &TableDiff,
+    ) -> (String, Vec<(ServicePortName, Option<Programmed>)>, BTreeSet<script::Pick>) {
         let t = &self.config.table;
-        let mut out = String::new();
+        let mut picks = state.picks.clone();
+        let mut removed_elements: BTreeSet<script::Element> = BTreeSet::new();
+        let mut added_elements: BTreeSet<script::Element> = BTreeSet::new();
+        let mut chains = String::new();
+        let mut records = Vec::new();
         for name in &diff.removed {
-            if let Some(old) = programmed.get(name) {
-                script::keys(old).write(&mut out, t, "delete");
-                script::chains(&mut out, t, Some(old), None);
+            if let Some(old) = state.ports.get(name) {
+                removed_elements.extend(old.elements.iter().cloned());
+                script::affinity_chains(&mut chains, t, Some(&old.spec), None);
+                records.push((name.clone(), None));
             }
         }
         for new in &diff.upserted {
-            let old = programmed.get(&new.name);
-            if old.is_some_and(|o| **o == **new) {
+            if state.ports.get(&new.name).is_some_and(|o| *o.spec == **new) {
                 continue;
             }
-            let old_keys = old.map(|o| script::keys(o));
-            let new_keys = script::keys(new);
-            let keys_changed = old_keys.as_ref() != Some(&new_keys);
-            if keys_changed {
-                if let Some(k) = &old_keys {
-                    k.write(&mut out, t, "delete");
-                }
-            }
-            script::chains(&mut out, t, old.map(|o| &**o), Some(new));
-            if keys_changed {
-                new_keys.write(&mut out, t, "add");
-            }
+            let ids = match state.ports.get(&new.name) {
+                Some(o) => o.ids,
+                None => script::Ids { cluster: state.take_id(), external: state.take_id() },
+            };
+            let old = state.ports.get(&new.name);
+            let elements = script::elements(new, ids, &mut picks);
+            let empty = BTreeSet::new();
+            let old_elements = old.map_or(&empty, |o| &o.elements);
+            // An element whose value changes is deleted and re-added in the same transaction
+            // (deletes go first in the script).
+            removed_elements.extend(old_elements.difference(&elements).cloned());
+            added_elements.extend(elements.difference(old_elements).cloned());
+            script::affinity_chains(&mut chains, t, old.map(|o| &*o.spec), Some(new));
+            records.push((new.name.clone(), Some(Programmed { spec: new.clone(), ids, elements })));
         }
-        out
+        let mut out = String::new();
+        for pick in picks.difference(&state.picks) {
+            pick.write(&mut out, t);
+        }
+        script::write_elements(&mut out, t, "delete", &removed_elements, CHUNK);
+        out.push_str(&chains);
+        script::write_elements(&mut out, t, "add", &added_elements, CHUNK);
+        (out, records, picks)
     }
 
     async fn run(&self, script: &str) -> Result<(), NftablesError> {
@@ -172,26 +233,36 @@ impl ProxyBackend for NftablesProxy {
     }
 
     async fn apply(&self, diff: &TableDiff) -> Result<(), ApplyError> {
-        let mut programmed = self.programmed.lock().await;
-        let span = tracing::debug_span!("nftables", full = diff.full, upserted = diff.upserted.len(), removed = diff.removed.len());
-        let _enter = span.enter();
+        let mut state = self.state.lock().await;
+        tracing::debug!(full = diff.full, upserted = diff.upserted.len(), removed = diff.removed.len(), "nftables apply");
         if diff.full {
-            let script = self.full_script(diff.upserted.iter().map(|s| &**s));
-            drop(_enter);
+            let (script, new_state) = self.full(&diff.upserted);
             self.run(&script).await.map_err(|e| ApplyError::new("nftables", e))?;
-            *programmed = diff.upserted.iter().map(|s| (s.name.clone(), s.clone())).collect();
+            *state = new_state;
             return Ok(());
         }
-        let script = self.diff_script(&programmed, diff);
-        drop(_enter);
+        let (next_id, free) = (state.next_id, state.free_ids.clone());
+        let (script, records, picks) = self.incremental(&mut state, diff);
         if !script.is_empty() {
-            self.run(&script).await.map_err(|e| ApplyError::new("nftables", e))?;
+            if let Err(e) = self.run(&script).await {
+                // Nothing was applied (one transaction): forget ids handed out for it.
+                state.next_id = next_id;
+                state.free_ids = free;
+                return Err(ApplyError::new("nftables", e));
+            }
         }
-        for name in &diff.removed {
-            programmed.remove(name);
-        }
-        for s in &diff.upserted {
-            programmed.insert(s.name.clone(), s.clone());
+        state.picks = picks;
+        for (name, record) in records {
+            match record {
+                Some(r) => {
+                    state.ports.insert(name, r);
+                }
+                None => {
+                    if let Some(old) = state.ports.remove(&name) {
+                        state.free_ids.extend([old.ids.cluster, old.ids.external]);
+                    }
+                }
+            }
         }
         Ok(())
     }

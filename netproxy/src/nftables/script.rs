@@ -1,33 +1,41 @@
-//! Generating `nft -f` scripts: the base table, and per service port the chains and map elements.
+//! Generating `nft -f` scripts.
 //!
-//! Layout (family `ip`):
-//! - `service-ips` map `daddr . l4proto . dport : verdict` jumps to a service port's `svc-…` chain
-//!   (cluster IPs) or `ext-…` chain (external IPs); `service-nodeports` map `l4proto . dport : verdict`
-//!   jumps to the `ext-…` chain for node ports on local addresses. One lookup per packet.
-//! - A `svc-…`/`ext-…` chain picks an endpoint with `numgen random mod N` and DNATs through an
-//!   anonymous map; with ClientIP affinity it first checks per-endpoint dynamic sets with a timeout.
-//! - `no-endpoint-services` rejects traffic to service ports without endpoints (filter hooks).
+//! Layout (family `ip`), built so that adding or changing a service only adds and removes map
+//! elements (no chain or rule is written per service, and no anonymous set, which is what makes large
+//! nft scripts slow):
+//! - `service-ids` (`daddr . l4proto . dport : mark`) and `nodeport-ids` (`l4proto . dport : mark`)
+//!   give each service port's cluster and external traffic a numeric id, stored in the conntrack mark.
+//! - `service-ips` / `service-nodeports` jump to a shared `pick-<proto>-<N>` chain for a service
+//!   with N endpoints (`pick-masq-…` for external traffic that is masqueraded).
+//! - `pick-…-N` DNATs through `backends` keyed by `ct mark . numgen random mod N`: one hash lookup.
+//! - Services with ClientIP affinity get their own chains with per-endpoint timed sets instead.
+//! - `no-endpoint-services` / `no-endpoint-nodeports` reject traffic to ports without endpoints.
 
 use crate::table::{Affinity, Endpoint, Protocol, ProxyService, ServicePortName};
+use std::collections::BTreeSet;
 use std::fmt::Write;
 use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 
 /// The mark external traffic carries to be masqueraded on its way out.
 pub(super) const MASQ_MARK: u32 = 0x4000;
 
-/// The base table: maps, dispatch and hook chains. Creating it is idempotent only inside a
-/// `delete table` + create transaction, which is how a full sync uses it.
+/// The base table: maps, dispatch and hook chains (no service in it yet).
 pub(super) fn base(table: &str) -> String {
     format!(
         "table ip {table} {{
+  map service-ids {{ type ipv4_addr . inet_proto . inet_service : mark ; }}
+  map nodeport-ids {{ type inet_proto . inet_service : mark ; }}
   map service-ips {{ type ipv4_addr . inet_proto . inet_service : verdict ; }}
   map service-nodeports {{ type inet_proto . inet_service : verdict ; }}
+  map backends {{ typeof ct mark . numgen random mod 2 : ip daddr . tcp dport ; }}
   map no-endpoint-services {{ type ipv4_addr . inet_proto . inet_service : verdict ; }}
   map no-endpoint-nodeports {{ type inet_proto . inet_service : verdict ; }}
   chain reject-chain {{ reject ; }}
   chain mark-for-masquerade {{ meta mark set meta mark | {MASQ_MARK:#x} ; }}
   chain services {{
+    ct mark set ip daddr . meta l4proto . th dport map @service-ids
     ip daddr . meta l4proto . th dport vmap @service-ips
+    ip daddr != 127.0.0.0/8 fib daddr type local ct mark set meta l4proto . th dport map @nodeport-ids
     ip daddr != 127.0.0.0/8 fib daddr type local meta l4proto . th dport vmap @service-nodeports
   }}
   chain filter-endpoints {{
@@ -77,65 +85,128 @@ fn l4(p: Protocol) -> &'static str {
     p.as_lower()
 }
 
-/// The map elements of a service port (the keys under which it is reachable).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct Keys {
-    id: String,
-    /// `(daddr, chain prefix)` entries of `service-ips`.
-    ips: Vec<(Ipv4Addr, &'static str)>,
-    port: u16,
-    node_port: Option<u16>,
-    protocol: Protocol,
-    cluster_empty: bool,
-    external_empty: bool,
+/// A shared endpoint-picking chain: `pick[-masq]-<proto>-<n>`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(super) struct Pick {
+    pub protocol: Protocol,
+    pub n: usize,
+    pub masquerade: bool,
 }
 
-pub(super) fn keys(svc: &ProxyService) -> Keys {
-    let mut ips: Vec<(Ipv4Addr, &'static str)> = svc.cluster_ips.iter().filter_map(v4).map(|ip| (ip, "svc")).collect();
-    ips.extend(svc.external_ips.iter().filter_map(v4).map(|ip| (ip, "ext")));
-    Keys {
-        id: id(&svc.name),
-        ips,
-        port: svc.port,
-        node_port: svc.node_port,
-        protocol: svc.name.protocol,
-        cluster_empty: v4_endpoints(&svc.cluster_endpoints).is_empty(),
-        external_empty: v4_endpoints(&svc.external_endpoints).is_empty(),
+impl Pick {
+    pub(super) fn name(&self) -> String {
+        format!("pick-{}{}-{}", if self.masquerade { "masq-" } else { "" }, l4(self.protocol), self.n)
+    }
+
+    pub(super) fn write(&self, out: &mut String, table: &str) {
+        let name = self.name();
+        let _ = writeln!(out, "add chain ip {table} {name}");
+        if self.masquerade {
+            let _ = writeln!(out, "add rule ip {table} {name} jump mark-for-masquerade");
+        }
+        let _ = writeln!(
+            out,
+            "add rule ip {table} {name} meta l4proto {} dnat to ct mark . numgen random mod {} map @backends",
+            l4(self.protocol),
+            self.n
+        );
     }
 }
 
-impl Keys {
-    /// Writes `add element` (or, with `verb` "delete", `delete element`) commands for these keys.
-    pub(super) fn write(&self, out: &mut String, table: &str, verb: &str) {
-        let (p, id, port) = (l4(self.protocol), &self.id, self.port);
-        for (ip, kind) in &self.ips {
-            let empty = if *kind == "ext" { self.external_empty } else { self.cluster_empty };
-            if empty {
-                let _ = writeln!(
-                    out,
-                    "{verb} element ip {table} no-endpoint-services {{ {ip} . {p} . {port}{} }}",
-                    value(verb, "reject-chain")
-                );
-            } else {
-                let _ = writeln!(
-                    out,
-                    "{verb} element ip {table} service-ips {{ {ip} . {p} . {port}{} }}",
-                    value(verb, &format!("{kind}-{id}"))
-                );
+/// One map element: map name, key, value.
+pub(super) type Element = (&'static str, String, String);
+
+/// The numeric ids of a service port's cluster and external traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Ids {
+    pub cluster: u32,
+    pub external: u32,
+}
+
+/// Every map element a service port needs, and the pick chains they jump to.
+pub(super) fn elements(svc: &ProxyService, ids: Ids, picks: &mut BTreeSet<Pick>) -> BTreeSet<Element> {
+    let mut out = BTreeSet::new();
+    let p = l4(svc.name.protocol);
+    let port = svc.port;
+    let sid = id(&svc.name);
+    let affinity = timeout(svc).is_some();
+    let cluster = v4_endpoints(&svc.cluster_endpoints);
+    let external = v4_endpoints(&svc.external_endpoints);
+    let mut verdict = |eps: &[SocketAddrV4], id: u32, kind: &str, masquerade: bool, out: &mut BTreeSet<Element>| -> String {
+        if affinity {
+            return format!("goto {kind}-{sid}");
+        }
+        for (i, ep) in eps.iter().enumerate() {
+            out.insert(("backends", format!("{id} . {i}"), format!("{} . {}", ep.ip(), ep.port())));
+        }
+        let pick = Pick { protocol: svc.name.protocol, n: eps.len(), masquerade };
+        let v = format!("goto {}", pick.name());
+        picks.insert(pick);
+        v
+    };
+    let cluster_verdict = (!cluster.is_empty()).then(|| verdict(&cluster, ids.cluster, "svc", false, &mut out));
+    let has_ext = svc.node_port.is_some() || !svc.external_ips.is_empty();
+    let external_verdict =
+        (has_ext && !external.is_empty()).then(|| verdict(&external, ids.external, "ext", !svc.external_local, &mut out));
+    for ip in svc.cluster_ips.iter().filter_map(v4) {
+        let key = format!("{ip} . {p} . {port}");
+        match &cluster_verdict {
+            Some(v) => {
+                out.insert(("service-ids", key.clone(), ids.cluster.to_string()));
+                out.insert(("service-ips", key, v.clone()));
+            }
+            None => {
+                out.insert(("no-endpoint-services", key, "goto reject-chain".into()));
             }
         }
-        if let Some(np) = self.node_port {
-            if self.external_empty {
-                let _ = writeln!(out, "{verb} element ip {table} no-endpoint-nodeports {{ {p} . {np}{} }}", value(verb, "reject-chain"));
-            } else {
-                let _ = writeln!(out, "{verb} element ip {table} service-nodeports {{ {p} . {np}{} }}", value(verb, &format!("ext-{id}")));
+    }
+    let ext_keys = svc
+        .external_ips
+        .iter()
+        .filter_map(v4)
+        .map(|ip| ("service-ids", "service-ips", "no-endpoint-services", format!("{ip} . {p} . {port}")));
+    let np_keys = svc.node_port.map(|np| ("nodeport-ids", "service-nodeports", "no-endpoint-nodeports", format!("{p} . {np}")));
+    for (ids_map, verdict_map, reject_map, key) in ext_keys.chain(np_keys) {
+        match &external_verdict {
+            Some(v) => {
+                out.insert((ids_map, key.clone(), ids.external.to_string()));
+                out.insert((verdict_map, key, v.clone()));
             }
+            None => {
+                out.insert((reject_map, key, "goto reject-chain".into()));
+            }
+        }
+    }
+    out
+}
+
+/// Writes `add element` / `delete element` statements, grouped per map, at most `chunk` per statement.
+pub(super) fn write_elements<'a>(out: &mut String, table: &str, verb: &str, elements: impl IntoIterator<Item = &'a Element>, chunk: usize) {
+    let mut by_map: std::collections::BTreeMap<&str, Vec<&Element>> = std::collections::BTreeMap::new();
+    for e in elements {
+        by_map.entry(e.0).or_default().push(e);
+    }
+    for (map, elems) in by_map {
+        for group in elems.chunks(chunk.max(1)) {
+            let _ = write!(out, "{verb} element ip {table} {map} {{ ");
+            for (i, (_, key, value)) in group.iter().enumerate() {
+                let sep = if i == 0 { "" } else { ", " };
+                if verb == "add" {
+                    let _ = write!(out, "{sep}{key} : {value}");
+                } else {
+                    let _ = write!(out, "{sep}{key}");
+                }
+            }
+            out.push_str(" }\n");
         }
     }
 }
 
-fn value(verb: &str, chain: &str) -> String {
-    if verb == "add" { format!(" : goto {chain}") } else { String::new() }
+/// The affinity chains of a service port, when it has affinity.
+pub(super) fn affinity_chains(out: &mut String, table: &str, old: Option<&ProxyService>, new: Option<&ProxyService>) {
+    let old = old.filter(|o| timeout(o).is_some());
+    let new = new.filter(|n| timeout(n).is_some());
+    chains(out, table, old, new);
 }
 
 fn wants_ext(svc: &ProxyService) -> bool {
@@ -168,7 +239,7 @@ fn ep_name(id: &str, ep: SocketAddrV4) -> String {
 /// Commands that bring a service port's chains from `old` (None: nothing yet) to `new` (None: gone).
 /// Order matters inside the one transaction: new endpoint chains first, then the service chains that
 /// reference them, then whatever nothing references any more.
-pub(super) fn chains(out: &mut String, table: &str, old: Option<&ProxyService>, new: Option<&ProxyService>) {
+fn chains(out: &mut String, table: &str, old: Option<&ProxyService>, new: Option<&ProxyService>) {
     let Some(svc) = new.or(old) else { return };
     let id = id(&svc.name);
     let old_eps = old.map(affinity_endpoints).unwrap_or_default();
@@ -198,19 +269,9 @@ pub(super) fn chains(out: &mut String, table: &str, old: Option<&ProxyService>, 
         }
         let svc_exists = old.is_some();
         let ext_exists = old.is_some_and(wants_ext);
-        chain(out, table, &id, new.name.protocol, "svc", &v4_endpoints(&new.cluster_endpoints), false, timeout(new).is_some(), svc_exists);
+        chain(out, table, &id, "svc", &v4_endpoints(&new.cluster_endpoints), false, svc_exists);
         if wants_ext(new) {
-            chain(
-                out,
-                table,
-                &id,
-                new.name.protocol,
-                "ext",
-                &v4_endpoints(&new.external_endpoints),
-                !new.external_local,
-                timeout(new).is_some(),
-                ext_exists,
-            );
+            chain(out, table, &id, "ext", &v4_endpoints(&new.external_endpoints), !new.external_local, ext_exists);
         } else if ext_exists {
             delete_chain(out, table, &format!("ext-{id}"));
         }
@@ -227,17 +288,8 @@ pub(super) fn chains(out: &mut String, table: &str, old: Option<&ProxyService>, 
     }
 }
 
-fn chain(
-    out: &mut String,
-    table: &str,
-    id: &str,
-    protocol: Protocol,
-    kind: &str,
-    eps: &[SocketAddrV4],
-    masquerade: bool,
-    affinity: bool,
-    existing: bool,
-) {
+/// An affinity service's `svc-`/`ext-` chain: stick to a remembered endpoint, else pick one at random.
+fn chain(out: &mut String, table: &str, id: &str, kind: &str, eps: &[SocketAddrV4], masquerade: bool, existing: bool) {
     let name = format!("{kind}-{id}");
     if existing {
         let _ = writeln!(out, "flush chain ip {table} {name}");
@@ -250,23 +302,15 @@ fn chain(
     if eps.is_empty() {
         return;
     }
+    for ep in eps {
+        let e = ep_name(id, *ep);
+        let _ = writeln!(out, "add rule ip {table} {name} ip saddr @aff-{e} goto ep-{e}");
+    }
     let mut map = String::new();
-    if affinity {
-        for ep in eps {
-            let e = ep_name(id, *ep);
-            let _ = writeln!(out, "add rule ip {table} {name} ip saddr @aff-{e} goto ep-{e}");
-        }
-        for (i, ep) in eps.iter().enumerate() {
-            let _ = write!(map, "{}{i} : goto ep-{}", if i == 0 { "" } else { ", " }, ep_name(id, *ep));
-        }
-        let _ = writeln!(out, "add rule ip {table} {name} numgen random mod {} vmap {{ {map} }}", eps.len());
-        return;
-    }
     for (i, ep) in eps.iter().enumerate() {
-        let _ = write!(map, "{}{i} : {} . {}", if i == 0 { "" } else { ", " }, ep.ip(), ep.port());
+        let _ = write!(map, "{}{i} : goto ep-{}", if i == 0 { "" } else { ", " }, ep_name(id, *ep));
     }
-    let _ =
-        writeln!(out, "add rule ip {table} {name} meta l4proto {} dnat to numgen random mod {} map {{ {map} }}", l4(protocol), eps.len());
+    let _ = writeln!(out, "add rule ip {table} {name} numgen random mod {} vmap {{ {map} }}", eps.len());
 }
 
 fn delete_chain(out: &mut String, table: &str, name: &str) {
