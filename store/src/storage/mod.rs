@@ -31,6 +31,8 @@ pub mod conformance;
 pub mod durable;
 #[cfg(feature = "etcd")]
 pub mod etcd;
+#[cfg(all(feature = "etcd", feature = "testing"))]
+pub mod etcd_server;
 pub mod memory;
 mod mvcc;
 mod snapshot;

@@ -9,3 +9,4 @@ mod kubectl;
 mod patch;
 mod storage;
 mod storage_durable;
+mod storage_etcd;
