@@ -309,15 +309,15 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<DeploymentCtx>) -> Result<Ac
                 let old_running = olds.iter().any(|rs| spec_replicas(rs) > 0 || status_of(rs).0 > 0);
                 for rs in &olds {
                     if spec_replicas(rs) > 0 {
-                        ctx.scale(&rs_api, &uid, rs, 0, desired, surge).await?;
+                        ctx.scale(&rs_api, &d, rs, 0, desired, surge).await?;
                     }
                 }
                 if !old_running && spec_replicas(new) != desired {
-                    ctx.scale(&rs_api, &uid, new, desired, desired, surge).await?;
+                    ctx.scale(&rs_api, &d, new, desired, desired, surge).await?;
                 }
             }
             Some(new) => {
-                ctx.rolling(&rs_api, &uid, new, &olds, desired, surge, max_unavailable).await?;
+                ctx.rolling(&rs_api, &d, new, &olds, desired, surge, max_unavailable).await?;
             }
             None => {}
         }
@@ -325,7 +325,7 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<DeploymentCtx>) -> Result<Ac
     } else if let Some(new) = &new_rs {
         // Paused: scaling still applies to the current ReplicaSet when it is the only active one.
         if olds.iter().all(|rs| spec_replicas(rs) == 0) && spec_replicas(new) != desired {
-            ctx.scale(&rs_api, &uid, new, desired, desired, surge).await?;
+            ctx.scale(&rs_api, &d, new, desired, desired, surge).await?;
         }
     }
 
@@ -339,7 +339,7 @@ impl DeploymentCtx {
         }
     }
 
-    async fn scale(&self, api: &Api<ReplicaSet>, owner: &str, rs: &ReplicaSet, to: i32, desired: i32, surge: i32) -> Result<(), Error> {
+    async fn scale(&self, api: &Api<ReplicaSet>, d: &Deployment, rs: &ReplicaSet, to: i32, desired: i32, surge: i32) -> Result<(), Error> {
         let from = spec_replicas(rs);
         let patch = serde_json::json!({
             "metadata": {
@@ -349,8 +349,14 @@ impl DeploymentCtx {
             "spec": {"replicas": to},
         });
         let updated = api.patch(rs.name(), &Patch::Merge(patch), &PatchParams::default()).await?;
-        self.note_write(owner, &updated);
+        self.note_write(d.uid(), &updated);
         tracing::debug!(rs = %rs.name(), from, to, "scaled replica set");
+        let direction = if to > from { "up" } else { "down" };
+        let note = format!("Scaled {direction} replica set {} from {from} to {to}", rs.name());
+        let event = crate::runtime::EventData::normal("ScalingReplicaSet", "Scale", note);
+        if let Err(error) = self.shared.recorder.publish(&crate::runtime::events::object_reference(d), &event).await {
+            tracing::debug!(%error, "event not recorded");
+        }
         Ok(())
     }
 
@@ -358,7 +364,7 @@ impl DeploymentCtx {
     async fn rolling(
         &self,
         api: &Api<ReplicaSet>,
-        owner: &str,
+        owner: &Deployment,
         new: &ReplicaSet,
         olds: &[Arc<ReplicaSet>],
         desired: i32,

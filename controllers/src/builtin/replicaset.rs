@@ -3,12 +3,13 @@
 //! before its own writes show up in the pod cache, so it never overshoots.
 
 use super::{Shared, pod_is_active, pod_is_available, pod_is_ready, selector_of};
+use crate::clock;
 use crate::runtime::{Action, Controller};
 use bosun_core::meta::{controller_of, controller_ref, is_deleting};
 use bosun_core::watch::Store;
 use bosun_core::{Api, DeleteParams, Error, Object, ObjectKey, Patch, PatchParams, PostParams};
 use futures::future::join_all;
-use k8s_openapi::api::apps::v1::ReplicaSet;
+use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetCondition};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use std::collections::{HashMap, HashSet};
@@ -116,7 +117,7 @@ pub async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<ReplicaSetCtx>) -> Result<A
             manage_error = err;
         }
     }
-    let requeue = update_status(&ctx, &rs, &active, &spec).await?;
+    let requeue = update_status(&ctx, &rs, &active, &spec, manage_error.as_ref()).await?;
     if let Some(e) = manage_error {
         return Err(e);
     }
@@ -228,6 +229,7 @@ async fn update_status(
     rs: &ReplicaSet,
     active: &[&Arc<Pod>],
     spec: &k8s_openapi::api::apps::v1::ReplicaSetSpec,
+    failure: Option<&Error>,
 ) -> Result<Option<Duration>, Error> {
     let min_ready = spec.min_ready_seconds.unwrap_or(0);
     let template_labels = spec.template.as_ref().and_then(|t| t.metadata.as_ref()).and_then(|m| m.labels.clone()).unwrap_or_default();
@@ -258,13 +260,41 @@ async fn update_status(
         status.fully_labeled_replicas.unwrap_or(0),
         status.observed_generation.unwrap_or(0),
     );
-    if current != (replicas, ready, available, fully_labeled, generation) {
+    // ReplicaFailure reports a failed create or delete (quota, a terminating namespace...); it
+    // clears once a sync manages the pods without error.
+    let mut conditions = status.conditions.clone().unwrap_or_default();
+    let had_failure = conditions.iter().any(|c| c.type_.as_deref() == Some("ReplicaFailure"));
+    match failure {
+        Some(e) => {
+            let reason = if active.len() < usize::try_from(spec.replicas.unwrap_or(1).max(0)).unwrap_or(0) {
+                "FailedCreate"
+            } else {
+                "FailedDelete"
+            };
+            let cond = ReplicaSetCondition {
+                type_: Some("ReplicaFailure".into()),
+                status: Some("True".into()),
+                reason: Some(reason.into()),
+                message: Some(e.to_string()),
+                last_transition_time: Some(clock::now_time()),
+            };
+            match conditions.iter_mut().find(|c| c.type_.as_deref() == Some("ReplicaFailure")) {
+                Some(old) if old.reason == cond.reason && old.message == cond.message => {}
+                Some(old) => *old = cond,
+                None => conditions.push(cond),
+            }
+        }
+        None => conditions.retain(|c| c.type_.as_deref() != Some("ReplicaFailure")),
+    }
+    let conditions_changed = status.conditions.clone().unwrap_or_default() != conditions || (had_failure && failure.is_none());
+    if current != (replicas, ready, available, fully_labeled, generation) || conditions_changed {
         let patch = serde_json::json!({"status": {
             "replicas": replicas,
             "readyReplicas": ready,
             "availableReplicas": available,
             "fullyLabeledReplicas": fully_labeled,
             "observedGeneration": generation,
+            "conditions": conditions,
         }});
         let api = Api::<ReplicaSet>::namespaced(ctx.shared.client.clone(), rs.namespace().unwrap_or("default"));
         match api.patch_status(rs.name(), &Patch::Merge(patch), &PatchParams::default()).await {

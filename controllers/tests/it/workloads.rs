@@ -342,3 +342,23 @@ async fn min_ready_seconds_delays_availability() -> Result<(), Box<dyn std::erro
     assert_eq!(status.available_replicas, Some(2));
     Ok(())
 }
+
+#[tokio::test(start_paused = true)]
+async fn failed_creates_show_as_replica_failure_until_they_succeed() -> Result<(), Box<dyn std::error::Error>> {
+    let h = harness(&["replicaset"]);
+    h.faults().fail(Verb::Create, Some("pods"), u32::MAX, bosun_core::Error::forbidden("exceeded quota: pods"));
+    let rs_api = Api::<ReplicaSet>::namespaced(h.client(), "default");
+    rs_api.create(&replicaset("web", "web", 2), &PostParams::default()).await?;
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let conditions = rs_api.get("web").await?.status.unwrap_or_default().conditions.unwrap_or_default();
+    let failure = conditions.iter().find(|c| c.type_.as_deref() == Some("ReplicaFailure")).ok_or("no ReplicaFailure")?;
+    assert_eq!(failure.reason.as_deref(), Some("FailedCreate"));
+    let before = h.faults().calls(Verb::Create, "pods");
+    assert!(before < 40, "failures back off rather than hammer the server ({before} creates in 2 s)");
+    h.faults().clear();
+    h.run_until_quiescent().await?;
+    let status = rs_api.get("web").await?.status.unwrap_or_default();
+    assert_eq!(status.ready_replicas, Some(2));
+    assert!(status.conditions.unwrap_or_default().iter().all(|c| c.type_.as_deref() != Some("ReplicaFailure")));
+    Ok(())
+}
