@@ -319,6 +319,7 @@ pub struct LogParams {
 
 /// One event of a watch.
 #[derive(Debug, Clone, PartialEq)]
+#[allow(clippy::large_enum_variant)] // events are moved once, boxing would cost an allocation each
 pub enum WatchEvent<K> {
     /// An object appeared (or exists, for the initial events of a watch from `"0"`).
     Added(K),

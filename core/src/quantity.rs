@@ -284,17 +284,18 @@ impl fmt::Display for Quantity {
         if self.mantissa == 0 {
             return f.write_str("0");
         }
-        if self.format == Format::BinarySI && self.scale >= 0 {
-            if let Some(mut m) = rescale(self.mantissa, self.scale) {
-                let mut pow = 0;
-                while pow < 6 && m % 1024 == 0 {
-                    m /= 1024;
-                    pow += 1;
-                }
-                if pow > 0 || m.abs() < 1024 {
-                    let suffix = ["", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei"][pow];
-                    return write!(f, "{m}{suffix}");
-                }
+        if self.format == Format::BinarySI
+            && self.scale >= 0
+            && let Some(mut m) = rescale(self.mantissa, self.scale)
+        {
+            let mut pow = 0;
+            while pow < 6 && m % 1024 == 0 {
+                m /= 1024;
+                pow += 1;
+            }
+            if pow > 0 || m.abs() < 1024 {
+                let suffix = ["", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei"][pow];
+                return write!(f, "{m}{suffix}");
             }
         }
         // Decimal: round the exponent down to a multiple of 3 (Kubernetes rounds sub-nano values up to 1n).

@@ -104,12 +104,10 @@ impl<K: Object> Informer<K> {
     pub fn subscribe(&self) -> ChangeStream<K> {
         let rx = self.shared.changes.subscribe();
         futures::stream::unfold(rx, |mut rx| async move {
-            loop {
-                match rx.recv().await {
-                    Ok(change) => return Some((change, rx)),
-                    Err(broadcast::error::RecvError::Lagged(_)) => return Some((Change::Resync, rx)),
-                    Err(broadcast::error::RecvError::Closed) => return None,
-                }
+            match rx.recv().await {
+                Ok(change) => Some((change, rx)),
+                Err(broadcast::error::RecvError::Lagged(_)) => Some((Change::Resync, rx)),
+                Err(broadcast::error::RecvError::Closed) => None,
             }
         })
         .boxed()
