@@ -129,46 +129,112 @@ pub fn encode_managed_fields(obj: &mut Value, mut entries: Vec<ManagedFieldsEntr
 }
 
 // ---------------------------------------------------------------------------------------------
-// Schema helpers
+// Schema positions
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum ListKind {
     Atomic,
     Set,
-    Map(Vec<&'static str>),
+    Map(Vec<String>),
 }
 
-fn list_kind(node: Node, sem: &FieldSemantics) -> ListKind {
-    if node == Node::Deduced {
-        return ListKind::Atomic;
+/// Where a value sits in its kind's schema: a built-in kind's table node with the semantics of
+/// the field holding the value, or a custom resource's structural schema (`None`: no schema,
+/// so maps are granular and lists atomic).
+#[derive(Debug, Clone, Copy)]
+enum Pos<'s> {
+    Builtin(Node, FieldSemantics),
+    Custom(Option<&'s Value>),
+}
+
+impl<'s> Pos<'s> {
+    fn root(resource: &ApiResource, schema: Option<&'s Value>) -> Self {
+        match Node::for_kind(&resource.group, &resource.version, &resource.kind) {
+            Some(node) => Self::Builtin(node, FieldSemantics::default_for_root()),
+            None => Self::Custom(schema),
+        }
     }
-    match sem.list_type {
-        ListType::Map if !sem.map_keys.is_empty() => ListKind::Map(sem.map_keys.to_vec()),
-        ListType::Set => ListKind::Set,
-        ListType::Atomic | ListType::Map => ListKind::Atomic,
-        ListType::Unspecified if sem.merge => sem.merge_key.map_or(ListKind::Set, |k| ListKind::Map(vec![k])),
-        ListType::Unspecified => ListKind::Atomic,
+
+    /// The position of the member `key` of an object here.
+    fn child(self, key: &str) -> Self {
+        match self {
+            Self::Builtin(node, _) => Self::Builtin(node.child(key), node.field(key)),
+            Self::Custom(None) => Self::Custom(None),
+            Self::Custom(Some(s)) => Self::Custom(
+                s.get("properties").and_then(|p| p.get(key)).or_else(|| s.get("additionalProperties").filter(|a| a.is_object())),
+            ),
+        }
     }
-}
 
-fn object_atomic(node: Node, sem: &FieldSemantics) -> bool {
-    sem.atomic || node.is_atomic()
-}
+    /// The position of the items of a list here.
+    fn item(self) -> Self {
+        match self {
+            Self::Builtin(node, _) => Self::Builtin(node, FieldSemantics::default_for_root()),
+            Self::Custom(s) => Self::Custom(s.and_then(|s| s.get("items"))),
+        }
+    }
 
-fn child_sem(node: Node, key: &str) -> FieldSemantics {
-    node.field(key)
+    fn list_kind(self) -> ListKind {
+        match self {
+            Self::Builtin(node, sem) => {
+                if node == Node::Deduced {
+                    return ListKind::Atomic;
+                }
+                match sem.list_type {
+                    ListType::Map if !sem.map_keys.is_empty() => ListKind::Map(sem.map_keys.iter().map(|k| (*k).to_owned()).collect()),
+                    ListType::Set => ListKind::Set,
+                    ListType::Atomic | ListType::Map => ListKind::Atomic,
+                    ListType::Unspecified if sem.merge => sem.merge_key.map_or(ListKind::Set, |k| ListKind::Map(vec![k.to_owned()])),
+                    ListType::Unspecified => ListKind::Atomic,
+                }
+            }
+            Self::Custom(None) => ListKind::Atomic,
+            Self::Custom(Some(s)) => match s.get("x-kubernetes-list-type").and_then(Value::as_str) {
+                Some("set") => ListKind::Set,
+                Some("map") => {
+                    let keys: Vec<String> = s
+                        .get("x-kubernetes-list-map-keys")
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten()
+                        .filter_map(Value::as_str)
+                        .map(str::to_owned)
+                        .collect();
+                    if keys.is_empty() { ListKind::Atomic } else { ListKind::Map(keys) }
+                }
+                _ => ListKind::Atomic,
+            },
+        }
+    }
+
+    /// Whether an object here is replaced and owned whole.
+    fn atomic_object(self) -> bool {
+        match self {
+            Self::Builtin(node, sem) => sem.atomic || node.is_atomic(),
+            Self::Custom(s) => s.and_then(|s| s.get("x-kubernetes-map-type")).and_then(Value::as_str) == Some("atomic"),
+        }
+    }
+
+    /// Whether the keys of an object here are map entries rather than declared struct fields.
+    fn is_map(self) -> bool {
+        match self {
+            Self::Builtin(node, _) => node.is_map(),
+            Self::Custom(None) => true,
+            Self::Custom(Some(s)) => s.get("properties").is_none(),
+        }
+    }
 }
 
 /// The path element of an associative list item; key fields that are absent take their
 /// Kubernetes default (`protocol: TCP`) so that an applied port matches the defaulted live one.
-fn item_key(item: &Value, keys: &[&'static str], index: usize) -> PathElement {
+fn item_key(item: &Value, keys: &[String], index: usize) -> PathElement {
     let Some(obj) = item.as_object() else { return PathElement::Index(index) };
     let tcp = Value::String("TCP".into());
     let fields: Vec<(&str, &Value)> = keys
         .iter()
-        .filter_map(|k| match obj.get(*k) {
-            Some(v) if !v.is_null() => Some((*k, v)),
-            _ if *k == "protocol" => Some((*k, &tcp)),
+        .filter_map(|k| match obj.get(k) {
+            Some(v) if !v.is_null() => Some((k.as_str(), v)),
+            _ if k == "protocol" => Some((k.as_str(), &tcp)),
             _ => None,
         })
         .collect();
@@ -199,32 +265,32 @@ fn item_elements(items: &[Value], kind: &ListKind) -> Vec<PathElement> {
 // ---------------------------------------------------------------------------------------------
 // Field sets
 
-/// The fields a value sets, by structured-merge-diff's rules: leaves, list items, map entries,
-/// atomic values, empty or null struct fields.
+/// The fields a value of a built-in kind sets, by structured-merge-diff's rules: leaves, list
+/// items, map entries, atomic values, empty or null struct fields.
 pub fn field_set(value: &Value, root: Node) -> FieldSet {
     let mut out = FieldSet::new();
-    walk(value, root, &FieldSemantics::default_for_root(), &mut Vec::new(), &mut out);
+    walk(value, Pos::Builtin(root, FieldSemantics::default_for_root()), &mut Vec::new(), &mut out);
     out
 }
 
-fn walk(v: &Value, node: Node, sem: &FieldSemantics, path: &mut Path, out: &mut FieldSet) {
+fn walk(v: &Value, pos: Pos<'_>, path: &mut Path, out: &mut FieldSet) {
     match v {
         Value::Object(m) => {
-            if object_atomic(node, sem) {
+            if pos.atomic_object() {
                 out.insert(path);
                 return;
             }
             for (k, cv) in m {
                 path.push(PathElement::Field(k.clone()));
-                walk(cv, node.child(k), &child_sem(node, k), path, out);
-                if cv.is_null() || cv.as_object().is_some_and(Map::is_empty) || node.is_map() {
+                walk(cv, pos.child(k), path, out);
+                if cv.is_null() || cv.as_object().is_some_and(Map::is_empty) || pos.is_map() {
                     out.insert(path);
                 }
                 path.pop();
             }
         }
         Value::Array(items) => {
-            let kind = list_kind(node, sem);
+            let kind = pos.list_kind();
             if kind == ListKind::Atomic {
                 out.insert(path);
                 return;
@@ -232,7 +298,7 @@ fn walk(v: &Value, node: Node, sem: &FieldSemantics, path: &mut Path, out: &mut 
             for (pe, item) in item_elements(items, &kind).into_iter().zip(items) {
                 path.push(pe);
                 if matches!(kind, ListKind::Map(_)) {
-                    walk(item, node, &FieldSemantics::default_for_root(), path, out);
+                    walk(item, pos.item(), path, out);
                 }
                 out.insert(path);
                 path.pop();
@@ -242,24 +308,28 @@ fn walk(v: &Value, node: Node, sem: &FieldSemantics, path: &mut Path, out: &mut 
     }
 }
 
-/// What changed from `old` to `new`: (added or modified fields, removed fields).
+/// What changed from `old` to `new` in a built-in kind: (added or modified fields, removed fields).
 pub fn diff(old: &Value, new: &Value, root: Node) -> (FieldSet, FieldSet) {
+    diff_at(old, new, Pos::Builtin(root, FieldSemantics::default_for_root()))
+}
+
+fn diff_at(old: &Value, new: &Value, root: Pos<'_>) -> (FieldSet, FieldSet) {
     let (mut changed, mut removed) = (FieldSet::new(), FieldSet::new());
-    diff_walk(old, new, root, &FieldSemantics::default_for_root(), &mut Vec::new(), &mut changed, &mut removed);
+    diff_walk(old, new, root, &mut Vec::new(), &mut changed, &mut removed);
     (changed, removed)
 }
 
-fn diff_walk(old: &Value, new: &Value, node: Node, sem: &FieldSemantics, path: &mut Path, changed: &mut FieldSet, removed: &mut FieldSet) {
+fn diff_walk(old: &Value, new: &Value, pos: Pos<'_>, path: &mut Path, changed: &mut FieldSet, removed: &mut FieldSet) {
     match (old, new) {
-        (Value::Object(o), Value::Object(n)) if !object_atomic(node, sem) => {
+        (Value::Object(o), Value::Object(n)) if !pos.atomic_object() => {
             for (k, nv) in n {
                 path.push(PathElement::Field(k.clone()));
-                let (cn, cs) = (node.child(k), child_sem(node, k));
+                let child = pos.child(k);
                 match o.get(k) {
-                    Some(ov) => diff_walk(ov, nv, cn, &cs, path, changed, removed),
+                    Some(ov) => diff_walk(ov, nv, child, path, changed, removed),
                     None => {
-                        walk(nv, cn, &cs, path, changed);
-                        if nv.is_null() || nv.as_object().is_some_and(Map::is_empty) || node.is_map() || cn.is_map() {
+                        walk(nv, child, path, changed);
+                        if nv.is_null() || nv.as_object().is_some_and(Map::is_empty) || pos.is_map() || (nv.is_object() && child.is_map()) {
                             changed.insert(path);
                         }
                     }
@@ -271,26 +341,24 @@ fn diff_walk(old: &Value, new: &Value, node: Node, sem: &FieldSemantics, path: &
                     continue;
                 }
                 path.push(PathElement::Field(k.clone()));
-                walk(ov, node.child(k), &child_sem(node, k), path, removed);
+                walk(ov, pos.child(k), path, removed);
                 removed.insert(path);
                 path.pop();
             }
         }
-        (Value::Array(o), Value::Array(n)) if list_kind(node, sem) != ListKind::Atomic => {
-            let kind = list_kind(node, sem);
+        (Value::Array(o), Value::Array(n)) if pos.list_kind() != ListKind::Atomic => {
+            let kind = pos.list_kind();
+            let keyed = matches!(kind, ListKind::Map(_));
             let (ope, npe) = (item_elements(o, &kind), item_elements(n, &kind));
-            let old_index = index_of(&ope);
-            let new_index = index_of(&npe);
+            let (old_index, new_index) = (index_of(&ope), index_of(&npe));
             for (pe, item) in npe.iter().zip(n) {
                 path.push(pe.clone());
                 match old_index.get(pe).copied() {
-                    Some(i) if matches!(kind, ListKind::Map(_)) => {
-                        diff_walk(&o[i], item, node, &FieldSemantics::default_for_root(), path, changed, removed);
-                    }
+                    Some(i) if keyed => diff_walk(&o[i], item, pos.item(), path, changed, removed),
                     Some(_) => {}
                     None => {
-                        if matches!(kind, ListKind::Map(_)) {
-                            walk(item, node, &FieldSemantics::default_for_root(), path, changed);
+                        if keyed {
+                            walk(item, pos.item(), path, changed);
                         }
                         changed.insert(path);
                     }
@@ -302,8 +370,8 @@ fn diff_walk(old: &Value, new: &Value, node: Node, sem: &FieldSemantics, path: &
                     continue;
                 }
                 path.push(pe.clone());
-                if matches!(kind, ListKind::Map(_)) {
-                    walk(item, node, &FieldSemantics::default_for_root(), path, removed);
+                if keyed {
+                    walk(item, pos.item(), path, removed);
                 }
                 removed.insert(path);
                 path.pop();
@@ -330,9 +398,9 @@ fn strip_nulls(v: &Value) -> Value {
 
 /// Merges the applied configuration into the live object (structured merge: associative lists
 /// by key, sets by value, atomic values replaced).
-fn merge(live: &Value, applied: &Value, node: Node, sem: &FieldSemantics) -> Value {
+fn merge(live: &Value, applied: &Value, pos: Pos<'_>) -> Value {
     match (live, applied) {
-        (Value::Object(l), Value::Object(a)) if !object_atomic(node, sem) => {
+        (Value::Object(l), Value::Object(a)) if !pos.atomic_object() => {
             let mut out = l.clone();
             for (k, av) in a {
                 if av.is_null() {
@@ -340,16 +408,15 @@ fn merge(live: &Value, applied: &Value, node: Node, sem: &FieldSemantics) -> Val
                     continue;
                 }
                 let merged = match l.get(k) {
-                    Some(lv) => merge(lv, av, node.child(k), &child_sem(node, k)),
+                    Some(lv) => merge(lv, av, pos.child(k)),
                     None => strip_nulls(av),
                 };
                 out.insert(k.clone(), merged);
             }
             Value::Object(out)
         }
-        (Value::Array(l), Value::Array(a)) if list_kind(node, sem) != ListKind::Atomic => {
-            let kind = list_kind(node, sem);
-            Value::Array(merge_lists(l, a, &kind, node))
+        (Value::Array(l), Value::Array(a)) if pos.list_kind() != ListKind::Atomic => {
+            Value::Array(merge_lists(l, a, &pos.list_kind(), pos.item()))
         }
         _ => strip_nulls(applied),
     }
@@ -357,13 +424,13 @@ fn merge(live: &Value, applied: &Value, node: Node, sem: &FieldSemantics) -> Val
 
 /// Interleaves live and applied items as structured-merge-diff does: applied items in their
 /// order, live-only items kept where they were relative to the shared ones.
-fn merge_lists(lhs: &[Value], rhs: &[Value], kind: &ListKind, node: Node) -> Vec<Value> {
+fn merge_lists(lhs: &[Value], rhs: &[Value], kind: &ListKind, item: Pos<'_>) -> Vec<Value> {
     let (lpe, rpe) = (item_elements(lhs, kind), item_elements(rhs, kind));
     let (lhs_index, rhs_index) = (index_of(&lpe), index_of(&rpe));
     let in_rhs = |pe: &PathElement| rhs_index.contains_key(pe);
     let lhs_item = |pe: &PathElement| lhs_index.get(pe).map(|&i| &lhs[i]);
     let merge_item = |pe: &PathElement, r: &Value| match (kind, lhs_item(pe)) {
-        (ListKind::Map(_), Some(l)) => merge(l, r, node, &FieldSemantics::default_for_root()),
+        (ListKind::Map(_), Some(l)) => merge(l, r, item),
         _ => strip_nulls(r),
     };
     let mut shared: std::collections::VecDeque<&PathElement> = rpe.iter().filter(|pe| lhs_index.contains_key(pe)).collect();
@@ -412,24 +479,23 @@ fn merge_lists(lhs: &[Value], rhs: &[Value], kind: &ListKind, node: Node) -> Vec
 }
 
 /// Removes the value at `path` (no-op when absent).
-fn remove_at(v: &mut Value, path: &[PathElement], node: Node, sem: &FieldSemantics) {
+fn remove_at(v: &mut Value, path: &[PathElement], pos: Pos<'_>) {
     let Some((first, rest)) = path.split_first() else { return };
     match (v, first) {
         (Value::Object(m), PathElement::Field(k)) => {
             if rest.is_empty() {
                 m.remove(k);
             } else if let Some(child) = m.get_mut(k) {
-                let (cn, cs) = (node.child(k), child_sem(node, k));
-                remove_at(child, rest, cn, &cs);
+                remove_at(child, rest, pos.child(k));
             }
         }
         (Value::Array(items), pe) => {
-            let kind = list_kind(node, sem);
+            let kind = pos.list_kind();
             let Some(i) = item_elements(items, &kind).iter().position(|x| x == pe) else { return };
             if rest.is_empty() {
                 items.remove(i);
             } else {
-                remove_at(&mut items[i], rest, node, &FieldSemantics::default_for_root());
+                remove_at(&mut items[i], rest, pos.item());
             }
         }
         _ => {}
@@ -488,12 +554,14 @@ fn scoped_intent(applied: &Value, resource: &ApiResource, subresource: Option<&s
     }
 }
 
-fn root_node(resource: &ApiResource) -> Node {
-    Node::for_kind(&resource.group, &resource.version, &resource.kind).unwrap_or(Node::Deduced)
-}
-
 // ---------------------------------------------------------------------------------------------
 // Apply and Update
+
+fn set_of(value: &Value, root: Pos<'_>) -> FieldSet {
+    let mut out = FieldSet::new();
+    walk(value, root, &mut Vec::new(), &mut out);
+    out
+}
 
 /// Server-side apply of `applied` (the parsed `application/apply-patch+yaml` body) to `live`
 /// (`Value::Null` when the object does not exist yet: apply creates it).
@@ -525,7 +593,7 @@ pub fn server_side_apply(resource: &ApiResource, live: &Value, applied: &Value, 
             resource.kind
         )));
     }
-    let root = root_node(resource);
+    let root = Pos::root(resource, ctx.schema.as_deref());
     let live_obj = if live.is_null() { Value::Object(Map::new()) } else { live.clone() };
     let mut managers = decode_managed_fields(&live_obj)?;
     if !live.is_null() && managers.is_empty() {
@@ -535,14 +603,14 @@ pub fn server_side_apply(resource: &ApiResource, live: &Value, applied: &Value, 
             api_version: live_obj.get("apiVersion").and_then(Value::as_str).unwrap_or(api_version).to_owned(),
             time: None,
             subresource: None,
-            fields: scope(&field_set(&live_obj, root), resource, None),
+            fields: scope(&set_of(&live_obj, root), resource, None),
         });
     }
 
     let intent = scoped_intent(applied, resource, sub);
-    let mut new_obj = merge(&live_obj, &intent, root, &FieldSemantics::default_for_root());
-    let new_set = scope(&field_set(&intent, root), resource, sub);
-    let (changed, _) = diff(&live_obj, &new_obj, root);
+    let mut new_obj = merge(&live_obj, &intent, root);
+    let new_set = scope(&set_of(&intent, root), resource, sub);
+    let (changed, _) = diff_at(&live_obj, &new_obj, root);
     let changed = scope(&changed, resource, sub);
 
     let is_self = |e: &ManagedFieldsEntry| e.same_owner(manager, APPLY, api_version, sub);
@@ -572,7 +640,7 @@ pub fn server_side_apply(resource: &ApiResource, live: &Value, applied: &Value, 
     let stale = previous.difference(&new_set).difference(&others);
     for p in stale.paths() {
         if !others.has_descendant(&p) {
-            remove_at(&mut new_obj, &p, root, &FieldSemantics::default_for_root());
+            remove_at(&mut new_obj, &p, root);
         }
     }
 
@@ -610,9 +678,9 @@ pub fn record_update(resource: &ApiResource, old: Option<&Value>, new: &mut Valu
     };
     let mut managers =
         if requested { decode_managed_fields(new)? } else { old.map(decode_managed_fields).transpose()?.unwrap_or_default() };
-    let root = root_node(resource);
+    let root = Pos::root(resource, ctx.schema.as_deref());
     let empty = Value::Object(Map::new());
-    let (changed, removed) = diff(old.unwrap_or(&empty), new, root);
+    let (changed, removed) = diff_at(old.unwrap_or(&empty), new, root);
     let (changed, removed) = (scope(&changed, resource, sub), scope(&removed, resource, sub));
     let api_version = new.get("apiVersion").and_then(Value::as_str).map_or_else(|| resource.api_version(), str::to_owned);
     for entry in &mut managers {
@@ -695,9 +763,9 @@ mod tests {
 
     #[test]
     fn associative_lists_keep_live_only_items_in_place() {
-        let kind = ListKind::Map(vec!["name"]);
+        let kind = ListKind::Map(vec!["name".to_owned()]);
         let items = |names: &[&str]| names.iter().map(|n| json!({"name": n})).collect::<Vec<_>>();
-        let node = Node::Struct(None);
+        let node = Pos::Builtin(Node::Struct(None), FieldSemantics::default_for_root());
         let merged = merge_lists(&items(&["a", "x", "b", "c"]), &items(&["c", "b", "d"]), &kind, node);
         let names: Vec<&str> = merged.iter().filter_map(|v| v["name"].as_str()).collect();
         assert_eq!(names, vec!["a", "x", "c", "b", "d"]);

@@ -2,15 +2,39 @@
 //! as pure functions over `serde_json::Value` with no I/O and no tie to the rest of the store.
 //!
 //! # Entry points
-//! - [`apply_patch`]: one call for any [`bosun_core::Patch`], given the resource, the live object
-//!   and an [`ApplyContext`]. Returns the patched object or a [`PatchError`], which converts into
-//!   [`bosun_core::Error`] with the code kube-apiserver uses (400 malformed patch, 422 patch that
-//!   cannot apply, 415 strategic merge patch on a custom resource, 409 apply conflicts).
-//! - The individual functions: [`json_patch()`], [`merge_patch()`], [`strategic_merge_patch`].
+//! - [`apply_patch`]`(resource, live, patch, ctx)`: one call for any [`bosun_core::Patch`]. For
+//!   [`Patch::Apply`] pass `Value::Null` as `live` when the object does not exist (apply creates
+//!   it); the other patch types need an existing object (the caller answers 404 first).
+//! - The individual functions: [`json_patch()`], [`merge_patch()`],
+//!   [`strategic_merge_patch`]`(Node::for_kind(..), live, patch)`, [`server_side_apply`].
+//! - [`record_update`]`(resource, old, &mut new, ctx)`: after every ordinary write (create, update,
+//!   JSON/merge/strategic patch; not after an apply, which records itself) it credits the
+//!   changed fields to `ctx.field_manager` as an `Update` in `metadata.managedFields`, taking
+//!   them from other managers; managedFields rewritten by the request itself (kubectl's
+//!   client-side to server-side apply migration) are honoured, `[{}]` clears them.
 //! - [`parse_yaml_or_json`] for request bodies (apply bodies arrive as YAML), with line and column
 //!   in errors.
-//! - [`schema::Node`] tells the merge key, patch strategy and list type of any field of a
+//! - [`Node`] tells the merge key, patch strategy, list type and map keys of any field of a
 //!   built-in kind (`Node::at_path("apps", "v1", "Deployment", "spec.template.spec.containers")`).
+//!
+//! # Errors
+//! [`PatchError`] converts into [`bosun_core::Error`] with the code kube-apiserver uses:
+//! 400 `BadRequest` for a malformed patch or body ([`PatchError::Malformed`],
+//! [`PatchError::Parse`]); 422 `Invalid` for a well-formed patch that cannot apply (a JSON patch
+//! path that does not exist, a failed `test`, a list of lists, a list item without its merge key);
+//! 415 `UnsupportedMediaType` for strategic merge patch on a custom resource; 409 `Conflict` for
+//! server-side apply conflicts, with one `FieldManagerConflict` cause per field
+//! (`field: ".spec.replicas"`, `message: conflict with "kubectl" using apps/v1`).
+//!
+//! # Server-side apply
+//! The applied intent merges into the live object by the kind's schema (associative lists by
+//! their keys, sets by value, atomic lists and maps whole; custom resources by the schema in
+//! [`ApplyContext::schema`]). Each manager owns the fields it applied; applying a different value
+//! to a field another manager owns is a conflict unless `force`, which takes it over; fields a
+//! manager applied before and no longer applies are removed unless another manager owns them.
+//! On the main resource of a kind with a `status` subresource, `status` is neither applied nor
+//! tracked; on `status`, only `status` is. An object that has no `managedFields` yet is credited
+//! to `before-first-apply`.
 //!
 //! Nothing here touches `metadata.resourceVersion`, defaulting or validation: the caller runs the
 //! patched object through the same path as an update.
@@ -47,6 +71,11 @@ pub struct ApplyContext {
     pub time: Option<String>,
     /// The subresource being written (`status`, `scale`), recorded in `managedFields`.
     pub subresource: Option<String>,
+    /// A custom resource's structural schema (`spec.versions[].schema.openAPIV3Schema`), whose
+    /// `x-kubernetes-list-type`, `x-kubernetes-list-map-keys` and `x-kubernetes-map-type` steer
+    /// server-side apply; without it, maps merge by key and lists are atomic. Built-in kinds
+    /// use their own tables and ignore it.
+    pub schema: Option<std::sync::Arc<Value>>,
 }
 
 impl ApplyContext {
@@ -71,6 +100,13 @@ impl ApplyContext {
     #[must_use]
     pub fn time(mut self, time: impl Into<String>) -> Self {
         self.time = Some(time.into());
+        self
+    }
+
+    /// Uses this custom resource schema for server-side apply (default: none).
+    #[must_use]
+    pub fn schema(mut self, schema: std::sync::Arc<Value>) -> Self {
+        self.schema = Some(schema);
         self
     }
 

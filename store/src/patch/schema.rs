@@ -1,7 +1,7 @@
 //! What Kubernetes' schema says about each field of a built-in kind: patch strategy and merge key
 //! (strategic merge patch), list type and map keys, atomic maps (server-side apply).
 //!
-//! The facts live in [`schema_table`](super::schema_table), generated from the OpenAPI extensions
+//! The facts live in a table (`schema_table.rs`) generated from the OpenAPI extensions
 //! (`x-kubernetes-patch-strategy`, `x-kubernetes-patch-merge-key`, `x-kubernetes-list-type`,
 //! `x-kubernetes-list-map-keys`, `x-kubernetes-map-type`) that kube-apiserver derives from its Go
 //! struct tags. Fields the table does not name have the default semantics: maps merge key by

@@ -271,6 +271,39 @@ fn apply_to_custom_resources_merges_maps_and_replaces_lists() {
 }
 
 #[test]
+fn apply_to_custom_resources_follows_the_list_types_of_their_schema() {
+    let schema = json!({"type": "object", "properties": {
+        "spec": {"type": "object", "properties": {
+            "ports": {"type": "array", "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"],
+                "items": {"type": "object", "properties": {"name": {"type": "string"}, "port": {"type": "integer"}}}},
+            "tags": {"type": "array", "x-kubernetes-list-type": "set", "items": {"type": "string"}},
+            "selector": {"type": "object", "x-kubernetes-map-type": "atomic", "additionalProperties": {"type": "string"}}
+        }}
+    }});
+    let c = |m: &str| ctx(m).schema(std::sync::Arc::new(schema.clone()));
+    let widget = |spec: Value| json!({"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"}, "spec": spec});
+    let obj = patch::apply_patch(
+        &widgets(),
+        &Value::Null,
+        &Patch::Apply(widget(json!({"ports": [{"name": "a", "port": 1}], "tags": ["x"], "selector": {"k": "v"}}))),
+        &c("one"),
+    )
+    .expect("first apply");
+    let f = fields_of(&obj, "one");
+    assert_eq!(f["f:spec"]["f:ports"]["k:{\"name\":\"a\"}"], json!({".": {}, "f:name": {}, "f:port": {}}));
+    assert_eq!(f["f:spec"]["f:tags"]["v:\"x\""], json!({}));
+    assert_eq!(f["f:spec"]["f:selector"], json!({}));
+    let obj =
+        patch::apply_patch(&widgets(), &obj, &Patch::Apply(widget(json!({"ports": [{"name": "b", "port": 2}], "tags": ["y"]}))), &c("two"))
+            .expect("a second manager adds items without conflict");
+    assert_eq!(obj["spec"]["ports"], json!([{"name": "a", "port": 1}, {"name": "b", "port": 2}]));
+    assert_eq!(obj["spec"]["tags"], json!(["x", "y"]));
+    let err = patch::apply_patch(&widgets(), &obj, &Patch::Apply(widget(json!({"selector": {"k": "w"}}))), &c("two"))
+        .expect_err("atomic map conflict");
+    assert!(matches!(&err, PatchError::Conflict(c) if c.len() == 1 && c[0].field == ".spec.selector"), "{err:?}");
+}
+
+#[test]
 fn yaml_apply_bodies_parse_with_positions() {
     let body = b"apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n  replicas: 3\n";
     let intent = patch::parse_yaml_or_json(body).expect("yaml");
