@@ -118,6 +118,10 @@ fn copied_annotations(d: &Deployment) -> std::collections::BTreeMap<String, Stri
     a
 }
 
+fn annotation_i32(rs: &ReplicaSet, key: &str) -> Option<i32> {
+    rs.meta().annotations.as_ref().and_then(|a| a.get(key)).and_then(|v| v.parse().ok())
+}
+
 fn revision_of(rs: &ReplicaSet) -> i64 {
     rs.meta().annotations.as_ref().and_then(|a| a.get(REVISION)).and_then(|r| r.parse().ok()).unwrap_or(0)
 }
@@ -322,10 +326,22 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<DeploymentCtx>) -> Result<Ac
             None => {}
         }
         ctx.cleanup(&rs_api, &d, &olds).await?;
-    } else if let Some(new) = &new_rs {
-        // Paused: scaling still applies to the current ReplicaSet when it is the only active one.
-        if olds.iter().all(|rs| spec_replicas(rs) == 0) && spec_replicas(new) != desired {
-            ctx.scale(&rs_api, &d, new, desired, desired, surge).await?;
+    } else {
+        // Paused: no rollout, but scaling still applies (proportionally across active sets).
+        let mut active: Vec<&ReplicaSet> = olds.iter().map(|rs| &**rs).filter(|rs| spec_replicas(rs) > 0).collect();
+        if let Some(new) = new_rs.as_deref().filter(|n| spec_replicas(n) > 0) {
+            active.push(new);
+        }
+        match (active.len(), new_rs.as_deref()) {
+            (0, Some(new)) | (1, Some(new)) if active.first().is_none_or(|a| a.uid() == new.uid()) => {
+                if spec_replicas(new) != desired {
+                    ctx.scale(&rs_api, &d, new, desired, desired, surge).await?;
+                }
+            }
+            (n, _) if n > 1 && active.iter().any(|rs| annotation_i32(rs, DESIRED_REPLICAS).is_some_and(|x| x != desired)) => {
+                ctx.proportional(&rs_api, &d, &active, desired, surge).await?;
+            }
+            _ => {}
         }
     }
 
@@ -351,11 +367,13 @@ impl DeploymentCtx {
         let updated = api.patch(rs.name(), &Patch::Merge(patch), &PatchParams::default()).await?;
         self.note_write(d.uid(), &updated);
         tracing::debug!(rs = %rs.name(), from, to, "scaled replica set");
-        let direction = if to > from { "up" } else { "down" };
-        let note = format!("Scaled {direction} replica set {} from {from} to {to}", rs.name());
-        let event = crate::runtime::EventData::normal("ScalingReplicaSet", "Scale", note);
-        if let Err(error) = self.shared.recorder.publish(&crate::runtime::events::object_reference(d), &event).await {
-            tracing::debug!(%error, "event not recorded");
+        if to != from {
+            let direction = if to > from { "up" } else { "down" };
+            let note = format!("Scaled {direction} replica set {} from {from} to {to}", rs.name());
+            let event = crate::runtime::EventData::normal("ScalingReplicaSet", "Scale", note);
+            if let Err(error) = self.shared.recorder.publish(&crate::runtime::events::object_reference(d), &event).await {
+                tracing::debug!(%error, "event not recorded");
+            }
         }
         Ok(())
     }
@@ -373,6 +391,14 @@ impl DeploymentCtx {
     ) -> Result<(), Error> {
         let new_replicas = spec_replicas(new);
         let old_total: i32 = olds.iter().map(|rs| spec_replicas(rs)).sum();
+        let mut active: Vec<&ReplicaSet> = olds.iter().map(|rs| &**rs).filter(|rs| spec_replicas(rs) > 0).collect();
+        if new_replicas > 0 {
+            active.push(new);
+        }
+        let scaled = active.iter().any(|rs| annotation_i32(rs, DESIRED_REPLICAS).is_some_and(|d| d != desired));
+        if active.len() > 1 && scaled {
+            return self.proportional(api, owner, &active, desired, surge).await;
+        }
         // Scale the new ReplicaSet up within maxSurge (or down to the desired count).
         if new_replicas > desired {
             self.scale(api, owner, new, desired, desired, surge).await?;
@@ -432,6 +458,50 @@ impl DeploymentCtx {
             if to != spec_replicas(rs) {
                 self.scale(api, owner, rs, to, desired, surge).await?;
             }
+        }
+        Ok(())
+    }
+
+    /// A Deployment scaled in the middle of a rollout: spread the change over the active
+    /// ReplicaSets in proportion to their sizes (leftovers to the largest), so that neither the
+    /// old nor the new pods absorb it all, as Kubernetes does.
+    async fn proportional(
+        &self,
+        api: &Api<ReplicaSet>,
+        owner: &Deployment,
+        active: &[&ReplicaSet],
+        desired: i32,
+        surge: i32,
+    ) -> Result<(), Error> {
+        let total: i32 = active.iter().map(|rs| spec_replicas(rs)).sum();
+        let to_add = desired + surge - total;
+        let mut order: Vec<&ReplicaSet> = active.to_vec();
+        if to_add > 0 {
+            order.sort_by_key(|rs| (std::cmp::Reverse(spec_replicas(rs)), std::cmp::Reverse(created(rs))));
+        } else {
+            order.sort_by_key(|rs| (spec_replicas(rs), created(rs)));
+        }
+        let mut added = 0;
+        let mut sizes: Vec<i32> = Vec::with_capacity(order.len());
+        for rs in &order {
+            let current = spec_replicas(rs);
+            let max = annotation_i32(rs, MAX_REPLICAS).unwrap_or(0);
+            let fraction = if max > 0 {
+                let target = (f64::from(current) * f64::from(desired + surge) / f64::from(max)).round() as i32;
+                target - current
+            } else {
+                0
+            };
+            let allowed = to_add - added;
+            let step = if to_add > 0 { fraction.min(allowed).max(0) } else { fraction.max(allowed).min(0) };
+            added += step;
+            sizes.push(current + step);
+        }
+        if let Some(first) = sizes.first_mut() {
+            *first = (*first + to_add - added).max(0);
+        }
+        for (rs, to) in order.iter().zip(sizes) {
+            self.scale(api, owner, rs, to, desired, surge).await?;
         }
         Ok(())
     }

@@ -362,3 +362,48 @@ async fn failed_creates_show_as_replica_failure_until_they_succeed() -> Result<(
     assert!(status.conditions.unwrap_or_default().iter().all(|c| c.type_.as_deref() != Some("ReplicaFailure")));
     Ok(())
 }
+
+#[tokio::test(start_paused = true)]
+async fn scaling_mid_rollout_spreads_the_change_over_old_and_new_sets() -> Result<(), Box<dyn std::error::Error>> {
+    let mut h = harness(&["replicaset", "deployment"]);
+    let deploys = Api::<Deployment>::namespaced(h.client(), "default");
+    let sets = Api::<ReplicaSet>::namespaced(h.client(), "default");
+    let pods = Api::<Pod>::namespaced(h.client(), "default");
+    deploys.create(&deployment("web", 10, 3, 2), &PostParams::default()).await?;
+    h.run_until_quiescent().await?;
+    // New pods never get ready while this fault holds: the rollout stalls half-way, at 8 old
+    // (10 - maxUnavailable) and 5 new (13 - 8) pods.
+    h.faults().fail(Verb::Patch, Some("pods"), u32::MAX, bosun_core::Error::internal("kubelet down"));
+    set_image(&deploys, "web", "web:2").await?;
+    h.run_until_quiescent().await?;
+    let sizes = |list: Vec<ReplicaSet>| {
+        let mut by_image: Vec<(String, i32)> = list
+            .iter()
+            .map(|rs| {
+                let image = rs
+                    .spec
+                    .template
+                    .as_ref()
+                    .and_then(|t| t.spec.as_ref())
+                    .and_then(|s| s.containers.first())
+                    .and_then(|c| c.image.clone());
+                (image.unwrap_or_default(), rs.spec.replicas.unwrap_or(0))
+            })
+            .collect();
+        by_image.sort();
+        by_image
+    };
+    assert_eq!(sizes(sets.list(&ListParams::default()).await?.items), [("web:1".to_owned(), 8), ("web:2".to_owned(), 5)]);
+    deploys.patch("web", &Patch::Merge(serde_json::json!({"spec": {"replicas": 20}})), &PatchParams::default()).await?;
+    h.run_until_quiescent().await?;
+    let after = sizes(sets.list(&ListParams::default()).await?.items);
+    assert_eq!(after, [("web:1".to_owned(), 14), ("web:2".to_owned(), 9)], "both sets grew in proportion");
+    assert!(after[0].1 + after[1].1 <= 23, "within replicas + maxSurge: {after:?}");
+    h.faults().clear();
+    drop(h.informers().all::<Pod>());
+    h.start_kubelet();
+    h.run_until_quiescent().await?;
+    let now = active_pods(&pods).await;
+    assert_eq!((now.len(), images(&now)), (20, vec!["web:2".to_owned()]));
+    Ok(())
+}
