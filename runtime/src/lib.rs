@@ -8,6 +8,7 @@
 //! through `bosun_core::Client`.
 
 pub mod agent;
+pub mod cni;
 pub mod conformance;
 pub mod cri;
 pub mod error;
@@ -15,6 +16,7 @@ pub mod fake;
 pub mod image;
 pub mod logs;
 pub mod process;
+pub mod runc;
 pub mod sys;
 
 pub use agent::{NodeAgent, NodeAgentConfig, NodeHandle};
@@ -26,3 +28,4 @@ pub use error::{Result, RuntimeError};
 pub use fake::{FakeRuntime, FakeScript};
 pub use image::{HostImages, ImageStore, LocalImageStore};
 pub use process::ProcessRuntime;
+pub use runc::RuncRuntime;

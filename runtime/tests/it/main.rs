@@ -4,4 +4,5 @@
 mod agent_fake;
 mod agent_process;
 mod conformance;
+mod runc;
 mod support;

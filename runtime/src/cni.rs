@@ -1,0 +1,108 @@
+//! Pod networking through the standard CNI plugins: one network namespace per pod (`ip netns`),
+//! wired to a node bridge by the `bridge` plugin with `host-local` IP addresses.
+
+use crate::error::{Result, RuntimeError};
+use crate::image::run;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use tokio::io::AsyncWriteExt;
+use tokio::process::Command;
+
+/// How pods are wired.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CniConfig {
+    /// Where the plugin binaries are (Debian: `/usr/lib/cni`).
+    pub bin_dir: PathBuf,
+    /// The node bridge.
+    pub bridge: String,
+    /// The pod subnet of this node.
+    pub subnet: String,
+    /// Where `host-local` keeps its allocations.
+    pub ipam_dir: PathBuf,
+}
+
+impl CniConfig {
+    fn network(&self) -> serde_json::Value {
+        serde_json::json!({
+            "cniVersion": "1.0.0",
+            "name": "bosun",
+            "type": "bridge",
+            "bridge": self.bridge,
+            "isGateway": true,
+            "ipMasq": false,
+            "hairpinMode": true,
+            "ipam": {
+                "type": "host-local",
+                "ranges": [[{ "subnet": self.subnet }]],
+                "routes": [{ "dst": "0.0.0.0/0" }],
+                "dataDir": self.ipam_dir,
+            }
+        })
+    }
+
+    /// Whether the plugins are installed.
+    pub fn available(&self) -> bool {
+        self.bin_dir.join("bridge").exists() && self.bin_dir.join("host-local").exists()
+    }
+}
+
+/// The path of a named network namespace.
+pub fn netns_path(name: &str) -> PathBuf {
+    Path::new("/var/run/netns").join(name)
+}
+
+async fn plugin(config: &CniConfig, command: &str, container_id: &str, netns: &str) -> Result<String> {
+    let mut child = Command::new(config.bin_dir.join("bridge"))
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", container_id)
+        .env("CNI_NETNS", netns_path(netns))
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", &config.bin_dir)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| RuntimeError::io("run CNI bridge plugin", e))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        let body = serde_json::to_vec(&config.network()).unwrap_or_default();
+        stdin.write_all(&body).await.map_err(|e| RuntimeError::io("write CNI config", e))?;
+    }
+    let out = child.wait_with_output().await.map_err(|e| RuntimeError::io("wait CNI plugin", e))?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        return Err(RuntimeError::Command { program: format!("CNI bridge {command}"), status: out.status.to_string(), stderr: stdout });
+    }
+    Ok(stdout)
+}
+
+/// Creates a network namespace, brings its loopback up and attaches it to the bridge; returns the pod IP.
+pub async fn setup(config: &CniConfig, container_id: &str, netns: &str) -> Result<IpAddr> {
+    run(Command::new("ip").args(["netns", "add", netns])).await?;
+    run(Command::new("ip").args(["netns", "exec", netns, "ip", "link", "set", "lo", "up"])).await?;
+    let result = match plugin(config, "ADD", container_id, netns).await {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = run(Command::new("ip").args(["netns", "delete", netns])).await;
+            return Err(e);
+        }
+    };
+    let parsed: serde_json::Value =
+        serde_json::from_str(&result).map_err(|e| RuntimeError::Invalid(format!("CNI result is not JSON ({e}): {result}")))?;
+    let addr = parsed
+        .pointer("/ips/0/address")
+        .and_then(|a| a.as_str())
+        .and_then(|a| a.split('/').next())
+        .and_then(|a| a.parse::<IpAddr>().ok())
+        .ok_or_else(|| RuntimeError::Invalid(format!("CNI result has no IP: {result}")))?;
+    Ok(addr)
+}
+
+/// Detaches and deletes a pod's network namespace. Idempotent.
+pub async fn teardown(config: &CniConfig, container_id: &str, netns: &str) {
+    if netns_path(netns).exists() {
+        if let Err(error) = plugin(config, "DEL", container_id, netns).await {
+            tracing::warn!(%error, netns, "CNI DEL failed");
+        }
+        let _ = run(Command::new("ip").args(["netns", "delete", netns])).await;
+    }
+}

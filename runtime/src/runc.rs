@@ -1,0 +1,770 @@
+//! [`RuncRuntime`]: OCI containers through the `runc` command (root): an OCI bundle per container
+//! from the image's root file system (an overlay, or read-only where asked), Linux namespaces,
+//! cgroup CPU and memory limits (OOM kills reported as `OOMKilled`), volume bind mounts, and one
+//! network namespace per pod wired by the CNI `bridge` and `host-local` plugins.
+
+use crate::cni::{self, CniConfig};
+use crate::cri::*;
+use crate::error::{Result, RuntimeError};
+use crate::image::run;
+use crate::logs;
+use crate::process::{broadcast_events, short};
+use crate::sys;
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::process::Command;
+use tokio::sync::{broadcast, watch};
+
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Builds a [`RuncRuntime`].
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct RuncRuntimeBuilder {
+    root: PathBuf,
+    runc: PathBuf,
+    cni: CniConfig,
+}
+
+impl RuncRuntimeBuilder {
+    /// The `runc` binary (default: `runc` from `PATH`).
+    pub fn runc(mut self, path: impl Into<PathBuf>) -> Self {
+        self.runc = path.into();
+        self
+    }
+
+    /// The CNI plugin directory (default `/usr/lib/cni`).
+    pub fn cni_bin_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.cni.bin_dir = dir.into();
+        self
+    }
+
+    /// The node bridge name (default `bosun0`).
+    pub fn bridge(mut self, name: impl Into<String>) -> Self {
+        self.cni.bridge = name.into();
+        self
+    }
+
+    /// The pod subnet (default `10.88.0.0/16`).
+    pub fn subnet(mut self, cidr: impl Into<String>) -> Self {
+        self.cni.subnet = cidr.into();
+        self
+    }
+
+    /// Opens the runtime over its state directory.
+    pub fn build(self) -> Result<RuncRuntime> {
+        for sub in ["sandboxes", "containers", "bundles", "logs", "runc", "ipam"] {
+            let dir = self.root.join(sub);
+            std::fs::create_dir_all(&dir).map_err(|e| RuntimeError::io(format!("create {}", dir.display()), e))?;
+        }
+        let (events, _) = broadcast::channel(4096);
+        Ok(RuncRuntime {
+            inner: Arc::new(Inner { root: self.root, runc: self.runc, cni: self.cni, state: Mutex::new(State::default()), events }),
+        })
+    }
+}
+
+/// Runs OCI containers with `runc`. Cheap to clone (a handle).
+#[derive(Debug, Clone)]
+pub struct RuncRuntime {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    root: PathBuf,
+    runc: PathBuf,
+    cni: CniConfig,
+    state: Mutex<State>,
+    events: broadcast::Sender<RuntimeEvent>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    sandboxes: HashMap<SandboxId, SandboxRecord>,
+    containers: HashMap<ContainerId, Container>,
+    seq: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SandboxRecord {
+    status: SandboxStatus,
+    netns: Option<String>,
+}
+
+#[derive(Debug)]
+struct Container {
+    record: ContainerRecord,
+    exited: watch::Sender<bool>,
+    killing: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ContainerRecord {
+    status: ContainerStatus,
+    config: ContainerConfig,
+    bundle: PathBuf,
+    overlay: bool,
+    pid: Option<i32>,
+}
+
+/// Makes a minimal busybox root file system (from Debian's `busybox-static`) at `dir`: a test image.
+pub async fn busybox_rootfs(dir: &Path) -> Result<PathBuf> {
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .map(Path::new)
+        .find(|p| p.exists())
+        .ok_or_else(|| RuntimeError::Invalid("busybox is not installed (apt-get install busybox-static)".into()))?;
+    for sub in ["bin", "proc", "dev", "sys", "tmp", "etc", "root"] {
+        std::fs::create_dir_all(dir.join(sub)).map_err(|e| RuntimeError::io("create rootfs", e))?;
+    }
+    std::fs::copy(busybox, dir.join("bin/busybox")).map_err(|e| RuntimeError::io("copy busybox", e))?;
+    let list = run(Command::new(busybox).arg("--list")).await?;
+    for applet in list.lines().map(str::trim).filter(|a| !a.is_empty() && *a != "busybox") {
+        let link = dir.join("bin").join(applet);
+        if std::fs::symlink_metadata(&link).is_err() {
+            std::os::unix::fs::symlink("busybox", &link).map_err(|e| RuntimeError::io("link applet", e))?;
+        }
+    }
+    std::fs::write(dir.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n")
+        .map_err(|e| RuntimeError::io("write passwd", e))?;
+    std::fs::write(dir.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n").map_err(|e| RuntimeError::io("write group", e))?;
+    Ok(dir.to_path_buf())
+}
+
+impl RuncRuntime {
+    /// A builder over a state directory.
+    pub fn builder(root: impl Into<PathBuf>) -> RuncRuntimeBuilder {
+        let root = root.into();
+        let cni = CniConfig {
+            bin_dir: "/usr/lib/cni".into(),
+            bridge: "bosun0".into(),
+            subnet: "10.88.0.0/16".into(),
+            ipam_dir: root.join("ipam"),
+        };
+        RuncRuntimeBuilder { root, runc: "runc".into(), cni }
+    }
+
+    /// Whether runc and the CNI plugins are installed and this process is root.
+    pub fn available() -> bool {
+        let runc = std::process::Command::new("runc").arg("--version").output().is_ok_and(|o| o.status.success());
+        let cni = Path::new("/usr/lib/cni/bridge").exists() && Path::new("/usr/lib/cni/host-local").exists();
+        runc && cni && rustix::process::geteuid().is_root()
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn emit(&self, kind: EventKind, sandbox_id: &SandboxId, container_id: &ContainerId) {
+        let _ = self.inner.events.send(RuntimeEvent { kind, sandbox_id: sandbox_id.clone(), container_id: container_id.clone() });
+    }
+
+    fn runc(&self) -> Command {
+        let mut c = Command::new(&self.inner.runc);
+        c.arg("--root").arg(self.inner.root.join("runc"));
+        c
+    }
+
+    fn sandbox_file(&self, id: &SandboxId) -> PathBuf {
+        self.inner.root.join("sandboxes").join(format!("{id}.json"))
+    }
+
+    fn container_file(&self, id: &ContainerId) -> PathBuf {
+        self.inner.root.join("containers").join(format!("{id}.json"))
+    }
+
+    fn persist<T: Serialize>(path: &Path, value: &T) {
+        let tmp = path.with_extension("tmp");
+        let written = serde_json::to_vec(value)
+            .map_err(std::io::Error::other)
+            .and_then(|d| std::fs::write(&tmp, d))
+            .and_then(|()| std::fs::rename(&tmp, path));
+        if let Err(error) = written {
+            tracing::warn!(%error, path = %path.display(), "cannot persist runtime state");
+        }
+    }
+
+    fn lookup(&self, id: &ContainerId) -> Result<ContainerRecord> {
+        self.state().containers.get(id).map(|c| c.record.clone()).ok_or_else(|| RuntimeError::not_found("container", &id.0))
+    }
+
+    async fn wait_exited(&self, id: &ContainerId, limit: Duration) -> bool {
+        let rx = self.state().containers.get(id).map(|c| c.exited.subscribe());
+        let Some(mut rx) = rx else { return true };
+        tokio::time::timeout(limit, rx.wait_for(|e| *e)).await.is_ok()
+    }
+
+    fn mark_exited(&self, id: &ContainerId, code: i32, signal: Option<i32>, reason: Option<String>) {
+        let sandbox = {
+            let mut state = self.state();
+            let Some(c) = state.containers.get_mut(id) else { return };
+            let oom = reason.is_none() && code == 137 && !c.killing && c.record.config.resources.memory_limit_bytes.is_some();
+            let st = &mut c.record.status;
+            st.state = ContainerState::Exited;
+            st.finished_at = Some(Timestamp::now());
+            st.exit_code = Some(code);
+            st.signal = signal;
+            st.reason = Some(reason.unwrap_or_else(|| ContainerStatus::exit_reason(code, oom).to_string()));
+            Self::persist(&self.container_file(id), &c.record);
+            let _ = c.exited.send(true);
+            c.record.status.sandbox_id.clone()
+        };
+        self.emit(EventKind::Exited, &sandbox, id);
+    }
+
+    fn spec(&self, id: &ContainerId, config: &ContainerConfig, sandbox: &SandboxRecord, rootfs: &Path, hosts: &Path) -> serde_json::Value {
+        let read_only = config.read_only_rootfs;
+        let mut argv = config.argv();
+        if argv.is_empty() {
+            argv.push("/bin/sh".into());
+        }
+        let mut env: Vec<(String, String)> =
+            vec![("PATH".into(), DEFAULT_PATH.into()), ("HOSTNAME".into(), sandbox.status.config.hostname.clone())];
+        if let Some(ip) = sandbox.status.ip {
+            env.push(("POD_IP".into(), ip.to_string()));
+        }
+        env.extend(config.image.env.iter().cloned());
+        env.extend(config.env.iter().cloned());
+        let mut dedup: Vec<(String, String)> = Vec::new();
+        for (k, v) in env {
+            match dedup.iter_mut().find(|(n, _)| *n == k) {
+                Some(slot) => slot.1 = v,
+                None => dedup.push((k, v)),
+            }
+        }
+        let caps = [
+            "CAP_CHOWN",
+            "CAP_DAC_OVERRIDE",
+            "CAP_FSETID",
+            "CAP_FOWNER",
+            "CAP_MKNOD",
+            "CAP_NET_RAW",
+            "CAP_SETGID",
+            "CAP_SETUID",
+            "CAP_SETFCAP",
+            "CAP_SETPCAP",
+            "CAP_NET_BIND_SERVICE",
+            "CAP_SYS_CHROOT",
+            "CAP_KILL",
+            "CAP_AUDIT_WRITE",
+        ];
+        let mut mounts = vec![
+            serde_json::json!({ "destination": "/proc", "type": "proc", "source": "proc" }),
+            serde_json::json!({ "destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"] }),
+            serde_json::json!({ "destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"] }),
+            serde_json::json!({ "destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"] }),
+            serde_json::json!({ "destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"] }),
+            serde_json::json!({ "destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"] }),
+            serde_json::json!({ "destination": "/etc/hosts", "type": "bind", "source": hosts, "options": ["rbind", "rprivate", "ro"] }),
+        ];
+        for m in &config.mounts {
+            let mut options = vec!["rbind", "rprivate"];
+            if m.read_only {
+                options.push("ro");
+            }
+            mounts.push(serde_json::json!({ "destination": m.container_path, "type": "bind", "source": m.host_path, "options": options }));
+        }
+        let mut namespaces = vec![
+            serde_json::json!({"type": "pid"}),
+            serde_json::json!({"type": "ipc"}),
+            serde_json::json!({"type": "uts"}),
+            serde_json::json!({"type": "mount"}),
+        ];
+        if let Some(ns) = &sandbox.netns {
+            namespaces.push(serde_json::json!({ "type": "network", "path": cni::netns_path(ns) }));
+        }
+        let mut resources = serde_json::json!({ "devices": [{ "allow": false, "access": "rwm" }] });
+        let r = config.resources;
+        let mut cpu = serde_json::Map::new();
+        if let Some(req) = r.cpu_request_millis {
+            // The kubelet's mapping: 1024 shares per core, at least 2.
+            cpu.insert("shares".into(), serde_json::json!((req * 1024 / 1000).max(2)));
+        }
+        if let Some(lim) = r.cpu_limit_millis {
+            cpu.insert("quota".into(), serde_json::json!((lim * 100).max(1000)));
+            cpu.insert("period".into(), serde_json::json!(100_000));
+        }
+        if !cpu.is_empty() {
+            resources["cpu"] = serde_json::Value::Object(cpu);
+        }
+        if let Some(mem) = r.memory_limit_bytes {
+            resources["memory"] = serde_json::json!({ "limit": mem });
+        }
+        let uid = config.run_as_user.unwrap_or(0);
+        serde_json::json!({
+            "ociVersion": "1.0.2",
+            "process": {
+                "terminal": false,
+                "user": { "uid": uid, "gid": if uid == 0 { 0 } else { uid } },
+                "args": argv,
+                "env": dedup.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
+                "cwd": config.working_dir.clone().or(config.image.working_dir.clone()).unwrap_or_else(|| "/".into()),
+                "capabilities": { "bounding": caps, "effective": caps, "permitted": caps },
+                "noNewPrivileges": false
+            },
+            "root": { "path": rootfs, "readonly": read_only },
+            "hostname": sandbox.status.config.hostname,
+            "mounts": mounts,
+            "linux": {
+                "namespaces": namespaces,
+                "resources": resources,
+                "cgroupsPath": format!("/bosun/{}", id.0),
+                "maskedPaths": ["/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware", "/proc/scsi"],
+                "readonlyPaths": ["/proc/asound", "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
+            }
+        })
+    }
+}
+
+#[async_trait]
+impl ContainerRuntime for RuncRuntime {
+    fn version(&self) -> RuntimeVersion {
+        let v = std::process::Command::new(&self.inner.runc)
+            .arg("--version")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.lines().next().map(|l| l.trim_start_matches("runc version ").to_string()))
+            .unwrap_or_else(|| "unknown".into());
+        RuntimeVersion { name: "runc".into(), version: v }
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities { exec: true, signals: true, mounts: true, network_namespace: true, resource_limits: true, images: true }
+    }
+
+    async fn run_sandbox(&self, config: &SandboxConfig) -> Result<SandboxId> {
+        let id = {
+            let mut state = self.state();
+            state.seq += 1;
+            SandboxId(format!("rsb-{}-{}", short(&config.uid), state.seq))
+        };
+        let dir = self.inner.root.join("sandboxes").join(&id.0);
+        std::fs::create_dir_all(&dir).map_err(|e| RuntimeError::io("create sandbox dir", e))?;
+        let (ip, netns) = if config.host_network {
+            (None, None)
+        } else {
+            let netns = format!("bosun-{}", id.0);
+            let ip = cni::setup(&self.inner.cni, &id.0, &netns).await?;
+            (Some(ip), Some(netns))
+        };
+        let hosts = format!(
+            "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{}\t{}\n",
+            ip.map_or_else(|| "127.0.1.1".to_string(), |i| i.to_string()),
+            config.hostname
+        );
+        std::fs::write(dir.join("hosts"), hosts).map_err(|e| RuntimeError::io("write hosts", e))?;
+        let status = SandboxStatus { id: id.clone(), config: config.clone(), state: SandboxState::Ready, ip, created_at: Timestamp::now() };
+        let record = SandboxRecord { status, netns };
+        Self::persist(&self.sandbox_file(&id), &record);
+        self.state().sandboxes.insert(id.clone(), record);
+        Ok(id)
+    }
+
+    async fn stop_sandbox(&self, id: &SandboxId) -> Result<()> {
+        let running: Vec<ContainerId> = self
+            .state()
+            .containers
+            .iter()
+            .filter(|(_, c)| &c.record.status.sandbox_id == id && c.record.status.state == ContainerState::Running)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for c in running {
+            self.stop_container(&c, Duration::ZERO).await?;
+        }
+        let record = self.state().sandboxes.get(id).cloned();
+        if let Some(mut record) = record {
+            if let Some(ns) = record.netns.take() {
+                cni::teardown(&self.inner.cni, &id.0, &ns).await;
+            }
+            record.status.state = SandboxState::NotReady;
+            Self::persist(&self.sandbox_file(id), &record);
+            self.state().sandboxes.insert(id.clone(), record);
+        }
+        Ok(())
+    }
+
+    async fn remove_sandbox(&self, id: &SandboxId) -> Result<()> {
+        self.stop_sandbox(id).await?;
+        let ids: Vec<ContainerId> =
+            self.state().containers.iter().filter(|(_, c)| &c.record.status.sandbox_id == id).map(|(k, _)| k.clone()).collect();
+        for c in ids {
+            self.remove_container(&c).await?;
+        }
+        if self.state().sandboxes.remove(id).is_some() {
+            let _ = std::fs::remove_file(self.sandbox_file(id));
+            let _ = std::fs::remove_dir_all(self.inner.root.join("sandboxes").join(&id.0));
+        }
+        Ok(())
+    }
+
+    async fn sandbox_status(&self, id: &SandboxId) -> Result<SandboxStatus> {
+        self.state().sandboxes.get(id).map(|s| s.status.clone()).ok_or_else(|| RuntimeError::not_found("sandbox", &id.0))
+    }
+
+    async fn list_sandboxes(&self) -> Result<Vec<SandboxStatus>> {
+        Ok(self.state().sandboxes.values().map(|s| s.status.clone()).collect())
+    }
+
+    async fn create_container(&self, sandbox: &SandboxId, config: &ContainerConfig) -> Result<ContainerId> {
+        let (sb, id) = {
+            let mut state = self.state();
+            let sb = state.sandboxes.get(sandbox).cloned().ok_or_else(|| RuntimeError::not_found("sandbox", &sandbox.0))?;
+            if sb.status.state != SandboxState::Ready {
+                return Err(RuntimeError::Invalid(format!("sandbox {sandbox} is not ready")));
+            }
+            state.seq += 1;
+            let id = ContainerId(format!("rc-{}-{}-{}-{}", short(&sb.status.config.uid), config.name, config.attempt, state.seq));
+            (sb, id)
+        };
+        let image_root = config.image.rootfs.clone().ok_or_else(|| {
+            RuntimeError::Invalid(format!("image {:?} has no root file system (import it into the image store)", config.image.name))
+        })?;
+        let bundle = self.inner.root.join("bundles").join(&id.0);
+        let rootfs = bundle.join("rootfs");
+        std::fs::create_dir_all(&rootfs).map_err(|e| RuntimeError::io("create bundle", e))?;
+        // Writable layer: an overlay on the image; read-only root file systems use the image as is.
+        let (root_path, overlay) = if config.read_only_rootfs {
+            (image_root.clone(), false)
+        } else {
+            for d in ["upper", "work"] {
+                std::fs::create_dir_all(bundle.join(d)).map_err(|e| RuntimeError::io("create overlay dirs", e))?;
+            }
+            let opts = format!(
+                "lowerdir={},upperdir={},workdir={}",
+                image_root.display(),
+                bundle.join("upper").display(),
+                bundle.join("work").display()
+            );
+            match run(Command::new("mount").args(["-t", "overlay", "overlay", "-o", &opts]).arg(&rootfs)).await {
+                Ok(_) => (rootfs.clone(), true),
+                Err(_) => {
+                    run(Command::new("cp").arg("-a").arg(format!("{}/.", image_root.display())).arg(&rootfs)).await?;
+                    (rootfs.clone(), false)
+                }
+            }
+        };
+        let hosts = self.inner.root.join("sandboxes").join(&sandbox.0).join("hosts");
+        let spec = self.spec(&id, config, &sb, &root_path, &hosts);
+        std::fs::write(bundle.join("config.json"), serde_json::to_vec_pretty(&spec).unwrap_or_default())
+            .map_err(|e| RuntimeError::io("write config.json", e))?;
+        let log_dir = if sb.status.config.log_directory.as_os_str().is_empty() {
+            self.inner.root.join("logs").join(&sandbox.0)
+        } else {
+            sb.status.config.log_directory.clone()
+        };
+        let log_path = log_dir.join(&config.name).join(format!("{}.log", config.attempt));
+        if let Some(dir) = log_path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| RuntimeError::io("create log dir", e))?;
+        }
+        let status = ContainerStatus {
+            id: id.clone(),
+            sandbox_id: sandbox.clone(),
+            name: config.name.clone(),
+            attempt: config.attempt,
+            image: config.image.name.clone(),
+            state: ContainerState::Created,
+            created_at: Timestamp::now(),
+            started_at: None,
+            finished_at: None,
+            exit_code: None,
+            signal: None,
+            reason: None,
+            message: None,
+            log_path: Some(log_path),
+            labels: config.labels.clone(),
+        };
+        let record = ContainerRecord { status, config: config.clone(), bundle, overlay, pid: None };
+        Self::persist(&self.container_file(&id), &record);
+        let (exited, _) = watch::channel(false);
+        self.state().containers.insert(id.clone(), Container { record, exited, killing: false });
+        self.emit(EventKind::Created, sandbox, &id);
+        Ok(id)
+    }
+
+    async fn start_container(&self, id: &ContainerId) -> Result<()> {
+        let record = self.lookup(id)?;
+        if record.status.state != ContainerState::Created {
+            return Err(RuntimeError::Invalid(format!("container {id} is not in the created state")));
+        }
+        let pid_file = record.bundle.join("pid");
+        let _ = std::fs::remove_file(&pid_file);
+        let mut cmd = self.runc();
+        cmd.arg("run").arg("--bundle").arg(&record.bundle).arg("--pid-file").arg(&pid_file).arg(&id.0);
+        cmd.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).process_group(0);
+        let mut child = cmd.spawn().map_err(|e| RuntimeError::io("spawn runc run", e))?;
+        let log_path = record.status.log_path.clone().unwrap_or_default();
+        let h1 = child.stdout.take().map(|s| tokio::spawn(logs::pump(s, "stdout", log_path.clone())));
+        let h2 = child.stderr.take().map(|s| tokio::spawn(logs::pump(s, "stderr", log_path.clone())));
+        // Running once runc has written the container's pid (or it failed first).
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let mut pid = None;
+        let mut early_exit = None;
+        while tokio::time::Instant::now() < deadline {
+            if let Some(p) = std::fs::read_to_string(&pid_file).ok().and_then(|s| s.trim().parse::<i32>().ok()) {
+                pid = Some(p);
+                break;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                early_exit = Some(status);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        {
+            let mut state = self.state();
+            if let Some(c) = state.containers.get_mut(id) {
+                c.record.pid = pid;
+                c.record.status.state = ContainerState::Running;
+                c.record.status.started_at = Some(Timestamp::now());
+                Self::persist(&self.container_file(id), &c.record);
+            }
+        }
+        self.emit(EventKind::Started, &record.status.sandbox_id, id);
+        let this = self.clone();
+        let id2 = id.clone();
+        tokio::spawn(async move {
+            let status = match early_exit {
+                Some(s) => Ok(s),
+                None => child.wait().await,
+            };
+            for h in [h1, h2].into_iter().flatten() {
+                let _ = tokio::time::timeout(Duration::from_secs(2), h).await;
+            }
+            match status {
+                Ok(s) => {
+                    use std::os::unix::process::ExitStatusExt;
+                    let code = sys::exit_code_of(s);
+                    let signal = s.signal().or_else(|| (code > 128 && code < 160).then_some(code - 128));
+                    this.mark_exited(&id2, code, signal, None);
+                }
+                Err(_) => this.mark_exited(&id2, 137, None, Some("ContainerStatusUnknown".into())),
+            }
+        });
+        Ok(())
+    }
+
+    async fn stop_container(&self, id: &ContainerId, grace: Duration) -> Result<()> {
+        let record = self.lookup(id)?;
+        if record.status.state != ContainerState::Running {
+            return Ok(());
+        }
+        if let Some(c) = self.state().containers.get_mut(id) {
+            c.killing = true;
+        }
+        if !grace.is_zero() {
+            let _ = run(self.runc().args(["kill", &id.0, "TERM"])).await;
+            if self.wait_exited(id, grace).await {
+                return Ok(());
+            }
+        }
+        let _ = run(self.runc().args(["kill", "--all", &id.0, "KILL"])).await;
+        if !self.wait_exited(id, Duration::from_secs(10)).await
+            && let Some(pid) = record.pid
+        {
+            let _ = sys::signal_group(pid, 9);
+        }
+        Ok(())
+    }
+
+    async fn signal_container(&self, id: &ContainerId, signal: i32) -> Result<()> {
+        let record = self.lookup(id)?;
+        if record.status.state != ContainerState::Running {
+            return Err(RuntimeError::Invalid(format!("container {id} is not running")));
+        }
+        run(self.runc().args(["kill", &id.0, &signal.to_string()])).await.map(|_| ())
+    }
+
+    async fn remove_container(&self, id: &ContainerId) -> Result<()> {
+        let Ok(record) = self.lookup(id) else { return Ok(()) };
+        if record.status.state == ContainerState::Running {
+            self.stop_container(id, Duration::ZERO).await?;
+        }
+        let _ = run(self.runc().args(["delete", "--force", &id.0])).await;
+        if record.overlay {
+            let _ = run(Command::new("umount").arg(record.bundle.join("rootfs"))).await;
+        }
+        let _ = std::fs::remove_dir_all(&record.bundle);
+        self.state().containers.remove(id);
+        let _ = std::fs::remove_file(self.container_file(id));
+        if let Some(log) = &record.status.log_path {
+            let _ = std::fs::remove_file(log);
+        }
+        self.emit(EventKind::Removed, &record.status.sandbox_id, id);
+        Ok(())
+    }
+
+    async fn container_status(&self, id: &ContainerId) -> Result<ContainerStatus> {
+        self.lookup(id).map(|r| r.status)
+    }
+
+    async fn list_containers(&self, filter: &ContainerFilter) -> Result<Vec<ContainerStatus>> {
+        Ok(self
+            .state()
+            .containers
+            .values()
+            .map(|c| &c.record.status)
+            .filter(|s| filter.sandbox_id.as_ref().is_none_or(|sb| &s.sandbox_id == sb))
+            .filter(|s| filter.state.is_none_or(|st| s.state == st))
+            .cloned()
+            .collect())
+    }
+
+    fn events(&self) -> BoxStream<'static, RuntimeEvent> {
+        broadcast_events(self.inner.events.subscribe())
+    }
+
+    async fn exec_sync(&self, id: &ContainerId, cmd: &[String], timeout: Duration) -> Result<ExecResult> {
+        let record = self.lookup(id)?;
+        if record.status.state != ContainerState::Running {
+            return Err(RuntimeError::Invalid(format!("container {id} is not running")));
+        }
+        if cmd.is_empty() {
+            return Err(RuntimeError::Invalid("empty exec command".into()));
+        }
+        let pid_file = record.bundle.join(format!("exec-{:08x}.pid", fastrand::u32(..)));
+        let mut command = self.runc();
+        command.arg("exec").arg("--pid-file").arg(&pid_file).arg(&id.0).args(cmd);
+        // On timeout, kill the process inside the container too, not just `runc exec`.
+        let fired = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let killer = {
+            let (pid_file, fired) = (pid_file.clone(), fired.clone());
+            async move {
+                tokio::time::sleep(timeout).await;
+                fired.store(true, std::sync::atomic::Ordering::SeqCst);
+                if let Some(pid) = std::fs::read_to_string(&pid_file).ok().and_then(|s| s.trim().parse::<i32>().ok())
+                    && let Some(p) = rustix::process::Pid::from_raw(pid)
+                {
+                    let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+                }
+            }
+        };
+        let killer = tokio::spawn(killer);
+        let result = sys::exec_with_timeout(&mut command, timeout + Duration::from_secs(2)).await;
+        killer.abort();
+        let _ = std::fs::remove_file(&pid_file);
+        let mut result = result?;
+        if fired.load(std::sync::atomic::Ordering::SeqCst) {
+            result.timed_out = true;
+            result.exit_code = -1;
+        }
+        Ok(result)
+    }
+
+    async fn exec(&self, id: &ContainerId, cmd: &[String]) -> Result<ExecSession> {
+        let record = self.lookup(id)?;
+        if record.status.state != ContainerState::Running {
+            return Err(RuntimeError::Invalid(format!("container {id} is not running")));
+        }
+        let mut command = self.runc();
+        command
+            .arg("exec")
+            .arg(&id.0)
+            .args(cmd)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = command.spawn().map_err(|e| RuntimeError::io("spawn runc exec", e))?;
+        let (Some(stdin), Some(stdout), Some(stderr)) = (child.stdin.take(), child.stdout.take(), child.stderr.take()) else {
+            return Err(RuntimeError::Invalid("exec pipes missing".into()));
+        };
+        Ok(ExecSession {
+            stdin: Box::pin(stdin),
+            stdout: Box::pin(stdout),
+            stderr: Box::pin(stderr),
+            exit: Box::pin(async move { child.wait().await.map(sys::exit_code_of).map_err(|e| RuntimeError::io("wait exec", e)) }),
+        })
+    }
+
+    async fn logs(&self, id: &ContainerId, options: &LogOptions) -> Result<LogByteStream> {
+        let record = self.lookup(id)?;
+        let path = record.status.log_path.clone().ok_or_else(|| RuntimeError::not_found("log", &id.0))?;
+        let rx = self.state().containers.get(id).map(|c| c.exited.subscribe());
+        let finished: Arc<dyn Fn() -> bool + Send + Sync> = match rx {
+            Some(rx) => Arc::new(move || *rx.borrow()),
+            None => Arc::new(|| true),
+        };
+        Ok(logs::read(path, options.clone(), finished))
+    }
+
+    async fn stats(&self, id: &ContainerId) -> Result<ContainerStats> {
+        let record = self.lookup(id)?;
+        if record.status.state != ContainerState::Running {
+            return Ok(ContainerStats::default());
+        }
+        // cgroup v1 or v2 counters of the container's cgroup.
+        let v1 = |ctrl: &str, file: &str| std::fs::read_to_string(format!("/sys/fs/cgroup/{ctrl}/bosun/{}/{file}", id.0)).ok();
+        let v2 = |file: &str| std::fs::read_to_string(format!("/sys/fs/cgroup/bosun/{}/{file}", id.0)).ok();
+        let cpu = v1("cpuacct", "cpuacct.usage").and_then(|s| s.trim().parse::<u64>().ok()).or_else(|| {
+            v2("cpu.stat")?
+                .lines()
+                .find_map(|l| l.strip_prefix("usage_usec "))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(|us| us * 1000)
+        });
+        let mem = v1("memory", "memory.usage_in_bytes").or_else(|| v2("memory.current")).and_then(|s| s.trim().parse::<u64>().ok());
+        match (cpu, mem) {
+            (Some(c), Some(m)) => Ok(ContainerStats { cpu_usage_nanos: c, memory_working_set_bytes: m }),
+            _ => Ok(record.pid.map(sys::group_stats).unwrap_or_default()),
+        }
+    }
+
+    async fn recover(&self) -> Result<Vec<ContainerStatus>> {
+        let read_dir = |sub: &str| -> Vec<PathBuf> {
+            std::fs::read_dir(self.inner.root.join(sub))
+                .map(|rd| rd.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "json")).collect())
+                .unwrap_or_default()
+        };
+        for path in read_dir("sandboxes") {
+            let Some(sb) = std::fs::read(&path).ok().and_then(|d| serde_json::from_slice::<SandboxRecord>(&d).ok()) else { continue };
+            let mut state = self.state();
+            state.seq = state.seq.max(sb.status.id.0.rsplit('-').next().and_then(|n| n.parse().ok()).unwrap_or(0));
+            state.sandboxes.entry(sb.status.id.clone()).or_insert(sb);
+        }
+        let mut found = Vec::new();
+        for path in read_dir("containers") {
+            let Some(mut record) = std::fs::read(&path).ok().and_then(|d| serde_json::from_slice::<ContainerRecord>(&d).ok()) else {
+                continue;
+            };
+            let id = record.status.id.clone();
+            if self.state().containers.contains_key(&id) {
+                found.push(record.status);
+                continue;
+            }
+            let alive = record.status.state == ContainerState::Running && record.pid.is_some_and(sys::alive);
+            if record.status.state == ContainerState::Running && !alive {
+                record.status.state = ContainerState::Exited;
+                record.status.finished_at = Some(Timestamp::now());
+                record.status.exit_code = Some(137);
+                record.status.reason = Some("ContainerStatusUnknown".into());
+                Self::persist(&path, &record);
+            }
+            let (exited, _) = watch::channel(record.status.state == ContainerState::Exited);
+            {
+                let mut state = self.state();
+                state.seq = state.seq.max(id.0.rsplit('-').next().and_then(|n| n.parse().ok()).unwrap_or(0));
+                state.containers.insert(id.clone(), Container { record: record.clone(), exited, killing: false });
+            }
+            if alive && let Some(pid) = record.pid {
+                let this = self.clone();
+                let id = id.clone();
+                tokio::spawn(async move {
+                    while sys::alive(pid) {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    this.mark_exited(&id, 137, None, Some("ContainerStatusUnknown".into()));
+                });
+            }
+            found.push(record.status);
+        }
+        Ok(found)
+    }
+}

@@ -1,0 +1,183 @@
+//! The runc backend for real: the conformance suite on a busybox image, pod-to-pod networking over
+//! the CNI bridge, cgroup limits and OOM kills. Needs root, runc, busybox-static and the CNI
+//! plugins (CI has them; elsewhere the tests skip loudly).
+
+use crate::support::require_components;
+use bosun_runtime::conformance::{self, Scenario, Subject};
+use bosun_runtime::cri::{ContainerConfig, ContainerResources, ImageRef, SandboxConfig};
+use bosun_runtime::runc::busybox_rootfs;
+use bosun_runtime::{ContainerRuntime, ContainerState, ImageStore, LocalImageStore, RuncRuntime};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn available(test: &str) -> bool {
+    if RuncRuntime::available() {
+        return true;
+    }
+    assert!(!require_components(), "{test}: runc, the CNI plugins and root are required");
+    eprintln!("SKIPPED {test}: runc, CNI plugins or root missing");
+    false
+}
+
+async fn busybox(dir: &std::path::Path) -> (LocalImageStore, ImageRef) {
+    let images = LocalImageStore::open(dir.join("images")).expect("image store");
+    let src = busybox_rootfs(&dir.join("busybox-src")).await.expect("busybox rootfs");
+    images.import_dir("busybox", &src, vec!["/bin/sh".into()]).await.expect("import");
+    let image = images.ensure("busybox").await.expect("image");
+    (images, image)
+}
+
+fn runtime(dir: &std::path::Path, bridge: &str, subnet: &str) -> RuncRuntime {
+    RuncRuntime::builder(dir.join("runc-state")).bridge(bridge).subnet(subnet).build().expect("runc runtime")
+}
+
+fn sandbox(name: &str, logs: &std::path::Path) -> SandboxConfig {
+    let uid = format!("{:016x}", fastrand::u64(..));
+    SandboxConfig {
+        name: name.into(),
+        namespace: "default".into(),
+        uid: uid.clone(),
+        hostname: name.into(),
+        log_directory: logs.join(uid),
+        ..SandboxConfig::default()
+    }
+}
+
+fn sh(name: &str, image: &ImageRef, script: &str) -> ContainerConfig {
+    ContainerConfig {
+        name: name.into(),
+        image: image.clone(),
+        command: vec!["/bin/sh".into(), "-c".into(), script.into()],
+        ..ContainerConfig::default()
+    }
+}
+
+struct Runc {
+    dir: tempfile::TempDir,
+    image: ImageRef,
+    rt: Arc<dyn ContainerRuntime>,
+}
+
+impl Subject for Runc {
+    fn runtime(&self) -> Arc<dyn ContainerRuntime> {
+        self.rt.clone()
+    }
+    fn container(&self, name: &str, scenario: &Scenario) -> ContainerConfig {
+        // The shell is PID 1 in its PID namespace, which ignores signals it has no handler for.
+        let script = match scenario {
+            Scenario::Sleep => "trap 'exit 143' TERM; while :; do sleep 0.05; done".to_string(),
+            Scenario::Exit(code) => format!("exit {code}"),
+            Scenario::Print => "echo out-1; sleep 0.05; echo err-1 >&2; sleep 0.05; echo out-2; exec sleep 1000".to_string(),
+            Scenario::IgnoreTerm => "trap '' TERM; while :; do sleep 0.1; done".to_string(),
+        };
+        sh(name, &self.image, &script)
+    }
+    fn sandbox(&self, name: &str) -> SandboxConfig {
+        sandbox(name, &self.dir.path().join("pods"))
+    }
+    fn real_exec(&self) -> bool {
+        true
+    }
+    fn reopen(&self) -> Option<Arc<dyn ContainerRuntime>> {
+        Some(Arc::new(runtime(self.dir.path(), "bosuntst0", "10.89.0.0/24")))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runc_runtime_conforms() {
+    if !available("runc_runtime_conforms") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_images, image) = busybox(dir.path()).await;
+    let rt: Arc<dyn ContainerRuntime> = Arc::new(runtime(dir.path(), "bosuntst0", "10.89.0.0/24"));
+    conformance::run_all(&Runc { dir, image, rt }).await;
+}
+
+async fn wait_running(rt: &RuncRuntime, id: &bosun_runtime::ContainerId) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while rt.container_status(id).await.expect("status").state != ContainerState::Running {
+        assert!(Instant::now() < deadline, "container did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_reach_each_other_over_the_bridge_and_limits_apply() {
+    if !available("pods_reach_each_other_over_the_bridge_and_limits_apply") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_images, image) = busybox(dir.path()).await;
+    let rt = runtime(dir.path(), "bosuntst1", "10.89.1.0/24");
+    let logs = dir.path().join("pods");
+    let a = rt.run_sandbox(&sandbox("server", &logs)).await.expect("sandbox a");
+    let b = rt.run_sandbox(&sandbox("client", &logs)).await.expect("sandbox b");
+    let ip_a = rt.sandbox_status(&a).await.expect("status").ip.expect("pod ip");
+    let ip_b = rt.sandbox_status(&b).await.expect("status").ip.expect("pod ip");
+    assert_ne!(ip_a, ip_b);
+    assert!(ip_a.to_string().starts_with("10.89.1."), "host-local hands out the subnet: {ip_a}");
+    let mut server = sh("web", &image, "mkdir -p /tmp/www && echo pong > /tmp/www/index.html && exec httpd -f -p 8080 -h /tmp/www");
+    server.resources =
+        ContainerResources { cpu_request_millis: Some(250), cpu_limit_millis: Some(500), memory_limit_bytes: Some(64 << 20) };
+    let web = rt.create_container(&a, &server).await.expect("create server");
+    rt.start_container(&web).await.expect("start server");
+    let client = rt.create_container(&b, &sh("client", &image, "exec sleep 1000")).await.expect("create client");
+    rt.start_container(&client).await.expect("start client");
+    wait_running(&rt, &web).await;
+    wait_running(&rt, &client).await;
+    let url = format!("http://{ip_a}:8080/index.html");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = rt.exec_sync(&client, &["wget".into(), "-qO-".into(), url.clone()], Duration::from_secs(3)).await.expect("exec");
+        if r.exit_code == 0 {
+            assert_eq!(String::from_utf8_lossy(&r.stdout), "pong\n", "pod b reached pod a");
+            break;
+        }
+        assert!(Instant::now() < deadline, "pod b cannot reach pod a: {}", String::from_utf8_lossy(&r.stderr));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let r = rt.exec_sync(&web, &["hostname".into()], Duration::from_secs(3)).await.expect("exec");
+    assert_eq!(String::from_utf8_lossy(&r.stdout).trim(), "server", "each pod has its own UTS namespace");
+    // The limits landed in the container's cgroup (v1 or v2).
+    let v1 = std::fs::read_to_string(format!("/sys/fs/cgroup/memory/bosun/{}/memory.limit_in_bytes", web.0));
+    let v2 = std::fs::read_to_string(format!("/sys/fs/cgroup/bosun/{}/memory.max", web.0));
+    let limit = v1.or(v2).expect("memory cgroup of the container");
+    assert_eq!(limit.trim(), (64u64 << 20).to_string());
+    let stats = rt.stats(&web).await.expect("stats");
+    assert!(stats.memory_working_set_bytes > 0);
+    rt.remove_sandbox(&a).await.expect("remove a");
+    rt.remove_sandbox(&b).await.expect("remove b");
+    assert!(!std::path::Path::new(&format!("/var/run/netns/bosun-{}", a.0)).exists(), "the network namespace is gone");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oom_kill_is_reported_as_oom_killed() {
+    if !available("an_oom_kill_is_reported_as_oom_killed") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_images, image) = busybox(dir.path()).await;
+    let rt = runtime(dir.path(), "bosuntst2", "10.89.2.0/24");
+    let sb = rt.run_sandbox(&sandbox("hungry", &dir.path().join("pods"))).await.expect("sandbox");
+    let mut cfg = sh("eat", &image, "x=$(head -c 200000000 /dev/zero | tr '\\0' a); echo survived ${#x}");
+    cfg.resources.memory_limit_bytes = Some(32 << 20);
+    cfg.read_only_rootfs = true;
+    let id = rt.create_container(&sb, &cfg).await.expect("create");
+    rt.start_container(&id).await.expect("start");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let st = loop {
+        let st = rt.container_status(&id).await.expect("status");
+        if st.state == ContainerState::Exited {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "the hungry container did not end");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    if st.exit_code != Some(137) {
+        let log = std::fs::read_to_string(st.log_path.clone().unwrap_or_default()).unwrap_or_default();
+        panic!("expected an OOM kill: {st:?}\nlog: {log}");
+    }
+    assert_eq!(st.reason.as_deref(), Some("OOMKilled"));
+    rt.remove_sandbox(&sb).await.expect("remove");
+}
