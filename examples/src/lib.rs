@@ -1,1 +1,7 @@
 //! The reference cluster and small examples of each extension point.
+//!
+//! Start with [`cluster::Cluster`]: every bosun component composed in one process.
+
+pub mod cluster;
+
+pub use cluster::{Cluster, ClusterConfig, StoreChoice};
