@@ -4,10 +4,25 @@
 //! Start with [`serve`]: it binds a plain HTTP listener (and optionally an HTTPS one with a
 //! self-signed certificate) and returns a [`Server`] handle with the bound addresses.
 //! [`Server::write_kubeconfig`] writes a kubeconfig that points `kubectl` at it.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use bosun_store::ApiServer;
+//! use bosun_store::http::{HttpConfig, serve};
+//!
+//! let api = ApiServer::in_memory();
+//! // The API server is also the catalog (custom resources show up in discovery) and the list encoder.
+//! let config = HttpConfig::for_api_server(&api).https(([127, 0, 0, 1], 6443).into());
+//! let server = serve(api, config).await?;
+//! server.write_kubeconfig("/tmp/bosun.kubeconfig")?;
+//! println!("kubectl --kubeconfig /tmp/bosun.kubeconfig get ns  # {}", server.url());
+//! # Ok(()) }
+//! ```
 
 mod body;
 mod catalog;
 mod discovery;
+mod lists;
 mod metrics;
 mod node;
 mod openapi;
@@ -20,6 +35,7 @@ mod validation;
 mod watch;
 
 pub use catalog::{FnCatalog, ResourceCatalog, StaticCatalog};
+pub use lists::EncodedLists;
 pub use node::{ExecIo, ExecRequest, NoNodes, NodeConnector};
 pub use server::{HttpConfig, Server, serve};
 pub use table::{Column, TableRow, table_columns, table_row};

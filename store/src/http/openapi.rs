@@ -525,8 +525,7 @@ impl OpenApi {
         let all = catalog.resources();
         let print = fingerprint(all.iter());
         if let Ok(cache) = self.v2.lock() {
-            if let Some((p, bytes)) = cache.as_ref().filter(|(p, _)| *p == print) {
-                let _ = p;
+            if let Some((_, bytes)) = cache.as_ref().filter(|(p, _)| *p == print) {
                 return bytes.clone();
             }
         }

@@ -3,6 +3,7 @@
 
 use super::body::{self, Body, Format, Output};
 use super::catalog::ResourceCatalog;
+use super::lists::{self, EncodedLists};
 use super::metrics::Metrics;
 use super::node::NodeConnector;
 use super::openapi::{self, OpenApi};
@@ -27,6 +28,7 @@ pub(crate) struct State {
     pub client: Arc<dyn Client>,
     pub catalog: Arc<dyn ResourceCatalog>,
     pub nodes: Option<Arc<dyn NodeConnector>>,
+    pub lists: Option<Arc<dyn EncodedLists>>,
     pub openapi: OpenApi,
     pub metrics: Arc<Metrics>,
     pub max_body_bytes: usize,
@@ -155,6 +157,10 @@ async fn dispatch(state: &State, req: Request<Incoming>, path: &ResourcePath, qu
         }
         "LIST" => {
             check("list")?;
+            if let (Output::Json, Some(fast)) = (output, &state.lists) {
+                let list = fast.list_encoded(target, &list_params(query)?).await?;
+                return Ok(body::text(StatusCode::OK, lists::to_json(&list), "application/json").into());
+            }
             let list = state.client.list(target, &list_params(query)?).await?;
             if output == Output::Table {
                 let items: Vec<Value> = list.items.iter().map(|o| typed_value(o, &resource)).collect();
@@ -221,7 +227,7 @@ async fn dispatch(state: &State, req: Request<Incoming>, path: &ResourcePath, qu
             deleted.types = TypeMeta { api_version: resource.api_version(), kind: format!("{}List", resource.kind) };
             Ok(body::respond(StatusCode::OK, &deleted, plain(output)).into())
         }
-        _ => Err(Error::method_not_allowed(format!("method {} is not supported here", verb))),
+        _ => Err(Error::method_not_allowed(format!("method {verb} is not supported here"))),
     }
 }
 

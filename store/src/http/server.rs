@@ -3,6 +3,7 @@
 
 use super::body::{self, Body};
 use super::catalog::{ResourceCatalog, StaticCatalog};
+use super::lists::EncodedLists;
 use super::metrics::Metrics;
 use super::node::{ExecRequest, NodeConnector};
 use super::openapi::OpenApi;
@@ -31,6 +32,7 @@ pub struct HttpConfig {
     tls_names: Vec<String>,
     catalog: Arc<dyn ResourceCatalog>,
     nodes: Option<Arc<dyn NodeConnector>>,
+    lists: Option<Arc<dyn EncodedLists>>,
     max_body_bytes: usize,
     default_watch_timeout: Duration,
 }
@@ -49,6 +51,7 @@ impl Default for HttpConfig {
             tls_names: Vec::new(),
             catalog: Arc::new(StaticCatalog::builtin()),
             nodes: None,
+            lists: None,
             max_body_bytes: body::MAX_BODY_BYTES,
             default_watch_timeout: Duration::from_secs(1800),
         }
@@ -59,6 +62,12 @@ impl HttpConfig {
     /// The default: plain HTTP on an ephemeral loopback port, no HTTPS, the built-in kinds.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The configuration for serving an [`ApiServer`](crate::ApiServer): it is the catalog (so
+    /// custom resources appear) and the source of pre-encoded lists.
+    pub fn for_api_server(api: &Arc<crate::api::ApiServer>) -> Self {
+        Self::default().catalog(api.clone()).encoded_lists(api.clone())
     }
 
     /// Where plain HTTP listens (default `127.0.0.1:0`, an ephemeral port).
@@ -93,6 +102,13 @@ impl HttpConfig {
     #[must_use]
     pub fn nodes(mut self, nodes: Arc<dyn NodeConnector>) -> Self {
         self.nodes = Some(nodes);
+        self
+    }
+
+    /// Serves plain JSON lists from pre-encoded items (default: lists through [`Client::list`]).
+    #[must_use]
+    pub fn encoded_lists(mut self, lists: Arc<dyn EncodedLists>) -> Self {
+        self.lists = Some(lists);
         self
     }
 
@@ -200,6 +216,7 @@ pub async fn serve(client: Arc<dyn Client>, config: HttpConfig) -> Result<Server
             client,
             catalog: config.catalog.clone(),
             nodes: config.nodes.clone(),
+            lists: config.lists.clone(),
             openapi: OpenApi::default(),
             metrics: Arc::new(Metrics::default()),
             max_body_bytes: config.max_body_bytes,

@@ -734,7 +734,7 @@ pub fn table_row(resource: &ApiResource, v: &Value, now: Timestamp) -> TableRow 
                 name,
                 text(v, "spec.schedule").into(),
                 or_none(text(v, "spec.timeZone")).into(),
-                (at(v, "spec.suspend").as_bool() == Some(true)).to_string().replace("true", "True").replace("false", "False").into(),
+                if at(v, "spec.suspend").as_bool() == Some(true) { "True" } else { "False" }.into(),
                 items(v, "status.active").len().into(),
                 last.into(),
                 age(v, now),

@@ -6,6 +6,7 @@ use bosun_core::{Api, Client};
 use bosun_store::ApiServer;
 use bosun_store::http::{HttpConfig, Server, serve};
 use bytes::Bytes;
+use futures::StreamExt;
 use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client as HyperClient;
@@ -19,7 +20,7 @@ pub(crate) type TestResult = Result<(), Box<dyn std::error::Error>>;
 /// An `ApiServer` behind a plain-HTTP server on an ephemeral loopback port.
 pub(crate) async fn start() -> Result<(Arc<ApiServer>, Server), Box<dyn std::error::Error>> {
     let api = ApiServer::in_memory();
-    let server = serve(api.clone(), HttpConfig::new().catalog(api.clone())).await?;
+    let server = serve(api.clone(), HttpConfig::for_api_server(&api)).await?;
     Ok((api, server))
 }
 
@@ -383,4 +384,62 @@ fn pem_to_der(pem: &str) -> Result<Vec<u8>, Box<dyn std::error::Error>> {
     use base64::Engine as _;
     let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
     Ok(base64::engine::general_purpose::STANDARD.decode(b64)?)
+}
+
+/// A node connection that serves a fixed log and echoes exec sessions' requests back.
+struct FakeNodes {
+    seen: tokio::sync::mpsc::UnboundedSender<bosun_store::http::ExecRequest>,
+}
+
+#[async_trait::async_trait]
+impl bosun_store::http::NodeConnector for FakeNodes {
+    async fn logs(&self, namespace: &str, pod: &str, params: &bosun_core::LogParams) -> bosun_core::Result<bosun_core::LogStream> {
+        let text = format!("{namespace}/{pod} tail={:?} container={:?}\nsecond line\n", params.tail_lines, params.container);
+        Ok(futures::stream::iter(vec![Ok(Bytes::from(text))]).boxed())
+    }
+
+    fn exec_protocols(&self) -> Vec<String> {
+        vec!["v5.channel.k8s.io".into()]
+    }
+
+    async fn exec(&self, request: bosun_store::http::ExecRequest, mut io: Box<dyn bosun_store::http::ExecIo>) -> bosun_core::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        let _ = self.seen.send(request);
+        io.write_all(b"hello").await.map_err(|e| bosun_core::Error::internal(e.to_string()))?;
+        io.shutdown().await.map_err(|e| bosun_core::Error::internal(e.to_string()))
+    }
+}
+
+#[tokio::test]
+async fn logs_and_exec_go_to_the_node_connection() -> TestResult {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let api = ApiServer::in_memory();
+    let plain = serve(api.clone(), HttpConfig::new().catalog(api.clone())).await?;
+    let refused = call(&plain, Method::POST, "/api/v1/namespaces/default/pods/p/exec?command=ls", &[], Bytes::new()).await?;
+    assert_eq!(refused.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(refused.json()["kind"], "Status");
+
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let server = serve(api.clone(), HttpConfig::new().catalog(api).nodes(Arc::new(FakeNodes { seen: tx }))).await?;
+    let log = get(&server, "/api/v1/namespaces/default/pods/p/log?tailLines=2&container=c").await?;
+    assert_eq!(log.status, StatusCode::OK);
+    assert_eq!(std::str::from_utf8(&log.body)?, "default/p tail=Some(2) container=Some(\"c\")\nsecond line\n");
+
+    let mut tcp = tokio::net::TcpStream::connect(server.addr()).await?;
+    let req = "GET /api/v1/namespaces/default/pods/p/exec?command=echo&command=hi&stdout=true&container=c HTTP/1.1\r\n\
+        Host: 127.0.0.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+        Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Protocol: v5.channel.k8s.io, v4.channel.k8s.io\r\n\r\n";
+    tcp.write_all(req.as_bytes()).await?;
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut answer)).await??;
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 101"), "{answer}");
+    assert!(answer.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=") && answer.contains("v5.channel.k8s.io"), "{answer}");
+    assert!(answer.ends_with("hello"), "{answer}");
+    let request = rx.recv().await.ok_or("no exec request")?;
+    assert_eq!(
+        (request.command, request.container.as_deref(), request.stdout, request.stdin),
+        (vec!["echo".to_owned(), "hi".to_owned()], Some("c"), true, false)
+    );
+    Ok(())
 }

@@ -193,7 +193,6 @@ async fn kubectl_apply_get_patch_scale_and_delete() -> TestResult {
 
     // apply again after a change: a strategic merge patch from last-applied
     let changed = k.file("app2.yaml", &MANIFEST.replace("replicas: 2", "replicas: 3").replace("color: blue", "color: green"))?;
-    let dbg = k.run(&["apply", "-f", &changed, "-v=8", "--dry-run=server"]).await?;
     let out = k.ok(&["apply", "-f", &changed]).await?;
     assert!(out.contains("deployment.apps/web configured") && out.contains("configmap/settings configured"), "{out}");
     assert!(out.contains("service/web unchanged"), "{out}");

@@ -5,6 +5,7 @@ mod api_deletion;
 mod api_subresources;
 mod api_watch;
 mod http;
+mod http_kube;
 mod kubectl;
 mod patch;
 mod storage;
