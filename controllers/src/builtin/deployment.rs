@@ -333,10 +333,8 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<DeploymentCtx>) -> Result<Ac
             active.push(new);
         }
         match (active.len(), new_rs.as_deref()) {
-            (0, Some(new)) | (1, Some(new)) if active.first().is_none_or(|a| a.uid() == new.uid()) => {
-                if spec_replicas(new) != desired {
-                    ctx.scale(&rs_api, &d, new, desired, desired, surge).await?;
-                }
+            (0 | 1, Some(new)) if active.first().is_none_or(|a| a.uid() == new.uid()) && spec_replicas(new) != desired => {
+                ctx.scale(&rs_api, &d, new, desired, desired, surge).await?;
             }
             (n, _) if n > 1 && active.iter().any(|rs| annotation_i32(rs, DESIRED_REPLICAS).is_some_and(|x| x != desired)) => {
                 ctx.proportional(&rs_api, &d, &active, desired, surge).await?;
