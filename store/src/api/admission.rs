@@ -80,11 +80,9 @@ impl AdmissionPlugin for NamespaceLifecycle {
         if attrs.operation == Operation::Delete {
             return Ok(());
         }
-        let Some(namespace) = server.lookup_namespace(ns).await? else {
+        let Some(terminating) = server.namespace_terminating(ns).await? else {
             return Err(Error::not_found("", "namespaces", ns));
         };
-        let terminating = namespace.metadata.deletion_timestamp.is_some()
-            || namespace.data.get("status").and_then(|s| s.get("phase")).and_then(|p| p.as_str()) == Some("Terminating");
         if terminating && attrs.operation == Operation::Create {
             let res = &attrs.resource.plural;
             return Err(Error::forbidden(format!(

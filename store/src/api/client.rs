@@ -2,7 +2,7 @@
 //! writes, deletes or subresources.
 
 use super::ApiServer;
-use super::write::Change;
+use super::write::{Change, Create};
 use async_trait::async_trait;
 use bosun_core::{
     Client, DeleteParams, Deleted, DynamicObject, Error, ListParams, ObjectList, Patch, PatchParams, PostParams, Result, Target,
@@ -38,7 +38,7 @@ impl Client for ApiServer {
         let kind = self.registry.resolve(target.resource)?;
         let span =
             tracing::debug_span!("create", resource = %kind.resource.plural, object.name = obj.metadata.name.as_deref().unwrap_or(""));
-        self.create_object(&kind, target.namespace, obj.clone(), params).instrument(span).await
+        self.create_object(&kind, target.namespace, obj.clone(), &Create::from_post(params)).instrument(span).await
     }
 
     async fn update(&self, target: Target<'_>, obj: &DynamicObject, params: &PostParams) -> Result<DynamicObject> {
@@ -52,7 +52,13 @@ impl Client for ApiServer {
             .filter(|n| !n.is_empty())
             .ok_or_else(|| Error::bad_request("metadata.name is required for update"))?;
         let ns = target.namespace.or(obj.metadata.namespace.as_deref()).filter(|_| kind.resource.namespaced).map(str::to_owned);
-        let change = Change { subresource: None, dry_run: params.dry_run, validation: params.field_validation };
+        let change = Change {
+            subresource: None,
+            dry_run: params.dry_run,
+            validation: params.field_validation,
+            manager: params.field_manager.as_deref(),
+            applied: false,
+        };
         self.update_object(&kind, ns.as_deref(), &name, change, &|_| Ok(obj.clone())).await
     }
 
@@ -60,27 +66,7 @@ impl Client for ApiServer {
         self.ready().await?;
         verb(&target, "patch")?;
         let kind = self.registry.resolve(target.resource)?;
-        let change = Change { subresource: None, dry_run: params.dry_run, validation: params.field_validation };
-        let result = self.update_object(&kind, target.namespace, name, change, &|cur| self.apply_patch(&kind, cur, patch)).await;
-        match (result, patch) {
-            // Server-side apply creates what does not exist yet.
-            (Err(e), Patch::Apply(body)) if e.is_not_found() => {
-                if params.field_manager.as_deref().is_none_or(str::is_empty) {
-                    return Err(Error::bad_request("PATCH requests with application/apply-patch+yaml must set the fieldManager parameter"));
-                }
-                let mut obj = DynamicObject::from_value(body.clone())?;
-                if obj.metadata.name.as_deref().is_none_or(str::is_empty) {
-                    obj.metadata.name = Some(name.to_owned());
-                }
-                let post = PostParams {
-                    dry_run: params.dry_run,
-                    field_manager: params.field_manager.clone(),
-                    field_validation: params.field_validation,
-                };
-                self.create_object(&kind, target.namespace, obj, &post).await
-            }
-            (other, _) => other,
-        }
+        self.patch_object(&kind, target.namespace, name, None, patch, params).await
     }
 
     async fn delete(&self, target: Target<'_>, name: &str, params: &DeleteParams) -> Result<Deleted<DynamicObject>> {

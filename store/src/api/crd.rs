@@ -351,7 +351,7 @@ pub(crate) fn kinds_of(crd: &DynamicObject) -> Vec<Kind> {
             ));
         }
         let schema = v.get("schema").and_then(|s| s.get("openAPIV3Schema")).cloned().map(|s| Arc::new(CustomSchema::new(s)));
-        out.push(Kind { resource: res, rules: Rules::Custom, schema, custom_scale });
+        out.push(Kind { resource: res, rules: Rules::Custom, schema, custom_scale, cache: std::sync::OnceLock::new() });
     }
     out
 }

@@ -54,6 +54,8 @@ pub struct ApiServer {
     node_ports: (u16, u16),
     admission: Vec<Arc<dyn AdmissionPlugin>>,
     nodes: Option<Arc<dyn NodeConnector>>,
+    event_ttl: Duration,
+    event_lease: tokio::sync::Mutex<Option<(crate::storage::LeaseId, std::time::Instant)>>,
     bootstrap: OnceCell<()>,
 }
 
@@ -72,6 +74,7 @@ pub struct ApiServerBuilder {
     admission: Vec<Arc<dyn AdmissionPlugin>>,
     cache_options: CacheOptions,
     nodes: Option<Arc<dyn NodeConnector>>,
+    event_ttl: Duration,
 }
 
 impl std::fmt::Debug for ApiServerBuilder {
@@ -115,6 +118,12 @@ impl ApiServerBuilder {
         self
     }
 
+    /// How long Events live before storage expires them (default one hour; zero keeps them).
+    pub fn event_ttl(mut self, ttl: Duration) -> Self {
+        self.event_ttl = ttl;
+        self
+    }
+
     /// How many events each kind's watch cache keeps for watches resuming from an older version
     /// (default 100,000); older versions get 410 Gone.
     pub fn watch_history(mut self, events: usize) -> Self {
@@ -147,6 +156,8 @@ impl ApiServerBuilder {
             node_ports: self.node_ports,
             admission: self.admission,
             nodes: self.nodes,
+            event_ttl: self.event_ttl,
+            event_lease: tokio::sync::Mutex::new(None),
             bootstrap: OnceCell::new(),
         }))
     }
@@ -162,6 +173,7 @@ impl ApiServer {
             admission: default_plugins(),
             cache_options: CacheOptions::default(),
             nodes: None,
+            event_ttl: Duration::from_secs(3600),
         }
     }
 
@@ -213,12 +225,19 @@ impl ApiServer {
                         self.registry.register(crd::kinds_of(&obj));
                     }
                 }
+                // Every kind's watch cache lists before the first write a client can make, so that
+                // any version a client sees can be watched from.
+                let caches: Vec<Arc<KindCache>> =
+                    self.registry.resources().iter().filter_map(|r| self.registry.resolve(r).ok()).map(|k| self.cache(&k)).collect();
+                for c in caches {
+                    c.wait_for(0).await;
+                }
                 let ns = bosun_core::resource::builtin("", "v1", "Namespace")
                     .ok_or_else(|| bosun_core::Error::internal("namespaces are not served"))?;
                 let kind = self.registry.resolve(ns)?;
                 for name in INITIAL_NAMESPACES {
                     let obj = DynamicObject::new(ns, *name);
-                    match self.create_object(&kind, None, obj, &Default::default()).await {
+                    match self.create_object(&kind, None, obj, &write::Create::default()).await {
                         Ok(_) => {}
                         Err(e) if e.is_already_exists() => {}
                         Err(e) => return Err(e),
@@ -232,6 +251,15 @@ impl ApiServer {
 
     /// The watch cache of a kind, started on first use.
     fn cache(&self, kind: &Arc<Kind>) -> Arc<KindCache> {
+        if let Some(c) = kind.cache.get().and_then(std::sync::Weak::upgrade) {
+            return c;
+        }
+        let c = self.cache_by_prefix(kind);
+        let _ = kind.cache.set(Arc::downgrade(&c));
+        c
+    }
+
+    fn cache_by_prefix(&self, kind: &Arc<Kind>) -> Arc<KindCache> {
         let prefix = codec::prefix(&kind.resource);
         let mut caches = self.caches.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(c) = caches.get(&prefix) {
@@ -252,6 +280,26 @@ impl ApiServer {
     pub fn watch_count(&self) -> usize {
         let caches = self.caches.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         caches.values().map(|c| c.watcher_count()).sum()
+    }
+
+    /// Whether a namespace exists (`None` if not) and is terminating, from the watch cache when
+    /// it has the namespace, else from storage.
+    pub async fn namespace_terminating(&self, name: &str) -> Result<Option<bool>> {
+        let res =
+            bosun_core::resource::builtin("", "v1", "Namespace").ok_or_else(|| bosun_core::Error::internal("namespaces are not served"))?;
+        let kind = self.registry.resolve(res)?;
+        let key = codec::key(res, None, name);
+        let terminating = |o: &DynamicObject| {
+            o.metadata.deletion_timestamp.is_some()
+                || o.data.get("status").and_then(|s| s.get("phase")).and_then(|p| p.as_str()) == Some("Terminating")
+        };
+        if let Some(c) = self.cache(&kind).get(&key) {
+            return Ok(Some(terminating(&c.obj)));
+        }
+        match self.storage.get(&key).await.map_err(codec::storage_error)? {
+            Some(kv) => Ok(Some(terminating(&codec::decode(&kv.value, kv.mod_revision)?))),
+            None => Ok(None),
+        }
     }
 
     /// A namespace, from the watch cache when it has it, else from storage.

@@ -107,13 +107,15 @@ pub struct Kind {
     pub(crate) schema: Option<Arc<CustomSchema>>,
     /// The scale subresource's paths for custom resources: (spec replicas, status replicas, label selector).
     pub(crate) custom_scale: Option<(String, String, Option<String>)>,
+    /// The kind's watch cache, once started (weak: the cache holds the kind).
+    pub(crate) cache: std::sync::OnceLock<std::sync::Weak<super::cache::KindCache>>,
 }
 
 impl Kind {
     /// A built-in kind.
     pub(crate) fn builtin(resource: ApiResource) -> Self {
         let rules = Rules::of(&resource.group, &resource.kind);
-        Self { resource, rules, schema: None, custom_scale: None }
+        Self { resource, rules, schema: None, custom_scale: None, cache: std::sync::OnceLock::new() }
     }
 
     /// Whether writes to the main resource ignore `.status` (the kind has a `status` subresource).
@@ -226,16 +228,10 @@ impl Kind {
             }
         }
         obj.data = data;
-        // Labels and annotations may change through status; everything else of metadata is the stored one's.
-        let (labels, annotations) = (obj.metadata.labels.take(), obj.metadata.annotations.take());
+        // Metadata is the stored object's (the resourceVersion precondition stays the body's).
+        let rv = obj.metadata.resource_version.take();
         obj.metadata = old.metadata.clone();
-        if self.rules == Rules::Pod || self.rules == Rules::Node {
-            obj.metadata.labels = labels;
-            obj.metadata.annotations = annotations;
-        }
-        if self.rules == Rules::Pod {
-            // The kubelet reports status; the pod's spec is what was stored.
-        }
+        obj.metadata.resource_version = rv;
     }
 
     /// Fills in defaults (typed kinds go through their `k8s-openapi` type, which also prunes unknown fields).

@@ -141,7 +141,14 @@ impl ApiServer {
         params: &PostParams,
     ) -> Result<DynamicObject> {
         Self::check_subresource(kind, sub)?;
-        let change = Change { subresource: Some(sub), dry_run: params.dry_run, validation: params.field_validation };
+        let manager = params.field_manager.as_deref().unwrap_or("unknown");
+        let change = Change {
+            subresource: Some(sub),
+            dry_run: params.dry_run,
+            validation: params.field_validation,
+            manager: Some(manager),
+            applied: false,
+        };
         match sub {
             "status" => self.update_object(kind, ns, name, change, &|_| Ok(body.clone())).await,
             "scale" => {
@@ -176,15 +183,25 @@ impl ApiServer {
         params: &bosun_core::PatchParams,
     ) -> Result<DynamicObject> {
         Self::check_subresource(kind, sub)?;
-        let change = Change { subresource: Some(sub), dry_run: params.dry_run, validation: params.field_validation };
+        let manager = params.field_manager.as_deref().unwrap_or("unknown");
+        let applied = matches!(patch, Patch::Apply(_));
+        let change = Change {
+            subresource: Some(sub),
+            dry_run: params.dry_run,
+            validation: params.field_validation,
+            manager: Some(manager),
+            applied,
+        };
         match sub {
-            "status" => self.update_object(kind, ns, name, change, &|cur| self.apply_patch(kind, cur, patch)).await,
+            "status" => self.patch_object(kind, ns, name, Some("status"), patch, params).await,
             "scale" => {
+                let mut ctx = crate::patch::ApplyContext::from_params(params);
+                ctx.subresource = Some("scale".into());
                 let scale_kind = Kind::builtin(bosun_core::ApiResource::new("autoscaling", "v1", "Scale", "scales", true));
                 let obj = self
                     .update_object(kind, ns, name, Change { validation: None, ..change }, &|cur| {
                         let scale = self.to_scale(kind, cur);
-                        let patched = self.apply_patch(&scale_kind, &scale, patch)?;
+                        let patched = self.apply_patch(&scale_kind, &scale, patch, &ctx)?;
                         let replicas = Self::scale_replicas(&patched, name)?;
                         let rv = patched.metadata.resource_version.clone().filter(|r| Some(r) != scale.metadata.resource_version.as_ref());
                         Ok(Self::with_replicas(kind, cur, replicas, rv.or_else(|| cur.metadata.resource_version.clone())))
@@ -212,7 +229,7 @@ impl ApiServer {
         let annotations = body.get("metadata").and_then(|m| m.get("annotations")).and_then(Value::as_object).cloned();
         let uid = body.get("metadata").and_then(|m| m.get("uid")).and_then(Value::as_str).map(str::to_owned);
         let at = now_text();
-        let change = Change { subresource: Some("binding"), dry_run: params.dry_run, validation: None };
+        let change = Change { subresource: Some("binding"), dry_run: params.dry_run, validation: None, manager: None, applied: false };
         self.update_object(kind, ns, name, change, &|cur| {
             if let Some(uid) = uid.as_deref() {
                 if cur.metadata.uid.as_deref() != Some(uid) {
@@ -315,7 +332,7 @@ impl ApiServer {
                 let rv = pdb.metadata.resource_version.clone();
                 let pod_name = pod.metadata.name.clone().unwrap_or_default();
                 let at = now_text();
-                let change = Change { subresource: Some("status"), dry_run, validation: None };
+                let change = Change { subresource: Some("status"), dry_run, validation: None, manager: None, applied: false };
                 self.update_object(&pdb_kind, ns, &pdb_name, change, &|cur| {
                     let mut obj = cur.clone();
                     obj.metadata.resource_version = rv.clone();

@@ -5,6 +5,7 @@ use super::admission::{Attributes, Operation};
 use super::codec;
 use super::crd;
 use super::strategy::{Kind, Rules};
+use crate::patch::ApplyContext;
 use crate::storage::StorageError;
 use bosun_core::k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use bosun_core::k8s_openapi::jiff::Timestamp;
@@ -44,6 +45,34 @@ pub(crate) struct Change<'a> {
     pub(crate) dry_run: bool,
     /// Unknown-field handling of the body.
     pub(crate) validation: Option<FieldValidation>,
+    /// Who writes, for `managedFields` (`None`: not recorded, e.g. bindings).
+    pub(crate) manager: Option<&'a str>,
+    /// The change is a server-side apply, which records its own `managedFields`.
+    pub(crate) applied: bool,
+}
+
+/// How a create was asked for.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Create<'a> {
+    /// Validate but do not persist.
+    pub(crate) dry_run: bool,
+    /// Who writes, for `managedFields`.
+    pub(crate) field_manager: Option<&'a str>,
+    /// Unknown-field handling of the body.
+    pub(crate) field_validation: Option<FieldValidation>,
+    /// The object comes from a server-side apply, which recorded its own `managedFields`.
+    pub(crate) applied: bool,
+}
+
+impl<'a> Create<'a> {
+    pub(crate) fn from_post(params: &'a bosun_core::PostParams) -> Self {
+        Self {
+            dry_run: params.dry_run,
+            field_manager: params.field_manager.as_deref(),
+            field_validation: params.field_validation,
+            applied: false,
+        }
+    }
 }
 
 /// Data of an object without `status`: what `metadata.generation` tracks.
@@ -151,7 +180,7 @@ impl ApiServer {
         kind: &Arc<Kind>,
         namespace: Option<&str>,
         mut obj: DynamicObject,
-        params: &bosun_core::PostParams,
+        params: &Create<'_>,
     ) -> Result<DynamicObject> {
         let ns = self.write_namespace(kind, namespace, &obj)?;
         obj.metadata.namespace = ns.clone();
@@ -194,6 +223,13 @@ impl ApiServer {
         self.admit(&attrs, &mut obj, None).await?;
         kind.validate(&obj, None, self.node_ports)?;
         self.admit_validate(&attrs, &obj, None).await?;
+        if !params.applied {
+            // Writers that name no field manager (in-process controllers) are not recorded: it keeps
+            // the hot paths and the objects small. A named manager or an apply always is.
+            if let Some(manager) = params.field_manager.filter(|m| !m.is_empty()) {
+                self.record_fields(kind, None, &mut obj, manager, None)?;
+            }
+        }
         if kind.rules == Rules::CustomResourceDefinition {
             let status = crd::accepted_status(&obj, &now_text());
             if let Some(map) = obj.data.as_object_mut() {
@@ -212,7 +248,8 @@ impl ApiServer {
             let name = obj.metadata.name.clone().unwrap_or_default();
             let key = codec::key(&kind.resource, ns.as_deref(), &name);
             let bytes = codec::encode(&obj)?;
-            match self.storage.create(&key, bytes, None).await {
+            let lease = self.lease_for(kind).await;
+            match self.storage.create(&key, bytes, lease).await {
                 Ok(kv) => {
                     obj.metadata.resource_version = Some(kv.mod_revision.to_string());
                     break;
@@ -233,7 +270,7 @@ impl ApiServer {
             }
         }
         if kind.rules == Rules::CustomResourceDefinition {
-            self.registry.register(crd::kinds_of(&obj));
+            self.serve_definition(&obj).await;
         }
         self.present(kind, &mut obj);
         Ok(obj)
@@ -350,6 +387,13 @@ impl ApiServer {
             if spec_changed(&obj.data, &current.data) {
                 obj.metadata.generation = Some(current.metadata.generation.unwrap_or(0) + 1);
             }
+            // Recorded when the writer names itself, or when fields are already tracked (so that an
+            // applier's ownership stays true); a binding is never recorded.
+            let tracked = current.metadata.managed_fields.as_ref().is_some_and(|m| !m.is_empty());
+            let manager = change.manager.filter(|m| !m.is_empty()).or(tracked.then_some("unknown"));
+            if let Some(manager) = manager.filter(|_| !change.applied && change.subresource != Some("binding")) {
+                self.record_fields(kind, Some(&current), &mut obj, manager, change.subresource)?;
+            }
             if obj.metadata == current.metadata && obj.data == current.data && obj.types == current.types {
                 let mut same = current;
                 self.present(kind, &mut same);
@@ -377,14 +421,15 @@ impl ApiServer {
             }
             let allocated = if kind.rules == Rules::Service { self.allocate_service(&mut obj, Some(&current)).await? } else { Vec::new() };
             let bytes = codec::encode(&obj)?;
-            match self.storage.update(&key, bytes, kv.mod_revision, None).await {
+            let lease = if kv.lease.is_some() { self.lease_for(kind).await } else { None };
+            match self.storage.update(&key, bytes, kv.mod_revision, lease).await {
                 Ok(new) => {
                     obj.metadata.resource_version = Some(new.mod_revision.to_string());
                     if kind.rules == Rules::Service {
                         self.release(&released_service_values(&current, &obj)).await;
                     }
                     if kind.rules == Rules::CustomResourceDefinition {
-                        self.registry.register(crd::kinds_of(&obj));
+                        self.serve_definition(&obj).await;
                     }
                     self.present(kind, &mut obj);
                     return Ok(obj);
@@ -406,26 +451,123 @@ impl ApiServer {
         Err(Error::conflict(format!("too many concurrent writes to {} \"{name}\"; try again", kind.resource.plural)))
     }
 
-    /// Applies a patch to an object's JSON.
-    pub(crate) fn apply_patch(&self, kind: &Kind, current: &DynamicObject, patch: &Patch) -> Result<DynamicObject> {
+    /// Applies a patch to an object's JSON (strategic merge patch by the kind's merge keys,
+    /// server-side apply with field managers).
+    pub(crate) fn apply_patch(&self, kind: &Kind, current: &DynamicObject, patch: &Patch, ctx: &ApplyContext) -> Result<DynamicObject> {
         let doc = current.to_value();
-        let patched = match patch {
-            Patch::Json(ops) => crate::patch::json_patch(&doc, ops)?,
-            Patch::Merge(p) => crate::patch::merge_patch(&doc, p)?,
-            Patch::Strategic(p) => {
-                if kind.rules == Rules::Custom {
-                    return Err(Error::unsupported_media_type(
-                        "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml",
-                    ));
-                }
-                crate::patch::merge_patch(&doc, p)?
+        if matches!(patch, Patch::Strategic(_)) && kind.rules == Rules::Custom {
+            return Err(crate::patch::PatchError::StrategicUnsupported {
+                kind: format!("{}, Kind={}", kind.resource.api_version(), kind.resource.kind),
             }
-            Patch::Apply(p) => crate::patch::merge_patch(&doc, p)?,
-        };
+            .into());
+        }
+        let patched = crate::patch::apply_patch(&kind.resource, &doc, patch, ctx)?;
         if !patched.is_object() {
             return Err(Error::bad_request("the patched object is not a JSON object"));
         }
         DynamicObject::from_value(patched)
+    }
+
+    /// Patches an object (or a subresource's view of it: `status`); server-side apply creates
+    /// what does not exist.
+    pub(crate) async fn patch_object(
+        &self,
+        kind: &Arc<Kind>,
+        namespace: Option<&str>,
+        name: &str,
+        sub: Option<&str>,
+        patch: &Patch,
+        params: &bosun_core::PatchParams,
+    ) -> Result<DynamicObject> {
+        let applied = matches!(patch, Patch::Apply(_));
+        if applied && params.field_manager.as_deref().is_none_or(str::is_empty) {
+            return Err(Error::bad_request("PATCH requests with application/apply-patch+yaml must set the fieldManager parameter"));
+        }
+        let mut ctx = ApplyContext::from_params(params);
+        ctx.subresource = sub.map(str::to_owned);
+        let manager = params.field_manager.as_deref().unwrap_or("unknown");
+        let change =
+            Change { subresource: sub, dry_run: params.dry_run, validation: params.field_validation, manager: Some(manager), applied };
+        let result = self.update_object(kind, namespace, name, change, &|cur| self.apply_patch(kind, cur, patch, &ctx)).await;
+        match (result, patch) {
+            (Err(e), Patch::Apply(body)) if e.is_not_found() && sub.is_none() => {
+                let created = crate::patch::server_side_apply(&kind.resource, &Value::Null, body, &ctx)?;
+                let mut obj = DynamicObject::from_value(created)?;
+                if obj.metadata.name.as_deref().is_none_or(str::is_empty) {
+                    obj.metadata.name = Some(name.to_owned());
+                } else if obj.metadata.name.as_deref() != Some(name) {
+                    return Err(Error::bad_request(format!(
+                        "the name of the object ({}) does not match the name on the URL ({name})",
+                        obj.metadata.name.as_deref().unwrap_or("")
+                    )));
+                }
+                let create = Create {
+                    dry_run: params.dry_run,
+                    field_manager: Some(manager),
+                    field_validation: params.field_validation,
+                    applied: true,
+                };
+                self.create_object(kind, namespace, obj, &create).await
+            }
+            (other, _) => other,
+        }
+    }
+
+    /// Records a write in `metadata.managedFields`.
+    pub(crate) fn record_fields(
+        &self,
+        kind: &Kind,
+        old: Option<&DynamicObject>,
+        obj: &mut DynamicObject,
+        manager: &str,
+        sub: Option<&str>,
+    ) -> Result<()> {
+        let mut ctx = ApplyContext::new(manager);
+        ctx.subresource = sub.map(str::to_owned);
+        let old = old.map(DynamicObject::to_value);
+        let mut new = obj.to_value();
+        crate::patch::record_update(&kind.resource, old.as_ref(), &mut new, &ctx)?;
+        let managed = new.get("metadata").and_then(|m| m.get("managedFields")).cloned();
+        obj.metadata.managed_fields = match managed {
+            Some(v) => serde_json::from_value(v).map_err(|e| Error::internal(format!("managedFields: {e}")))?,
+            None => None,
+        };
+        Ok(())
+    }
+
+    /// The storage lease events are written under, so that they expire after the event TTL; one
+    /// lease serves every event written within a tenth of the TTL (at most a minute).
+    pub(crate) async fn lease_for(&self, kind: &Kind) -> Option<crate::storage::LeaseId> {
+        if !matches!(kind.rules, Rules::CoreEvent | Rules::Event) || self.event_ttl.is_zero() {
+            return None;
+        }
+        let reuse = (self.event_ttl / 10).min(std::time::Duration::from_secs(60));
+        let mut lease = self.event_lease.lock().await;
+        if let Some((id, at)) = *lease {
+            if at.elapsed() < reuse {
+                return Some(id);
+            }
+        }
+        match self.storage.lease_grant(self.event_ttl + reuse).await {
+            Ok(id) => {
+                *lease = Some((id, std::time::Instant::now()));
+                Some(id)
+            }
+            Err(error) => {
+                tracing::warn!(%error, "event lease");
+                None
+            }
+        }
+    }
+
+    /// Serves the kinds of a definition, their watch cache listed before any of their objects is written.
+    pub(crate) async fn serve_definition(&self, crd: &DynamicObject) {
+        let kinds = crd::kinds_of(crd);
+        let first = kinds.first().map(|k| k.resource.clone());
+        self.registry.register(kinds);
+        if let Some(kind) = first.and_then(|r| self.registry.resolve(&r).ok()) {
+            self.cache(&kind).wait_for(0).await;
+        }
     }
 
     /// Called once an object is gone from storage: releases what it held.

@@ -5,7 +5,7 @@ use bosun_core::k8s_openapi::api::apps::v1::Deployment;
 use bosun_core::k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Service};
 use bosun_core::{
     Api, Client, DeleteParams, Deleted, DynamicObject, FieldValidation, ListParams, Patch, PatchParams, PostParams, VersionMatch,
-    WatchEvent, WatchParams,
+    WatchEvent,
 };
 use bosun_store::ApiServer;
 use futures::StreamExt;
@@ -375,5 +375,61 @@ async fn a_service_gets_the_kubernetes_defaults() -> TestResult {
     let port = spec.ports.unwrap_or_default().pop().ok_or("no port")?;
     assert_eq!(port.protocol.as_deref(), Some("TCP"));
     assert_eq!(port.target_port, Some(bosun_core::k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(80)));
+    Ok(())
+}
+
+#[tokio::test]
+async fn strategic_merge_and_server_side_apply() -> TestResult {
+    let deployments = Api::<Deployment>::namespaced(client(), "default");
+    let mut d = deployment("web", 1);
+    d.spec.template.spec.as_mut().ok_or("spec")?.containers.push(serde_json::from_value(json!({"name": "side", "image": "busybox"}))?);
+    deployments.create(&d, &PostParams::default()).await?;
+    // Containers merge by name: only `c` changes, `side` stays.
+    let patched = deployments
+        .patch(
+            "web",
+            &Patch::Strategic(json!({"spec": {"template": {"spec": {"containers": [{"name": "c", "image": "nginx:2"}]}}}})),
+            &PatchParams::default(),
+        )
+        .await?;
+    let containers = patched.spec.template.spec.clone().ok_or("spec")?.containers;
+    assert_eq!(containers.len(), 2);
+    assert_eq!(containers.iter().find(|c| c.name == "c").and_then(|c| c.image.as_deref()), Some("nginx:2"));
+    assert_eq!(patched.metadata.generation, Some(2));
+
+    // Server-side apply records its manager, refuses another manager's conflicting change, and forces.
+    let cms = Api::<ConfigMap>::namespaced(deployments.client().clone(), "default");
+    let intent = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ssa"}, "data": {"a": "1"}});
+    let cm = cms.patch("ssa", &Patch::Apply(intent), &PatchParams::apply("alice")).await?;
+    let managers: Vec<String> = cm.metadata.managed_fields.unwrap_or_default().into_iter().filter_map(|m| m.manager).collect();
+    assert_eq!(managers, ["alice"]);
+    let other = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ssa"}, "data": {"a": "2"}});
+    let err = cms.patch("ssa", &Patch::Apply(other.clone()), &PatchParams::apply("bob")).await.err().ok_or("no conflict")?;
+    assert_eq!(err.code(), 409);
+    assert!(!err.causes().is_empty());
+    let forced = cms.patch("ssa", &Patch::Apply(other), &PatchParams::apply("bob").force()).await?;
+    assert_eq!(forced.data.and_then(|d| d.get("a").cloned()).as_deref(), Some("2"));
+    // Ordinary writes are recorded as updates.
+    let updated = cms
+        .patch(
+            "ssa",
+            &Patch::Merge(json!({"data": {"b": "x"}})),
+            &PatchParams { field_manager: Some("carol".into()), ..PatchParams::default() },
+        )
+        .await?;
+    let ops: Vec<(String, String)> = updated
+        .metadata
+        .managed_fields
+        .unwrap_or_default()
+        .into_iter()
+        .map(|m| (m.manager.unwrap_or_default(), m.operation.unwrap_or_default()))
+        .collect();
+    assert!(ops.contains(&("carol".to_owned(), "Update".to_owned())), "{ops:?}");
+    let err = cms
+        .patch("ssa", &Patch::Apply(json!({"apiVersion": "v1", "kind": "ConfigMap"})), &PatchParams::default())
+        .await
+        .err()
+        .ok_or("no manager")?;
+    assert_eq!(err.code(), 400);
     Ok(())
 }

@@ -99,3 +99,26 @@ async fn delete_preconditions_and_collections() -> TestResult {
     assert!(cms.get_opt("bulk-3").await?.is_some());
     Ok(())
 }
+
+#[tokio::test]
+async fn events_expire_after_their_ttl() -> TestResult {
+    use bosun_core::k8s_openapi::api::core::v1::Event;
+    let server = bosun_store::ApiServer::builder(std::sync::Arc::new(bosun_store::MemoryStorage::new()))
+        .event_ttl(std::time::Duration::from_millis(500))
+        .build()?;
+    let events = Api::<Event>::namespaced(server.clone(), "default");
+    let ev: Event = serde_json::from_value(json!({
+        "metadata": {"name": "e1"}, "involvedObject": {"kind": "Pod", "name": "p", "namespace": "default"},
+        "reason": "Started", "message": "started", "type": "Normal",
+    }))?;
+    events.create(&ev, &PostParams::default()).await?;
+    assert!(events.get_opt("e1").await?.is_some());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while events.get_opt("e1").await?.is_some() {
+        if std::time::Instant::now() > deadline {
+            return Err("the event outlived its TTL".into());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
