@@ -585,6 +585,27 @@ proptest! {
     }
 
     #[test]
+    fn a_forced_apply_lands_every_applied_value_and_keeps_other_managers_items(first in containers(), second in containers()) {
+        let with = |list: &Vec<Value>| {
+            let mut d = deploy(1, "nginx");
+            d["spec"]["template"]["spec"]["containers"] = Value::from(list.clone());
+            d
+        };
+        let obj = apply(&Value::Null, with(&first), &ctx("one")).expect("first apply");
+        let obj = apply(&obj, with(&second), &ctx("two").force(true)).expect("forced apply");
+        let merged = &obj["spec"]["template"]["spec"]["containers"];
+        for item in &second {
+            let found = merged.as_array().into_iter().flatten().find(|c| c["name"] == item["name"]);
+            prop_assert_eq!(&found.expect("applied item present")["image"], &item["image"]);
+        }
+        let got = names(merged);
+        for n in names(&Value::from(first.clone())) {
+            prop_assert!(got.contains(&n), "{} of the first manager is kept", n);
+        }
+        prop_assert_eq!(got.len(), names(&Value::from(first)).into_iter().chain(names(&Value::from(second))).collect::<std::collections::BTreeSet<_>>().len());
+    }
+
+    #[test]
     fn apply_then_reapply_is_stable(live in containers(), replicas in 0i64..5) {
         let mut intent = deploy(replicas, "nginx");
         intent["spec"]["template"]["spec"]["containers"] = Value::from(live);
