@@ -57,7 +57,18 @@ async fn wait_all(api: &Api<Deployment>, expect: usize, limit: Duration) -> Resu
 
 struct Cluster {
     client: Arc<dyn Client>,
+    metrics: bosun_controllers::Metrics,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Cluster {
+    /// Prints each controller's reconcile count and time, to see where a phase went.
+    fn report(&self, phase: &str) {
+        for name in self.metrics.names() {
+            let m = self.metrics.controller(&name);
+            eprintln!("  {phase}: {name}: {} reconciles, {:.2}s reconciling", m.reconciles(), m.duration_total().as_secs_f64());
+        }
+    }
 }
 
 impl Drop for Cluster {
@@ -71,10 +82,11 @@ impl Drop for Cluster {
 fn cluster() -> Cluster {
     let client: Arc<dyn Client> = bosun_store::ApiServer::in_memory();
     let manager = ControllerManager::new(client.clone()).config(ManagerConfig::default().only(&["replicaset", "deployment"]));
+    let metrics = manager.metrics_registry().clone();
     let mut tasks = manager.spawn_all();
     let kubelet_controller = Controller::new(Api::all(client.clone()));
     tasks.push(tokio::spawn(kubelet::simulated(kubelet_controller)));
-    Cluster { client, tasks }
+    Cluster { client, metrics, tasks }
 }
 
 fn main() {
@@ -92,11 +104,13 @@ fn main() {
         api.create(&deployment("big", 10_000), &PostParams::default()).await.map_err(|e| e.to_string())?;
         let converge = wait_all(&api, 1, limit).await?;
         eprintln!("deployment of 10000 converged in {converge:.2}s");
+        c.report("converge");
         let patch = serde_json::json!({"spec": {"template": {"spec": {"containers": [{"name": "main", "image": "web:2"}]}}}});
         api.patch("big", &Patch::Strategic(patch), &PatchParams::default()).await.map_err(|e| e.to_string())?;
         tokio::time::sleep(Duration::from_millis(1)).await;
         let rollout = wait_all(&api, 1, limit).await?;
         eprintln!("rolling update of 10000 completed in {rollout:.2}s");
+        c.report("converge+rollout");
         drop(c);
 
         let c = cluster();
@@ -108,6 +122,7 @@ fn main() {
         wait_all(&api, 1000, limit).await?;
         let many = start.elapsed().as_secs_f64();
         eprintln!("1000 deployments of 10 converged in {many:.2}s");
+        c.report("1000x10");
         Ok((converge, rollout, many))
     });
     match result {

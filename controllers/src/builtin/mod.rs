@@ -81,8 +81,12 @@ pub fn pod_is_available(pod: &Pod, min_ready_seconds: i32) -> Result<(), Duratio
 pub fn claim_candidates<K: Object>(store: &Store<K>, namespace: &str, owner_uid: &str, selector: &LabelSelector) -> Vec<Arc<K>> {
     let mut out = store.by_index(INDEX_OWNER, owner_uid);
     if !selector.is_empty() {
-        let seen: std::collections::HashSet<String> = out.iter().map(|o| o.uid().to_owned()).collect();
-        out.extend(store.select(Some(namespace), selector).into_iter().filter(|o| !seen.contains(o.uid())));
+        // Only orphans can be claimed; objects that name this owner are already in.
+        let orphans = store.select(Some(namespace), selector).into_iter().filter(|o| {
+            let meta = o.meta();
+            bosun_core::meta::controller_of(meta).is_none() && !bosun_core::meta::is_owned_by(meta, owner_uid)
+        });
+        out.extend(orphans);
     }
     out.retain(|o| o.namespace() == Some(namespace));
     out
