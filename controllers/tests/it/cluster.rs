@@ -168,3 +168,42 @@ async fn deleting_a_namespace_deletes_its_content_then_the_namespace() -> Result
     assert!(pods.iter().filter(|p| pod_is_active(p)).all(|p| p.metadata.namespace.as_deref() != Some("team")));
     Ok(())
 }
+
+#[tokio::test(start_paused = true)]
+async fn named_ports_resolve_per_pod_and_not_ready_pods_are_listed_as_such() -> Result<(), Box<dyn std::error::Error>> {
+    // No simulated kubelet: the test sets pod status itself.
+    let mut h = bosun_controllers::Harness::new(server());
+    h.start_builtins(bosun_controllers::ManagerConfig::default().only(&["endpointslice"]));
+    let services = Api::<Service>::namespaced(h.client(), "default");
+    let pods = Api::<Pod>::namespaced(h.client(), "default");
+    services.create(&service("web", "web", IntOrString::String("http".into())), &PostParams::default()).await?;
+    let mut b = bare_pod("b", "web");
+    if let Some(port) = b.spec.as_mut().and_then(|s| s.containers[0].ports.as_mut()).and_then(|p| p.first_mut()) {
+        port.container_port = 9090;
+    }
+    pods.create(&bare_pod("a", "web"), &PostParams::default()).await?;
+    pods.create(&b, &PostParams::default()).await?;
+    let status = |ip: &str, ready: &str| serde_json::json!({"status": {"phase": "Running", "podIP": ip, "conditions": [{"type": "Ready", "status": ready}]}});
+    pods.patch_status("a", &Patch::Merge(status("10.0.0.1", "True")), &PatchParams::default()).await?;
+    pods.patch_status("b", &Patch::Merge(status("10.0.0.2", "False")), &PatchParams::default()).await?;
+    h.run_until_quiescent().await?;
+    let slices = Api::<EndpointSlice>::namespaced(h.client(), "default").list(&ListParams::default()).await?.items;
+    let mut seen: Vec<(i32, String, bool)> = slices
+        .iter()
+        .flat_map(|s| {
+            let port = s.ports.as_ref().and_then(|p| p.first()).and_then(|p| p.port).unwrap_or(0);
+            s.endpoints
+                .iter()
+                .flatten()
+                .map(move |e| (port, e.addresses[0].clone(), e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(false)))
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(seen, [(8080, "10.0.0.1".to_owned(), true), (9090, "10.0.0.2".to_owned(), false)]);
+    let ep = Api::<Endpoints>::namespaced(h.client(), "default").get("web").await?;
+    let subsets = ep.subsets.unwrap_or_default();
+    assert_eq!(subsets.len(), 2);
+    let not_ready: Vec<String> = subsets.iter().flat_map(|s| s.not_ready_addresses.iter().flatten()).map(|a| a.ip.clone()).collect();
+    assert_eq!(not_ready, ["10.0.0.2"]);
+    Ok(())
+}
