@@ -3,7 +3,9 @@
 //!
 //! `cargo bench -p bosun-scheduler --bench scheduler_perf`. Environment:
 //! `BOSUN_BENCH_SCALE` (default 1.0) scales nodes and pods for quick runs;
-//! `BOSUN_BENCH_ONLY` runs the workloads whose names contain it.
+//! `BOSUN_BENCH_ONLY` runs the workloads whose names contain it;
+//! `BOSUN_BENCH_E2E=1` creates the measured pods while the scheduler runs (the timer then also
+//! covers their creation) instead of before it starts (a full queue, scheduler_perf's steady state).
 
 #[path = "../tests/it/harness.rs"]
 mod harness;
@@ -108,18 +110,26 @@ async fn run(w: &Workload, scale: f64) -> f64 {
         builder = builder.victim_grace_period(0);
     }
     let scheduler = builder.build().unwrap_or_else(|e| panic!("build scheduler: {e}"));
-    let running = scheduler.start().await;
+    let e2e = std::env::var("BOSUN_BENCH_E2E").is_ok_and(|v| v == "1");
+    let mut batch: Vec<Pod> = (0..pods).map(|i| measured_pod(w.kind, i)).collect();
+    let mut creator = None;
+    if !e2e {
+        harness::create_pods(&client, std::mem::take(&mut batch), 64).await.unwrap_or_else(|e| panic!("create pods: {e}"));
+    }
     eprintln!("{}: {nodes} nodes ready in {:.1}s", w.bench, setup.elapsed().as_secs_f64());
-    let batch: Vec<Pod> = (0..pods).map(|i| measured_pod(w.kind, i)).collect();
+    let running = scheduler.start().await;
     let start = Instant::now();
-    let creator = {
+    if e2e {
         let client = client.clone();
-        tokio::spawn(async move { harness::create_pods(&client, batch, 64).await })
-    };
+        creator = Some(tokio::spawn(async move { harness::create_pods(&client, batch, 64).await }));
+    }
     let target = pods as u64;
     let done = tokio::time::timeout(Duration::from_secs(600), scheduler.wait_scheduled(target)).await;
     let elapsed = start.elapsed().as_secs_f64();
-    let created = creator.await.map_err(|e| e.to_string()).and_then(|r| r.map_err(|e| e.to_string()));
+    let created = match creator {
+        Some(c) => c.await.map_err(|e| e.to_string()).and_then(|r| r.map_err(|e| e.to_string())),
+        None => Ok(()),
+    };
     let stats = scheduler.stats();
     if done.is_err() || created.is_err() {
         eprintln!("{}: incomplete after {elapsed:.1}s: {stats:?} {created:?}", w.bench);
@@ -128,6 +138,50 @@ async fn run(w: &Workload, scale: f64) -> f64 {
     let rate = stats.scheduled as f64 / elapsed;
     eprintln!("{}: {} pods bound in {elapsed:.2}s = {rate:.0} pods/s ({stats:?})", w.bench, stats.scheduled);
     rate
+}
+
+/// The scheduling cycles alone (no API): cache, incremental snapshot, filter, score, assume.
+/// Shows the algorithm's own ceiling next to the end-to-end figure.
+fn cycles_only(w: &Workload, scale: f64) -> Option<f64> {
+    use bosun_scheduler::cache::Cache;
+    use bosun_scheduler::framework::{CycleState, Handle};
+    use bosun_scheduler::node_info::NodeStatic;
+    use bosun_scheduler::{PodInfo, Profile, Snapshot};
+    use std::sync::Arc;
+    if matches!(w.kind, Kind::Preemption) {
+        return None;
+    }
+    let nodes = ((w.nodes as f64 * scale).round() as usize).max(3);
+    let pods = ((w.pods as f64 * scale).round() as usize).max(3);
+    let zones = if matches!(w.kind, Kind::TopologySpread) { 3 } else { 10 };
+    let fw = Profile::defaults("default-scheduler").build().ok()?;
+    let handle = Handle::default();
+    let mut cache = Cache::new();
+    for i in 0..nodes {
+        cache.add_or_update_node(NodeStatic::new(Arc::new(harness::node(&format!("node-{i}"), &format!("zone-{}", i % zones)))));
+    }
+    let infos: Vec<Arc<PodInfo>> = (0..pods)
+        .map(|i| {
+            let mut p = measured_pod(w.kind, i);
+            p.metadata.uid = Some(format!("uid-{i}"));
+            PodInfo::new(Arc::new(p))
+        })
+        .collect();
+    let mut snapshot = Snapshot::default();
+    let start = Instant::now();
+    let mut placed = 0;
+    for p in infos {
+        cache.update_snapshot(&mut snapshot);
+        let mut state = CycleState::new();
+        if let Ok(r) = fw.schedule_pod(&mut state, &p, &snapshot, &handle) {
+            if cache.assume_pod(p, &r.suggested_host).is_ok() {
+                placed += 1;
+            }
+        }
+    }
+    let rate = placed as f64 / start.elapsed().as_secs_f64();
+    eprintln!("{}: scheduling cycles alone: {placed} pods in {:.2}s = {rate:.0} pods/s", w.bench, start.elapsed().as_secs_f64());
+    Some(rate)
 }
 
 fn main() {
@@ -147,7 +201,10 @@ fn main() {
     let mut results = Vec::new();
     for w in workloads.iter().filter(|w| w.bench.contains(&only)) {
         let rate = rt.block_on(run(w, scale));
-        results.push((w.bench, rate));
+        results.push((w.bench.to_owned(), rate));
+        if let Some(r) = cycles_only(w, scale) {
+            results.push((w.bench.replace("scheduler.", "scheduler.cycles_only."), r));
+        }
     }
     for (name, rate) in results {
         println!("BENCH {name}={rate:.0}");

@@ -20,7 +20,7 @@ pub use error::{Error, Result};
 pub use framework::{Framework, Profile, Status};
 pub use node_info::NodeInfo;
 pub use pod_info::PodInfo;
-pub use scheduler::{Scheduler, SchedulerBuilder, SchedulerStats};
+pub use scheduler::{Running, Scheduler, SchedulerBuilder, SchedulerStats};
 pub use snapshot::Snapshot;
 
 /// The `schedulerName` of pods that name none.

@@ -66,7 +66,7 @@ impl AffinityTerm {
         if !self.selector.matches(pod.labels()) {
             return false;
         }
-        if self.namespaces.iter().any(|n| *n == pod.namespace) {
+        if self.namespaces.contains(&pod.namespace) {
             return true;
         }
         match &self.namespace_selector {

@@ -16,6 +16,8 @@ pub const INITIAL_BACKOFF: Duration = Duration::from_secs(1);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// How long an unschedulable pod waits before it is retried regardless of events.
 pub const UNSCHEDULABLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Events kept per scheduling cycle for the in-flight check.
+const MAX_IN_FLIGHT_EVENTS: usize = 4096;
 
 /// A clock, so that tests can drive time.
 pub type Clock = Arc<dyn Fn() -> Instant + Send + Sync>;
@@ -42,6 +44,9 @@ pub struct QueuedPodInfo {
     pub pending_plugins: Vec<String>,
     /// Held by a PreEnqueue plugin.
     pub gated: bool,
+    /// In backoff because an event may have helped it (not after an error): it may leave early
+    /// when the active queue is empty, as kube-scheduler's `SchedulerPopFromBackoffQ`.
+    early: bool,
     seq: u64,
 }
 
@@ -134,9 +139,17 @@ struct Inner {
     backoff_items: HashMap<u64, QueuedPodInfo>,
     unschedulable: HashMap<String, QueuedPodInfo>,
     location: HashMap<String, Location>,
+    /// The resourceVersion last seen of each queued pod, to drop repeated notifications cheaply.
+    versions: HashMap<String, String>,
+    /// Threads blocked in `pop`.
+    waiters: usize,
     in_flight: HashMap<String, QueuedPodInfo>,
     scheduling_cycle: u64,
-    move_request_cycle: u64,
+    /// Events since the current scheduling cycle began, replayed against the pod's rejecting
+    /// plugins' hints if it fails (kube-scheduler's in-flight events).
+    in_flight_events: Vec<(ClusterEvent, Option<EventObject>, Option<EventObject>)>,
+    /// More events arrived during the cycle than are kept: treat as relevant.
+    in_flight_overflow: bool,
     seq: u64,
     closed: bool,
 }
@@ -172,9 +185,12 @@ impl SchedulingQueue {
                 backoff_items: HashMap::new(),
                 unschedulable: HashMap::new(),
                 location: HashMap::new(),
+                versions: HashMap::new(),
+                waiters: 0,
                 in_flight: HashMap::new(),
                 scheduling_cycle: 0,
-                move_request_cycle: 0,
+                in_flight_events: Vec::new(),
+                in_flight_overflow: false,
                 seq: 0,
                 closed: false,
             }),
@@ -200,6 +216,9 @@ impl SchedulingQueue {
         q.gated = false;
         inner.location.insert(q.pod.uid.clone(), Location::Active(q.seq));
         inner.active.push(q);
+        if inner.waiters > 0 {
+            self.ready.notify_one();
+        }
         let mut i = inner.active.len() - 1;
         while i > 0 {
             let parent = (i - 1) / 2;
@@ -210,7 +229,6 @@ impl SchedulingQueue {
                 break;
             }
         }
-        self.ready.notify_one();
     }
 
     fn pop_active(&self, inner: &mut Inner) -> Option<QueuedPodInfo> {
@@ -250,10 +268,14 @@ impl SchedulingQueue {
         inner.location.insert(q.pod.uid.clone(), Location::Backoff(q.seq));
         inner.backoff.push(Reverse((q.backoff_expiry(), q.seq)));
         inner.backoff_items.insert(q.seq, q);
+        if inner.waiters > 0 {
+            self.ready.notify_one();
+        }
     }
 
     /// Removes a pod wherever it is and returns its queue entry.
     fn take(inner: &mut Inner, uid: &str) -> Option<QueuedPodInfo> {
+        inner.versions.remove(uid);
         match inner.location.remove(uid)? {
             Location::Active(seq) => {
                 // The heap entry is skipped lazily; find it for its history.
@@ -279,6 +301,7 @@ impl SchedulingQueue {
             unschedulable_plugins: Vec::new(),
             pending_plugins: Vec::new(),
             gated: false,
+            early: false,
             seq: 0,
         }
     }
@@ -311,8 +334,14 @@ impl SchedulingQueue {
             self.update(pod);
             return;
         }
+        inner.versions.insert(pod.uid.clone(), pod.pod.metadata.resource_version.clone().unwrap_or_default());
         let q = self.new_entry(pod);
         self.enqueue(&mut inner, q);
+    }
+
+    /// Whether the queue already holds this version of the pod (a repeated notification).
+    pub fn has_version(&self, uid: &str, resource_version: &str) -> bool {
+        !resource_version.is_empty() && self.lock().versions.get(uid).is_some_and(|v| v == resource_version)
     }
 
     /// A queued pod changed: refresh it, re-run PreEnqueue for gated pods, and retry an
@@ -328,6 +357,11 @@ impl SchedulingQueue {
             self.add(pod);
             return;
         };
+        let rv = pod.pod.metadata.resource_version.clone().unwrap_or_default();
+        if inner.versions.get(&pod.uid) == Some(&rv) && !rv.is_empty() {
+            return;
+        }
+        inner.versions.insert(pod.uid.clone(), rv);
         match loc {
             Location::InFlight => {
                 if let Some(q) = inner.in_flight.get_mut(&pod.uid) {
@@ -367,6 +401,7 @@ impl SchedulingQueue {
         let mut inner = self.lock();
         if inner.location.get(uid) == Some(&Location::InFlight) {
             inner.location.remove(uid);
+            inner.versions.remove(uid);
             inner.in_flight.remove(uid);
             return;
         }
@@ -391,7 +426,12 @@ impl SchedulingQueue {
             if let Some(q) = self.start(&mut inner) {
                 return Some(q);
             }
+            if self.pop_backoff_early(&mut inner) {
+                continue;
+            }
+            inner.waiters += 1;
             inner = self.ready.wait(inner).unwrap_or_else(std::sync::PoisonError::into_inner);
+            inner.waiters -= 1;
         }
     }
 
@@ -401,10 +441,37 @@ impl SchedulingQueue {
         self.start(&mut inner)
     }
 
+    /// Moves the backoff pod that expires first to the active queue if an event put it there.
+    fn pop_backoff_early(&self, inner: &mut Inner) -> bool {
+        while let Some(Reverse((_, seq))) = inner.backoff.peek().copied() {
+            let Some(q) = inner.backoff_items.get(&seq) else {
+                inner.backoff.pop();
+                continue;
+            };
+            if inner.location.get(&q.pod.uid) != Some(&Location::Backoff(seq)) {
+                inner.backoff.pop();
+                inner.backoff_items.remove(&seq);
+                continue;
+            }
+            if !q.early {
+                return false;
+            }
+            inner.backoff.pop();
+            if let Some(q) = inner.backoff_items.remove(&seq) {
+                self.push_active(inner, q);
+                return true;
+            }
+        }
+        false
+    }
+
     fn start(&self, inner: &mut Inner) -> Option<QueuedPodInfo> {
         let mut q = self.pop_active(inner)?;
         q.attempts += 1;
+        q.early = false;
         inner.scheduling_cycle += 1;
+        inner.in_flight_events.clear();
+        inner.in_flight_overflow = false;
         inner.location.insert(q.pod.uid.clone(), Location::InFlight);
         inner.in_flight.insert(q.pod.uid.clone(), q.clone());
         Some(q)
@@ -420,6 +487,7 @@ impl SchedulingQueue {
         let mut inner = self.lock();
         if inner.location.get(uid) == Some(&Location::InFlight) {
             inner.location.remove(uid);
+            inner.versions.remove(uid);
         }
         inner.in_flight.remove(uid);
     }
@@ -438,7 +506,17 @@ impl SchedulingQueue {
         }
         q.timestamp = self.now();
         let rejected = !q.unschedulable_plugins.is_empty() || !q.pending_plugins.is_empty();
-        if !rejected || inner.move_request_cycle >= pod_scheduling_cycle {
+        // An event during the pod's own cycle that its rejecting plugins care about: retry soon.
+        let relevant = pod_scheduling_cycle != inner.scheduling_cycle
+            || inner.in_flight_overflow
+            || self.profiles.get(&q.pod.scheduler_name).is_none_or(|p| {
+                inner
+                    .in_flight_events
+                    .iter()
+                    .any(|(e, o, n)| p.hints_say_queue(&q.pod, &q.unschedulable_plugins, e, o.as_ref(), n.as_ref()))
+            });
+        if !rejected || relevant {
+            q.early = rejected;
             self.push_backoff(&mut inner, q);
         } else {
             inner.location.insert(q.pod.uid.clone(), Location::Unschedulable);
@@ -449,7 +527,13 @@ impl SchedulingQueue {
     /// A cluster event: moves the unschedulable pods that the rejecting plugins' hints say it may help.
     pub fn on_event(&self, event: &ClusterEvent, old: Option<&EventObject>, new: Option<&EventObject>) {
         let mut inner = self.lock();
-        inner.move_request_cycle = inner.scheduling_cycle;
+        if inner.in_flight.is_empty() {
+            // Nothing in flight needs the event later.
+        } else if inner.in_flight_events.len() < MAX_IN_FLIGHT_EVENTS {
+            inner.in_flight_events.push((*event, old.cloned(), new.cloned()));
+        } else {
+            inner.in_flight_overflow = true;
+        }
         if inner.unschedulable.is_empty() {
             return;
         }
@@ -465,7 +549,8 @@ impl SchedulingQueue {
             .map(|q| q.pod.uid.clone())
             .collect();
         for uid in movable {
-            if let Some(q) = Self::take(&mut inner, &uid) {
+            if let Some(mut q) = Self::take(&mut inner, &uid) {
+                q.early = true;
                 self.requeue(&mut inner, q);
             }
         }

@@ -432,6 +432,23 @@ impl Scheduler {
     }
 
     fn on_pod(&self, pod: Arc<Pod>, deleted: bool) {
+        // Repeated notifications (a relist, the initial list and its replay) cost a lookup, not a parse.
+        if !deleted {
+            let uid = pod.metadata.uid.as_deref().unwrap_or_default();
+            let rv = pod.metadata.resource_version.as_deref().unwrap_or_default();
+            let bound = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()).is_some_and(|n| !n.is_empty());
+            let seen = if bound {
+                let cache = lock(&self.inner.cache);
+                !rv.is_empty()
+                    && !cache.is_assumed(uid)
+                    && cache.pod(uid).is_some_and(|p| p.pod.metadata.resource_version.as_deref() == Some(rv))
+            } else {
+                self.inner.queue.has_version(uid, rv)
+            };
+            if seen {
+                return;
+            }
+        }
         let info = PodInfo::new(pod);
         let q = &self.inner.queue;
         if deleted || (is_terminal(&info.pod) && info.node_name.is_some()) {

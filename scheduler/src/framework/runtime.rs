@@ -14,6 +14,9 @@ const MIN_FEASIBLE_NODES_TO_FIND: usize = 100;
 /// kube-scheduler's floor on the adaptive percentage.
 const MIN_FEASIBLE_PERCENTAGE: usize = 5;
 
+/// What one parallel filter chunk found: feasible nodes, failed nodes, and how far it got.
+type ChunkResult = (Vec<usize>, Vec<(usize, Status)>, usize);
+
 /// A scheduling profile: a scheduler name and the plugins it runs, with score weights.
 #[derive(Clone)]
 pub struct Profile {
@@ -506,7 +509,7 @@ impl Framework {
             processed = i;
         } else {
             let found = AtomicUsize::new(0);
-            let chunks: Vec<(Vec<usize>, Vec<(usize, Status)>, usize)> = (0..n.div_ceil(CHUNK))
+            let chunks: Vec<ChunkResult> = (0..n.div_ceil(CHUNK))
                 .into_par_iter()
                 .map(|c| {
                     let mut ok = Vec::new();

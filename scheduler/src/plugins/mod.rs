@@ -47,7 +47,7 @@ pub fn default_plugins() -> Vec<(Arc<dyn Plugin>, i64)> {
         (Arc::new(NodePorts), 1),
         (Arc::new(NodeResourcesFit::default()), 1),
         (Arc::new(VolumeBinding), 1),
-        (Arc::new(PodTopologySpread::default()), 2),
+        (Arc::new(PodTopologySpread), 2),
         (Arc::new(InterPodAffinity::default()), 2),
         (Arc::new(DefaultPreemption::default()), 1),
         (Arc::new(NodeResourcesBalancedAllocation), 1),

@@ -60,7 +60,8 @@ fn a_failed_pod_waits_in_backoff_when_an_event_arrived_during_its_cycle() {
     q.add(pod("p").req("8", "").info());
     let mut entry = q.try_pop().unwrap_or_else(|| panic!("pod queued"));
     let cycle = q.scheduling_cycle();
-    q.on_event(&ClusterEvent::new(EventResource::Node, ActionType::ADD), None, None);
+    let large = EventObject::Node(NodeStatic::new(Arc::new(node("large").alloc("cpu", "16").0)));
+    q.on_event(&ClusterEvent::new(EventResource::Node, ActionType::ADD), None, Some(&large));
     entry.unschedulable_plugins = vec!["NodeResourcesFit".into()];
     q.add_unschedulable(entry, cycle);
     assert!(q.is_backing_off("uid-p"));
@@ -152,4 +153,39 @@ fn the_nominator_tracks_nominations_by_node() {
     assert_eq!(n.node_of("uid-a").as_deref(), Some("n2"));
     n.remove("uid-a");
     assert!(n.is_empty());
+}
+
+#[test]
+fn in_flight_events_the_hints_ignore_leave_the_pod_unschedulable() {
+    let (_, clock) = Manual::new();
+    let q = queue(clock);
+    q.add(pod("p").node_selector(&[("disk", "ssd")]).info());
+    let mut entry = q.try_pop().unwrap_or_else(|| panic!("pod queued"));
+    let cycle = q.scheduling_cycle();
+    // During the cycle a node without the label arrives: NodeAffinity's hint skips it.
+    let plain = EventObject::Node(NodeStatic::new(Arc::new(node("plain").0)));
+    q.on_event(&ClusterEvent::new(EventResource::Node, ActionType::ADD), None, Some(&plain));
+    entry.unschedulable_plugins = vec!["NodeAffinity".into()];
+    q.add_unschedulable(entry, cycle);
+    assert!(q.is_unschedulable("uid-p"));
+}
+
+#[test]
+fn a_blocking_pop_takes_an_event_moved_pod_from_backoff_when_nothing_is_active() {
+    let (_, clock) = Manual::new();
+    let q = Arc::new(queue(clock));
+    q.add(pod("p").req("8", "").info());
+    let mut entry = q.try_pop().unwrap_or_else(|| panic!("pod queued"));
+    let cycle = q.scheduling_cycle();
+    entry.unschedulable_plugins = vec!["NodeResourcesFit".into()];
+    q.add_unschedulable(entry, cycle);
+    q.on_event(&ClusterEvent::new(EventResource::AssignedPod, ActionType::DELETE), None, None);
+    assert!(q.is_backing_off("uid-p"), "moved to backoff, whose second has not passed");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let q2 = q.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(q2.pop().map(|p| p.pod.name.clone()));
+    });
+    assert_eq!(rx.recv_timeout(Duration::from_secs(5)).ok().flatten().as_deref(), Some("p"));
+    q.close();
 }
