@@ -38,7 +38,8 @@ pub struct ClusterConfig {
     pub data_dir: PathBuf,
     /// The store backend (default durable).
     pub store: StoreChoice,
-    /// The API server's HTTPS address (default 127.0.0.1:6443); a plain HTTP listener takes the next port.
+    /// The API server's HTTPS address (default 127.0.0.1:6443; port 0 picks one); plain HTTP
+    /// listens on an ephemeral loopback port.
     pub listen: SocketAddr,
     /// Where the kubeconfig is written (default `./bosun.kubeconfig`).
     pub kubeconfig: PathBuf,
@@ -80,7 +81,12 @@ struct LocalNodes {
 impl NodeConnector for LocalNodes {
     async fn logs(&self, namespace: &str, pod: &str, params: &LogParams) -> Result<LogStream> {
         let pods = bosun_core::Api::<bosun_core::k8s_openapi::api::core::v1::Pod>::namespaced(self.client.clone(), namespace);
-        let node = pods.get(pod).await?.spec.and_then(|s| s.node_name).ok_or_else(|| Error::bad_request(format!("pod {pod:?} is not scheduled yet")))?;
+        let node = pods
+            .get(pod)
+            .await?
+            .spec
+            .and_then(|s| s.node_name)
+            .ok_or_else(|| Error::bad_request(format!("pod {pod:?} is not scheduled yet")))?;
         let handle = self.nodes.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(&node).cloned();
         let handle = handle.ok_or_else(|| Error::unavailable(format!("node {node:?} is not served by this process")))?;
         handle.logs(namespace, pod, params).await.map_err(|e| Error::bad_request(e.to_string()))
@@ -116,8 +122,8 @@ impl Cluster {
         let client: Arc<dyn Client> = api.clone();
         let connector = Arc::new(LocalNodes { client: client.clone(), nodes: RwLock::default() });
 
-        let plain = SocketAddr::new(config.listen.ip(), config.listen.port().wrapping_add(1));
-        let http = HttpConfig::new().addr(plain).https(config.listen).catalog(api.clone()).nodes(connector.clone());
+        // HTTPS on the configured address; plain HTTP on an ephemeral loopback port for local tools.
+        let http = HttpConfig::for_api_server(&api).https(config.listen).nodes(connector.clone());
         let server = bosun_store::http::serve(client.clone(), http).await?;
         server.write_kubeconfig(&config.kubeconfig)?;
         tracing::info!(url = %server.https_url().unwrap_or_default(), "api server listening");
@@ -135,7 +141,9 @@ impl Cluster {
         for i in 0..config.nodes {
             let name = if config.nodes == 1 { "node-1".to_owned() } else { format!("node-{}", i + 1) };
             let root = config.data_dir.join("nodes").join(&name);
-            let runtime = ProcessRuntime::builder(root.join("runtime")).first_ip(Ipv4Addr::new(127, 20 + u8::try_from(i % 200).unwrap_or(0), 0, 1)).build()?;
+            let runtime = ProcessRuntime::builder(root.join("runtime"))
+                .first_ip(Ipv4Addr::new(127, 20 + u8::try_from(i % 200).unwrap_or(0), 0, 1))
+                .build()?;
             let agent_config = NodeAgentConfig::new(name.clone(), root).lease_renew_interval(config.lease_renew);
             let handle = NodeAgent::new(client.clone(), runtime, HostImages, agent_config).start().await?;
             connector.nodes.write().unwrap_or_else(std::sync::PoisonError::into_inner).insert(name.clone(), handle.clone());
@@ -143,8 +151,9 @@ impl Cluster {
             nodes.push(handle);
         }
 
-        let proxy = ServiceProxy::new(informers.clone(), NodeContext::new(nodes.first().map(|n| n.node_name().to_owned()).unwrap_or_default()))
-            .backend(UserspaceProxy::new(UserspaceConfig::default()));
+        let proxy =
+            ServiceProxy::new(informers.clone(), NodeContext::new(nodes.first().map(|n| n.node_name().to_owned()).unwrap_or_default()))
+                .backend(UserspaceProxy::new(UserspaceConfig::default()));
         let table = proxy.table();
         tasks.push(proxy.spawn());
         tracing::info!("userspace service proxy started");
@@ -158,7 +167,16 @@ impl Cluster {
         tasks.push(IngressController::new(informers.clone(), ingress_proxy).spawn());
         tracing::info!(addr = %ingress_addr, "ingress listening");
 
-        Ok(Self { api, server: Some(server), nodes, tasks, _scheduler: scheduler, dns: Some(dns), ingress_addr: Some(ingress_addr), _ingress: Some(ingress) })
+        Ok(Self {
+            api,
+            server: Some(server),
+            nodes,
+            tasks,
+            _scheduler: scheduler,
+            dns: Some(dns),
+            ingress_addr: Some(ingress_addr),
+            _ingress: Some(ingress),
+        })
     }
 
     /// The in-process API (a [`Client`]).

@@ -19,7 +19,7 @@ struct Args {
     /// Keep state in a real etcd cluster at these endpoints (comma separated).
     #[arg(long, value_delimiter = ',')]
     etcd: Vec<String>,
-    /// The API server's HTTPS address; plain HTTP listens on the next port.
+    /// The API server's HTTPS address.
     #[arg(long, default_value = "127.0.0.1:6443")]
     listen: SocketAddr,
     /// Where to write the kubeconfig.
@@ -45,7 +45,9 @@ struct Args {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
         .init();
     let args = Args::parse();
     if args.runtime != "process" || args.proxy != "userspace" {

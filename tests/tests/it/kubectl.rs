@@ -1,0 +1,92 @@
+//! Helpers: find the real kubectl, run it against a cluster, poll until a condition holds.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// The real kubectl, or `None` (a loud skip locally; a failure when ci.sh requires components).
+pub fn kubectl_binary() -> Option<PathBuf> {
+    let found = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|d| d.join("kubectl"))
+        .find(|p| p.is_file());
+    if found.is_none() {
+        if std::env::var("BOSUN_REQUIRE_COMPONENTS").is_ok_and(|v| v == "1") {
+            panic!("kubectl is required (BOSUN_REQUIRE_COMPONENTS=1) but is not on PATH");
+        }
+        eprintln!("\n!!! SKIPPING: kubectl is not on PATH; install kubectl v1.32 to run the end-to-end tests !!!\n");
+    }
+    found
+}
+
+/// Runs kubectl commands against one kubeconfig.
+pub struct Kubectl {
+    pub binary: PathBuf,
+    pub kubeconfig: PathBuf,
+    pub cache: PathBuf,
+}
+
+impl Kubectl {
+    pub fn new(binary: PathBuf, kubeconfig: &Path, cache: &Path) -> Self {
+        Self { binary, kubeconfig: kubeconfig.to_owned(), cache: cache.to_owned() }
+    }
+
+    /// Runs kubectl; returns (success, stdout, stderr).
+    pub fn try_run(&self, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(&self.binary)
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .arg("--cache-dir")
+            .arg(&self.cache)
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("run kubectl {args:?}: {e}"));
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+
+    /// Runs kubectl and panics with its output when it fails.
+    pub fn run(&self, args: &[&str]) -> String {
+        let (ok, stdout, stderr) = self.try_run(args);
+        assert!(ok, "kubectl {args:?} failed:\nstdout: {stdout}\nstderr: {stderr}");
+        stdout
+    }
+
+    /// Polls a kubectl command until `check` accepts its output, or panics after `timeout`.
+    pub async fn eventually(&self, args: &[&str], timeout: Duration, check: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let (ok, stdout, stderr) = self.try_run(args);
+            if ok && check(&stdout) {
+                return stdout;
+            }
+            assert!(Instant::now() < deadline, "kubectl {args:?} never satisfied the check:\nstdout: {stdout}\nstderr: {stderr}");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+}
+
+/// One HTTP/1.0 GET over a real TCP connection; returns the body on a 200.
+pub async fn http_get(addr: &str, host: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let connect = tokio::net::TcpStream::connect(addr);
+    let mut stream = tokio::time::timeout(Duration::from_secs(2), connect).await.ok()?.ok()?;
+    stream.write_all(format!("GET / HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes()).await.ok()?;
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(3), stream.read_to_end(&mut response)).await.ok()?.ok()?;
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.0 200").then(|| body.to_owned()).or_else(|| head.starts_with("HTTP/1.1 200").then(|| body.to_owned()))
+}
+
+/// Polls an HTTP GET until the body satisfies `check`.
+pub async fn http_eventually(addr: &str, host: &str, timeout: Duration, check: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(body) = http_get(addr, host).await.filter(|b| check(b)) {
+            return body;
+        }
+        assert!(Instant::now() < deadline, "GET http://{addr}/ (Host: {host}) never answered as expected");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}

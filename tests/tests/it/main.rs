@@ -1,0 +1,4 @@
+//! End-to-end tests: the reference cluster driven by the real `kubectl`.
+
+mod kubectl;
+mod quickstart;
