@@ -352,7 +352,8 @@ pub async fn leases<S: Storage + ?Sized>(s: &S) {
     assert!(s.lease_keep_alive(long).await.expect("keep alive") >= Duration::from_secs(59));
     s.lease_revoke(long).await.expect("revoke");
     assert!(s.get("/conf/lease/revoked").await.expect("get").is_none());
-    assert!(matches!(s.lease_keep_alive(long).await, Err(StorageError::LeaseNotFound(_))));
+    let renewed = s.lease_keep_alive(long).await;
+    assert!(matches!(renewed, Err(StorageError::LeaseNotFound(_))), "keep-alive of a revoked lease: {renewed:?}");
     assert!(matches!(next_change(&mut w).await, WatchEvent::Put { .. }));
     match next_change(&mut w).await {
         WatchEvent::Delete { key, .. } => assert_eq!(&*key, "/conf/lease/revoked"),

@@ -92,6 +92,7 @@ fn map_err(e: ec::Error) -> StorageError {
         }
         ec::Error::TransportError(e) => StorageError::Unavailable(format!("etcd transport: {e}")),
         ec::Error::IoError(e) => StorageError::Io(e),
+        ec::Error::LeaseKeepAliveError(msg) if msg.contains("lease not found") => StorageError::LeaseNotFound(0),
         other => StorageError::Backend(Box::new(other)),
     }
 }
@@ -308,9 +309,13 @@ impl EtcdStorage {
     }
 
     async fn keep_alive_once(&self, lease: LeaseId) -> Result<Duration> {
-        let (mut keeper, mut stream) = self.client.lease_client().keep_alive(lease).await.map_err(map_err)?;
-        keeper.keep_alive().await.map_err(map_err)?;
-        match stream.message().await.map_err(map_err)? {
+        let not_found = |e| match map_err(e) {
+            StorageError::LeaseNotFound(_) => StorageError::LeaseNotFound(lease),
+            other => other,
+        };
+        let (mut keeper, mut stream) = self.client.lease_client().keep_alive(lease).await.map_err(not_found)?;
+        keeper.keep_alive().await.map_err(not_found)?;
+        match stream.message().await.map_err(not_found)? {
             Some(resp) if resp.ttl() > 0 => Ok(Duration::from_secs(u64::try_from(resp.ttl()).unwrap_or(0))),
             _ => Err(StorageError::LeaseNotFound(lease)),
         }
@@ -328,6 +333,15 @@ impl Storage for EtcdStorage {
     }
 
     async fn watch(&self, prefix: &str, after_revision: Revision, options: WatchOptions) -> Result<WatchStream> {
+        // etcd starts a watch at `after_revision + 1` even when `after_revision` itself was
+        // compacted; a read at `after_revision` fails exactly when this trait's watch must.
+        if after_revision > 0 {
+            match self.range(RangeRequest::key(prefix).at_revision(after_revision).count_only()).await {
+                Ok(_) | Err(StorageError::FutureRevision { .. }) => {}
+                Err(StorageError::Compacted { .. }) => return Err(StorageError::Compacted { requested: after_revision, compacted: 0 }),
+                Err(e) => return Err(e),
+            }
+        }
         Ok(self.watch_impl(prefix, after_revision, options))
     }
 

@@ -16,6 +16,9 @@ use super::{
     KeyValue, LeaseId, RangeRequest, RangeResponse, Result, Revision, StorageError, Txn, TxnOp, TxnOpResult, TxnResponse, WatchEvent,
 };
 
+/// One logged write of a batch: `Some` puts the value with its lease, `None` deletes.
+pub(crate) type LoggedWrite = (Arc<str>, Option<(Bytes, Option<LeaseId>)>);
+
 /// The events of one revision.
 #[derive(Debug)]
 pub(crate) struct Batch {
@@ -203,7 +206,7 @@ impl Mvcc {
     }
 
     /// Replays a logged batch of writes at `revision` (`Some(value)` puts, `None` deletes).
-    pub fn replay(&mut self, revision: Revision, writes: Vec<(Arc<str>, Option<(Bytes, Option<LeaseId>)>)>) -> Result<()> {
+    pub fn replay(&mut self, revision: Revision, writes: Vec<LoggedWrite>) -> Result<()> {
         if revision != self.revision + 1 {
             return Err(StorageError::Corrupt(format!("log revision {revision} after {}: revisions must be gap-free", self.revision)));
         }

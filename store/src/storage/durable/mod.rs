@@ -41,6 +41,8 @@ use wal::{Record, Segment};
 
 /// How often expired leases are looked for.
 const LEASE_CHECK: Duration = Duration::from_millis(100);
+/// How long `open` waits for another handle to release the directory.
+const LOCK_WAIT: Duration = Duration::from_secs(2);
 
 /// Tuning of a [`DurableStorage`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -177,11 +179,18 @@ fn write_snapshot_file(dir: &Path, data: &SnapshotData, lsn: u64) -> Result<Path
     Ok(path)
 }
 
+/// Takes the directory's lock, waiting briefly: a handle dropped a moment ago (by a background
+/// task that held it last) releases the lock once its committer has finished.
 fn lock_dir(dir: &Path) -> Result<File> {
     let file = File::options().create(true).truncate(false).write(true).open(dir.join("LOCK"))?;
-    rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive)
-        .map_err(|e| StorageError::Unavailable(format!("{} is in use by another process ({e})", dir.display())))?;
-    Ok(file)
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => return Ok(file),
+            Err(_) if std::time::Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+            Err(e) => return Err(StorageError::Unavailable(format!("{} is in use by another process ({e})", dir.display()))),
+        }
+    }
 }
 
 impl DurableStorage {

@@ -24,8 +24,7 @@ const TAG_COMPACT: u8 = 4;
 const OP_PUT: u8 = 1;
 const OP_DELETE: u8 = 2;
 
-/// One write of a batch: `Some` puts the value with its lease, `None` deletes.
-pub(crate) type Write1 = (Arc<str>, Option<(Bytes, Option<LeaseId>)>);
+pub(crate) use crate::storage::mvcc::LoggedWrite as Write1;
 
 /// A decoded log record.
 #[derive(Debug)]
