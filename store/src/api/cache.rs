@@ -95,10 +95,10 @@ pub(crate) struct Filter {
 
 impl Filter {
     pub(crate) fn matches(&self, obj: &DynamicObject) -> bool {
-        if let Some(ns) = self.namespace.as_deref() {
-            if obj.metadata.namespace.as_deref() != Some(ns) {
-                return false;
-            }
+        if let Some(ns) = self.namespace.as_deref()
+            && obj.metadata.namespace.as_deref() != Some(ns)
+        {
+            return false;
         }
         self.labels.matches_opt(obj.metadata.labels.as_ref())
             && (self.fields.is_empty() || self.fields.matches(|f| self.kind.field_value(obj, f)))
@@ -226,10 +226,10 @@ impl KindCache {
         for kv in &listed.kvs {
             match codec::decode(&kv.value, kv.mod_revision) {
                 Ok(obj) => {
-                    if self.kind.rules == Rules::Pod {
-                        if let Some(n) = node_of(&obj) {
-                            by_node.entry(n.to_owned()).or_default().insert(kv.key.clone());
-                        }
+                    if self.kind.rules == Rules::Pod
+                        && let Some(n) = node_of(&obj)
+                    {
+                        by_node.entry(n.to_owned()).or_default().insert(kv.key.clone());
                     }
                     items.insert(kv.key.clone(), Arc::new(Cached::stored(kv.key.clone(), obj, &kv.value, kv.mod_revision)));
                 }
@@ -305,12 +305,12 @@ impl KindCache {
             let old_node = event.prev.as_ref().and_then(|p| node_of(&p.obj)).map(str::to_owned);
             let new_node = if event.change == Change::Deleted { None } else { node_of(&event.obj.obj).map(str::to_owned) };
             if old_node != new_node {
-                if let Some(n) = old_node {
-                    if let Some(set) = st.by_node.get_mut(&n) {
-                        set.remove(&event.obj.key);
-                        if set.is_empty() {
-                            st.by_node.remove(&n);
-                        }
+                if let Some(n) = old_node
+                    && let Some(set) = st.by_node.get_mut(&n)
+                {
+                    set.remove(&event.obj.key);
+                    if set.is_empty() {
+                        st.by_node.remove(&n);
                     }
                 }
                 if let Some(n) = new_node {
@@ -402,10 +402,10 @@ impl KindCache {
             let keys = st.by_node.get(node);
             let lower = start_after.map_or(Bound::Unbounded, |s| Bound::Excluded(Arc::<str>::from(s)));
             for key in keys.into_iter().flat_map(|k| k.range((lower.clone(), Bound::Unbounded))) {
-                if let Some(c) = st.items.get(key) {
-                    if !take(c) {
-                        break;
-                    }
+                if let Some(c) = st.items.get(key)
+                    && !take(c)
+                {
+                    break;
                 }
             }
         } else {

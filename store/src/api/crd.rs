@@ -72,10 +72,10 @@ fn apply_defaults(schema: &Value, data: &mut Value, root: bool) {
                     if skip_at_root(root, k) {
                         continue;
                     }
-                    if !map.contains_key(k) {
-                        if let Some(d) = s.get("default") {
-                            map.insert(k.clone(), d.clone());
-                        }
+                    if !map.contains_key(k)
+                        && let Some(d) = s.get("default")
+                    {
+                        map.insert(k.clone(), d.clone());
                     }
                 }
             }
@@ -192,40 +192,36 @@ fn check_value(schema: &Value, data: &Value, path: &str, root: bool, errs: &mut 
             return;
         }
     }
-    if let Some(options) = schema.get("enum").and_then(Value::as_array) {
-        if !options.contains(data) {
-            let allowed: Vec<String> = options.iter().map(compact).collect();
-            let allowed: Vec<&str> = allowed.iter().map(String::as_str).collect();
-            errs.push(FieldError::not_supported(field(path), compact(data), &allowed));
-        }
+    if let Some(options) = schema.get("enum").and_then(Value::as_array)
+        && !options.contains(data)
+    {
+        let allowed: Vec<String> = options.iter().map(compact).collect();
+        let allowed: Vec<&str> = allowed.iter().map(String::as_str).collect();
+        errs.push(FieldError::not_supported(field(path), compact(data), &allowed));
     }
     if let Some(n) = data.as_f64() {
-        if let Some(min) = schema.get("minimum").and_then(Value::as_f64) {
-            if n < min {
-                errs.push(FieldError::invalid(
-                    field(path),
-                    compact(data),
-                    format!("{path} in body should be greater than or equal to {min}"),
-                ));
-            }
+        if let Some(min) = schema.get("minimum").and_then(Value::as_f64)
+            && n < min
+        {
+            errs.push(FieldError::invalid(field(path), compact(data), format!("{path} in body should be greater than or equal to {min}")));
         }
-        if let Some(max) = schema.get("maximum").and_then(Value::as_f64) {
-            if n > max {
-                errs.push(FieldError::invalid(field(path), compact(data), format!("{path} in body should be less than or equal to {max}")));
-            }
+        if let Some(max) = schema.get("maximum").and_then(Value::as_f64)
+            && n > max
+        {
+            errs.push(FieldError::invalid(field(path), compact(data), format!("{path} in body should be less than or equal to {max}")));
         }
     }
     if let Some(s) = data.as_str() {
         let len = s.chars().count() as u64;
-        if let Some(min) = schema.get("minLength").and_then(Value::as_u64) {
-            if len < min {
-                errs.push(FieldError::invalid(field(path), s, format!("{path} in body should be at least {min} chars long")));
-            }
+        if let Some(min) = schema.get("minLength").and_then(Value::as_u64)
+            && len < min
+        {
+            errs.push(FieldError::invalid(field(path), s, format!("{path} in body should be at least {min} chars long")));
         }
-        if let Some(max) = schema.get("maxLength").and_then(Value::as_u64) {
-            if len > max {
-                errs.push(FieldError::invalid(field(path), s, format!("{path} in body may not be longer than {max}")));
-            }
+        if let Some(max) = schema.get("maxLength").and_then(Value::as_u64)
+            && len > max
+        {
+            errs.push(FieldError::invalid(field(path), s, format!("{path} in body may not be longer than {max}")));
         }
     }
     match data {
@@ -245,15 +241,15 @@ fn check_value(schema: &Value, data: &Value, path: &str, root: bool, errs: &mut 
             }
         }
         Value::Array(items) => {
-            if let Some(max) = schema.get("maxItems").and_then(Value::as_u64) {
-                if items.len() as u64 > max {
-                    errs.push(FieldError::invalid(field(path), items.len(), format!("{path} in body should have at most {max} items")));
-                }
+            if let Some(max) = schema.get("maxItems").and_then(Value::as_u64)
+                && items.len() as u64 > max
+            {
+                errs.push(FieldError::invalid(field(path), items.len(), format!("{path} in body should have at most {max} items")));
             }
-            if let Some(min) = schema.get("minItems").and_then(Value::as_u64) {
-                if (items.len() as u64) < min {
-                    errs.push(FieldError::invalid(field(path), items.len(), format!("{path} in body should have at least {min} items")));
-                }
+            if let Some(min) = schema.get("minItems").and_then(Value::as_u64)
+                && (items.len() as u64) < min
+            {
+                errs.push(FieldError::invalid(field(path), items.len(), format!("{path} in body should have at least {min} items")));
             }
             if let Some(s) = schema.get("items") {
                 for (i, v) in items.iter().enumerate() {
@@ -301,7 +297,7 @@ pub(crate) fn validate_definition(obj: &DynamicObject, errs: &mut Vec<FieldError
         errs.push(FieldError::required("spec.names.kind"));
     }
     if !group.is_empty() && !plural.is_empty() && obj.name() != format!("{plural}.{group}") {
-        errs.push(FieldError::invalid("metadata.name", obj.name(), format!("must be spec.names.plural+\".\"+spec.group")));
+        errs.push(FieldError::invalid("metadata.name", obj.name(), "must be spec.names.plural+\".\"+spec.group"));
     }
     match str_at(&spec, &["scope"]) {
         Some("Namespaced" | "Cluster") => {}

@@ -80,10 +80,10 @@ pub(crate) fn pod_spec(spec: &mut PodSpec) {
     for c in spec.containers.iter_mut().chain(spec.init_containers.iter_mut().flatten()) {
         default_container(c, host_network);
     }
-    if spec.service_account_name.is_none() {
-        if let Some(sa) = spec.service_account.clone() {
-            spec.service_account_name = Some(sa);
-        }
+    if spec.service_account_name.is_none()
+        && let Some(sa) = spec.service_account.clone()
+    {
+        spec.service_account_name = Some(sa);
     }
     for v in spec.volumes.iter_mut().flatten() {
         if let Some(cm) = v.config_map.as_mut() {

@@ -68,21 +68,21 @@ impl ApiServer {
             };
             let current = codec::decode(&kv.value, kv.mod_revision)?;
             if let Some(pre) = params.preconditions.as_ref() {
-                if let Some(uid) = pre.uid.as_deref() {
-                    if current.metadata.uid.as_deref() != Some(uid) {
-                        return Err(Error::conflict(format!(
-                            "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
-                            current.metadata.uid.as_deref().unwrap_or("")
-                        )));
-                    }
+                if let Some(uid) = pre.uid.as_deref()
+                    && current.metadata.uid.as_deref() != Some(uid)
+                {
+                    return Err(Error::conflict(format!(
+                        "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                        current.metadata.uid.as_deref().unwrap_or("")
+                    )));
                 }
-                if let Some(rv) = pre.resource_version.as_deref() {
-                    if rv != kv.mod_revision.to_string() {
-                        return Err(Error::conflict(format!(
-                            "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
-                            kv.mod_revision
-                        )));
-                    }
+                if let Some(rv) = pre.resource_version.as_deref()
+                    && rv != kv.mod_revision.to_string()
+                {
+                    return Err(Error::conflict(format!(
+                        "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
+                        kv.mod_revision
+                    )));
                 }
             }
             let attrs = Attributes {
@@ -134,14 +134,14 @@ impl ApiServer {
                     obj.metadata.deletion_grace_period_seconds = Some(grace);
                 }
             }
-            if kind.rules == Rules::Namespace {
-                if let Some(status) =
-                    obj.data.as_object_mut().map(|m| m.entry("status").or_insert_with(|| Value::Object(Default::default())))
-                {
-                    if let Some(s) = status.as_object_mut() {
-                        s.insert("phase".into(), "Terminating".into());
-                    }
-                }
+            if kind.rules == Rules::Namespace
+                && let Some(s) = obj
+                    .data
+                    .as_object_mut()
+                    .map(|m| m.entry("status").or_insert_with(|| Value::Object(Default::default())))
+                    .and_then(Value::as_object_mut)
+            {
+                s.insert("phase".into(), "Terminating".into());
             }
             // A pod whose grace period is over and that has no finalizers goes now.
             let expired =

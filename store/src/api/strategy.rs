@@ -199,10 +199,11 @@ impl Kind {
 
     /// Prepares a new object: resets what a client may not set on create (status, for most kinds).
     pub(crate) fn prepare_create(&self, obj: &mut DynamicObject) {
-        if self.has_status() && !self.rules.keeps_status_on_create() {
-            if let Some(map) = obj.data.as_object_mut() {
-                map.remove("status");
-            }
+        if self.has_status()
+            && !self.rules.keeps_status_on_create()
+            && let Some(map) = obj.data.as_object_mut()
+        {
+            map.remove("status");
         }
     }
 

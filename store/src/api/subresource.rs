@@ -46,10 +46,10 @@ fn selector_string(v: &Value) -> String {
         return s.to_owned();
     }
     if v.get("matchLabels").is_some() || v.get("matchExpressions").is_some() {
-        if let Ok(sel) = serde_json::from_value::<bosun_core::k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>(v.clone()) {
-            if let Ok(parsed) = LabelSelector::from_api(&sel) {
-                return parsed.to_string();
-            }
+        if let Ok(sel) = serde_json::from_value::<bosun_core::k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>(v.clone())
+            && let Ok(parsed) = LabelSelector::from_api(&sel)
+        {
+            return parsed.to_string();
         }
         return String::new();
     }
@@ -231,13 +231,13 @@ impl ApiServer {
         let at = now_text();
         let change = Change { subresource: Some("binding"), dry_run: params.dry_run, validation: None, manager: None, applied: false };
         self.update_object(kind, ns, name, change, &|cur| {
-            if let Some(uid) = uid.as_deref() {
-                if cur.metadata.uid.as_deref() != Some(uid) {
-                    return Err(Error::conflict(format!(
-                        "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
-                        cur.metadata.uid.as_deref().unwrap_or("")
-                    )));
-                }
+            if let Some(uid) = uid.as_deref()
+                && cur.metadata.uid.as_deref() != Some(uid)
+            {
+                return Err(Error::conflict(format!(
+                    "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                    cur.metadata.uid.as_deref().unwrap_or("")
+                )));
             }
             if cur.metadata.deletion_timestamp.is_some() {
                 return Err(Error::conflict(format!("pod {name} is being deleted, cannot be assigned to a host")));

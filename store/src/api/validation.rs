@@ -103,10 +103,10 @@ pub(crate) fn metadata(meta: &ObjectMeta, rule: NameRule, errs: &mut Vec<FieldEr
 }
 
 fn not_supported(field: &str, value: Option<&str>, allowed: &[&str], errs: &mut Vec<FieldError>) {
-    if let Some(v) = value {
-        if !allowed.contains(&v) {
-            errs.push(FieldError::not_supported(field, v, allowed));
-        }
+    if let Some(v) = value
+        && !allowed.contains(&v)
+    {
+        errs.push(FieldError::not_supported(field, v, allowed));
     }
 }
 
@@ -128,10 +128,10 @@ fn container(field: &str, c: &Container, volumes: &HashSet<&str>, errs: &mut Vec
                 "must be between 1 and 65535, inclusive",
             ));
         }
-        if let Some(h) = p.host_port {
-            if !(0..=65535).contains(&h) {
-                errs.push(FieldError::invalid(format!("{field}.ports[{i}].hostPort"), h, "must be between 1 and 65535, inclusive"));
-            }
+        if let Some(h) = p.host_port
+            && !(0..=65535).contains(&h)
+        {
+            errs.push(FieldError::invalid(format!("{field}.ports[{i}].hostPort"), h, "must be between 1 and 65535, inclusive"));
         }
         not_supported(&format!("{field}.ports[{i}].protocol"), p.protocol.as_deref(), &["SCTP", "TCP", "UDP"], errs);
     }
@@ -208,15 +208,15 @@ pub(crate) fn pod_spec(field: &str, spec: &PodSpec, errs: &mut Vec<FieldError>) 
         &["ClusterFirst", "ClusterFirstWithHostNet", "Default", "None"],
         errs,
     );
-    if let Some(g) = spec.termination_grace_period_seconds {
-        if g < 0 {
-            errs.push(FieldError::invalid(format!("{field}.terminationGracePeriodSeconds"), g, "must be greater than or equal to 0"));
-        }
+    if let Some(g) = spec.termination_grace_period_seconds
+        && g < 0
+    {
+        errs.push(FieldError::invalid(format!("{field}.terminationGracePeriodSeconds"), g, "must be greater than or equal to 0"));
     }
-    if let Some(a) = spec.active_deadline_seconds {
-        if a <= 0 {
-            errs.push(FieldError::invalid(format!("{field}.activeDeadlineSeconds"), a, "must be greater than or equal to 1"));
-        }
+    if let Some(a) = spec.active_deadline_seconds
+        && a <= 0
+    {
+        errs.push(FieldError::invalid(format!("{field}.activeDeadlineSeconds"), a, "must be greater than or equal to 1"));
     }
     for (k, v) in spec.node_selector.iter().flatten() {
         if let Err(e) = validate_qualified_name(k) {
@@ -312,20 +312,20 @@ fn selector_and_template(
     };
     let tlabels = t.metadata.as_ref().and_then(|m| m.labels.as_ref());
     labels("spec.template.metadata.labels", tlabels, errs);
-    if let Some(sel) = parsed {
-        if !sel.matches_opt(tlabels) {
-            let shown: Vec<String> = tlabels.into_iter().flatten().map(|(k, v)| format!("{k}={v}")).collect();
-            errs.push(FieldError::invalid("spec.template.metadata.labels", shown.join(","), "`selector` does not match template `labels`"));
-        }
+    if let Some(sel) = parsed
+        && !sel.matches_opt(tlabels)
+    {
+        let shown: Vec<String> = tlabels.into_iter().flatten().map(|(k, v)| format!("{k}={v}")).collect();
+        errs.push(FieldError::invalid("spec.template.metadata.labels", shown.join(","), "`selector` does not match template `labels`"));
     }
     match t.spec.as_ref() {
         None => errs.push(FieldError::required("spec.template.spec")),
         Some(spec) => {
             pod_spec("spec.template.spec", spec, errs);
-            if let Some(r) = spec.restart_policy.as_deref() {
-                if !allowed_restart.contains(&r) {
-                    errs.push(FieldError::not_supported("spec.template.spec.restartPolicy", r, allowed_restart));
-                }
+            if let Some(r) = spec.restart_policy.as_deref()
+                && !allowed_restart.contains(&r)
+            {
+                errs.push(FieldError::not_supported("spec.template.spec.restartPolicy", r, allowed_restart));
             }
         }
     }
@@ -338,10 +338,10 @@ fn replicas(field: &str, r: Option<i32>, errs: &mut Vec<FieldError>) {
 }
 
 fn immutable<T: PartialEq>(field: &str, new: &T, old: Option<&T>, errs: &mut Vec<FieldError>) {
-    if let Some(old) = old {
-        if new != old {
-            errs.push(FieldError::invalid(field, "", "field is immutable"));
-        }
+    if let Some(old) = old
+        && new != old
+    {
+        errs.push(FieldError::invalid(field, "", "field is immutable"));
     }
 }
 
@@ -364,7 +364,7 @@ pub(crate) fn deployment(d: &Deployment, old: Option<&Deployment>, errs: &mut Ve
             }
         }
     }
-    immutable("spec.selector", &spec.selector, old.and_then(|o| Some(&o.spec)).map(|s| &s.selector), errs);
+    immutable("spec.selector", &spec.selector, old.map(|o| &o.spec).map(|s| &s.selector), errs);
 }
 
 /// ReplicaSets.
@@ -372,7 +372,7 @@ pub(crate) fn replica_set(r: &ReplicaSet, old: Option<&ReplicaSet>, errs: &mut V
     let spec = &r.spec;
     selector_and_template(Some(&spec.selector), spec.template.as_ref(), &["Always"], errs);
     replicas("spec.replicas", spec.replicas, errs);
-    immutable("spec.selector", &spec.selector, old.and_then(|o| Some(&o.spec)).map(|s| &s.selector), errs);
+    immutable("spec.selector", &spec.selector, old.map(|o| &o.spec).map(|s| &s.selector), errs);
 }
 
 /// StatefulSets: only replicas, template, update strategy, retention policy and a few more may change.
@@ -381,7 +381,7 @@ pub(crate) fn stateful_set(s: &StatefulSet, old: Option<&StatefulSet>, errs: &mu
     selector_and_template(Some(&spec.selector), Some(&spec.template), &["Always"], errs);
     replicas("spec.replicas", spec.replicas, errs);
     not_supported("spec.podManagementPolicy", spec.pod_management_policy.as_deref(), &["OrderedReady", "Parallel"], errs);
-    if let Some(old) = old.and_then(|o| Some(&o.spec)) {
+    if let Some(old) = old.map(|o| &o.spec) {
         let strip = |s: &bosun_core::k8s_openapi::api::apps::v1::StatefulSetSpec| {
             let mut s = s.clone();
             s.replicas = None;
@@ -409,7 +409,7 @@ pub(crate) fn daemon_set(d: &DaemonSet, old: Option<&DaemonSet>, errs: &mut Vec<
     if let Some(us) = spec.update_strategy.as_ref() {
         not_supported("spec.updateStrategy.type", us.type_.as_deref(), &["OnDelete", "RollingUpdate"], errs);
     }
-    immutable("spec.selector", &spec.selector, old.and_then(|o| Some(&o.spec)).map(|s| &s.selector), errs);
+    immutable("spec.selector", &spec.selector, old.map(|o| &o.spec).map(|s| &s.selector), errs);
 }
 
 /// Jobs: pods restart Never or OnFailure; selector and completions are immutable.
@@ -515,10 +515,10 @@ pub(crate) fn service(s: &Service, old: Option<&Service>, node_ports: (u16, u16)
         }
     }
     labels("spec.selector", spec.selector.as_ref(), errs);
-    if let Some(ip) = spec.cluster_ip.as_deref().filter(|ip| !ip.is_empty() && *ip != "None") {
-        if ip.parse::<std::net::IpAddr>().is_err() {
-            errs.push(FieldError::invalid("spec.clusterIP", ip, "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)"));
-        }
+    if let Some(ip) = spec.cluster_ip.as_deref().filter(|ip| !ip.is_empty() && *ip != "None")
+        && ip.parse::<std::net::IpAddr>().is_err()
+    {
+        errs.push(FieldError::invalid("spec.clusterIP", ip, "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)"));
     }
     if let Some(old) = old.and_then(|o| o.spec.as_ref()) {
         let old_ip = old.cluster_ip.as_deref().unwrap_or("");
@@ -585,19 +585,20 @@ pub(crate) fn horizontal_pod_autoscaler(h: &HorizontalPodAutoscaler, errs: &mut 
     if spec.max_replicas < 1 {
         errs.push(FieldError::invalid("spec.maxReplicas", spec.max_replicas, "must be greater than or equal to 1"));
     }
-    if let Some(min) = spec.min_replicas {
-        if min > spec.max_replicas {
-            errs.push(FieldError::invalid("spec.maxReplicas", spec.max_replicas, "must be greater than or equal to `minReplicas`"));
-        }
+    if let Some(min) = spec.min_replicas
+        && min > spec.max_replicas
+    {
+        errs.push(FieldError::invalid("spec.maxReplicas", spec.max_replicas, "must be greater than or equal to `minReplicas`"));
     }
 }
 
 /// PodDisruptionBudgets.
 pub(crate) fn pod_disruption_budget(p: &PodDisruptionBudget, errs: &mut Vec<FieldError>) {
-    if let Some(spec) = p.spec.as_ref() {
-        if spec.min_available.is_some() && spec.max_unavailable.is_some() {
-            errs.push(FieldError::invalid("spec", "", "minAvailable and maxUnavailable cannot be both set"));
-        }
+    if let Some(spec) = p.spec.as_ref()
+        && spec.min_available.is_some()
+        && spec.max_unavailable.is_some()
+    {
+        errs.push(FieldError::invalid("spec", "", "minAvailable and maxUnavailable cannot be both set"));
     }
 }
 

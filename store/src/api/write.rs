@@ -303,27 +303,24 @@ impl ApiServer {
                     obj.metadata.name.as_deref().unwrap_or("")
                 )));
             }
-            if kind.resource.namespaced {
-                if let Some(body_ns) = obj.metadata.namespace.as_deref().filter(|n| !n.is_empty()) {
-                    if Some(body_ns) != ns {
-                        return Err(Error::bad_request(
-                            "the namespace of the provided object does not match the namespace sent on the request",
-                        ));
-                    }
-                }
+            if kind.resource.namespaced
+                && let Some(body_ns) = obj.metadata.namespace.as_deref().filter(|n| !n.is_empty())
+                && Some(body_ns) != ns
+            {
+                return Err(Error::bad_request("the namespace of the provided object does not match the namespace sent on the request"));
             }
-            if let Some(rv) = obj.metadata.resource_version.as_deref().filter(|r| !r.is_empty()) {
-                if rv != kv.mod_revision.to_string() {
-                    return Err(Error::stale(&kind.resource.group, &kind.resource.plural, name));
-                }
+            if let Some(rv) = obj.metadata.resource_version.as_deref().filter(|r| !r.is_empty())
+                && rv != kv.mod_revision.to_string()
+            {
+                return Err(Error::stale(&kind.resource.group, &kind.resource.plural, name));
             }
-            if let Some(uid) = obj.metadata.uid.as_deref().filter(|u| !u.is_empty()) {
-                if Some(uid) != current.metadata.uid.as_deref() {
-                    return Err(Error::conflict(format!(
-                        "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
-                        current.metadata.uid.as_deref().unwrap_or("")
-                    )));
-                }
+            if let Some(uid) = obj.metadata.uid.as_deref().filter(|u| !u.is_empty())
+                && Some(uid) != current.metadata.uid.as_deref()
+            {
+                return Err(Error::conflict(format!(
+                    "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                    current.metadata.uid.as_deref().unwrap_or("")
+                )));
             }
             self.check_types(kind, &mut obj)?;
             self.check_fields(kind, &obj, change.validation)?;
@@ -543,10 +540,10 @@ impl ApiServer {
         }
         let reuse = (self.event_ttl / 10).min(std::time::Duration::from_secs(60));
         let mut lease = self.event_lease.lock().await;
-        if let Some((id, at)) = *lease {
-            if at.elapsed() < reuse {
-                return Some(id);
-            }
+        if let Some((id, at)) = *lease
+            && at.elapsed() < reuse
+        {
+            return Some(id);
         }
         match self.storage.lease_grant(self.event_ttl + reuse).await {
             Ok(id) => {
@@ -613,10 +610,8 @@ fn carry_service_allocations(obj: &mut DynamicObject, old: &DynamicObject) {
     }
     for field in ["clusterIP", "clusterIPs", "ipFamilies", "ipFamilyPolicy"] {
         let missing = spec.get(field).is_none_or(|v| v.is_null() || v.as_str() == Some("") || v.as_array().is_some_and(Vec::is_empty));
-        if missing {
-            if let Some(v) = old_spec.get(field) {
-                spec.insert(field.into(), v.clone());
-            }
+        if missing && let Some(v) = old_spec.get(field) {
+            spec.insert(field.into(), v.clone());
         }
     }
     let wants_ports = matches!(spec.get("type").and_then(Value::as_str), Some("NodePort" | "LoadBalancer"));
@@ -653,10 +648,10 @@ fn released_service_values(old: &DynamicObject, new: &DynamicObject) -> Vec<(boo
             .collect()
     };
     let mut out = Vec::new();
-    if let Some(old_ip) = ip(old) {
-        if ip(new).as_deref() != Some(old_ip.as_str()) {
-            out.push((true, old_ip));
-        }
+    if let Some(old_ip) = ip(old)
+        && ip(new).as_deref() != Some(old_ip.as_str())
+    {
+        out.push((true, old_ip));
     }
     let new_ports = ports(new);
     out.extend(ports(old).into_iter().filter(|p| !new_ports.contains(p)).map(|p| (false, p)));
