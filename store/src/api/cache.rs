@@ -162,7 +162,13 @@ pub(crate) struct KindCache {
     revision: watch::Sender<Revision>,
     want_progress: Notify,
     task: OnceLock<tokio::task::AbortHandle>,
+    /// Objects this server just wrote, by key: the feed takes them instead of decoding the
+    /// stored bytes again (matched by revision).
+    written: std::sync::Mutex<HashMap<Arc<str>, (Revision, DynamicObject)>>,
 }
+
+/// At most this many written objects wait for the feed; beyond it they are dropped (and decoded).
+const MAX_WRITTEN: usize = 16_384;
 
 impl Drop for KindCache {
     fn drop(&mut self) {
@@ -187,6 +193,7 @@ impl KindCache {
             revision: watch::channel(0).0,
             want_progress: Notify::new(),
             task: OnceLock::new(),
+            written: std::sync::Mutex::new(HashMap::new()),
         })
     }
 
@@ -282,12 +289,16 @@ impl KindCache {
                 return;
             }
             StorageEvent::Put { kv, .. } => {
-                let obj = match codec::decode(&kv.value, kv.mod_revision) {
-                    Ok(o) => o,
-                    Err(error) => {
-                        tracing::warn!(key = %kv.key, %error, "undecodable object skipped");
-                        return;
-                    }
+                let handed = self.written.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&kv.key);
+                let obj = match handed {
+                    Some((rev, obj)) if rev == kv.mod_revision => obj,
+                    _ => match codec::decode(&kv.value, kv.mod_revision) {
+                        Ok(o) => o,
+                        Err(error) => {
+                            tracing::warn!(key = %kv.key, %error, "undecodable object skipped");
+                            return;
+                        }
+                    },
                 };
                 let cached = Arc::new(Cached::stored(kv.key.clone(), obj, &kv.value, kv.mod_revision));
                 let prev = st.items.insert(kv.key.clone(), cached.clone());
@@ -364,6 +375,24 @@ impl KindCache {
             }
         };
         tokio::time::timeout(self.options.wait_timeout, wait).await.unwrap_or(false)
+    }
+
+    /// Hands the feed an object this server just wrote at `revision` (with its resourceVersion
+    /// set), so that the feed need not decode it.
+    pub(crate) fn written(&self, key: &str, revision: Revision, obj: &DynamicObject) {
+        if self.read().revision >= revision {
+            return;
+        }
+        let mut written = self.written.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if written.len() >= MAX_WRITTEN {
+            written.clear();
+        }
+        written.insert(Arc::from(key), (revision, obj.clone()));
+        drop(written);
+        // The feed may have passed this revision meanwhile: then nobody will take it.
+        if self.read().revision >= revision {
+            self.written.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(key);
+        }
     }
 
     /// The revision of the last change to this kind.

@@ -27,11 +27,12 @@ pub(crate) fn key(resource: &ApiResource, namespace: Option<&str>, name: &str) -
     }
 }
 
-/// Encodes an object for storage (its `resourceVersion` is left out).
-pub(crate) fn encode(obj: &DynamicObject) -> Result<Bytes> {
-    let mut copy = obj.clone();
-    copy.metadata.resource_version = None;
-    serde_json::to_vec(&copy).map(Bytes::from).map_err(|e| Error::internal(format!("encode object: {e}")))
+/// Encodes an object for storage (its `resourceVersion` is left out, and put back afterwards).
+pub(crate) fn encode(obj: &mut DynamicObject) -> Result<Bytes> {
+    let rv = obj.metadata.resource_version.take();
+    let out = serde_json::to_vec(&*obj).map(Bytes::from).map_err(|e| Error::internal(format!("encode object: {e}")));
+    obj.metadata.resource_version = rv;
+    out
 }
 
 /// Decodes a stored object and stamps it with its revision.
@@ -89,7 +90,8 @@ mod tests {
             serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {}}),
         ] {
             let obj = DynamicObject::from_value(value)?;
-            let stored = encode(&obj)?;
+            let mut obj = obj;
+            let stored = encode(&mut obj)?;
             let spliced = splice_version(&stored, 42).ok_or_else(|| Error::internal("not spliced"))?;
             let back: DynamicObject = serde_json::from_slice(&spliced).map_err(|e| Error::internal(e.to_string()))?;
             assert_eq!(back, decode(&stored, 42)?);

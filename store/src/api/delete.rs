@@ -170,7 +170,7 @@ impl ApiServer {
             if params.dry_run {
                 return Ok(Deleted::Pending(obj));
             }
-            let bytes = codec::encode(&obj)?;
+            let bytes = codec::encode(&mut obj)?;
             match self.storage.update(&key, bytes, kv.mod_revision, None).await {
                 Ok(new) => {
                     obj.metadata.resource_version = Some(new.mod_revision.to_string());

@@ -40,8 +40,8 @@ use std::time::Duration;
 use strategy::Kind;
 use tokio::sync::OnceCell;
 
-/// The namespaces every cluster starts with.
-pub const INITIAL_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public"];
+/// The namespaces every cluster starts with (`kube-node-lease` holds the nodes' heartbeat leases).
+pub const INITIAL_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public", "kube-node-lease"];
 
 /// Kubernetes' API semantics over a [`Storage`]; implements [`bosun_core::Client`].
 pub struct ApiServer {

@@ -247,11 +247,12 @@ impl ApiServer {
         loop {
             let name = obj.metadata.name.clone().unwrap_or_default();
             let key = codec::key(&kind.resource, ns.as_deref(), &name);
-            let bytes = codec::encode(&obj)?;
+            let bytes = codec::encode(&mut obj)?;
             let lease = self.lease_for(kind).await;
             match self.storage.create(&key, bytes, lease).await {
                 Ok(kv) => {
                     obj.metadata.resource_version = Some(kv.mod_revision.to_string());
+                    self.cache(kind).written(&key, kv.mod_revision, &obj);
                     break;
                 }
                 Err(StorageError::AlreadyExists { .. }) if !named && attempts < 8 => {
@@ -417,11 +418,12 @@ impl ApiServer {
                 }
             }
             let allocated = if kind.rules == Rules::Service { self.allocate_service(&mut obj, Some(&current)).await? } else { Vec::new() };
-            let bytes = codec::encode(&obj)?;
+            let bytes = codec::encode(&mut obj)?;
             let lease = if kv.lease.is_some() { self.lease_for(kind).await } else { None };
             match self.storage.update(&key, bytes, kv.mod_revision, lease).await {
                 Ok(new) => {
                     obj.metadata.resource_version = Some(new.mod_revision.to_string());
+                    self.cache(kind).written(&key, new.mod_revision, &obj);
                     if kind.rules == Rules::Service {
                         self.release(&released_service_values(&current, &obj)).await;
                     }

@@ -61,7 +61,7 @@ pub(crate) async fn next_event<K>(
 async fn the_initial_namespaces_exist() -> TestResult {
     let ns = Api::<Namespace>::all(client());
     let names: Vec<String> = ns.list(&ListParams::default()).await?.items.into_iter().filter_map(|n| n.metadata.name).collect();
-    assert_eq!(names, ["default", "kube-public", "kube-system"]);
+    assert_eq!(names, ["default", "kube-node-lease", "kube-public", "kube-system"]);
     let default = ns.get("default").await?;
     assert_eq!(default.status.and_then(|s| s.phase).as_deref(), Some("Active"));
     assert_eq!(default.spec.and_then(|s| s.finalizers), Some(vec!["kubernetes".to_owned()]));
