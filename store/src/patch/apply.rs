@@ -320,6 +320,10 @@ fn diff_at(old: &Value, new: &Value, root: Pos<'_>) -> (FieldSet, FieldSet) {
 }
 
 fn diff_walk(old: &Value, new: &Value, pos: Pos<'_>, path: &mut Path, changed: &mut FieldSet, removed: &mut FieldSet) {
+    // Most of an update leaves most subtrees alone: equal values have nothing to report.
+    if old == new {
+        return;
+    }
     match (old, new) {
         (Value::Object(o), Value::Object(n)) if !pos.atomic_object() => {
             for (k, nv) in n {
@@ -513,19 +517,20 @@ fn f(name: &str) -> PathElement {
 fn scope(set: &FieldSet, resource: &ApiResource, subresource: Option<&str>) -> FieldSet {
     let mut out = set.clone();
     for top in ["apiVersion", "kind"] {
-        out = out.without_prefix(&[f(top)]);
+        out.remove_prefix(&[f(top)]);
     }
     for meta in
         ["name", "namespace", "creationTimestamp", "selfLink", "uid", "clusterName", "generation", "managedFields", "resourceVersion"]
     {
-        out = out.without_prefix(&[f("metadata"), f(meta)]);
+        out.remove_prefix(&[f("metadata"), f(meta)]);
     }
-    let mut meta_member = FieldSet::new();
-    meta_member.insert(&[f("metadata")]);
-    out = out.difference(&meta_member);
+    out.remove(&[f("metadata")]);
     match subresource {
         Some("status") => out.only_prefix(&[f("status")]),
-        None if resource.has_subresource("status") => out.without_prefix(&[f("status")]),
+        None if resource.has_subresource("status") => {
+            out.remove_prefix(&[f("status")]);
+            out
+        }
         _ => out,
     }
 }
@@ -684,8 +689,10 @@ pub fn record_update(resource: &ApiResource, old: Option<&Value>, new: &mut Valu
     let (changed, removed) = (scope(&changed, resource, sub), scope(&removed, resource, sub));
     let api_version = new.get("apiVersion").and_then(Value::as_str).map_or_else(|| resource.api_version(), str::to_owned);
     for entry in &mut managers {
-        entry.fields = entry.fields.difference(&removed);
-        if !entry.same_owner(&manager, UPDATE, &api_version, sub) {
+        if !removed.is_empty() {
+            entry.fields = entry.fields.difference(&removed);
+        }
+        if !changed.is_empty() && !entry.same_owner(&manager, UPDATE, &api_version, sub) {
             entry.fields = entry.fields.difference(&changed);
         }
     }

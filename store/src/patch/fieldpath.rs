@@ -221,7 +221,8 @@ impl FieldSet {
         out
     }
 
-    fn remove_prefix(&mut self, prefix: &[PathElement]) {
+    /// Removes, in place, every path that starts with `prefix` (the prefix itself included).
+    pub fn remove_prefix(&mut self, prefix: &[PathElement]) {
         match prefix {
             [] => *self = Self::new(),
             [last] => {
@@ -231,6 +232,21 @@ impl FieldSet {
             [first, rest @ ..] => {
                 if let Some(child) = self.children.get_mut(first) {
                     child.remove_prefix(rest);
+                }
+            }
+        }
+    }
+
+    /// Removes, in place, exactly this path (its descendants stay).
+    pub fn remove(&mut self, path: &[PathElement]) {
+        match path {
+            [] => {}
+            [last] => {
+                self.members.remove(last);
+            }
+            [first, rest @ ..] => {
+                if let Some(child) = self.children.get_mut(first) {
+                    child.remove(rest);
                 }
             }
         }
