@@ -7,8 +7,10 @@ use crate::node_info::NodeInfo;
 use crate::pod_info::PodInfo;
 use bosun_core::k8s_openapi::api::core::v1::Pod;
 use bosun_core::{Api, DeleteParams};
+use rayon::prelude::*;
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// The message for nodes where evictions would not help.
 pub const NOT_HELPFUL: &str = "Preemption is not helpful for scheduling";
@@ -226,7 +228,7 @@ impl PostFilterPlugin for DefaultPreemption {
         if !potential.is_empty() {
             let want = self.num_candidates(potential.len());
             let offset = fastrand::usize(0..potential.len());
-            let mut allowance: Vec<(crate::framework::PdbInfo, i32)> = ctx
+            let allowance: Vec<(crate::framework::PdbInfo, i32)> = ctx
                 .handle
                 .pdbs()
                 .into_iter()
@@ -235,13 +237,31 @@ impl PostFilterPlugin for DefaultPreemption {
                     (p, left)
                 })
                 .collect();
-            for k in 0..potential.len() {
-                if candidates.len() >= want {
-                    break;
-                }
-                let node = &snapshot.nodes()[potential[(offset + k) % potential.len()]];
-                match self.select_victims(ctx.framework, state, pod, node, ctx.handle, &mut allowance) {
-                    Ok(c) => candidates.push(c),
+            // Dry runs in parallel from a random offset until enough candidates are found.
+            let rotated: Vec<usize> = (0..potential.len()).map(|k| potential[(offset + k) % potential.len()]).collect();
+            let found = AtomicUsize::new(0);
+            let results: Vec<Vec<Result<Candidate, &'static str>>> = rotated
+                .par_chunks(16)
+                .map(|chunk| {
+                    let mut out = Vec::new();
+                    let mut allowance = allowance.clone();
+                    for i in chunk {
+                        if found.load(Ordering::Relaxed) >= want {
+                            break;
+                        }
+                        let r = self.select_victims(ctx.framework, state, pod, &snapshot.nodes()[*i], ctx.handle, &mut allowance);
+                        if r.is_ok() {
+                            found.fetch_add(1, Ordering::Relaxed);
+                        }
+                        out.push(r);
+                    }
+                    out
+                })
+                .collect();
+            for r in results.into_iter().flatten() {
+                match r {
+                    Ok(c) if candidates.len() < want => candidates.push(c),
+                    Ok(_) => {}
                     Err(reason) => *histogram.entry(reason).or_default() += 1,
                 }
             }
