@@ -606,6 +606,29 @@ proptest! {
     }
 
     #[test]
+    fn no_patch_input_panics(doc in json_object(), p in json_value(), directive in prop_oneof![Just("$patch"), Just("$retainKeys"), Just("$setElementOrder/containers"), Just("$deleteFromPrimitiveList/finalizers"), Just("containers")], dv in json_value()) {
+        let node = patch::Node::for_kind("", "v1", "Pod").expect("pod schema");
+        let mut smp = p.clone();
+        if let Value::Object(m) = &mut smp {
+            m.insert(directive.to_owned(), dv.clone());
+        }
+        let nested = json!({"spec": smp.clone(), "metadata": smp.clone()});
+        let live = json!({"spec": doc.clone(), "metadata": doc.clone()});
+        let _ = patch::strategic_merge_patch(node, &live, &smp);
+        let _ = patch::strategic_merge_patch(node, &live, &nested);
+        let _ = patch::json_patch(&doc, &json!([{"op": "add", "path": format!("/{directive}"), "value": dv}, {"op": "move", "from": "/a", "path": "/b/c"}]));
+        let _ = patch::merge_patch(&doc, &p);
+        let mut intent = nested.clone();
+        intent["apiVersion"] = json!("v1");
+        intent["kind"] = json!("Pod");
+        let pods = builtin("", "v1", "Pod").cloned().expect("pods");
+        let _ = patch::server_side_apply(&pods, &live, &intent, &ctx("fuzz"));
+        let mut new = live.clone();
+        new["spec"] = p;
+        let _ = patch::record_update(&pods, Some(&live), &mut new, &ctx("fuzz"));
+    }
+
+    #[test]
     fn apply_then_reapply_is_stable(live in containers(), replicas in 0i64..5) {
         let mut intent = deploy(replicas, "nginx");
         intent["spec"]["template"]["spec"]["containers"] = Value::from(live);
