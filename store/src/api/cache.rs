@@ -123,7 +123,6 @@ struct State {
     last_change: Revision,
     items: BTreeMap<Arc<str>, Arc<Cached>>,
     history: VecDeque<Arc<CacheEvent>>,
-    watchers: Vec<Watcher>,
     /// Pods by `spec.nodeName`.
     by_node: HashMap<String, BTreeSet<Arc<str>>>,
 }
@@ -165,6 +164,10 @@ pub(crate) struct KindCache {
     /// Objects this server just wrote, by key: the feed takes them instead of decoding the
     /// stored bytes again (matched by revision).
     written: std::sync::Mutex<HashMap<Arc<str>, (Revision, DynamicObject)>>,
+    /// The watchers. Lock order: `state`, then `watchers`; events are dispatched holding only
+    /// `watchers`, which a registration takes before it lets go of `state`, so that a watcher
+    /// sees each event once (from the history or from dispatch).
+    watchers: std::sync::Mutex<Vec<Watcher>>,
 }
 
 /// At most this many written objects wait for the feed; beyond it they are dropped (and decoded).
@@ -194,6 +197,7 @@ impl KindCache {
             want_progress: Notify::new(),
             task: OnceLock::new(),
             written: std::sync::Mutex::new(HashMap::new()),
+            watchers: std::sync::Mutex::new(Vec::new()),
         })
     }
 
@@ -256,7 +260,7 @@ impl KindCache {
             st.ready = true;
             if restarted {
                 // Watchers cannot be told what changed while the storage watch was down: they relist.
-                for w in st.watchers.drain(..) {
+                for w in self.lock_watchers().drain(..) {
                     w.overflow.store(true, Ordering::SeqCst);
                 }
             }
@@ -277,17 +281,13 @@ impl KindCache {
         }
     }
 
+    fn lock_watchers(&self) -> std::sync::MutexGuard<'_, Vec<Watcher>> {
+        self.watchers.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     fn apply(&self, ev: StorageEvent) {
-        let mut st = self.write();
-        let event = match ev {
-            StorageEvent::Progress { revision } => {
-                if revision > st.revision {
-                    st.revision = revision;
-                    drop(st);
-                    self.revision.send_replace(revision);
-                }
-                return;
-            }
+        // Decode before taking the lock, so that readers are not held up by it.
+        let put = match &ev {
             StorageEvent::Put { kv, .. } => {
                 let handed = self.written.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&kv.key);
                 let obj = match handed {
@@ -300,7 +300,22 @@ impl KindCache {
                         }
                     },
                 };
-                let cached = Arc::new(Cached::stored(kv.key.clone(), obj, &kv.value, kv.mod_revision));
+                Some(Arc::new(Cached::stored(kv.key.clone(), obj, &kv.value, kv.mod_revision)))
+            }
+            _ => None,
+        };
+        let mut st = self.write();
+        let event = match ev {
+            StorageEvent::Progress { revision } => {
+                if revision > st.revision {
+                    st.revision = revision;
+                    drop(st);
+                    self.revision.send_replace(revision);
+                }
+                return;
+            }
+            StorageEvent::Put { kv, .. } => {
+                let Some(cached) = put else { return };
                 let prev = st.items.insert(kv.key.clone(), cached.clone());
                 let change = if prev.is_some() { Change::Modified } else { Change::Added };
                 CacheEvent { revision: kv.mod_revision, change, obj: cached, prev }
@@ -339,15 +354,19 @@ impl KindCache {
         }
         st.revision = st.revision.max(revision);
         st.last_change = revision;
-        st.watchers.retain(|w| dispatch(w, &event));
+        let mut watchers = self.lock_watchers();
         drop(st);
+        watchers.retain(|w| dispatch(w, &event));
+        drop(watchers);
         self.revision.send_replace(revision);
     }
 
     fn bookmark_all(&self) {
-        let mut st = self.write();
+        let st = self.read();
         let revision = st.revision;
-        st.watchers.retain(|w| {
+        let mut watchers = self.lock_watchers();
+        drop(st);
+        watchers.retain(|w| {
             if !w.bookmarks {
                 return !w.tx.is_closed();
             }
@@ -459,7 +478,7 @@ impl KindCache {
     pub(crate) fn watch(&self, filter: Arc<Filter>, start: Start, bookmarks: bool) -> Result<Registration> {
         let (tx, rx) = mpsc::channel(self.options.watcher_queue);
         let overflow = Arc::new(AtomicBool::new(false));
-        let mut st = self.write();
+        let st = self.read();
         let initial = match start {
             Start::Now => {
                 let prefix = match filter.namespace.as_deref() {
@@ -482,13 +501,15 @@ impl KindCache {
             }
         };
         let revision = st.revision;
-        st.watchers.push(Watcher { filter, tx, bookmarks, overflow: overflow.clone() });
+        let mut watchers = self.lock_watchers();
+        drop(st);
+        watchers.push(Watcher { filter, tx, bookmarks, overflow: overflow.clone() });
         Ok(Registration { initial, revision, rx, overflow })
     }
 
     /// The number of open watchers.
     pub(crate) fn watcher_count(&self) -> usize {
-        self.read().watchers.iter().filter(|w| !w.tx.is_closed()).count()
+        self.lock_watchers().iter().filter(|w| !w.tx.is_closed()).count()
     }
 }
 
