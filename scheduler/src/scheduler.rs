@@ -9,7 +9,7 @@ use crate::node_info::NodeStatic;
 use crate::pod_info::PodInfo;
 use crate::queue::{QueuedPodInfo, SchedulingQueue, default_clock};
 use crate::snapshot::Snapshot;
-use bosun_core::k8s_openapi::api::core::v1::{Event as CoreEvent, Namespace, Node, ObjectReference, Pod, PodCondition};
+use bosun_core::k8s_openapi::api::core::v1::{Event as CoreEvent, Namespace, Node, ObjectReference, Pod, PodCondition, Service};
 use bosun_core::k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use bosun_core::k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use bosun_core::watch::{Change, Informer, Informers};
@@ -237,11 +237,13 @@ impl Scheduler {
         let nodes: Informer<Node> = inf.all();
         let namespaces: Informer<Namespace> = inf.all();
         let pdbs: Informer<PodDisruptionBudget> = inf.all();
+        let services: Informer<Service> = inf.all();
         let mut tasks = Vec::new();
         let pod_changes = pods.subscribe();
         let node_changes = nodes.subscribe();
         let ns_changes = namespaces.subscribe();
         let pdb_changes = pdbs.subscribe();
+        let service_changes = services.subscribe();
         {
             let me = self.clone();
             let inf = nodes.clone();
@@ -280,6 +282,27 @@ impl Scheduler {
                         Change::Applied(p) => me.on_pdb(&p, false),
                         Change::Deleted(p) => me.on_pdb(&p, true),
                         Change::Resync => pdbs.store().list().iter().for_each(|p| me.on_pdb(p, false)),
+                    }
+                }
+            }));
+        }
+        {
+            let me = self.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut s = service_changes;
+                let apply = |svc: &Service, deleted: bool| {
+                    let (Some(ns), Some(name)) = (svc.metadata.namespace.as_deref(), svc.metadata.name.as_deref()) else { return };
+                    let selector = svc.spec.as_ref().and_then(|s| s.selector.clone());
+                    me.inner.handle.set_service(ns, name, if deleted { None } else { selector });
+                };
+                for svc in services.store().list() {
+                    apply(&svc, false);
+                }
+                while let Some(c) = s.next().await {
+                    match c {
+                        Change::Applied(svc) => apply(&svc, false),
+                        Change::Deleted(svc) => apply(&svc, true),
+                        Change::Resync => services.store().list().iter().for_each(|svc| apply(svc, false)),
                     }
                 }
             }));

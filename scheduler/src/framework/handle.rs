@@ -24,6 +24,9 @@ pub struct PdbInfo {
     pub disrupted_pods: Vec<String>,
 }
 
+/// A Service's name and selector.
+type ServiceSelector = (String, BTreeMap<String, String>);
+
 struct Waiting {
     pod: Arc<PodInfo>,
     pending: Vec<String>,
@@ -90,6 +93,7 @@ struct Inner {
     client: Option<Arc<dyn Client>>,
     namespaces: RwLock<HashMap<String, Arc<BTreeMap<String, String>>>>,
     pdbs: RwLock<Vec<PdbInfo>>,
+    services: RwLock<HashMap<String, Vec<ServiceSelector>>>,
     nominator: Arc<Nominator>,
     waiting: WaitingPods,
     victim_grace_period: Option<u32>,
@@ -127,6 +131,7 @@ impl Handle {
                 client,
                 namespaces: RwLock::default(),
                 pdbs: RwLock::default(),
+                services: RwLock::default(),
                 nominator,
                 waiting: WaitingPods::default(),
                 victim_grace_period,
@@ -172,6 +177,30 @@ impl Handle {
         if pdb.disruptions_allowed >= 0 {
             list.push(pdb);
         }
+    }
+
+    /// Records a Service's selector (`None` forgets the Service).
+    pub fn set_service(&self, ns: &str, name: &str, selector: Option<BTreeMap<String, String>>) {
+        let mut map = self.inner.services.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let list = map.entry(ns.to_owned()).or_default();
+        list.retain(|(n, _)| n != name);
+        if let Some(s) = selector.filter(|s| !s.is_empty()) {
+            list.push((name.to_owned(), s));
+        }
+    }
+
+    /// The selector default topology spreading uses for a pod: the merged selectors of the
+    /// Services in its namespace that select it (kube-scheduler's `DefaultSelector`, for Services).
+    pub fn default_spread_selector(&self, pod: &PodInfo) -> Option<LabelSelector> {
+        let map = self.inner.services.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let labels = pod.labels();
+        let mut merged = BTreeMap::new();
+        for (_, sel) in map.get(&pod.namespace).into_iter().flatten() {
+            if sel.iter().all(|(k, v)| labels.get(k) == Some(v)) {
+                merged.extend(sel.iter().map(|(k, v)| (k.clone(), v.clone())));
+            }
+        }
+        (!merged.is_empty()).then(|| LabelSelector::from_map(&merged))
     }
 
     /// The nominator: pods nominated to nodes by preemption.

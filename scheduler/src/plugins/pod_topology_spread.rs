@@ -36,6 +36,7 @@ struct ScoreState {
     counts: Vec<HashMap<String, i64>>,
     weights: Vec<f64>,
     ignored: HashSet<usize>,
+    require_all: bool,
 }
 
 impl Plugin for PodTopologySpread {
@@ -66,6 +67,23 @@ impl Plugin for PodTopologySpread {
     fn as_score(self: Arc<Self>) -> Option<Arc<dyn ScorePlugin>> {
         Some(self)
     }
+}
+
+/// kube-scheduler's system default constraints (`defaultingType: System`), soft, for pods that
+/// declare none, over the pods the Services selecting the pod select.
+fn system_defaults(selector: bosun_core::LabelSelector) -> Vec<SpreadConstraint> {
+    [(3, HOSTNAME), (5, "topology.kubernetes.io/zone")]
+        .into_iter()
+        .map(|(max_skew, key)| SpreadConstraint {
+            max_skew,
+            topology_key: key.to_owned(),
+            when_unsatisfiable: WhenUnsatisfiable::ScheduleAnyway,
+            selector: selector.clone(),
+            min_domains: None,
+            honor_node_affinity: true,
+            honor_node_taints: false,
+        })
+        .collect()
 }
 
 fn has_all_keys(node: &NodeInfo, constraints: &[SpreadConstraint]) -> bool {
@@ -104,11 +122,12 @@ fn count_domains(
     pod: &PodInfo,
     nodes: &[Arc<NodeInfo>],
     only: Option<&[HashMap<String, i64>]>,
+    require_all: bool,
 ) -> Vec<HashMap<String, i64>> {
     let one = |chunk: &[Arc<NodeInfo>]| -> Vec<HashMap<String, i64>> {
         let mut out = vec![HashMap::new(); constraints.len()];
         for n in chunk {
-            if !has_all_keys(n, constraints) {
+            if require_all && !has_all_keys(n, constraints) {
                 continue;
             }
             for (i, c) in constraints.iter().enumerate() {
@@ -158,7 +177,7 @@ impl PreFilterPlugin for PodTopologySpread {
         if constraints.is_empty() {
             return (None, Status::skip());
         }
-        let counts = count_domains(&constraints, pod, snapshot.nodes(), None);
+        let counts = count_domains(&constraints, pod, snapshot.nodes(), None, true);
         let min = counts.iter().map(min_of).collect();
         state.insert(FilterState { constraints, counts, min });
         (None, Status::success())
@@ -218,9 +237,17 @@ impl FilterPlugin for PodTopologySpread {
 }
 
 impl PreScorePlugin for PodTopologySpread {
-    fn pre_score(&self, state: &mut CycleState, pod: &PodInfo, nodes: &[&NodeInfo], snapshot: &Snapshot, _: &Handle) -> Status {
-        let constraints: Vec<SpreadConstraint> =
-            pod.spread_constraints.iter().filter(|c| c.when_unsatisfiable == WhenUnsatisfiable::ScheduleAnyway).cloned().collect();
+    fn pre_score(&self, state: &mut CycleState, pod: &PodInfo, nodes: &[&NodeInfo], snapshot: &Snapshot, handle: &Handle) -> Status {
+        let (constraints, require_all) = if pod.spread_constraints.is_empty() {
+            match handle.default_spread_selector(pod) {
+                Some(selector) => (system_defaults(selector), false),
+                None => return Status::skip(),
+            }
+        } else {
+            let soft: Vec<SpreadConstraint> =
+                pod.spread_constraints.iter().filter(|c| c.when_unsatisfiable == WhenUnsatisfiable::ScheduleAnyway).cloned().collect();
+            (soft, true)
+        };
         if constraints.is_empty() {
             return Status::skip();
         }
@@ -228,7 +255,7 @@ impl PreScorePlugin for PodTopologySpread {
         let mut known = vec![HashMap::new(); constraints.len()];
         let mut hostnames = 0usize;
         for n in nodes {
-            if !has_all_keys(n, &constraints) {
+            if require_all && !has_all_keys(n, &constraints) {
                 if let Some(i) = snapshot.index_of(&n.name) {
                     ignored.insert(i);
                 }
@@ -243,7 +270,7 @@ impl PreScorePlugin for PodTopologySpread {
                 }
             }
         }
-        let counts = count_domains(&constraints, pod, snapshot.nodes(), Some(&known));
+        let counts = count_domains(&constraints, pod, snapshot.nodes(), Some(&known), require_all);
         let counts: Vec<HashMap<String, i64>> = known
             .into_iter()
             .zip(counts)
@@ -262,7 +289,7 @@ impl PreScorePlugin for PodTopologySpread {
                 ((size + 2) as f64).ln()
             })
             .collect();
-        state.insert(ScoreState { constraints, counts, weights, ignored });
+        state.insert(ScoreState { constraints, counts, weights, ignored, require_all });
         Status::success()
     }
 }
@@ -270,7 +297,7 @@ impl PreScorePlugin for PodTopologySpread {
 impl ScorePlugin for PodTopologySpread {
     fn score(&self, state: &CycleState, pod: &PodInfo, node: &NodeInfo) -> Result<i64, Status> {
         let Some(s) = state.get::<ScoreState>() else { return Ok(0) };
-        if !has_all_keys(node, &s.constraints) {
+        if s.require_all && !has_all_keys(node, &s.constraints) {
             return Ok(0);
         }
         let mut score = 0.0;

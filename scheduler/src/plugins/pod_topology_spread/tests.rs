@@ -119,3 +119,29 @@ fn soft_constraints_score_emptier_domains_higher() {
     assert!(score_of("b1") > score_of("a1"), "{scores:?}");
     assert_eq!(score_of("b1"), Some(100));
 }
+
+#[test]
+fn pods_without_constraints_spread_over_their_services_pods_by_default() {
+    let snap = Snapshot::from_nodes(vec![
+        node("a1").label(ZONE, "a").info(&[web("w1", "a1"), web("w2", "a1")]),
+        node("b1").label(ZONE, "b").info(&[web("w3", "b1")]),
+        node("c1").label(ZONE, "c").info(&[]),
+    ]);
+    let p = pod("p").labels(&[("app", "web"), ("pod-template-hash", "x")]).info();
+    let nodes: Vec<&NodeInfo> = snap.nodes().iter().map(|n| &**n).collect();
+    let handle = Handle::default();
+    // No Service selects the pod: nothing to spread over.
+    assert!(PodTopologySpread.pre_score(&mut CycleState::new(), &p, &nodes, &snap, &handle).is_skip());
+    handle.set_service("default", "web", Some(crate::plugins::testutil::labels(&[("app", "web")])));
+    let mut state = CycleState::new();
+    assert!(PodTopologySpread.pre_score(&mut state, &p, &nodes, &snap, &handle).is_success());
+    let mut scores: Vec<NodeScore> = snap
+        .nodes()
+        .iter()
+        .enumerate()
+        .map(|(i, n)| NodeScore { index: i, score: PodTopologySpread.score(&state, &p, n).unwrap_or(-1) })
+        .collect();
+    PodTopologySpread.normalize_score(&state, &p, &mut scores);
+    let score_of = |name: &str| scores.iter().find(|s| &*snap.nodes()[s.index].name == name).map(|s| s.score).unwrap_or(-1);
+    assert!(score_of("c1") > score_of("b1") && score_of("b1") > score_of("a1"), "{scores:?}");
+}
