@@ -9,6 +9,7 @@ use bosun_core::{
     Api, ApiResource, Client, DeleteParams, DynamicObject, FieldValidation, ListParams, Patch, PatchParams, PostParams, Target,
 };
 use bosun_store::{ApiServer, MemoryStorage, Storage};
+use futures::StreamExt;
 use serde_json::json;
 use std::sync::Arc;
 
@@ -209,5 +210,79 @@ async fn custom_resources_are_served_again_after_a_restart() -> TestResult {
     assert_eq!(list.items.len(), 1);
     let widgets = second.resource("example.com", "v1", "widgets").ok_or("not served after restart")?;
     assert!(!widgets.namespaced);
+    Ok(())
+}
+
+struct Stamp;
+
+#[async_trait::async_trait]
+impl bosun_store::api::AdmissionPlugin for Stamp {
+    fn name(&self) -> &str {
+        "Stamp"
+    }
+
+    async fn admit(
+        &self,
+        attrs: &bosun_store::api::Attributes<'_>,
+        obj: &mut DynamicObject,
+        _old: Option<&DynamicObject>,
+        _server: &ApiServer,
+    ) -> bosun_core::Result<()> {
+        if attrs.operation == bosun_store::api::Operation::Create {
+            obj.metadata.labels.get_or_insert_with(Default::default).insert("stamped".into(), "yes".into());
+        }
+        Ok(())
+    }
+
+    async fn validate(
+        &self,
+        _attrs: &bosun_store::api::Attributes<'_>,
+        obj: &DynamicObject,
+        _old: Option<&DynamicObject>,
+        _server: &ApiServer,
+    ) -> bosun_core::Result<()> {
+        if obj.metadata.name.as_deref() == Some("forbidden") {
+            return Err(bosun_core::Error::forbidden("admission webhook \"Stamp\" denied the request"));
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn admission_plugins_run_in_order_on_writes() -> TestResult {
+    let server = ApiServer::builder(Arc::new(MemoryStorage::new())).admission_plugin(Arc::new(Stamp)).build()?;
+    let cms = Api::<bosun_core::k8s_openapi::api::core::v1::ConfigMap>::namespaced(server.clone(), "default");
+    let created = cms.create(&crate::api::config_map("ok"), &PostParams::default()).await?;
+    assert_eq!(created.metadata.labels.and_then(|l| l.get("stamped").cloned()).as_deref(), Some("yes"));
+    let err = cms.create(&crate::api::config_map("forbidden"), &PostParams::default()).await.err().ok_or("admitted")?;
+    assert_eq!(err.code(), 403);
+    // The built-in chain still runs: no writes into a missing namespace.
+    let elsewhere = Api::<bosun_core::k8s_openapi::api::core::v1::ConfigMap>::namespaced(server.clone(), "missing");
+    assert!(elsewhere.create(&crate::api::config_map("x"), &PostParams::default()).await.err().is_some_and(|e| e.is_not_found()));
+    Ok(())
+}
+
+struct EchoLogs;
+
+#[async_trait::async_trait]
+impl bosun_store::http::NodeConnector for EchoLogs {
+    async fn logs(&self, namespace: &str, pod: &str, _params: &bosun_core::LogParams) -> bosun_core::Result<bosun_core::LogStream> {
+        let line = bytes::Bytes::from(format!("log of {namespace}/{pod}\n"));
+        Ok(futures::stream::iter([Ok(line)]).boxed())
+    }
+}
+
+#[tokio::test]
+async fn pod_logs_go_to_the_node_connection() -> TestResult {
+    let server = ApiServer::builder(Arc::new(MemoryStorage::new())).node_connector(Arc::new(EchoLogs)).build()?;
+    let pods = Api::<Pod>::namespaced(server.clone(), "default");
+    pods.create(&pod("p"), &PostParams::default()).await?;
+    let mut logs = pods.logs("p", &bosun_core::LogParams::default()).await?;
+    let chunk = logs.next().await.ok_or("no log")??;
+    assert_eq!(&chunk[..], b"log of default/p\n");
+    assert!(pods.logs("missing", &bosun_core::LogParams::default()).await.err().is_some_and(|e| e.is_not_found()));
+    let bare = Api::<Pod>::namespaced(client(), "default");
+    bare.create(&pod("p"), &PostParams::default()).await?;
+    assert_eq!(bare.logs("p", &bosun_core::LogParams::default()).await.err().map(|e| e.code()), Some(405));
     Ok(())
 }
