@@ -314,3 +314,93 @@ async fn a_missing_config_map_holds_the_container_until_it_appears() {
     })
     .await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn env_sources_and_generated_volumes_are_resolved() {
+    use bosun_core::k8s_openapi::api::core::v1::Secret;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let client = api_server();
+    let seen: Arc<std::sync::Mutex<Vec<(String, String)>>> = Arc::default();
+    let mounts: Arc<std::sync::Mutex<Vec<bosun_runtime::Mount>>> = Arc::default();
+    let fake = {
+        let (seen, mounts) = (seen.clone(), mounts.clone());
+        FakeRuntime::with_behavior(move |_, cfg| {
+            *seen.lock().expect("lock") = cfg.env.clone();
+            *mounts.lock().expect("lock") = cfg.mounts.clone();
+            bosun_runtime::FakeScript::default()
+        })
+    };
+    let _node = start_node(&client, "n1", &fake, dir.path()).await;
+    let cm: ConfigMap =
+        serde_json::from_value(serde_json::json!({ "metadata": { "name": "app-config" }, "data": { "A": "1", "B": "2" } })).expect("cm");
+    Api::<ConfigMap>::namespaced(client.clone(), "default").create(&cm, &PostParams::default()).await.expect("cm");
+    let secret: Secret =
+        serde_json::from_value(serde_json::json!({ "metadata": { "name": "creds" }, "data": { "password": "aHVudGVyMg==" } }))
+            .expect("secret");
+    Api::<Secret>::namespaced(client.clone(), "default").create(&secret, &PostParams::default()).await.expect("secret");
+    let mut p = pod(
+        "envy",
+        "n1",
+        serde_json::json!({
+            "volumes": [
+                { "name": "info", "downwardAPI": { "items": [{ "path": "labels", "fieldRef": { "fieldPath": "metadata.labels" } }] } },
+                { "name": "secret", "secret": { "secretName": "creds" } },
+                { "name": "both", "projected": { "sources": [{ "configMap": { "name": "app-config", "items": [{ "key": "A", "path": "a.txt" }] } }, { "secret": { "name": "creds" } }] } }
+            ],
+            "containers": [{ "name": "app", "image": "x",
+                "resources": { "limits": { "cpu": "1500m", "memory": "64Mi" } },
+                "envFrom": [{ "configMapRef": { "name": "app-config" }, "prefix": "CFG_" }],
+                "env": [
+                    { "name": "PASSWORD", "valueFrom": { "secretKeyRef": { "name": "creds", "key": "password" } } },
+                    { "name": "NODE", "valueFrom": { "fieldRef": { "fieldPath": "spec.nodeName" } } },
+                    { "name": "APP", "valueFrom": { "fieldRef": { "fieldPath": "metadata.labels['app']" } } },
+                    { "name": "CPUS", "valueFrom": { "resourceFieldRef": { "resource": "limits.cpu" } } },
+                    { "name": "MEM_MI", "valueFrom": { "resourceFieldRef": { "resource": "limits.memory", "divisor": "1Mi" } } },
+                    { "name": "OPTIONAL", "valueFrom": { "configMapKeyRef": { "name": "absent", "key": "x", "optional": true } } },
+                    { "name": "CFG_A", "value": "overridden" }
+                ],
+                "volumeMounts": [{ "name": "info", "mountPath": "/etc/info" }, { "name": "secret", "mountPath": "/etc/secret", "readOnly": true }, { "name": "both", "mountPath": "/etc/both" }]
+            }]
+        }),
+    );
+    p.metadata.labels = Some([("app".to_string(), "envy".to_string())].into());
+    create(&client, &p).await;
+    let running = wait_pod(&client, "envy", Duration::from_secs(5), Duration::from_millis(100), "running", |p| phase(p) == "Running").await;
+    assert_eq!(running.status.as_ref().and_then(|s| s.qos_class.as_deref()), Some("Guaranteed"), "limits alone make requests");
+    let env: std::collections::BTreeMap<String, String> = seen.lock().expect("lock").iter().cloned().collect();
+    assert_eq!(env.get("CFG_A").map(String::as_str), Some("overridden"), "env overrides envFrom");
+    assert_eq!(env.get("CFG_B").map(String::as_str), Some("2"));
+    assert_eq!(env.get("PASSWORD").map(String::as_str), Some("hunter2"));
+    assert_eq!(env.get("NODE").map(String::as_str), Some("n1"));
+    assert_eq!(env.get("APP").map(String::as_str), Some("envy"));
+    assert_eq!(env.get("CPUS").map(String::as_str), Some("2"), "cpu rounds up to whole cores");
+    assert_eq!(env.get("MEM_MI").map(String::as_str), Some("64"));
+    assert!(!env.contains_key("OPTIONAL"), "a missing optional key is left out");
+    let mounts = mounts.lock().expect("lock").clone();
+    let host = |c: &str| mounts.iter().find(|m| m.container_path == c).expect("mount").host_path.clone();
+    assert_eq!(std::fs::read_to_string(host("/etc/info").join("labels")).expect("labels"), "app=\"envy\"");
+    assert_eq!(std::fs::read_to_string(host("/etc/secret").join("password")).expect("password"), "hunter2");
+    assert!(mounts.iter().any(|m| m.container_path == "/etc/secret" && m.read_only));
+    assert_eq!(std::fs::read_to_string(host("/etc/both").join("a.txt")).expect("a.txt"), "1");
+    assert_eq!(std::fs::read_to_string(host("/etc/both").join("password")).expect("password"), "hunter2");
+}
+
+#[tokio::test(start_paused = true)]
+async fn usage_is_sampled_for_the_metrics_api() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let client = api_server();
+    let fake = FakeRuntime::new();
+    let config = NodeAgentConfig::new("n1", dir.path().join("n1")).measure_pressure(false).usage_interval(Duration::from_secs(1));
+    let node = NodeAgent::new(client.clone(), fake.clone(), HostImages, config).start().await.expect("start");
+    let mut p = pod("busy", "n1", serde_json::json!({ "containers": [{ "name": "app", "image": "x" }] }));
+    p.metadata.annotations = serde_json::from_value(script(serde_json::json!({ "cpuMillis": 250, "memoryBytes": 1048576 }))).ok();
+    create(&client, &p).await;
+    wait_pod(&client, "busy", Duration::from_secs(5), Duration::from_millis(100), "running", |p| phase(p) == "Running").await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let usage = node.usage();
+    let pod = usage.pods.iter().find(|p| p.name == "busy").expect("pod usage");
+    let c = &pod.containers[0];
+    assert_eq!(c.memory_bytes, 1 << 20);
+    assert!((240_000_000..=260_000_000).contains(&c.cpu_nanocores), "250m of CPU: {}", c.cpu_nanocores);
+    assert_eq!(usage.memory_bytes, 1 << 20);
+}

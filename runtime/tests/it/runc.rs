@@ -181,3 +181,51 @@ async fn an_oom_kill_is_reported_as_oom_killed() {
     assert_eq!(st.reason.as_deref(), Some("OOMKilled"));
     rt.remove_sandbox(&sb).await.expect("remove");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_agent_runs_a_pod_on_runc() {
+    use crate::support::*;
+    if !available("the_node_agent_runs_a_pod_on_runc") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (images, _image) = busybox(dir.path()).await;
+    let rt = runtime(dir.path(), "bosuntst3", "10.89.3.0/24");
+    let client = api_server();
+    let config = bosun_runtime::NodeAgentConfig::new("runc-node", dir.path().join("agent")).measure_pressure(false);
+    let node = bosun_runtime::NodeAgent::new(client.clone(), rt, images, config).start().await.expect("agent");
+    let p = pod(
+        "boxed",
+        "runc-node",
+        serde_json::json!({
+            "terminationGracePeriodSeconds": 1,
+            "volumes": [{ "name": "scratch", "emptyDir": {} }],
+            "containers": [{ "name": "app", "image": "busybox", "command": ["sh", "-c", "echo hi > /data/hello; exec sleep 1000"],
+                "volumeMounts": [{ "name": "scratch", "mountPath": "/data" }],
+                "resources": { "limits": { "memory": "64Mi", "cpu": "500m" } } }]
+        }),
+    );
+    create(&client, &p).await;
+    let running =
+        wait_pod(&client, "boxed", Duration::from_secs(20), Duration::from_millis(50), "running", |p| phase(p) == "Running").await;
+    let ip = running.status.as_ref().and_then(|s| s.pod_ip.clone()).expect("pod ip");
+    assert!(ip.starts_with("10.89.3."), "a CNI address: {ip}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r =
+            node.exec_sync("default", "boxed", None, &["cat".into(), "/data/hello".into()], Duration::from_secs(3)).await.expect("exec");
+        if r.exit_code == 0 {
+            assert_eq!(String::from_utf8_lossy(&r.stdout), "hi\n");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the emptyDir is mounted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let api = bosun_core::Api::<bosun_core::k8s_openapi::api::core::v1::Pod>::namespaced(client.clone(), "default");
+    api.delete("boxed", &Default::default()).await.expect("delete");
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while api.get_opt("boxed").await.expect("get").is_some() {
+        assert!(Instant::now() < deadline, "the pod is removed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
