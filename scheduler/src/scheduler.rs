@@ -232,6 +232,7 @@ impl Scheduler {
     /// Starts informers, event handlers, the queue's flush timers and the scheduling thread on the
     /// current tokio runtime; returns once pods and nodes are synced.
     pub async fn start(&self) -> Running {
+        self.inner.handle.set_runtime(tokio::runtime::Handle::current());
         let inf = &self.inner.informers;
         let pods: Informer<Pod> = inf.all();
         let nodes: Informer<Node> = inf.all();

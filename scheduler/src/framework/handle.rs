@@ -97,7 +97,7 @@ struct Inner {
     nominator: Arc<Nominator>,
     waiting: WaitingPods,
     victim_grace_period: Option<u32>,
-    runtime: Option<tokio::runtime::Handle>,
+    runtime: std::sync::OnceLock<tokio::runtime::Handle>,
 }
 
 /// Cluster access for plugins. Cheap to clone.
@@ -135,7 +135,7 @@ impl Handle {
                 nominator,
                 waiting: WaitingPods::default(),
                 victim_grace_period,
-                runtime,
+                runtime: runtime.map(std::sync::OnceLock::from).unwrap_or_default(),
             }),
         }
     }
@@ -215,9 +215,14 @@ impl Handle {
 
     /// Runs a future on the scheduler's runtime (dropped when there is none, as in unit tests).
     pub fn spawn(&self, fut: impl std::future::Future<Output = ()> + Send + 'static) {
-        if let Some(rt) = &self.inner.runtime {
+        if let Some(rt) = self.inner.runtime.get() {
             rt.spawn(fut);
         }
+    }
+
+    /// Sets the runtime `spawn` uses, when none was given.
+    pub fn set_runtime(&self, runtime: tokio::runtime::Handle) {
+        let _ = self.inner.runtime.set(runtime);
     }
 
     /// The grace period preemption deletes victims with (`None`: the pod's own).
