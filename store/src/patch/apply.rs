@@ -389,6 +389,36 @@ fn diff_walk(old: &Value, new: &Value, pos: Pos<'_>, path: &mut Path, changed: &
     }
 }
 
+/// Refuses an applied configuration whose associative list items lack a key field (only
+/// `protocol` has a default), as structured-merge-diff does.
+fn check_keys(v: &Value, pos: Pos<'_>, path: &mut Path) -> Result<()> {
+    match v {
+        Value::Object(m) if !pos.atomic_object() => {
+            for (k, cv) in m {
+                path.push(PathElement::Field(k.clone()));
+                check_keys(cv, pos.child(k), path)?;
+                path.pop();
+            }
+        }
+        Value::Array(items) => {
+            if let ListKind::Map(keys) = pos.list_kind() {
+                for (i, item) in items.iter().enumerate() {
+                    let missing = keys.iter().find(|k| *k != "protocol" && item.get(k.as_str()).is_none_or(Value::is_null));
+                    if let Some(k) = missing {
+                        return Err(PatchError::unprocessable(format!(
+                            "{}: element {i}: associative list with keys has an element that omits key field {k:?} (and doesn't have default value)",
+                            path_string(path)
+                        )));
+                    }
+                    check_keys(item, pos.item(), path)?;
+                }
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------------------------
 // Merging the applied intent
 
@@ -613,6 +643,7 @@ pub fn server_side_apply(resource: &ApiResource, live: &Value, applied: &Value, 
     }
 
     let intent = scoped_intent(applied, resource, sub);
+    check_keys(&intent, root, &mut Vec::new())?;
     let mut new_obj = merge(&live_obj, &intent, root);
     let new_set = scope(&set_of(&intent, root), resource, sub);
     let (changed, _) = diff_at(&live_obj, &new_obj, root);

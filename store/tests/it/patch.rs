@@ -256,6 +256,11 @@ fn apply_refuses_requests_without_manager_or_type() {
     assert_eq!(no_manager.code(), 400);
     let no_kind = apply(&Value::Null, json!({"apiVersion": "apps/v1", "metadata": {"name": "web"}}), &ctx("k")).expect_err("400");
     assert_eq!(no_kind.code(), 400);
+    let mut keyless = deploy(1, "x");
+    keyless["spec"]["template"]["spec"]["containers"] = json!([{"image": "nginx"}]);
+    let err = apply(&Value::Null, keyless, &ctx("k")).expect_err("422");
+    assert_eq!(err.code(), 422);
+    assert!(err.to_string().contains(".spec.template.spec.containers: element 0") && err.to_string().contains("\"name\""), "{err}");
 }
 
 #[test]
