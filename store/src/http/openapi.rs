@@ -324,6 +324,22 @@ fn preserve_unknown(r: &ApiResource) -> Value {
     })
 }
 
+/// A custom resource's schema with `apiVersion`, `kind` and `metadata` declared, as kube-apiserver
+/// publishes it (definitions leave them out).
+fn with_type_and_object_meta(mut schema: Value, r: &ApiResource) -> Value {
+    let base = preserve_unknown(r);
+    if let Some(map) = schema.as_object_mut() {
+        map.entry("type").or_insert_with(|| "object".into());
+        let props = map.entry("properties").or_insert_with(|| json!({}));
+        if let (Some(props), Some(base_props)) = (props.as_object_mut(), base["properties"].as_object()) {
+            for (k, v) in base_props {
+                props.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    schema
+}
+
 /// Generates the schemas of these resources: component name per kind, and all definitions.
 fn generate(
     catalog: &dyn ResourceCatalog,
@@ -341,7 +357,7 @@ fn generate(
             }
             None => {
                 let name = custom_schema_name(r);
-                let schema = catalog.schema(r).unwrap_or_else(|| preserve_unknown(r));
+                let schema = catalog.schema(r).map_or_else(|| preserve_unknown(r), |s| with_type_and_object_meta(s, r));
                 custom.push((name.clone(), schema));
                 roots.insert(r.kind.to_string(), name);
             }

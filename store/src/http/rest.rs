@@ -149,7 +149,8 @@ async fn dispatch(state: &State, req: Request<Incoming>, path: &ResourcePath, qu
             }
             let timeout = params.timeout_seconds.map_or(state.default_watch_timeout, |s| Duration::from_secs(u64::from(s)));
             let stream = state.client.watch(target, &params).await?;
-            let encoding = watch::Encoding { resource: resource.clone(), output, include };
+            let printer = printer(state, &resource, output).await;
+            let encoding = watch::Encoding { resource: resource.clone(), printer, output, include };
             let mut response = Response::new(watch::body(stream, encoding, timeout, state.metrics.clone()));
             response.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
             response.headers_mut().insert(http::header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
@@ -165,7 +166,8 @@ async fn dispatch(state: &State, req: Request<Incoming>, path: &ResourcePath, qu
             if output == Output::Table {
                 let items: Vec<Value> = list.items.iter().map(|o| typed_value(o, &resource)).collect();
                 let meta = serde_json::to_value(&list.metadata).unwrap_or_else(|_| json!({}));
-                return Ok(body::respond(StatusCode::OK, &table::table(&resource, &items, meta, include, true), output).into());
+                let printer = printer(state, &resource, output).await;
+                return Ok(body::respond(StatusCode::OK, &table::table(&printer, &items, meta, include), output).into());
             }
             let mut list = list;
             list.types = TypeMeta { api_version: resource.api_version(), kind: format!("{}List", resource.kind) };
@@ -178,7 +180,8 @@ async fn dispatch(state: &State, req: Request<Incoming>, path: &ResourcePath, qu
             let value = typed_value(&obj, &resource);
             if output == Output::Table {
                 let meta = json!({"resourceVersion": obj.metadata.resource_version});
-                return Ok(body::respond(StatusCode::OK, &table::table(&resource, &[value], meta, include, true), output).into());
+                let printer = printer(state, &resource, output).await;
+                return Ok(body::respond(StatusCode::OK, &table::table(&printer, &[value], meta, include), output).into());
             }
             Ok(body::respond(StatusCode::OK, &value, output).into())
         }
@@ -228,6 +231,21 @@ async fn dispatch(state: &State, req: Request<Incoming>, path: &ResourcePath, qu
             Ok(body::respond(StatusCode::OK, &deleted, plain(output)).into())
         }
         _ => Err(Error::method_not_allowed(format!("method {verb} is not supported here"))),
+    }
+}
+
+/// How rows of a resource print: built-in columns, or a custom resource's printer columns read
+/// from its definition (through the client, like any other object).
+async fn printer(state: &State, resource: &ApiResource, output: Output) -> table::Printer {
+    if output != Output::Table || openapi::is_typed(resource) {
+        return table::Printer::Builtin(resource.clone());
+    }
+    let Some(crds) = bosun_core::resource::builtin("apiextensions.k8s.io", "v1", "CustomResourceDefinition") else {
+        return table::Printer::Builtin(resource.clone());
+    };
+    match state.client.get(Target::new(crds, None), &resource.group_resource()).await {
+        Ok(crd) => table::Printer::from_definition(&crd.to_value(), &resource.version),
+        Err(_) => table::Printer::Builtin(resource.clone()),
     }
 }
 

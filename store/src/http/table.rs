@@ -879,9 +879,111 @@ impl Include {
     }
 }
 
+/// A custom resource's `additionalPrinterColumns` entry.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct CustomColumn {
+    name: String,
+    type_: String,
+    format: String,
+    description: String,
+    priority: i64,
+    /// The JSONPath as dotted segments (`.spec.replicas` → `spec`, `replicas`); `[n]` indexes.
+    path: Vec<String>,
+}
+
+/// How a resource's rows are printed.
+#[derive(Debug, Clone)]
+pub(crate) enum Printer {
+    /// The built-in columns of [`table_columns`].
+    Builtin(ApiResource),
+    /// A custom resource's printer columns (always led by Name).
+    Custom(Vec<CustomColumn>),
+}
+
+impl Printer {
+    /// The printer of a custom resource from its definition: the served version's
+    /// `additionalPrinterColumns`, or Name and Age when it declares none.
+    pub(crate) fn from_definition(crd: &Value, version: &str) -> Self {
+        let declared = items(crd, "spec.versions")
+            .iter()
+            .find(|v| text(v, "name") == version)
+            .map(|v| items(v, "additionalPrinterColumns"))
+            .unwrap_or(&[]);
+        let mut columns: Vec<CustomColumn> = declared
+            .iter()
+            .map(|c| CustomColumn {
+                name: text(c, "name").to_owned(),
+                type_: text(c, "type").to_owned(),
+                format: text(c, "format").to_owned(),
+                description: text(c, "description").to_owned(),
+                priority: int(c, "priority"),
+                path: text(c, "jsonPath").trim_start_matches('.').split('.').filter(|p| !p.is_empty()).map(str::to_owned).collect(),
+            })
+            .collect();
+        if columns.is_empty() {
+            columns.push(CustomColumn {
+                name: "Age".into(),
+                type_: "date".into(),
+                format: String::new(),
+                description: "CreationTimestamp".into(),
+                priority: 0,
+                path: vec!["metadata".into(), "creationTimestamp".into()],
+            });
+        }
+        Self::Custom(columns)
+    }
+
+    fn definitions(&self) -> Vec<Value> {
+        match self {
+            Self::Builtin(r) => column_definitions(r),
+            Self::Custom(columns) => {
+                let mut defs = vec![
+                    json!({"name": "Name", "type": "string", "format": "name", "description": "Name must be unique within a namespace.", "priority": 0}),
+                ];
+                defs.extend(columns.iter().map(
+                    |c| json!({"name": c.name, "type": c.type_, "format": c.format, "description": c.description, "priority": c.priority}),
+                ));
+                defs
+            }
+        }
+    }
+
+    fn cells(&self, object: &Value, now: Timestamp) -> Vec<Value> {
+        match self {
+            Self::Builtin(r) => table_row(r, object, now),
+            Self::Custom(columns) => {
+                let mut cells = vec![Value::from(text(object, "metadata.name"))];
+                cells.extend(columns.iter().map(|c| custom_cell(c, object, now)));
+                cells
+            }
+        }
+    }
+}
+
+fn custom_cell(column: &CustomColumn, object: &Value, now: Timestamp) -> Value {
+    let mut at = object;
+    for seg in &column.path {
+        let (key, index) = match seg.split_once('[') {
+            Some((k, rest)) => (k, rest.trim_end_matches(']').parse::<usize>().ok()),
+            None => (seg.as_str(), None),
+        };
+        at = at.get(key).unwrap_or(&Value::Null);
+        if let Some(i) = index {
+            at = at.get(i).unwrap_or(&Value::Null);
+        }
+    }
+    match (column.type_.as_str(), at) {
+        (_, Value::Null) => Value::Null,
+        ("date", Value::String(s)) => s.parse::<Timestamp>().map_or_else(|_| Value::from(s.clone()), |t| since(Some(t), now).into()),
+        ("string", Value::Number(_) | Value::Bool(_)) => at.to_string().into(),
+        ("string", Value::Object(_) | Value::Array(_)) => at.to_string().into(),
+        _ => at.clone(),
+    }
+}
+
 /// One row with its object.
-pub(crate) fn row(resource: &ApiResource, object: &Value, now: Timestamp, include: Include) -> Value {
-    let cells = table_row(resource, object, now);
+pub(crate) fn row(printer: &Printer, object: &Value, now: Timestamp, include: Include) -> Value {
+    let cells = printer.cells(object, now);
     let object = match include {
         Include::None => Value::Null,
         Include::Object => object.clone(),
@@ -901,16 +1003,16 @@ pub(crate) fn now() -> Timestamp {
 }
 
 /// A whole table.
-pub(crate) fn table(resource: &ApiResource, objects: &[Value], list_meta: Value, include: Include, headers: bool) -> Value {
+pub(crate) fn table(printer: &Printer, objects: &[Value], list_meta: Value, include: Include) -> Value {
     let now = now();
-    let rows: Vec<Value> = objects.iter().map(|o| row(resource, o, now, include)).collect();
-    let mut t = json!({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": list_meta, "rows": rows});
-    if let (true, Some(map)) = (headers, t.as_object_mut()) {
-        map.insert("columnDefinitions".into(), Value::Array(column_definitions(resource)));
-    } else if let Some(map) = t.as_object_mut() {
-        map.insert("columnDefinitions".into(), Value::Null);
-    }
-    t
+    let rows: Vec<Value> = objects.iter().map(|o| row(printer, o, now, include)).collect();
+    json!({
+        "kind": "Table",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": list_meta,
+        "columnDefinitions": printer.definitions(),
+        "rows": rows,
+    })
 }
 
 #[cfg(test)]
@@ -992,5 +1094,28 @@ mod tests {
         for r in bosun_core::resource::builtin_resources() {
             assert_eq!(table_row(r, &empty, now()).len(), table_columns(r).len(), "{}", r.kind);
         }
+    }
+}
+
+#[cfg(test)]
+mod custom_tests {
+    use super::*;
+
+    #[test]
+    fn custom_resources_print_their_printer_columns() {
+        let crd = json!({"spec": {"versions": [{"name": "v1", "additionalPrinterColumns": [
+            {"name": "Spec", "type": "string", "jsonPath": ".spec.cronSpec"},
+            {"name": "Replicas", "type": "integer", "jsonPath": ".spec.replicas"},
+            {"name": "First", "type": "string", "jsonPath": ".spec.items[0]"},
+        ]}]}});
+        let printer = Printer::from_definition(&crd, "v1");
+        let obj = json!({"metadata": {"name": "ct"}, "spec": {"cronSpec": "* * * * */5", "replicas": 2, "items": ["a", "b"]}});
+        let t = table(&printer, &[obj], json!({}), Include::None);
+        let names: Vec<&str> = t["columnDefinitions"].as_array().into_iter().flatten().filter_map(|c| c["name"].as_str()).collect();
+        assert_eq!(names, ["Name", "Spec", "Replicas", "First"]);
+        assert_eq!(t["rows"][0]["cells"], json!(["ct", "* * * * */5", 2, "a"]));
+        let plain = Printer::from_definition(&json!({}), "v1");
+        let t = table(&plain, &[json!({"metadata": {"name": "x"}})], json!({}), Include::None);
+        assert_eq!(t["columnDefinitions"][1]["name"], "Age");
     }
 }

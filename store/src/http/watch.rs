@@ -17,6 +17,7 @@ use std::time::Duration;
 #[derive(Debug, Clone)]
 pub(crate) struct Encoding {
     pub resource: ApiResource,
+    pub printer: table::Printer,
     pub output: Output,
     pub include: Include,
 }
@@ -34,7 +35,7 @@ impl Encoding {
                 match self.output {
                     Output::Table => {
                         let rv = o.metadata.resource_version.clone().unwrap_or_default();
-                        table::table(&self.resource, std::slice::from_ref(&value), json!({"resourceVersion": rv}), self.include, true)
+                        table::table(&self.printer, std::slice::from_ref(&value), json!({"resourceVersion": rv}), self.include)
                     }
                     _ => value,
                 }
@@ -99,7 +100,7 @@ mod tests {
 
     fn encoding(output: Output) -> Encoding {
         let resource = bosun_core::resource::builtin("", "v1", "ConfigMap").cloned().unwrap_or_else(|| unreachable!());
-        Encoding { resource, output, include: Include::Metadata }
+        Encoding { printer: table::Printer::Builtin(resource.clone()), resource, output, include: Include::Metadata }
     }
 
     #[test]

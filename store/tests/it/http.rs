@@ -443,3 +443,31 @@ async fn logs_and_exec_go_to_the_node_connection() -> TestResult {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn pods_bind_and_evict_through_subresources() -> TestResult {
+    let (_api, server) = start().await?;
+    let pods = "/api/v1/namespaces/default/pods";
+    let pod =
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "nginx"}]}});
+    let created = call(&server, Method::POST, pods, &[("content-type", "application/json")], serde_json::to_vec(&pod)?).await?;
+    assert_eq!(created.status, StatusCode::CREATED, "{:?}", created.body);
+    let binding = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "p"}, "target": {"apiVersion": "v1", "kind": "Node", "name": "node-1"}});
+    let bound =
+        call(&server, Method::POST, &format!("{pods}/p/binding"), &[("content-type", "application/json")], serde_json::to_vec(&binding)?)
+            .await?;
+    assert_eq!(bound.status, StatusCode::CREATED, "{:?}", bound.body);
+    assert_eq!(get(&server, &format!("{pods}/p")).await?.json()["spec"]["nodeName"], "node-1");
+    let table = call(&server, Method::GET, &format!("{pods}/p"), &[("accept", TABLE)], Bytes::new()).await?.json();
+    let columns: Vec<&str> = table["columnDefinitions"].as_array().into_iter().flatten().filter_map(|c| c["name"].as_str()).collect();
+    assert_eq!(columns[..5], ["Name", "Ready", "Status", "Restarts", "Age"]);
+    assert_eq!(table["rows"][0]["cells"][6], "node-1");
+    let eviction = json!({"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": "p", "namespace": "default"}});
+    let evicted =
+        call(&server, Method::POST, &format!("{pods}/p/eviction"), &[("content-type", "application/json")], serde_json::to_vec(&eviction)?)
+            .await?;
+    assert_eq!(evicted.status, StatusCode::CREATED, "{:?}", evicted.body);
+    let after = get(&server, &format!("{pods}/p")).await?;
+    assert!(after.status == StatusCode::NOT_FOUND || after.json()["metadata"]["deletionTimestamp"].is_string(), "{:?}", after.body);
+    Ok(())
+}

@@ -334,3 +334,65 @@ async fn kubectl_talks_https_with_the_written_kubeconfig() -> TestResult {
     assert!(version.contains("\"minor\": \"32\""), "{version}");
     Ok(())
 }
+
+const CRD: &str = r#"apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: crontabs.stable.example.com
+spec:
+  group: stable.example.com
+  scope: Namespaced
+  names:
+    plural: crontabs
+    singular: crontab
+    kind: CronTab
+    shortNames: ["ct"]
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema:
+      openAPIV3Schema:
+        type: object
+        properties:
+          spec:
+            type: object
+            properties:
+              cronSpec:
+                type: string
+              replicas:
+                type: integer
+    additionalPrinterColumns:
+    - name: Spec
+      type: string
+      jsonPath: .spec.cronSpec
+    - name: Replicas
+      type: integer
+      jsonPath: .spec.replicas
+    - name: Age
+      type: date
+      jsonPath: .metadata.creationTimestamp
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_serves_custom_resources_with_their_printer_columns() -> TestResult {
+    if !have_kubectl() {
+        return Ok(());
+    }
+    let (_api, server) = start().await?;
+    let k = Kubectl::new(&server)?;
+    let crd = k.file("crd.yaml", CRD)?;
+    k.ok(&["apply", "-f", &crd]).await?;
+    k.ok(&["wait", "--for=condition=Established", "crd/crontabs.stable.example.com", "--timeout=20s"]).await?;
+    let cr = k.file("cr.yaml", "apiVersion: stable.example.com/v1\nkind: CronTab\nmetadata:\n  name: nightly\n  namespace: default\nspec:\n  cronSpec: \"0 3 * * *\"\n  replicas: 2\n")?;
+    let out = k.ok(&["apply", "-f", &cr]).await?;
+    assert!(out.contains("crontab.stable.example.com/nightly created"), "{out}");
+    let table = rows(&k.ok(&["get", "ct"]).await?);
+    assert_eq!(table[0], ["NAME", "SPEC", "REPLICAS", "AGE"]);
+    assert_eq!(table[1][..3], ["nightly".to_owned(), "0 3 * * *".to_owned(), "2".to_owned()]);
+    let err = k.fails(&["patch", "ct", "nightly", "--type=strategic", "-p", r#"{"spec":{"replicas":3}}"#]).await?;
+    assert!(err.contains("application/strategic-merge-patch+json is not supported"), "{err}");
+    k.ok(&["patch", "ct", "nightly", "--type=merge", "-p", r#"{"spec":{"replicas":3}}"#]).await?;
+    assert_eq!(k.ok(&["get", "ct", "nightly", "-o", "jsonpath={.spec.replicas}"]).await?, "3");
+    Ok(())
+}
