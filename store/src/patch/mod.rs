@@ -43,10 +43,12 @@ pub mod apply;
 pub mod error;
 pub mod fieldpath;
 pub mod json_patch;
+pub mod managed;
 pub mod merge_patch;
 pub mod schema;
 mod schema_table;
 pub mod strategic;
+pub mod structured;
 pub mod yaml;
 
 use bosun_core::{ApiResource, Patch};
