@@ -120,10 +120,13 @@ impl ApplyContext {
     }
 }
 
-/// Applies any patch type to `live` for the resource `resource`.
+/// Applies any patch type to `live` for the resource `resource` and returns the patched object.
 ///
-/// `live` is the stored object. JSON, merge and strategic merge patches need it to exist (the
-/// caller answers 404 otherwise).
+/// `live` is the stored object as JSON. JSON, merge and strategic merge patches need it to
+/// exist (the caller answers 404 otherwise); server-side apply takes `Value::Null` for an object
+/// that does not exist yet and creates it. Strategic merge patch on a kind that is not built in
+/// is [`PatchError::StrategicUnsupported`] (415). Only server-side apply reads `ctx` and updates
+/// `metadata.managedFields`; after the other patch types call [`record_update`].
 pub fn apply_patch(resource: &ApiResource, live: &Value, patch: &Patch, ctx: &ApplyContext) -> Result<Value> {
     match patch {
         Patch::Json(p) => json_patch(live, p),
