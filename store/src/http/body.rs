@@ -69,10 +69,10 @@ pub(crate) fn decode(bytes: &[u8], format: Format) -> Result<serde_json::Value> 
         }),
         Format::Yaml => {
             // JSON is YAML too, but serde_json gives better positions for it.
-            if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{') {
-                if let Ok(v) = serde_json::from_slice(bytes) {
-                    return Ok(v);
-                }
+            if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
+                && let Ok(v) = serde_json::from_slice(bytes)
+            {
+                return Ok(v);
             }
             let value: serde_yaml::Value = serde_yaml::from_slice(bytes).map_err(|e| {
                 let at = e.location().map(|l| format!(" (line {}, column {})", l.line(), l.column())).unwrap_or_default();

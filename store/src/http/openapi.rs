@@ -92,9 +92,12 @@ pub(crate) struct GroupVersionDoc {
 }
 
 /// Generates and caches documents; regenerated when the served resources change.
+/// Documents by (group, version), with the fingerprint of the resources they were made from.
+type DocCache = HashMap<(String, String), (u64, Arc<GroupVersionDoc>)>;
+
 #[derive(Default)]
 pub(crate) struct OpenApi {
-    cache: Mutex<HashMap<(String, String), (u64, Arc<GroupVersionDoc>)>>,
+    cache: Mutex<DocCache>,
     v2: Mutex<Option<(u64, bytes::Bytes)>>,
 }
 
@@ -486,10 +489,8 @@ impl OpenApi {
         }
         let print = fingerprint(served.iter().copied());
         let key = (group.to_owned(), version.to_owned());
-        if let Some((p, doc)) = self.cache.lock().ok()?.get(&key) {
-            if *p == print {
-                return Some(doc.clone());
-            }
+        if let Some((_, doc)) = self.cache.lock().ok()?.get(&key).filter(|(p, _)| *p == print) {
+            return Some(doc.clone());
         }
         let (roots, defs) = generate(catalog, &served, SchemaSettings::openapi3());
         let mut paths = Map::new();
@@ -540,10 +541,10 @@ impl OpenApi {
     pub(crate) fn v2(&self, catalog: &dyn ResourceCatalog) -> bytes::Bytes {
         let all = catalog.resources();
         let print = fingerprint(all.iter());
-        if let Ok(cache) = self.v2.lock() {
-            if let Some((_, bytes)) = cache.as_ref().filter(|(p, _)| *p == print) {
-                return bytes.clone();
-            }
+        if let Ok(cache) = self.v2.lock()
+            && let Some((_, bytes)) = cache.as_ref().filter(|(p, _)| *p == print)
+        {
+            return bytes.clone();
         }
         let served: Vec<&ApiResource> = all.iter().collect();
         let settings = SchemaSettings::openapi3().with(|s| s.definitions_path = "/definitions".into());

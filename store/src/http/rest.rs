@@ -257,11 +257,9 @@ fn plain(output: Output) -> Output {
 /// The object as JSON with its type meta filled in.
 fn typed_value(obj: &DynamicObject, resource: &ApiResource) -> Value {
     let mut value = obj.to_value();
-    if let Some(map) = value.as_object_mut() {
-        if !map.contains_key("kind") {
-            map.insert("apiVersion".into(), resource.api_version().into());
-            map.insert("kind".into(), resource.kind.to_string().into());
-        }
+    if let Some(map) = value.as_object_mut().filter(|m| !m.contains_key("kind")) {
+        map.insert("apiVersion".into(), resource.api_version().into());
+        map.insert("kind".into(), resource.kind.to_string().into());
     }
     value
 }

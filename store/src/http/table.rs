@@ -340,10 +340,10 @@ fn pod_status(v: &Value, now: Timestamp) -> (String, String, String) {
         let mut has_running = false;
         for c in items(v, "status.containerStatuses").iter().rev() {
             restarts += int(c, "restartCount");
-            if let Some(t) = timestamp(c, "lastState.terminated.finishedAt") {
-                if last_restart.is_none_or(|l| t > l) {
-                    last_restart = Some(t);
-                }
+            if let Some(t) = timestamp(c, "lastState.terminated.finishedAt")
+                && last_restart.is_none_or(|l| t > l)
+            {
+                last_restart = Some(t);
             }
             let waiting = at(c, "state.waiting");
             let terminated = at(c, "state.terminated");
