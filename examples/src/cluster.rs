@@ -14,7 +14,7 @@ use bosun_scheduler::Scheduler;
 use bosun_store::http::{HttpConfig, NodeConnector};
 use bosun_store::{ApiServer, DurableStorage, MemoryStorage, Storage};
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -141,9 +141,9 @@ impl Cluster {
         for i in 0..config.nodes {
             let name = if config.nodes == 1 { "node-1".to_owned() } else { format!("node-{}", i + 1) };
             let root = config.data_dir.join("nodes").join(&name);
-            let runtime = ProcessRuntime::builder(root.join("runtime"))
-                .first_ip(Ipv4Addr::new(127, 20 + u8::try_from(i % 200).unwrap_or(0), 0, 1))
-                .build()?;
+            // Pod IPs start at 127.<n>.0.1 with n derived from the node's state directory, so that
+            // clusters on different data directories rarely share addresses.
+            let runtime = ProcessRuntime::new(root.join("runtime"))?;
             let agent_config = NodeAgentConfig::new(name.clone(), root).lease_renew_interval(config.lease_renew);
             let handle = NodeAgent::new(client.clone(), runtime, HostImages, agent_config).start().await?;
             connector.nodes.write().unwrap_or_else(std::sync::PoisonError::into_inner).insert(name.clone(), handle.clone());
@@ -209,17 +209,29 @@ impl Cluster {
         &self.nodes
     }
 
-    /// Stops every component (running containers are left to the next start to re-adopt).
+    /// Stops every component and releases the store; running containers are left for the next
+    /// start on the same data directory to re-adopt.
     pub async fn shutdown(mut self) {
-        for t in self.tasks.drain(..) {
-            t.abort();
+        for node in self.nodes.drain(..) {
+            node.shutdown();
+        }
+        for task in &self.tasks {
+            task.abort();
+        }
+        for task in self.tasks.drain(..) {
+            let _ = task.await;
         }
         if let Some(dns) = self.dns.take() {
             dns.shutdown().await;
         }
+        if let Some(ingress) = self._ingress.take() {
+            ingress.shutdown().await;
+        }
         if let Some(server) = self.server.take() {
             server.shutdown().await;
         }
+        // Dropping the scheduler and the last handles on the API server closes the store.
+        drop(self);
     }
 }
 

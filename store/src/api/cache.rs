@@ -175,6 +175,13 @@ const MAX_WRITTEN: usize = 16_384;
 
 impl Drop for KindCache {
     fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl KindCache {
+    /// Stops the task that follows the storage watch (it holds the cache and the storage while it runs).
+    pub(crate) fn stop(&self) {
         if let Some(t) = self.task.get() {
             t.abort();
         }

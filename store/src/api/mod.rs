@@ -65,6 +65,15 @@ impl std::fmt::Debug for ApiServer {
     }
 }
 
+impl Drop for ApiServer {
+    /// Stops the watch-cache tasks, so that dropping the last handle releases the storage.
+    fn drop(&mut self) {
+        for cache in self.caches.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner).values() {
+            cache.stop();
+        }
+    }
+}
+
 /// Builds an [`ApiServer`] over any storage.
 #[must_use]
 pub struct ApiServerBuilder {

@@ -60,7 +60,11 @@ impl Kubectl {
             if ok && check(&stdout) {
                 return stdout;
             }
-            assert!(Instant::now() < deadline, "kubectl {args:?} never satisfied the check:\nstdout: {stdout}\nstderr: {stderr}");
+            if Instant::now() >= deadline {
+                let (_, pods, _) = self.try_run(&["get", "pods", "-A", "-o", "wide"]);
+                let (_, describe, _) = self.try_run(&["describe", "pods", "-A"]);
+                panic!("kubectl {args:?} never satisfied the check:\nstdout: {stdout}\nstderr: {stderr}\n{pods}\n{describe}");
+            }
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
     }

@@ -28,10 +28,43 @@ fn config(dir: &Path) -> ClusterConfig {
     }
 }
 
+/// Waits for the Deployment's rollout; on failure prints what the pods say before failing.
+fn rollout(k: &Kubectl) {
+    let (ok, stdout, stderr) = k.try_run(&["-n", "quickstart", "rollout", "status", "deploy/web", "--timeout=120s"]);
+    if !ok {
+        let (_, pods, _) = k.try_run(&["-n", "quickstart", "get", "pods", "-o", "wide"]);
+        let (_, describe, _) = k.try_run(&["-n", "quickstart", "describe", "pods"]);
+        panic!("rollout failed:\n{stdout}\n{stderr}\n{pods}\n{describe}");
+    }
+}
+
+/// Kills whatever containers the cluster left running (on success and on failure alike).
+struct KillContainers(PathBuf);
+
+impl Drop for KillContainers {
+    fn drop(&mut self) {
+        let Ok(nodes) = std::fs::read_dir(self.0.join("data/nodes")) else { return };
+        for node in nodes.flatten() {
+            let Ok(records) = std::fs::read_dir(node.path().join("runtime/containers")) else { continue };
+            for record in records.flatten() {
+                let pid = std::fs::read(record.path())
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                    .and_then(|v| v.get("pid").and_then(serde_json::Value::as_i64));
+                if let Some(pid) = pid.filter(|p| *p > 1) {
+                    // Each container leads its own process group.
+                    let _ = std::process::Command::new("kill").args(["-9", "--", &format!("-{pid}")]).status();
+                }
+            }
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_quick_start_works_end_to_end() {
     let Some(binary) = kubectl_binary() else { return };
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let _cleanup = KillContainers(dir.path().to_owned());
     let cluster = Cluster::start(config(dir.path())).await.unwrap_or_else(|e| panic!("start cluster: {e}"));
     let k = Kubectl::new(binary, &dir.path().join("kubeconfig"), &dir.path().join("cache"));
 
@@ -42,7 +75,7 @@ async fn the_quick_start_works_end_to_end() {
     {
         assert!(applied.contains(what), "{applied}");
     }
-    k.run(&["-n", "quickstart", "rollout", "status", "deploy/web", "--timeout=90s"]);
+    rollout(&k);
     let pods = k.run(&["-n", "quickstart", "get", "pods"]);
     assert_eq!(pods.lines().filter(|l| l.contains("1/1") && l.contains("Running")).count(), 3, "{pods}");
     let deploy = k.run(&["-n", "quickstart", "get", "deploy", "web"]);
@@ -72,12 +105,12 @@ async fn the_quick_start_works_end_to_end() {
 
     // Rolling update of the command's input, then rollback.
     k.run(&["-n", "quickstart", "set", "env", "deploy/web", "GREETING=hi from v2"]);
-    k.run(&["-n", "quickstart", "rollout", "status", "deploy/web", "--timeout=90s"]);
+    rollout(&k);
     http_eventually(&service, "web", WAIT, |b| b.starts_with("hi from v2")).await;
     let history = k.run(&["-n", "quickstart", "rollout", "history", "deploy/web"]);
     assert!(history.contains('1') && history.contains('2'), "{history}");
     k.run(&["-n", "quickstart", "rollout", "undo", "deploy/web"]);
-    k.run(&["-n", "quickstart", "rollout", "status", "deploy/web", "--timeout=90s"]);
+    rollout(&k);
     http_eventually(&service, "web", WAIT, |b| b.contains("hello from bosun (v1)")).await;
 
     // Logs.
