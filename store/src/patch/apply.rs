@@ -19,6 +19,23 @@ pub use super::structured::{diff, field_set};
 // ---------------------------------------------------------------------------------------------
 // Scope: the fields managedFields tracks for a write
 
+/// The field manager whose applies may take over what client-side apply set (kubectl's upgrade
+/// from `kubectl apply` to `kubectl apply --server-side`).
+const KUBECTL: &str = "kubectl";
+
+/// The `kubectl.kubernetes.io/last-applied-configuration` annotation client-side apply keeps.
+pub const LAST_APPLIED_ANNOTATION: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// The fields of the object's last client-side applied configuration that still hold the
+/// values it applied: kube-apiserver lets the `kubectl` manager take these over without a
+/// conflict, so that switching to server-side apply needs no `--force-conflicts`.
+fn last_applied_fields(live: &Value, root: Pos<'_>, resource: &ApiResource) -> FieldSet {
+    let text = live.pointer("/metadata/annotations").and_then(|a| a.get(LAST_APPLIED_ANNOTATION)).and_then(Value::as_str);
+    let Some(last) = text.and_then(|t| serde_json::from_str::<Value>(t).ok()).filter(Value::is_object) else { return FieldSet::new() };
+    let (changed, removed) = diff_at(&last, live, root);
+    scope(&set_of(&last, root).difference(&changed).difference(&removed), resource, None)
+}
+
 fn f(name: &str) -> PathElement {
     PathElement::Field(name.to_owned())
 }
@@ -125,11 +142,10 @@ pub fn server_side_apply(resource: &ApiResource, live: &Value, applied: &Value, 
 
     let is_self = |e: &ManagedFieldsEntry| e.same_owner(manager, APPLY, api_version, sub);
     let mut conflicts = Vec::new();
-    for entry in managers.iter_mut().filter(|e| !is_self(e)) {
-        let clash = entry.fields.intersection(&changed).intersection(&new_set);
-        if clash.is_empty() {
-            continue;
-        }
+    let mut clashes = Vec::with_capacity(managers.len());
+    let mut clashing = FieldSet::new();
+    for entry in &managers {
+        let clash = if is_self(entry) { FieldSet::new() } else { entry.fields.intersection(&changed).intersection(&new_set) };
         for p in clash.paths() {
             conflicts.push(FieldConflict {
                 manager: entry.manager.clone(),
@@ -137,12 +153,19 @@ pub fn server_side_apply(resource: &ApiResource, live: &Value, applied: &Value, 
                 field: path_string(&p),
             });
         }
-        if ctx.force {
-            entry.fields = entry.fields.difference(&clash);
-        }
+        clashing = clashing.union(&clash);
+        clashes.push(clash);
     }
-    if !conflicts.is_empty() && !ctx.force {
+    let force = ctx.force
+        || conflicts.is_empty()
+        || (manager == KUBECTL && clashing.difference(&last_applied_fields(&live_obj, root, resource)).is_empty());
+    if !force {
         return Err(PatchError::Conflict(conflicts));
+    }
+    for (entry, clash) in managers.iter_mut().zip(&clashes) {
+        if !clash.is_empty() {
+            entry.fields = entry.fields.difference(clash);
+        }
     }
 
     let previous = managers.iter().find(|e| is_self(e)).map(|e| e.fields.clone()).unwrap_or_default();

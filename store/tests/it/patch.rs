@@ -217,6 +217,26 @@ fn updates_take_ownership_and_make_later_applies_conflict() {
 }
 
 #[test]
+fn kubectl_takes_over_what_client_side_apply_set_without_conflicts() {
+    let res = deployments();
+    // `kubectl apply` (client-side): the object carries its last-applied configuration.
+    let mut created = deploy(2, "nginx:1");
+    created["metadata"]["annotations"] = json!({patch::apply::LAST_APPLIED_ANNOTATION: deploy(2, "nginx:1").to_string()});
+    patch::record_update(&res, None, &mut created, &ctx("kubectl-client-side-apply")).expect("record create");
+    // `kubectl apply --server-side` with changed values: no conflict for the kubectl manager.
+    let obj = apply(&created, deploy(3, "nginx:2"), &ctx("kubectl")).expect("kubectl upgrades without conflicts");
+    assert_eq!(obj["spec"]["replicas"], 3);
+    assert!(fields_of(&obj, "kubectl-client-side-apply")["f:spec"].get("f:replicas").is_none());
+    // Another manager still conflicts, and so does kubectl on a field last-applied does not hold.
+    assert!(matches!(apply(&created, deploy(3, "nginx:1"), &ctx("other")), Err(PatchError::Conflict(_))));
+    let mut scaled = created.clone();
+    scaled["spec"]["replicas"] = json!(5);
+    patch::record_update(&res, Some(&created), &mut scaled, &ctx("hpa")).expect("hpa scales");
+    let err = apply(&scaled, deploy(3, "nginx:1"), &ctx("kubectl")).expect_err("the autoscaler's replicas conflict");
+    assert!(matches!(&err, PatchError::Conflict(c) if c.len() == 1 && c[0].manager == "hpa"), "{err:?}");
+}
+
+#[test]
 fn managed_fields_set_by_the_request_replace_the_tracked_ones() {
     let res = deployments();
     let mut created = deploy(2, "nginx:1");
