@@ -92,6 +92,17 @@ pub(crate) enum Output {
     Yaml,
     /// `meta.k8s.io/v1` `Table`.
     Table,
+    /// `meta.k8s.io/v1` `PartialObjectMetadata` (and `PartialObjectMetadataList` for lists).
+    Metadata,
+}
+
+/// An object reduced to `PartialObjectMetadata`.
+pub(crate) fn partial_metadata(object: &serde_json::Value) -> serde_json::Value {
+    serde_json::json!({
+        "kind": "PartialObjectMetadata",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": object.get("metadata").cloned().unwrap_or_else(|| serde_json::json!({})),
+    })
 }
 
 /// Picks the response format from `Accept`: a Table when asked for (as kubectl get does), JSON
@@ -112,6 +123,11 @@ pub(crate) fn negotiate(headers: &HeaderMap) -> Result<Output> {
                 None => return Ok(Output::Json),
                 Some("Table") if param("g") == Some("meta.k8s.io") && matches!(param("v"), Some("v1" | "v1beta1")) => {
                     return Ok(Output::Table);
+                }
+                Some("PartialObjectMetadata" | "PartialObjectMetadataList")
+                    if param("g") == Some("meta.k8s.io") && matches!(param("v"), Some("v1" | "v1beta1")) =>
+                {
+                    return Ok(Output::Metadata);
                 }
                 Some(_) => {}
             },
@@ -134,7 +150,7 @@ pub(crate) fn respond<T: Serialize + ?Sized>(code: StatusCode, value: &T, output
             Ok(s) => (Bytes::from(s), "application/yaml"),
             Err(e) => return status_response(&Error::internal(format!("encode yaml: {e}"))),
         },
-        Output::Json | Output::Table => match serde_json::to_vec(value) {
+        Output::Json | Output::Table | Output::Metadata => match serde_json::to_vec(value) {
             Ok(v) => (Bytes::from(v), "application/json"),
             Err(e) => return status_response(&Error::internal(format!("encode json: {e}"))),
         },
@@ -191,6 +207,8 @@ mod tests {
         assert_eq!(negotiate(&accept("application/json")).ok(), Some(Output::Json));
         assert_eq!(negotiate(&HeaderMap::new()).ok(), Some(Output::Json));
         assert_eq!(negotiate(&accept("application/yaml")).ok(), Some(Output::Yaml));
+        let meta = accept("application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json");
+        assert_eq!(negotiate(&meta).ok(), Some(Output::Metadata));
     }
 
     #[test]

@@ -163,6 +163,12 @@ async fn dispatch(state: &State, req: Request<Incoming>, path: &ResourcePath, qu
                 return Ok(body::text(StatusCode::OK, lists::to_json(&list), "application/json").into());
             }
             let list = state.client.list(target, &list_params(query)?).await?;
+            if output == Output::Metadata {
+                let items: Vec<Value> = list.items.iter().map(|o| body::partial_metadata(&o.to_value())).collect();
+                let meta = serde_json::to_value(&list.metadata).unwrap_or_else(|_| json!({}));
+                let list = json!({"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1", "metadata": meta, "items": items});
+                return Ok(body::respond(StatusCode::OK, &list, output).into());
+            }
             if output == Output::Table {
                 let items: Vec<Value> = list.items.iter().map(|o| typed_value(o, &resource)).collect();
                 let meta = serde_json::to_value(&list.metadata).unwrap_or_else(|_| json!({}));
@@ -178,6 +184,9 @@ async fn dispatch(state: &State, req: Request<Incoming>, path: &ResourcePath, qu
             let name = path.name.as_deref().unwrap_or_default();
             let obj = state.client.get(target, name).await?;
             let value = typed_value(&obj, &resource);
+            if output == Output::Metadata {
+                return Ok(body::respond(StatusCode::OK, &body::partial_metadata(&value), output).into());
+            }
             if output == Output::Table {
                 let meta = json!({"resourceVersion": obj.metadata.resource_version});
                 let printer = printer(state, &resource, output).await;
@@ -251,7 +260,7 @@ async fn printer(state: &State, resource: &ApiResource, output: Output) -> table
 
 /// Writes answer plain objects even when a Table was asked for.
 fn plain(output: Output) -> Output {
-    if output == Output::Table { Output::Json } else { output }
+    if matches!(output, Output::Table | Output::Metadata) { Output::Json } else { output }
 }
 
 /// The object as JSON with its type meta filled in.

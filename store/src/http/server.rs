@@ -65,9 +65,14 @@ impl HttpConfig {
     }
 
     /// The configuration for serving an [`ApiServer`](crate::ApiServer): it is the catalog (so
-    /// custom resources appear) and the source of pre-encoded lists.
+    /// custom resources appear), the source of pre-encoded lists, and its node connection (if any)
+    /// serves logs and exec.
     pub fn for_api_server(api: &Arc<crate::api::ApiServer>) -> Self {
-        Self::default().catalog(api.clone()).encoded_lists(api.clone())
+        let config = Self::default().catalog(api.clone()).encoded_lists(api.clone());
+        match api.node_connector() {
+            Some(nodes) => config.nodes(nodes.clone()),
+            None => config,
+        }
     }
 
     /// Where plain HTTP listens (default `127.0.0.1:0`, an ephemeral port).

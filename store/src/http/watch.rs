@@ -33,6 +33,7 @@ impl Encoding {
                     map.insert("kind".into(), self.resource.kind.to_string().into());
                 }
                 match self.output {
+                    Output::Metadata => super::body::partial_metadata(&value),
                     Output::Table => {
                         let rv = o.metadata.resource_version.clone().unwrap_or_default();
                         table::table(&self.printer, std::slice::from_ref(&value), json!({"resourceVersion": rv}), self.include)

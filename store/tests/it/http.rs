@@ -471,3 +471,27 @@ async fn pods_bind_and_evict_through_subresources() -> TestResult {
     assert!(after.status == StatusCode::NOT_FOUND || after.json()["metadata"]["deletionTimestamp"].is_string(), "{:?}", after.body);
     Ok(())
 }
+
+#[tokio::test]
+async fn metadata_only_clients_get_partial_object_metadata() -> TestResult {
+    let (_api, server) = start().await?;
+    let path = "/api/v1/namespaces/default/configmaps";
+    call(&server, Method::POST, path, &[("content-type", "application/json")], serde_json::to_vec(&cm("m"))?).await?;
+    let accept = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json";
+    let list = call(&server, Method::GET, path, &[("accept", accept)], Bytes::new()).await?.json();
+    assert_eq!(list["kind"], "PartialObjectMetadataList");
+    assert_eq!(list["items"][0]["kind"], "PartialObjectMetadata");
+    assert_eq!(list["items"][0]["metadata"]["name"], "m");
+    assert!(list["items"][0].get("data").is_none());
+    let one = call(
+        &server,
+        Method::GET,
+        &format!("{path}/m"),
+        &[("accept", "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1")],
+        Bytes::new(),
+    )
+    .await?
+    .json();
+    assert_eq!((one["kind"].as_str(), one["metadata"]["name"].as_str()), (Some("PartialObjectMetadata"), Some("m")));
+    Ok(())
+}
