@@ -150,6 +150,9 @@ pub fn server_side_apply(resource: &ApiResource, live: &Value, applied: &Value, 
             conflicts.push(FieldConflict {
                 manager: entry.manager.clone(),
                 api_version: entry.api_version.clone(),
+                operation: entry.operation.clone(),
+                time: entry.time.clone(),
+                subresource: entry.subresource.clone(),
                 field: path_string(&p),
             });
         }

@@ -16,8 +16,32 @@ pub struct FieldConflict {
     pub manager: String,
     /// The `apiVersion` that manager used.
     pub api_version: String,
+    /// The manager's operation: `Apply` or `Update`.
+    pub operation: String,
+    /// When the manager last wrote (RFC 3339), for `Update` managers.
+    pub time: Option<String>,
+    /// The subresource the manager wrote through, if any.
+    pub subresource: Option<String>,
     /// The field, as structured-merge-diff prints it: `.spec.template.spec.containers[name="web"].image`.
     pub field: String,
+}
+
+impl FieldConflict {
+    /// The manager as kube-apiserver prints it in conflicts: `"kubectl"` for an applier,
+    /// `"hpa" using apps/v1 at 2026-01-01T00:00:00Z` for an updater, plus the subresource.
+    pub fn manager_display(&self) -> String {
+        let mut out = format!("{:?}", self.manager);
+        if let Some(sub) = &self.subresource {
+            out.push_str(&format!(" with subresource {sub:?}"));
+        }
+        if self.operation == "Update" {
+            out.push_str(&format!(" using {}", self.api_version));
+            if let Some(time) = &self.time {
+                out.push_str(&format!(" at {time}"));
+            }
+        }
+        out
+    }
 }
 
 /// Why a patch could not be applied. Each variant maps onto the `Status` kube-apiserver answers with.
@@ -55,25 +79,19 @@ pub enum PatchError {
 }
 
 fn conflict_message(conflicts: &[FieldConflict]) -> String {
-    let n = conflicts.len();
-    let mut out = format!("Apply failed with {n} conflict{}: ", if n == 1 { "" } else { "s" });
-    if n == 1 {
-        let c = &conflicts[0];
-        out.push_str(&format!("conflict with \"{}\" using {}: {}", c.manager, c.api_version, c.field));
-        return out;
+    if let [c] = conflicts {
+        return format!("Apply failed with 1 conflict: conflict with {}: {}", c.manager_display(), c.field);
+    }
+    let mut by_manager: std::collections::BTreeMap<String, Vec<&str>> = std::collections::BTreeMap::new();
+    for c in conflicts {
+        by_manager.entry(c.manager_display()).or_default().push(&c.field);
     }
     let mut lines = Vec::new();
-    let mut i = 0;
-    while i < n {
-        let (m, v) = (&conflicts[i].manager, &conflicts[i].api_version);
-        lines.push(format!("conflicts with \"{m}\" using {v}:"));
-        while i < n && &conflicts[i].manager == m && &conflicts[i].api_version == v {
-            lines.push(format!("- {}", conflicts[i].field));
-            i += 1;
-        }
+    for (manager, fields) in by_manager {
+        lines.push(format!("conflicts with {manager}:"));
+        lines.extend(fields.into_iter().map(|f| format!("- {f}")));
     }
-    out.push_str(&lines.join("\n"));
-    out
+    format!("Apply failed with {} conflicts: {}", conflicts.len(), lines.join("\n"))
 }
 
 impl PatchError {
@@ -107,8 +125,8 @@ impl From<PatchError> for bosun_core::Error {
                 let causes = conflicts
                     .into_iter()
                     .map(|c| StatusCause {
+                        message: Some(format!("conflict with {}", c.manager_display())),
                         field: Some(c.field),
-                        message: Some(format!("conflict with \"{}\" using {}", c.manager, c.api_version)),
                         reason: Some(FIELD_MANAGER_CONFLICT.to_owned()),
                     })
                     .collect();

@@ -121,14 +121,14 @@ fn a_second_manager_changing_an_owned_field_conflicts_with_one_cause_per_field()
     let PatchError::Conflict(conflicts) = &err else { panic!("expected a conflict, got {err:?}") };
     let fields: Vec<&str> = conflicts.iter().map(|c| c.field.as_str()).collect();
     assert_eq!(fields, vec![".spec.replicas", ".spec.template.spec.containers[name=\"web\"].image"]);
-    assert!(err.to_string().starts_with("Apply failed with 2 conflicts: conflicts with \"kubectl\" using apps/v1:"), "{err}");
+    assert!(err.to_string().starts_with("Apply failed with 2 conflicts: conflicts with \"kubectl\":\n- .spec.replicas\n- "), "{err}");
     let status = bosun_core::Error::from(err).to_status();
     assert_eq!((status.code, status.reason.as_deref()), (Some(409), Some("Conflict")));
     let causes = status.details.and_then(|d| d.causes).unwrap_or_default();
     assert_eq!(causes.len(), 2);
     assert_eq!(causes[0].reason.as_deref(), Some(FIELD_MANAGER_CONFLICT));
     assert_eq!(causes[0].field.as_deref(), Some(".spec.replicas"));
-    assert_eq!(causes[0].message.as_deref(), Some("conflict with \"kubectl\" using apps/v1"));
+    assert_eq!(causes[0].message.as_deref(), Some("conflict with \"kubectl\""));
 
     // Force takes the fields over.
     let forced = apply(&shared, intent, &ctx("other").force(true)).expect("force");
@@ -214,6 +214,7 @@ fn updates_take_ownership_and_make_later_applies_conflict() {
     assert!(fields_of(&scaled, "kubectl")["f:spec"].get("f:replicas").is_none());
     let err = apply(&scaled, deploy(2, "nginx:1"), &ctx("kubectl")).expect_err("hpa owns replicas now");
     assert!(matches!(&err, PatchError::Conflict(c) if c[0].manager == "hpa"));
+    assert_eq!(err.to_string(), format!("Apply failed with 1 conflict: conflict with \"hpa\" using apps/v1 at {T0}: .spec.replicas"));
 }
 
 #[test]
