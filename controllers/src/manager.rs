@@ -53,6 +53,16 @@ impl ManagerConfig {
 }
 
 /// Starts the built-in controllers on one client.
+///
+/// ```no_run
+/// # async fn example(client: std::sync::Arc<dyn bosun_core::Client>) {
+/// use bosun_controllers::{ControllerManager, ManagerConfig};
+/// let manager = ControllerManager::new(client)
+///     .config(ManagerConfig::default().leader_election("kube-system", "bosun-controller-manager", "node-1"));
+/// let metrics = manager.metrics_registry().clone(); // serve `metrics.render()`, check `metrics.not_ready()`
+/// manager.run().await;
+/// # }
+/// ```
 #[must_use = "a manager does nothing until spawned or run"]
 pub struct ControllerManager {
     client: Arc<dyn Client>,
@@ -119,14 +129,46 @@ impl ControllerManager {
         tasks
     }
 
+    /// Starts the reflectors the configured controllers read, so that a standby's caches are warm
+    /// when it becomes the leader.
+    pub fn warm(&self) {
+        use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+        use k8s_openapi::api::core::v1::{Endpoints, Namespace, Pod, Service};
+        use k8s_openapi::api::discovery::v1::EndpointSlice;
+        let on = |name: &str| self.config.controllers.contains(name);
+        if on("replicaset") || on("deployment") || on("endpointslice") {
+            drop(self.informers.all::<Pod>());
+            drop(self.informers.all::<ReplicaSet>());
+        }
+        if on("deployment") {
+            drop(self.informers.all::<Deployment>());
+        }
+        if on("endpointslice") {
+            drop(self.informers.all::<Service>());
+            drop(self.informers.all::<EndpointSlice>());
+            drop(self.informers.all::<Endpoints>());
+        }
+        if on("namespace") {
+            drop(self.informers.all::<Namespace>());
+        }
+        if on("garbagecollector") {
+            for r in builtin::gc::default_resources() {
+                drop(self.informers.dynamic(r, None));
+            }
+        }
+    }
+
     /// Runs the controllers until the process ends, behind leader election when configured:
     /// they start on acquiring the lease and stop if it is lost, then the manager campaigns again.
+    /// A standby keeps its caches warm (see [`warm`](Self::warm)).
     pub async fn run(self) {
         let Some((ns, name, identity)) = self.config.leader_election.clone() else {
-            let tasks = self.spawn_all();
-            futures::future::join_all(tasks).await;
+            // Aborting `run` (dropping this future) stops the controllers too.
+            let mut guard = AbortAll(self.spawn_all());
+            futures::future::join_all(guard.0.iter_mut()).await;
             return;
         };
+        self.warm();
         let elector = LeaderElector::new(self.client.clone(), &ns, name, identity);
         loop {
             let result = elector
