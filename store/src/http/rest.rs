@@ -148,7 +148,13 @@ async fn dispatch(state: &State, req: Request<Incoming>, path: &ResourcePath, qu
                 params.field_selector = Some(format!("metadata.name={name}"));
             }
             let timeout = params.timeout_seconds.map_or(state.default_watch_timeout, |s| Duration::from_secs(u64::from(s)));
-            let stream = state.client.watch(target, &params).await?;
+            // A version too old to watch from is an ERROR event in a 200 stream, as kube-apiserver
+            // sends it (clients relist on it), not a failed request.
+            let stream = match state.client.watch(target, &params).await {
+                Ok(stream) => stream,
+                Err(e) if e.is_gone() => futures::stream::iter([Ok(bosun_core::WatchEvent::Error(e.to_status()))]).boxed(),
+                Err(e) => return Err(e),
+            };
             let printer = printer(state, &resource, output).await;
             let encoding = watch::Encoding { resource: resource.clone(), printer, output, include };
             let mut response = Response::new(watch::body(stream, encoding, timeout, state.metrics.clone()));
