@@ -10,7 +10,7 @@ use bosun_core::ApiResource;
 
 use super::ApplyContext;
 use super::error::{FieldConflict, PatchError, Result};
-use super::fieldpath::{FieldSet, PathElement, canonical, path_string};
+use super::fieldpath::{FieldSet, PathElement, path_string};
 use super::managed::{APPLY, UPDATE};
 pub use super::managed::{BEFORE_FIRST_APPLY, ManagedFieldsEntry, decode_managed_fields, encode_managed_fields, now_rfc3339};
 use super::structured::{Pos, check_keys, diff_at, merge, remove_at, set_of};
@@ -246,11 +246,6 @@ pub fn record_update(resource: &ApiResource, old: Option<&Value>, new: &mut Valu
     }
     encode_managed_fields(new, managers);
     Ok(())
-}
-
-/// For tests and callers: the canonical text of a value, as used in set keys.
-pub fn canonical_json(v: &Value) -> String {
-    canonical(v)
 }
 
 #[cfg(test)]
