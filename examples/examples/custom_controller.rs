@@ -53,10 +53,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let manager = ControllerManager::new(client.clone()).config(ManagerConfig::default().only(&["garbagecollector"]));
     let _builtins = manager.spawn_all();
 
-    let controller = Controller::new(Api::<ConfigMap>::all(client.clone()))
-        .owns(Api::<ConfigMap>::all(client.clone()))
-        .concurrency(4)
-        .run(reconcile, backoff_policy, Arc::new(Ctx { client: client.clone() }));
+    let controller = Controller::new(Api::<ConfigMap>::all(client.clone())).owns(Api::<ConfigMap>::all(client.clone())).concurrency(4).run(
+        reconcile,
+        backoff_policy,
+        Arc::new(Ctx { client: client.clone() }),
+    );
     tokio::spawn(controller);
 
     let api = Api::<ConfigMap>::namespaced(client.clone(), "default");
