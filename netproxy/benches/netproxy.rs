@@ -7,7 +7,7 @@ use bosun_netproxy::table::{Affinity, Endpoint, Protocol, ProxyService, ServiceP
 use bosun_netproxy::{NftablesConfig, NftablesProxy, ProxyBackend, UserspaceConfig, UserspaceProxy};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 

@@ -154,10 +154,10 @@ impl IngressProxy {
         for h in HOP_BY_HOP {
             headers.remove(h);
         }
-        if !headers.contains_key(header::HOST) {
-            if let Some(v) = authority.as_deref().and_then(|a| HeaderValue::from_str(a).ok()) {
-                headers.insert(header::HOST, v);
-            }
+        if !headers.contains_key(header::HOST)
+            && let Some(v) = authority.as_deref().and_then(|a| HeaderValue::from_str(a).ok())
+        {
+            headers.insert(header::HOST, v);
         }
         let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
             Some(prev) => format!("{prev}, {}", client.ip()),

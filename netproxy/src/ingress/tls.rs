@@ -86,10 +86,10 @@ impl CertStore {
             if let Some(k) = self.by_host.get(&host) {
                 return Some(k.clone());
             }
-            if let Some((_, parent)) = host.split_once('.') {
-                if let Some(k) = self.by_host.get(&format!("*.{parent}")) {
-                    return Some(k.clone());
-                }
+            if let Some((_, parent)) = host.split_once('.')
+                && let Some(k) = self.by_host.get(&format!("*.{parent}"))
+            {
+                return Some(k.clone());
             }
         }
         self.fallback.clone()

@@ -95,6 +95,9 @@ impl State {
     }
 }
 
+/// An incremental script, the per-port records it leaves (`None`: removed) and the pick chains then present.
+type Incremental = (String, Vec<(ServicePortName, Option<Programmed>)>, BTreeSet<script::Pick>);
+
 /// Elements per `add element` statement: nft parses one huge statement much more slowly than many small ones.
 const CHUNK: usize = 256;
 
@@ -154,11 +157,7 @@ impl NftablesProxy {
     }
 
     /// Builds the incremental script for a diff; returns it with the new per-port records and picks.
-    fn incremental(
-        &self,
-        state: &mut State,
-        diff: &TableDiff,
-    ) -> (String, Vec<(ServicePortName, Option<Programmed>)>, BTreeSet<script::Pick>) {
+    fn incremental(&self, state: &mut State, diff: &TableDiff) -> Incremental {
         let t = &self.config.table;
         let mut picks = state.picks.clone();
         let mut removed_elements: BTreeSet<script::Element> = BTreeSet::new();
@@ -243,13 +242,13 @@ impl ProxyBackend for NftablesProxy {
         }
         let (next_id, free) = (state.next_id, state.free_ids.clone());
         let (script, records, picks) = self.incremental(&mut state, diff);
-        if !script.is_empty() {
-            if let Err(e) = self.run(&script).await {
-                // Nothing was applied (one transaction): forget ids handed out for it.
-                state.next_id = next_id;
-                state.free_ids = free;
-                return Err(ApplyError::new("nftables", e));
-            }
+        if !script.is_empty()
+            && let Err(e) = self.run(&script).await
+        {
+            // Nothing was applied (one transaction): forget ids handed out for it.
+            state.next_id = next_id;
+            state.free_ids = free;
+            return Err(ApplyError::new("nftables", e));
         }
         state.picks = picks;
         for (name, record) in records {

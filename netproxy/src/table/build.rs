@@ -195,7 +195,7 @@ fn endpoints_for(slices: &[Arc<EndpointSlice>], port: &NamedPort) -> Vec<Endpoin
             }
         }
     }
-    out.sort_by(|a, b| a.addr.cmp(&b.addr));
+    out.sort_by_key(|a| a.addr);
     out
 }
 
@@ -258,7 +258,7 @@ fn dns_endpoints(slices: &[Arc<EndpointSlice>], publish_not_ready: bool) -> Vec<
             }
         }
     }
-    out.sort_by(|a, b| a.ip.cmp(&b.ip));
+    out.sort_by_key(|a| a.ip);
     out
 }
 

@@ -127,16 +127,17 @@ impl Balancer {
     pub(crate) fn pick(&self, client: IpAddr, exclude: &[SocketAddr]) -> Option<Pick> {
         let mut st = self.lock();
         let now = Instant::now();
-        if let Affinity::ClientIp { timeout } = st.affinity {
-            if let Some((addr, last)) = st.sticky.get(&client).copied() {
-                if now.duration_since(last) <= timeout && !exclude.contains(&addr) {
-                    if let Some(i) = st.slots.iter().position(|s| s.addr == addr) {
-                        st.sticky.insert(client, (addr, now));
-                        return Some(Self::take(&st.slots[i]));
-                    }
-                }
-                st.sticky.remove(&client);
+        if let Affinity::ClientIp { timeout } = st.affinity
+            && let Some((addr, last)) = st.sticky.get(&client).copied()
+        {
+            if now.duration_since(last) <= timeout
+                && !exclude.contains(&addr)
+                && let Some(i) = st.slots.iter().position(|s| s.addr == addr)
+            {
+                st.sticky.insert(client, (addr, now));
+                return Some(Self::take(&st.slots[i]));
             }
+            st.sticky.remove(&client);
         }
         let n = st.slots.len();
         let candidates = (0..n).map(|k| (st.cursor + k) % n).filter(|&i| !exclude.contains(&st.slots[i].addr));

@@ -210,3 +210,61 @@ async fn tls_terminates_with_the_secret_of_spec_tls_over_h2_and_http1() {
     }
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_controller_follows_ingress_objects_from_the_api_server() {
+    use bosun_core::{Api, Client, PostParams};
+    use bosun_netproxy::{IngressController, NodeContext, ServiceProxy};
+    let server = bosun_store::ApiServer::in_memory();
+    let client: Arc<dyn Client> = server;
+    let informers = bosun_core::watch::Informers::new(client.clone());
+    let ep = backend("live").await;
+    let pp = PostParams::default();
+    Api::<bosun_core::k8s_openapi::api::core::v1::Service>::namespaced(client.clone(), "default")
+        .create(&k8s_service("default", "live", json!({"ports": [{"name": "http", "port": 80}]})), &pp)
+        .await
+        .expect("service");
+    Api::<bosun_core::k8s_openapi::api::discovery::v1::EndpointSlice>::namespaced(client.clone(), "default")
+        .create(
+            &k8s_slice(
+                "default",
+                "live",
+                "live-1",
+                json!([{"addresses": [ep.ip().to_string()]}]),
+                json!([{"name": "http", "port": ep.port()}]),
+            ),
+            &pp,
+        )
+        .await
+        .expect("slice");
+    let sp = ServiceProxy::new(informers.clone(), NodeContext::default());
+    let table = sp.table();
+    let _sp = sp.spawn();
+    let proxy = IngressProxy::new(table.clone());
+    let _ic = IngressController::new(informers, proxy.clone()).spawn();
+    let http = proxy.serve_http("127.0.73.5:0".parse().expect("addr")).await.expect("serve");
+
+    let class: IngressClass = serde_json::from_value(json!({"metadata": {"name": "bosun", "annotations": {
+        "ingressclass.kubernetes.io/is-default-class": "true"}}, "spec": {"controller": "bosun.dev/ingress"}}))
+    .expect("class");
+    Api::<IngressClass>::all(client.clone()).create(&class, &pp).await.expect("class");
+    // No class named: the default class claims it.
+    let ing: Ingress = serde_json::from_value(json!({"metadata": {"name": "live", "namespace": "default"}, "spec": {"rules": [
+        {"host": "live.example.com", "http": {"paths": [{"path": "/", "pathType": "Prefix", "backend": svc_backend("live", json!({"name": "http"}))}]}}
+    ]}}))
+    .expect("ingress");
+    Api::<Ingress>::namespaced(client.clone(), "default").create(&ing, &pp).await.expect("ingress");
+
+    let mut c = h1(http.local_addr()).await;
+    let mut last = (0, String::new());
+    for _ in 0..100 {
+        last = get_h1(&mut c, "live.example.com", "/hello").await;
+        if last.0 == 200 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(last.0, 200, "{last:?}");
+    assert!(last.1.starts_with("live /hello http"), "{last:?}");
+    http.shutdown().await;
+}

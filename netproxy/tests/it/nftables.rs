@@ -107,6 +107,12 @@ async fn cluster_ip_dnats_from_a_client_namespace_to_servers_and_follows_endpoin
         assert_eq!(ask(&client, SocketAddr::new(vip2, 80)).expect("reach"), first);
     }
 
+    // A NodePort with the external path (masqueraded) on the client namespace's own address.
+    let mut np = service("np", Protocol::Tcp, "10.96.0.12".parse().expect("ip"), 80, &[ep2]);
+    np.node_port = Some(30080);
+    proxy.apply(&TableDiff { full: false, upserted: vec![arc(np)], removed: vec![] }).await.expect("diff");
+    assert_eq!(ask(&client, "10.240.1.1:30080".parse().expect("addr")).expect("node port"), "s2");
+
     // Removing the service removes its rules.
     proxy.apply(&TableDiff { full: false, upserted: vec![], removed: vec![none.name.clone()] }).await.expect("diff");
     let err = ask(&client, to).expect_err("no rule: nothing listens on the cluster IP");

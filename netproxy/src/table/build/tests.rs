@@ -144,7 +144,7 @@ fn table_diffs_carry_only_what_changed() {
     let d = table.set_service(&key, build_service(&s, std::slice::from_ref(&sl), &NodeContext::default()));
     assert!(d.is_empty(), "an unchanged rebuild is no change: {d:?}");
     let sl2 = slice(json!([{"addresses": ["10.1.0.1"]}]), json!([{"name": "a", "port": 9090}, {"name": "b", "port": 8081}]));
-    let d = table.set_service(&key, build_service(&s, &[sl2.clone()], &NodeContext::default()));
+    let d = table.set_service(&key, build_service(&s, std::slice::from_ref(&sl2), &NodeContext::default()));
     assert_eq!(d.upserted.len(), 1);
     assert_eq!(d.upserted[0].name.port, "a");
     let s1 = svc(json!({"clusterIP": "10.96.0.5", "ports": [{"name": "b", "port": 81}]}));
