@@ -112,8 +112,9 @@ impl Harness {
         self.spawn(run);
     }
 
-    /// Runs until no controller has work due within the horizon and no request is in flight,
-    /// for three consecutive checks; fails after ten minutes of virtual time.
+    /// Runs until every watch is synced, no controller has work due within the horizon and no
+    /// request is in flight, for three consecutive checks; fails after ten minutes of virtual time
+    /// (naming what was still busy). Needs paused time to be deterministic.
     pub async fn run_until_quiescent(&self) -> Result<Duration, NotQuiescentError> {
         self.run_until_quiescent_within(Duration::from_secs(600)).await
     }
