@@ -26,6 +26,8 @@ use super::{
 
 /// How many operations go into one transaction when restoring (etcd's default cap is 128).
 const RESTORE_OPS: usize = 64;
+/// The largest response accepted (a range of many large values).
+const MAX_RESPONSE: usize = 1 << 30;
 /// How many keys one page of a snapshot reads.
 const SNAPSHOT_PAGE: i64 = 1000;
 /// How long a watch keeps trying to reconnect before it fails with `Unavailable`.
@@ -240,11 +242,12 @@ impl EtcdStorage {
         if req.count_only {
             opts = opts.with_count_only();
         }
-        let resp = self.client.kv_client().get(key, Some(opts)).await.map_err(|e| match map_err(e) {
-            StorageError::Compacted { .. } => StorageError::Compacted { requested: req.revision, compacted: 0 },
-            StorageError::FutureRevision { .. } => StorageError::FutureRevision { requested: req.revision, current: 0 },
-            other => other,
-        })?;
+        let resp =
+            self.client.kv_client().max_decoding_message_size(MAX_RESPONSE).get(key, Some(opts)).await.map_err(|e| match map_err(e) {
+                StorageError::Compacted { .. } => StorageError::Compacted { requested: req.revision, compacted: 0 },
+                StorageError::FutureRevision { .. } => StorageError::FutureRevision { requested: req.revision, current: 0 },
+                other => other,
+            })?;
         let kvs = resp.kvs().iter().map(|kv| self.kv(kv)).collect::<Result<Vec<_>>>()?;
         let header = resp.header().map_or(0, |h| h.revision());
         Ok(RangeResponse {
@@ -261,7 +264,7 @@ impl EtcdStorage {
             .when(txn.compare.iter().map(|c| self.compare(c)).collect::<Vec<_>>())
             .and_then(ops(&txn.success))
             .or_else(ops(&txn.failure));
-        let resp = self.client.kv_client().txn(etxn).await.map_err(|e| match map_err(e) {
+        let resp = self.client.kv_client().max_decoding_message_size(MAX_RESPONSE).txn(etxn).await.map_err(|e| match map_err(e) {
             StorageError::LeaseNotFound(_) => {
                 let lease = txn.success.iter().chain(&txn.failure).find_map(|o| match o {
                     TxnOp::Put { lease: Some(l), .. } => Some(*l),

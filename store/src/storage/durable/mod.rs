@@ -240,19 +240,24 @@ impl DurableStorage {
                 }
                 replay(&mut mvcc, record, now)?;
             }
-            if contents.torn {
-                if i + 1 != count {
-                    return Err(StorageError::Corrupt(format!("{} is damaged before the end of the log", path.display())));
+            if contents.torn && i + 1 != count {
+                return Err(StorageError::Corrupt(format!("{} is damaged before the end of the log", path.display())));
+            }
+            if i + 1 == count {
+                // The last segment: cut off a torn write and the unused preallocated space.
+                if contents.torn {
+                    tracing::warn!(segment = %path.display(), valid = contents.valid_len, "cutting off a torn write at the end of the log");
                 }
-                tracing::warn!(segment = %path.display(), valid = contents.valid_len, "cutting off a torn write at the end of the log");
                 let f = File::options().write(true).open(path)?;
-                f.set_len(contents.valid_len)?;
-                f.sync_all()?;
+                if f.metadata()?.len() != contents.valid_len {
+                    f.set_len(contents.valid_len)?;
+                    f.sync_all()?;
+                }
             }
             closed.push((*seq, max_lsn));
         }
         let next_seq = segments.last().map_or(1, |(seq, _)| seq + 1);
-        let segment = wal::create_segment(&wal_dir, next_seq)?;
+        let segment = wal::create_segment(&wal_dir, next_seq, options.segment_size)?;
         tracing::info!(revision = mvcc.revision, lsn = last_lsn, segments = count, "recovered");
 
         let hub = Arc::new(Hub::new(options.watch_capacity, mvcc.revision));
@@ -629,7 +634,7 @@ impl Committer {
     }
 
     fn rotate(&mut self) -> Result<()> {
-        let next = wal::create_segment(&self.wal_dir, self.segment.seq + 1)?;
+        let next = wal::create_segment(&self.wal_dir, self.segment.seq + 1, self.options.segment_size)?;
         let old = std::mem::replace(&mut self.segment, next);
         self.closed.push((old.seq, self.segment_max_lsn));
         self.segment_max_lsn = 0;

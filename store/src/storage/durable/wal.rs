@@ -3,7 +3,8 @@
 //! A record is `[payload length u32][CRC-32 of payload u32][payload]`; the payload starts with the
 //! record's log sequence number (u64) and a tag. A record whose length or checksum does not hold
 //! ends the log: at the tail of the last segment it is a write torn by a crash (and is cut off),
-//! anywhere else it is corruption.
+//! anywhere else it is corruption. Segments are preallocated, so their data ends at the first
+//! all-zero record header.
 
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -198,7 +199,8 @@ pub(crate) fn read_segment(path: &Path) -> Result<SegmentContents> {
     let mut pos = 0usize;
     let mut records = Vec::new();
     loop {
-        if pos == buf.len() {
+        // The end of the data: the end of the file, or the zeros of preallocated space.
+        if pos == buf.len() || (buf.len() - pos >= 8 && buf[pos..pos + 8] == [0u8; 8]) {
             return Ok(SegmentContents { records, valid_len: pos as u64, torn: false });
         }
         let torn = SegmentContents { records: Vec::new(), valid_len: pos as u64, torn: true };
@@ -274,14 +276,21 @@ pub(crate) fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
 }
 
 /// Creates a new empty segment and makes its directory entry durable.
-pub(crate) fn create_segment(dir: &Path, seq: u64) -> Result<Segment> {
-    let file = File::options().create_new(true).append(true).open(segment_path(dir, seq))?;
+pub(crate) fn create_segment(dir: &Path, seq: u64, size: u64) -> Result<Segment> {
+    let file = File::options().create_new(true).write(true).open(segment_path(dir, seq))?;
+    // Allocate the whole segment up front: appends then overwrite allocated space instead of
+    // growing the file, so `fdatasync` need not commit a size change to the filesystem journal
+    // (shared with every other process's metadata) on each group. Filesystems without
+    // `fallocate` simply grow the file.
+    if rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::empty(), 0, size).is_ok() {
+        file.sync_all()?;
+    }
     sync_dir(dir)?;
     Ok(Segment { seq, file, len: 0 })
 }
 
 impl Segment {
-    /// Appends and fsyncs (data only: the file's size is part of what `fdatasync` flushes).
+    /// Writes at the end of the log and fsyncs the data.
     pub fn append_sync(&mut self, buf: &[u8]) -> io::Result<()> {
         self.file.write_all(buf)?;
         self.file.sync_data()?;
