@@ -7,6 +7,8 @@ use std::sync::Arc;
 
 /// Zone label kube-scheduler interleaves nodes by.
 pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+/// Hostname label.
+pub const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
 /// Region label.
 pub const REGION_LABEL: &str = "topology.kubernetes.io/region";
 
@@ -18,6 +20,7 @@ pub struct Snapshot {
     pub(crate) with_affinity: Vec<usize>,
     pub(crate) with_required_anti_affinity: Vec<usize>,
     pub(crate) image_nodes: HashMap<String, usize>,
+    pub(crate) hostnames_unique: bool,
 }
 
 impl Snapshot {
@@ -58,6 +61,8 @@ impl Snapshot {
         }
         self.nodes = ordered;
         self.index = self.nodes.iter().enumerate().map(|(i, n)| (n.name.clone(), i)).collect();
+        let mut hostnames = std::collections::HashSet::new();
+        self.hostnames_unique = self.nodes.iter().all(|n| n.labels().get(HOSTNAME_LABEL).is_none_or(|h| hostnames.insert(h.clone())));
         self.with_affinity = (0..self.nodes.len()).filter(|i| self.nodes[*i].pods_with_affinity > 0).collect();
         self.with_required_anti_affinity = (0..self.nodes.len()).filter(|i| self.nodes[*i].pods_with_required_anti_affinity > 0).collect();
         self.recount_images();
@@ -119,6 +124,11 @@ impl Snapshot {
     /// Nodes with at least one pod that has required anti-affinity terms.
     pub fn nodes_with_required_anti_affinity(&self) -> impl Iterator<Item = &Arc<NodeInfo>> {
         self.with_required_anti_affinity.iter().map(|i| &self.nodes[*i])
+    }
+
+    /// Whether no two nodes share a `kubernetes.io/hostname` value (so that a hostname domain is one node).
+    pub fn hostnames_unique(&self) -> bool {
+        self.hostnames_unique
     }
 
     /// On how many nodes an image (normalised name) is present.

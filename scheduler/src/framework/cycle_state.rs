@@ -36,6 +36,8 @@ pub struct CycleState {
     pub skip_score: Vec<&'static str>,
     /// Plugins whose PreFilter narrowed the nodes.
     pub(crate) restricted_by: Vec<&'static str>,
+    /// Bit i set: the profile's i-th Filter plugin is skipped (precomputed from `skip_filter`).
+    pub(crate) filter_skip_mask: u64,
 }
 
 impl Clone for CycleState {
@@ -45,6 +47,7 @@ impl Clone for CycleState {
             skip_filter: self.skip_filter.clone(),
             skip_score: self.skip_score.clone(),
             restricted_by: self.restricted_by.clone(),
+            filter_skip_mask: self.filter_skip_mask,
         }
     }
 }

@@ -372,6 +372,13 @@ impl Framework {
             }
         }
         state.restricted_by = restricting;
+        // Resolve skipped Filter plugins to a bit mask once, instead of name compares per node.
+        state.filter_skip_mask = 0;
+        for (i, f) in self.filter.iter().enumerate().take(64) {
+            if state.skip_filter.contains(&f.name()) {
+                state.filter_skip_mask |= 1 << i;
+            }
+        }
         (result, Status::success())
     }
 
@@ -417,8 +424,8 @@ impl Framework {
 
     /// Runs every Filter on one node; the first failure wins.
     pub fn run_filter(&self, state: &CycleState, pod: &PodInfo, node: &NodeInfo) -> Status {
-        for p in &self.filter {
-            if state.skips_filter(p.name()) {
+        for (i, p) in self.filter.iter().enumerate() {
+            if (i < 64 && state.filter_skip_mask & (1 << i) != 0) || (i >= 64 && state.skips_filter(p.name())) {
                 continue;
             }
             let s = p.filter(state, pod, node);

@@ -45,6 +45,9 @@ struct FilterState {
     /// Topology pairs with pods matching the incoming pod's anti-affinity terms.
     anti: Counts,
     ns_labels: Option<Arc<BTreeMap<String, String>>>,
+    /// Hostname labels are unique: anti-affinity terms on the hostname key are checked against
+    /// the node's own pods in Filter instead of counted over the cluster in PreFilter.
+    by_node: bool,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -80,6 +83,13 @@ impl Plugin for InterPodAffinity {
     }
 }
 
+const HOSTNAME: &str = crate::snapshot::HOSTNAME_LABEL;
+
+/// Whether a term is left to the per-node check.
+fn per_node(s: &FilterState, term: &AffinityTerm) -> bool {
+    s.by_node && term.topology_key == HOSTNAME
+}
+
 fn term_matches(term: &AffinityTerm, pod: &PodInfo, handle: &Handle) -> bool {
     term.matches(pod, || handle.namespace_labels(&pod.namespace))
 }
@@ -102,7 +112,7 @@ fn bump(counts: &mut Counts, key: &str, node: &NodeInfo, delta: i64) {
 fn account(s: &mut FilterState, pod: &PodInfo, existing: &PodInfo, node: &NodeInfo, handle: &Handle, delta: i64) {
     // Symmetry: the existing pod's anti-affinity terms that match the incoming pod.
     for t in &existing.required_anti_affinity {
-        if t.matches(pod, || s.ns_labels.clone()) {
+        if !per_node(s, t) && t.matches(pod, || s.ns_labels.clone()) {
             bump(&mut s.existing_anti, &t.topology_key, node, delta);
         }
     }
@@ -112,7 +122,7 @@ fn account(s: &mut FilterState, pod: &PodInfo, existing: &PodInfo, node: &NodeIn
         }
     }
     for t in &pod.required_anti_affinity {
-        if term_matches(t, existing, handle) {
+        if !per_node(s, t) && term_matches(t, existing, handle) {
             bump(&mut s.anti, &t.topology_key, node, delta);
         }
     }
@@ -135,18 +145,26 @@ impl PreFilterPlugin for InterPodAffinity {
             return (None, Status::skip());
         }
         let ns_labels = handle.namespace_labels(&pod.namespace);
-        let mut s = FilterState { ns_labels: ns_labels.clone(), ..FilterState::default() };
+        // Per-node checks need no namespace labels of other pods: not for terms with a namespace selector.
+        let by_node = snapshot.hostnames_unique()
+            && !pod
+                .required_anti_affinity
+                .iter()
+                .any(|t| t.topology_key == HOSTNAME && t.namespace_selector.as_ref().is_some_and(|s| !s.is_empty()));
+        let mut s = FilterState { ns_labels: ns_labels.clone(), by_node, ..FilterState::default() };
         // Existing pods' anti-affinity against the incoming pod: only nodes that have such pods.
         for n in snapshot.nodes_with_required_anti_affinity() {
             for e in n.pods.iter().filter(|p| p.has_required_anti_affinity()) {
                 for t in &e.required_anti_affinity {
-                    if t.matches(pod, || ns_labels.clone()) {
+                    if !(by_node && t.topology_key == HOSTNAME) && t.matches(pod, || ns_labels.clone()) {
                         bump(&mut s.existing_anti, &t.topology_key, n, 1);
                     }
                 }
             }
         }
-        if own {
+        let cluster_wide =
+            !pod.required_affinity.is_empty() || pod.required_anti_affinity.iter().any(|t| !(by_node && t.topology_key == HOSTNAME));
+        if own && cluster_wide {
             let scan = |nodes: &[Arc<NodeInfo>]| -> (Counts, Counts) {
                 let mut aff = Counts::new();
                 let mut anti = Counts::new();
@@ -158,7 +176,7 @@ impl PreFilterPlugin for InterPodAffinity {
                             }
                         }
                         for t in &pod.required_anti_affinity {
-                            if term_matches(t, e, handle) {
+                            if !(by_node && t.topology_key == HOSTNAME) && term_matches(t, e, handle) {
                                 bump(&mut anti, &t.topology_key, n, 1);
                             }
                         }
@@ -227,10 +245,25 @@ impl FilterPlugin for InterPodAffinity {
             }
         }
         for t in &pod.required_anti_affinity {
-            if let Some(v) = labels.get(&t.topology_key)
-                && positive(&s.anti, &t.topology_key, v)
-            {
+            let Some(v) = labels.get(&t.topology_key) else { continue };
+            let hit = if per_node(s, t) {
+                // Terms with a namespace selector are never per node (see PreFilter): no labels needed.
+                node.pods.iter().any(|e| t.matches(e, || None))
+            } else {
+                positive(&s.anti, &t.topology_key, v)
+            };
+            if hit {
                 return Status::unschedulable(REASON_ANTI_AFFINITY);
+            }
+        }
+        if s.by_node && node.pods_with_required_anti_affinity > 0 && labels.contains_key(HOSTNAME) {
+            let repelled = node
+                .pods
+                .iter()
+                .filter(|e| e.has_required_anti_affinity())
+                .any(|e| e.required_anti_affinity.iter().any(|t| t.topology_key == HOSTNAME && t.matches(pod, || s.ns_labels.clone())));
+            if repelled {
+                return Status::unschedulable(REASON_EXISTING_ANTI_AFFINITY);
             }
         }
         for (k, m) in &s.existing_anti {
