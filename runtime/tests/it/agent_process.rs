@@ -93,11 +93,11 @@ async fn a_crashing_pod_shows_crash_loop_backoff_with_growing_delays() {
     let mut last = 0;
     while restarts.len() < 4 && t0.elapsed() < Duration::from_secs(25) {
         let pod = api.get("crash").await.expect("pod");
-        if let Some(c) = container(&pod, "app") {
-            if c.restart_count > last {
-                last = c.restart_count;
-                restarts.push(t0.elapsed());
-            }
+        if let Some(c) = container(&pod, "app")
+            && c.restart_count > last
+        {
+            last = c.restart_count;
+            restarts.push(t0.elapsed());
         }
         saw_backoff |= waiting_reason(&pod, "app").as_deref() == Some("CrashLoopBackOff");
         tokio::time::sleep(Duration::from_millis(20)).await;
