@@ -21,7 +21,13 @@ pub struct Snapshot {
     pub(crate) with_required_anti_affinity: Vec<usize>,
     pub(crate) image_nodes: HashMap<String, usize>,
     pub(crate) hostnames_unique: bool,
+    /// Per topology key, every node's value in scan order; valid until the next rebuild (label
+    /// changes always rebuild).
+    pub(crate) columns: Arc<std::sync::Mutex<HashMap<String, TopologyColumn>>>,
 }
+
+/// Every node's value of one label, by snapshot index.
+pub type TopologyColumn = Arc<Vec<Option<Arc<str>>>>;
 
 impl Snapshot {
     /// A snapshot of these nodes (tests and simulations); the cache builds the scheduler's own.
@@ -61,6 +67,7 @@ impl Snapshot {
         }
         self.nodes = ordered;
         self.index = self.nodes.iter().enumerate().map(|(i, n)| (n.name.clone(), i)).collect();
+        self.columns = Arc::default();
         let mut hostnames = std::collections::HashSet::new();
         self.hostnames_unique = self.nodes.iter().all(|n| n.labels().get(HOSTNAME_LABEL).is_none_or(|h| hostnames.insert(h.clone())));
         self.with_affinity = (0..self.nodes.len()).filter(|i| self.nodes[*i].pods_with_affinity > 0).collect();
@@ -124,6 +131,18 @@ impl Snapshot {
     /// Nodes with at least one pod that has required anti-affinity terms.
     pub fn nodes_with_required_anti_affinity(&self) -> impl Iterator<Item = &Arc<NodeInfo>> {
         self.with_required_anti_affinity.iter().map(|i| &self.nodes[*i])
+    }
+
+    /// Every node's value of a label (a topology key), by index: a compact column that spreading
+    /// and affinity scan instead of each node's label map.
+    pub fn topology_column(&self, key: &str) -> TopologyColumn {
+        let mut columns = self.columns.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(c) = columns.get(key) {
+            return c.clone();
+        }
+        let column: TopologyColumn = Arc::new(self.nodes.iter().map(|n| n.labels().get(key).map(|v| Arc::from(v.as_str()))).collect());
+        columns.insert(key.to_owned(), column.clone());
+        column
     }
 
     /// Whether no two nodes share a `kubernetes.io/hostname` value (so that a hostname domain is one node).

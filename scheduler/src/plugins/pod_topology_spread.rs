@@ -92,7 +92,7 @@ fn has_all_keys(node: &NodeInfo, constraints: &[SpreadConstraint]) -> bool {
 }
 
 fn counts_for(c: &SpreadConstraint, pod: &PodInfo, node: &NodeInfo) -> bool {
-    if c.honor_node_affinity && !pod.required_node_affinity.matches(node.labels(), &node.name) {
+    if c.honor_node_affinity && !pod.required_node_affinity.is_empty() && !pod.required_node_affinity.matches(node.labels(), &node.name) {
         return false;
     }
     if c.honor_node_taints {
@@ -120,34 +120,37 @@ fn min_of(counts: &HashMap<String, i64>) -> i64 {
 fn count_domains(
     constraints: &[SpreadConstraint],
     pod: &PodInfo,
-    nodes: &[Arc<NodeInfo>],
+    snapshot: &Snapshot,
     only: Option<&[HashMap<String, i64>]>,
     require_all: bool,
 ) -> Vec<HashMap<String, i64>> {
-    let one = |chunk: &[Arc<NodeInfo>]| -> Vec<HashMap<String, i64>> {
+    let nodes = snapshot.nodes();
+    let columns: Vec<_> = constraints.iter().map(|c| snapshot.topology_column(&c.topology_key)).collect();
+    let one = |range: std::ops::Range<usize>| -> Vec<HashMap<String, i64>> {
         let mut out = vec![HashMap::new(); constraints.len()];
-        for n in chunk {
-            if require_all && !has_all_keys(n, constraints) {
+        for idx in range {
+            if require_all && columns.iter().any(|col| col[idx].is_none()) {
                 continue;
             }
+            let n = &nodes[idx];
             for (i, c) in constraints.iter().enumerate() {
                 if only.is_some() && c.topology_key == HOSTNAME {
                     continue;
                 }
-                if !counts_for(c, pod, n) {
-                    continue;
-                }
-                let Some(v) = n.labels().get(&c.topology_key) else { continue };
+                let Some(v) = columns[i][idx].as_deref() else { continue };
                 if let Some(known) = only
                     && !known[i].contains_key(v)
                 {
                     continue;
                 }
-                let k = matching(c, &pod.namespace, n);
-                match out[i].get_mut(v.as_str()) {
+                if !counts_for(c, pod, n) {
+                    continue;
+                }
+                let k = if n.pods.is_empty() { 0 } else { matching(c, &pod.namespace, n) };
+                match out[i].get_mut(v) {
                     Some(x) => *x += k,
                     None => {
-                        out[i].insert(v.clone(), k);
+                        out[i].insert(v.to_owned(), k);
                     }
                 }
             }
@@ -155,9 +158,10 @@ fn count_domains(
         out
     };
     if nodes.len() < 1024 {
-        return one(nodes);
+        return one(0..nodes.len());
     }
-    nodes.par_chunks(512).map(one).reduce(
+    let chunks: Vec<std::ops::Range<usize>> = (0..nodes.len()).step_by(512).map(|s| s..(s + 512).min(nodes.len())).collect();
+    chunks.into_par_iter().map(one).reduce(
         || vec![HashMap::new(); constraints.len()],
         |mut a, b| {
             for (ai, bi) in a.iter_mut().zip(b) {
@@ -177,7 +181,7 @@ impl PreFilterPlugin for PodTopologySpread {
         if constraints.is_empty() {
             return (None, Status::skip());
         }
-        let counts = count_domains(&constraints, pod, snapshot.nodes(), None, true);
+        let counts = count_domains(&constraints, pod, snapshot, None, true);
         let min = counts.iter().map(min_of).collect();
         state.insert(FilterState { constraints, counts, min });
         (None, Status::success())
@@ -270,7 +274,7 @@ impl PreScorePlugin for PodTopologySpread {
                 }
             }
         }
-        let counts = count_domains(&constraints, pod, snapshot.nodes(), Some(&known), require_all);
+        let counts = count_domains(&constraints, pod, snapshot, Some(&known), require_all);
         let counts: Vec<HashMap<String, i64>> = known
             .into_iter()
             .zip(counts)
