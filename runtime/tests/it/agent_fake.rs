@@ -404,3 +404,47 @@ async fn usage_is_sampled_for_the_metrics_api() {
     assert!((240_000_000..=260_000_000).contains(&c.cpu_nanocores), "250m of CPU: {}", c.cpu_nanocores);
     assert_eq!(usage.memory_bytes, 1 << 20);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_claim_bound_to_a_host_path_volume_is_mounted() {
+    use bosun_core::k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let client = api_server();
+    let mounts: Arc<std::sync::Mutex<Vec<bosun_runtime::Mount>>> = Arc::default();
+    let fake = {
+        let mounts = mounts.clone();
+        FakeRuntime::with_behavior(move |_, cfg| {
+            *mounts.lock().expect("lock") = cfg.mounts.clone();
+            bosun_runtime::FakeScript::default()
+        })
+    };
+    let _node = start_node(&client, "n1", &fake, dir.path()).await;
+    let data = dir.path().join("pv-data");
+    let pv: PersistentVolume = serde_json::from_value(serde_json::json!({
+        "metadata": { "name": "local-pv" },
+        "spec": { "capacity": { "storage": "1Gi" }, "accessModes": ["ReadWriteOnce"], "hostPath": { "path": data } }
+    }))
+    .expect("pv");
+    Api::<PersistentVolume>::all(client.clone()).create(&pv, &PostParams::default()).await.expect("create pv");
+    let pvc: PersistentVolumeClaim = serde_json::from_value(serde_json::json!({
+        "metadata": { "name": "claim" },
+        "spec": { "accessModes": ["ReadWriteOnce"], "resources": { "requests": { "storage": "1Gi" } }, "volumeName": "local-pv" }
+    }))
+    .expect("pvc");
+    Api::<PersistentVolumeClaim>::namespaced(client.clone(), "default").create(&pvc, &PostParams::default()).await.expect("create pvc");
+    let p = pod(
+        "stateful",
+        "n1",
+        serde_json::json!({
+            "volumes": [{ "name": "data", "persistentVolumeClaim": { "claimName": "claim" } }],
+            "containers": [{ "name": "app", "image": "x", "volumeMounts": [{ "name": "data", "mountPath": "/var/data" }] }]
+        }),
+    );
+    create(&client, &p).await;
+    wait_pod(&client, "stateful", Duration::from_secs(5), Duration::from_millis(100), "running", |p| phase(p) == "Running").await;
+    let mounts = mounts.lock().expect("lock").clone();
+    assert_eq!(mounts.len(), 1);
+    assert_eq!(mounts[0].host_path, data, "the claim resolves to the volume's host path");
+    assert_eq!(mounts[0].container_path, "/var/data");
+    assert!(data.is_dir(), "the host path is created");
+}
