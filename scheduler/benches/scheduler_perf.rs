@@ -173,10 +173,10 @@ fn cycles_only(w: &Workload, scale: f64) -> Option<f64> {
     for p in infos {
         cache.update_snapshot(&mut snapshot);
         let mut state = CycleState::new();
-        if let Ok(r) = fw.schedule_pod(&mut state, &p, &snapshot, &handle) {
-            if cache.assume_pod(p, &r.suggested_host).is_ok() {
-                placed += 1;
-            }
+        if let Ok(r) = fw.schedule_pod(&mut state, &p, &snapshot, &handle)
+            && cache.assume_pod(p, &r.suggested_host).is_ok()
+        {
+            placed += 1;
         }
     }
     let rate = placed as f64 / start.elapsed().as_secs_f64();
