@@ -3,6 +3,7 @@
 pub mod api;
 pub mod http;
 pub mod patch;
+pub mod protobuf;
 pub mod storage;
 
 pub use api::{ApiServer, ApiServerBuilder};

@@ -44,6 +44,8 @@ pub(crate) fn media_type(headers: &HeaderMap) -> String {
 pub(crate) enum Format {
     Json,
     Yaml,
+    /// `application/vnd.kubernetes.protobuf`, decoded by [`crate::protobuf`].
+    Protobuf,
 }
 
 /// The body format a content type names; 415 for anything else.
@@ -52,6 +54,7 @@ pub(crate) fn body_format(media: &str) -> Result<Format> {
         "" | "application/json" | "*/*" => Ok(Format::Json),
         "application/yaml" | "application/x-yaml" | "text/yaml" | "application/apply-patch+yaml" => Ok(Format::Yaml),
         "application/json-patch+json" | "application/merge-patch+json" | "application/strategic-merge-patch+json" => Ok(Format::Json),
+        crate::protobuf::MEDIA_TYPE => Ok(Format::Protobuf),
         other => Err(Error::unsupported_media_type(format!(
             "the body of the request was in an unknown format ({other}) - accepted media types include: application/json, application/yaml"
         ))),
@@ -64,6 +67,7 @@ pub(crate) fn decode(bytes: &[u8], format: Format) -> Result<serde_json::Value> 
         return Err(Error::bad_request("the request body is empty"));
     }
     match format {
+        Format::Protobuf => crate::protobuf::decode_request(bytes),
         Format::Json => serde_json::from_slice(bytes).map_err(|e| {
             Error::bad_request(format!("couldn't get version/kind; json parse error: {e} (line {}, column {})", e.line(), e.column()))
         }),
