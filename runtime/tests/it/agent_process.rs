@@ -26,6 +26,14 @@ async fn start(client: &Arc<dyn Client>, dir: &Path, mounts: Option<MountSupport
     NodeAgent::new(client.clone(), runtime, HostImages, config).start().await.expect("start agent")
 }
 
+/// Stops the agent and removes every sandbox it left, so that no test process outlives its test.
+async fn cleanup(node: &NodeHandle) {
+    node.shutdown();
+    for sb in node.runtime().list_sandboxes().await.unwrap_or_default() {
+        let _ = node.runtime().remove_sandbox(&sb.id).await;
+    }
+}
+
 const SECOND: Duration = Duration::from_secs(1);
 const TICK: Duration = Duration::from_millis(50);
 
@@ -73,6 +81,7 @@ async fn a_pod_runs_with_its_env_pod_ip_logs_and_exec() {
     assert_eq!(String::from_utf8_lossy(&text), "started hello-world\n", "command args get $(VAR) expansion");
     let err = node.logs("default", "web", &LogParams { container: Some("nope".into()), ..LogParams::default() }).await.err();
     assert_eq!(err.map(|e| e.code()), Some(400), "an unknown container is a bad request");
+    cleanup(&node).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -122,13 +131,14 @@ async fn a_crashing_pod_shows_crash_loop_backoff_with_growing_delays() {
     assert_eq!(String::from_utf8_lossy(&text), "boom\n");
     let events = Api::<Event>::namespaced(client.clone(), "default").list(&ListParams::default()).await.expect("events");
     assert!(events.items.iter().any(|e| e.reason.as_deref() == Some("BackOff")), "a BackOff event is recorded");
+    cleanup(&node).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_liveness_probe_restarts_the_container() {
     let dir = tempfile::tempdir().expect("tempdir");
     let client = api_server();
-    let _node = start(&client, dir.path(), None).await;
+    let node = start(&client, dir.path(), None).await;
     let p = pod(
         "sick",
         "proc-node",
@@ -152,6 +162,7 @@ async fn a_failing_liveness_probe_restarts_the_container() {
             .any(|e| e.reason.as_deref() == Some("Unhealthy") && e.message.as_deref().is_some_and(|m| m.contains("Liveness")))
     );
     assert!(events.items.iter().any(|e| e.reason.as_deref() == Some("Killing")));
+    cleanup(&node).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -195,13 +206,14 @@ async fn a_config_map_change_reaches_the_mounted_file() {
         assert!(Instant::now() < deadline, "the update did not reach the file: {got:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    cleanup(&node).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_mount_namespaces_the_pod_fails_naming_the_mount() {
     let dir = tempfile::tempdir().expect("tempdir");
     let client = api_server();
-    let _node = start(&client, dir.path(), Some(MountSupport::Unavailable)).await;
+    let node = start(&client, dir.path(), Some(MountSupport::Unavailable)).await;
     let p = pod(
         "needs-mount",
         "proc-node",
@@ -230,6 +242,7 @@ async fn without_mount_namespaces_the_pod_fails_naming_the_mount() {
         assert!(Instant::now() < deadline, "a FailedMount event names the mount");
         tokio::time::sleep(TICK).await;
     }
+    cleanup(&node).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -240,7 +253,7 @@ async fn a_restarted_agent_reattaches_to_running_containers() {
     let p = pod(
         "survivor",
         "proc-node",
-        serde_json::json!({ "containers": [{ "name": "app", "image": "host", "command": ["sleep", "1000"] }] }),
+        serde_json::json!({ "terminationGracePeriodSeconds": 5, "containers": [{ "name": "app", "image": "host", "command": ["sleep", "1000"] }] }),
     );
     create(&client, &p).await;
     let before = wait_pod(&client, "survivor", 10 * SECOND, TICK, "running", |p| phase(p) == "Running").await;
@@ -258,11 +271,20 @@ async fn a_restarted_agent_reattaches_to_running_containers() {
     );
     let api = Api::<bosun_core::k8s_openapi::api::core::v1::Pod>::namespaced(client.clone(), "default");
     api.delete("survivor", &DeleteParams::default()).await.expect("delete");
-    let deadline = Instant::now() + 10 * SECOND;
+    let deadline = Instant::now() + 15 * SECOND;
     while api.get_opt("survivor").await.expect("get").is_some() {
         assert!(Instant::now() < deadline, "the re-attached pod is terminated on delete");
         tokio::time::sleep(TICK).await;
     }
-    let st = second.runtime().list_containers(&Default::default()).await.expect("list");
-    assert!(st.is_empty(), "its containers are removed: {st:?}");
+    // The sandbox goes right after the pod object.
+    let deadline = Instant::now() + 5 * SECOND;
+    loop {
+        let st = second.runtime().list_containers(&Default::default()).await.expect("list");
+        if st.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "its containers are removed: {st:?}");
+        tokio::time::sleep(TICK).await;
+    }
+    cleanup(&second).await;
 }
