@@ -101,25 +101,31 @@ async fn run() -> BenchResult {
                 }
                 _ => patch(format!("pool-{}", (n + 1) % POOL)),
             };
-            let Ok(req) = req else { return (Duration::ZERO, false) };
+            let Ok(req) = req else { return (Duration::ZERO, Some("bad request".to_owned())) };
             let sent = Instant::now();
-            let ok = match client.request(req).await {
+            let failure = match client.request(req).await {
                 Ok(resp) => {
                     let status = resp.status();
-                    let body = resp.into_body().collect().await;
-                    status.is_success() && body.is_ok()
+                    match resp.into_body().collect().await {
+                        Ok(body) if !status.is_success() => Some(format!("{status}: {}", String::from_utf8_lossy(&body.to_bytes()))),
+                        Ok(_) => None,
+                        Err(e) => Some(format!("body: {e}")),
+                    }
                 }
-                Err(_) => false,
+                Err(e) => Some(format!("transport: {e}")),
             };
-            (sent.elapsed(), ok)
+            (sent.elapsed(), failure)
         }));
     }
     let mut latencies = Vec::with_capacity(tasks.len());
     let mut errors = 0u64;
     for t in tasks {
-        let (latency, ok) = t.await?;
+        let (latency, failure) = t.await?;
         latencies.push(latency);
-        if !ok {
+        if let Some(failure) = failure {
+            if errors < 5 {
+                println!("error: {failure}");
+            }
             errors += 1;
         }
     }
