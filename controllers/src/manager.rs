@@ -10,7 +10,7 @@ use std::sync::Arc;
 use tokio::task::JoinHandle;
 
 /// The built-in controllers.
-pub const BUILTINS: &[&str] = &["replicaset", "deployment", "garbagecollector", "endpointslice", "namespace"];
+pub const BUILTINS: &[&str] = &["replicaset", "deployment", "garbagecollector", "endpointslice", "namespace", "nodelifecycle"];
 
 /// Which controllers run and how.
 #[derive(Debug, Clone)]
@@ -21,11 +21,18 @@ pub struct ManagerConfig {
     pub concurrency: usize,
     /// Elect a leader on this Lease (`namespace`, `name`, `identity`) before starting (default: none).
     pub leader_election: Option<(String, String, String)>,
+    /// The node lifecycle controller's settings (grace period...).
+    pub node_lifecycle: builtin::nodelifecycle::NodeLifecycleConfig,
 }
 
 impl Default for ManagerConfig {
     fn default() -> Self {
-        Self { controllers: BUILTINS.iter().map(|s| (*s).to_owned()).collect(), concurrency: 16, leader_election: None }
+        Self {
+            controllers: BUILTINS.iter().map(|s| (*s).to_owned()).collect(),
+            concurrency: 16,
+            leader_election: None,
+            node_lifecycle: Default::default(),
+        }
     }
 }
 
@@ -41,6 +48,13 @@ impl ManagerConfig {
     #[must_use]
     pub fn concurrency(mut self, n: usize) -> Self {
         self.concurrency = n.max(1);
+        self
+    }
+
+    /// Sets the node lifecycle controller's settings (default: 50 s grace period).
+    #[must_use]
+    pub fn node_lifecycle(mut self, config: builtin::nodelifecycle::NodeLifecycleConfig) -> Self {
+        self.node_lifecycle = config;
         self
     }
 
@@ -123,6 +137,10 @@ impl ControllerManager {
             let (c, ctx) = builtin::namespace::controller(&shared);
             tasks.push(tokio::spawn(c.concurrency(n).run(builtin::namespace::reconcile, backoff_policy, ctx)));
         }
+        if on("nodelifecycle") {
+            let (c, ctx) = builtin::nodelifecycle::controller_with(&shared, self.config.node_lifecycle.clone());
+            tasks.push(tokio::spawn(c.concurrency(n).run(builtin::nodelifecycle::reconcile, backoff_policy, ctx)));
+        }
         if on("garbagecollector") {
             tasks.push(tokio::spawn(builtin::gc::run(shared.clone(), builtin::gc::default_resources(), n)));
         }
@@ -150,6 +168,11 @@ impl ControllerManager {
         }
         if on("namespace") {
             drop(self.informers.all::<Namespace>());
+        }
+        if on("nodelifecycle") {
+            drop(self.informers.all::<k8s_openapi::api::core::v1::Node>());
+            drop(self.informers.all::<Pod>());
+            drop(self.informers.namespaced::<k8s_openapi::api::coordination::v1::Lease>(builtin::nodelifecycle::LEASE_NAMESPACE));
         }
         if on("garbagecollector") {
             for r in builtin::gc::default_resources() {

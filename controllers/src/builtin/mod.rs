@@ -4,6 +4,7 @@ pub mod deployment;
 pub mod endpoints;
 pub mod gc;
 pub mod namespace;
+pub mod nodelifecycle;
 pub mod replicaset;
 
 use crate::clock;
