@@ -278,9 +278,15 @@ impl KindCache {
         loop {
             tokio::select! {
                 ev = stream.next() => match ev {
-                    None => return Ok(()),
-                    Some(Err(e)) => return Err(e),
                     Some(Ok(ev)) => self.apply(ev),
+                    // A lagging or ended storage watch resumes where the cache is; only a
+                    // compacted one makes the cache list again.
+                    Some(Err(crate::storage::StorageError::WatchLagged { .. })) | None => {
+                        let from = self.read().revision;
+                        tracing::debug!(prefix = %self.prefix, from, "watch cache resumes its storage watch");
+                        stream = storage.watch(&self.prefix, from, WatchOptions::default()).await?;
+                    }
+                    Some(Err(e)) => return Err(e),
                 },
                 () = self.want_progress.notified() => stream.request_progress(),
                 _ = ticker.tick() => self.bookmark_all(),

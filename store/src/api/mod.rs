@@ -221,9 +221,12 @@ impl ApiServer {
         kind.schema.as_ref().map(|s| s.json().clone())
     }
 
-    /// Creates what every cluster starts with (once): the initial namespaces; registers stored
+    /// Waits until the server is bootstrapped; first creates what every cluster starts with (once): the initial namespaces; registers stored
     /// custom resource definitions.
     async fn ready(&self) -> Result<()> {
+        // In-memory storage answers without ever yielding: spend the task's cooperative budget so
+        // that a caller looping on requests cannot starve the watch caches of their worker.
+        tokio::task::consume_budget().await;
         self.bootstrap
             .get_or_try_init(|| async {
                 let crds = bosun_core::resource::builtin("apiextensions.k8s.io", "v1", "CustomResourceDefinition")
