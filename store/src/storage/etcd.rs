@@ -146,6 +146,12 @@ impl EtcdStorage {
         k
     }
 
+    /// The full key, or `"\0"` in place of the empty key (which etcd refuses).
+    fn nonempty(&self, key: &str) -> Vec<u8> {
+        let k = self.full(key);
+        if k.is_empty() { vec![0] } else { k }
+    }
+
     fn strip(&self, key: &[u8]) -> Result<Arc<str>> {
         let rest = key.strip_prefix(self.namespace.as_bytes()).unwrap_or(key);
         std::str::from_utf8(rest).map(Arc::from).map_err(|_| StorageError::Corrupt("etcd key is not UTF-8".into()))
@@ -189,7 +195,8 @@ impl EtcdStorage {
 
     async fn header_revision(&self) -> Result<Revision> {
         retry(true, || async {
-            let resp = self.client.kv_client().get(self.full(""), Some(ec::GetOptions::new().with_count_only())).await.map_err(map_err)?;
+            let resp =
+                self.client.kv_client().get(self.nonempty(""), Some(ec::GetOptions::new().with_count_only())).await.map_err(map_err)?;
             Ok(resp.header().map_or(0, |h| h.revision()))
         })
         .await
@@ -219,7 +226,7 @@ impl EtcdStorage {
                 let revision = if req.revision > 0 { req.revision } else { self.header_revision().await? };
                 return Ok(RangeResponse { revision, ..RangeResponse::default() });
             }
-            self.full(&req.prefix)
+            self.nonempty(&req.prefix)
         } else {
             let full_prefix = self.full(&req.prefix);
             opts = opts.with_range(prefix_end(&full_prefix));

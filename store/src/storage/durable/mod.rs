@@ -1,15 +1,21 @@
 //! `DurableStorage`: the in-memory multi-version store made durable by a write-ahead log with
 //! group commit, plus snapshots that bound recovery time.
 //!
-//! Why a log and not an embedded B-tree database such as redb: every write is one sequential
-//! append of a few hundred bytes, and one `fdatasync` covers every writer that arrived while the
-//! previous one ran (group commit), so throughput grows with concurrency while latency stays one
-//! sync. A B-tree commit rewrites pages up to the root and needs its own sync (redb: two by
-//! default) per transaction, with no way to merge concurrent callers' transactions; the reads it
-//! would speed up are already served from memory here, which also gives every past revision and
-//! the watch history for free. Recovery reads the newest snapshot and replays the log after it;
-//! a snapshot is written in the background every `snapshot_after` bytes of log, after which the
-//! log segments it covers are deleted.
+//! Why a log and not an embedded B-tree database such as redb (chosen by design and by the
+//! fsync measurements below, not by a redb benchmark): every write is one sequential append of
+//! about a kilobyte, and one `fdatasync` covers every writer that arrived while the previous one
+//! ran (group commit), so throughput grows with concurrency while latency stays one sync. A
+//! B-tree commit rewrites pages up to the root and syncs per transaction, with no way to merge
+//! concurrent callers' transactions; the reads it would speed up are already served from
+//! memory here, which also gives every past revision and the watch history for free. Recovery
+//! reads the newest snapshot and replays the log after it; a snapshot is written in the
+//! background every `snapshot_after` bytes of log, after which the log segments it covers are
+//! deleted.
+//!
+//! Segments are preallocated: on this kind of machine (ext4 on a virtual disk shared with busy
+//! neighbours) `fdatasync` after an append that grows the file took a p50 of 3 ms, because it
+//! commits the filesystem journal, against 0.15 ms when overwriting preallocated space; one
+//! writer went from about 120 to 730 acknowledged writes per second.
 //!
 //! Durability: a write is acknowledged (and becomes visible to readers and watchers) only once
 //! its log record is on disk. Transactions are single records, so a crash leaves each one
