@@ -3,6 +3,7 @@
 //! cluster IPs are loopback addresses (any of 127.0.0.0/8 binds without configuration).
 
 mod balancer;
+mod splice;
 mod tcp;
 mod udp;
 

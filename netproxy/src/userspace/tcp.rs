@@ -46,8 +46,18 @@ async fn handle(mut inbound: TcpStream, client: SocketAddr, balancer: Arc<Balanc
             Ok(Ok(mut outbound)) => {
                 let _ = outbound.set_nodelay(true);
                 let mut gone = pick.gone.clone();
+                let relay = async {
+                    match (super::splice::Pipe::new(), super::splice::Pipe::new()) {
+                        (Ok(p1), Ok(p2)) => {
+                            let _ = super::splice::relay(&inbound, &outbound, (p1, p2)).await;
+                        }
+                        _ => {
+                            let _ = tokio::io::copy_bidirectional_with_sizes(&mut inbound, &mut outbound, BUFFER, BUFFER).await;
+                        }
+                    }
+                };
                 tokio::select! {
-                    _ = tokio::io::copy_bidirectional_with_sizes(&mut inbound, &mut outbound, BUFFER, BUFFER) => {}
+                    () = relay => {}
                     () = gone.wait_for(|g| *g).map(|_| ()) => tracing::debug!(endpoint = %pick.addr, "endpoint drained; closing"),
                 }
                 return;
