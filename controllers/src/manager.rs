@@ -10,7 +10,7 @@ use std::sync::Arc;
 use tokio::task::JoinHandle;
 
 /// The built-in controllers.
-pub const BUILTINS: &[&str] = &["replicaset", "deployment", "garbagecollector", "endpointslice", "namespace", "nodelifecycle"];
+pub const BUILTINS: &[&str] = &["replicaset", "deployment", "garbagecollector", "endpointslice", "namespace", "nodelifecycle", "daemonset"];
 
 /// Which controllers run and how.
 #[derive(Debug, Clone)]
@@ -140,6 +140,10 @@ impl ControllerManager {
         if on("nodelifecycle") {
             let (c, ctx) = builtin::nodelifecycle::controller_with(&shared, self.config.node_lifecycle.clone());
             tasks.push(tokio::spawn(c.concurrency(n).run(builtin::nodelifecycle::reconcile, backoff_policy, ctx)));
+        }
+        if on("daemonset") {
+            let (c, ctx) = builtin::daemonset::controller(&shared);
+            tasks.push(tokio::spawn(c.concurrency(n).run(builtin::daemonset::reconcile, backoff_policy, ctx)));
         }
         if on("garbagecollector") {
             tasks.push(tokio::spawn(builtin::gc::run(shared.clone(), builtin::gc::default_resources(), n)));

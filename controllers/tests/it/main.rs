@@ -2,6 +2,7 @@
 //! API server and tokio's paused clock.
 
 mod cluster;
+mod daemonsets;
 mod nodes;
 mod runtime;
 mod support;

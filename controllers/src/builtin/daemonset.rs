@@ -1,0 +1,304 @@
+//! The DaemonSet controller: one pod per eligible node (node selector, required node affinity,
+//! taints against tolerations), placed with `spec.nodeName`; new nodes get one, pods on removed or
+//! no longer eligible nodes go, and a changed template rolls out node by node within
+//! `maxUnavailable` (RollingUpdate) or waits for pods to be deleted (OnDelete).
+
+use super::{Shared, ignore_not_found, pod_is_active, pod_is_available, pod_is_ready};
+use crate::runtime::{Action, Controller};
+use bosun_core::meta::controller_ref;
+use bosun_core::watch::{INDEX_OWNER, Store};
+use bosun_core::{Api, DeleteParams, Error, Object, ObjectKey, Patch, PatchParams, PostParams};
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::{Node, NodeSelectorRequirement, Pod, Taint, Toleration};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex};
+
+/// The label carrying the hash of the template a pod was made from.
+pub const TEMPLATE_HASH: &str = "controller-revision-hash";
+
+/// The DaemonSet controller's state.
+pub struct DaemonSetCtx {
+    shared: Shared,
+    pods: Store<Pod>,
+    nodes: Store<Node>,
+    /// Pods the rollout deleted that the cache still shows active, per DaemonSet: they count as
+    /// unavailable so that a lagging cache never lets a rollout exceed `maxUnavailable`.
+    rolled: Mutex<HashMap<ObjectKey, HashSet<String>>>,
+}
+
+/// Builds the DaemonSet controller on `shared`'s informers.
+pub fn controller(shared: &Shared) -> (Controller<DaemonSet>, Arc<DaemonSetCtx>) {
+    let client = shared.client.clone();
+    let pods = shared.informers.all::<Pod>();
+    let nodes = shared.informers.all::<Node>();
+    let sets = shared.informers.all::<DaemonSet>().store().clone();
+    let c = shared
+        .controller(Api::<DaemonSet>::all(client.clone()), "daemonset")
+        .owns(Api::<Pod>::all(client.clone()))
+        .watches(Api::<Node>::all(client), move |_n: &Node| sets.list().iter().map(|d| ObjectKey::of(&**d)).collect::<Vec<_>>());
+    let ctx = Arc::new(DaemonSetCtx {
+        shared: shared.clone(),
+        pods: pods.store().clone(),
+        nodes: nodes.store().clone(),
+        rolled: Mutex::default(),
+    });
+    (c, ctx)
+}
+
+/// The tolerations every DaemonSet pod gets besides its template's.
+pub fn standard_tolerations() -> Vec<Toleration> {
+    let t = |key: &str, effect: &str| Toleration {
+        key: Some(key.into()),
+        operator: Some("Exists".into()),
+        effect: Some(effect.into()),
+        toleration_seconds: None,
+        value: None,
+    };
+    vec![
+        t("node.kubernetes.io/not-ready", "NoExecute"),
+        t("node.kubernetes.io/unreachable", "NoExecute"),
+        t("node.kubernetes.io/unschedulable", "NoSchedule"),
+        t("node.kubernetes.io/disk-pressure", "NoSchedule"),
+        t("node.kubernetes.io/memory-pressure", "NoSchedule"),
+        t("node.kubernetes.io/pid-pressure", "NoSchedule"),
+    ]
+}
+
+fn tolerates(t: &Toleration, taint: &Taint) -> bool {
+    if t.effect.as_deref().is_some_and(|e| !e.is_empty() && e != taint.effect) {
+        return false;
+    }
+    match t.key.as_deref() {
+        None | Some("") => t.operator.as_deref() == Some("Exists"),
+        Some(k) if k != taint.key => false,
+        Some(_) => t.operator.as_deref() == Some("Exists") || t.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or(""),
+    }
+}
+
+fn requirement_matches(r: &NodeSelectorRequirement, value: Option<&str>) -> bool {
+    let values = r.values.as_deref().unwrap_or_default();
+    match r.operator.as_str() {
+        "In" => value.is_some_and(|v| values.iter().any(|x| x == v)),
+        "NotIn" => value.is_none_or(|v| values.iter().all(|x| x != v)),
+        "Exists" => value.is_some(),
+        "DoesNotExist" => value.is_none(),
+        "Gt" | "Lt" => {
+            let (Some(v), Some(bound)) = (value.and_then(|v| v.parse::<i64>().ok()), values.first().and_then(|b| b.parse::<i64>().ok()))
+            else {
+                return false;
+            };
+            if r.operator == "Gt" { v > bound } else { v < bound }
+        }
+        _ => false,
+    }
+}
+
+/// Whether a pod of `ds` belongs on `node`: node selector, required node affinity, and every
+/// NoSchedule/NoExecute taint tolerated (with the standard DaemonSet tolerations).
+pub fn eligible(ds: &DaemonSet, node: &Node) -> bool {
+    let spec = ds.spec.template.spec.as_ref();
+    let labels = node.meta().labels.clone().unwrap_or_default();
+    let name = node.name();
+    if let Some(sel) = spec.and_then(|s| s.node_selector.as_ref())
+        && !sel.iter().all(|(k, v)| labels.get(k) == Some(v))
+    {
+        return false;
+    }
+    let required = spec
+        .and_then(|s| s.affinity.as_ref())
+        .and_then(|a| a.node_affinity.as_ref())
+        .and_then(|a| a.required_during_scheduling_ignored_during_execution.as_ref());
+    if let Some(req) = required {
+        let any = req.node_selector_terms.iter().any(|term| {
+            let exprs = term.match_expressions.as_deref().unwrap_or_default();
+            let fields = term.match_fields.as_deref().unwrap_or_default();
+            (!exprs.is_empty() || !fields.is_empty())
+                && exprs.iter().all(|r| requirement_matches(r, labels.get(&r.key).map(String::as_str)))
+                && fields.iter().all(|r| r.key == "metadata.name" && requirement_matches(r, Some(name)))
+        });
+        if !any {
+            return false;
+        }
+    }
+    let mut tolerations = spec.and_then(|s| s.tolerations.clone()).unwrap_or_default();
+    tolerations.extend(standard_tolerations());
+    let taints = node.spec.as_ref().and_then(|s| s.taints.as_deref()).unwrap_or_default();
+    taints.iter().filter(|t| t.effect != "PreferNoSchedule").all(|taint| tolerations.iter().any(|t| tolerates(t, taint)))
+}
+
+/// A hash of the DaemonSet's pod template.
+pub fn template_hash(ds: &DaemonSet) -> String {
+    let template = serde_json::to_string(&ds.spec.template).unwrap_or_default();
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    template.hash(&mut h);
+    format!("{:x}", h.finish() & 0x00ff_ffff_ffff)
+}
+
+fn pod_for(ds: &DaemonSet, node: &str, hash: &str) -> Pod {
+    let template = ds.spec.template.clone();
+    let tmeta = template.metadata.unwrap_or_default();
+    let mut labels = tmeta.labels.unwrap_or_default();
+    labels.insert(TEMPLATE_HASH.into(), hash.into());
+    let mut spec = template.spec.unwrap_or_default();
+    let tolerations = spec.tolerations.get_or_insert_with(Vec::new);
+    for t in standard_tolerations() {
+        if !tolerations.contains(&t) {
+            tolerations.push(t);
+        }
+    }
+    spec.node_name = Some(node.into());
+    Pod {
+        metadata: ObjectMeta {
+            generate_name: Some(format!("{}-", ds.name())),
+            namespace: ds.meta().namespace.clone(),
+            labels: Some(labels),
+            annotations: tmeta.annotations,
+            owner_references: Some(vec![controller_ref(ds)]),
+            ..ObjectMeta::default()
+        },
+        spec: Some(spec),
+        status: None,
+    }
+}
+
+fn node_of(pod: &Pod) -> Option<&str> {
+    pod.spec.as_ref().and_then(|s| s.node_name.as_deref()).filter(|n| !n.is_empty())
+}
+
+fn is_updated(pod: &Pod, hash: &str) -> bool {
+    pod.meta().labels.as_ref().and_then(|l| l.get(TEMPLATE_HASH)).is_some_and(|h| h == hash)
+}
+
+/// Reconciles one DaemonSet.
+pub async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<DaemonSetCtx>) -> Result<Action, Error> {
+    let ns = ds.namespace().unwrap_or("default").to_owned();
+    let pods_api = Api::<Pod>::namespaced(ctx.shared.client.clone(), &ns);
+    let hash = template_hash(&ds);
+    let spec = ds.spec.clone();
+    let min_ready = spec.min_ready_seconds.unwrap_or(0);
+    let mut by_node: BTreeMap<String, Vec<Arc<Pod>>> = BTreeMap::new();
+    for pod in ctx.pods.by_index(INDEX_OWNER, ds.uid()) {
+        if pod.namespace() != Some(ns.as_str()) || !pod_is_active(&pod) {
+            // Failed pods are removed so that a fresh one replaces them.
+            let failed = pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Failed");
+            if failed && !bosun_core::meta::is_deleting(pod.meta()) {
+                ignore_not_found(pods_api.delete(pod.name(), &DeleteParams::default()).await)?;
+            }
+            continue;
+        }
+        by_node.entry(node_of(&pod).unwrap_or_default().to_owned()).or_default().push(pod);
+    }
+    let nodes: HashMap<String, Arc<Node>> = ctx.nodes.list().into_iter().map(|n| (n.name().to_owned(), n)).collect();
+    let wanted: Vec<&String> = {
+        let mut v: Vec<&String> = nodes.iter().filter(|(_, n)| eligible(&ds, n)).map(|(k, _)| k).collect();
+        v.sort();
+        v
+    };
+    let deleting = bosun_core::meta::is_deleting(ds.meta());
+    let mut misscheduled = 0;
+    // Pods on nodes that are gone or no longer eligible, and extras, go.
+    for (node, pods) in &by_node {
+        let keep = !deleting && wanted.contains(&node);
+        if !keep {
+            misscheduled += i32::from(nodes.contains_key(node));
+        }
+        let mut sorted = pods.clone();
+        sorted.sort_by_key(|p| (!is_updated(p, &hash), !pod_is_ready(p), p.name().to_owned()));
+        for p in sorted.iter().skip(usize::from(keep)) {
+            ignore_not_found(pods_api.delete(p.name(), &DeleteParams::default()).await)?;
+        }
+    }
+    if !deleting {
+        for node in &wanted {
+            if by_node.get(*node).is_none_or(Vec::is_empty) {
+                pods_api.create(&pod_for(&ds, node, &hash), &PostParams::default()).await?;
+            }
+        }
+    }
+    // Status, over the one kept pod of each eligible node.
+    let current: Vec<&Arc<Pod>> = wanted.iter().filter_map(|n| by_node.get(*n).and_then(|v| v.first())).collect();
+    let ready = current.iter().filter(|p| pod_is_ready(p)).count();
+    let available = current.iter().filter(|p| pod_is_ready(p) && pod_is_available(p, min_ready).is_ok()).count();
+    let updated = current.iter().filter(|p| is_updated(p, &hash)).count();
+    // RollingUpdate: replace outdated pods while no more than maxUnavailable are unavailable.
+    let strategy = spec.update_strategy.clone().unwrap_or_default();
+    if !deleting && strategy.type_.as_deref().unwrap_or("RollingUpdate") == "RollingUpdate" {
+        let max_unavailable = match strategy.rolling_update.and_then(|r| r.max_unavailable) {
+            Some(IntOrString::Int(n)) => usize::try_from(n.max(0)).unwrap_or(0),
+            Some(IntOrString::String(s)) => {
+                let pct: usize = s.trim_end_matches('%').parse().unwrap_or(0);
+                (wanted.len() * pct).div_ceil(100)
+            }
+            None => 1,
+        }
+        .max(1);
+        let key = ObjectKey::of(&*ds);
+        let in_flight: HashSet<String> = {
+            let mut map = ctx.rolled.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let set = map.entry(key.clone()).or_default();
+            set.retain(|name| ctx.pods.get(&ObjectKey::new(Some(&ns), name.clone())).is_some_and(|p| pod_is_active(&p)));
+            set.clone()
+        };
+        let counted_available =
+            current.iter().filter(|p| !in_flight.contains(p.name()) && pod_is_ready(p) && pod_is_available(p, min_ready).is_ok()).count();
+        let unavailable = wanted.len().saturating_sub(counted_available);
+        let budget = max_unavailable.saturating_sub(unavailable);
+        let mut outdated: Vec<&&Arc<Pod>> = current.iter().filter(|p| !is_updated(p, &hash)).collect();
+        // Unavailable outdated pods first: replacing them costs no availability.
+        outdated.sort_by_key(|p| (pod_is_ready(p), p.name().to_owned()));
+        let mut spent = 0;
+        for p in outdated.into_iter().filter(|p| !in_flight.contains(p.name())) {
+            let free = !pod_is_ready(p);
+            if !free && spent >= budget {
+                break;
+            }
+            spent += usize::from(!free);
+            ctx.rolled
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .entry(key.clone())
+                .or_default()
+                .insert(p.name().to_owned());
+            ignore_not_found(pods_api.delete(p.name(), &DeleteParams::default()).await)?;
+        }
+    }
+    let generation = ds.meta().generation.unwrap_or(0);
+    let to_i32 = |n: usize| i32::try_from(n).unwrap_or(i32::MAX);
+    let status = serde_json::json!({"status": {
+        "desiredNumberScheduled": to_i32(wanted.len()),
+        "currentNumberScheduled": to_i32(current.len()),
+        "numberMisscheduled": misscheduled,
+        "numberReady": to_i32(ready),
+        "updatedNumberScheduled": to_i32(updated),
+        "numberAvailable": to_i32(available),
+        "numberUnavailable": to_i32(wanted.len().saturating_sub(available)),
+        "observedGeneration": generation,
+    }});
+    let old = ds.status.clone().unwrap_or_default();
+    let now = (
+        old.desired_number_scheduled,
+        old.current_number_scheduled,
+        old.number_ready,
+        old.updated_number_scheduled,
+        old.number_available,
+        old.observed_generation,
+        old.number_misscheduled,
+    );
+    let new = (
+        to_i32(wanted.len()),
+        to_i32(current.len()),
+        to_i32(ready),
+        Some(to_i32(updated)),
+        Some(to_i32(available)),
+        Some(generation),
+        misscheduled,
+    );
+    if now != new {
+        let api = Api::<DaemonSet>::namespaced(ctx.shared.client.clone(), &ns);
+        ignore_not_found(api.patch_status(ds.name(), &Patch::Merge(status), &PatchParams::default()).await)?;
+    }
+    Ok(Action::await_change())
+}
