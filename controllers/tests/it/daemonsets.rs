@@ -137,7 +137,7 @@ async fn a_daemonset_rolls_out_a_new_template_node_by_node() -> Res {
     h.run_until_quiescent().await?;
     assert_eq!(placement(&pods).await, on(&[("n1", "agent:2"), ("n2", "agent:2"), ("n3", "agent:2"), ("n4", "agent:2")]));
     let low = min_ready.load(Ordering::SeqCst);
-    assert!(low >= 3 && low < 4, "one node at a time within maxUnavailable 1 (lowest ready count {low})");
+    assert_eq!(low, 3, "one node at a time within maxUnavailable 1 (lowest ready count {low})");
     let ds = sets.get("agent").await?;
     let s = ds.status.clone().unwrap_or_default();
     assert_eq!((s.desired_number_scheduled, s.updated_number_scheduled, s.number_available), (4, Some(4), Some(4)));
