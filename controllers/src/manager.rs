@@ -10,7 +10,8 @@ use std::sync::Arc;
 use tokio::task::JoinHandle;
 
 /// The built-in controllers.
-pub const BUILTINS: &[&str] = &["replicaset", "deployment", "garbagecollector", "endpointslice", "namespace", "nodelifecycle", "daemonset"];
+pub const BUILTINS: &[&str] =
+    &["replicaset", "deployment", "garbagecollector", "endpointslice", "namespace", "nodelifecycle", "daemonset", "job"];
 
 /// Which controllers run and how.
 #[derive(Debug, Clone)]
@@ -144,6 +145,10 @@ impl ControllerManager {
         if on("daemonset") {
             let (c, ctx) = builtin::daemonset::controller(&shared);
             tasks.push(tokio::spawn(c.concurrency(n).run(builtin::daemonset::reconcile, backoff_policy, ctx)));
+        }
+        if on("job") {
+            let (c, ctx) = builtin::job::controller(&shared);
+            tasks.push(tokio::spawn(c.concurrency(n).run(builtin::job::reconcile, backoff_policy, ctx)));
         }
         if on("garbagecollector") {
             tasks.push(tokio::spawn(builtin::gc::run(shared.clone(), builtin::gc::default_resources(), n)));

@@ -3,6 +3,7 @@
 
 mod cluster;
 mod daemonsets;
+mod jobs;
 mod nodes;
 mod runtime;
 mod support;
