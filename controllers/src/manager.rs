@@ -178,6 +178,15 @@ impl ControllerManager {
         if on("namespace") {
             drop(self.informers.all::<Namespace>());
         }
+        if on("daemonset") {
+            drop(self.informers.all::<k8s_openapi::api::apps::v1::DaemonSet>());
+            drop(self.informers.all::<k8s_openapi::api::core::v1::Node>());
+            drop(self.informers.all::<Pod>());
+        }
+        if on("job") {
+            drop(self.informers.all::<k8s_openapi::api::batch::v1::Job>());
+            drop(self.informers.all::<Pod>());
+        }
         if on("nodelifecycle") {
             drop(self.informers.all::<k8s_openapi::api::core::v1::Node>());
             drop(self.informers.all::<Pod>());

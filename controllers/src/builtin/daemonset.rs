@@ -302,3 +302,62 @@ pub async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<DaemonSetCtx>) -> Result<Act
     }
     Ok(Action::await_change())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{Affinity, NodeAffinity, NodeSelector, NodeSelectorTerm, NodeSpec};
+
+    fn node(name: &str, labels: &[(&str, &str)], taints: Vec<Taint>) -> Node {
+        Node {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                labels: Some(labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()),
+                ..ObjectMeta::default()
+            },
+            spec: Some(NodeSpec { taints: Some(taints), ..NodeSpec::default() }),
+            status: None,
+        }
+    }
+
+    fn with_affinity(terms: Vec<NodeSelectorTerm>) -> DaemonSet {
+        let mut ds = DaemonSet::default();
+        ds.spec.template.spec = Some(k8s_openapi::api::core::v1::PodSpec {
+            affinity: Some(Affinity {
+                node_affinity: Some(NodeAffinity {
+                    required_during_scheduling_ignored_during_execution: Some(NodeSelector { node_selector_terms: terms }),
+                    ..NodeAffinity::default()
+                }),
+                ..Affinity::default()
+            }),
+            ..Default::default()
+        });
+        ds
+    }
+
+    fn req(key: &str, op: &str, values: &[&str]) -> NodeSelectorRequirement {
+        NodeSelectorRequirement { key: key.into(), operator: op.into(), values: Some(values.iter().map(|v| (*v).to_owned()).collect()) }
+    }
+
+    #[test]
+    fn required_node_affinity_and_taints_decide_eligibility() {
+        let zone_a = with_affinity(vec![NodeSelectorTerm { match_expressions: Some(vec![req("zone", "In", &["a"])]), match_fields: None }]);
+        assert!(eligible(&zone_a, &node("n1", &[("zone", "a")], vec![])));
+        assert!(!eligible(&zone_a, &node("n2", &[("zone", "b")], vec![])));
+        assert!(!eligible(&zone_a, &node("n3", &[], vec![])));
+        let big = with_affinity(vec![NodeSelectorTerm { match_expressions: Some(vec![req("cpus", "Gt", &["4"])]), match_fields: None }]);
+        assert!(eligible(&big, &node("n1", &[("cpus", "8")], vec![])));
+        assert!(!eligible(&big, &node("n1", &[("cpus", "2")], vec![])));
+        let by_name = with_affinity(vec![NodeSelectorTerm {
+            match_expressions: None,
+            match_fields: Some(vec![req("metadata.name", "In", &["n9"])]),
+        }]);
+        assert!(eligible(&by_name, &node("n9", &[], vec![])));
+        assert!(!eligible(&by_name, &node("n8", &[], vec![])));
+        let plain = DaemonSet::default();
+        let taint = |key: &str, effect: &str| Taint { key: key.into(), effect: effect.into(), value: None, time_added: None };
+        assert!(eligible(&plain, &node("n", &[], vec![taint("node.kubernetes.io/unschedulable", "NoSchedule")])));
+        assert!(eligible(&plain, &node("n", &[], vec![taint("whatever", "PreferNoSchedule")])));
+        assert!(!eligible(&plain, &node("n", &[], vec![taint("gpu", "NoExecute")])));
+    }
+}
