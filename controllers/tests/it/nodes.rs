@@ -181,3 +181,37 @@ async fn a_silent_node_is_tainted_and_its_pods_move_after_the_timeouts() -> Res 
     assert_eq!(ready.as_deref(), Some("True"));
     Ok(())
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_grace_period_and_the_toleration_are_configurable() -> Res {
+    let (h, b_alive, _tasks) = setup(NodeLifecycleConfig::default().grace_period(Duration::from_secs(15))).await?;
+    let deploys = Api::<Deployment>::namespaced(h.client(), "default");
+    let pods = Api::<Pod>::namespaced(h.client(), "default");
+    let mut d = deployment("web", 2, 1, 0);
+    if let Some(spec) = d.spec.template.spec.as_mut() {
+        spec.tolerations = Some(vec![k8s_openapi::api::core::v1::Toleration {
+            key: Some(UNREACHABLE_TAINT.into()),
+            operator: Some("Exists".into()),
+            effect: Some("NoExecute".into()),
+            toleration_seconds: Some(20),
+            value: None,
+        }]);
+    }
+    deploys.create(&d, &PostParams::default()).await?;
+    for _ in 0..60 {
+        if placement(&pods).await.get("node-b").map_or(0, BTreeSet::len) == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert_eq!(placement(&pods).await.get("node-b").map(BTreeSet::len), Some(1), "one pod on node-b");
+    b_alive.store(false, Ordering::SeqCst);
+    // Last renewal at most 10 s ago: tainted within 15 s + 10 s, evicted 20 s later.
+    tokio::time::sleep(Duration::from_secs(22)).await;
+    assert_eq!(placement(&pods).await.get("node-b").map(BTreeSet::len), Some(1), "still tolerated");
+    tokio::time::sleep(Duration::from_secs(40)).await;
+    let after = placement(&pods).await;
+    assert_eq!(after.get("node-b"), None, "evicted after grace + 20 s: {after:?}");
+    assert_eq!(after.get("node-a").map(BTreeSet::len), Some(2));
+    Ok(())
+}
