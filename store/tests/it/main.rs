@@ -8,6 +8,7 @@ mod http;
 mod http_kube;
 mod kubectl;
 mod patch;
+mod protobuf;
 mod storage;
 mod storage_durable;
 mod storage_etcd;
