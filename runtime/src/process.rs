@@ -616,8 +616,22 @@ impl ContainerRuntime for ProcessRuntime {
             if self.state().containers.contains_key(&id) {
                 continue;
             }
-            let still_running = record.status.state == ContainerState::Running
+            let mut still_running = record.status.state == ContainerState::Running
                 && record.pid.is_some_and(|pid| sys::alive(pid) && sys::start_ticks(pid) == record.start_ticks);
+            if still_running && let Some(pid) = record.pid.filter(|pid| output_orphaned(*pid)) {
+                // Its stdout pipe was read by an agent process that is gone: the next write would
+                // fail (EPIPE), so the container cannot be re-adopted safely. Stop it; the agent
+                // restarts it under its restart policy.
+                tracing::info!(container.id = %id, pid, "output pipe orphaned by a previous agent; stopping the container");
+                let _ = sys::signal_group(pid, 9);
+                for _ in 0..50 {
+                    if !sys::alive(pid) {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                still_running = false;
+            }
             if record.status.state == ContainerState::Running && !still_running {
                 // It ended while nobody watched; its exit code is lost.
                 record.status.state = ContainerState::Exited;
@@ -696,4 +710,15 @@ pub(crate) fn short(uid: &str) -> &str {
 
 fn seq_of(id: &str) -> u64 {
     id.rsplit('-').next().and_then(|n| n.parse().ok()).unwrap_or(0)
+}
+
+/// Whether a container's stdout is a pipe that no thread of this process reads any more, i.e.
+/// its reader was a previous agent process. Anything but a pipe (or an unreadable `/proc`) is not.
+fn output_orphaned(pid: i32) -> bool {
+    let Ok(target) = std::fs::read_link(format!("/proc/{pid}/fd/1")) else { return false };
+    if !target.to_string_lossy().starts_with("pipe:") {
+        return false;
+    }
+    let Ok(ours) = std::fs::read_dir("/proc/self/fd") else { return false };
+    !ours.flatten().any(|fd| std::fs::read_link(fd.path()).is_ok_and(|t| t == target))
 }
