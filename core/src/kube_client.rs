@@ -157,6 +157,15 @@ fn delete_options(params: &DeleteParams) -> serde_json::Value {
     body
 }
 
+/// The query of a create or replace: dry run, field manager and field validation.
+fn post_query(params: &PostParams) -> Query {
+    let mut q = Query::default();
+    q.dry_run(params.dry_run);
+    q.opt("fieldManager", params.field_manager.as_deref());
+    q.validation(params.field_validation);
+    q
+}
+
 fn list_query(params: &ListParams) -> Query {
     let mut q = Query::default();
     q.opt("labelSelector", params.label_selector.as_deref());
@@ -209,20 +218,14 @@ impl Client for KubeClient {
     }
 
     async fn create(&self, target: Target<'_>, obj: &DynamicObject, params: &PostParams) -> Result<DynamicObject> {
-        let mut q = Query::default();
-        q.dry_run(params.dry_run);
-        q.opt("fieldManager", params.field_manager.as_deref());
-        q.validation(params.field_validation);
+        let q = post_query(params);
         let ns = target.namespace.or(obj.metadata.namespace.as_deref());
         let uri = format!("{}{}", target.resource.collection_path(ns), q.0);
         self.object(request(http::Method::POST, uri, Some("application/json"), json_body(obj)?)?).await
     }
 
     async fn update(&self, target: Target<'_>, obj: &DynamicObject, params: &PostParams) -> Result<DynamicObject> {
-        let mut q = Query::default();
-        q.dry_run(params.dry_run);
-        q.opt("fieldManager", params.field_manager.as_deref());
-        q.validation(params.field_validation);
+        let q = post_query(params);
         let ns = target.namespace.or(obj.metadata.namespace.as_deref());
         let name = obj.metadata.name.as_deref().unwrap_or("");
         let uri = format!("{}/{name}{}", target.resource.collection_path(ns), q.0);
@@ -289,9 +292,7 @@ impl Client for KubeClient {
         obj: &DynamicObject,
         params: &PostParams,
     ) -> Result<DynamicObject> {
-        let mut q = Query::default();
-        q.dry_run(params.dry_run);
-        q.opt("fieldManager", params.field_manager.as_deref());
+        let q = post_query(params);
         let uri = format!("{}/{subresource}{}", object_path(target, name), q.0);
         self.object(request(http::Method::PUT, uri, Some("application/json"), json_body(obj)?)?).await
     }

@@ -250,6 +250,13 @@ pub struct ContainerFilter {
     pub state: Option<ContainerState>,
 }
 
+impl ContainerFilter {
+    /// Whether a container passes the filter; every backend's `list_containers` uses it.
+    pub fn matches(&self, status: &ContainerStatus) -> bool {
+        self.sandbox_id.as_ref().is_none_or(|sb| &status.sandbox_id == sb) && self.state.is_none_or(|st| status.state == st)
+    }
+}
+
 /// What changed, in a [`RuntimeEvent`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EventKind {

@@ -525,15 +525,7 @@ impl ContainerRuntime for ProcessRuntime {
     }
 
     async fn list_containers(&self, filter: &ContainerFilter) -> Result<Vec<ContainerStatus>> {
-        Ok(self
-            .state()
-            .containers
-            .values()
-            .map(|c| &c.record.status)
-            .filter(|s| filter.sandbox_id.as_ref().is_none_or(|sb| &s.sandbox_id == sb))
-            .filter(|s| filter.state.is_none_or(|st| s.state == st))
-            .cloned()
-            .collect())
+        Ok(self.state().containers.values().map(|c| &c.record.status).filter(|s| filter.matches(s)).cloned().collect())
     }
 
     fn events(&self) -> BoxStream<'static, RuntimeEvent> {
