@@ -10,8 +10,19 @@ use std::sync::Arc;
 use tokio::task::JoinHandle;
 
 /// The built-in controllers.
-pub const BUILTINS: &[&str] =
-    &["replicaset", "deployment", "garbagecollector", "endpointslice", "namespace", "nodelifecycle", "daemonset", "job"];
+pub const BUILTINS: &[&str] = &[
+    "replicaset",
+    "deployment",
+    "garbagecollector",
+    "endpointslice",
+    "namespace",
+    "nodelifecycle",
+    "daemonset",
+    "job",
+    "statefulset",
+    "persistentvolume",
+    "disruption",
+];
 
 /// Which controllers run and how.
 #[derive(Debug, Clone)]
@@ -24,6 +35,8 @@ pub struct ManagerConfig {
     pub leader_election: Option<(String, String, String)>,
     /// The node lifecycle controller's settings (grace period...).
     pub node_lifecycle: builtin::nodelifecycle::NodeLifecycleConfig,
+    /// The local-path provisioner's settings (base directory, default class, data removal).
+    pub local_path: builtin::persistentvolume::LocalPathConfig,
 }
 
 impl Default for ManagerConfig {
@@ -33,6 +46,7 @@ impl Default for ManagerConfig {
             concurrency: 16,
             leader_election: None,
             node_lifecycle: Default::default(),
+            local_path: Default::default(),
         }
     }
 }
@@ -56,6 +70,13 @@ impl ManagerConfig {
     #[must_use]
     pub fn node_lifecycle(mut self, config: builtin::nodelifecycle::NodeLifecycleConfig) -> Self {
         self.node_lifecycle = config;
+        self
+    }
+
+    /// Sets the local-path provisioner's settings (default: `/var/lib/bosun/local-path`).
+    #[must_use]
+    pub fn local_path(mut self, config: builtin::persistentvolume::LocalPathConfig) -> Self {
+        self.local_path = config;
         self
     }
 
@@ -146,9 +167,22 @@ impl ControllerManager {
             let (c, ctx) = builtin::daemonset::controller(&shared);
             tasks.push(tokio::spawn(c.concurrency(n).run(builtin::daemonset::reconcile, backoff_policy, ctx)));
         }
+        if on("statefulset") {
+            let (c, ctx) = builtin::statefulset::controller(&shared);
+            tasks.push(tokio::spawn(c.concurrency(n).run(builtin::statefulset::reconcile, backoff_policy, ctx)));
+        }
         if on("job") {
             let (c, ctx) = builtin::job::controller(&shared);
             tasks.push(tokio::spawn(c.concurrency(n).run(builtin::job::reconcile, backoff_policy, ctx)));
+            let (c, ctx) = builtin::job::orphan_controller(&shared);
+            tasks.push(tokio::spawn(c.concurrency(n).run(builtin::job::reconcile_orphan, backoff_policy, ctx)));
+        }
+        if on("persistentvolume") {
+            tasks.push(tokio::spawn(builtin::persistentvolume::run(shared.clone(), n, self.config.local_path.clone())));
+        }
+        if on("disruption") {
+            let (c, ctx) = builtin::disruption::controller(&shared);
+            tasks.push(tokio::spawn(c.concurrency(n).run(builtin::disruption::reconcile, backoff_policy, ctx)));
         }
         if on("garbagecollector") {
             tasks.push(tokio::spawn(builtin::gc::run(shared.clone(), builtin::gc::default_resources(), n)));
@@ -183,6 +217,12 @@ impl ControllerManager {
             drop(self.informers.all::<k8s_openapi::api::core::v1::Node>());
             drop(self.informers.all::<Pod>());
         }
+        if on("statefulset") {
+            drop(self.informers.all::<k8s_openapi::api::apps::v1::StatefulSet>());
+            drop(self.informers.all::<k8s_openapi::api::apps::v1::ControllerRevision>());
+            drop(self.informers.all::<k8s_openapi::api::core::v1::PersistentVolumeClaim>());
+            drop(self.informers.all::<Pod>());
+        }
         if on("job") {
             drop(self.informers.all::<k8s_openapi::api::batch::v1::Job>());
             drop(self.informers.all::<Pod>());
@@ -191,6 +231,20 @@ impl ControllerManager {
             drop(self.informers.all::<k8s_openapi::api::core::v1::Node>());
             drop(self.informers.all::<Pod>());
             drop(self.informers.namespaced::<k8s_openapi::api::coordination::v1::Lease>(builtin::nodelifecycle::LEASE_NAMESPACE));
+        }
+        if on("persistentvolume") {
+            use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim};
+            drop(self.informers.all::<PersistentVolumeClaim>());
+            drop(self.informers.all::<PersistentVolume>());
+            drop(self.informers.all::<k8s_openapi::api::storage::v1::StorageClass>());
+            drop(self.informers.all::<Node>());
+        }
+        if on("disruption") {
+            drop(self.informers.all::<k8s_openapi::api::policy::v1::PodDisruptionBudget>());
+            drop(self.informers.all::<Pod>());
+            drop(self.informers.all::<ReplicaSet>());
+            drop(self.informers.all::<Deployment>());
+            drop(self.informers.all::<k8s_openapi::api::apps::v1::StatefulSet>());
         }
         if on("garbagecollector") {
             for r in builtin::gc::default_resources() {
