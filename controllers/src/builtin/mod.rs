@@ -10,6 +10,7 @@ pub mod namespace;
 pub mod nodelifecycle;
 pub mod persistentvolume;
 pub mod replicaset;
+pub mod statefulset;
 
 use crate::clock;
 use crate::runtime::{Controller, Metrics, Recorder};
