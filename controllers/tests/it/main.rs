@@ -3,11 +3,9 @@
 
 mod cluster;
 mod daemonsets;
-mod disruption;
 mod jobs;
 mod nodes;
 mod runtime;
 mod statefulsets;
 mod support;
-mod volumes;
 mod workloads;
