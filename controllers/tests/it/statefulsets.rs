@@ -496,3 +496,100 @@ async fn a_conflict_on_the_status_update_is_retried() -> Res {
     assert!(h.faults().calls(bosun_controllers::harness::Verb::Update, "statefulsets") >= 4);
     Ok(())
 }
+
+/// The real kubectl, or `None` after a loud skip (a failure when components are required).
+fn kubectl_binary() -> Option<std::path::PathBuf> {
+    let found = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|d| d.join("kubectl"))
+        .find(|p| p.is_file());
+    if found.is_none() {
+        if std::env::var("BOSUN_REQUIRE_COMPONENTS").is_ok_and(|v| v == "1") {
+            panic!("kubectl is required (BOSUN_REQUIRE_COMPONENTS=1) but is not on PATH");
+        }
+        eprintln!("\n!!! SKIPPING: kubectl is not on PATH !!!\n");
+    }
+    found
+}
+
+/// Runs kubectl against `kubeconfig` off the runtime's threads; (success, stdout + stderr).
+async fn kubectl(binary: &std::path::Path, kubeconfig: &std::path::Path, args: &[&str]) -> (bool, String) {
+    let mut cmd = std::process::Command::new(binary);
+    cmd.arg("--kubeconfig").arg(kubeconfig).arg("--cache-dir").arg(kubeconfig.with_extension("cache")).args(args);
+    let out = tokio::task::spawn_blocking(move || cmd.output()).await;
+    match out {
+        Ok(Ok(o)) => (o.status.success(), format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))),
+        Ok(Err(e)) => (false, e.to_string()),
+        Err(e) => (false, e.to_string()),
+    }
+}
+
+/// Waits (real time) until every pod of the namespace runs `image` and `n` are ready.
+async fn until_image(client: Arc<dyn Client>, n: usize, image_name: &str) -> Res {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let pods = pods_by_name(client.clone()).await?;
+        if pods.len() == n && pods.values().all(|p| image(p) == image_name && running_and_ready(p)) {
+            return Ok(());
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "pods never all ran {image_name}: {:?}",
+            pods.values().map(image).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_rollout_status_history_and_undo_work_on_statefulsets() -> Res {
+    let Some(binary) = kubectl_binary() else { return Ok(()) };
+    let api = bosun_store::ApiServer::in_memory();
+    let server = bosun_store::http::serve(api.clone(), bosun_store::http::HttpConfig::for_api_server(&api)).await?;
+    let dir = std::env::temp_dir().join(format!("bosun-sts-kubectl-{}-{}", std::process::id(), unique_suffix()));
+    std::fs::create_dir_all(&dir)?;
+    let kubeconfig = dir.join("kubeconfig");
+    server.write_kubeconfig(&kubeconfig)?;
+    let mut h = Harness::new(api);
+    h.start_builtins(bosun_controllers::ManagerConfig::default().only(&["statefulset"]));
+    h.start_kubelet();
+    let sets = Api::<StatefulSet>::namespaced(h.client(), "default");
+    sets.create(&statefulset("web", 2), &PostParams::default()).await?;
+
+    let run = |args: &'static [&'static str]| {
+        let (binary, kubeconfig) = (binary.clone(), kubeconfig.clone());
+        async move { kubectl(&binary, &kubeconfig, args).await }
+    };
+    let (ok, out) = run(&["rollout", "status", "statefulset/web", "--timeout=60s"]).await;
+    assert!(ok && out.contains("roll out complete"), "rollout status: {out}");
+    let (ok, out) = run(&["set", "image", "statefulset/web", "main=web:2"]).await;
+    assert!(ok, "set image: {out}");
+    let (ok, out) = run(&["rollout", "status", "statefulset/web", "--timeout=60s"]).await;
+    assert!(ok && out.contains("roll out complete"), "rollout status after set image: {out}");
+    until_image(h.client(), 2, "web:2").await?;
+
+    let (ok, out) = run(&["rollout", "history", "statefulset/web"]).await;
+    assert!(ok && out.contains("REVISION"), "rollout history: {out}");
+    let revisions: Vec<&str> = out.lines().skip(2).filter_map(|l| l.split_whitespace().next()).collect();
+    assert_eq!(revisions, ["1", "2"], "rollout history: {out}");
+    let (ok, out) = run(&["rollout", "history", "statefulset/web", "--revision=1"]).await;
+    assert!(ok && out.contains("web:1"), "rollout history --revision=1: {out}");
+
+    let (ok, out) = run(&["rollout", "undo", "statefulset/web"]).await;
+    assert!(ok && out.contains("rolled back"), "rollout undo: {out}");
+    until_image(h.client(), 2, "web:1").await?;
+    let (ok, out) = run(&["rollout", "status", "statefulset/web", "--timeout=60s"]).await;
+    assert!(ok && out.contains("roll out complete"), "rollout status after undo: {out}");
+    let (ok, out) = run(&["rollout", "history", "statefulset/web"]).await;
+    let revisions: Vec<&str> = out.lines().skip(2).filter_map(|l| l.split_whitespace().next()).collect();
+    assert!(ok && revisions == ["2", "3"], "the rolled-back revision became 3: {out}");
+
+    server.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+fn unique_suffix() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos().into()).unwrap_or(0)
+}
