@@ -22,12 +22,18 @@ fn verb(target: &Target<'_>, verb: &str) -> Result<()> {
 impl Client for ApiServer {
     async fn get(&self, target: Target<'_>, name: &str) -> Result<DynamicObject> {
         self.ready().await?;
+        if super::metrics::is_metrics(target.resource) {
+            return self.metrics_get(target, name).await;
+        }
         let kind = self.registry.resolve(target.resource)?;
         Ok(self.get_object(&kind, target.namespace, name).await?.0)
     }
 
     async fn list(&self, target: Target<'_>, params: &ListParams) -> Result<ObjectList<DynamicObject>> {
         self.ready().await?;
+        if super::metrics::is_metrics(target.resource) {
+            return self.metrics_list(target, params).await;
+        }
         let kind = self.registry.resolve(target.resource)?;
         self.list_objects(&kind, target.namespace, params).await
     }

@@ -15,6 +15,7 @@ mod codec;
 mod crd;
 mod defaults;
 mod delete;
+pub mod metrics;
 mod read;
 mod registry;
 mod services;
@@ -54,6 +55,7 @@ pub struct ApiServer {
     node_ports: (u16, u16),
     admission: Vec<Arc<dyn AdmissionPlugin>>,
     nodes: Option<Arc<dyn NodeConnector>>,
+    metrics: Option<Arc<dyn metrics::MetricsSource>>,
     event_ttl: Duration,
     event_lease: tokio::sync::Mutex<Option<(crate::storage::LeaseId, std::time::Instant)>>,
     bootstrap: OnceCell<()>,
@@ -83,6 +85,7 @@ pub struct ApiServerBuilder {
     admission: Vec<Arc<dyn AdmissionPlugin>>,
     cache_options: CacheOptions,
     nodes: Option<Arc<dyn NodeConnector>>,
+    metrics: Option<Arc<dyn metrics::MetricsSource>>,
     event_ttl: Duration,
 }
 
@@ -127,6 +130,14 @@ impl ApiServerBuilder {
         self
     }
 
+    /// Serves the resource metrics API (`metrics.k8s.io/v1beta1` NodeMetrics and PodMetrics, what
+    /// `kubectl top` and the HorizontalPodAutoscaler read) from this source; default: none, so the
+    /// group is not served.
+    pub fn metrics_source(mut self, source: Arc<dyn metrics::MetricsSource>) -> Self {
+        self.metrics = Some(source);
+        self
+    }
+
     /// How long Events live before storage expires them (default one hour; zero keeps them).
     pub fn event_ttl(mut self, ttl: Duration) -> Self {
         self.event_ttl = ttl;
@@ -155,9 +166,13 @@ impl ApiServerBuilder {
     /// Builds the server. Fails only on an invalid cluster IP range.
     pub fn build(self) -> std::result::Result<Arc<ApiServer>, ParseRangeError> {
         let ips = alloc::Allocator::ips(&self.cluster_ip_range)?;
+        let registry = Registry::builtin();
+        if self.metrics.is_some() {
+            registry.serve_without_storage(metrics::resources());
+        }
         Ok(Arc::new(ApiServer {
             storage: self.storage,
-            registry: Registry::builtin(),
+            registry,
             caches: Mutex::new(HashMap::new()),
             cache_options: self.cache_options,
             ips,
@@ -165,6 +180,7 @@ impl ApiServerBuilder {
             node_ports: self.node_ports,
             admission: self.admission,
             nodes: self.nodes,
+            metrics: self.metrics,
             event_ttl: self.event_ttl,
             event_lease: tokio::sync::Mutex::new(None),
             bootstrap: OnceCell::new(),
@@ -182,6 +198,7 @@ impl ApiServer {
             admission: default_plugins(),
             cache_options: CacheOptions::default(),
             nodes: None,
+            metrics: None,
             event_ttl: Duration::from_secs(3600),
         }
     }

@@ -249,6 +249,9 @@ impl ApiServer {
     /// Lists a kind with every item already encoded as JSON (see [`EncodedList`]).
     pub async fn list_encoded(&self, target: bosun_core::Target<'_>, params: &ListParams) -> Result<EncodedList> {
         self.ready().await?;
+        if super::metrics::is_metrics(target.resource) {
+            return self.metrics_list_encoded(target, params).await;
+        }
         let kind = self.registry.resolve(target.resource)?;
         let filter = self.filter(&kind, target.namespace, params.label_selector.as_deref(), params.field_selector.as_deref())?;
         let listed = self.list_items(&kind, &filter, params).await?;

@@ -15,6 +15,9 @@ pub(crate) struct Registry {
     order: RwLock<Vec<Gvr>>,
     /// The served list as handed out, rebuilt on change.
     snapshot: RwLock<Arc<[ApiResource]>>,
+    /// Resources listed in discovery and routed, but served by the API layer without storage (the
+    /// metrics API): they have no kind, so `resolve` answers 404 for them.
+    unstored: RwLock<Vec<ApiResource>>,
 }
 
 fn gvr(r: &ApiResource) -> Gvr {
@@ -24,7 +27,12 @@ fn gvr(r: &ApiResource) -> Gvr {
 impl Registry {
     /// A registry of every built-in kind.
     pub(crate) fn builtin() -> Self {
-        let reg = Self { kinds: RwLock::default(), order: RwLock::default(), snapshot: RwLock::new(Arc::from(Vec::new())) };
+        let reg = Self {
+            kinds: RwLock::default(),
+            order: RwLock::default(),
+            snapshot: RwLock::new(Arc::from(Vec::new())),
+            unstored: RwLock::default(),
+        };
         reg.register(bosun_core::resource::builtin_resources().iter().cloned().map(Kind::builtin).collect());
         reg
     }
@@ -44,6 +52,12 @@ impl Registry {
         self.refresh();
     }
 
+    /// Lists these resources (after the stored kinds) without a kind behind them.
+    pub(crate) fn serve_without_storage(&self, resources: Vec<ApiResource>) {
+        self.unstored.write().unwrap_or_else(std::sync::PoisonError::into_inner).extend(resources);
+        self.refresh();
+    }
+
     /// Stops serving every version of a group and plural.
     pub(crate) fn unregister(&self, group: &str, plural: &str) {
         {
@@ -58,7 +72,8 @@ impl Registry {
     fn refresh(&self) {
         let map = self.kinds.read().unwrap_or_else(std::sync::PoisonError::into_inner);
         let order = self.order.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let list: Vec<ApiResource> = order.iter().filter_map(|id| map.get(id)).map(|k| k.resource.clone()).collect();
+        let mut list: Vec<ApiResource> = order.iter().filter_map(|id| map.get(id)).map(|k| k.resource.clone()).collect();
+        list.extend(self.unstored.read().unwrap_or_else(std::sync::PoisonError::into_inner).iter().cloned());
         *self.snapshot.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::from(list);
     }
 

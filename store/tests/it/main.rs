@@ -7,6 +7,7 @@ mod api_watch;
 mod http;
 mod http_kube;
 mod kubectl;
+mod metrics;
 mod patch;
 mod protobuf;
 mod storage;
