@@ -3,9 +3,11 @@
 
 mod cluster;
 mod daemonsets;
+mod disruption;
 mod jobs;
 mod nodes;
 mod runtime;
 mod statefulsets;
 mod support;
+mod volumes;
 mod workloads;

@@ -180,7 +180,61 @@ impl AdmissionPlugin for Priority {
     }
 }
 
+/// `DefaultStorageClass`: a PersistentVolumeClaim created without `storageClassName` gets the
+/// class annotated `storageclass.kubernetes.io/is-default-class: "true"` (the newest when several
+/// are); an explicit `""` means no class and is left alone.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct DefaultStorageClass;
+
+#[async_trait]
+impl AdmissionPlugin for DefaultStorageClass {
+    fn name(&self) -> &str {
+        "DefaultStorageClass"
+    }
+
+    async fn admit(&self, attrs: &Attributes<'_>, obj: &mut DynamicObject, _old: Option<&DynamicObject>, server: &ApiServer) -> Result<()> {
+        if attrs.operation != Operation::Create
+            || attrs.subresource.is_some()
+            || !attrs.resource.group.is_empty()
+            || attrs.resource.plural != "persistentvolumeclaims"
+        {
+            return Ok(());
+        }
+        if obj.data.get("spec").and_then(|s| s.get("storageClassName")).is_some_and(|c| !c.is_null()) {
+            return Ok(());
+        }
+        let Some(res) = bosun_core::resource::builtin("storage.k8s.io", "v1", "StorageClass") else { return Ok(()) };
+        let classes = bosun_core::Client::list(server, bosun_core::Target::new(res, None), &Default::default()).await?;
+        let default = classes
+            .items
+            .iter()
+            .filter(|c| {
+                c.metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get("storageclass.kubernetes.io/is-default-class"))
+                    .is_some_and(|v| v == "true")
+            })
+            .max_by(|a, b| {
+                let t = |c: &DynamicObject| c.metadata.creation_timestamp.as_ref().map(|t| t.0);
+                t(a).cmp(&t(b)).then_with(|| b.metadata.name.cmp(&a.metadata.name))
+            });
+        let Some(name) = default.and_then(|c| c.metadata.name.clone()) else { return Ok(()) };
+        if let Some(spec) =
+            obj.data.as_object_mut().map(|o| o.entry("spec").or_insert_with(|| serde_json::json!({}))).and_then(|s| s.as_object_mut())
+        {
+            spec.insert("storageClassName".into(), name.into());
+        }
+        Ok(())
+    }
+}
+
 /// The plugins a server runs by default, in order.
 pub fn default_plugins() -> Vec<std::sync::Arc<dyn AdmissionPlugin>> {
-    vec![std::sync::Arc::new(NamespaceLifecycle), std::sync::Arc::new(ServiceAccountDefaults), std::sync::Arc::new(Priority)]
+    vec![
+        std::sync::Arc::new(NamespaceLifecycle),
+        std::sync::Arc::new(ServiceAccountDefaults),
+        std::sync::Arc::new(Priority),
+        std::sync::Arc::new(DefaultStorageClass),
+    ]
 }

@@ -130,18 +130,27 @@ pub fn controllers(
     let volumes = shared.informers.all::<PersistentVolume>().store().clone();
     let classes = shared.informers.all::<StorageClass>().store().clone();
     let nodes = shared.informers.all::<Node>().store().clone();
-    let pending = claims.clone();
-    let claim_controller = shared
-        .controller(Api::<PersistentVolumeClaim>::all(client.clone()), "persistentvolume-claim")
-        .watches(Api::<PersistentVolume>::all(client.clone()), |pv: &PersistentVolume| claim_ref_key(pv))
-        .watches(Api::<StorageClass>::all(client.clone()), move |_c: &StorageClass| {
-            pending
+    let unbound = {
+        let claims = claims.clone();
+        move |class: Option<&str>| {
+            claims
                 .list()
                 .iter()
                 .filter(|c| c.spec.as_ref().and_then(|s| s.volume_name.as_deref()).is_none_or(str::is_empty))
+                .filter(|c| class.is_none_or(|class| matching::claim_class(c) == class))
                 .map(|c| ObjectKey::of(&**c))
                 .collect::<Vec<_>>()
-        });
+        }
+    };
+    let on_class = unbound.clone();
+    let claim_controller = shared
+        .controller(Api::<PersistentVolumeClaim>::all(client.clone()), "persistentvolume-claim")
+        // A volume's claim; a free volume may suit any waiting claim of its class.
+        .watches(Api::<PersistentVolume>::all(client.clone()), move |pv: &PersistentVolume| match claim_ref_key(pv) {
+            Some(key) => vec![key],
+            None => unbound(Some(matching::volume_class(pv))),
+        })
+        .watches(Api::<StorageClass>::all(client.clone()), move |_c: &StorageClass| on_class(None));
     let by_claim = volumes.clone();
     let volume_controller = shared.controller(Api::<PersistentVolume>::all(client.clone()), "persistentvolume-binder").watches(
         Api::<PersistentVolumeClaim>::all(client),
