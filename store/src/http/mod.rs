@@ -21,6 +21,7 @@
 
 mod body;
 mod catalog;
+pub mod channel;
 mod discovery;
 mod lists;
 mod metrics;
@@ -35,6 +36,7 @@ mod validation;
 mod watch;
 
 pub use catalog::{FnCatalog, ResourceCatalog, StaticCatalog};
+pub use channel::{ChannelSession, ExecProcess, serve_exec};
 pub use lists::EncodedLists;
 pub use node::{ExecIo, ExecRequest, NoNodes, NodeConnector};
 pub use server::{HttpConfig, Server, serve};

@@ -32,6 +32,8 @@ pub struct ExecRequest {
     pub tty: bool,
     /// The WebSocket subprotocol agreed on, e.g. `v5.channel.k8s.io`.
     pub protocol: String,
+    /// `pods/attach` (to the container's main process; `command` is empty) rather than `pods/exec`.
+    pub attach: bool,
 }
 
 /// Reaches the node that runs a pod, for logs and exec. The defaults refuse: logs with 405
@@ -50,7 +52,17 @@ pub trait NodeConnector: Send + Sync + 'static {
         Vec::new()
     }
 
-    /// Runs an exec session over the upgraded connection until it ends.
+    /// Checks an exec or attach request before the connection is upgraded (pod and container
+    /// exist, see [`channel::exec_container`](super::channel::exec_container)): an error here is
+    /// answered as a plain `Status`, which kubectl shows as `Error from server (...)`. The
+    /// default accepts everything.
+    async fn check_exec(&self, request: &ExecRequest) -> Result<()> {
+        let _ = request;
+        Ok(())
+    }
+
+    /// Runs an exec session over the upgraded connection until it ends
+    /// ([`channel::serve_exec`](super::channel::serve_exec) speaks the protocol).
     async fn exec(&self, request: ExecRequest, io: Box<dyn ExecIo>) -> Result<()> {
         let _ = (request, io);
         Err(Error::method_not_allowed("no node connection serves pod exec"))

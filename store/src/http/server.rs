@@ -397,6 +397,21 @@ pub(crate) async fn exec(
     if supported.is_empty() {
         return Err(Error::method_not_allowed(format!("the node connection serves no pods/{sub}")));
     }
+    let mut request = ExecRequest {
+        namespace: namespace.to_owned(),
+        pod: pod.to_owned(),
+        container: query.non_empty("container"),
+        command: query.all("command"),
+        stdin: query.flag("stdin"),
+        stdout: query.flag("stdout"),
+        stderr: query.flag("stderr"),
+        tty: query.flag("tty"),
+        protocol: String::new(),
+        attach: sub == "attach",
+    };
+    // Before the upgrade, so that a missing pod or container is a plain Status whatever the
+    // client tried (kubectl falls back from WebSocket to SPDY on any failed upgrade).
+    nodes.check_exec(&request).await?;
     let headers = req.headers();
     let is_websocket = headers.get(header::UPGRADE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
     let key = headers.get("sec-websocket-key").and_then(|v| v.to_str().ok()).map(str::to_owned);
@@ -413,17 +428,7 @@ pub(crate) async fn exec(
     let Some(protocol) = supported.iter().find(|p| offered.contains(p)).cloned() else {
         return Err(Error::bad_request(format!("none of the offered subprotocols {offered:?} is supported; supported: {supported:?}")));
     };
-    let request = ExecRequest {
-        namespace: namespace.to_owned(),
-        pod: pod.to_owned(),
-        container: query.non_empty("container"),
-        command: query.all("command"),
-        stdin: query.flag("stdin"),
-        stdout: query.flag("stdout"),
-        stderr: query.flag("stderr"),
-        tty: query.flag("tty"),
-        protocol: protocol.clone(),
-    };
+    request.protocol = protocol.clone();
     let accept = websocket_accept(&key);
     tokio::spawn(async move {
         match hyper::upgrade::on(req).await {
