@@ -177,6 +177,21 @@ impl Cache {
         self.pods.len()
     }
 
+    /// The names of the nodes with a Node object (what the informer last told).
+    pub fn node_names(&self) -> Vec<Arc<str>> {
+        self.nodes.iter().filter(|(_, n)| n.node.is_some()).map(|(k, _)| k.clone()).collect()
+    }
+
+    /// The UIDs of the pods bound by the informer's account (not the assumed ones).
+    pub fn bound_pod_uids(&self) -> Vec<String> {
+        self.pods.iter().filter(|(_, p)| !p.assumed).map(|(k, _)| k.clone()).collect()
+    }
+
+    /// Makes the next [`Cache::update_snapshot`] rebuild the snapshot from scratch.
+    pub fn invalidate_snapshot(&mut self) {
+        self.structure_changed = true;
+    }
+
     /// The number of assumed pods.
     pub fn assumed_count(&self) -> usize {
         self.pods.values().filter(|p| p.assumed).count()

@@ -501,13 +501,18 @@ impl SchedulingQueue {
             inner.in_flight.remove(&q.pod.uid);
             return;
         }
+        // The pod may have changed while it was being scheduled: the attempt judged the old
+        // version, so a change that can matter makes the failure worth a retry after backoff.
+        let mut updated = false;
         if let Some(latest) = inner.in_flight.remove(&q.pod.uid) {
+            updated = spec_changed(&q.pod, &latest.pod);
             q.pod = latest.pod;
         }
         q.timestamp = self.now();
         let rejected = !q.unschedulable_plugins.is_empty() || !q.pending_plugins.is_empty();
         // An event during the pod's own cycle that its rejecting plugins care about: retry soon.
-        let relevant = pod_scheduling_cycle != inner.scheduling_cycle
+        let relevant = updated
+            || pod_scheduling_cycle != inner.scheduling_cycle
             || inner.in_flight_overflow
             || self.profiles.get(&q.pod.scheduler_name).is_none_or(|p| {
                 inner
@@ -595,6 +600,30 @@ impl SchedulingQueue {
         let inner = self.lock();
         let active = inner.location.values().filter(|l| matches!(l, Location::Active(_))).count();
         (active, inner.backoff_items.len(), inner.unschedulable.len())
+    }
+
+    /// The UIDs of every pod the queue holds (active, backoff, unschedulable, in flight).
+    pub fn uids(&self) -> Vec<String> {
+        self.lock().location.keys().cloned().collect()
+    }
+
+    /// Whether the queue holds a pod anywhere (active, backoff, unschedulable, in flight).
+    pub fn contains(&self, uid: &str) -> bool {
+        self.lock().location.contains_key(uid)
+    }
+
+    /// Refreshes the entry of a pod whose scheduling attempt is in progress (its binding may
+    /// still fail and requeue it); false when the pod is not in flight.
+    pub fn update_in_flight(&self, pod: Arc<PodInfo>) -> bool {
+        let mut inner = self.lock();
+        if inner.location.get(&pod.uid) != Some(&Location::InFlight) {
+            return false;
+        }
+        inner.versions.insert(pod.uid.clone(), pod.pod.metadata.resource_version.clone().unwrap_or_default());
+        if let Some(q) = inner.in_flight.get_mut(&pod.uid) {
+            q.pod = pod;
+        }
+        true
     }
 
     /// Whether a pod is among the unschedulable (or gated) pods.

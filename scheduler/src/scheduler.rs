@@ -335,7 +335,7 @@ impl Scheduler {
                 let _guard = rt.enter();
                 let mut snapshot = Snapshot::default();
                 while let Some(q) = me.inner.queue.pop() {
-                    me.schedule_one(q, &mut snapshot, &rt);
+                    me.schedule_one_guarded(q, &mut snapshot, &rt);
                 }
             })
             .ok();
@@ -351,21 +351,7 @@ impl Scheduler {
             match c {
                 Change::Applied(n) => self.on_node(n, false),
                 Change::Deleted(n) => self.on_node(n, true),
-                Change::Resync => {
-                    let live = inf.store().list();
-                    let names: HashSet<String> = live.iter().filter_map(|n| n.metadata.name.clone()).collect();
-                    let known: Vec<String> = {
-                        let mut s = Snapshot::default();
-                        lock(&self.inner.cache).update_snapshot(&mut s);
-                        s.nodes().iter().map(|n| n.name.to_string()).collect()
-                    };
-                    for gone in known.into_iter().filter(|n| !names.contains(n)) {
-                        lock(&self.inner.cache).remove_node(&gone);
-                    }
-                    for n in live {
-                        self.on_node(n, false);
-                    }
-                }
+                Change::Resync => self.resync_nodes(inf.store().list()),
             }
         }
     }
@@ -379,12 +365,44 @@ impl Scheduler {
             match c {
                 Change::Applied(p) => self.on_pod(p, false),
                 Change::Deleted(p) => self.on_pod(p, true),
-                Change::Resync => {
-                    for p in inf.store().list() {
-                        self.on_pod(p, false);
-                    }
-                }
+                Change::Resync => self.resync_pods(inf.store().list()),
             }
+        }
+    }
+
+    /// The node informer's subscriber missed changes: drop the nodes that are gone (their delete
+    /// was missed) and re-apply the rest. Reads the cache's own node list: the snapshot the
+    /// scheduling thread keeps must not be touched from here.
+    fn resync_nodes(&self, live: Vec<Arc<Node>>) {
+        let names: HashSet<&str> = live.iter().filter_map(|n| n.metadata.name.as_deref()).collect();
+        let known = lock(&self.inner.cache).node_names();
+        for gone in known.iter().filter(|n| !names.contains(&***n)) {
+            lock(&self.inner.cache).remove_node(gone);
+            self.inner.queue.on_event(&ClusterEvent::new(EventResource::Node, ActionType::DELETE), None, None);
+        }
+        for n in live {
+            self.on_node(n, false);
+        }
+    }
+
+    /// The pod informer's subscriber missed changes: forget the pods that are gone (their delete
+    /// was missed), then re-apply the rest.
+    fn resync_pods(&self, live: Vec<Arc<Pod>>) {
+        let uids: HashSet<&str> = live.iter().filter_map(|p| p.metadata.uid.as_deref()).collect();
+        let queued = self.inner.queue.uids();
+        for gone in queued.iter().filter(|u| !uids.contains(u.as_str())) {
+            self.inner.queue.delete(gone);
+        }
+        let bound = lock(&self.inner.cache).bound_pod_uids();
+        for gone in bound.iter().filter(|u| !uids.contains(u.as_str())) {
+            let old = lock(&self.inner.cache).remove_pod(gone);
+            if let Some(old) = old {
+                let ev = ClusterEvent::new(EventResource::AssignedPod, ActionType::DELETE);
+                self.inner.queue.on_event(&ev, Some(&EventObject::Pod(old)), None);
+            }
+        }
+        for p in live {
+            self.on_pod(p, false);
         }
     }
 
@@ -516,11 +534,42 @@ impl Scheduler {
         if !self.inner.frameworks.contains_key(&info.scheduler_name) || is_terminal(&info.pod) {
             return;
         }
-        if lock(&self.inner.cache).is_assumed(&info.uid) {
-            // Its binding is in flight; the bound version will follow.
+        if lock(&self.inner.cache).pod(&info.uid).is_some() {
+            // Assumed (its binding is in flight or done: the bound version will follow) or already
+            // bound (a stale notification). Keep the newest version for a binding that fails.
+            q.update_in_flight(info);
             return;
         }
         q.add(info);
+    }
+
+    /// One scheduling cycle that cannot take the scheduling thread down: a panicking plugin fails
+    /// this pod's attempt (retried after backoff) instead of stopping scheduling for every pod.
+    fn schedule_one_guarded(&self, q: QueuedPodInfo, snapshot: &mut Snapshot, rt: &tokio::runtime::Handle) {
+        let entry = q.clone();
+        let cycle = self.inner.queue.scheduling_cycle();
+        let run = std::panic::AssertUnwindSafe(|| self.schedule_one(q, snapshot, rt));
+        let Err(panic) = std::panic::catch_unwind(run) else { return };
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        tracing::error!(pod = %entry.pod.key(), panic = %what, "scheduling cycle panicked");
+        self.inner.counters.errors.fetch_add(1, Ordering::Relaxed);
+        // The snapshot may be half-updated: rebuild it next cycle. An assumption made before the
+        // panic is dropped unless its binding already started.
+        *snapshot = Snapshot::default();
+        {
+            let mut cache = lock(&self.inner.cache);
+            cache.invalidate_snapshot();
+            // Spawning the binding is the cycle's last step, so no binding owns this assumption.
+            let _ = cache.forget_pod(&entry.pod.uid);
+        }
+        let mut entry = entry;
+        entry.unschedulable_plugins.clear();
+        entry.pending_plugins.clear();
+        self.inner.queue.add_unschedulable(entry, cycle);
     }
 
     /// One scheduling cycle for one pod.
@@ -599,7 +648,21 @@ impl Scheduler {
             handle.nominator().remove(&pod.uid);
         }
         let me = self.clone();
-        rt.spawn(async move { me.binding_cycle(fw, state, q, host, cycle, wait).await });
+        let entry = q.clone();
+        rt.spawn(async move {
+            use futures::FutureExt;
+            let binding = std::panic::AssertUnwindSafe(me.clone().binding_cycle(fw, state, q, host, cycle, wait));
+            if binding.catch_unwind().await.is_err() {
+                // A panicking PreBind/Bind plugin: the pod must not stay assumed and in flight forever.
+                tracing::error!(pod = %entry.pod.key(), "binding cycle panicked");
+                me.inner.counters.errors.fetch_add(1, Ordering::Relaxed);
+                let _ = lock(&me.inner.cache).forget_pod(&entry.pod.uid);
+                let mut entry = entry;
+                entry.unschedulable_plugins.clear();
+                entry.pending_plugins.clear();
+                me.inner.queue.add_unschedulable(entry, cycle);
+            }
+        });
     }
 
     fn undo(&self, fw: &Framework, state: &CycleState, pod: &Arc<PodInfo>, host: &str) {
@@ -753,4 +816,130 @@ fn conditions(node: &Node) -> Vec<(String, String)> {
         .and_then(|s| s.conditions.as_ref())
         .map(|c| c.iter().map(|c| (c.type_.clone(), c.status.clone())).collect())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plugins::testutil::{node, pod};
+
+    fn scheduler() -> Scheduler {
+        let client: Arc<dyn Client> = bosun_store::ApiServer::in_memory();
+        Scheduler::builder(client).build().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn raw_node(name: &str) -> Arc<Node> {
+        Arc::new(node(name).0)
+    }
+
+    fn snapshot_names(s: &Scheduler, snap: &mut Snapshot) -> Vec<String> {
+        lock(&s.inner.cache).update_snapshot(snap);
+        let mut v: Vec<String> = snap.nodes().iter().map(|n| n.name.to_string()).collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn a_node_resync_leaves_the_scheduling_snapshot_to_see_every_registered_node() {
+        let s = scheduler();
+        let mut snap = Snapshot::default();
+        s.on_node(raw_node("a"), false);
+        assert_eq!(snapshot_names(&s, &mut snap), ["a"]);
+        // Nodes register, then the subscriber lags and resyncs before the next scheduling cycle.
+        s.on_node(raw_node("b"), false);
+        s.on_node(raw_node("c"), false);
+        s.resync_nodes(vec![raw_node("a"), raw_node("b")]);
+        assert_eq!(snapshot_names(&s, &mut snap), ["a", "b"], "b registered, c's delete was missed");
+        s.on_node(raw_node("d"), false);
+        s.resync_nodes(vec![raw_node("a"), raw_node("b"), raw_node("d")]);
+        assert_eq!(snapshot_names(&s, &mut snap), ["a", "b", "d"]);
+    }
+
+    #[test]
+    fn a_pod_resync_forgets_pods_whose_delete_was_missed() {
+        let s = scheduler();
+        s.on_node(raw_node("a"), false);
+        let pending = Arc::new(pod("pending").0);
+        let bound = Arc::new(pod("bound").with(|p| p.spec.get_or_insert_with(Default::default).node_name = Some("a".into())).0);
+        let kept = Arc::new(pod("kept").0);
+        for p in [&pending, &bound, &kept] {
+            s.on_pod(p.clone(), false);
+        }
+        assert!(s.queue().contains("uid-pending") && s.queue().contains("uid-kept"));
+        assert_eq!(s.cached_pods(), 1);
+        s.resync_pods(vec![kept]);
+        assert!(!s.queue().contains("uid-pending"), "deleted while the subscriber lagged");
+        assert!(s.queue().contains("uid-kept"));
+        assert_eq!(s.cached_pods(), 0, "the bound pod's room is freed");
+    }
+
+    #[test]
+    fn an_update_while_the_binding_is_in_flight_is_kept_for_a_retry_and_a_stale_one_is_not_requeued() {
+        let s = scheduler();
+        s.on_node(raw_node("a"), false);
+        let v1 = pod("p").with(|p| p.metadata.resource_version = Some("1".into()));
+        s.on_pod(Arc::new(v1.clone().0), false);
+        let q = s.queue().try_pop().unwrap_or_else(|| panic!("queued"));
+        let cycle = s.queue().scheduling_cycle();
+        lock(&s.inner.cache).assume_pod(q.pod.clone(), "a").unwrap_or_else(|e| panic!("{e}"));
+        // A label change lands while the binding is in flight.
+        let v2 = v1.with(|p| {
+            p.metadata.resource_version = Some("2".into());
+            p.metadata.labels = Some([("tier".to_owned(), "web".to_owned())].into());
+        });
+        s.on_pod(Arc::new(v2.0), false);
+        assert_eq!(s.queue().lens(), (0, 0, 0), "not queued a second time while in flight");
+        // The binding fails: the pod is retried, judged on the newest version, without waiting for
+        // an unrelated cluster event.
+        let _ = lock(&s.inner.cache).forget_pod("uid-p");
+        let mut q = q;
+        q.unschedulable_plugins = vec!["NodeAffinity".into()];
+        s.queue().add_unschedulable(q, cycle);
+        assert!(s.queue().is_backing_off("uid-p"));
+
+        // A stale unbound notification after the bound version was seen is not queued again.
+        let bound = pod("b").with(|p| {
+            p.metadata.resource_version = Some("5".into());
+            p.spec.get_or_insert_with(Default::default).node_name = Some("a".into());
+        });
+        s.on_pod(Arc::new(bound.0), false);
+        s.on_pod(Arc::new(pod("b").with(|p| p.metadata.resource_version = Some("4".into())).0), false);
+        assert!(!s.queue().contains("uid-b"));
+    }
+
+    #[test]
+    fn a_panicking_plugin_fails_one_attempt_and_the_scheduling_thread_lives_on() {
+        use crate::framework::{FilterPlugin, Plugin};
+        #[derive(Debug)]
+        struct Boom;
+        impl Plugin for Boom {
+            fn name(&self) -> &'static str {
+                "Boom"
+            }
+            fn as_filter(self: Arc<Self>) -> Option<Arc<dyn FilterPlugin>> {
+                Some(self)
+            }
+        }
+        impl FilterPlugin for Boom {
+            fn filter(&self, _: &CycleState, pod: &PodInfo, _: &crate::NodeInfo) -> Status {
+                assert!(pod.name != "boom", "a plugin bug");
+                Status::success()
+            }
+        }
+        let client: Arc<dyn Client> = bosun_store::ApiServer::in_memory();
+        let s = Scheduler::builder(client)
+            .profile(Profile::defaults(crate::DEFAULT_SCHEDULER_NAME).plugin(Boom))
+            .build()
+            .unwrap_or_else(|e| panic!("{e}"));
+        s.on_node(raw_node("a"), false);
+        s.on_pod(Arc::new(pod("boom").0), false);
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap_or_else(|e| panic!("{e}"));
+        let _guard = rt.enter();
+        let mut snap = Snapshot::default();
+        let q = s.queue().try_pop().unwrap_or_else(|| panic!("queued"));
+        s.schedule_one_guarded(q, &mut snap, rt.handle());
+        assert!(s.queue().is_backing_off("uid-boom"), "retried after backoff");
+        assert_eq!(s.stats().errors, 1);
+        assert_eq!(s.cached_pods(), 0, "nothing left assumed");
+    }
 }

@@ -189,3 +189,39 @@ fn a_blocking_pop_takes_an_event_moved_pod_from_backoff_when_nothing_is_active()
     assert_eq!(rx.recv_timeout(Duration::from_secs(5)).ok().flatten().as_deref(), Some("p"));
     q.close();
 }
+
+#[test]
+fn a_pod_changed_during_its_own_cycle_is_retried_after_backoff_instead_of_parked() {
+    let (m, clock) = Manual::new();
+    let q = queue(clock);
+    q.add(pod("p").node_selector(&[("disk", "ssd")]).info());
+    let mut entry = q.try_pop().unwrap_or_else(|| panic!("pod queued"));
+    let cycle = q.scheduling_cycle();
+    // While the cycle judges the old spec, the pod's selector is fixed (no cluster event follows).
+    let fixed = pod("p").with(|p| p.metadata.resource_version = Some("2".into())).info();
+    q.update(fixed);
+    entry.unschedulable_plugins = vec!["NodeAffinity".into()];
+    q.add_unschedulable(entry, cycle);
+    assert!(q.is_backing_off("uid-p"), "the update is the pod's own event: it must not wait five minutes");
+    m.advance(Duration::from_millis(1001));
+    q.flush_backoff_completed();
+    let again = q.try_pop().unwrap_or_else(|| panic!("retried"));
+    assert!(again.pod.pod.spec.as_ref().is_some_and(|s| s.node_selector.is_none()), "the retry judges the new version");
+}
+
+#[test]
+fn a_status_only_change_during_the_cycle_does_not_count_as_an_event() {
+    let (_, clock) = Manual::new();
+    let q = queue(clock);
+    q.add(pod("p").node_selector(&[("disk", "ssd")]).info());
+    let mut entry = q.try_pop().unwrap_or_else(|| panic!("pod queued"));
+    let cycle = q.scheduling_cycle();
+    let mut raw = (*entry.pod.pod).clone();
+    raw.metadata.resource_version = Some("2".into());
+    raw.status = Some(Default::default());
+    assert!(q.update_in_flight(PodInfo::new(Arc::new(raw))));
+    entry.unschedulable_plugins = vec!["NodeAffinity".into()];
+    q.add_unschedulable(entry, cycle);
+    assert!(q.is_unschedulable("uid-p"));
+    assert!(!q.update_in_flight(pod("other").info()), "not in flight");
+}
