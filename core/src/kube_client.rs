@@ -40,12 +40,21 @@ impl KubeClient {
 
     /// Connects with the current context of a kubeconfig file.
     pub async fn from_kubeconfig(path: impl AsRef<Path>) -> Result<Self> {
+        Self::from_kubeconfig_at(path, None).await
+    }
+
+    /// Connects with the current context of a kubeconfig file, to `server` instead of the
+    /// context's cluster address when given (a node joining a control plane over HTTPS).
+    pub async fn from_kubeconfig_at(path: impl AsRef<Path>, server: Option<&str>) -> Result<Self> {
         let path = path.as_ref();
         let kubeconfig = kube::config::Kubeconfig::read_from(path)
             .map_err(|e| Error::bad_request(format!("read kubeconfig {}: {e}", path.display())))?;
-        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default())
+        let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default())
             .await
             .map_err(|e| Error::bad_request(format!("load kubeconfig {}: {e}", path.display())))?;
+        if let Some(server) = server {
+            config.cluster_url = server.parse().map_err(|e| Error::bad_request(format!("server URL {server:?}: {e}")))?;
+        }
         let inner = kube::Client::try_from(config).map_err(convert)?;
         Ok(Self { inner })
     }

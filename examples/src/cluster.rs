@@ -5,13 +5,19 @@
 //! binary is a thin command line over this.
 
 use async_trait::async_trait;
-use bosun_controllers::ControllerManager;
+use bosun_controllers::runtime::LeaderElector;
+use bosun_controllers::{ControllerManager, ManagerConfig};
 use bosun_core::watch::Informers;
 use bosun_core::{Client, Error, LogParams, LogStream, Result};
-use bosun_netproxy::{ClusterDns, IngressController, IngressProxy, NodeContext, ServiceProxy, UserspaceConfig, UserspaceProxy};
-use bosun_runtime::{HostImages, NodeAgent, NodeAgentConfig, NodeHandle, ProcessRuntime};
+use bosun_netproxy::{
+    ClusterDns, IngressController, IngressProxy, NftablesConfig, NftablesProxy, NodeContext, ServiceProxy, UserspaceConfig, UserspaceProxy,
+};
+use bosun_runtime::{
+    ContainerRuntime, FakeRuntime, HostImages, ImageStore, LocalImageStore, NodeAgent, NodeAgentConfig, NodeHandle, ProcessRuntime,
+    RuncRuntime,
+};
 use bosun_scheduler::Scheduler;
-use bosun_store::http::{HttpConfig, NodeConnector};
+use bosun_store::http::{ExecIo, ExecProcess, ExecRequest, HttpConfig, NodeConnector, channel};
 use bosun_store::{ApiServer, DurableStorage, MemoryStorage, Storage};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -28,6 +34,41 @@ pub enum StoreChoice {
     Memory,
     /// A real etcd cluster at these endpoints (needs the `etcd` feature).
     Etcd(Vec<String>),
+}
+
+/// The container runtime of this process's node agents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RuntimeChoice {
+    /// Plain processes with loopback pod IPs (the default; no privileges needed).
+    #[default]
+    Process,
+    /// OCI containers through `runc`, pods on a CNI bridge (root; images from the node's image store).
+    Runc,
+    /// The fake runtime: containers "run" without processes (scale tests, hollow nodes).
+    Fake,
+}
+
+/// The service proxy of this process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ProxyChoice {
+    /// The userspace L4 proxy: listens on each ClusterIP (loopback addresses) and NodePort.
+    #[default]
+    Userspace,
+    /// nftables DNAT rules in table `ip bosun` (root; meant for `runc` pods on a bridge).
+    Nftables,
+}
+
+/// Which parts of the cluster this process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Role {
+    /// Everything: control plane, node agents, proxy, DNS and ingress (the default).
+    #[default]
+    All,
+    /// API server, scheduler and controllers (the last two leader-elected); with
+    /// [`ClusterConfig::server`] set, only the scheduler and controllers, against that API server.
+    ControlPlane,
+    /// Node agents, proxy, DNS and ingress joining the API server at [`ClusterConfig::server`].
+    Node,
 }
 
 /// What the cluster runs.
@@ -53,6 +94,24 @@ pub struct ClusterConfig {
     pub service_cidr: String,
     /// How often node agents renew their Lease (default 10 s).
     pub lease_renew: Duration,
+    /// The node agents' container runtime (default process).
+    pub runtime: RuntimeChoice,
+    /// The service proxy (default userspace).
+    pub proxy: ProxyChoice,
+    /// What this process runs (default everything).
+    pub role: Role,
+    /// The API server to join (`https://host:port`), for [`Role::Node`] and a control plane
+    /// without its own API server; credentials come from [`kubeconfig`](Self::kubeconfig), which
+    /// is then read instead of written.
+    pub server: Option<String>,
+    /// Node names are `<node_prefix>-1`, `<node_prefix>-2`... (default `node`); give each node
+    /// process its own prefix.
+    pub node_prefix: String,
+    /// Run the scheduler and controllers behind leader election on Leases in `kube-system`
+    /// (default: only when the state is shared, i.e. etcd or a control-plane role).
+    pub leader_election: Option<bool>,
+    /// This process's leader-election identity (default `<hostname>-<listen port>`).
+    pub identity: Option<String>,
 }
 
 impl Default for ClusterConfig {
@@ -67,6 +126,13 @@ impl Default for ClusterConfig {
             ingress: SocketAddr::from(([127, 0, 0, 1], 8080)),
             service_cidr: "127.240.0.0/12".into(),
             lease_renew: Duration::from_secs(10),
+            runtime: RuntimeChoice::Process,
+            proxy: ProxyChoice::Userspace,
+            role: Role::All,
+            server: None,
+            node_prefix: "node".into(),
+            leader_election: None,
+            identity: None,
         }
     }
 }
@@ -91,102 +157,254 @@ impl NodeConnector for LocalNodes {
         let handle = handle.ok_or_else(|| Error::unavailable(format!("node {node:?} is not served by this process")))?;
         handle.logs(namespace, pod, params).await.map_err(|e| Error::bad_request(e.to_string()))
     }
+
+    fn exec_protocols(&self) -> Vec<String> {
+        channel::ChannelProtocol::names()
+    }
+
+    async fn check_exec(&self, request: &ExecRequest) -> Result<()> {
+        self.exec_target(request).await.map(drop)
+    }
+
+    async fn exec(&self, request: ExecRequest, io: Box<dyn ExecIo>) -> Result<()> {
+        let process = self.start_exec(&request).await;
+        channel::serve_exec(io, &request, process).await.map_err(|e| Error::internal(e.to_string()))
+    }
+}
+
+impl LocalNodes {
+    /// The node agent and container an exec or attach request reaches.
+    async fn exec_target(&self, request: &ExecRequest) -> Result<(NodeHandle, String)> {
+        let pods = bosun_core::Api::<bosun_core::k8s_openapi::api::core::v1::Pod>::namespaced(self.client.clone(), &request.namespace);
+        let pod = pods.get(&request.pod).await?;
+        let container = channel::exec_container(&pod, request.container.as_deref())?;
+        let node = pod.spec.and_then(|s| s.node_name).unwrap_or_default();
+        let handle = self.nodes.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(&node).cloned();
+        let handle = handle.ok_or_else(|| Error::unavailable(format!("node {node:?} is not served by this process")))?;
+        Ok((handle, container))
+    }
+
+    /// Starts the command of an exec (or, for attach, follows the container's output from now
+    /// on: the process runtime keeps no handle on a running container's stdin).
+    async fn start_exec(&self, request: &ExecRequest) -> Result<ExecProcess> {
+        let (handle, container) = self.exec_target(request).await?;
+        if request.attach {
+            if request.stdin {
+                return Err(Error::bad_request("this node cannot attach to a container's stdin; attach without -i"));
+            }
+            let params = LogParams { container: Some(container), follow: true, tail_lines: Some(0), ..LogParams::default() };
+            let mut logs = handle.logs(&request.namespace, &request.pod, &params).await?;
+            let (mut writer, reader) = tokio::io::duplex(64 * 1024);
+            let copy = async move {
+                use futures::StreamExt as _;
+                use tokio::io::AsyncWriteExt as _;
+                while let Some(Ok(chunk)) = logs.next().await {
+                    if writer.write_all(&chunk).await.is_err() {
+                        break;
+                    }
+                }
+                Ok(0)
+            };
+            return Ok(ExecProcess {
+                stdin: None,
+                stdout: Box::pin(reader),
+                stderr: Box::pin(tokio::io::empty()),
+                exit: Box::pin(copy),
+                resize: None,
+            });
+        }
+        if request.command.is_empty() {
+            return Err(Error::bad_request("you must specify at least one command for the container"));
+        }
+        // No terminal: the runtimes give exec pipes, so a `-t` session gets stderr merged into
+        // stdout (as with a terminal) but no line discipline, and resizes are ignored.
+        let session = handle.exec(&request.namespace, &request.pod, Some(&container), &request.command).await?;
+        let exit = session.exit;
+        Ok(ExecProcess {
+            stdin: Some(session.stdin),
+            stdout: session.stdout,
+            stderr: session.stderr,
+            exit: Box::pin(async move { exit.await.map_err(|e| Error::internal(e.to_string())) }),
+            resize: None,
+        })
+    }
 }
 
 /// A running cluster.
 pub struct Cluster {
-    api: Arc<ApiServer>,
+    api: Option<Arc<ApiServer>>,
+    client: Arc<dyn Client>,
+    url: String,
     server: Option<bosun_store::HttpServer>,
     nodes: Vec<NodeHandle>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
-    _scheduler: bosun_scheduler::scheduler::Running,
+    _scheduler: Option<bosun_scheduler::scheduler::Running>,
     dns: Option<bosun_netproxy::DnsServer>,
     ingress_addr: Option<SocketAddr>,
     _ingress: Option<bosun_netproxy::ingress::IngressServer>,
 }
 
+type StartError = Box<dyn std::error::Error + Send + Sync>;
+
 impl Cluster {
-    /// Starts every component; returns once the API server serves.
-    pub async fn start(config: ClusterConfig) -> std::result::Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+    /// Starts every component of [`ClusterConfig::role`]; returns once the API server serves (or,
+    /// joining another, once this process's nodes are registered).
+    pub async fn start(config: ClusterConfig) -> std::result::Result<Self, StartError> {
         std::fs::create_dir_all(&config.data_dir)?;
-        let storage: Arc<dyn Storage> = match &config.store {
-            StoreChoice::Memory => Arc::new(MemoryStorage::new()),
-            StoreChoice::Durable => {
-                let dir = config.data_dir.join("store");
-                tracing::info!(dir = %dir.display(), "opening the durable store");
-                Arc::new(DurableStorage::open(&dir)?)
+        let (api, server, connector, client, url) = match &config.server {
+            Some(url) => (None, None, None, join(&config.kubeconfig, url).await?, url.clone()),
+            None => {
+                let (api, server, connector) = start_api_server(&config).await?;
+                let url = server.https_url().unwrap_or_default();
+                let client: Arc<dyn Client> = api.clone();
+                (Some(api), Some(server), Some(connector), client, url)
             }
-            StoreChoice::Etcd(endpoints) => etcd(endpoints).await?,
         };
-        let api = ApiServer::builder(storage).cluster_ip_range(config.service_cidr.clone()).build()?;
-        let client: Arc<dyn Client> = api.clone();
-        let connector = Arc::new(LocalNodes { client: client.clone(), nodes: RwLock::default() });
-
-        // HTTPS on the configured address; plain HTTP on an ephemeral loopback port for local tools.
-        let http = HttpConfig::for_api_server(&api).https(config.listen).nodes(connector.clone());
-        let server = bosun_store::http::serve(client.clone(), http).await?;
-        server.write_kubeconfig(&config.kubeconfig)?;
-        tracing::info!(url = %server.https_url().unwrap_or_default(), "api server listening");
-
-        let informers = Informers::new(client.clone());
-        let scheduler = Scheduler::builder(client.clone()).informers(informers.clone()).build()?;
-        let scheduler = scheduler.start().await;
-        tracing::info!("scheduler started");
-
-        let mut tasks = Vec::new();
-        tasks.push(tokio::spawn(ControllerManager::new(client.clone()).informers(&informers).run()));
-        tracing::info!("controller manager started");
-
-        let mut nodes = Vec::new();
-        for i in 0..config.nodes {
-            let name = if config.nodes == 1 { "node-1".to_owned() } else { format!("node-{}", i + 1) };
-            let root = config.data_dir.join("nodes").join(&name);
-            // Pod IPs start at 127.<n>.0.1 with n derived from the node's state directory, so that
-            // clusters on different data directories rarely share addresses.
-            let runtime = ProcessRuntime::new(root.join("runtime"))?;
-            let agent_config = NodeAgentConfig::new(name.clone(), root).lease_renew_interval(config.lease_renew);
-            let handle = NodeAgent::new(client.clone(), runtime, HostImages, agent_config).start().await?;
-            connector.nodes.write().unwrap_or_else(std::sync::PoisonError::into_inner).insert(name.clone(), handle.clone());
-            tracing::info!(node.name = %name, "node agent started");
-            nodes.push(handle);
+        let mut cluster = Self {
+            api,
+            client,
+            url,
+            server,
+            nodes: Vec::new(),
+            tasks: Vec::new(),
+            _scheduler: None,
+            dns: None,
+            ingress_addr: None,
+            _ingress: None,
+        };
+        let informers = Informers::new(cluster.client.clone());
+        if config.role != Role::Node {
+            cluster.start_scheduler_and_controllers(&config, &informers).await?;
         }
+        if config.role != Role::ControlPlane {
+            cluster.start_nodes(&config, connector.as_deref()).await?;
+            cluster.start_networking(&config, &informers).await?;
+        }
+        Ok(cluster)
+    }
 
-        let proxy =
-            ServiceProxy::new(informers.clone(), NodeContext::new(nodes.first().map(|n| n.node_name().to_owned()).unwrap_or_default()))
-                .backend(UserspaceProxy::new(UserspaceConfig::default()));
+    /// The scheduler and the controller manager, behind leader election when the state is shared.
+    async fn start_scheduler_and_controllers(&mut self, config: &ClusterConfig, informers: &Informers) -> std::result::Result<(), StartError> {
+        let client = self.client.clone();
+        let elect = config
+            .leader_election
+            .unwrap_or(matches!(config.store, StoreChoice::Etcd(_)) || config.role == Role::ControlPlane);
+        if !elect {
+            let scheduler = Scheduler::builder(client.clone()).informers(informers.clone()).build()?;
+            self._scheduler = Some(scheduler.start().await);
+            tracing::info!("scheduler started");
+            self.tasks.push(tokio::spawn(ControllerManager::new(client).informers(informers).run()));
+            tracing::info!("controller manager started");
+            return Ok(());
+        }
+        let identity = config.identity.clone().unwrap_or_else(|| default_identity(config));
+        tracing::info!(%identity, "scheduler and controllers campaign for their leases in kube-system");
+        // Fail early on a bad profile rather than inside the election loop.
+        drop(Scheduler::builder(client.clone()).informers(informers.clone()).build()?);
+        let elector = LeaderElector::new(client.clone(), "kube-system", "bosun-scheduler", identity.clone());
+        let (scheduler_client, scheduler_informers) = (client.clone(), informers.clone());
+        self.tasks.push(tokio::spawn(async move {
+            loop {
+                let result = elector
+                    .run(|token| {
+                        let (client, informers) = (scheduler_client.clone(), scheduler_informers.clone());
+                        async move {
+                            tracing::info!(transitions = token.transitions, "leading: scheduler started");
+                            // Dropping the running scheduler (when leadership is lost) stops it.
+                            let _running = match Scheduler::builder(client).informers(informers).build() {
+                                Ok(scheduler) => scheduler.start().await,
+                                Err(error) => {
+                                    tracing::error!(%error, "scheduler failed to build");
+                                    return;
+                                }
+                            };
+                            std::future::pending::<()>().await;
+                        }
+                    })
+                    .await;
+                if let Err(error) = result {
+                    tracing::warn!(%error, "scheduler lost leadership; campaigning again");
+                }
+            }
+        }));
+        let manager = ControllerManager::new(client)
+            .informers(informers)
+            .config(ManagerConfig::default().leader_election("kube-system", "bosun-controller-manager", &identity));
+        self.tasks.push(tokio::spawn(manager.run()));
+        Ok(())
+    }
+
+    /// This process's node agents on the configured runtime.
+    async fn start_nodes(&mut self, config: &ClusterConfig, connector: Option<&LocalNodes>) -> std::result::Result<(), StartError> {
+        let images: Arc<dyn ImageStore> = match config.runtime {
+            RuntimeChoice::Process | RuntimeChoice::Fake => Arc::new(HostImages),
+            RuntimeChoice::Runc => Arc::new(runc_images(&config.data_dir.join("images")).await?),
+        };
+        for i in 0..config.nodes {
+            let name = format!("{}-{}", config.node_prefix, i + 1);
+            let root = config.data_dir.join("nodes").join(&name);
+            let runtime: Arc<dyn ContainerRuntime> = match config.runtime {
+                // Pod IPs start at 127.<n>.0.1 with n derived from the node's state directory, so
+                // that clusters on different data directories rarely share addresses.
+                RuntimeChoice::Process => Arc::new(ProcessRuntime::new(root.join("runtime"))?),
+                // One bridge and pod subnet per node of this process: bosun0 10.88.0.0/16, bosun1 10.89.0.0/16...
+                RuntimeChoice::Runc => Arc::new(
+                    RuncRuntime::builder(root.join("runtime"))
+                        .bridge(format!("bosun{i}"))
+                        .subnet(format!("10.{}.0.0/16", 88 + i.min(40)))
+                        .build()?,
+                ),
+                RuntimeChoice::Fake => Arc::new(FakeRuntime::new()),
+            };
+            let agent_config = NodeAgentConfig::new(name.clone(), root).lease_renew_interval(config.lease_renew);
+            let handle = NodeAgent::with_runtime(self.client.clone(), runtime, images.clone(), agent_config).start().await?;
+            if let Some(connector) = connector {
+                connector.nodes.write().unwrap_or_else(std::sync::PoisonError::into_inner).insert(name.clone(), handle.clone());
+            }
+            tracing::info!(node.name = %name, runtime = ?config.runtime, "node agent started");
+            self.nodes.push(handle);
+        }
+        Ok(())
+    }
+
+    /// The service proxy, cluster DNS and ingress of this process's first node.
+    async fn start_networking(&mut self, config: &ClusterConfig, informers: &Informers) -> std::result::Result<(), StartError> {
+        let node = NodeContext::new(self.nodes.first().map(|n| n.node_name().to_owned()).unwrap_or_default());
+        let proxy = ServiceProxy::new(informers.clone(), node);
+        let proxy = match config.proxy {
+            ProxyChoice::Userspace => proxy.backend(UserspaceProxy::new(UserspaceConfig::default())),
+            ProxyChoice::Nftables => proxy.backend(NftablesProxy::new(NftablesConfig::default())),
+        };
         let table = proxy.table();
-        tasks.push(proxy.spawn());
-        tracing::info!("userspace service proxy started");
+        self.tasks.push(proxy.spawn());
+        tracing::info!(proxy = ?config.proxy, "service proxy started");
 
         let dns = ClusterDns::new(table.clone()).serve(config.dns).await?;
         tracing::info!(addr = %dns.local_addr(), "cluster dns listening");
+        self.dns = Some(dns);
 
         let ingress_proxy = IngressProxy::new(table);
         let ingress = ingress_proxy.serve_http(config.ingress).await?;
-        let ingress_addr = ingress.local_addr();
-        tasks.push(IngressController::new(informers.clone(), ingress_proxy).spawn());
-        tracing::info!(addr = %ingress_addr, "ingress listening");
-
-        Ok(Self {
-            api,
-            server: Some(server),
-            nodes,
-            tasks,
-            _scheduler: scheduler,
-            dns: Some(dns),
-            ingress_addr: Some(ingress_addr),
-            _ingress: Some(ingress),
-        })
+        self.ingress_addr = Some(ingress.local_addr());
+        self.tasks.push(IngressController::new(informers.clone(), ingress_proxy).spawn());
+        tracing::info!(addr = %ingress.local_addr(), "ingress listening");
+        self._ingress = Some(ingress);
+        Ok(())
     }
 
-    /// The in-process API (a [`Client`]).
+    /// The API this process talks to: the in-process API server, or the joined one over HTTPS.
     pub fn client(&self) -> Arc<dyn Client> {
-        self.api.clone()
+        self.client.clone()
+    }
+
+    /// The in-process API server (none when this process joined another).
+    pub fn api_server(&self) -> Option<&Arc<ApiServer>> {
+        self.api.as_ref()
     }
 
     /// The API server's HTTPS URL.
     pub fn url(&self) -> String {
-        self.server.as_ref().and_then(|s| s.https_url()).unwrap_or_default()
+        self.url.clone()
     }
 
     /// The API server's plain HTTP address (loopback only).
@@ -233,6 +451,64 @@ impl Cluster {
         // Dropping the scheduler and the last handles on the API server closes the store.
         drop(self);
     }
+}
+
+/// The store, the API server and its HTTPS endpoint; writes the kubeconfig.
+async fn start_api_server(
+    config: &ClusterConfig,
+) -> std::result::Result<(Arc<ApiServer>, bosun_store::HttpServer, Arc<LocalNodes>), StartError> {
+    let storage: Arc<dyn Storage> = match &config.store {
+        StoreChoice::Memory => Arc::new(MemoryStorage::new()),
+        StoreChoice::Durable => {
+            let dir = config.data_dir.join("store");
+            tracing::info!(dir = %dir.display(), "opening the durable store");
+            Arc::new(DurableStorage::open(&dir)?)
+        }
+        StoreChoice::Etcd(endpoints) => etcd(endpoints).await?,
+    };
+    let api = ApiServer::builder(storage).cluster_ip_range(config.service_cidr.clone()).build()?;
+    let client: Arc<dyn Client> = api.clone();
+    let connector = Arc::new(LocalNodes { client: client.clone(), nodes: RwLock::default() });
+
+    // HTTPS on the configured address; plain HTTP on an ephemeral loopback port for local tools.
+    let http = HttpConfig::for_api_server(&api).https(config.listen).nodes(connector.clone());
+    let server = bosun_store::http::serve(client, http).await?;
+    server.write_kubeconfig(&config.kubeconfig)?;
+    tracing::info!(url = %server.https_url().unwrap_or_default(), "api server listening");
+    Ok((api, server, connector))
+}
+
+/// A client of the API server at `server`, with the credentials of `kubeconfig`.
+async fn join(kubeconfig: &std::path::Path, server: &str) -> std::result::Result<Arc<dyn Client>, StartError> {
+    tracing::info!(%server, kubeconfig = %kubeconfig.display(), "joining the API server");
+    let client = bosun_core::kube_client::KubeClient::from_kubeconfig_at(kubeconfig, Some(server)).await?;
+    // Fail now, with a clear message, if the server cannot be reached.
+    bosun_core::Api::<bosun_core::k8s_openapi::api::core::v1::Namespace>::all(Arc::new(client.clone()))
+        .get("default")
+        .await
+        .map_err(|e| format!("cannot reach the API server at {server}: {e}"))?;
+    Ok(Arc::new(client))
+}
+
+/// `<hostname>-<listen port>`: stable across restarts, so a restarted process takes its own lease
+/// back at once; distinct for control planes on one host.
+fn default_identity(config: &ClusterConfig) -> String {
+    let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).unwrap_or_default();
+    let host = if host.is_empty() { "bosun".to_owned() } else { host };
+    format!("{host}-{}", config.listen.port())
+}
+
+/// The runc nodes' image store, with `busybox` imported from the host's busybox-static.
+async fn runc_images(dir: &std::path::Path) -> std::result::Result<LocalImageStore, StartError> {
+    let store = LocalImageStore::open(dir)?;
+    if store.ensure("busybox").await.is_err() {
+        let rootfs = dir.join(".busybox-rootfs");
+        bosun_runtime::runc::busybox_rootfs(&rootfs).await?;
+        store.import_dir("busybox", &rootfs, vec!["sh".into()]).await?;
+        let _ = std::fs::remove_dir_all(&rootfs);
+        tracing::info!("imported image busybox from the host's busybox-static");
+    }
+    Ok(store)
 }
 
 #[cfg(feature = "etcd")]

@@ -3,5 +3,6 @@
 //! Start with [`cluster::Cluster`]: every bosun component composed in one process.
 
 pub mod cluster;
+pub mod timed;
 
-pub use cluster::{Cluster, ClusterConfig, StoreChoice};
+pub use cluster::{Cluster, ClusterConfig, ProxyChoice, Role, RuntimeChoice, StoreChoice};

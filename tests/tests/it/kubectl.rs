@@ -94,3 +94,26 @@ pub async fn http_eventually(addr: &str, host: &str, timeout: Duration, check: i
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
+
+/// Kills whatever process-runtime containers a cluster with this data directory left running (on
+/// success and on failure alike).
+pub struct KillContainers(pub PathBuf);
+
+impl Drop for KillContainers {
+    fn drop(&mut self) {
+        let Ok(nodes) = std::fs::read_dir(self.0.join("nodes")) else { return };
+        for node in nodes.flatten() {
+            let Ok(records) = std::fs::read_dir(node.path().join("runtime/containers")) else { continue };
+            for record in records.flatten() {
+                let pid = std::fs::read(record.path())
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                    .and_then(|v| v.get("pid").and_then(serde_json::Value::as_i64));
+                if let Some(pid) = pid.filter(|p| *p > 1) {
+                    // Each container leads its own process group.
+                    let _ = std::process::Command::new("kill").args(["-9", "--", &format!("-{pid}")]).status();
+                }
+            }
+        }
+    }
+}

@@ -2,3 +2,5 @@
 
 mod kubectl;
 mod quickstart;
+mod roles;
+mod runc_nftables;

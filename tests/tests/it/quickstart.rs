@@ -2,7 +2,7 @@
 //! apply, get, HTTP through the Service and the Ingress, scale, rolling update, rollback, logs,
 //! self-healing, delete, and a restart on the same data directory.
 
-use crate::kubectl::{Kubectl, http_eventually, kubectl_binary};
+use crate::kubectl::{KillContainers, Kubectl, http_eventually, kubectl_binary};
 use bosun_examples::{Cluster, ClusterConfig, StoreChoice};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -38,33 +38,11 @@ fn rollout(k: &Kubectl) {
     }
 }
 
-/// Kills whatever containers the cluster left running (on success and on failure alike).
-struct KillContainers(PathBuf);
-
-impl Drop for KillContainers {
-    fn drop(&mut self) {
-        let Ok(nodes) = std::fs::read_dir(self.0.join("data/nodes")) else { return };
-        for node in nodes.flatten() {
-            let Ok(records) = std::fs::read_dir(node.path().join("runtime/containers")) else { continue };
-            for record in records.flatten() {
-                let pid = std::fs::read(record.path())
-                    .ok()
-                    .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-                    .and_then(|v| v.get("pid").and_then(serde_json::Value::as_i64));
-                if let Some(pid) = pid.filter(|p| *p > 1) {
-                    // Each container leads its own process group.
-                    let _ = std::process::Command::new("kill").args(["-9", "--", &format!("-{pid}")]).status();
-                }
-            }
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_quick_start_works_end_to_end() {
     let Some(binary) = kubectl_binary() else { return };
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
-    let _cleanup = KillContainers(dir.path().to_owned());
+    let _cleanup = KillContainers(dir.path().join("data"));
     let cluster = Cluster::start(config(dir.path())).await.unwrap_or_else(|e| panic!("start cluster: {e}"));
     let k = Kubectl::new(binary, &dir.path().join("kubeconfig"), &dir.path().join("cache"));
 

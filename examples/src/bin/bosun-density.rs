@@ -1,0 +1,280 @@
+//! `bosun-density`: Kubernetes' density test on hollow nodes, in one process.
+//!
+//! Starts the API server (in-memory store, HTTPS), the scheduler, the Deployment and ReplicaSet
+//! controllers and `--nodes` node agents on the fake runtime; then creates Deployments of
+//! `--pods-per-deployment` replicas through the HTTPS API at `--rate` pods per second until
+//! `--pods` pods are asked for, and waits until all are Running. Reports pod startup latency
+//! (first seen by a watch → observed Running), the API's mutating-call latency (every create,
+//! update, patch, delete and subresource call of every component, and of the load generator over
+//! HTTPS), the total time and the peak RSS of the process.
+//!
+//! ```text
+//! cargo run --release --bin bosun-density -- --nodes 5000 --pods 150000
+//! cargo run --release --bin bosun-density -- --nodes 500 --pods 15000     # the smoke size
+//! ```
+//! Ends with `BENCH density.*=...` lines.
+
+use bosun_controllers::{ControllerManager, ManagerConfig};
+use bosun_core::k8s_openapi::api::apps::v1::Deployment;
+use bosun_core::k8s_openapi::api::core::v1::{Namespace, Pod};
+use bosun_core::kube_client::KubeClient;
+use bosun_core::watch::Informers;
+use bosun_core::{Api, Client, PostParams, WatchEvent, WatchParams};
+use bosun_examples::timed::{TimedClient, quantile};
+use bosun_runtime::{FakeRuntime, HostImages, NodeAgent, NodeAgentConfig};
+use bosun_scheduler::Scheduler;
+use bosun_store::http::HttpConfig;
+use bosun_store::{ApiServer, MemoryStorage};
+use clap::Parser;
+use futures::StreamExt;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Density benchmark: hollow nodes, Deployments through the HTTPS API, pod startup latency.
+#[derive(Debug, Parser)]
+#[command(name = "bosun-density")]
+struct Args {
+    /// Hollow node agents (fake runtime) in this process.
+    #[arg(long, default_value_t = 5000)]
+    nodes: usize,
+    /// Pods to run in total.
+    #[arg(long, default_value_t = 150_000)]
+    pods: usize,
+    /// Replicas per Deployment.
+    #[arg(long, default_value_t = 30)]
+    pods_per_deployment: usize,
+    /// Pods asked for per second (Deployments are created at rate / pods-per-deployment per second).
+    #[arg(long, default_value_t = 500.0)]
+    rate: f64,
+    /// Give up waiting for Running pods after this many seconds.
+    #[arg(long, default_value_t = 1800)]
+    timeout_s: u64,
+    /// Node state directories go here (default: a fresh directory under the system temp dir).
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,bosun_density=info")),
+        )
+        .init();
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(error) => {
+            eprintln!("error: tokio runtime: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(true) => std::process::ExitCode::SUCCESS,
+        Ok(false) => std::process::ExitCode::from(1),
+        Err(error) => {
+            eprintln!("error: {error}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+async fn run(args: Args) -> Result<bool, BoxError> {
+    let work = args.work_dir.clone().unwrap_or_else(|| std::env::temp_dir().join(format!("bosun-density-{}", std::process::id())));
+    std::fs::create_dir_all(&work)?;
+    let started = Instant::now();
+
+    // The control plane. Every in-process component talks through the timing decorator.
+    let api = ApiServer::builder(Arc::new(MemoryStorage::new())).build()?;
+    let timed = TimedClient::new(api.clone());
+    let client: Arc<dyn Client> = timed.clone();
+    let http = HttpConfig::for_api_server(&api).https(SocketAddr::from(([127, 0, 0, 1], 0)));
+    let server = bosun_store::http::serve(api.clone(), http).await?;
+    let kubeconfig = work.join("kubeconfig");
+    server.write_kubeconfig(&kubeconfig)?;
+    let informers = Informers::new(client.clone());
+    let scheduler = Scheduler::builder(client.clone()).informers(informers.clone()).success_events(false).build()?;
+    let _scheduler = scheduler.start().await;
+    let manager =
+        ControllerManager::new(client.clone()).informers(&informers).config(ManagerConfig::default().only(&["deployment", "replicaset"]));
+    let _controllers = manager.spawn_all();
+    tracing::info!(url = %server.https_url().unwrap_or_default(), "control plane up");
+
+    // The hollow nodes, registered a few at a time.
+    let t = Instant::now();
+    let nodes: Vec<_> = futures::stream::iter(0..args.nodes)
+        .map(|i| {
+            let client = client.clone();
+            let root = work.join("nodes").join(i.to_string());
+            async move {
+                let config = NodeAgentConfig::new(format!("hollow-{i}"), root).measure_pressure(false).record_events(false);
+                NodeAgent::new(client, FakeRuntime::new(), HostImages, config).start().await
+            }
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    let nodes: Vec<_> = nodes.into_iter().collect::<Result<_, _>>()?;
+    tracing::info!(nodes = nodes.len(), secs = t.elapsed().as_secs_f64(), "hollow nodes registered");
+
+    // The observer: first sighting and Running of every pod, from a watch on the in-process API.
+    let observer = tokio::spawn(observe(api.clone(), args.pods, Duration::from_secs(args.timeout_s)));
+
+    // The load: Deployments over HTTPS at a steady pod rate.
+    let remote = TimedClient::new(Arc::new(KubeClient::from_kubeconfig(&kubeconfig).await?));
+    let remote_client: Arc<dyn Client> = remote.clone();
+    Api::<Namespace>::all(remote_client.clone())
+        .create(&serde_json::from_value(serde_json::json!({"metadata": {"name": "density"}}))?, &PostParams::default())
+        .await?;
+    let deployments = args.pods.div_ceil(args.pods_per_deployment.max(1));
+    let interval = Duration::from_secs_f64(args.pods_per_deployment.max(1) as f64 / args.rate.max(0.001));
+    let load_started = Instant::now();
+    let generator = {
+        let api = Api::<Deployment>::namespaced(remote_client.clone(), "density");
+        let per = args.pods_per_deployment.max(1);
+        let total = args.pods;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            let mut inflight = futures::stream::FuturesUnordered::new();
+            for d in 0..deployments {
+                let replicas = per.min(total - d * per);
+                tick.tick().await;
+                let api = api.clone();
+                inflight.push(tokio::spawn(async move { api.create(&deployment(d, replicas), &PostParams::default()).await.map(|_| ()) }));
+                // Reap finished creates without blocking the pace.
+                while let Some(Some(done)) = futures::FutureExt::now_or_never(inflight.next()) {
+                    if let Ok(Err(error)) = done {
+                        tracing::warn!(%error, "create deployment failed");
+                    }
+                }
+                if d % 100 == 99 {
+                    tracing::info!(deployments = d + 1, of = deployments, "load generator");
+                }
+            }
+            while let Some(done) = inflight.next().await {
+                if let Ok(Err(error)) = done {
+                    tracing::warn!(%error, "create deployment failed");
+                }
+            }
+        })
+    };
+
+    let observed = observer.await?;
+    let total_s = load_started.elapsed().as_secs_f64();
+    generator.abort();
+    let mut startup = observed.startup_s;
+    let running = startup.len();
+    let mut mutating = timed.latencies_ms();
+    let mut http_mutating = remote.latencies_ms();
+    let mutating_calls = mutating.len() + http_mutating.len();
+    mutating.extend_from_slice(&http_mutating);
+    let peak_rss_gib = peak_rss_bytes().unwrap_or(0) as f64 / (1u64 << 30) as f64;
+    println!(
+        "bosun-density: {running}/{} pods Running on {} hollow nodes in {total_s:.1} s ({:.1} s in all); {mutating_calls} mutating calls; HTTPS creates p99 {:.1} ms",
+        args.pods,
+        args.nodes,
+        started.elapsed().as_secs_f64(),
+        quantile(&mut http_mutating, 0.99),
+    );
+    println!("BENCH density.pods_running={running}");
+    println!("BENCH density.pod_startup_p50_s={:.3}", quantile(&mut startup, 0.50));
+    println!("BENCH density.pod_startup_p99_s={:.3}", quantile(&mut startup, 0.99));
+    println!("BENCH density.api_mutating_p99_ms={:.2}", quantile(&mut mutating, 0.99));
+    println!("BENCH density.peak_rss_gib={peak_rss_gib:.2}");
+    println!("BENCH density.total_s={total_s:.1}");
+
+    for node in &nodes {
+        node.shutdown();
+    }
+    server.shutdown().await;
+    if args.work_dir.is_none() {
+        let _ = std::fs::remove_dir_all(&work);
+    }
+    Ok(running >= args.pods)
+}
+
+fn deployment(index: usize, replicas: usize) -> Deployment {
+    let name = format!("density-{index}");
+    let value = serde_json::json!({
+        "metadata": { "name": name, "namespace": "density" },
+        "spec": {
+            "replicas": replicas,
+            "selector": { "matchLabels": { "app": name } },
+            "template": {
+                "metadata": { "labels": { "app": name } },
+                "spec": {
+                    "terminationGracePeriodSeconds": 0,
+                    "containers": [{ "name": "pause", "image": "registry.k8s.io/pause:3.10" }]
+                }
+            }
+        }
+    });
+    serde_json::from_value(value).unwrap_or_default()
+}
+
+struct Observed {
+    /// Seconds from first sighting to Running, per pod that got there.
+    startup_s: Vec<f32>,
+}
+
+/// Watches every pod until `want` are Running or `timeout` passes.
+async fn observe(api: Arc<ApiServer>, want: usize, timeout: Duration) -> Observed {
+    let pods = Api::<Pod>::all(api);
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut seen: HashMap<String, Option<Instant>> = HashMap::new();
+    let mut startup_s = Vec::with_capacity(want);
+    let mut version = String::new();
+    let mut last_report = Instant::now();
+    'outer: while startup_s.len() < want {
+        let params = if version.is_empty() { WatchParams::default() } else { WatchParams::default().from_version(version.clone()) };
+        let mut stream = match pods.watch(&params).await {
+            Ok(s) => s,
+            Err(error) => {
+                tracing::warn!(%error, "watch failed; retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        loop {
+            let next = tokio::time::timeout_at(deadline, stream.next()).await;
+            let Ok(next) = next else { break 'outer };
+            let Some(Ok(event)) = next else { continue 'outer };
+            let pod = match event {
+                WatchEvent::Added(p) | WatchEvent::Modified(p) => p,
+                WatchEvent::Bookmark(b) => {
+                    version = b.resource_version;
+                    continue;
+                }
+                WatchEvent::Deleted(_) | WatchEvent::Error(_) => continue,
+            };
+            version = pod.metadata.resource_version.clone().unwrap_or_default();
+            let Some(uid) = pod.metadata.uid.clone() else { continue };
+            // Some(first sighting) while pending; None once counted, so each pod counts once.
+            let entry = seen.entry(uid).or_insert_with(|| Some(Instant::now()));
+            let running = pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
+            if running && let Some(first) = entry.take() {
+                startup_s.push(first.elapsed().as_secs_f32());
+            }
+            if last_report.elapsed() > Duration::from_secs(5) {
+                tracing::info!(running = startup_s.len(), of = want, "pods running");
+                last_report = Instant::now();
+            }
+            if startup_s.len() >= want {
+                break 'outer;
+            }
+        }
+    }
+    Observed { startup_s }
+}
+
+/// Peak resident set size of this process (`VmHWM`).
+fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
