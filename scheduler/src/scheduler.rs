@@ -234,12 +234,14 @@ impl Scheduler {
     pub async fn start(&self) -> Running {
         self.inner.handle.set_runtime(tokio::runtime::Handle::current());
         let inf = &self.inner.informers;
+        self.inner.handle.set_informers(inf.clone());
         let pods: Informer<Pod> = inf.all();
         let nodes: Informer<Node> = inf.all();
         let namespaces: Informer<Namespace> = inf.all();
         let pdbs: Informer<PodDisruptionBudget> = inf.all();
         let services: Informer<Service> = inf.all();
         let mut tasks = Vec::new();
+        tasks.extend(crate::plugins::volume_binding::watch_volumes(inf, &self.inner.queue));
         let pod_changes = pods.subscribe();
         let node_changes = nodes.subscribe();
         let ns_changes = namespaces.subscribe();

@@ -98,6 +98,7 @@ struct Inner {
     waiting: WaitingPods,
     victim_grace_period: Option<u32>,
     runtime: std::sync::OnceLock<tokio::runtime::Handle>,
+    informers: std::sync::OnceLock<bosun_core::watch::Informers>,
 }
 
 /// Cluster access for plugins. Cheap to clone.
@@ -136,6 +137,7 @@ impl Handle {
                 waiting: WaitingPods::default(),
                 victim_grace_period,
                 runtime: runtime.map(std::sync::OnceLock::from).unwrap_or_default(),
+                informers: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -223,6 +225,17 @@ impl Handle {
     /// Sets the runtime `spawn` uses, when none was given.
     pub fn set_runtime(&self, runtime: tokio::runtime::Handle) {
         let _ = self.inner.runtime.set(runtime);
+    }
+
+    /// The scheduler's shared informers, for plugins that read more cluster state than the
+    /// snapshot holds (volumes); `None` until the scheduler starts, and in unit tests.
+    pub fn informers(&self) -> Option<&bosun_core::watch::Informers> {
+        self.inner.informers.get()
+    }
+
+    /// Sets the informers `informers` returns, when none were set.
+    pub fn set_informers(&self, informers: bosun_core::watch::Informers) {
+        let _ = self.inner.informers.set(informers);
     }
 
     /// The grace period preemption deletes victims with (`None`: the pod's own).

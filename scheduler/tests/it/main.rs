@@ -3,3 +3,4 @@
 mod harness;
 mod race;
 mod scheduling;
+mod volumes;

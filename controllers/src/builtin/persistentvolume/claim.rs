@@ -103,12 +103,13 @@ async fn sync_unbound(pvc: &PersistentVolumeClaim, ctx: &PvCtx) -> Result<(), Er
                 event(ctx, pvc, EventData::warning("ProvisioningFailed", "Provision", note)).await;
             }
         },
-        Some(c) if c.provisioner != "kubernetes.io/no-provisioner" => {
-            // Left to an external provisioner, which looks for this annotation.
-            if annotation(pvc.meta(), ANN_STORAGE_PROVISIONER) != Some(c.provisioner.as_str()) {
-                let patch = Patch::Merge(serde_json::json!({"metadata": {"annotations": {ANN_STORAGE_PROVISIONER: c.provisioner}}}));
-                ignore_not_found(claims_api(ctx, pvc).patch(pvc.name(), &patch, &PatchParams::default()).await)?;
-            }
+        // Left to an external provisioner, which looks for this annotation.
+        Some(c)
+            if c.provisioner != "kubernetes.io/no-provisioner"
+                && annotation(pvc.meta(), ANN_STORAGE_PROVISIONER) != Some(c.provisioner.as_str()) =>
+        {
+            let patch = Patch::Merge(serde_json::json!({"metadata": {"annotations": {ANN_STORAGE_PROVISIONER: c.provisioner}}}));
+            ignore_not_found(claims_api(ctx, pvc).patch(pvc.name(), &patch, &PatchParams::default()).await)?;
         }
         _ => {}
     }
