@@ -22,6 +22,7 @@ pub const BUILTINS: &[&str] = &[
     "statefulset",
     "persistentvolume",
     "disruption",
+    "horizontalpodautoscaler",
 ];
 
 /// Which controllers run and how.
@@ -183,6 +184,10 @@ impl ControllerManager {
         if on("disruption") {
             let (c, ctx) = builtin::disruption::controller(&shared);
             tasks.push(tokio::spawn(c.concurrency(n).run(builtin::disruption::reconcile, backoff_policy, ctx)));
+        }
+        if on("horizontalpodautoscaler") {
+            let (c, ctx) = builtin::hpa::controller(&shared);
+            tasks.push(tokio::spawn(c.concurrency(n).run(builtin::hpa::reconcile, backoff_policy, ctx)));
         }
         if on("garbagecollector") {
             tasks.push(tokio::spawn(builtin::gc::run(shared.clone(), builtin::gc::default_resources(), n)));

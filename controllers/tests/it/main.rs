@@ -4,6 +4,7 @@
 mod cluster;
 mod daemonsets;
 mod disruption;
+mod hpa;
 mod jobs;
 mod nodes;
 mod runtime;
