@@ -484,7 +484,8 @@ async fn revisions_record_templates_prune_history_and_roll_back() -> Res {
 #[tokio::test(start_paused = true)]
 async fn a_conflict_on_the_status_update_is_retried() -> Res {
     let h = harness(&["statefulset"]);
-    h.faults().conflict_on_update(3);
+    // More conflicts than one sync retries: the sync fails, backs off and succeeds later.
+    h.faults().conflict_on_update(5);
     let sets = Api::<StatefulSet>::namespaced(h.client(), "default");
     sets.create(&statefulset("web", 2), &PostParams::default()).await?;
     h.run_until_quiescent().await?;
@@ -592,4 +593,106 @@ async fn kubectl_rollout_status_history_and_undo_work_on_statefulsets() -> Res {
 
 fn unique_suffix() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos().into()).unwrap_or(0)
+}
+
+fn ready_patch(ready: bool) -> Patch {
+    let status = if ready { "True" } else { "False" };
+    Patch::Merge(serde_json::json!({"status": {"conditions": [{"type": "Ready", "status": status}]}}))
+}
+
+#[tokio::test(start_paused = true)]
+async fn ordered_scale_down_waits_while_a_lower_ordinal_is_unhealthy() -> Res {
+    let mut h = Harness::new(server());
+    h.start_builtins(bosun_controllers::ManagerConfig::default().only(&["statefulset"]));
+    let _kubelet = slow_kubelet(h.client(), Duration::from_secs(1));
+    let sets = Api::<StatefulSet>::namespaced(h.client(), "default");
+    let pods = Api::<Pod>::namespaced(h.client(), "default");
+    sets.create(&statefulset("web", 3), &PostParams::default()).await?;
+    until_ready(&h, 3).await?;
+
+    pods.patch_status("web-0", &ready_patch(false), &PatchParams::default()).await?;
+    sets.patch("web", &Patch::Merge(serde_json::json!({"spec": {"replicas": 1}})), &PatchParams::default()).await?;
+    h.run_until_quiescent().await?;
+    assert_eq!(names(&pods_by_name(h.client()).await?), ["web-0", "web-1", "web-2"], "nothing is removed while web-0 is not ready");
+    assert_eq!(sets.get("web").await?.status.unwrap_or_default().ready_replicas, Some(2));
+
+    pods.patch_status("web-0", &ready_patch(true), &PatchParams::default()).await?;
+    h.run_until_quiescent().await?;
+    assert_eq!(names(&pods_by_name(h.client()).await?), ["web-0"]);
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_pod_is_replaced_under_the_same_name() -> Res {
+    let h = harness(&["statefulset"]);
+    let sets = Api::<StatefulSet>::namespaced(h.client(), "default");
+    let pods = Api::<Pod>::namespaced(h.client(), "default");
+    sets.create(&statefulset("web", 2), &PostParams::default()).await?;
+    h.run_until_quiescent().await?;
+    let old = pods.get("web-1").await?.metadata.uid;
+    pods.patch_status("web-1", &Patch::Merge(serde_json::json!({"status": {"phase": "Failed"}})), &PatchParams::default()).await?;
+    h.run_until_quiescent().await?;
+    let new = pods.get("web-1").await?;
+    assert_ne!(new.metadata.uid, old, "the failed pod was deleted and made again");
+    assert!(running_and_ready(&new));
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropped_and_gone_watches_and_slow_writes_still_converge_in_order() -> Res {
+    // The log and the kubelet watch the server directly: only the controller's watches break.
+    let inner = server();
+    let mut h = Harness::new(inner.clone());
+    h.start_builtins(bosun_controllers::ManagerConfig::default().only(&["statefulset"]));
+    let (log, _watch) = PodLog::start(inner.clone()).await?;
+    let _kubelet = slow_kubelet(inner, Duration::from_secs(2));
+    h.faults().slow_writes(Duration::from_millis(300));
+    let sets = Api::<StatefulSet>::namespaced(h.client(), "default");
+    sets.create(&with_claims(statefulset("web", 4), "Retain", "Retain"), &PostParams::default()).await?;
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        h.faults().drop_watches();
+        h.faults().gone_on_watch(1);
+    }
+    until_ready(&h, 4).await?;
+    sets.patch("web", &image_patch("web:2"), &PatchParams::default()).await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    h.faults().drop_watches();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
+    while !pods_by_name(h.client()).await?.values().all(|p| image(p) == "web:2" && running_and_ready(p)) {
+        assert!(tokio::time::Instant::now() < deadline, "the rollout never finished");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    h.faults().clear();
+    h.run_until_quiescent().await?;
+    assert_eq!(names(&pods_by_name(h.client()).await?), ["web-0", "web-1", "web-2", "web-3"]);
+    assert_eq!(claims(h.client()).await?.len(), 4);
+    // Whenever a pod is created (first start or replacement), its predecessor is running and ready.
+    let mut created = 0;
+    log.replay(|kind, pod, state| {
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let n: i32 = name.trim_start_matches("web-").parse().unwrap_or(0);
+        if kind == "added" {
+            created += 1;
+            if n > 0 {
+                let prev = state.get(&format!("web-{}", n - 1));
+                assert!(prev.is_some_and(running_and_ready), "{name} created while web-{} is not ready: {:?}", n - 1, state.keys());
+            }
+        }
+    });
+    assert_eq!(created, 8, "four pods, each replaced once");
+    let order = log.deletion_order();
+    assert_eq!(order, ["web-3", "web-2", "web-1", "web-0"], "updated from the top down");
+    // The controller's watches resume with backoff: the status follows once they have caught up.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let status = sets.get("web").await?.status.unwrap_or_default();
+        let done = status.current_revision == status.update_revision && status.ready_replicas == Some(4);
+        if done && status.updated_replicas == Some(4) && status.current_replicas == Some(4) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "status never converged: {status:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Ok(())
 }

@@ -30,6 +30,9 @@ pub use identity::REVISION_LABEL;
 /// Unmet expectations are dropped after this long (a lost watch event must not wedge a set).
 pub const EXPECTATIONS_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Status writes per sync before a run of 409s fails it.
+const STATUS_ATTEMPTS: u32 = 3;
+
 /// Pod writes of one set that its pod cache has not shown yet.
 #[derive(Debug, Default)]
 struct Expectations {
@@ -482,10 +485,21 @@ async fn update_status(ctx: &StatefulSetCtx, set: &StatefulSet, revs: &Revisions
     if set.status.as_ref() == Some(&status) {
         return Ok(());
     }
-    let mut updated = set.clone();
-    updated.status = Some(status);
     let api = Api::<StatefulSet>::namespaced(ctx.shared.client.clone(), set.namespace().unwrap_or("default"));
-    // A 409 (the cached set is stale) fails the sync; the retry reads the newer set.
-    ignore_not_found(api.replace_status(&updated, &PostParams::default()).await)?;
+    let mut updated = set.clone();
+    // The cached set is often one status write behind: on a 409, write the same status onto the
+    // latest set (as Kubernetes' status updater); repeated conflicts fail the sync, which backs off.
+    for attempt in 1..=STATUS_ATTEMPTS {
+        updated.status = Some(status.clone());
+        match api.replace_status(&updated, &PostParams::default()).await {
+            Ok(_) => return Ok(()),
+            Err(e) if e.is_not_found() => return Ok(()),
+            Err(e) if e.is_conflict() && attempt < STATUS_ATTEMPTS => match api.get_opt(set.name()).await? {
+                Some(latest) if latest.uid() == set.uid() => updated = latest,
+                _ => return Ok(()),
+            },
+            Err(e) => return Err(e),
+        }
+    }
     Ok(())
 }
