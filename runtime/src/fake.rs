@@ -97,8 +97,20 @@ struct FakeContainer {
     status: ContainerStatus,
     script: FakeScript,
     started: Option<Instant>,
+    /// CPU nanoseconds used before the current rate began (`set_usage` changes the rate).
+    cpu_before: u64,
+    /// When the current CPU rate began (the start, or the last `set_usage`).
+    rate_since: Option<Instant>,
     log: Vec<(Timestamp, String, &'static str)>,
     exited: watch::Sender<bool>,
+}
+
+impl FakeContainer {
+    /// CPU nanoseconds used since start: what ran at earlier rates plus the current rate since it began.
+    fn cpu_used(&self) -> u64 {
+        let elapsed = self.rate_since.map(|s| s.elapsed()).unwrap_or_default();
+        self.cpu_before.saturating_add(u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX).saturating_mul(self.script.cpu_millis) / 1000)
+    }
 }
 
 impl Default for FakeRuntime {
@@ -167,6 +179,29 @@ impl FakeRuntime {
             c.script.probe_ok = healthy;
             c.script.exec_exit_code = if healthy { 0 } else { 1 };
         }
+    }
+
+    /// Sets the CPU (millicores) and memory working set (bytes) that the running containers named
+    /// `container` of pod `namespace/pod` use from now on (the CPU already used is kept, so the
+    /// node agent's next rate sample shows the new rate). Returns how many containers matched.
+    pub fn set_usage(&self, namespace: &str, pod: &str, container: &str, cpu_millis: u64, memory_bytes: u64) -> usize {
+        let mut state = self.state();
+        let State { sandboxes, containers, .. } = &mut *state;
+        let mut matched = 0;
+        for c in containers.values_mut() {
+            let Some(sb) = sandboxes.get(&c.status.sandbox_id) else { continue };
+            if sb.config.namespace != namespace || sb.config.name != pod || c.status.name != container {
+                continue;
+            }
+            if c.status.state == ContainerState::Running {
+                c.cpu_before = c.cpu_used();
+                c.rate_since = Some(Instant::now());
+            }
+            c.script.cpu_millis = cpu_millis;
+            c.script.memory_bytes = memory_bytes;
+            matched += 1;
+        }
+        matched
     }
 
     /// How many containers are running.
@@ -291,7 +326,10 @@ impl ContainerRuntime for FakeRuntime {
                 labels: config.labels.clone(),
             };
             let (exited, _) = watch::channel(false);
-            state.containers.insert(id.clone(), FakeContainer { status, script, started: None, log: Vec::new(), exited });
+            state.containers.insert(
+                id.clone(),
+                FakeContainer { status, script, started: None, cpu_before: 0, rate_since: None, log: Vec::new(), exited },
+            );
             id
         };
         self.emit(EventKind::Created, sandbox, &id);
@@ -316,6 +354,7 @@ impl ContainerRuntime for FakeRuntime {
             c.status.state = ContainerState::Running;
             c.status.started_at = Some(Timestamp::now());
             c.started = Some(Instant::now());
+            c.rate_since = c.started;
             let now = Timestamp::now();
             c.log.extend(script.log.iter().map(|l| (now, l.clone(), "stdout")));
             c.status.sandbox_id.clone()
@@ -433,9 +472,7 @@ impl ContainerRuntime for FakeRuntime {
         if c.status.state != ContainerState::Running {
             return Ok(ContainerStats::default());
         }
-        let elapsed = c.started.map(|s| s.elapsed()).unwrap_or_default();
-        let cpu = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX).saturating_mul(c.script.cpu_millis) / 1000;
-        Ok(ContainerStats { cpu_usage_nanos: cpu, memory_working_set_bytes: c.script.memory_bytes })
+        Ok(ContainerStats { cpu_usage_nanos: c.cpu_used(), memory_working_set_bytes: c.script.memory_bytes })
     }
 
     async fn recover(&self) -> Result<Vec<ContainerStatus>> {
@@ -444,5 +481,30 @@ impl ContainerRuntime for FakeRuntime {
 
     async fn probe_network(&self, id: &ContainerId, _port: u16) -> Option<bool> {
         Some(self.state().containers.get(id).is_some_and(|c| c.status.state == ContainerState::Running && c.script.probe_ok))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn set_usage_changes_the_cpu_rate_from_now_on_and_the_memory_at_once() -> Result<()> {
+        let rt = FakeRuntime::new();
+        let sandbox = SandboxConfig { name: "web-1".into(), namespace: "shop".into(), uid: "u1".into(), ..SandboxConfig::default() };
+        let sb = rt.run_sandbox(&sandbox).await?;
+        let id = rt.create_container(&sb, &ContainerConfig { name: "main".into(), ..ContainerConfig::default() }).await?;
+        rt.start_container(&id).await?;
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        // The default script: 10 millicores for 10 s is 0.1 s of CPU.
+        let before = rt.stats(&id).await?.cpu_usage_nanos;
+        assert_eq!(before, 100_000_000);
+        assert_eq!(rt.set_usage("shop", "web-1", "main", 500, 64 << 20), 1);
+        assert_eq!(rt.set_usage("shop", "web-2", "main", 500, 64 << 20), 0);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let stats = rt.stats(&id).await?;
+        assert_eq!(stats.cpu_usage_nanos - before, 1_000_000_000, "half a core for 2 s");
+        assert_eq!(stats.memory_working_set_bytes, 64 << 20);
+        Ok(())
     }
 }
