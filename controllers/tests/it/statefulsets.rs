@@ -586,6 +586,16 @@ async fn kubectl_rollout_status_history_and_undo_work_on_statefulsets() -> Res {
     let revisions: Vec<&str> = out.lines().skip(2).filter_map(|l| l.split_whitespace().next()).collect();
     assert!(ok && revisions == ["2", "3"], "the rolled-back revision became 3: {out}");
 
+    // `rollout restart` stamps the template: a new revision replaces every pod.
+    let before: Vec<_> = pods_by_name(h.client()).await?.values().map(|p| p.metadata.uid.clone()).collect();
+    let (ok, out) = run(&["rollout", "restart", "statefulset/web"]).await;
+    assert!(ok && out.contains("restarted"), "rollout restart: {out}");
+    let (ok, out) = run(&["rollout", "status", "statefulset/web", "--timeout=60s"]).await;
+    assert!(ok && out.contains("roll out complete"), "rollout status after restart: {out}");
+    until_image(h.client(), 2, "web:1").await?;
+    let after = pods_by_name(h.client()).await?;
+    assert!(after.values().all(|p| !before.contains(&p.metadata.uid)), "every pod was replaced");
+
     server.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
