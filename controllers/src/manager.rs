@@ -19,6 +19,7 @@ pub const BUILTINS: &[&str] = &[
     "nodelifecycle",
     "daemonset",
     "job",
+    "cronjob",
     "statefulset",
     "persistentvolume",
     "disruption",
@@ -178,6 +179,10 @@ impl ControllerManager {
             let (c, ctx) = builtin::job::orphan_controller(&shared);
             tasks.push(tokio::spawn(c.concurrency(n).run(builtin::job::reconcile_orphan, backoff_policy, ctx)));
         }
+        if on("cronjob") {
+            let (c, ctx) = builtin::cronjob::controller(&shared);
+            tasks.push(tokio::spawn(c.concurrency(n).run(builtin::cronjob::reconcile, backoff_policy, ctx)));
+        }
         if on("persistentvolume") {
             tasks.push(tokio::spawn(builtin::persistentvolume::run(shared.clone(), n, self.config.local_path.clone())));
         }
@@ -231,6 +236,10 @@ impl ControllerManager {
         if on("job") {
             drop(self.informers.all::<k8s_openapi::api::batch::v1::Job>());
             drop(self.informers.all::<Pod>());
+        }
+        if on("cronjob") {
+            drop(self.informers.all::<k8s_openapi::api::batch::v1::CronJob>());
+            drop(self.informers.all::<k8s_openapi::api::batch::v1::Job>());
         }
         if on("nodelifecycle") {
             drop(self.informers.all::<k8s_openapi::api::core::v1::Node>());

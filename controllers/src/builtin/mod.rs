@@ -1,5 +1,6 @@
 //! The built-in controllers, one file each, and the helpers they share.
 
+pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
 pub mod disruption;

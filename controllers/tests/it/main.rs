@@ -2,6 +2,7 @@
 //! API server and tokio's paused clock.
 
 mod cluster;
+mod cronjobs;
 mod daemonsets;
 mod disruption;
 mod hpa;
