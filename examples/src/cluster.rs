@@ -453,6 +453,78 @@ impl Cluster {
     }
 }
 
+/// The resource metrics API (`kubectl top`, the HorizontalPodAutoscaler) reads the usage samples
+/// of the node agents this process runs.
+#[async_trait]
+impl bosun_store::api::metrics::MetricsSource for LocalNodes {
+    async fn nodes(&self) -> Result<Vec<bosun_store::api::metrics::NodeSample>> {
+        let handles: Vec<NodeHandle> = self.nodes.read().unwrap_or_else(std::sync::PoisonError::into_inner).values().cloned().collect();
+        Ok(handles
+            .iter()
+            .filter_map(|h| {
+                let u = h.usage();
+                Some(bosun_store::api::metrics::NodeSample {
+                    name: h.node_name().to_owned(),
+                    timestamp: u.timestamp?,
+                    window: u.window,
+                    cpu_nanocores: u.cpu_nanocores,
+                    memory_bytes: u.memory_bytes,
+                })
+            })
+            .collect())
+    }
+
+    async fn pods(&self, namespace: Option<&str>) -> Result<Vec<bosun_store::api::metrics::PodSample>> {
+        let handles: Vec<NodeHandle> = self.nodes.read().unwrap_or_else(std::sync::PoisonError::into_inner).values().cloned().collect();
+        let mut out = Vec::new();
+        for h in &handles {
+            let u = h.usage();
+            let Some(timestamp) = u.timestamp else { continue };
+            for p in u.pods.into_iter().filter(|p| namespace.is_none_or(|ns| p.namespace == ns)) {
+                let containers = p
+                    .containers
+                    .into_iter()
+                    .map(|c| bosun_store::api::metrics::ContainerSample {
+                        name: c.name,
+                        cpu_nanocores: c.cpu_nanocores,
+                        memory_bytes: c.memory_bytes,
+                    })
+                    .collect();
+                out.push(bosun_store::api::metrics::PodSample {
+                    namespace: p.namespace,
+                    name: p.name,
+                    timestamp,
+                    window: u.window,
+                    containers,
+                });
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The metrics source handed to the API server before the node connection (which needs the
+/// server's client) exists; it reads [`LocalNodes`] once that is set.
+#[derive(Default)]
+struct LateMetrics(std::sync::OnceLock<std::sync::Weak<LocalNodes>>);
+
+#[async_trait]
+impl bosun_store::api::metrics::MetricsSource for LateMetrics {
+    async fn nodes(&self) -> Result<Vec<bosun_store::api::metrics::NodeSample>> {
+        match self.0.get().and_then(std::sync::Weak::upgrade) {
+            Some(nodes) => bosun_store::api::metrics::MetricsSource::nodes(&*nodes).await,
+            None => Ok(Vec::new()),
+        }
+    }
+
+    async fn pods(&self, namespace: Option<&str>) -> Result<Vec<bosun_store::api::metrics::PodSample>> {
+        match self.0.get().and_then(std::sync::Weak::upgrade) {
+            Some(nodes) => bosun_store::api::metrics::MetricsSource::pods(&*nodes, namespace).await,
+            None => Ok(Vec::new()),
+        }
+    }
+}
+
 /// The store, the API server and its HTTPS endpoint; writes the kubeconfig.
 async fn start_api_server(
     config: &ClusterConfig,
@@ -466,9 +538,11 @@ async fn start_api_server(
         }
         StoreChoice::Etcd(endpoints) => etcd(endpoints).await?,
     };
-    let api = ApiServer::builder(storage).cluster_ip_range(config.service_cidr.clone()).build()?;
+    let metrics = Arc::new(LateMetrics::default());
+    let api = ApiServer::builder(storage).cluster_ip_range(config.service_cidr.clone()).metrics_source(metrics.clone()).build()?;
     let client: Arc<dyn Client> = api.clone();
     let connector = Arc::new(LocalNodes { client: client.clone(), nodes: RwLock::default() });
+    let _ = metrics.0.set(Arc::downgrade(&connector));
 
     // HTTPS on the configured address; plain HTTP on an ephemeral loopback port for local tools.
     let http = HttpConfig::for_api_server(&api).https(config.listen).nodes(connector.clone());
