@@ -706,3 +706,31 @@ async fn dropped_and_gone_watches_and_slow_writes_still_converge_in_order() -> R
     }
     Ok(())
 }
+
+#[tokio::test(start_paused = true)]
+async fn min_ready_seconds_holds_the_next_ordinal_until_the_previous_is_available() -> Res {
+    let h = harness(&["statefulset"]);
+    let sets = Api::<StatefulSet>::namespaced(h.client(), "default");
+    let mut set = statefulset("web", 2);
+    set.spec.min_ready_seconds = Some(10);
+    sets.create(&set, &PostParams::default()).await?;
+    h.run_until_quiescent().await?;
+    let status = sets.get("web").await?.status.unwrap_or_default();
+    assert_eq!(
+        (status.replicas, status.ready_replicas, status.available_replicas),
+        (1, Some(1), Some(0)),
+        "web-0 ready, not yet available"
+    );
+    // web-0 became ready at about now; web-1 follows only once it has been ready for 10 s.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert_eq!(names(&pods_by_name(h.client()).await?), ["web-0"], "web-1 waits for web-0 to be available");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(names(&pods_by_name(h.client()).await?), ["web-0", "web-1"]);
+    until_ready(&h, 2).await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while sets.get("web").await?.status.unwrap_or_default().available_replicas != Some(2) {
+        assert!(tokio::time::Instant::now() < deadline, "web-1 never became available");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Ok(())
+}
