@@ -1,0 +1,141 @@
+//! `kubectl exec`, `kubectl cp` and `kubectl attach` against the reference cluster with the real
+//! kubectl (WebSocket `v5.channel.k8s.io`, no SPDY): output streams, exit codes, stdin, clear
+//! errors for a missing container or pod.
+
+use crate::kubectl::{KillContainers, Kubectl, kubectl_binary};
+use bosun_examples::{Cluster, ClusterConfig, StoreChoice};
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(90);
+
+fn config(dir: &Path) -> ClusterConfig {
+    let any = SocketAddr::from(([127, 0, 0, 1], 0));
+    ClusterConfig {
+        data_dir: dir.join("data"),
+        store: StoreChoice::Memory,
+        listen: any,
+        kubeconfig: dir.join("kubeconfig"),
+        dns: any,
+        ingress: any,
+        lease_renew: Duration::from_secs(2),
+        ..ClusterConfig::default()
+    }
+}
+
+/// Runs kubectl with `input` on its standard input; returns its whole output.
+fn kubectl_with_stdin(k: &Kubectl, args: &[&str], input: &[u8]) -> Output {
+    let mut child = Command::new(&k.binary)
+        .arg("--kubeconfig")
+        .arg(&k.kubeconfig)
+        .arg("--cache-dir")
+        .arg(&k.cache)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("run kubectl {args:?}: {e}"));
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(input).unwrap_or_else(|e| panic!("write kubectl stdin: {e}"));
+    }
+    child.wait_with_output().unwrap_or_else(|e| panic!("wait for kubectl {args:?}: {e}"))
+}
+
+/// Runs kubectl; returns (exit code, stdout, stderr).
+fn kubectl_status(k: &Kubectl, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(&k.binary)
+        .arg("--kubeconfig")
+        .arg(&k.kubeconfig)
+        .arg("--cache-dir")
+        .arg(&k.cache)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("run kubectl {args:?}: {e}"));
+    (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_exec_cp_and_attach_work() {
+    let Some(binary) = kubectl_binary() else { return };
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let _cleanup = KillContainers(dir.path().join("data"));
+    let cluster = Cluster::start(config(dir.path())).await.unwrap_or_else(|e| panic!("start cluster: {e}"));
+    let k = Kubectl::new(binary, &dir.path().join("kubeconfig"), &dir.path().join("cache"));
+
+    k.eventually(&["get", "nodes"], WAIT, |out| out.contains("node-1") && out.contains(" Ready ")).await;
+    k.run(&["run", "shell", "--image=busybox", "--restart=Never", "--command", "--", "sleep", "3600"]);
+    k.eventually(&["get", "pod", "shell"], WAIT, |out| out.contains("Running")).await;
+
+    // Both output streams and the exit code.
+    let (code, stdout, stderr) = kubectl_status(&k, &["exec", "shell", "--", "sh", "-c", "echo out; echo err >&2; exit 3"]);
+    assert_eq!(code, Some(3), "stdout: {stdout}\nstderr: {stderr}");
+    assert_eq!(stdout, "out\n");
+    assert!(stderr.starts_with("err\n") && stderr.contains("command terminated with exit code 3"), "{stderr}");
+
+    // Success, with arguments passed through as they are.
+    let (code, stdout, stderr) = kubectl_status(&k, &["exec", "shell", "-c", "shell", "--", "echo", "a  b", "$HOME"]);
+    assert_eq!((code, stdout.as_str()), (Some(0), "a  b $HOME\n"), "{stderr}");
+
+    // Standard input, closed when kubectl's input ends (the v5 close signal).
+    let echoed = kubectl_with_stdin(&k, &["exec", "-i", "shell", "--", "cat"], b"hi\n");
+    assert!(echoed.status.success(), "{}", String::from_utf8_lossy(&echoed.stderr));
+    assert_eq!(echoed.stdout, b"hi\n");
+    let big: Vec<u8> = (0..200_000u32).flat_map(|i| format!("{i}\n").into_bytes()).collect();
+    let counted = kubectl_with_stdin(&k, &["exec", "-i", "shell", "--", "wc", "-c"], &big);
+    assert_eq!(String::from_utf8_lossy(&counted.stdout).trim(), big.len().to_string(), "{}", String::from_utf8_lossy(&counted.stderr));
+
+    // Clear errors for a container or pod that is not there.
+    let (code, _, stderr) = kubectl_status(&k, &["exec", "shell", "-c", "nope", "--", "true"]);
+    assert_ne!(code, Some(0));
+    // Refused before the upgrade, so kubectl's SPDY fallback gets the same Status.
+    assert!(stderr.contains("Error from server (BadRequest): container nope is not valid for pod shell"), "{stderr}");
+    let (code, _, stderr) = kubectl_status(&k, &["exec", "ghost", "--", "true"]);
+    assert_ne!(code, Some(0));
+    assert!(stderr.contains("NotFound") || stderr.contains("not found"), "{stderr}");
+    // A command that cannot start is reported, not hung on.
+    let (code, _, stderr) = kubectl_status(&k, &["exec", "shell", "--", "/no/such/binary"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("No such file or directory"), "{stderr}");
+
+    // kubectl cp is exec of tar, both ways.
+    let files = dir.path().join("files");
+    std::fs::create_dir_all(&files).unwrap_or_else(|e| panic!("mkdir: {e}"));
+    let files = files.to_str().unwrap_or_default().to_owned();
+    let source = format!("{files}/in-pod.txt");
+    k.run(&["exec", "shell", "--", "sh", "-c", &format!("printf 'from the pod\\n' > {source}")]);
+    let copied = dir.path().join("copied.txt");
+    let copied_arg = copied.to_str().unwrap_or_default().to_owned();
+    let (code, stdout, stderr) = kubectl_status(&k, &["cp", &format!("shell:{source}"), &copied_arg]);
+    assert_eq!(code, Some(0), "stdout: {stdout}\nstderr: {stderr}");
+    assert_eq!(std::fs::read_to_string(&copied).unwrap_or_default(), "from the pod\n");
+    let upload = dir.path().join("upload.txt");
+    std::fs::write(&upload, "to the pod\n").unwrap_or_else(|e| panic!("write: {e}"));
+    let target = format!("{files}/uploaded.txt");
+    let (code, stdout, stderr) = kubectl_status(&k, &["cp", upload.to_str().unwrap_or_default(), &format!("shell:{target}")]);
+    assert_eq!(code, Some(0), "stdout: {stdout}\nstderr: {stderr}");
+    assert_eq!(k.run(&["exec", "shell", "--", "cat", &target]), "to the pod\n");
+
+    // Attach follows the container's output until it exits.
+    k.run(&[
+        "run",
+        "ticker",
+        "--image=busybox",
+        "--restart=Never",
+        "--command",
+        "--",
+        "sh",
+        "-c",
+        "sleep 2; for i in 1 2 3; do echo tick $i; sleep 1; done",
+    ]);
+    k.eventually(&["get", "pod", "ticker"], WAIT, |out| out.contains("Running")).await;
+    let (code, stdout, stderr) = kubectl_status(&k, &["attach", "ticker"]);
+    assert_eq!(code, Some(0), "stdout: {stdout}\nstderr: {stderr}");
+    assert!(stdout.contains("tick 3"), "stdout: {stdout}\nstderr: {stderr}");
+
+    cluster.shutdown().await;
+}
