@@ -122,6 +122,20 @@ impl Nominator {
         self.lock().by_node.get(node).cloned().unwrap_or_default()
     }
 
+    /// The pods nominated to each node that a pod of this priority must leave room for (equal or
+    /// higher priority, other than `uid`).
+    pub fn pods_at_or_above(&self, priority: i32, uid: &str) -> HashMap<String, Vec<Arc<PodInfo>>> {
+        let inner = self.lock();
+        let mut out = HashMap::new();
+        for (node, pods) in &inner.by_node {
+            let v: Vec<Arc<PodInfo>> = pods.iter().filter(|p| p.priority >= priority && p.uid != uid).cloned().collect();
+            if !v.is_empty() {
+                out.insert(node.clone(), v);
+            }
+        }
+        out
+    }
+
     /// The node a pod is nominated to.
     pub fn node_of(&self, uid: &str) -> Option<String> {
         self.lock().node_of.get(uid).cloned()

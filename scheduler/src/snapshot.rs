@@ -13,7 +13,7 @@ pub const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
 pub const REGION_LABEL: &str = "topology.kubernetes.io/region";
 
 /// Every schedulable node's info in zone-interleaved order, with lookups the plugins need.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default)]
 pub struct Snapshot {
     pub(crate) nodes: Vec<Arc<NodeInfo>>,
     pub(crate) index: HashMap<Arc<str>, usize>,
@@ -24,6 +24,39 @@ pub struct Snapshot {
     /// Per topology key, every node's value in scan order; valid until the next rebuild (label
     /// changes always rebuild).
     pub(crate) columns: Arc<std::sync::Mutex<HashMap<String, TopologyColumn>>>,
+    /// Indexes of the nodes replaced since the last rebuild, in order: what derived counts replay.
+    pub(crate) changes: Vec<usize>,
+    /// Per-node counts plugins derive (pods matching a selector...), kept up to date by replaying
+    /// `changes` instead of rescanning every node each cycle.
+    pub(crate) counts: Arc<std::sync::Mutex<HashMap<String, NodeCounts>>>,
+}
+
+impl Clone for Snapshot {
+    fn clone(&self) -> Self {
+        Self {
+            nodes: self.nodes.clone(),
+            index: self.index.clone(),
+            with_affinity: self.with_affinity.clone(),
+            with_required_anti_affinity: self.with_required_anti_affinity.clone(),
+            image_nodes: self.image_nodes.clone(),
+            hostnames_unique: self.hostnames_unique,
+            columns: self.columns.clone(),
+            // A copy may diverge: derived counts are recomputed for it.
+            changes: Vec::new(),
+            counts: Arc::default(),
+        }
+    }
+}
+
+/// A count per node (pods matching some rule) and its sums per topology domain, as of
+/// `synced` entries of the snapshot's change log.
+#[derive(Debug, Clone, Default)]
+pub struct NodeCounts {
+    synced: usize,
+    /// Each node's count, by snapshot index (0 for nodes that do not qualify).
+    pub per_node: Arc<Vec<i64>>,
+    /// The counts summed per domain value; every domain of a qualifying node is present, zero included.
+    pub by_domain: Arc<HashMap<String, i64>>,
 }
 
 /// Every node's value of one label, by snapshot index.
@@ -68,6 +101,8 @@ impl Snapshot {
         self.nodes = ordered;
         self.index = self.nodes.iter().enumerate().map(|(i, n)| (n.name.clone(), i)).collect();
         self.columns = Arc::default();
+        self.changes.clear();
+        self.counts = Arc::default();
         let mut hostnames = std::collections::HashSet::new();
         self.hostnames_unique = self.nodes.iter().all(|n| n.labels().get(HOSTNAME_LABEL).is_none_or(|h| hostnames.insert(h.clone())));
         self.with_affinity = (0..self.nodes.len()).filter(|i| self.nodes[*i].pods_with_affinity > 0).collect();
@@ -96,6 +131,68 @@ impl Snapshot {
             toggle(&mut self.with_required_anti_affinity, i, info.pods_with_required_anti_affinity > 0);
         }
         self.nodes[i] = info;
+        if self.changes.len() > 8 * self.nodes.len() + 4096 {
+            // A long-lived snapshot: start the derived counts over rather than keep a long log.
+            self.changes.clear();
+            self.counts = Arc::default();
+        }
+        self.changes.push(i);
+    }
+
+    /// Per-node counts under `key` (which must name everything the two functions depend on),
+    /// computed on first use after a rebuild and then brought up to date by recounting only the
+    /// nodes replaced since. `qualifies` may read only what a rebuild resets (labels);
+    /// `domain` gives each node's domain value for the per-domain sums.
+    pub fn node_counts(
+        &self,
+        key: &str,
+        domain: &TopologyColumn,
+        qualifies: &(dyn Fn(usize) -> bool + Sync),
+        count: &(dyn Fn(&NodeInfo) -> i64 + Sync),
+    ) -> NodeCounts {
+        let mut cache = self.counts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(c) = cache.get_mut(key) {
+            if c.synced < self.changes.len() {
+                let per_node = Arc::make_mut(&mut c.per_node);
+                let by_domain = Arc::make_mut(&mut c.by_domain);
+                for &i in &self.changes[c.synced..] {
+                    if !qualifies(i) {
+                        continue;
+                    }
+                    let new = count(&self.nodes[i]);
+                    let delta = new - per_node[i];
+                    per_node[i] = new;
+                    if delta != 0
+                        && let Some(v) = domain[i].as_deref()
+                        && let Some(d) = by_domain.get_mut(v)
+                    {
+                        *d += delta;
+                    }
+                }
+                c.synced = self.changes.len();
+            }
+            return c.clone();
+        }
+        use rayon::prelude::*;
+        let per_node: Vec<i64> =
+            (0..self.nodes.len()).into_par_iter().map(|i| if qualifies(i) { count(&self.nodes[i]) } else { 0 }).collect();
+        let mut by_domain: HashMap<String, i64> = HashMap::new();
+        for (i, n) in per_node.iter().enumerate() {
+            if !qualifies(i) {
+                continue;
+            }
+            if let Some(v) = domain[i].as_deref() {
+                match by_domain.get_mut(v) {
+                    Some(d) => *d += n,
+                    None => {
+                        by_domain.insert(v.to_owned(), *n);
+                    }
+                }
+            }
+        }
+        let c = NodeCounts { synced: self.changes.len(), per_node: Arc::new(per_node), by_domain: Arc::new(by_domain) };
+        cache.insert(key.to_owned(), c.clone());
+        c
     }
 
     /// Every node, in scan order.

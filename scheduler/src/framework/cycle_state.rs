@@ -38,7 +38,16 @@ pub struct CycleState {
     pub(crate) restricted_by: Vec<&'static str>,
     /// Bit i set: the profile's i-th Filter plugin is skipped (precomputed from `skip_filter`).
     pub(crate) filter_skip_mask: u64,
+    /// The pods nominated to each node that this cycle's pod must leave room for (equal or higher
+    /// priority), read once per cycle instead of locking the nominator for every node.
+    pub(crate) nominated: Option<NominatedByNode>,
+    /// Nodes a PreFilter already knows fail its Filter (by snapshot index: 0 passes, `k` fails
+    /// with `statuses[k - 1]`), so the filter chain is not run on them at all.
+    pub(crate) excluded: Option<(std::sync::Arc<Vec<u8>>, Vec<crate::framework::Status>)>,
 }
+
+/// Nominated pods by node name.
+pub(crate) type NominatedByNode = std::sync::Arc<std::collections::HashMap<String, Vec<std::sync::Arc<crate::pod_info::PodInfo>>>>;
 
 impl Clone for CycleState {
     fn clone(&self) -> Self {
@@ -48,6 +57,8 @@ impl Clone for CycleState {
             skip_score: self.skip_score.clone(),
             restricted_by: self.restricted_by.clone(),
             filter_skip_mask: self.filter_skip_mask,
+            nominated: self.nominated.clone(),
+            excluded: self.excluded.clone(),
         }
     }
 }
@@ -90,6 +101,15 @@ impl CycleState {
         let id = TypeId::of::<T>();
         let i = self.data.iter().position(|(t, _)| *t == id)?;
         Some(self.data.swap_remove(i).1)
+    }
+
+    /// The status a PreFilter settled in advance for the node at this snapshot index.
+    pub(crate) fn excluded(&self, index: usize) -> Option<&crate::framework::Status> {
+        let (nodes, statuses) = self.excluded.as_ref()?;
+        match nodes.get(index).copied() {
+            None | Some(0) => None,
+            Some(k) => statuses.get(usize::from(k) - 1),
+        }
     }
 
     /// Whether the named plugin's Filter is skipped.

@@ -440,12 +440,19 @@ impl Framework {
     /// if they ran there, once without, so that a nominated pod's room is kept and its absence
     /// does not break affinity. As kube-scheduler's `RunFilterPluginsWithNominatedPods`.
     pub fn run_filter_with_nominated_pods(&self, state: &CycleState, pod: &PodInfo, node: &NodeInfo, handle: &Handle) -> Status {
-        let nominator = handle.nominator();
-        if nominator.is_empty() {
-            return self.run_filter(state, pod, node);
-        }
-        let nominated: Vec<Arc<PodInfo>> =
-            nominator.pods_for_node(&node.name).into_iter().filter(|p| p.priority >= pod.priority && p.uid != pod.uid).collect();
+        let nominated: Vec<Arc<PodInfo>> = match &state.nominated {
+            Some(map) => match map.get(&*node.name) {
+                None => return self.run_filter(state, pod, node),
+                Some(v) => v.clone(),
+            },
+            None => {
+                let nominator = handle.nominator();
+                if nominator.is_empty() {
+                    return self.run_filter(state, pod, node);
+                }
+                nominator.pods_for_node(&node.name).into_iter().filter(|p| p.priority >= pod.priority && p.uid != pod.uid).collect()
+            }
+        };
         if nominated.is_empty() {
             return self.run_filter(state, pod, node);
         }
@@ -502,7 +509,10 @@ impl Framework {
             let mut i = 0;
             while i < n && feasible.len() < want {
                 let idx = node_at(i);
-                let s = self.run_filter_with_nominated_pods(state, pod, &snapshot.nodes()[idx], handle);
+                let s = match state.excluded(idx) {
+                    Some(s) => s.clone(),
+                    None => self.run_filter_with_nominated_pods(state, pod, &snapshot.nodes()[idx], handle),
+                };
                 if s.is_success() {
                     feasible.push(idx);
                 } else if s.code() == Code::Error {
@@ -527,7 +537,10 @@ impl Framework {
                             break;
                         }
                         let idx = node_at(i);
-                        let s = self.run_filter_with_nominated_pods(state, pod, &snapshot.nodes()[idx], handle);
+                        let s = match state.excluded(idx) {
+                            Some(s) => s.clone(),
+                            None => self.run_filter_with_nominated_pods(state, pod, &snapshot.nodes()[idx], handle),
+                        };
                         if s.is_success() {
                             ok.push(idx);
                             found.fetch_add(1, Ordering::Relaxed);
@@ -646,6 +659,9 @@ impl Framework {
         if let Some(e) = &pod.parse_error {
             diagnosis.absent_status = Some(Status::unresolvable(format!("pod spec cannot be parsed: {e}")));
             return Err(ScheduleError::Fit(Box::new(diagnosis)));
+        }
+        if !handle.nominator().is_empty() {
+            state.nominated = Some(Arc::new(handle.nominator().pods_at_or_above(pod.priority, &pod.uid)));
         }
         let (result, s) = self.run_pre_filter(state, pod, snapshot, handle);
         if !s.is_success() {

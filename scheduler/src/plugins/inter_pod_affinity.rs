@@ -152,15 +152,55 @@ impl PreFilterPlugin for InterPodAffinity {
                 .iter()
                 .any(|t| t.topology_key == HOSTNAME && t.namespace_selector.as_ref().is_some_and(|s| !s.is_empty()));
         let mut s = FilterState { ns_labels: ns_labels.clone(), by_node, ..FilterState::default() };
-        // Existing pods' anti-affinity against the incoming pod: only nodes that have such pods.
-        for n in snapshot.nodes_with_required_anti_affinity() {
-            for e in n.pods.iter().filter(|p| p.has_required_anti_affinity()) {
-                for t in &e.required_anti_affinity {
-                    if !(by_node && t.topology_key == HOSTNAME) && t.matches(pod, || ns_labels.clone()) {
-                        bump(&mut s.existing_anti, &t.topology_key, n, 1);
+        // With hostname terms checked per node, the nodes they rule out are known here already:
+        // the framework then skips the whole filter chain on them (the per-node check in Filter
+        // stays for preemption's dry runs). Not with required affinity, whose reason comes first.
+        let exclude = by_node && pod.required_affinity.is_empty();
+        let mut excluded: Vec<u8> = Vec::new();
+        let hostnames = snapshot.topology_column(HOSTNAME);
+        if exclude {
+            for t in pod.required_anti_affinity.iter().filter(|t| t.topology_key == HOSTNAME) {
+                let key = format!("anti\0{:?}\0{}\0{}", t.namespaces, t.namespace_selector.is_some(), t.selector);
+                let count = |n: &NodeInfo| n.pods.iter().filter(|e| t.matches(e, || None)).count() as i64;
+                let counts = snapshot.node_counts(&key, &hostnames, &|i| hostnames[i].is_some(), &count);
+                if counts.per_node.iter().any(|c| *c > 0) {
+                    excluded.resize(snapshot.len(), 0);
+                    for (i, c) in counts.per_node.iter().enumerate() {
+                        if *c > 0 {
+                            excluded[i] = 1;
+                        }
                     }
                 }
             }
+        }
+        // Existing pods' anti-affinity against the incoming pod: only nodes that have such pods.
+        for &idx in &snapshot.with_required_anti_affinity {
+            let n = &snapshot.nodes()[idx];
+            for e in n.pods.iter().filter(|p| p.has_required_anti_affinity()) {
+                for t in &e.required_anti_affinity {
+                    let on_node = by_node && t.topology_key == HOSTNAME;
+                    if on_node && (!exclude || hostnames[idx].is_none() || excluded.get(idx).is_some_and(|x| *x != 0)) {
+                        continue;
+                    }
+                    if t.matches(pod, || ns_labels.clone()) {
+                        if on_node {
+                            excluded.resize(snapshot.len(), 0);
+                            excluded[idx] = 2;
+                        } else {
+                            bump(&mut s.existing_anti, &t.topology_key, n, 1);
+                        }
+                    }
+                }
+            }
+        }
+        if excluded.iter().any(|x| *x != 0) {
+            state.excluded = Some((
+                Arc::new(excluded),
+                vec![
+                    Status::unschedulable(REASON_ANTI_AFFINITY).with_plugin(self.name()),
+                    Status::unschedulable(REASON_EXISTING_ANTI_AFFINITY).with_plugin(self.name()),
+                ],
+            ));
         }
         let cluster_wide =
             !pod.required_affinity.is_empty() || pod.required_anti_affinity.iter().any(|t| !(by_node && t.topology_key == HOSTNAME));

@@ -174,6 +174,30 @@ fn count_domains(
     )
 }
 
+/// Whether which nodes count for a constraint does not depend on the incoming pod (its node
+/// affinity or tolerations), so that the counts can be shared by every pod with the constraint.
+fn pod_independent(c: &SpreadConstraint, pod: &PodInfo) -> bool {
+    !c.honor_node_taints && (!c.honor_node_affinity || pod.required_node_affinity.is_empty())
+}
+
+/// PreFilter's counts from the snapshot's incrementally maintained per-node counts: a full scan
+/// once per snapshot rebuild, then only the nodes that changed since the previous cycle.
+fn cached_counts(constraints: &[SpreadConstraint], pod: &PodInfo, snapshot: &Snapshot) -> Vec<HashMap<String, i64>> {
+    let columns: Vec<_> = constraints.iter().map(|c| snapshot.topology_column(&c.topology_key)).collect();
+    let all_keys: Vec<&str> = constraints.iter().map(|c| c.topology_key.as_str()).collect();
+    let all_keys = all_keys.join("\u{1}");
+    let qualifies = |idx: usize| columns.iter().all(|col| col[idx].is_some());
+    constraints
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let key = format!("spread\0{}\0{}\0{}\0{all_keys}", pod.namespace, c.topology_key, c.selector);
+            let count = |n: &NodeInfo| if n.pods.is_empty() { 0 } else { matching(c, &pod.namespace, n) };
+            snapshot.node_counts(&key, &columns[i], &qualifies, &count).by_domain.as_ref().clone()
+        })
+        .collect()
+}
+
 impl PreFilterPlugin for PodTopologySpread {
     fn pre_filter(&self, state: &mut CycleState, pod: &PodInfo, snapshot: &Snapshot, _: &Handle) -> (Option<PreFilterResult>, Status) {
         let constraints: Vec<SpreadConstraint> =
@@ -181,7 +205,11 @@ impl PreFilterPlugin for PodTopologySpread {
         if constraints.is_empty() {
             return (None, Status::skip());
         }
-        let counts = count_domains(&constraints, pod, snapshot, None, true);
+        let counts = if constraints.iter().all(|c| pod_independent(c, pod)) {
+            cached_counts(&constraints, pod, snapshot)
+        } else {
+            count_domains(&constraints, pod, snapshot, None, true)
+        };
         let min = counts.iter().map(min_of).collect();
         state.insert(FilterState { constraints, counts, min });
         (None, Status::success())

@@ -156,12 +156,26 @@ async fn no_pod_is_lost_when_nodes_register_while_pods_flood_in_with_bind_confli
         }
         if tokio::time::Instant::now() > deadline {
             let q = running.scheduler().queue();
+            let mut detail = Vec::new();
+            for name in left.iter().take(5) {
+                let p = pods.get(name).await.unwrap_or_else(|e| panic!("get: {e}"));
+                let uid = p.metadata.uid.clone().unwrap_or_default();
+                detail.push(format!(
+                    "{name}: rv {:?} queued {} unschedulable {} backoff {} conditions {:?}",
+                    p.metadata.resource_version,
+                    q.contains(&uid),
+                    q.is_unschedulable(&uid),
+                    q.is_backing_off(&uid),
+                    p.status.and_then(|s| s.conditions)
+                ));
+            }
             panic!(
-                "{} pods were never bound (queue active/backoff/unschedulable {:?}, stats {:?}): {:?}",
+                "{} pods were never bound (queue active/backoff/unschedulable {:?}, stats {:?}, cached pods {}):\n{}",
                 left.len(),
                 q.lens(),
                 running.scheduler().stats(),
-                &left[..left.len().min(10)]
+                running.scheduler().cached_pods(),
+                detail.join("\n")
             );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

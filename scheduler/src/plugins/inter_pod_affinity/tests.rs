@@ -121,3 +121,33 @@ fn preferred_affinity_scores_nodes_near_matching_pods() {
     let get = |name: &str| scores.iter().find(|s| &*snap.nodes()[s.index].name == name).map(|s| s.score);
     assert_eq!((get("a1"), get("b1")), (Some(100), Some(0)));
 }
+
+#[test]
+fn the_framework_skips_nodes_hostname_anti_affinity_rules_out_both_ways_and_reports_them() {
+    use crate::framework::{Handle, Profile, ScheduleError};
+    let fw = Profile::defaults("default-scheduler").build().unwrap_or_else(|e| panic!("{e}"));
+    let green = |name: &str, n: &str| pod(name).labels(&[("color", "green")]).node(n).info();
+    let snap = Snapshot::from_nodes(vec![
+        // A pod the incoming pod's own term matches.
+        node("a").info(&[green("e1", "a")]),
+        // A pod whose term repels the incoming pod (symmetry).
+        node("b").info(&[pod("e2").labels(&[("color", "blue")]).anti_affinity(&[("color", "green")], HOST).node("b").info()]),
+        // Unrelated.
+        node("c").info(&[pod("e3").labels(&[("color", "red")]).node("c").info()]),
+    ]);
+    let p = pod("p").labels(&[("color", "green")]).anti_affinity(&[("color", "green")], HOST).info();
+    for _ in 0..5 {
+        let mut state = CycleState::new();
+        let r = fw.schedule_pod(&mut state, &p, &snap, &Handle::default()).unwrap_or_else(|_| panic!("fits on c"));
+        assert_eq!(r.suggested_host, "c");
+    }
+    let full = Snapshot::from_nodes(vec![node("a").info(&[green("e1", "a")]), node("c").info(&[green("e3", "c")])]);
+    let mut state = CycleState::new();
+    match fw.schedule_pod(&mut state, &p, &full, &Handle::default()) {
+        Err(ScheduleError::Fit(d)) => {
+            assert_eq!(d.message(), "0/2 nodes are available: 2 node(s) didn't match pod anti-affinity rules.");
+            assert_eq!(d.unschedulable_plugins, ["InterPodAffinity"]);
+        }
+        _ => panic!("no node fits"),
+    }
+}

@@ -145,3 +145,65 @@ fn pods_without_constraints_spread_over_their_services_pods_by_default() {
     let score_of = |name: &str| scores.iter().find(|s| &*snap.nodes()[s.index].name == name).map(|s| s.score).unwrap_or(-1);
     assert!(score_of("c1") > score_of("b1") && score_of("b1") > score_of("a1"), "{scores:?}");
 }
+
+#[test]
+fn counts_kept_across_incremental_snapshot_updates_equal_a_full_recount() {
+    use crate::cache::Cache;
+    use crate::node_info::NodeStatic;
+    let mut cache = Cache::new();
+    for (name, zone) in [("a1", "a"), ("a2", "a"), ("b1", "b"), ("c1", "c"), ("nozone", "")] {
+        let mut b = node(name);
+        if !zone.is_empty() {
+            b = b.label(ZONE, zone);
+        }
+        cache.add_or_update_node(NodeStatic::new(Arc::new(b.0)));
+    }
+    let mut snap = Snapshot::default();
+    let incoming = pod("p").labels(&[("app", "web")]).spread(3, ZONE, true, &[("app", "web")]).info();
+    let check = |snap: &Snapshot| {
+        let constraints: Vec<SpreadConstraint> = incoming.spread_constraints.clone();
+        let cached = cached_counts(&constraints, &incoming, snap);
+        let full = count_domains(&constraints, &incoming, snap, None, true);
+        assert_eq!(cached, full);
+        cached
+    };
+    cache.update_snapshot(&mut snap);
+    assert_eq!(check(&snap)[0].values().sum::<i64>(), 0);
+    // Assumed, bound, other-namespace and non-matching pods arrive one cycle at a time.
+    let steps: Vec<(Arc<PodInfo>, &str)> = vec![
+        (pod("w1").labels(&[("app", "web")]).info(), "a1"),
+        (pod("w2").labels(&[("app", "web")]).info(), "b1"),
+        (pod("x").labels(&[("app", "db")]).info(), "a2"),
+        (pod("o").ns("other").labels(&[("app", "web")]).info(), "c1"),
+        (pod("w3").labels(&[("app", "web")]).info(), "nozone"),
+    ];
+    for (p, n) in steps {
+        cache.assume_pod(p, n).unwrap_or_else(|e| panic!("{e}"));
+        cache.update_snapshot(&mut snap);
+        check(&snap);
+    }
+    assert_eq!(check(&snap)[0], HashMap::from([("a".to_owned(), 1), ("b".to_owned(), 1), ("c".to_owned(), 0)]));
+    // Confirmation, a terminating pod, a forgotten assumption.
+    cache.add_or_update_pod(pod("w1").labels(&[("app", "web")]).node("a1").info());
+    cache.add_or_update_pod(
+        pod("w2")
+            .labels(&[("app", "web")])
+            .node("b1")
+            .with(|p| {
+                p.metadata.deletion_timestamp = Some(bosun_core::k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    bosun_core::k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+                ))
+            })
+            .info(),
+    );
+    cache.update_snapshot(&mut snap);
+    assert_eq!(check(&snap)[0].get("b"), Some(&0));
+    cache.forget_pod("uid-w3").unwrap_or_else(|e| panic!("{e}"));
+    cache.assume_pod(pod("w4").labels(&[("app", "web")]).info(), "c1").unwrap_or_else(|e| panic!("{e}"));
+    cache.update_snapshot(&mut snap);
+    assert_eq!(check(&snap)[0].get("c"), Some(&1));
+    // A label change rebuilds: the counts start over and still agree.
+    cache.add_or_update_node(NodeStatic::new(Arc::new(node("nozone").label(ZONE, "c").0)));
+    cache.update_snapshot(&mut snap);
+    assert_eq!(check(&snap)[0].get("c"), Some(&1));
+}
