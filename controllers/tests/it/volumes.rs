@@ -9,8 +9,8 @@ use bosun_controllers::builtin::persistentvolume::{
 use bosun_controllers::{Harness, ManagerConfig};
 use bosun_core::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use k8s_openapi::api::core::v1::{
-    HostPathVolumeSource, Node, ObjectReference, PersistentVolume, PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeSpec,
-    VolumeResourceRequirements,
+    HostPathVolumeSource, Node, ObjectReference, PersistentVolume, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    PersistentVolumeClaimVolumeSource, PersistentVolumeSpec, Pod, Volume, VolumeResourceRequirements,
 };
 use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -265,10 +265,26 @@ async fn the_default_class_provisions_a_local_volume_on_the_selected_node_and_de
     assert_eq!(expr.len(), 1);
     assert_eq!((expr[0].key.as_str(), expr[0].operator.as_str()), ("kubernetes.io/hostname", "In"));
     assert_eq!(expr[0].values, Some(vec!["node-b".to_owned()]));
-    // The node agent made the directory and the pod wrote data; the claim goes: volume and data go.
+    // The node agent made the directory and the pod wrote data.
     std::fs::create_dir_all(&path)?;
     std::fs::write(path.join("table.db"), b"rows")?;
+    let pods = Api::<Pod>::namespaced(c.clone(), "default");
+    let mut user = bare_pod("db", "db");
+    if let Some(spec) = user.spec.as_mut() {
+        spec.volumes = Some(vec![Volume {
+            name: "data".into(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource { claim_name: "data".into(), read_only: None }),
+            ..Volume::default()
+        }]);
+    }
+    pods.create(&user, &PostParams::default()).await?;
+    // The claim goes while the pod still runs: the data stays until the pod is gone.
     claims.delete("data", &DeleteParams::default()).await?;
+    h.run_until_quiescent().await?;
+    assert_eq!(volume_phase(&volumes.get(&name).await?), Some("Released"));
+    assert!(path.join("table.db").exists(), "a running pod's data is not deleted");
+    pods.delete("db", &DeleteParams::default().grace_period(0)).await?;
+    tokio::time::sleep(std::time::Duration::from_secs(6)).await;
     h.run_until_quiescent().await?;
     assert!(volumes.get_opt(&name).await?.is_none(), "reclaim policy Delete removes the volume");
     assert!(!path.exists(), "and its directory");

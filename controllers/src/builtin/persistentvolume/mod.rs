@@ -20,7 +20,7 @@ use super::Shared;
 use crate::runtime::{Controller, backoff_policy};
 use bosun_core::watch::Store;
 use bosun_core::{Api, Client, Error, ObjectKey, PostParams};
-use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim};
+use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod};
 use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use std::path::PathBuf;
@@ -95,6 +95,7 @@ pub struct PvCtx {
     volumes: Store<PersistentVolume>,
     classes: Store<StorageClass>,
     nodes: Store<Node>,
+    pods: Store<Pod>,
     config: LocalPathConfig,
 }
 
@@ -130,6 +131,7 @@ pub fn controllers(
     let volumes = shared.informers.all::<PersistentVolume>().store().clone();
     let classes = shared.informers.all::<StorageClass>().store().clone();
     let nodes = shared.informers.all::<Node>().store().clone();
+    let pods = shared.informers.all::<Pod>().store().clone();
     let unbound = {
         let claims = claims.clone();
         move |class: Option<&str>| {
@@ -164,7 +166,7 @@ pub fn controllers(
             out
         },
     );
-    let ctx = Arc::new(PvCtx { shared: shared.clone(), claims, volumes, classes, nodes, config });
+    let ctx = Arc::new(PvCtx { shared: shared.clone(), claims, volumes, classes, nodes, pods, config });
     (claim_controller, volume_controller, ctx)
 }
 

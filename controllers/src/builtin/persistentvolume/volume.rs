@@ -5,6 +5,7 @@ use super::{ANN_BOUND_BY_CONTROLLER, ANN_PROVISIONED_BY, LOCAL_PATH_PROVISIONER,
 use crate::builtin::ignore_not_found;
 use crate::runtime::Action;
 use bosun_core::meta::is_deleting;
+use bosun_core::watch::INDEX_NAMESPACE;
 use bosun_core::{Api, DeleteParams, Error, Object, ObjectKey, Patch, PatchParams, PostParams};
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 use std::path::Path;
@@ -74,10 +75,17 @@ pub async fn reconcile_volume(pv: Arc<PersistentVolume>, ctx: Arc<PvCtx>) -> Res
 
 /// The claim is gone: `Released`, then the reclaim policy.
 async fn release(ctx: &PvCtx, pv: &PersistentVolume, ns: &str, name: &str) -> Result<Action, Error> {
-    if phase(pv) != Some("Failed") {
-        set_phase(ctx, pv, "Released", Some(&format!("claim {ns}/{name} is gone"))).await?;
-    }
     let policy = pv.spec.as_ref().and_then(|s| s.persistent_volume_reclaim_policy.as_deref()).unwrap_or("Retain");
+    // No claim protection finalizer here: a pod still running on the deleted claim keeps its
+    // data until it ends.
+    let user = if policy == "Delete" { user_of(ctx, ns, name) } else { None };
+    let message = match &user {
+        Some(user) => format!("claim {ns}/{name} is gone but pod {user} still uses it: deletion deferred"),
+        None => format!("claim {ns}/{name} is gone"),
+    };
+    if phase(pv) != Some("Failed") {
+        set_phase(ctx, pv, "Released", Some(&message)).await?;
+    }
     match policy {
         "Retain" => Ok(Action::await_change()),
         "Delete" => {
@@ -92,6 +100,9 @@ async fn release(ctx: &PvCtx, pv: &PersistentVolume, ns: &str, name: &str) -> Re
                 )
                 .await?;
                 return Ok(Action::await_change());
+            }
+            if user.is_some() {
+                return Ok(Action::requeue(Duration::from_secs(5)));
             }
             if ctx.config.remove_data
                 && let Err(error) = remove_data(ctx, pv).await
@@ -110,6 +121,19 @@ async fn release(ctx: &PvCtx, pv: &PersistentVolume, ns: &str, name: &str) -> Re
             Ok(Action::await_change())
         }
     }
+}
+
+/// A pod that has not finished and mounts claim `ns/name`.
+fn user_of(ctx: &PvCtx, ns: &str, name: &str) -> Option<String> {
+    ctx.pods.by_index(INDEX_NAMESPACE, ns).into_iter().find_map(|p| {
+        let finished = matches!(p.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"));
+        let uses = p
+            .spec
+            .as_ref()
+            .and_then(|s| s.volumes.as_ref())
+            .is_some_and(|v| v.iter().any(|v| v.persistent_volume_claim.as_ref().is_some_and(|c| c.claim_name == name)));
+        (!finished && uses).then(|| p.name().to_owned())
+    })
 }
 
 /// Removes a provisioned volume's directory, only when it is exactly `<base_dir>/<pv-name>`.
