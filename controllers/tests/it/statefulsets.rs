@@ -734,3 +734,35 @@ async fn min_ready_seconds_holds_the_next_ordinal_until_the_previous_is_availabl
     }
     Ok(())
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_set_recreated_after_an_orphaning_delete_adopts_its_pods_and_revisions() -> Res {
+    let h = harness(&["statefulset", "garbagecollector"]);
+    let sets = Api::<StatefulSet>::namespaced(h.client(), "default");
+    let revisions = Api::<ControllerRevision>::namespaced(h.client(), "default");
+    sets.create(&statefulset("web", 2), &PostParams::default()).await?;
+    h.run_until_quiescent().await?;
+    sets.patch("web", &image_patch("web:2"), &PatchParams::default()).await?;
+    h.run_until_quiescent().await?;
+    let uids = |m: &BTreeMap<String, Pod>| m.values().map(|p| p.metadata.uid.clone()).collect::<Vec<_>>();
+    let before = pods_by_name(h.client()).await?;
+    sets.delete("web", &DeleteParams::orphan()).await?;
+    h.run_until_quiescent().await?;
+    assert!(sets.get_opt("web").await?.is_none());
+    assert_eq!(revisions.list(&ListParams::default()).await?.items.len(), 2, "the orphaned revisions stay");
+
+    let mut again = statefulset("web", 2);
+    again.spec.template = template("web", "web:2");
+    sets.create(&again, &PostParams::default()).await?;
+    h.run_until_quiescent().await?;
+    let after = pods_by_name(h.client()).await?;
+    assert_eq!(uids(&before), uids(&after), "the running pods were adopted, not replaced");
+    let set = sets.get("web").await?;
+    let list = revisions.list(&ListParams::default()).await?.items;
+    assert_eq!(list.len(), 2, "the revisions were adopted, not duplicated");
+    assert!(list.iter().all(|r| r.metadata.owner_references.iter().flatten().any(|o| Some(&o.uid) == set.metadata.uid.as_ref())));
+    let status = set.status.unwrap_or_default();
+    assert_eq!((status.updated_replicas, status.ready_replicas), (Some(2), Some(2)));
+    assert_eq!(after["web-0"].metadata.labels.as_ref().and_then(|l| l.get(REVISION_LABEL)), status.update_revision.as_ref());
+    Ok(())
+}

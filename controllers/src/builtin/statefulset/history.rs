@@ -170,10 +170,17 @@ pub async fn ensure(api: &Api<ControllerRevision>, set: &StatefulSet, mut owned:
                     }
                     Err(e) if e.is_already_exists() => {
                         let existing = api.get(revision.name()).await?;
-                        let ours = bosun_core::meta::controller_of(existing.meta()).is_some_and(|r| r.uid == set.uid());
-                        if ours && existing.data.0 == data {
+                        let owner = bosun_core::meta::controller_of(existing.meta()).map(|r| r.uid.clone());
+                        if existing.data.0 == data && owner.as_deref() == Some(set.uid()) {
                             // The cache had not seen it yet.
                             made = Some(existing);
+                            break;
+                        }
+                        if existing.data.0 == data
+                            && owner.is_none()
+                            && let Some(adopted) = adopt(api, set, &existing).await?
+                        {
+                            made = Some(adopted);
                             break;
                         }
                         collision_count = Some(collision_count.unwrap_or(0) + 1);
@@ -188,6 +195,18 @@ pub async fn ensure(api: &Api<ControllerRevision>, set: &StatefulSet, mut owned:
     let current = owned.iter().find(|r| r.name() == current_name).cloned().unwrap_or_else(|| update.clone());
     let current = if current.name() == update.name() { update.clone() } else { current };
     Ok(Revisions { current, update, collision_count })
+}
+
+/// Makes the set the controller of an orphaned revision; `None` if it is gone.
+pub async fn adopt(
+    api: &Api<ControllerRevision>,
+    set: &StatefulSet,
+    revision: &ControllerRevision,
+) -> Result<Option<ControllerRevision>, Error> {
+    let mut refs = revision.meta().owner_references.clone().unwrap_or_default();
+    refs.push(controller_ref(set));
+    let patch = serde_json::json!({"metadata": {"ownerReferences": refs, "resourceVersion": revision.resource_version()}});
+    super::super::ignore_not_found(api.patch(revision.name(), &Patch::Merge(patch), &PatchParams::default()).await)
 }
 
 /// Deletes the oldest revisions beyond `revisionHistoryLimit` (default 10) that no pod uses and

@@ -13,7 +13,7 @@ use super::{Shared, ignore_not_found, pod_is_available, pod_is_ready, selector_o
 use crate::runtime::events::object_reference;
 use crate::runtime::{Action, Controller, EventData};
 use bosun_core::meta::{controller_of, controller_ref, is_deleting};
-use bosun_core::watch::{INDEX_NAMESPACE, INDEX_OWNER, Store};
+use bosun_core::watch::{INDEX_NAMESPACE, Store};
 use bosun_core::{Api, DeleteParams, Error, LabelSelector, Object, ObjectKey, Patch, PatchParams, PostParams};
 use history::Revisions;
 use identity::{POD_INDEX_LABEL, POD_NAME_LABEL};
@@ -156,12 +156,7 @@ pub async fn reconcile(set: Arc<StatefulSet>, ctx: Arc<StatefulSetCtx>) -> Resul
     let key = ObjectKey::of(&*set);
     let selector = selector_of(&set.spec.selector)?;
     let revisions_api = Api::<ControllerRevision>::namespaced(ctx.shared.client.clone(), &ns);
-    let owned_revisions: Vec<Arc<ControllerRevision>> = ctx
-        .revisions
-        .by_index(INDEX_OWNER, set.uid())
-        .into_iter()
-        .filter(|r| r.namespace() == Some(ns.as_str()) && controller_of(r.meta()).is_some_and(|o| o.uid == set.uid()))
-        .collect();
+    let owned_revisions = claim_revisions(&ctx, &set, &selector, &revisions_api).await?;
     let revs = history::ensure(&revisions_api, &set, owned_revisions.clone()).await?;
     let pods = claim_pods(&ctx, &set, &selector, &ns).await?;
 
@@ -213,6 +208,31 @@ async fn claim_pods(ctx: &StatefulSetCtx, set: &Arc<StatefulSet>, selector: &Lab
                 refs.push(controller_ref(&**set));
                 let patch = serde_json::json!({"metadata": {"ownerReferences": refs, "resourceVersion": pod.resource_version()}});
                 if let Some(adopted) = ignore_not_found(api.patch(pod.name(), &Patch::Merge(patch), &PatchParams::default()).await)? {
+                    owned.push(Arc::new(adopted));
+                }
+            }
+            None => {}
+        }
+    }
+    Ok(owned)
+}
+
+/// The set's revisions: those it controls, plus matching orphans (left by a set deleted with
+/// `--cascade=orphan`), which it adopts so that history and pod revisions carry over.
+async fn claim_revisions(
+    ctx: &StatefulSetCtx,
+    set: &Arc<StatefulSet>,
+    selector: &LabelSelector,
+    api: &Api<ControllerRevision>,
+) -> Result<Vec<Arc<ControllerRevision>>, Error> {
+    let ns = set.namespace().unwrap_or("default");
+    let mut owned = Vec::new();
+    for revision in super::claim_candidates(&ctx.revisions, ns, set.uid(), selector) {
+        match controller_of(revision.meta()) {
+            Some(r) if r.uid == set.uid() => owned.push(revision),
+            Some(_) => {}
+            None if !selector.is_empty() && !is_deleting(revision.meta()) => {
+                if let Some(adopted) = history::adopt(api, set, &revision).await? {
                     owned.push(Arc::new(adopted));
                 }
             }
