@@ -144,3 +144,31 @@ async fn a_drain_evicts_one_pod_after_another_and_never_breaks_the_budget() -> R
     assert!(status.disrupted_pods.unwrap_or_default().is_empty(), "entries of deleted pods are dropped");
     Ok(())
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_empty_selector_covers_every_pod_of_the_namespace_for_status_and_eviction() -> Res {
+    let h = harness(&["disruption"]);
+    let c = h.client();
+    let pods = Api::<Pod>::namespaced(c.clone(), "default");
+    pods.create(&bare_pod("a", "one"), &PostParams::default()).await?;
+    pods.create(&bare_pod("b", "two"), &PostParams::default()).await?;
+    let pdbs = Api::<PodDisruptionBudget>::namespaced(c.clone(), "default");
+    let mut all = pdb("all", "any", Some(IntOrString::Int(2)), None);
+    if let Some(spec) = all.spec.as_mut() {
+        spec.selector = Some(LabelSelector::default());
+    }
+    pdbs.create(&all, &PostParams::default()).await?;
+    h.run_until_quiescent().await?;
+    assert_eq!(numbers(&pdbs, "all").await?, (Some(2), Some(2), Some(2), Some(0), no("InsufficientPods")));
+    let e = pods.evict("a", &DeleteParams::default()).await.expect_err("both pods are needed");
+    assert_eq!(e.code(), 429);
+    pdbs.patch("all", &Patch::Merge(serde_json::json!({"spec": {"minAvailable": 1}})), &PatchParams::default()).await?;
+    h.run_until_quiescent().await?;
+    assert_eq!(numbers(&pdbs, "all").await?, (Some(2), Some(1), Some(2), Some(1), yes()));
+    pods.evict("a", &DeleteParams::default()).await?;
+    let e = pods.evict("b", &DeleteParams::default()).await.expect_err("the budget is spent");
+    assert_eq!(e.code(), 429);
+    h.run_until_quiescent().await?;
+    assert_eq!(numbers(&pdbs, "all").await?, (Some(1), Some(1), Some(1), Some(0), no("InsufficientPods")));
+    Ok(())
+}

@@ -300,7 +300,8 @@ impl ApiServer {
             .filter(|p| {
                 let sel = p.data.get("spec").and_then(|s| s.get("selector")).cloned();
                 let Some(sel) = sel.and_then(|s| serde_json::from_value(s).ok()) else { return false };
-                LabelSelector::from_api(&sel).is_ok_and(|s| !s.is_empty() && s.matches(&labels))
+                // policy/v1: an empty selector covers every pod of the namespace.
+                LabelSelector::from_api(&sel).is_ok_and(|s| s.matches(&labels))
             })
             .collect();
         match matching.as_slice() {
