@@ -182,12 +182,24 @@ pub async fn reconcile(cj: Arc<CronJob>, ctx: Arc<CronJobCtx>) -> Result<Action,
     let jobs_api = Api::<Job>::namespaced(ctx.shared.client.clone(), &ns);
     let reference = object_reference(&*cj);
     let now = clock::now();
-    let mut status = cj.status.clone().unwrap_or_default();
     let mut events: Vec<EventData> = Vec::new();
     let owned: Vec<Arc<Job>> =
         ctx.jobs.by_index(INDEX_OWNER, cj.uid()).into_iter().filter(|j| j.namespace() == Some(ns.as_str())).collect();
-    let mut active: Vec<ObjectReference> = status.active.clone().unwrap_or_default();
     let in_active = |active: &[ObjectReference], uid: &str| active.iter().any(|r| r.uid.as_deref() == Some(uid));
+    // A running Job missing from the active list is most likely one this controller just made,
+    // with the status update not yet in the cache: read the CronJob afresh before judging.
+    let listed = cj.status.as_ref().and_then(|s| s.active.clone()).unwrap_or_default();
+    let cj = if owned.iter().any(|j| finished_condition(j).is_none() && !is_deleting(j.meta()) && !in_active(&listed, j.uid())) {
+        let api = Api::<CronJob>::namespaced(ctx.shared.client.clone(), &ns);
+        match ignore_not_found(api.get(cj.name()).await)? {
+            Some(fresh) if fresh.uid() == cj.uid() => Arc::new(fresh),
+            _ => return Ok(Action::await_change()),
+        }
+    } else {
+        cj
+    };
+    let mut status = cj.status.clone().unwrap_or_default();
+    let mut active: Vec<ObjectReference> = status.active.clone().unwrap_or_default();
 
     // 1. The active list follows the Jobs: finished ones leave it, vanished ones too.
     for j in &owned {

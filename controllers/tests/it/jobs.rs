@@ -438,3 +438,54 @@ async fn pods_of_a_deleted_job_are_released() -> Res {
     assert!(pods_of(&pods, "gone").await?.is_empty(), "the garbage collector's deletes are not held by the finalizer");
     Ok(())
 }
+
+#[tokio::test(start_paused = true)]
+async fn failed_indexes_stop_retrying_and_fail_the_job_at_the_end() -> Res {
+    let h = harness(&["job"]);
+    let jobs = Api::<Job>::namespaced(h.client(), "default");
+    let pods = Api::<Pod>::namespaced(h.client(), "default");
+    let mut j = job("perindex", 3, 3, 6);
+    let spec = spec_mut(&mut j);
+    spec.completion_mode = Some("Indexed".into());
+    spec.backoff_limit = None;
+    spec.backoff_limit_per_index = Some(1);
+    let mut fail_index = rule("FailIndex");
+    fail_index.on_exit_codes =
+        Some(PodFailurePolicyOnExitCodesRequirement { container_name: None, operator: "In".into(), values: vec![3] });
+    spec.pod_failure_policy = Some(PodFailurePolicy { rules: vec![fail_index] });
+    jobs.create(&j, &PostParams::default()).await?;
+    h.run_until_quiescent().await?;
+    let index_of =
+        |p: &Pod| p.metadata.annotations.clone().unwrap_or_default().get(COMPLETION_INDEX_ANNOTATION).cloned().unwrap_or_default();
+    let by_index = |list: &[Pod], i: &str| list.iter().find(|p| index_of(p) == i).cloned();
+    let active = active_of(&pods, "perindex").await?;
+    assert_eq!(active.len(), 3);
+    // Index 0 exits 3: FailIndex, no retry. Index 1 exits 1: one retry allowed. Index 2 succeeds.
+    if let Some(p) = by_index(&active, "0") {
+        end(&pods, &p, "Failed", 3, None).await?;
+    }
+    if let Some(p) = by_index(&active, "1") {
+        end(&pods, &p, "Failed", 1, None).await?;
+    }
+    if let Some(p) = by_index(&active, "2") {
+        finish(&pods, &p, "Succeeded").await?;
+    }
+    pass(&h, Duration::from_secs(30)).await?;
+    let active = active_of(&pods, "perindex").await?;
+    assert_eq!(active.iter().map(index_of).collect::<Vec<_>>(), vec!["1".to_owned()], "only index 1 is retried");
+    let retry = &active[0];
+    assert_eq!(
+        retry.metadata.annotations.clone().unwrap_or_default().get("batch.kubernetes.io/job-index-failure-count").map(String::as_str),
+        Some("1")
+    );
+    let s = jobs.get("perindex").await?.status.unwrap_or_default();
+    assert_eq!((s.completed_indexes.as_deref(), s.failed_indexes.as_deref()), (Some("2"), Some("0")));
+    end(&pods, retry, "Failed", 1, None).await?;
+    pass(&h, Duration::from_secs(30)).await?;
+    let j = jobs.get("perindex").await?;
+    let s = j.status.clone().unwrap_or_default();
+    assert_eq!((s.completed_indexes.as_deref(), s.failed_indexes.as_deref()), (Some("2"), Some("0-1")));
+    assert!(has(&j, "FailureTarget", "FailedIndexes") && has(&j, "Failed", "FailedIndexes"), "{:?}", conditions(&j));
+    assert!(active_of(&pods, "perindex").await?.is_empty());
+    Ok(())
+}

@@ -248,6 +248,12 @@ fn restarts(pod: &Pod) -> i32 {
     s.container_statuses.iter().flatten().chain(s.init_container_statuses.iter().flatten()).map(|c| c.restart_count).sum()
 }
 
+/// `uncountedTerminatedPods` as Kubernetes writes it: empty lists left out.
+fn uncounted_status(succeeded: &BTreeSet<String>, failed: &BTreeSet<String>) -> UncountedTerminatedPods {
+    let list = |s: &BTreeSet<String>| (!s.is_empty()).then(|| s.iter().cloned().collect());
+    UncountedTerminatedPods { succeeded: list(succeeded), failed: list(failed) }
+}
+
 /// What one reconcile decided to write.
 struct Plan {
     status: JobStatus,
@@ -323,10 +329,7 @@ pub async fn reconcile(job: Arc<Job>, ctx: Arc<JobCtx>) -> Result<Action, Error>
     }
     let has_target = |s: &JobStatus| condition_true(s, "FailureTarget").is_some() || condition_true(s, "SuccessCriteriaMet").is_some();
     if added {
-        plan.status.uncounted_terminated_pods = Some(UncountedTerminatedPods {
-            succeeded: Some(uncounted_ok.iter().cloned().collect()),
-            failed: Some(uncounted_failed.iter().cloned().collect()),
-        });
+        plan.status.uncounted_terminated_pods = Some(uncounted_status(&uncounted_ok, &uncounted_failed));
         if let Some(message) = &fail_job
             && !has_target(&plan.status)
             && !was_finished
@@ -352,10 +355,25 @@ pub async fn reconcile(job: Arc<Job>, ctx: Arc<JobCtx>) -> Result<Action, Error>
         }
     }
     let mut now_released: HashSet<String> = released.clone();
-    for p in &release {
-        ignore_not_found(pods_api.patch(p.name(), &release_patch(), &PatchParams::default()).await)?;
-        now_released.insert(p.uid().to_owned());
-        ctx.memory(&uid, |m| m.released.insert(p.uid().to_owned()));
+    let patched = futures::future::join_all(release.iter().map(|p| {
+        let api = pods_api.clone();
+        async move { ignore_not_found(api.patch(p.name(), &release_patch(), &PatchParams::default()).await) }
+    }))
+    .await;
+    let mut first_error = None;
+    for (p, r) in release.iter().zip(patched) {
+        match r {
+            Ok(_) => {
+                now_released.insert(p.uid().to_owned());
+                ctx.memory(&uid, |m| m.released.insert(p.uid().to_owned()));
+            }
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    if let Some(e) = first_error {
+        return Err(e);
     }
 
     // 3. Released (or vanished) pods move from `uncountedTerminatedPods` into the counters.
@@ -397,17 +415,14 @@ pub async fn reconcile(job: Arc<Job>, ctx: Arc<JobCtx>) -> Result<Action, Error>
     }
     if indexed {
         succeeded = to_i32(completed.len());
-        plan.status.completed_indexes = Some(completed.to_string());
+        plan.status.completed_indexes = (!completed.is_empty()).then(|| completed.to_string());
         if per_index.is_some() {
             plan.status.failed_indexes = Some(failed_indexes.to_string());
         }
     }
     plan.status.succeeded = Some(succeeded);
     plan.status.failed = Some(failed);
-    plan.status.uncounted_terminated_pods = Some(UncountedTerminatedPods {
-        succeeded: Some(uncounted_ok.iter().cloned().collect()),
-        failed: Some(uncounted_failed.iter().cloned().collect()),
-    });
+    plan.status.uncounted_terminated_pods = Some(uncounted_status(&uncounted_ok, &uncounted_failed));
 
     // 4. The pods that still run, and the Job's fate.
     let mut active: Vec<Arc<Pod>> =
@@ -449,9 +464,13 @@ pub async fn reconcile(job: Arc<Job>, ctx: Arc<JobCtx>) -> Result<Action, Error>
             Some(("SuccessCriteriaMet", "CompletionsReached", "Reached expected number of succeeded pods".to_owned()))
         } else if indexed && !failed_indexes.is_empty() && to_i32(completed.len() + failed_indexes.len()) >= c {
             Some(("FailureTarget", "FailedIndexes", "Job has failed indexes".to_owned()))
-        } else if !indexed && completions.is_some_and(|c| succeeded >= c) {
-            Some(("SuccessCriteriaMet", "CompletionsReached", "Reached expected number of succeeded pods".to_owned()))
-        } else if !indexed && completions.is_none() && succeeded > 0 && active.is_empty() && uncounted_ok.is_empty() {
+        } else if !indexed
+            && match completions {
+                Some(c) => succeeded >= c,
+                // Without completions, the first success ends the Job once the others stop.
+                None => succeeded > 0 && active.is_empty() && uncounted_ok.is_empty(),
+            }
+        {
             Some(("SuccessCriteriaMet", "CompletionsReached", "Reached expected number of succeeded pods".to_owned()))
         } else {
             if let Some(d) = deadline {
