@@ -120,22 +120,34 @@ async fn kubectl_exec_cp_and_attach_work() {
     assert_eq!(code, Some(0), "stdout: {stdout}\nstderr: {stderr}");
     assert_eq!(k.run(&["exec", "shell", "--", "cat", &target]), "to the pod\n");
 
-    // Attach follows the container's output until it exits.
-    k.run(&[
-        "run",
-        "ticker",
-        "--image=busybox",
-        "--restart=Never",
-        "--command",
-        "--",
-        "sh",
-        "-c",
-        "sleep 2; for i in 1 2 3; do echo tick $i; sleep 1; done",
-    ]);
+    // Attach follows the container's output until it exits: the container ticks until the test
+    // has seen a tick through attach, then is told to stop.
+    let stop = format!("{files}/stop-ticking");
+    let script = format!("i=0; while [ ! -f {stop} ] && [ $i -lt 600 ]; do echo tick $i; i=$((i+1)); sleep 0.2; done; echo stopped");
+    k.run(&["run", "ticker", "--image=busybox", "--restart=Never", "--command", "--", "sh", "-c", &script]);
     k.eventually(&["get", "pod", "ticker"], WAIT, |out| out.contains("Running")).await;
-    let (code, stdout, stderr) = kubectl_status(&k, &["attach", "ticker"]);
-    assert_eq!(code, Some(0), "stdout: {stdout}\nstderr: {stderr}");
-    assert!(stdout.contains("tick 3"), "stdout: {stdout}\nstderr: {stderr}");
+    let attached_out = dir.path().join("attach.out");
+    let attach = Command::new(&k.binary)
+        .arg("--kubeconfig")
+        .arg(&k.kubeconfig)
+        .arg("--cache-dir")
+        .arg(&k.cache)
+        .args(["attach", "ticker"])
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&attached_out).unwrap_or_else(|e| panic!("create: {e}")))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("run kubectl attach: {e}"));
+    let deadline = std::time::Instant::now() + WAIT;
+    while !std::fs::read_to_string(&attached_out).unwrap_or_default().contains("tick") {
+        assert!(std::time::Instant::now() < deadline, "kubectl attach never showed a tick");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    std::fs::write(&stop, "").unwrap_or_else(|e| panic!("write: {e}"));
+    let attached = attach.wait_with_output().unwrap_or_else(|e| panic!("wait for kubectl attach: {e}"));
+    let stdout = std::fs::read_to_string(&attached_out).unwrap_or_default();
+    assert!(attached.status.success(), "stdout: {stdout}\nstderr: {}", String::from_utf8_lossy(&attached.stderr));
+    assert!(stdout.contains("stopped"), "attach ends with the container's last words: {stdout}");
 
     cluster.shutdown().await;
 }
