@@ -3,6 +3,8 @@
 //! Start with [`cluster::Cluster`]: every bosun component composed in one process.
 
 pub mod cluster;
+pub mod prefixed;
+pub mod reloader;
 pub mod timed;
 
 pub use cluster::{Cluster, ClusterConfig, ProxyChoice, Role, RuntimeChoice, StoreChoice};

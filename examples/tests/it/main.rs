@@ -1,0 +1,4 @@
+//! Integration tests of the examples' reusable parts, through their public API only.
+
+mod custom_storage;
+mod kube_adapter;
