@@ -141,6 +141,9 @@ impl Default for ClusterConfig {
 struct LocalNodes {
     client: Arc<dyn Client>,
     nodes: RwLock<HashMap<String, NodeHandle>>,
+    /// `kubectl exec -t` gets a terminal from the host's `script` (util-linux), which only the
+    /// process runtime's containers (host binaries) can run.
+    script_tty: bool,
 }
 
 #[async_trait]
@@ -167,9 +170,26 @@ impl NodeConnector for LocalNodes {
     }
 
     async fn exec(&self, request: ExecRequest, io: Box<dyn ExecIo>) -> Result<()> {
-        let process = self.start_exec(&request).await;
-        channel::serve_exec(io, &request, process).await.map_err(|e| Error::internal(e.to_string()))
+        let internal = |e: channel::ChannelError| Error::internal(e.to_string());
+        let mut session = channel::ChannelSession::accept(io, &request.protocol).await.map_err(internal)?;
+        // kubectl sends the terminal's size as soon as the session opens; the terminal starts at it.
+        let size = match session.take_resizes() {
+            Some(mut sizes) if request.tty => tokio::time::timeout(Duration::from_millis(500), sizes.recv()).await.ok().flatten(),
+            _ => None,
+        };
+        let process = self.start_exec(&request, size).await;
+        channel::run_exec(session, &request, process).await.map_err(internal)
     }
+}
+
+/// `command` under util-linux `script` in a pseudo-terminal of `size`, with `TERM` set if unset;
+/// `script` returns the command's exit code.
+fn script_tty(command: &[String], size: Option<channel::TerminalSize>) -> Vec<String> {
+    let quote = |arg: &String| format!("'{}'", arg.replace('\'', r"'\''"));
+    let quoted: Vec<String> = command.iter().map(quote).collect();
+    let stty = size.filter(|s| s.width > 0 && s.height > 0).map(|s| format!("stty rows {} cols {} 2>/dev/null; ", s.height, s.width));
+    let line = format!("{}export TERM=${{TERM:-xterm}}; exec {}", stty.unwrap_or_default(), quoted.join(" "));
+    ["script", "--quiet", "--return", "--command", &line, "/dev/null"].map(str::to_owned).to_vec()
 }
 
 impl LocalNodes {
@@ -186,7 +206,7 @@ impl LocalNodes {
 
     /// Starts the command of an exec (or, for attach, follows the container's output from now
     /// on: the process runtime keeps no handle on a running container's stdin).
-    async fn start_exec(&self, request: &ExecRequest) -> Result<ExecProcess> {
+    async fn start_exec(&self, request: &ExecRequest, size: Option<channel::TerminalSize>) -> Result<ExecProcess> {
         let (handle, container) = self.exec_target(request).await?;
         if request.attach {
             if request.stdin {
@@ -216,9 +236,13 @@ impl LocalNodes {
         if request.command.is_empty() {
             return Err(Error::bad_request("you must specify at least one command for the container"));
         }
-        // No terminal: the runtimes give exec pipes, so a `-t` session gets stderr merged into
-        // stdout (as with a terminal) but no line discipline, and resizes are ignored.
-        let session = handle.exec(&request.namespace, &request.pod, Some(&container), &request.command).await?;
+        // The runtimes give exec pipes, no terminal. With `-t` (and the process runtime) the
+        // command runs under `script`, which gives it a pseudo-terminal (line editing, echo,
+        // ^C, ^D) at the client's first size; later resizes are not applied. Otherwise a `-t`
+        // session gets pipes with stderr merged into stdout.
+        let command =
+            if request.tty && request.stdin && self.script_tty { script_tty(&request.command, size) } else { request.command.clone() };
+        let session = handle.exec(&request.namespace, &request.pod, Some(&container), &command).await?;
         let exit = session.exit;
         Ok(ExecProcess {
             stdin: Some(session.stdin),
@@ -541,7 +565,8 @@ async fn start_api_server(
     let metrics = Arc::new(LateMetrics::default());
     let api = ApiServer::builder(storage).cluster_ip_range(config.service_cidr.clone()).metrics_source(metrics.clone()).build()?;
     let client: Arc<dyn Client> = api.clone();
-    let connector = Arc::new(LocalNodes { client: client.clone(), nodes: RwLock::default() });
+    let connector =
+        Arc::new(LocalNodes { client: client.clone(), nodes: RwLock::default(), script_tty: config.runtime == RuntimeChoice::Process });
     let _ = metrics.0.set(Arc::downgrade(&connector));
 
     // HTTPS on the configured address; plain HTTP on an ephemeral loopback port for local tools.

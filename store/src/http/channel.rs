@@ -471,7 +471,13 @@ impl std::fmt::Debug for ExecProcess {
 /// it could not start (sent to the client as the outcome). When the client goes away the command
 /// is dropped, which stops it.
 pub async fn serve_exec(io: Box<dyn ExecIo>, request: &ExecRequest, process: Result<ExecProcess>) -> Result<(), ChannelError> {
-    let mut session = ChannelSession::accept(io, &request.protocol).await?;
+    let session = ChannelSession::accept(io, &request.protocol).await?;
+    run_exec(session, request, process).await
+}
+
+/// [`serve_exec`] on a session already accepted, e.g. by a connector that waited for the
+/// client's first terminal size before it started the command.
+pub async fn run_exec(mut session: ChannelSession, request: &ExecRequest, process: Result<ExecProcess>) -> Result<(), ChannelError> {
     let process = match process {
         Ok(process) => process,
         Err(error) => return session.finish(ExecOutcome::Failed(error)).await,

@@ -36,7 +36,7 @@ mod validation;
 mod watch;
 
 pub use catalog::{FnCatalog, ResourceCatalog, StaticCatalog};
-pub use channel::{ChannelSession, ExecProcess, serve_exec};
+pub use channel::{ChannelSession, ExecProcess, run_exec, serve_exec};
 pub use lists::EncodedLists;
 pub use node::{ExecIo, ExecRequest, NoNodes, NodeConnector};
 pub use server::{HttpConfig, Server, serve};

@@ -89,6 +89,22 @@ async fn kubectl_exec_cp_and_attach_work() {
     let counted = kubectl_with_stdin(&k, &["exec", "-i", "shell", "--", "wc", "-c"], &big);
     assert_eq!(String::from_utf8_lossy(&counted.stdout).trim(), big.len().to_string(), "{}", String::from_utf8_lossy(&counted.stderr));
 
+    // A terminal (`-t`), when kubectl itself runs in one: util-linux `script` gives it one here.
+    let kubectl_tty = format!(
+        "stty rows 30 cols 100; {} --kubeconfig {} --cache-dir {} exec -it shell -- sh -c 'tty; stty size; exit 4'",
+        k.binary.display(),
+        k.kubeconfig.display(),
+        k.cache.display()
+    );
+    let out = Command::new("script")
+        .args(["--quiet", "--return", "--command", &kubectl_tty, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("run script: {e}"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("/dev/pts/") && text.contains("30 100"), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(4), "{text}");
+
     // Clear errors for a container or pod that is not there.
     let (code, _, stderr) = kubectl_status(&k, &["exec", "shell", "-c", "nope", "--", "true"]);
     assert_ne!(code, Some(0));
