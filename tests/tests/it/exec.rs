@@ -104,6 +104,22 @@ async fn kubectl_exec_cp_and_attach_work() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("/dev/pts/") && text.contains("30 100"), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(out.status.code(), Some(4), "{text}");
+    // An interactive shell: keystrokes (Enter is a carriage return in raw mode) reach it through
+    // the terminal's line discipline.
+    let shell = kubectl_tty.replace("sh -c 'tty; stty size; exit 4'", "sh");
+    let mut typing = Command::new("script")
+        .args(["--quiet", "--return", "--command", &shell, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("run script: {e}"));
+    if let Some(mut keys) = typing.stdin.take() {
+        keys.write_all(b"echo hi-$((1+2))\rexit 7\r").unwrap_or_else(|e| panic!("type: {e}"));
+    }
+    let out = typing.wait_with_output().unwrap_or_else(|e| panic!("wait for script: {e}"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("hi-3"), "{text}");
+    assert_eq!(out.status.code(), Some(7), "{text}");
 
     // Clear errors for a container or pod that is not there.
     let (code, _, stderr) = kubectl_status(&k, &["exec", "shell", "-c", "nope", "--", "true"]);
