@@ -105,3 +105,26 @@ async fn an_api_server_per_tenant_shares_one_store() {
         assert!(shared.get(&key).await.expect("get").is_some(), "{key} is stored");
     }
 }
+
+/// The use the backend is for: two clusters in one real etcd (feature `etcd`; CI installs etcd).
+#[cfg(feature = "etcd")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_tenants_of_one_etcd_each_pass_the_conformance_suite() {
+    use bosun_store::storage::etcd::EtcdStorage;
+    use bosun_store::storage::etcd_server::{EtcdCluster, StartEtcdError};
+    let etcd = match EtcdCluster::start(1).await {
+        Ok(c) => c,
+        Err(StartEtcdError::Missing) if std::env::var("BOSUN_REQUIRE_COMPONENTS").as_deref() != Ok("1") => {
+            eprintln!("\n!!! SKIPPING: etcd is not installed (apt-get install etcd-server) !!!\n");
+            return;
+        }
+        Err(e) => panic!("starting etcd: {e}"),
+    };
+    let shared = Arc::new(EtcdStorage::connect(&etcd.endpoints(), "").await.expect("connect"));
+    let a = PrefixedStorage::new(shared.clone(), "/clusters/a").expect("prefix");
+    let b = PrefixedStorage::new(shared.clone(), "/clusters/b").expect("prefix");
+    conformance::run_all(&a).await;
+    conformance::run_all(&b).await;
+    assert_eq!(a.get("/conf/snap/a").await.expect("get").map(|kv| kv.value), Some(Bytes::from_static(b"a3")));
+    assert!(shared.get("/clusters/b/conf/snap/a").await.expect("get").is_some());
+}
