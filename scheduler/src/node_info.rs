@@ -76,6 +76,9 @@ pub struct NodeInfo {
     pub pods_with_affinity: u32,
     /// How many of them have required anti-affinity terms.
     pub pods_with_required_anti_affinity: u32,
+    /// How many of them have terms that score other pods' placement (required affinity or
+    /// preferred terms): what InterPodAffinity's PreScore visits.
+    pub pods_with_scoring_affinity: u32,
     /// Summed requests of the pods.
     pub requested: Resource,
     /// Summed non-zero CPU and memory requests (scoring).
@@ -95,6 +98,7 @@ impl NodeInfo {
             pods: Vec::new(),
             pods_with_affinity: 0,
             pods_with_required_anti_affinity: 0,
+            pods_with_scoring_affinity: 0,
             requested: Resource::default(),
             non_zero_requested: (0, 0),
             used_ports: Vec::new(),
@@ -139,6 +143,9 @@ impl NodeInfo {
         if pod.has_required_anti_affinity() {
             self.pods_with_required_anti_affinity += 1;
         }
+        if pod.has_scoring_affinity() {
+            self.pods_with_scoring_affinity += 1;
+        }
         self.pods.push(pod);
         self.generation += 1;
     }
@@ -160,6 +167,9 @@ impl NodeInfo {
         }
         if pod.has_required_anti_affinity() {
             self.pods_with_required_anti_affinity -= 1;
+        }
+        if pod.has_scoring_affinity() {
+            self.pods_with_scoring_affinity -= 1;
         }
         self.generation += 1;
         true

@@ -414,6 +414,11 @@ impl PodInfo {
             && self.preferred_anti_affinity.is_empty())
     }
 
+    /// Whether the pod has terms that score other pods' nodes (required affinity, preferred terms).
+    pub fn has_scoring_affinity(&self) -> bool {
+        !(self.required_affinity.is_empty() && self.preferred_affinity.is_empty() && self.preferred_anti_affinity.is_empty())
+    }
+
     /// True when the pod has required anti-affinity terms.
     pub fn has_required_anti_affinity(&self) -> bool {
         !self.required_anti_affinity.is_empty()

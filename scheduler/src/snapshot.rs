@@ -19,6 +19,7 @@ pub struct Snapshot {
     pub(crate) index: HashMap<Arc<str>, usize>,
     pub(crate) with_affinity: Vec<usize>,
     pub(crate) with_required_anti_affinity: Vec<usize>,
+    pub(crate) with_scoring_affinity: Vec<usize>,
     pub(crate) image_nodes: HashMap<String, usize>,
     pub(crate) hostnames_unique: bool,
     /// Per topology key, every node's value in scan order; valid until the next rebuild (label
@@ -38,6 +39,7 @@ impl Clone for Snapshot {
             index: self.index.clone(),
             with_affinity: self.with_affinity.clone(),
             with_required_anti_affinity: self.with_required_anti_affinity.clone(),
+            with_scoring_affinity: self.with_scoring_affinity.clone(),
             image_nodes: self.image_nodes.clone(),
             hostnames_unique: self.hostnames_unique,
             columns: self.columns.clone(),
@@ -107,6 +109,7 @@ impl Snapshot {
         self.hostnames_unique = self.nodes.iter().all(|n| n.labels().get(HOSTNAME_LABEL).is_none_or(|h| hostnames.insert(h.clone())));
         self.with_affinity = (0..self.nodes.len()).filter(|i| self.nodes[*i].pods_with_affinity > 0).collect();
         self.with_required_anti_affinity = (0..self.nodes.len()).filter(|i| self.nodes[*i].pods_with_required_anti_affinity > 0).collect();
+        self.with_scoring_affinity = (0..self.nodes.len()).filter(|i| self.nodes[*i].pods_with_scoring_affinity > 0).collect();
         self.recount_images();
     }
 
@@ -129,6 +132,9 @@ impl Snapshot {
         }
         if (old.pods_with_required_anti_affinity > 0) != (info.pods_with_required_anti_affinity > 0) {
             toggle(&mut self.with_required_anti_affinity, i, info.pods_with_required_anti_affinity > 0);
+        }
+        if (old.pods_with_scoring_affinity > 0) != (info.pods_with_scoring_affinity > 0) {
+            toggle(&mut self.with_scoring_affinity, i, info.pods_with_scoring_affinity > 0);
         }
         self.nodes[i] = info;
         if self.changes.len() > 8 * self.nodes.len() + 4096 {
@@ -223,6 +229,12 @@ impl Snapshot {
     /// Nodes with at least one pod that has pod (anti-)affinity terms.
     pub fn nodes_with_affinity(&self) -> impl Iterator<Item = &Arc<NodeInfo>> {
         self.with_affinity.iter().map(|i| &self.nodes[*i])
+    }
+
+    /// Nodes with at least one pod whose terms score other pods' placement (required affinity,
+    /// preferred affinity or anti-affinity).
+    pub fn nodes_with_scoring_affinity(&self) -> impl Iterator<Item = &Arc<NodeInfo>> {
+        self.with_scoring_affinity.iter().map(|i| &self.nodes[*i])
     }
 
     /// Nodes with at least one pod that has required anti-affinity terms.

@@ -320,7 +320,9 @@ impl FilterPlugin for InterPodAffinity {
 impl PreScorePlugin for InterPodAffinity {
     fn pre_score(&self, state: &mut CycleState, pod: &PodInfo, _: &[&NodeInfo], snapshot: &Snapshot, handle: &Handle) -> Status {
         let own = !pod.preferred_affinity.is_empty() || !pod.preferred_anti_affinity.is_empty();
-        if !own && snapshot.with_affinity.is_empty() {
+        // Existing pods count only through required affinity and preferred terms: their required
+        // anti-affinity never scores.
+        if !own && snapshot.with_scoring_affinity.is_empty() {
             return Status::skip();
         }
         let ns_labels = handle.namespace_labels(&pod.namespace);
@@ -367,7 +369,7 @@ impl PreScorePlugin for InterPodAffinity {
                 visit(n, &mut add);
             }
         } else {
-            for n in snapshot.nodes_with_affinity() {
+            for n in snapshot.nodes_with_scoring_affinity() {
                 visit(n, &mut add);
             }
         }
