@@ -308,11 +308,13 @@ impl Cluster {
     }
 
     /// The scheduler and the controller manager, behind leader election when the state is shared.
-    async fn start_scheduler_and_controllers(&mut self, config: &ClusterConfig, informers: &Informers) -> std::result::Result<(), StartError> {
+    async fn start_scheduler_and_controllers(
+        &mut self,
+        config: &ClusterConfig,
+        informers: &Informers,
+    ) -> std::result::Result<(), StartError> {
         let client = self.client.clone();
-        let elect = config
-            .leader_election
-            .unwrap_or(matches!(config.store, StoreChoice::Etcd(_)) || config.role == Role::ControlPlane);
+        let elect = config.leader_election.unwrap_or(matches!(config.store, StoreChoice::Etcd(_)) || config.role == Role::ControlPlane);
         if !elect {
             let scheduler = Scheduler::builder(client.clone()).informers(informers.clone()).build()?;
             self._scheduler = Some(scheduler.start().await);
@@ -351,9 +353,11 @@ impl Cluster {
                 }
             }
         }));
-        let manager = ControllerManager::new(client)
-            .informers(informers)
-            .config(ManagerConfig::default().leader_election("kube-system", "bosun-controller-manager", &identity));
+        let manager = ControllerManager::new(client).informers(informers).config(ManagerConfig::default().leader_election(
+            "kube-system",
+            "bosun-controller-manager",
+            &identity,
+        ));
         self.tasks.push(tokio::spawn(manager.run()));
         Ok(())
     }
@@ -371,11 +375,12 @@ impl Cluster {
                 // Pod IPs start at 127.<n>.0.1 with n derived from the node's state directory, so
                 // that clusters on different data directories rarely share addresses.
                 RuntimeChoice::Process => Arc::new(ProcessRuntime::new(root.join("runtime"))?),
-                // One bridge and pod subnet per node of this process: bosun0 10.88.0.0/16, bosun1 10.89.0.0/16...
+                // One bridge and pod subnet per node of this process: bosun0 10.88.0.0/16, then
+                // bosun1 10.101.0.0/16, bosun2 10.102.0.0/16... (clear of the service ranges).
                 RuntimeChoice::Runc => Arc::new(
                     RuncRuntime::builder(root.join("runtime"))
                         .bridge(format!("bosun{i}"))
-                        .subnet(format!("10.{}.0.0/16", 88 + i.min(40)))
+                        .subnet(if i == 0 { "10.88.0.0/16".to_owned() } else { format!("10.{}.0.0/16", 100 + i.min(150)) })
                         .build()?,
                 ),
                 RuntimeChoice::Fake => Arc::new(FakeRuntime::new()),

@@ -67,9 +67,8 @@ async fn a_node_process_joins_the_control_plane_over_https() {
     let Some(binary) = kubectl_binary() else { return };
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
     let _cleanup = KillContainers(dir.path().join("worker"));
-    let cp = Cluster::start(control_plane(dir.path(), StoreChoice::Memory, "cp"))
-        .await
-        .unwrap_or_else(|e| panic!("start control plane: {e}"));
+    let cp =
+        Cluster::start(control_plane(dir.path(), StoreChoice::Memory, "cp")).await.unwrap_or_else(|e| panic!("start control plane: {e}"));
     assert!(cp.nodes().is_empty(), "a control-plane process runs no node agents");
     let kubeconfig = dir.path().join("cp.kubeconfig");
     let worker =
@@ -140,7 +139,11 @@ async fn a_standby_control_plane_takes_over_on_shared_etcd() {
 
     // Nothing was done twice: one ReplicaSet, exactly five pods, each bound once to the node.
     let client = b.client();
-    let replicasets = Api::<ReplicaSet>::namespaced(client.clone(), "default").list_all(&Default::default()).await.unwrap_or_else(|e| panic!("list: {e}")).items;
+    let replicasets = Api::<ReplicaSet>::namespaced(client.clone(), "default")
+        .list_all(&Default::default())
+        .await
+        .unwrap_or_else(|e| panic!("list: {e}"))
+        .items;
     assert_eq!(replicasets.len(), 1, "one ReplicaSet for one template");
     let pods = Api::<Pod>::namespaced(client, "default").list_all(&Default::default()).await.unwrap_or_else(|e| panic!("list: {e}")).items;
     let live: Vec<_> = pods.iter().filter(|p| p.metadata.deletion_timestamp.is_none()).collect();
