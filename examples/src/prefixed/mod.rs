@@ -24,7 +24,9 @@
 //!   its own, or a whole store restored into a tenant. A restore is one transaction on the shared
 //!   store (other tenants keep their keys, history and watches); it reads as compacted the
 //!   tenant's history before it and ends the tenant's open watches with
-//!   [`StorageError::Compacted`], as a restore of a whole store does. Run it with the tenant's
+//!   [`StorageError::Compacted`], as a restore of a whole store does (that compaction point is
+//!   kept by the handle; after a restart, the shared store's own compaction takes over, and
+//!   watchers resuming from before the restore replay its changes). Run it with the tenant's
 //!   writers stopped, like etcd's own restore; on etcd, a tenant larger than etcd's
 //!   `--max-txn-ops` (128 by default) needs that limit raised.
 
