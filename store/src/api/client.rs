@@ -25,6 +25,9 @@ impl Client for ApiServer {
         if super::metrics::is_metrics(target.resource) {
             return self.metrics_get(target, name).await;
         }
+        if super::hpa_v1::is_v1(target.resource) {
+            return self.hpa_v1_get(target, name).await;
+        }
         let kind = self.registry.resolve(target.resource)?;
         Ok(self.get_object(&kind, target.namespace, name).await?.0)
     }
@@ -34,6 +37,9 @@ impl Client for ApiServer {
         if super::metrics::is_metrics(target.resource) {
             return self.metrics_list(target, params).await;
         }
+        if super::hpa_v1::is_v1(target.resource) {
+            return self.hpa_v1_list(target, params).await;
+        }
         let kind = self.registry.resolve(target.resource)?;
         self.list_objects(&kind, target.namespace, params).await
     }
@@ -41,6 +47,9 @@ impl Client for ApiServer {
     async fn create(&self, target: Target<'_>, obj: &DynamicObject, params: &PostParams) -> Result<DynamicObject> {
         self.ready().await?;
         verb(&target, "create")?;
+        if super::hpa_v1::is_v1(target.resource) {
+            return self.hpa_v1_create(target, obj, params).await;
+        }
         let kind = self.registry.resolve(target.resource)?;
         let span =
             tracing::debug_span!("create", resource = %kind.resource.plural, object.name = obj.metadata.name.as_deref().unwrap_or(""));
@@ -50,6 +59,9 @@ impl Client for ApiServer {
     async fn update(&self, target: Target<'_>, obj: &DynamicObject, params: &PostParams) -> Result<DynamicObject> {
         self.ready().await?;
         verb(&target, "update")?;
+        if super::hpa_v1::is_v1(target.resource) {
+            return self.hpa_v1_update(target, obj, params).await;
+        }
         let kind = self.registry.resolve(target.resource)?;
         let name = obj
             .metadata
@@ -78,6 +90,9 @@ impl Client for ApiServer {
     async fn delete(&self, target: Target<'_>, name: &str, params: &DeleteParams) -> Result<Deleted<DynamicObject>> {
         self.ready().await?;
         verb(&target, "delete")?;
+        if super::hpa_v1::is_v1(target.resource) {
+            return self.hpa_v1_delete(target, name, params).await;
+        }
         let kind = self.registry.resolve(target.resource)?;
         self.delete_object(&kind, target.namespace, name, params).await
     }

@@ -98,9 +98,9 @@ pub(crate) fn is_metrics(resource: &ApiResource) -> bool {
 pub fn cpu_quantity(nanocores: u64) -> String {
     match nanocores {
         0 => "0".into(),
-        n if n % 1_000_000_000 == 0 => format!("{}", n / 1_000_000_000),
-        n if n % 1_000_000 == 0 => format!("{}m", n / 1_000_000),
-        n if n % 1_000 == 0 => format!("{}u", n / 1_000),
+        n if n.is_multiple_of(1_000_000_000) => format!("{}", n / 1_000_000_000),
+        n if n.is_multiple_of(1_000_000) => format!("{}m", n / 1_000_000),
+        n if n.is_multiple_of(1_000) => format!("{}u", n / 1_000),
         n => format!("{n}n"),
     }
 }
@@ -113,7 +113,7 @@ pub fn memory_quantity(bytes: u64) -> String {
     }
     for (suffix, power) in UNITS.iter().copied().chain([("Mi", 2), ("Ki", 1)]) {
         let unit = 1u64 << (10 * power);
-        if bytes % unit == 0 {
+        if bytes.is_multiple_of(unit) {
             return format!("{}{suffix}", bytes / unit);
         }
     }
@@ -233,9 +233,10 @@ impl ApiServer {
         })
     }
 
-    /// [`ApiServer::metrics_list`] with each item encoded, for the HTTP server's list path.
+    /// A list of a resource served without storage (the metrics API, the autoscaling/v1 view)
+    /// with each item encoded, for the HTTP server's list path.
     pub(crate) async fn metrics_list_encoded(&self, target: Target<'_>, params: &ListParams) -> Result<EncodedList> {
-        let list = self.metrics_list(target, params).await?;
+        let list = self.list(target, params).await?;
         let items = list.items.iter().map(|o| Bytes::from(serde_json::to_vec(o).unwrap_or_default())).collect();
         Ok(EncodedList { types: list.types, metadata: list.metadata, items })
     }

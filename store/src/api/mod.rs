@@ -15,6 +15,7 @@ mod codec;
 mod crd;
 mod defaults;
 mod delete;
+mod hpa_v1;
 pub mod metrics;
 mod read;
 mod registry;
@@ -167,6 +168,7 @@ impl ApiServerBuilder {
     pub fn build(self) -> std::result::Result<Arc<ApiServer>, ParseRangeError> {
         let ips = alloc::Allocator::ips(&self.cluster_ip_range)?;
         let registry = Registry::builtin();
+        registry.serve_without_storage(vec![hpa_v1::resource()]);
         if self.metrics.is_some() {
             registry.serve_without_storage(metrics::resources());
         }

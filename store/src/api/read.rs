@@ -249,7 +249,7 @@ impl ApiServer {
     /// Lists a kind with every item already encoded as JSON (see [`EncodedList`]).
     pub async fn list_encoded(&self, target: bosun_core::Target<'_>, params: &ListParams) -> Result<EncodedList> {
         self.ready().await?;
-        if super::metrics::is_metrics(target.resource) {
+        if super::metrics::is_metrics(target.resource) || super::hpa_v1::is_v1(target.resource) {
             return self.metrics_list_encoded(target, params).await;
         }
         let kind = self.registry.resolve(target.resource)?;

@@ -220,3 +220,50 @@ async fn kubectl_top_reads_pods_and_nodes() -> TestResult {
     server.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_autoscale_creates_an_autoscaler_read_back_as_v2() -> TestResult {
+    if !Path::new(KUBECTL).exists() {
+        assert!(std::env::var("BOSUN_REQUIRE_COMPONENTS").as_deref() != Ok("1"), "{KUBECTL} is missing and BOSUN_REQUIRE_COMPONENTS=1");
+        eprintln!("SKIPPED: {KUBECTL} is missing");
+        return Ok(());
+    }
+    use bosun_core::k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+    use bosun_core::k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+    use bosun_core::k8s_openapi::api::core::v1::PodTemplateSpec;
+    use bosun_core::k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+    let (api, _source) = setup().await?;
+    let client: Arc<dyn Client> = api.clone();
+    let labels: std::collections::BTreeMap<String, String> = [("app".to_owned(), "web".to_owned())].into();
+    let deploy = Deployment {
+        metadata: ObjectMeta { name: Some("web".into()), ..ObjectMeta::default() },
+        spec: DeploymentSpec {
+            replicas: Some(2),
+            selector: LabelSelector { match_labels: Some(labels.clone()), ..LabelSelector::default() },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta { labels: Some(labels), ..ObjectMeta::default() }),
+                spec: pod("x", "web").spec,
+            },
+            ..DeploymentSpec::default()
+        },
+        status: None,
+    };
+    Api::<Deployment>::namespaced(client.clone(), "shop").create(&deploy, &PostParams::default()).await?;
+    let server = serve(api.clone(), HttpConfig::for_api_server(&api)).await?;
+    let dir = tempfile::tempdir()?;
+    server.write_kubeconfig(dir.path().join("kubeconfig"))?;
+
+    let out = kubectl(dir.path(), &["autoscale", "deployment", "web", "-n", "shop", "--min=2", "--max=7", "--cpu-percent=60"]).await?;
+    assert!(out.contains("autoscaled"), "{out}");
+    let hpa = Api::<HorizontalPodAutoscaler>::namespaced(client.clone(), "shop").get("web").await?;
+    assert_eq!((hpa.spec.min_replicas, hpa.spec.max_replicas), (Some(2), 7));
+    assert_eq!(hpa.spec.scale_target_ref.kind, "Deployment");
+    let metric = hpa.spec.metrics.unwrap_or_default().into_iter().next().and_then(|m| m.resource);
+    assert_eq!(metric.map(|r| (r.name, r.target.average_utilization)), Some(("cpu".to_owned(), Some(60))));
+
+    let listed = kubectl(dir.path(), &["get", "hpa", "-n", "shop", "-o", "jsonpath={.items[0].apiVersion}"]).await?;
+    assert_eq!(listed, "autoscaling/v2");
+    kubectl(dir.path(), &["delete", "hpa", "web", "-n", "shop"]).await?;
+    server.shutdown().await;
+    Ok(())
+}
