@@ -91,8 +91,13 @@ async fn sync_unbound(pvc: &PersistentVolumeClaim, ctx: &PvCtx) -> Result<(), Er
     }
     let node: Option<Arc<Node>> = selected.and_then(|n| ctx.nodes.get(&ObjectKey::new(None, n)));
     let volumes = ctx.volumes.list();
-    let on_node = if delayed { node.as_deref() } else { None };
-    if let Some(pv) = best_match(pvc, &volumes, on_node) {
+    // A delayed claim takes only a volume its node can reach; until the node is in the cache, none.
+    let found = match (delayed, node.as_deref()) {
+        (false, _) => best_match(pvc, &volumes, None),
+        (true, Some(n)) => best_match(pvc, &volumes, Some(n)),
+        (true, None) => volumes.iter().find(|pv| refers_to(pv, pvc) && satisfies(pv, pvc)).cloned(),
+    };
+    if let Some(pv) = found {
         return bind(ctx, &pv, pvc).await;
     }
     match class.as_deref() {
