@@ -253,6 +253,13 @@ async fn kubectl_autoscale_creates_an_autoscaler_read_back_as_v2() -> TestResult
     let dir = tempfile::tempdir()?;
     server.write_kubeconfig(dir.path().join("kubeconfig"))?;
 
+    // kubectl up to 1.32 creates through autoscaling/v1 (served as a view of v2), later ones through v2.
+    let version = kubectl(
+        dir.path(),
+        &["autoscale", "deployment", "web", "-n", "shop", "--max=7", "--dry-run=client", "-o", "jsonpath={.apiVersion}"],
+    )
+    .await?;
+    eprintln!("kubectl autoscale speaks {version}");
     let out = kubectl(dir.path(), &["autoscale", "deployment", "web", "-n", "shop", "--min=2", "--max=7", "--cpu-percent=60"]).await?;
     assert!(out.contains("autoscaled"), "{out}");
     let hpa = Api::<HorizontalPodAutoscaler>::namespaced(client.clone(), "shop").get("web").await?;
