@@ -392,9 +392,10 @@ impl Framework {
         node: &NodeInfo,
         handle: &Handle,
     ) -> Status {
-        let plugins: Vec<&Arc<dyn PreFilterPlugin>> =
-            self.pre_filter.iter().filter(|p| p.has_extensions() && !state.skips_filter(p.name())).collect();
-        for p in plugins {
+        for p in &self.pre_filter {
+            if !p.has_extensions() || state.skips_filter(p.name()) {
+                continue;
+            }
             let s = p.add_pod(state, pod, to_add, node, handle);
             if !s.is_success() {
                 return s.with_plugin(p.name());
@@ -412,9 +413,10 @@ impl Framework {
         node: &NodeInfo,
         handle: &Handle,
     ) -> Status {
-        let plugins: Vec<&Arc<dyn PreFilterPlugin>> =
-            self.pre_filter.iter().filter(|p| p.has_extensions() && !state.skips_filter(p.name())).collect();
-        for p in plugins {
+        for p in &self.pre_filter {
+            if !p.has_extensions() || state.skips_filter(p.name()) {
+                continue;
+            }
             let s = p.remove_pod(state, pod, to_remove, node, handle);
             if !s.is_success() {
                 return s.with_plugin(p.name());
