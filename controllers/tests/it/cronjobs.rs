@@ -297,3 +297,41 @@ async fn an_invalid_schedule_or_time_zone_is_reported() -> Res {
     assert!(note(&lost[0]).starts_with("invalid timeZone: \"Mars/Olympus_Mons\""), "{}", note(&lost[0]));
     Ok(())
 }
+
+#[tokio::test(start_paused = true)]
+async fn scheduled_jobs_run_their_pods_and_old_ones_go_with_them() -> Res {
+    use k8s_openapi::api::core::v1::Pod;
+    let h = harness(&["cronjob", "job", "garbagecollector"]);
+    let crons = Api::<CronJob>::namespaced(h.client(), "default");
+    let jobs = Api::<Job>::namespaced(h.client(), "default");
+    let pods = Api::<Pod>::namespaced(h.client(), "default");
+    let mut cj = cronjob("tick", "* * * * *", "Forbid");
+    cj.spec.successful_jobs_history_limit = Some(1);
+    crons.create(&cj, &PostParams::default()).await?;
+    let mut ran = Vec::new();
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        h.run_until_quiescent().await?;
+        // The kubelet runs the new Job's pod; it succeeds.
+        for p in pods.list(&ListParams::default()).await?.items {
+            let phase = p.status.as_ref().and_then(|s| s.phase.clone());
+            if phase.as_deref() == Some("Running") {
+                let name = p.metadata.name.clone().unwrap_or_default();
+                ran.push(name.clone());
+                pods.patch_status(&name, &Patch::Merge(serde_json::json!({"status": {"phase": "Succeeded"}})), &PatchParams::default())
+                    .await?;
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        h.run_until_quiescent().await?;
+    }
+    assert!(ran.len() >= 3, "a pod a minute: {ran:?}");
+    let live = jobs_of(&jobs, "tick").await?;
+    assert_eq!(live.len(), 1, "one successful job is kept");
+    assert!(finished_condition(&live[0]).is_some_and(|c| c.type_ == "Complete"));
+    let left: Vec<String> = pods.list(&ListParams::default()).await?.items.into_iter().filter_map(|p| p.metadata.name).collect();
+    assert_eq!(left.len(), 1, "the deleted jobs' pods are gone: {left:?}");
+    let status = crons.get("tick").await?.status.unwrap_or_default();
+    assert_eq!(status.last_successful_time, live[0].status.as_ref().and_then(|s| s.completion_time.clone()));
+    Ok(())
+}
