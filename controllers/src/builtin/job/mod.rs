@@ -598,11 +598,12 @@ pub async fn reconcile(job: Arc<Job>, ctx: Arc<JobCtx>) -> Result<Action, Error>
         }
     }
 
+    // What is remembered about a Job ends with it (or with its last pod, once it finished).
+    if job_deleting || (finish_time(&current).is_some() && owned.is_empty()) {
+        ctx.forget(&uid);
+    }
     // 7. A finished Job with a time to live is deleted when that runs out.
     if let Some(finished) = finish_time(&current) {
-        if owned.is_empty() || job_deleting {
-            ctx.forget(&uid);
-        }
         if let Some(ttl) = spec.ttl_seconds_after_finished.filter(|_| !job_deleting) {
             let expires = finished + SignedDuration::from_secs(i64::from(ttl.max(0)));
             if expires <= now {
