@@ -603,19 +603,19 @@ pub async fn reconcile(job: Arc<Job>, ctx: Arc<JobCtx>) -> Result<Action, Error>
         ctx.forget(&uid);
     }
     // 7. A finished Job with a time to live is deleted when that runs out.
-    if let Some(finished) = finish_time(&current) {
-        if let Some(ttl) = spec.ttl_seconds_after_finished.filter(|_| !job_deleting) {
-            let expires = finished + SignedDuration::from_secs(i64::from(ttl.max(0)));
-            if expires <= now {
-                let params = DeleteParams {
-                    preconditions: Some(Preconditions { uid: Some(uid.clone()), resource_version: None }),
-                    ..DeleteParams::foreground()
-                };
-                ignore_not_found(jobs_api.delete(current.name(), &params).await)?;
-                return Ok(Action::await_change());
-            }
-            plan.requeue_in(Duration::try_from(expires.duration_since(now)).unwrap_or_default());
+    if let Some(finished) = finish_time(&current)
+        && let Some(ttl) = spec.ttl_seconds_after_finished.filter(|_| !job_deleting)
+    {
+        let expires = finished + SignedDuration::from_secs(i64::from(ttl.max(0)));
+        if expires <= now {
+            let params = DeleteParams {
+                preconditions: Some(Preconditions { uid: Some(uid.clone()), resource_version: None }),
+                ..DeleteParams::foreground()
+            };
+            ignore_not_found(jobs_api.delete(current.name(), &params).await)?;
+            return Ok(Action::await_change());
         }
+        plan.requeue_in(Duration::try_from(expires.duration_since(now)).unwrap_or_default());
     }
     Ok(match plan.requeue {
         // A little past the moment, so that the clock has surely reached it.
