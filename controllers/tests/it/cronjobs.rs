@@ -315,11 +315,12 @@ async fn scheduled_jobs_run_their_pods_and_old_ones_go_with_them() -> Res {
         // The kubelet runs the new Job's pod; it succeeds.
         for p in pods.list(&ListParams::default()).await?.items {
             let phase = p.status.as_ref().and_then(|s| s.phase.clone());
-            if phase.as_deref() == Some("Running") {
+            if !matches!(phase.as_deref(), Some("Succeeded" | "Failed")) && p.metadata.deletion_timestamp.is_none() {
                 let name = p.metadata.name.clone().unwrap_or_default();
                 ran.push(name.clone());
-                pods.patch_status(&name, &Patch::Merge(serde_json::json!({"status": {"phase": "Succeeded"}})), &PatchParams::default())
-                    .await?;
+                // Ready stays true, so that the simulated kubelet leaves the pod alone.
+                let status = serde_json::json!({"status": {"phase": "Succeeded", "conditions": [{"type": "Ready", "status": "True"}]}});
+                pods.patch_status(&name, &Patch::Merge(status), &PatchParams::default()).await?;
             }
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
