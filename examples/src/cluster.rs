@@ -5,6 +5,7 @@
 //! binary is a thin command line over this.
 
 use async_trait::async_trait;
+use bosun_controllers::builtin::persistentvolume::LocalPathConfig;
 use bosun_controllers::runtime::LeaderElector;
 use bosun_controllers::{ControllerManager, ManagerConfig};
 use bosun_core::watch::Informers;
@@ -319,7 +320,7 @@ impl Cluster {
             let scheduler = Scheduler::builder(client.clone()).informers(informers.clone()).build()?;
             self._scheduler = Some(scheduler.start().await);
             tracing::info!("scheduler started");
-            self.tasks.push(tokio::spawn(ControllerManager::new(client).informers(informers).run()));
+            self.tasks.push(tokio::spawn(ControllerManager::new(client).informers(informers).config(manager_config(config)).run()));
             tracing::info!("controller manager started");
             return Ok(());
         }
@@ -353,11 +354,9 @@ impl Cluster {
                 }
             }
         }));
-        let manager = ControllerManager::new(client).informers(informers).config(ManagerConfig::default().leader_election(
-            "kube-system",
-            "bosun-controller-manager",
-            &identity,
-        ));
+        let manager = ControllerManager::new(client)
+            .informers(informers)
+            .config(manager_config(config).leader_election("kube-system", "bosun-controller-manager", &identity));
         self.tasks.push(tokio::spawn(manager.run()));
         Ok(())
     }
@@ -592,6 +591,14 @@ async fn join(kubeconfig: &std::path::Path, server: &str) -> std::result::Result
         .await
         .map_err(|e| format!("cannot reach the API server at {server}: {e}"))?;
     Ok(Arc::new(client))
+}
+
+/// The controllers' settings: local-path volumes live under the data directory.
+fn manager_config(config: &ClusterConfig) -> ManagerConfig {
+    // hostPath volumes need an absolute path.
+    let dir = config.data_dir.join("local-path");
+    let local_path = LocalPathConfig::default().base_dir(std::path::absolute(&dir).unwrap_or(dir));
+    ManagerConfig::default().local_path(local_path)
 }
 
 /// `<hostname>-<listen port>`: stable across restarts, so a restarted process takes its own lease

@@ -378,7 +378,24 @@ pub(crate) fn replica_set(r: &ReplicaSet, old: Option<&ReplicaSet>, errs: &mut V
 /// StatefulSets: only replicas, template, update strategy, retention policy and a few more may change.
 pub(crate) fn stateful_set(s: &StatefulSet, old: Option<&StatefulSet>, errs: &mut Vec<FieldError>) {
     let spec = &s.spec;
-    selector_and_template(Some(&spec.selector), Some(&spec.template), &["Always"], errs);
+    // Containers may mount the claim templates by name, as if they were the pod's volumes (the
+    // controller adds them to every pod), as kube-apiserver validates it.
+    let mut template = spec.template.clone();
+    if let Some(claims) = spec.volume_claim_templates.as_ref() {
+        use bosun_core::k8s_openapi::api::core::v1::{PersistentVolumeClaimVolumeSource, Volume};
+        let volumes = template.spec.get_or_insert_with(Default::default).volumes.get_or_insert_with(Vec::new);
+        for claim in claims {
+            let name = claim.metadata.name.clone().unwrap_or_default();
+            if !volumes.iter().any(|v| v.name == name) {
+                volumes.push(Volume {
+                    name: name.clone(),
+                    persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource { claim_name: name, read_only: None }),
+                    ..Volume::default()
+                });
+            }
+        }
+    }
+    selector_and_template(Some(&spec.selector), Some(&template), &["Always"], errs);
     replicas("spec.replicas", spec.replicas, errs);
     not_supported("spec.podManagementPolicy", spec.pod_management_policy.as_deref(), &["OrderedReady", "Parallel"], errs);
     if let Some(old) = old.map(|o| &o.spec) {
@@ -624,6 +641,26 @@ mod tests {
         assert!(cron_schedule("TZ=UTC 0 0 * * *"));
         assert!(!cron_schedule("every minute"));
         assert!(!cron_schedule("* * *"));
+    }
+
+    #[test]
+    fn statefulset_containers_may_mount_claim_templates() {
+        let set = |claims: serde_json::Value| -> StatefulSet {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "db"},
+                "spec": {"serviceName": "db", "selector": {"matchLabels": {"app": "db"}},
+                    "template": {"metadata": {"labels": {"app": "db"}}, "spec": {"containers": [
+                        {"name": "db", "image": "busybox", "volumeMounts": [{"name": "data", "mountPath": "/data"}]}]}},
+                    "volumeClaimTemplates": claims}
+            }))
+            .unwrap_or_default()
+        };
+        let mut errs = Vec::new();
+        stateful_set(&set(serde_json::json!([{"metadata": {"name": "data"}}])), None, &mut errs);
+        assert!(errs.is_empty(), "{errs:?}");
+        stateful_set(&set(serde_json::json!([{"metadata": {"name": "other"}}])), None, &mut errs);
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].field, "spec.template.spec.containers[0].volumeMounts[0].name");
     }
 
     #[test]

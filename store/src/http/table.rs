@@ -792,7 +792,15 @@ pub fn table_row(resource: &ApiResource, v: &Value, now: Timestamp) -> TableRow 
             or_none(text(v, "preemptionPolicy")).into(),
         ],
         ("storage.k8s.io", "StorageClass") => vec![
-            name,
+            // kubectl marks the default class as kube-apiserver's printer does.
+            if ["storageclass.kubernetes.io/is-default-class", "storageclass.beta.kubernetes.io/is-default-class"]
+                .iter()
+                .any(|a| v["metadata"]["annotations"][a].as_str() == Some("true"))
+            {
+                format!("{} (default)", text(v, "metadata.name")).into()
+            } else {
+                name
+            },
             text(v, "provisioner").into(),
             match text(v, "reclaimPolicy") {
                 "" => "Delete",
@@ -1086,6 +1094,22 @@ mod tests {
             "ports": [{"port": 80, "nodePort": 30080, "protocol": "TCP"}, {"port": 53, "protocol": "UDP"}], "selector": {"app": "web"}}});
         let row = table_row(&res("", "v1", "Service"), &s, now());
         assert_eq!(row[1..5], [json!("NodePort"), json!("10.96.0.10"), json!("<none>"), json!("80:30080/TCP,53/UDP")]);
+    }
+
+    #[test]
+    fn the_default_storage_class_is_marked() {
+        let class = |default: &str| {
+            json!({"metadata": {"name": "local-path", "annotations": {"storageclass.kubernetes.io/is-default-class": default}},
+                "provisioner": "bosun.io/local-path", "volumeBindingMode": "WaitForFirstConsumer"})
+        };
+        let r = res("storage.k8s.io", "v1", "StorageClass");
+        assert_eq!(table_row(&r, &class("true"), now())[..4], [
+            json!("local-path (default)"),
+            json!("bosun.io/local-path"),
+            json!("Delete"),
+            json!("WaitForFirstConsumer")
+        ]);
+        assert_eq!(table_row(&r, &class("false"), now())[0], json!("local-path"));
     }
 
     #[test]

@@ -5,3 +5,4 @@ mod kubectl;
 mod quickstart;
 mod roles;
 mod runc_nftables;
+mod statefulset;
