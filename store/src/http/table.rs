@@ -493,6 +493,51 @@ fn access_modes(v: &Value, path: &str) -> String {
     modes.join(",")
 }
 
+/// An HPA's TARGETS column as kubectl prints it: `cpu: 250%/50%, memory: 40Mi/100Mi + 1 more...`,
+/// each metric's current value (from `status.currentMetrics` at the same index) over its target.
+fn hpa_targets(v: &Value) -> String {
+    let specs = at(v, "spec.metrics").as_array().map(Vec::as_slice).unwrap_or_default();
+    if specs.is_empty() {
+        return "<none>".into();
+    }
+    let statuses = at(v, "status.currentMetrics").as_array().map(Vec::as_slice).unwrap_or_default();
+    let quantity = |v: &Value| v.as_str().map(str::to_owned).or_else(|| v.as_i64().map(|n| n.to_string()));
+    let shown: Vec<String> = specs
+        .iter()
+        .take(2)
+        .enumerate()
+        .map(|(i, spec)| {
+            let kind = text(spec, "type");
+            let key = match kind {
+                "Resource" => "resource",
+                "ContainerResource" => "containerResource",
+                "Pods" => "pods",
+                "Object" => "object",
+                _ => "external",
+            };
+            let target = &spec[key]["target"];
+            let current = &statuses.get(i).map_or(&Value::Null, |s| &s[key])["current"];
+            let (cur, want) = if let Some(pct) = target["averageUtilization"].as_i64() {
+                (current["averageUtilization"].as_i64().map(|c| format!("{c}%")), format!("{pct}%"))
+            } else if let Some(avg) = quantity(&target["averageValue"]) {
+                (quantity(&current["averageValue"]), avg)
+            } else {
+                (quantity(&current["value"]), quantity(&target["value"]).unwrap_or_else(|| "<unknown>".into()))
+            };
+            let pair = format!("{}/{want}", cur.unwrap_or_else(|| "<unknown>".into()));
+            match kind {
+                "Resource" | "ContainerResource" => format!("{}: {pair}", text(&spec[key], "name")),
+                _ => pair,
+            }
+        })
+        .collect();
+    let mut out = shown.join(", ");
+    if specs.len() > 2 {
+        out.push_str(&format!(" + {} more...", specs.len() - 2));
+    }
+    out
+}
+
 /// The cells of an object's row under [`table_columns`], computed at `now`.
 pub fn table_row(resource: &ApiResource, v: &Value, now: Timestamp) -> TableRow {
     let name: Value = text(v, "metadata.name").into();
@@ -770,7 +815,7 @@ pub fn table_row(resource: &ApiResource, v: &Value, now: Timestamp) -> TableRow 
             vec![
                 name,
                 format!("{}/{}", text(r, "kind"), text(r, "name")).into(),
-                "<unknown>".into(),
+                hpa_targets(v).into(),
                 at(v, "spec.minReplicas").as_i64().unwrap_or(1).to_string().into(),
                 int(v, "spec.maxReplicas").into(),
                 int(v, "status.currentReplicas").into(),
@@ -1094,6 +1139,21 @@ mod tests {
             "ports": [{"port": 80, "nodePort": 30080, "protocol": "TCP"}, {"port": 53, "protocol": "UDP"}], "selector": {"app": "web"}}});
         let row = table_row(&res("", "v1", "Service"), &s, now());
         assert_eq!(row[1..5], [json!("NodePort"), json!("10.96.0.10"), json!("<none>"), json!("80:30080/TCP,53/UDP")]);
+    }
+
+    #[test]
+    fn hpa_targets_show_current_over_target() {
+        let hpa = json!({"metadata": {"name": "web"}, "spec": {"scaleTargetRef": {"kind": "Deployment", "name": "web"}, "maxReplicas": 5,
+            "metrics": [
+                {"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 50}}},
+                {"type": "Resource", "resource": {"name": "memory", "target": {"type": "AverageValue", "averageValue": "100Mi"}}},
+                {"type": "Pods", "pods": {"metric": {"name": "qps"}, "target": {"type": "AverageValue", "averageValue": "10"}}}]},
+            "status": {"currentReplicas": 2, "currentMetrics": [
+                {"type": "Resource", "resource": {"name": "cpu", "current": {"averageUtilization": 250, "averageValue": "250m"}}}]}});
+        let row = table_row(&res("autoscaling", "v2", "HorizontalPodAutoscaler"), &hpa, now());
+        assert_eq!(row[1..3], [json!("Deployment/web"), json!("cpu: 250%/50%, memory: <unknown>/100Mi + 1 more...")]);
+        let none = json!({"metadata": {"name": "web"}, "spec": {"scaleTargetRef": {"kind": "Deployment", "name": "web"}}});
+        assert_eq!(table_row(&res("autoscaling", "v2", "HorizontalPodAutoscaler"), &none, now())[2], json!("<none>"));
     }
 
     #[test]
