@@ -354,9 +354,11 @@ impl Cluster {
                 }
             }
         }));
-        let manager = ControllerManager::new(client)
-            .informers(informers)
-            .config(manager_config(config).leader_election("kube-system", "bosun-controller-manager", &identity));
+        let manager = ControllerManager::new(client).informers(informers).config(manager_config(config).leader_election(
+            "kube-system",
+            "bosun-controller-manager",
+            &identity,
+        ));
         self.tasks.push(tokio::spawn(manager.run()));
         Ok(())
     }

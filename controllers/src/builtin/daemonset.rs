@@ -1,7 +1,7 @@
 //! The DaemonSet controller: one pod per eligible node (node selector, required node affinity,
 //! taints against tolerations), placed with `spec.nodeName`; new nodes get one, pods on removed or
 //! no longer eligible nodes go, and a changed template rolls out node by node within
-//! `maxUnavailable` (RollingUpdate) or waits for pods to be deleted (OnDelete).
+//! `maxUnavailable`, or beside them first within `maxSurge` (RollingUpdate), or waits for pods to be deleted (OnDelete).
 
 use super::{Shared, ignore_not_found, pod_is_active, pod_is_available, pod_is_ready};
 use crate::runtime::{Action, Controller};
@@ -198,6 +198,20 @@ pub async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<DaemonSetCtx>) -> Result<Act
         v
     };
     let deleting = bosun_core::meta::is_deleting(ds.meta());
+    let strategy = spec.update_strategy.clone().unwrap_or_default();
+    let rolling = strategy.type_.as_deref().unwrap_or("RollingUpdate") == "RollingUpdate";
+    let resolve = |v: Option<&IntOrString>, default: usize| match v {
+        Some(IntOrString::Int(n)) => usize::try_from((*n).max(0)).unwrap_or(0),
+        Some(IntOrString::String(s)) => {
+            let pct: usize = s.trim_end_matches('%').parse().unwrap_or(0);
+            (wanted.len() * pct).div_ceil(100)
+        }
+        None => default,
+    };
+    let ru = strategy.rolling_update.clone().unwrap_or_default();
+    // maxSurge: up to this many nodes run an updated pod beside the old one until it is available.
+    let max_surge = if rolling { resolve(ru.max_surge.as_ref(), 0) } else { 0 };
+    let available_now = |p: &Pod| pod_is_ready(p) && pod_is_available(p, min_ready).is_ok();
     let mut misscheduled = 0;
     // Pods on nodes that are gone or no longer eligible, and extras, go.
     for (node, pods) in &by_node {
@@ -207,7 +221,17 @@ pub async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<DaemonSetCtx>) -> Result<Act
         }
         let mut sorted = pods.clone();
         sorted.sort_by_key(|p| (!is_updated(p, &hash), !pod_is_ready(p), p.name().to_owned()));
+        // A surging node keeps its old ready pod until the updated one is available.
+        let surging = keep
+            && max_surge > 0
+            && sorted.first().is_some_and(|p| is_updated(p, &hash) && !available_now(p))
+            && sorted.iter().any(|p| !is_updated(p, &hash) && pod_is_ready(p));
+        let mut kept_old = false;
         for p in sorted.iter().skip(usize::from(keep)) {
+            if surging && !kept_old && !is_updated(p, &hash) && pod_is_ready(p) {
+                kept_old = true;
+                continue;
+            }
             ignore_not_found(pods_api.delete(p.name(), &DeleteParams::default()).await)?;
         }
     }
@@ -223,18 +247,35 @@ pub async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<DaemonSetCtx>) -> Result<Act
     let ready = current.iter().filter(|p| pod_is_ready(p)).count();
     let available = current.iter().filter(|p| pod_is_ready(p) && pod_is_available(p, min_ready).is_ok()).count();
     let updated = current.iter().filter(|p| is_updated(p, &hash)).count();
-    // RollingUpdate: replace outdated pods while no more than maxUnavailable are unavailable.
-    let strategy = spec.update_strategy.clone().unwrap_or_default();
-    if !deleting && strategy.type_.as_deref().unwrap_or("RollingUpdate") == "RollingUpdate" {
-        let max_unavailable = match strategy.rolling_update.and_then(|r| r.max_unavailable) {
-            Some(IntOrString::Int(n)) => usize::try_from(n.max(0)).unwrap_or(0),
-            Some(IntOrString::String(s)) => {
-                let pct: usize = s.trim_end_matches('%').parse().unwrap_or(0);
-                (wanted.len() * pct).div_ceil(100)
+    // RollingUpdate with maxSurge: start updated pods beside outdated ones on at most maxSurge
+    // nodes at once; the outdated pod goes once its replacement is available (above). Outdated
+    // pods that are not ready are replaced at once: that costs no availability.
+    if !deleting && max_surge > 0 {
+        let surging = wanted
+            .iter()
+            .filter(|n| {
+                by_node.get(**n).is_some_and(|ps| ps.iter().any(|p| is_updated(p, &hash)) && ps.iter().any(|p| !is_updated(p, &hash)))
+            })
+            .count();
+        let mut budget = max_surge.saturating_sub(surging);
+        for node in &wanted {
+            let Some(pods) = by_node.get(*node).filter(|ps| !ps.is_empty() && ps.iter().all(|p| !is_updated(p, &hash))) else { continue };
+            if pods.iter().all(|p| !pod_is_ready(p)) {
+                for p in pods {
+                    ignore_not_found(pods_api.delete(p.name(), &DeleteParams::default()).await)?;
+                }
+                continue;
             }
-            None => 1,
+            if budget == 0 {
+                continue;
+            }
+            budget -= 1;
+            pods_api.create(&pod_for(&ds, node, &hash), &PostParams::default()).await?;
         }
-        .max(1);
+    }
+    // RollingUpdate: replace outdated pods while no more than maxUnavailable are unavailable.
+    if !deleting && rolling && max_surge == 0 {
+        let max_unavailable = resolve(ru.max_unavailable.as_ref(), 1).max(1);
         let key = ObjectKey::of(&*ds);
         let in_flight: HashSet<String> = {
             let mut map = ctx.rolled.lock().unwrap_or_else(std::sync::PoisonError::into_inner);

@@ -144,3 +144,50 @@ async fn a_daemonset_rolls_out_a_new_template_node_by_node() -> Res {
     assert_eq!(s.observed_generation, ds.metadata.generation);
     Ok(())
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_daemonset_with_max_surge_starts_the_new_pod_before_removing_the_old() -> Res {
+    let h = harness(&["daemonset"]);
+    let nodes = Api::<Node>::all(h.client());
+    let sets = Api::<DaemonSet>::namespaced(h.client(), "default");
+    let pods = Api::<Pod>::namespaced(h.client(), "default");
+    let pp = PostParams::default();
+    for n in ["n1", "n2", "n3", "n4"] {
+        nodes.create(&node(n, &[("disk", "ssd")], vec![]), &pp).await?;
+    }
+    let mut ds = daemonset("agent");
+    ds.spec.update_strategy = Some(serde_json::from_value(serde_json::json!(
+        {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+    ))?);
+    sets.create(&ds, &pp).await?;
+    h.run_until_quiescent().await?;
+    assert_eq!(placement(&pods).await.len(), 4);
+    // Through the rollout every node keeps a ready pod, and at most one node runs two pods.
+    let informer = h.informers().all::<Pod>();
+    informer.wait_ready().await;
+    let (min_ready, max_pods) = (Arc::new(AtomicUsize::new(usize::MAX)), Arc::new(AtomicUsize::new(0)));
+    let store = informer.store().clone();
+    let mut changes = informer.subscribe();
+    let (mr, mp) = (min_ready.clone(), max_pods.clone());
+    let _monitor = tokio::spawn(async move {
+        loop {
+            let active: Vec<_> = store.list().into_iter().filter(|p| pod_is_active(p)).collect();
+            let ready_nodes: std::collections::BTreeSet<_> =
+                active.iter().filter(|p| pod_is_ready(p)).filter_map(|p| p.spec.as_ref().and_then(|s| s.node_name.clone())).collect();
+            mr.fetch_min(ready_nodes.len(), Ordering::SeqCst);
+            mp.fetch_max(active.len(), Ordering::SeqCst);
+            if changes.next().await.is_none() {
+                break;
+            }
+        }
+    });
+    let patch = serde_json::json!({"spec": {"template": {"spec": {"containers": [{"name": "main", "image": "agent:2"}]}}}});
+    sets.patch("agent", &Patch::Strategic(patch), &PatchParams::default()).await?;
+    h.run_until_quiescent().await?;
+    assert_eq!(placement(&pods).await, on(&[("n1", "agent:2"), ("n2", "agent:2"), ("n3", "agent:2"), ("n4", "agent:2")]));
+    assert_eq!(min_ready.load(Ordering::SeqCst), 4, "maxUnavailable 0: every node always had a ready pod");
+    assert_eq!(max_pods.load(Ordering::SeqCst), 5, "maxSurge 1: exactly one extra pod at a time");
+    let s = sets.get("agent").await?.status.unwrap_or_default();
+    assert_eq!((s.desired_number_scheduled, s.updated_number_scheduled, s.number_available), (4, Some(4), Some(4)));
+    Ok(())
+}

@@ -1163,12 +1163,10 @@ mod tests {
                 "provisioner": "bosun.io/local-path", "volumeBindingMode": "WaitForFirstConsumer"})
         };
         let r = res("storage.k8s.io", "v1", "StorageClass");
-        assert_eq!(table_row(&r, &class("true"), now())[..4], [
-            json!("local-path (default)"),
-            json!("bosun.io/local-path"),
-            json!("Delete"),
-            json!("WaitForFirstConsumer")
-        ]);
+        assert_eq!(
+            table_row(&r, &class("true"), now())[..4],
+            [json!("local-path (default)"), json!("bosun.io/local-path"), json!("Delete"), json!("WaitForFirstConsumer")]
+        );
         assert_eq!(table_row(&r, &class("false"), now())[0], json!("local-path"));
     }
 

@@ -77,7 +77,8 @@ async fn a_statefulset_keeps_its_volume_across_pod_restarts() {
     std::fs::write(&manifest, MANIFEST).unwrap_or_else(|e| panic!("write manifest: {e}"));
     k.run(&["apply", "-f", manifest.to_str().unwrap_or_default()]);
     k.run(&["rollout", "status", "statefulset/db", "--timeout=90s"]);
-    let claims = k.run(&["get", "pvc", "-o", "custom-columns=NAME:.metadata.name,PHASE:.status.phase,CLASS:.spec.storageClassName", "--no-headers"]);
+    let claims =
+        k.run(&["get", "pvc", "-o", "custom-columns=NAME:.metadata.name,PHASE:.status.phase,CLASS:.spec.storageClassName", "--no-headers"]);
     for name in ["data-db-0", "data-db-1"] {
         assert!(claims.lines().any(|l| l.contains(name) && l.contains("Bound") && l.contains("local-path")), "{claims}");
     }
