@@ -5,6 +5,7 @@
 //! binary is a thin command line over this.
 
 use async_trait::async_trait;
+use bosun_controllers::builtin::nodelifecycle::NodeLifecycleConfig;
 use bosun_controllers::builtin::persistentvolume::LocalPathConfig;
 use bosun_controllers::runtime::LeaderElector;
 use bosun_controllers::{ControllerManager, ManagerConfig};
@@ -113,6 +114,9 @@ pub struct ClusterConfig {
     pub leader_election: Option<bool>,
     /// This process's leader-election identity (default `<hostname>-<listen port>`).
     pub identity: Option<String>,
+    /// How long a node may go without renewing its Lease before it is marked unreachable
+    /// (default 50 s); its pods are evicted when their unreachable toleration runs out.
+    pub node_grace_period: Option<Duration>,
 }
 
 impl Default for ClusterConfig {
@@ -134,6 +138,7 @@ impl Default for ClusterConfig {
             node_prefix: "node".into(),
             leader_election: None,
             identity: None,
+            node_grace_period: None,
         }
     }
 }
@@ -600,7 +605,12 @@ fn manager_config(config: &ClusterConfig) -> ManagerConfig {
     // hostPath volumes need an absolute path.
     let dir = config.data_dir.join("local-path");
     let local_path = LocalPathConfig::default().base_dir(std::path::absolute(&dir).unwrap_or(dir));
-    ManagerConfig::default().local_path(local_path)
+    let mut manager = ManagerConfig::default().local_path(local_path);
+    if let Some(grace) = config.node_grace_period {
+        let lifecycle = NodeLifecycleConfig::default().grace_period(grace).monitor_period(grace.min(Duration::from_secs(5)) / 2);
+        manager = manager.node_lifecycle(lifecycle);
+    }
+    manager
 }
 
 /// `<hostname>-<listen port>`: stable across restarts, so a restarted process takes its own lease

@@ -1,6 +1,7 @@
 //! End-to-end tests: the reference cluster driven by the real `kubectl`.
 
 mod exec;
+mod healing;
 mod kubectl;
 mod quickstart;
 mod roles;
