@@ -15,6 +15,8 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::time::Instant;
 
 /// The label carrying the hash of the template a pod was made from.
 pub const TEMPLATE_HASH: &str = "controller-revision-hash";
@@ -27,6 +29,44 @@ pub struct DaemonSetCtx {
     /// Pods the rollout deleted that the cache still shows active, per DaemonSet: they count as
     /// unavailable so that a lagging cache never lets a rollout exceed `maxUnavailable`.
     rolled: Mutex<HashMap<ObjectKey, HashSet<String>>>,
+    /// Pods created per DaemonSet that the cache does not show yet, by node (pod name, when): a
+    /// lagging cache never makes a second pod for a node.
+    expected: Mutex<HashMap<ObjectKey, Expected>>,
+}
+
+/// Pods created but not yet seen, by node: (pod name, created at).
+type Expected = HashMap<String, (String, Instant)>;
+
+/// How long a created pod the cache never showed keeps its node from getting another.
+const EXPECTATION_TTL: Duration = Duration::from_secs(30);
+
+/// Creates one pod per listed node in slow-start batches (1, 2, 4...), as Kubernetes' controllers
+/// do, so that a failing create costs one call rather than one per node. Returns the created
+/// pods by node and the first error.
+async fn create_on(api: &Api<Pod>, ds: &DaemonSet, nodes: &[&str], hash: &str) -> (Vec<(String, String)>, Option<Error>) {
+    let mut created = Vec::new();
+    let mut batch = 1;
+    let mut rest = nodes;
+    while !rest.is_empty() {
+        let (now, later) = rest.split_at(batch.min(rest.len()));
+        rest = later;
+        let results = futures::future::join_all(now.iter().map(|node| async move {
+            api.create(&pod_for(ds, node, hash), &PostParams::default()).await.map(|p| ((*node).to_owned(), p.name().to_owned()))
+        }))
+        .await;
+        let mut failed = None;
+        for r in results {
+            match r {
+                Ok(pair) => created.push(pair),
+                Err(e) => failed = failed.or(Some(e)),
+            }
+        }
+        if failed.is_some() {
+            return (created, failed);
+        }
+        batch = (batch * 2).min(512);
+    }
+    (created, None)
 }
 
 /// Builds the DaemonSet controller on `shared`'s informers.
@@ -44,6 +84,7 @@ pub fn controller(shared: &Shared) -> (Controller<DaemonSet>, Arc<DaemonSetCtx>)
         pods: pods.store().clone(),
         nodes: nodes.store().clone(),
         rolled: Mutex::default(),
+        expected: Mutex::default(),
     });
     (c, ctx)
 }
@@ -198,6 +239,21 @@ pub async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<DaemonSetCtx>) -> Result<Act
         v
     };
     let deleting = bosun_core::meta::is_deleting(ds.meta());
+    let key = ObjectKey::of(&*ds);
+    // Nodes whose new pod the cache does not show yet.
+    let pending: HashSet<String> = {
+        let mut map = ctx.expected.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let e = map.entry(key.clone()).or_default();
+        e.retain(|_, (name, at)| at.elapsed() < EXPECTATION_TTL && ctx.pods.get(&ObjectKey::new(Some(&ns), name.clone())).is_none());
+        e.keys().cloned().collect()
+    };
+    let expect = |created: &[(String, String)]| {
+        let mut map = ctx.expected.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let e = map.entry(key.clone()).or_default();
+        for (node, name) in created {
+            e.insert(node.clone(), (name.clone(), Instant::now()));
+        }
+    };
     let strategy = spec.update_strategy.clone().unwrap_or_default();
     let rolling = strategy.type_.as_deref().unwrap_or("RollingUpdate") == "RollingUpdate";
     let resolve = |v: Option<&IntOrString>, default: usize| match v {
@@ -236,10 +292,15 @@ pub async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<DaemonSetCtx>) -> Result<Act
         }
     }
     if !deleting {
-        for node in &wanted {
-            if by_node.get(*node).is_none_or(Vec::is_empty) {
-                pods_api.create(&pod_for(&ds, node, &hash), &PostParams::default()).await?;
-            }
+        let missing: Vec<&str> = wanted
+            .iter()
+            .filter(|n| by_node.get(**n).is_none_or(Vec::is_empty) && !pending.contains(n.as_str()))
+            .map(|n| n.as_str())
+            .collect();
+        let (created, failed) = create_on(&pods_api, &ds, &missing, &hash).await;
+        expect(&created);
+        if let Some(e) = failed {
+            return Err(e);
         }
     }
     // Status, over the one kept pod of each eligible node.
@@ -254,11 +315,17 @@ pub async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<DaemonSetCtx>) -> Result<Act
         let surging = wanted
             .iter()
             .filter(|n| {
-                by_node.get(**n).is_some_and(|ps| ps.iter().any(|p| is_updated(p, &hash)) && ps.iter().any(|p| !is_updated(p, &hash)))
+                pending.contains(n.as_str())
+                    || by_node
+                        .get(**n)
+                        .is_some_and(|ps| ps.iter().any(|p| is_updated(p, &hash)) && ps.iter().any(|p| !is_updated(p, &hash)))
             })
             .count();
         let mut budget = max_surge.saturating_sub(surging);
         for node in &wanted {
+            if pending.contains(node.as_str()) {
+                continue;
+            }
             let Some(pods) = by_node.get(*node).filter(|ps| !ps.is_empty() && ps.iter().all(|p| !is_updated(p, &hash))) else { continue };
             if pods.iter().all(|p| !pod_is_ready(p)) {
                 for p in pods {
@@ -270,13 +337,13 @@ pub async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<DaemonSetCtx>) -> Result<Act
                 continue;
             }
             budget -= 1;
-            pods_api.create(&pod_for(&ds, node, &hash), &PostParams::default()).await?;
+            let created = pods_api.create(&pod_for(&ds, node, &hash), &PostParams::default()).await?;
+            expect(&[((*node).clone(), created.name().to_owned())]);
         }
     }
     // RollingUpdate: replace outdated pods while no more than maxUnavailable are unavailable.
     if !deleting && rolling && max_surge == 0 {
         let max_unavailable = resolve(ru.max_unavailable.as_ref(), 1).max(1);
-        let key = ObjectKey::of(&*ds);
         let in_flight: HashSet<String> = {
             let mut map = ctx.rolled.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             let set = map.entry(key.clone()).or_default();
