@@ -60,8 +60,20 @@ fn available() -> bool {
     false
 }
 
-/// Removes what the test left behind: runc containers, the nftables table and the service route.
-struct Cleanup(std::path::PathBuf);
+/// The pod network namespaces on this machine (the runc runtime names them `bosun-rsb-...`).
+fn pod_netns() -> std::collections::BTreeSet<String> {
+    let out = Command::new("ip").args(["netns", "list"]).output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+    out.unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with("bosun-rsb-"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Removes what the test left behind: runc containers, their network namespaces (a later run
+/// reuses the same pod addresses on the bridge), the nftables table and the service route.
+struct Cleanup(std::path::PathBuf, std::collections::BTreeSet<String>);
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
@@ -71,6 +83,9 @@ impl Drop for Cleanup {
             for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
                 let _ = Command::new("runc").args(["--root", &state, "delete", "-f", id]).status();
             }
+        }
+        for ns in pod_netns().difference(&self.1) {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
         let _ = Command::new("nft").args(["delete", "table", "ip", "bosun"]).status();
         let _ = Command::new("ip").args(["route", "del", SERVICE_CIDR]).status();
@@ -98,7 +113,7 @@ async fn the_cluster_runs_on_runc_and_nftables() {
     }
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
     let any = SocketAddr::from(([127, 0, 0, 1], 0));
-    let _cleanup = Cleanup(dir.path().join("data"));
+    let _cleanup = Cleanup(dir.path().join("data"), pod_netns());
     let config = ClusterConfig {
         data_dir: dir.path().join("data"),
         store: StoreChoice::Memory,
