@@ -9,7 +9,7 @@ use bosun_core::meta::controller_ref;
 use bosun_core::watch::{INDEX_OWNER, Store};
 use bosun_core::{Api, DeleteParams, Error, Object, ObjectKey, Patch, PatchParams, PostParams};
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::{Node, NodeSelectorRequirement, Pod, Taint, Toleration};
+use k8s_openapi::api::core::v1::{Node, Pod, Taint, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -119,30 +119,11 @@ fn tolerates(t: &Toleration, taint: &Taint) -> bool {
     }
 }
 
-fn requirement_matches(r: &NodeSelectorRequirement, value: Option<&str>) -> bool {
-    let values = r.values.as_deref().unwrap_or_default();
-    match r.operator.as_str() {
-        "In" => value.is_some_and(|v| values.iter().any(|x| x == v)),
-        "NotIn" => value.is_none_or(|v| values.iter().all(|x| x != v)),
-        "Exists" => value.is_some(),
-        "DoesNotExist" => value.is_none(),
-        "Gt" | "Lt" => {
-            let (Some(v), Some(bound)) = (value.and_then(|v| v.parse::<i64>().ok()), values.first().and_then(|b| b.parse::<i64>().ok()))
-            else {
-                return false;
-            };
-            if r.operator == "Gt" { v > bound } else { v < bound }
-        }
-        _ => false,
-    }
-}
-
 /// Whether a pod of `ds` belongs on `node`: node selector, required node affinity, and every
 /// NoSchedule/NoExecute taint tolerated (with the standard DaemonSet tolerations).
 pub fn eligible(ds: &DaemonSet, node: &Node) -> bool {
     let spec = ds.spec.template.spec.as_ref();
     let labels = node.meta().labels.clone().unwrap_or_default();
-    let name = node.name();
     if let Some(sel) = spec.and_then(|s| s.node_selector.as_ref())
         && !sel.iter().all(|(k, v)| labels.get(k) == Some(v))
     {
@@ -152,17 +133,8 @@ pub fn eligible(ds: &DaemonSet, node: &Node) -> bool {
         .and_then(|s| s.affinity.as_ref())
         .and_then(|a| a.node_affinity.as_ref())
         .and_then(|a| a.required_during_scheduling_ignored_during_execution.as_ref());
-    if let Some(req) = required {
-        let any = req.node_selector_terms.iter().any(|term| {
-            let exprs = term.match_expressions.as_deref().unwrap_or_default();
-            let fields = term.match_fields.as_deref().unwrap_or_default();
-            (!exprs.is_empty() || !fields.is_empty())
-                && exprs.iter().all(|r| requirement_matches(r, labels.get(&r.key).map(String::as_str)))
-                && fields.iter().all(|r| r.key == "metadata.name" && requirement_matches(r, Some(name)))
-        });
-        if !any {
-            return false;
-        }
+    if required.is_some_and(|req| !super::node_selector_admits(req, node)) {
+        return false;
     }
     let mut tolerations = spec.and_then(|s| s.tolerations.clone()).unwrap_or_default();
     tolerations.extend(standard_tolerations());
@@ -414,6 +386,7 @@ pub async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<DaemonSetCtx>) -> Result<Act
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::api::core::v1::NodeSelectorRequirement;
     use k8s_openapi::api::core::v1::{Affinity, NodeAffinity, NodeSelector, NodeSelectorTerm, NodeSpec};
 
     fn node(name: &str, labels: &[(&str, &str)], taints: Vec<Taint>) -> Node {

@@ -108,3 +108,36 @@ pub fn ignore_not_found<T>(r: Result<T, Error>) -> Result<Option<T>, Error> {
         Err(e) => Err(e),
     }
 }
+
+/// Whether a required node selector (node affinity, a volume's node affinity) admits `node`: any
+/// of its terms, each non-empty with every expression (labels) and field (`metadata.name`) met.
+pub(crate) fn node_selector_admits(selector: &k8s_openapi::api::core::v1::NodeSelector, node: &k8s_openapi::api::core::v1::Node) -> bool {
+    let labels = node.metadata.labels.clone().unwrap_or_default();
+    let name = node.metadata.name.as_deref().unwrap_or_default();
+    selector.node_selector_terms.iter().any(|term| {
+        let exprs = term.match_expressions.as_deref().unwrap_or_default();
+        let fields = term.match_fields.as_deref().unwrap_or_default();
+        (!exprs.is_empty() || !fields.is_empty())
+            && exprs.iter().all(|r| requirement_matches(r, labels.get(&r.key).map(String::as_str)))
+            && fields.iter().all(|r| r.key == "metadata.name" && requirement_matches(r, Some(name)))
+    })
+}
+
+/// Whether a node selector requirement admits a label value (`None`: the label is absent).
+fn requirement_matches(r: &k8s_openapi::api::core::v1::NodeSelectorRequirement, value: Option<&str>) -> bool {
+    let values = r.values.as_deref().unwrap_or_default();
+    match r.operator.as_str() {
+        "In" => value.is_some_and(|v| values.iter().any(|x| x == v)),
+        "NotIn" => value.is_none_or(|v| values.iter().all(|x| x != v)),
+        "Exists" => value.is_some(),
+        "DoesNotExist" => value.is_none(),
+        "Gt" | "Lt" => {
+            let (Some(v), Some(bound)) = (value.and_then(|v| v.parse::<i64>().ok()), values.first().and_then(|b| b.parse::<i64>().ok()))
+            else {
+                return false;
+            };
+            if r.operator == "Gt" { v > bound } else { v < bound }
+        }
+        _ => false,
+    }
+}

@@ -2,7 +2,7 @@
 //! the claim's label selector, pre-binding and (for delayed binding) the selected node.
 
 use bosun_core::{LabelSelector, Quantity};
-use k8s_openapi::api::core::v1::{Node, NodeSelectorRequirement, PersistentVolume, PersistentVolumeClaim};
+use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim};
 use std::sync::Arc;
 
 /// The storage class a claim asks for (`""`: no class).
@@ -68,38 +68,12 @@ pub fn refers_to(pv: &PersistentVolume, pvc: &PersistentVolumeClaim) -> bool {
         && r.uid.as_deref().is_none_or(|u| u.is_empty() || Some(u) == pvc.metadata.uid.as_deref())
 }
 
-fn requirement_matches(r: &NodeSelectorRequirement, value: Option<&str>) -> bool {
-    let values = r.values.as_deref().unwrap_or_default();
-    match r.operator.as_str() {
-        "In" => value.is_some_and(|v| values.iter().any(|x| x == v)),
-        "NotIn" => value.is_none_or(|v| values.iter().all(|x| x != v)),
-        "Exists" => value.is_some(),
-        "DoesNotExist" => value.is_none(),
-        "Gt" | "Lt" => {
-            let (Some(v), Some(bound)) = (value.and_then(|v| v.parse::<i64>().ok()), values.first().and_then(|b| b.parse::<i64>().ok()))
-            else {
-                return false;
-            };
-            if r.operator == "Gt" { v > bound } else { v < bound }
-        }
-        _ => false,
-    }
-}
-
 /// Whether a volume's required node affinity admits `node` (no affinity admits every node).
 pub fn node_admits(pv: &PersistentVolume, node: &Node) -> bool {
     let Some(required) = pv.spec.as_ref().and_then(|s| s.node_affinity.as_ref()).and_then(|a| a.required.as_ref()) else {
         return true;
     };
-    let labels = node.metadata.labels.clone().unwrap_or_default();
-    let name = node.metadata.name.as_deref().unwrap_or_default();
-    required.node_selector_terms.iter().any(|term| {
-        let exprs = term.match_expressions.as_deref().unwrap_or_default();
-        let fields = term.match_fields.as_deref().unwrap_or_default();
-        (!exprs.is_empty() || !fields.is_empty())
-            && exprs.iter().all(|r| requirement_matches(r, labels.get(&r.key).map(String::as_str)))
-            && fields.iter().all(|r| r.key == "metadata.name" && requirement_matches(r, Some(name)))
-    })
+    crate::builtin::node_selector_admits(required, node)
 }
 
 /// Whether a volume can be bound now: not being deleted, not Released or Failed.
@@ -126,8 +100,8 @@ pub fn best_match(pvc: &PersistentVolumeClaim, volumes: &[Arc<PersistentVolume>]
 mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::{
-        NodeSelector, NodeSelectorTerm, ObjectReference, PersistentVolumeClaimSpec, PersistentVolumeSpec, VolumeNodeAffinity,
-        VolumeResourceRequirements,
+        NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, ObjectReference, PersistentVolumeClaimSpec, PersistentVolumeSpec,
+        VolumeNodeAffinity, VolumeResourceRequirements,
     };
     use k8s_openapi::apimachinery::pkg::api::resource::Quantity as Q;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
