@@ -59,19 +59,30 @@ async fn eventually_placed(client: &std::sync::Arc<dyn bosun_core::Client>, app:
     }
 }
 
+/// A cluster of two nodes running `manifest` (Deployment `deployment` rolled out) on node-1 only:
+/// node-2 is cordoned while it starts.
+async fn start_on_node_1(dir: &Path, binary: std::path::PathBuf, deployment: &str, manifest: &str) -> (Cluster, Kubectl) {
+    let cluster = Cluster::start(config(dir)).await.unwrap_or_else(|e| panic!("start cluster: {e}"));
+    let k = Kubectl::new(binary, &dir.join("kubeconfig"), &dir.join("cache"));
+    k.eventually(&["get", "nodes"], WAIT, |out| out.matches(" Ready ").count() == 2).await;
+    k.run(&["cordon", "node-2"]);
+    let path = dir.join("app.yaml");
+    std::fs::write(&path, manifest).unwrap_or_else(|e| panic!("write manifest: {e}"));
+    k.run(&["apply", "-f", path.to_str().unwrap_or_default()]);
+    k.run(&["rollout", "status", &format!("deploy/{deployment}"), "--timeout=90s"]);
+    (cluster, k)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_node_loses_its_pods_to_the_other_node() {
     let Some(binary) = kubectl_binary() else { return };
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
     let _cleanup = KillContainers(dir.path().join("data"));
-    let cluster = Cluster::start(config(dir.path())).await.unwrap_or_else(|e| panic!("start cluster: {e}"));
-    let k = Kubectl::new(binary, &dir.path().join("kubeconfig"), &dir.path().join("cache"));
-    k.eventually(&["get", "nodes"], WAIT, |out| out.matches(" Ready ").count() == 2).await;
     // Everything starts on node-1 (node-2 cordoned), with a 2 s toleration of unreachability.
-    k.run(&["cordon", "node-2"]);
-    let manifest = dir.path().join("app.yaml");
-    std::fs::write(
-        &manifest,
+    let (cluster, k) = start_on_node_1(
+        dir.path(),
+        binary,
+        "sleeper",
         r#"
 apiVersion: apps/v1
 kind: Deployment
@@ -87,9 +98,7 @@ spec:
       containers: [{name: main, image: busybox, command: [sleep, "3600"]}]
 "#,
     )
-    .unwrap_or_else(|e| panic!("write manifest: {e}"));
-    k.run(&["apply", "-f", manifest.to_str().unwrap_or_default()]);
-    k.run(&["rollout", "status", "deploy/sleeper", "--timeout=90s"]);
+    .await;
     let client = cluster.client();
     eventually_placed(&client, "sleeper", &[("node-1", "Running"), ("node-1", "Running")], WAIT).await;
     k.run(&["uncordon", "node-2"]);
@@ -115,13 +124,10 @@ async fn kubectl_drain_moves_pods_within_their_disruption_budget() {
     let Some(binary) = kubectl_binary() else { return };
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
     let _cleanup = KillContainers(dir.path().join("data"));
-    let cluster = Cluster::start(config(dir.path())).await.unwrap_or_else(|e| panic!("start cluster: {e}"));
-    let k = Kubectl::new(binary, &dir.path().join("kubeconfig"), &dir.path().join("cache"));
-    k.eventually(&["get", "nodes"], WAIT, |out| out.matches(" Ready ").count() == 2).await;
-    k.run(&["cordon", "node-2"]);
-    let manifest = dir.path().join("app.yaml");
-    std::fs::write(
-        &manifest,
+    let (cluster, k) = start_on_node_1(
+        dir.path(),
+        binary,
+        "web",
         r#"
 apiVersion: apps/v1
 kind: Deployment
@@ -143,9 +149,7 @@ spec:
   selector: {matchLabels: {app: web}}
 "#,
     )
-    .unwrap_or_else(|e| panic!("write manifest: {e}"));
-    k.run(&["apply", "-f", manifest.to_str().unwrap_or_default()]);
-    k.run(&["rollout", "status", "deploy/web", "--timeout=90s"]);
+    .await;
     let client = cluster.client();
     eventually_placed(&client, "web", &[("node-1", "Running"), ("node-1", "Running"), ("node-1", "Running")], WAIT).await;
     k.eventually(&["get", "pdb", "web", "-o", "jsonpath={.status.disruptionsAllowed}"], WAIT, |n| n == "1").await;
