@@ -331,8 +331,6 @@ impl Cluster {
         }
         let identity = config.identity.clone().unwrap_or_else(|| default_identity(config));
         tracing::info!(%identity, "scheduler and controllers campaign for their leases in kube-system");
-        // Fail early on a bad profile rather than inside the election loop.
-        drop(Scheduler::builder(client.clone()).informers(informers.clone()).build()?);
         let elector = LeaderElector::new(client.clone(), "kube-system", "bosun-scheduler", identity.clone());
         let (scheduler_client, scheduler_informers) = (client.clone(), informers.clone());
         self.tasks.push(tokio::spawn(async move {
