@@ -10,18 +10,23 @@ use std::sync::Arc;
 /// The `openAPIV3Schema` of one custom resource version.
 #[derive(Debug, Clone)]
 pub(crate) struct CustomSchema {
-    root: Value,
+    root: Arc<Value>,
 }
 
 impl CustomSchema {
     /// Wraps a schema (a JSON object as in `spec.versions[].schema.openAPIV3Schema`).
     pub(crate) fn new(root: Value) -> Self {
-        Self { root }
+        Self { root: Arc::new(root) }
     }
 
     /// The schema as JSON.
     pub(crate) fn json(&self) -> &Value {
         &self.root
+    }
+
+    /// The schema as JSON, shared (what server-side apply merges by).
+    pub(crate) fn shared(&self) -> Arc<Value> {
+        self.root.clone()
     }
 
     /// Fills in `default`s (below the root; `metadata` is left alone).
@@ -347,9 +352,53 @@ pub(crate) fn kinds_of(crd: &DynamicObject) -> Vec<Kind> {
             ));
         }
         let schema = v.get("schema").and_then(|s| s.get("openAPIV3Schema")).cloned().map(|s| Arc::new(CustomSchema::new(s)));
-        out.push(Kind { resource: res, rules: Rules::Custom, schema, custom_scale, cache: std::sync::OnceLock::new() });
+        let deprecation = (v.get("deprecated").and_then(Value::as_bool) == Some(true)).then(|| {
+            v.get("deprecationWarning").and_then(Value::as_str).map_or_else(|| default_deprecation(spec, version, &kind), str::to_owned)
+        });
+        out.push(Kind { resource: res, rules: Rules::Custom, schema, custom_scale, deprecation, cache: std::sync::OnceLock::new() });
     }
     out
+}
+
+/// The warning for a deprecated custom resource version without its own `deprecationWarning`,
+/// as kube-apiserver words it: the newest served, not deprecated, later version is suggested.
+fn default_deprecation(spec: &Value, deprecated: &str, kind: &str) -> String {
+    let group = str_at(spec, &["group"]).unwrap_or("");
+    let message = format!("{group}/{deprecated} {kind} is deprecated");
+    let newer = spec
+        .get("versions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|v| v.get("served").and_then(Value::as_bool) != Some(false) && v.get("deprecated").and_then(Value::as_bool) != Some(true))
+        .filter_map(|v| v.get("name").and_then(Value::as_str))
+        .filter(|v| version_priority(v) > version_priority(deprecated))
+        .max_by_key(|v| version_priority(v));
+    match newer {
+        Some(v) => format!("{message}; use {group}/{v} {kind}"),
+        None => message,
+    }
+}
+
+/// Orders versions as Kubernetes does: GA over beta over alpha, then by major and minor number
+/// (`v2` > `v1` > `v1beta2` > `v1beta1` > `v1alpha1`); versions of another form rank lowest, by name.
+fn version_priority(version: &str) -> (u8, u64, u64, std::cmp::Reverse<String>) {
+    let parsed = version.strip_prefix('v').and_then(|rest| {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let major: u64 = rest[..digits].parse().ok()?;
+        let tail = &rest[digits..];
+        let (level, minor) = match tail {
+            "" => return Some((3, major, 0)),
+            _ if tail.starts_with("beta") => (2, &tail[4..]),
+            _ if tail.starts_with("alpha") => (1, &tail[5..]),
+            _ => return None,
+        };
+        Some((level, major, minor.parse().ok()?))
+    });
+    match parsed {
+        Some((level, major, minor)) => (level, major, minor, std::cmp::Reverse(String::new())),
+        None => (0, 0, 0, std::cmp::Reverse(version.to_owned())),
+    }
 }
 
 /// The status kube-apiserver gives a definition it accepted: names accepted and established.

@@ -359,4 +359,8 @@ impl ResourceCatalog for ApiServer {
     fn schema(&self, resource: &ApiResource) -> Option<serde_json::Value> {
         self.custom_schema(resource)
     }
+
+    fn deprecation(&self, resource: &ApiResource) -> Option<String> {
+        self.registry.find(&resource.group, &resource.version, &resource.plural).and_then(|k| k.deprecation.clone())
+    }
 }

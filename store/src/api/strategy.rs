@@ -107,6 +107,8 @@ pub struct Kind {
     pub(crate) schema: Option<Arc<CustomSchema>>,
     /// The scale subresource's paths for custom resources: (spec replicas, status replicas, label selector).
     pub(crate) custom_scale: Option<(String, String, Option<String>)>,
+    /// The warning every request to this version gets (a custom resource version marked `deprecated`).
+    pub(crate) deprecation: Option<String>,
     /// The kind's watch cache, once started (weak: the cache holds the kind).
     pub(crate) cache: std::sync::OnceLock<std::sync::Weak<super::cache::KindCache>>,
 }
@@ -115,7 +117,7 @@ impl Kind {
     /// A built-in kind.
     pub(crate) fn builtin(resource: ApiResource) -> Self {
         let rules = Rules::of(&resource.group, &resource.kind);
-        Self { resource, rules, schema: None, custom_scale: None, cache: std::sync::OnceLock::new() }
+        Self { resource, rules, schema: None, custom_scale: None, deprecation: None, cache: std::sync::OnceLock::new() }
     }
 
     /// Whether writes to the main resource ignore `.status` (the kind has a `status` subresource).

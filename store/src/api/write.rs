@@ -484,6 +484,7 @@ impl ApiServer {
         }
         let mut ctx = ApplyContext::from_params(params);
         ctx.subresource = sub.map(str::to_owned);
+        ctx.schema = kind.schema.as_ref().map(|s| s.shared());
         let manager = params.field_manager.as_deref().unwrap_or("unknown");
         let change =
             Change { subresource: sub, dry_run: params.dry_run, validation: params.field_validation, manager: Some(manager), applied };
@@ -523,6 +524,7 @@ impl ApiServer {
     ) -> Result<()> {
         let mut ctx = ApplyContext::new(manager);
         ctx.subresource = sub.map(str::to_owned);
+        ctx.schema = kind.schema.as_ref().map(|s| s.shared());
         let old = old.map(DynamicObject::to_value);
         let mut new = obj.to_value();
         crate::patch::record_update(&kind.resource, old.as_ref(), &mut new, &ctx)?;

@@ -15,6 +15,13 @@ pub trait ResourceCatalog: Send + Sync + 'static {
         let _ = resource;
         None
     }
+
+    /// The warning every request to this resource's version gets, when the version is
+    /// deprecated (a custom resource version marked `deprecated`). Default: none.
+    fn deprecation(&self, resource: &ApiResource) -> Option<String> {
+        let _ = resource;
+        None
+    }
 }
 
 /// A fixed list of resources; [`StaticCatalog::builtin`] serves every built-in kind.
@@ -48,6 +55,10 @@ impl<T: ResourceCatalog> ResourceCatalog for Arc<T> {
 
     fn schema(&self, resource: &ApiResource) -> Option<serde_json::Value> {
         (**self).schema(resource)
+    }
+
+    fn deprecation(&self, resource: &ApiResource) -> Option<String> {
+        (**self).deprecation(resource)
     }
 }
 

@@ -23,6 +23,8 @@ pub(crate) struct Metrics {
     requests: Mutex<BTreeMap<(String, String, u16), u64>>,
     latency: Mutex<BTreeMap<(String, String), Histogram>>,
     watches: AtomicI64,
+    /// Requests over HTTP/1.0 and 1.1, and over HTTP/2.
+    protocols: [AtomicI64; 2],
 }
 
 impl Metrics {
@@ -48,6 +50,12 @@ impl Metrics {
             h.sum += secs;
             h.count += 1;
         }
+    }
+
+    /// Counts a request by its HTTP version.
+    pub(crate) fn protocol(&self, version: http::Version) {
+        let i = usize::from(version == http::Version::HTTP_2);
+        self.protocols[i].fetch_add(1, Ordering::Relaxed);
     }
 
     /// A watch started (+1) or ended (-1).
@@ -96,6 +104,11 @@ impl Metrics {
         let _ = writeln!(out, "# HELP apiserver_longrunning_requests Number of open watch requests.");
         let _ = writeln!(out, "# TYPE apiserver_longrunning_requests gauge");
         let _ = writeln!(out, "apiserver_longrunning_requests{{verb=\"WATCH\"}} {}", self.watches());
+        let _ = writeln!(out, "# HELP bosun_http_requests_total Requests by HTTP protocol version.");
+        let _ = writeln!(out, "# TYPE bosun_http_requests_total counter");
+        for (protocol, n) in ["HTTP/1.1", "HTTP/2"].iter().zip(&self.protocols) {
+            let _ = writeln!(out, "bosun_http_requests_total{{protocol=\"{protocol}\"}} {}", n.load(Ordering::Relaxed));
+        }
         out
     }
 }

@@ -8,8 +8,9 @@ use super::metrics::Metrics;
 use super::node::NodeConnector;
 use super::openapi::{self, OpenApi};
 use super::router::{Query, ResourcePath};
+use super::strict::{self, Decoded};
 use super::table::{self, Include};
-use super::{validation, watch};
+use super::{review, validation, watch};
 use bosun_core::{
     ApiResource, Client, DeleteParams, Deleted, DynamicObject, Error, FieldValidation, ListParams, LogParams, Patch, PatchParams,
     PostParams, Preconditions, PropagationPolicy, Result, Target, TypeMeta, VersionMatch, WatchParams,
@@ -98,22 +99,44 @@ pub(crate) async fn handle(state: &State, req: Request<Incoming>, path: Resource
         Some(sub) => format!("{}/{sub}", path.plural),
         None => path.plural.clone(),
     };
-    match dispatch(state, req, &path, &query, served.verb).await {
-        Ok(reply) => {
-            let mut response = reply.response;
-            for w in reply.warnings {
-                let text = format!("299 - {}", serde_json::Value::String(w));
-                if let Ok(v) = HeaderValue::from_str(&text) {
-                    response.headers_mut().append(http::header::WARNING, v);
-                }
-            }
-            response
+    // A deprecated version warns on every request, failed ones included, as kube-apiserver does.
+    let deprecation =
+        find(&state.catalog.resources(), &path).ok().filter(|r| !openapi::is_typed(r)).and_then(|r| state.catalog.deprecation(&r));
+    let (mut response, warnings) = match dispatch(state, req, &path, &query, served.verb).await {
+        Ok(reply) => (reply.response, reply.warnings),
+        Err(err) => (body::status_response(&err), Vec::new()),
+    };
+    for w in deprecation.into_iter().chain(warnings) {
+        if let Some(v) = warning_header(&w) {
+            response.headers_mut().append(http::header::WARNING, v);
         }
-        Err(err) => body::status_response(&err),
     }
+    response
+}
+
+/// A `Warning` header as kube-apiserver sends it (RFC 7234: code 299, agent `-`, quoted text).
+pub(crate) fn warning_header(text: &str) -> Option<HeaderValue> {
+    let mut quoted = String::with_capacity(text.len() + 2);
+    quoted.push('"');
+    for c in text.chars() {
+        match c {
+            '"' | '\\' => {
+                quoted.push('\\');
+                quoted.push(c);
+            }
+            // Header values carry visible ASCII; anything else is dropped rather than failing the response.
+            c if c == ' ' || c == '\t' || c.is_ascii_graphic() => quoted.push(c),
+            _ => {}
+        }
+    }
+    quoted.push('"');
+    HeaderValue::from_str(&format!("299 - {quoted}")).ok()
 }
 
 async fn dispatch(state: &State, req: Request<Incoming>, path: &ResourcePath, query: &Query, verb: &'static str) -> Result<Reply> {
+    if let Some(kind) = review::kind_of(path) {
+        return review::handle(req, path, kind, state.max_body_bytes).await.map(Reply::from);
+    }
     let resources = state.catalog.resources();
     let resource = find(&resources, path)?;
     let namespace = match (&path.namespace, resource.namespaced) {
@@ -159,7 +182,8 @@ async fn dispatch(state: &State, req: Request<Incoming>, path: &ResourcePath, qu
             let encoding = watch::Encoding { resource: resource.clone(), printer, output, include };
             let mut response = Response::new(watch::body(stream, encoding, timeout, state.metrics.clone()));
             response.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-            response.headers_mut().insert(http::header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+            // No Transfer-Encoding: HTTP/1.1 chunks a body of unknown length by itself, and the
+            // header is illegal in HTTP/2.
             Ok(response.into())
         }
         "LIST" => {
@@ -204,9 +228,10 @@ async fn dispatch(state: &State, req: Request<Incoming>, path: &ResourcePath, qu
             check("create")?;
             let (bytes, format) = read_body(state, req).await?;
             let (params, validation) = post_params(query)?;
-            let value = body::decode(&bytes, format)?;
-            let obj = object_for(&resource, value.clone(), namespace.as_deref(), None)?;
-            let warnings = check_fields(state, &resource, &resource.kind, &value, validation)?;
+            let body = strict::decode(&bytes, format)?;
+            let mut warnings = check_fields(state, &resource, &resource.kind, &body, validation)?;
+            warnings.extend(validation::finalizer_warnings(&body.value));
+            let obj = object_for(&resource, body.value, namespace.as_deref(), None)?;
             let created = state.client.create(target, &obj, &params).await?;
             Ok(Reply { response: body::respond(StatusCode::CREATED, &typed_value(&created, &resource), plain(output)), warnings })
         }
@@ -215,18 +240,22 @@ async fn dispatch(state: &State, req: Request<Incoming>, path: &ResourcePath, qu
             let name = path.name.as_deref().unwrap_or_default();
             let (bytes, format) = read_body(state, req).await?;
             let (params, validation) = post_params(query)?;
-            let value = body::decode(&bytes, format)?;
-            let obj = object_for(&resource, value.clone(), namespace.as_deref(), Some(name))?;
-            let warnings = check_fields(state, &resource, &resource.kind, &value, validation)?;
+            let body = strict::decode(&bytes, format)?;
+            let mut warnings = check_fields(state, &resource, &resource.kind, &body, validation)?;
+            warnings.extend(validation::finalizer_warnings(&body.value));
+            let obj = object_for(&resource, body.value, namespace.as_deref(), Some(name))?;
             let updated = state.client.update(target, &obj, &params).await?;
             Ok(Reply { response: body::respond(StatusCode::OK, &typed_value(&updated, &resource), plain(output)), warnings })
         }
         "PATCH" => {
             check("patch")?;
             let name = path.name.as_deref().unwrap_or_default().to_owned();
-            let (patch, params, warnings) = read_patch(state, req, &resource, &resource.kind, query).await?;
-            let patched = state.client.patch(target, &name, &patch, &params).await?;
-            Ok(Reply { response: body::respond(StatusCode::OK, &typed_value(&patched, &resource), plain(output)), warnings })
+            let (patch, params, mut warnings) = read_patch(state, req, &resource, &resource.kind, query).await?;
+            let patched = typed_value(&state.client.patch(target, &name, &patch, &params).await?, &resource);
+            if patch_sets_finalizers(&patch) {
+                warnings.extend(validation::finalizer_warnings(&patched));
+            }
+            Ok(Reply { response: body::respond(StatusCode::OK, &patched, plain(output)), warnings })
         }
         "DELETE" => {
             check("delete")?;
@@ -353,28 +382,30 @@ fn post_params(query: &Query) -> Result<(PostParams, Option<FieldValidation>)> {
     Ok((PostParams { dry_run: dry_run(query)?, field_manager: query.non_empty("fieldManager"), field_validation: validation }, validation))
 }
 
-/// Unknown fields of a body: Strict refuses them with 400, Warn (the default) returns them as warnings.
+/// Unknown and repeated fields of a body: Strict refuses them with 400, Warn (the default)
+/// returns them as warnings, Ignore lets them pass.
 fn check_fields(
     state: &State,
     resource: &ApiResource,
     kind: &str,
-    value: &Value,
+    body: &Decoded,
     validation: Option<FieldValidation>,
 ) -> Result<Vec<String>> {
     let validation = validation.unwrap_or_default();
     if validation == FieldValidation::Ignore {
         return Ok(Vec::new());
     }
-    let Some(doc) = state.openapi.group_version(state.catalog.as_ref(), &resource.group, &resource.version) else {
-        return Ok(Vec::new());
-    };
-    let root = if kind == "Scale" { Some("io.k8s.api.autoscaling.v1.Scale".to_owned()) } else { doc.roots.get(kind).cloned() };
-    let Some(root) = root else { return Ok(Vec::new()) };
-    let unknown = validation::unknown_fields(value, &root, &doc.schemas);
-    if unknown.is_empty() {
+    let mut messages: Vec<String> = body.duplicates.iter().map(|p| strict::duplicate_message(p)).collect();
+    if let Some(doc) = state.openapi.group_version(state.catalog.as_ref(), &resource.group, &resource.version) {
+        let root = if kind == "Scale" { Some("io.k8s.api.autoscaling.v1.Scale".to_owned()) } else { doc.roots.get(kind).cloned() };
+        if let Some(root) = root {
+            let unknown = validation::unknown_fields(&body.value, &root, &doc.schemas);
+            messages.extend(unknown.iter().map(|f| format!("unknown field \"{f}\"")));
+        }
+    }
+    if messages.is_empty() {
         return Ok(Vec::new());
     }
-    let messages: Vec<String> = unknown.iter().map(|f| format!("unknown field \"{f}\"")).collect();
     if validation == FieldValidation::Strict {
         return Err(Error::bad_request(format!(
             "{kind} in version \"{}\" cannot be handled as a {kind}: strict decoding error: {}",
@@ -407,7 +438,8 @@ async fn read_patch(
         _ => return Err(unsupported()),
     };
     let bytes = body::read_limited(req.into_body(), state.max_body_bytes).await?;
-    let value = body::decode(&bytes, if kind_of == 3 { Format::Yaml } else { Format::Json })?;
+    let body = strict::decode(&bytes, if kind_of == 3 { Format::Yaml } else { Format::Json })?;
+    let value = &body.value;
     let validation = field_validation(query)?;
     let force = match query.get("force") {
         None | Some("" | "false") => false,
@@ -427,10 +459,23 @@ async fn read_patch(
         2 => Patch::Strategic(value.clone()),
         _ => Patch::Apply(value.clone()),
     };
-    let warnings = if kind_of == 0 { Vec::new() } else { check_fields(state, resource, kind, &value, validation)? };
+    let warnings = if kind_of == 0 { Vec::new() } else { check_fields(state, resource, kind, &body, validation)? };
     let params =
         PatchParams { dry_run: dry_run(query)?, field_manager: query.non_empty("fieldManager"), force, field_validation: validation };
     Ok((patch, params, warnings))
+}
+
+/// Whether a patch writes `metadata.finalizers` (whose names then get checked).
+fn patch_sets_finalizers(patch: &Patch) -> bool {
+    match patch {
+        Patch::Json(ops) => ops.as_array().into_iter().flatten().any(|op| {
+            op.get("path").and_then(Value::as_str).is_some_and(|p| p.starts_with("/metadata/finalizers"))
+                && op.get("op").and_then(Value::as_str) != Some("remove")
+        }),
+        Patch::Merge(v) | Patch::Strategic(v) | Patch::Apply(v) => {
+            v.get("metadata").and_then(|m| m.get("finalizers")).and_then(Value::as_array).is_some_and(|f| !f.is_empty())
+        }
+    }
 }
 
 fn list_params(query: &Query) -> Result<ListParams> {
@@ -543,9 +588,9 @@ async fn subresource(
         Method::PUT => {
             let (bytes, format) = read_body(state, req).await?;
             let (params, validation) = post_params(query)?;
-            let value = body::decode(&bytes, format)?;
-            let warnings = check_fields(state, resource, &kind, &value, validation)?;
-            let mut obj = DynamicObject::from_value(value)?;
+            let body = strict::decode(&bytes, format)?;
+            let warnings = check_fields(state, resource, &kind, &body, validation)?;
+            let mut obj = DynamicObject::from_value(body.value)?;
             if let (Some(ns), true) = (namespace, obj.metadata.namespace.is_none()) {
                 obj.metadata.namespace = Some(ns.to_owned());
             }

@@ -16,7 +16,7 @@ use bosun_core::{Client, Error, Result};
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -274,10 +274,11 @@ async fn accept_loop(
                 let shared = shared.clone();
                 async move { Ok::<_, std::convert::Infallible>(handle(shared, req).await) }
             });
-            let builder = hyper::server::conn::http1::Builder::new();
             let result = match tls {
+                // Plain HTTP: HTTP/1.1, or HTTP/2 with prior knowledge (h2c), told apart by the preface.
                 None => {
-                    let conn = builder.serve_connection(TokioIo::new(stream), service).with_upgrades();
+                    let builder = auto_builder();
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
                     tokio::select! {
                         r = conn => r,
                         _ = stopped.wait_for(|s| *s) => Ok(()),
@@ -285,10 +286,22 @@ async fn accept_loop(
                 }
                 Some(acceptor) => match acceptor.accept(stream).await {
                     Ok(tls_stream) => {
-                        let conn = builder.serve_connection(TokioIo::new(tls_stream), service).with_upgrades();
-                        tokio::select! {
-                            r = conn => r,
-                            _ = stopped.wait_for(|s| *s) => Ok(()),
+                        // ALPN decides: `h2` gets HTTP/2; `http/1.1` or no ALPN (WebSocket and SPDY
+                        // dialers) gets HTTP/1.1 with upgrades.
+                        let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                        let io = TokioIo::new(tls_stream);
+                        if h2 {
+                            let conn = h2_builder().serve_connection(io, service);
+                            tokio::select! {
+                                r = conn => r.map_err(Into::into),
+                                _ = stopped.wait_for(|s| *s) => Ok(()),
+                            }
+                        } else {
+                            let conn = hyper::server::conn::http1::Builder::new().serve_connection(io, service).with_upgrades();
+                            tokio::select! {
+                                r = conn => r.map_err(Into::into),
+                                _ = stopped.wait_for(|s| *s) => Ok(()),
+                            }
                         }
                     }
                     Err(error) => {
@@ -304,11 +317,28 @@ async fn accept_loop(
     }
 }
 
+/// Concurrent streams per HTTP/2 connection (kube-apiserver's default for
+/// `--http2-max-streams-per-connection`): watches are long-lived streams.
+const H2_MAX_STREAMS: u32 = 1000;
+
+fn h2_builder() -> hyper::server::conn::http2::Builder<TokioExecutor> {
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    builder.max_concurrent_streams(H2_MAX_STREAMS);
+    builder
+}
+
+fn auto_builder() -> hyper_util::server::conn::auto::Builder<TokioExecutor> {
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder.http2().max_concurrent_streams(H2_MAX_STREAMS);
+    builder
+}
+
 async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     let started = Instant::now();
     let state = &shared.state;
     let span = info_span!("http.request", http.method = %req.method(), http.path = %req.uri().path());
     let mut served = Served { verb: "GET", resource: String::new() };
+    state.metrics.protocol(req.version());
     let route = router::route(req.uri().path());
     let response = async {
         match route {
@@ -330,7 +360,13 @@ fn json_or_406(req: &Request<Incoming>) -> Result<()> {
 
 async fn non_resource(shared: &Shared, req: Request<Incoming>, route: Route) -> Response<Body> {
     let state = &shared.state;
-    let resources = state.catalog.resources();
+    // Discovery also lists the access and identity reviews, which no catalog holds.
+    let resources: Vec<bosun_core::ApiResource> = match route {
+        Route::CoreVersions | Route::Groups | Route::Group(_) | Route::Resources { .. } => {
+            state.catalog.resources().iter().cloned().chain(super::review::resources()).collect()
+        }
+        _ => Vec::new(),
+    };
     let not_found = || body::status_response(&Error::not_found("", "", "").with_404_message());
     let aggregated = discovery::wants_aggregated(req.headers());
     let ok = |v: &serde_json::Value| body::respond(StatusCode::OK, v, body::Output::Json);

@@ -40,7 +40,9 @@ impl SelfSignedCert {
         Ok(Self { ca_pem: ca_cert.pem(), cert_pem: cert.pem(), cert_der: cert.der().to_vec(), key_der: key.serialize_der() })
     }
 
-    /// A rustls server configuration serving this certificate (HTTP/1.1 only).
+    /// A rustls server configuration serving this certificate, offering HTTP/2 and HTTP/1.1 by
+    /// ALPN (kube-apiserver's order: clients that speak HTTP/2 get it; WebSocket and SPDY
+    /// upgrades, which ask for `http/1.1` or nothing, get HTTP/1.1).
     pub(crate) fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, ServeError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let certs = vec![rustls::pki_types::CertificateDer::from(self.cert_der.clone())];
@@ -51,7 +53,7 @@ impl SelfSignedCert {
             .with_no_client_auth()
             .with_single_cert(certs, key)
             .map_err(|e| ServeError::Tls(e.to_string()))?;
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(Arc::new(config))
     }
 }
