@@ -25,7 +25,7 @@ impl CniConfig {
     fn network(&self) -> serde_json::Value {
         serde_json::json!({
             "cniVersion": "1.0.0",
-            "name": "bosun",
+            "name": NETWORK_NAME,
             "type": "bridge",
             "bridge": self.bridge,
             "isGateway": true,
@@ -104,5 +104,71 @@ pub async fn teardown(config: &CniConfig, container_id: &str, netns: &str) {
             tracing::warn!(%error, netns, "CNI DEL failed");
         }
         let _ = run(Command::new("ip").args(["netns", "delete", netns])).await;
+    }
+}
+
+/// The network name the `host-local` IPAM files are kept under (`<ipam_dir>/<name>/<ip>`).
+const NETWORK_NAME: &str = "bosun";
+
+/// The addresses `host-local` has reserved in this config's IPAM directory, with the container id
+/// (sandbox id) each one was reserved for.
+pub fn reservations(config: &CniConfig) -> Vec<(IpAddr, String)> {
+    let Ok(dir) = std::fs::read_dir(config.ipam_dir.join(NETWORK_NAME)) else { return Vec::new() };
+    dir.flatten()
+        .filter_map(|e| {
+            let ip = e.file_name().to_str()?.parse::<IpAddr>().ok()?;
+            // host-local writes "<container id>\r\n<ifname>" (older versions: the id alone).
+            let content = std::fs::read_to_string(e.path()).ok()?;
+            let id = content.lines().next()?.trim().to_string();
+            Some((ip, id))
+        })
+        .collect()
+}
+
+/// The named network namespaces on this machine.
+pub fn namespaces() -> Vec<String> {
+    std::fs::read_dir("/var/run/netns")
+        .map(|d| d.flatten().filter_map(|e| e.file_name().to_str().map(str::to_string)).collect())
+        .unwrap_or_default()
+}
+
+/// The processes inside a named network namespace.
+pub async fn namespace_pids(netns: &str) -> Vec<i32> {
+    run(Command::new("ip").args(["netns", "pids", netns]))
+        .await
+        .map(|out| out.split_whitespace().filter_map(|p| p.parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+/// Whether a namespace's `eth0` is the far end of a veth whose near end is a port of `bridge`.
+pub async fn attached_to(netns: &str, bridge: &str) -> bool {
+    let Ok(out) = run(Command::new("ip").args(["-n", netns, "-j", "link", "show", "eth0"])).await else { return false };
+    let Some(peer) =
+        serde_json::from_str::<serde_json::Value>(&out).ok().and_then(|v| v.pointer("/0/link_index").and_then(serde_json::Value::as_u64))
+    else {
+        return false;
+    };
+    let Ok(ports) = std::fs::read_dir(Path::new("/sys/class/net").join(bridge).join("brif")) else { return false };
+    ports.flatten().any(|p| {
+        std::fs::read_to_string(Path::new("/sys/class/net").join(p.file_name()).join("ifindex"))
+            .is_ok_and(|i| i.trim().parse::<u64>().ok() == Some(peer))
+    })
+}
+
+/// Frees what a sandbox held on the network even when its namespace is gone: CNI DEL (which
+/// releases the IPAM reservation and the veth), then the namespace itself. Processes still in
+/// the namespace keep it and its veth alive, so callers kill them first.
+pub async fn release(config: &CniConfig, container_id: &str, netns: &str) {
+    if let Err(error) = plugin(config, "DEL", container_id, netns).await {
+        tracing::warn!(%error, netns, "CNI DEL failed");
+    }
+    if netns_path(netns).exists() {
+        let _ = run(Command::new("ip").args(["netns", "delete", netns])).await;
+    }
+    // A reservation the plugin could not release (its network config changed) goes by hand.
+    for (ip, id) in reservations(config) {
+        if id == container_id {
+            let _ = std::fs::remove_file(config.ipam_dir.join(NETWORK_NAME).join(ip.to_string()));
+        }
     }
 }

@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use futures::stream::BoxStream;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -90,6 +90,10 @@ struct State {
     sandboxes: HashMap<SandboxId, SandboxRecord>,
     containers: HashMap<ContainerId, Container>,
     seq: u64,
+    /// Sandboxes and containers being made: their directories exist before their records do.
+    pending: HashSet<String>,
+    /// Whether leftovers were swept (once per instance, at the first `recover`).
+    swept: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -219,6 +223,108 @@ impl RuncRuntime {
         self.emit(EventKind::Exited, &sandbox, id);
     }
 
+    /// The body of `run_sandbox`: directory, network namespace, hosts file, record.
+    async fn make_sandbox(&self, id: &SandboxId, config: &SandboxConfig) -> Result<()> {
+        let dir = self.inner.root.join("sandboxes").join(&id.0);
+        std::fs::create_dir_all(&dir).map_err(|e| RuntimeError::io("create sandbox dir", e))?;
+        let (ip, netns) = if config.host_network {
+            (None, None)
+        } else {
+            let netns = format!("bosun-{}", id.0);
+            let ip = cni::setup(&self.inner.cni, &id.0, &netns).await?;
+            (Some(ip), Some(netns))
+        };
+        let hosts = format!(
+            "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{}\t{}\n",
+            ip.map_or_else(|| "127.0.1.1".to_string(), |i| i.to_string()),
+            config.hostname
+        );
+        if let Err(e) = std::fs::write(dir.join("hosts"), hosts) {
+            if let Some(ns) = &netns {
+                cni::teardown(&self.inner.cni, &id.0, ns).await;
+            }
+            return Err(RuntimeError::io("write hosts", e));
+        }
+        let status = SandboxStatus { id: id.clone(), config: config.clone(), state: SandboxState::Ready, ip, created_at: Timestamp::now() };
+        let record = SandboxRecord { status, netns };
+        Self::persist(&self.sandbox_file(id), &record);
+        self.state().sandboxes.insert(id.clone(), record);
+        Ok(())
+    }
+
+    /// Frees what an earlier instance left without a record (it was killed between making a thing
+    /// and persisting it, or its records were removed): runc state, overlay mounts and bundles of
+    /// unknown containers; network namespaces and `host-local` reservations of unknown sandboxes
+    /// (through CNI DEL, so the veth goes too); and pods that a runtime over another state
+    /// directory left on this runtime's bridge, whose addresses a new sandbox would otherwise
+    /// collide with. Runs once per instance, at the first [`ContainerRuntime::recover`].
+    async fn sweep(&self) {
+        let (sandboxes, containers, pending) = {
+            let mut state = self.state();
+            if std::mem::replace(&mut state.swept, true) {
+                return;
+            }
+            let sandboxes: HashMap<String, Option<String>> = state.sandboxes.iter().map(|(k, v)| (k.0.clone(), v.netns.clone())).collect();
+            let containers: HashSet<String> = state.containers.keys().map(|k| k.0.clone()).collect();
+            (sandboxes, containers, state.pending.clone())
+        };
+        let subdirs = |sub: &str| -> Vec<String> {
+            std::fs::read_dir(self.inner.root.join(sub))
+                .map(|d| d.flatten().filter(|e| e.path().is_dir()).filter_map(|e| e.file_name().to_str().map(str::to_string)).collect())
+                .unwrap_or_default()
+        };
+        let unknown_containers: BTreeSet<String> =
+            subdirs("runc").into_iter().chain(subdirs("bundles")).filter(|id| !containers.contains(id) && !pending.contains(id)).collect();
+        for id in unknown_containers {
+            tracing::info!(container.id = %id, "removing a container left without a record");
+            let _ = run(self.runc().args(["delete", "--force", &id])).await;
+            let bundle = self.inner.root.join("bundles").join(&id);
+            unmount_if_mounted(&bundle.join("rootfs")).await;
+            let _ = std::fs::remove_dir_all(&bundle);
+        }
+        let mut unknown_sandboxes: BTreeSet<String> =
+            subdirs("sandboxes").into_iter().filter(|id| !sandboxes.contains_key(id) && !pending.contains(id)).collect();
+        for (_, id) in cni::reservations(&self.inner.cni) {
+            // A reservation is live while its sandbox's record still names its namespace.
+            if !sandboxes.get(&id).is_some_and(Option::is_some) && !pending.contains(&id) {
+                unknown_sandboxes.insert(id);
+            }
+        }
+        for id in &unknown_sandboxes {
+            tracing::info!(sandbox.id = %id, "releasing the network of a sandbox left without a record");
+            let netns = format!("bosun-{id}");
+            evict_namespace(&netns).await;
+            cni::release(&self.inner.cni, id, &netns).await;
+            if !sandboxes.contains_key(id) {
+                let _ = std::fs::remove_dir_all(self.inner.root.join("sandboxes").join(id));
+            }
+        }
+        let ours: HashSet<String> = sandboxes.values().flatten().cloned().collect();
+        for netns in cni::namespaces() {
+            let Some(id) = netns.strip_prefix("bosun-").filter(|id| id.starts_with("rsb-")) else { continue };
+            if ours.contains(&netns) || pending.contains(id) || unknown_sandboxes.contains(id) {
+                continue;
+            }
+            if !cni::attached_to(&netns, &self.inner.cni.bridge).await {
+                continue;
+            }
+            tracing::info!(netns, bridge = %self.inner.cni.bridge, "removing a pod network another runtime left on this bridge");
+            let owners = evict_namespace(&netns).await;
+            // Its runtime's IPAM directory sits beside the `runc --root` directory, if it still exists.
+            let mut foreign = self.inner.cni.clone();
+            if let Some(ipam) = owners.iter().find_map(|o| o.runc_root.parent().map(|r| r.join("ipam"))).filter(|p| p.is_dir()) {
+                foreign.ipam_dir = ipam;
+            }
+            cni::release(&foreign, id, &netns).await;
+            for owner in owners {
+                let mut delete = Command::new(&self.inner.runc);
+                delete.arg("--root").arg(&owner.runc_root).args(["delete", "--force", &owner.container_id]);
+                let _ = run(&mut delete).await;
+                unmount_if_mounted(&owner.bundle.join("rootfs")).await;
+            }
+        }
+    }
+
     fn spec(&self, id: &ContainerId, config: &ContainerConfig, sandbox: &SandboxRecord, rootfs: &Path, hosts: &Path) -> serde_json::Value {
         let read_only = config.read_only_rootfs;
         let mut argv = config.argv();
@@ -344,28 +450,13 @@ impl ContainerRuntime for RuncRuntime {
         let id = {
             let mut state = self.state();
             state.seq += 1;
-            SandboxId(format!("rsb-{}-{}", short(&config.uid), state.seq))
+            let id = SandboxId(format!("rsb-{}-{}", short(&config.uid), state.seq));
+            state.pending.insert(id.0.clone());
+            id
         };
-        let dir = self.inner.root.join("sandboxes").join(&id.0);
-        std::fs::create_dir_all(&dir).map_err(|e| RuntimeError::io("create sandbox dir", e))?;
-        let (ip, netns) = if config.host_network {
-            (None, None)
-        } else {
-            let netns = format!("bosun-{}", id.0);
-            let ip = cni::setup(&self.inner.cni, &id.0, &netns).await?;
-            (Some(ip), Some(netns))
-        };
-        let hosts = format!(
-            "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{}\t{}\n",
-            ip.map_or_else(|| "127.0.1.1".to_string(), |i| i.to_string()),
-            config.hostname
-        );
-        std::fs::write(dir.join("hosts"), hosts).map_err(|e| RuntimeError::io("write hosts", e))?;
-        let status = SandboxStatus { id: id.clone(), config: config.clone(), state: SandboxState::Ready, ip, created_at: Timestamp::now() };
-        let record = SandboxRecord { status, netns };
-        Self::persist(&self.sandbox_file(&id), &record);
-        self.state().sandboxes.insert(id.clone(), record);
-        Ok(id)
+        let made = self.make_sandbox(&id, config).await;
+        self.state().pending.remove(&id.0);
+        made.map(|()| id)
     }
 
     async fn stop_sandbox(&self, id: &SandboxId) -> Result<()> {
@@ -422,6 +513,7 @@ impl ContainerRuntime for RuncRuntime {
             }
             state.seq += 1;
             let id = ContainerId(format!("rc-{}-{}-{}-{}", short(&sb.status.config.uid), config.name, config.attempt, state.seq));
+            state.pending.insert(id.0.clone());
             (sb, id)
         };
         let image_root = config.image.rootfs.clone().ok_or_else(|| {
@@ -484,7 +576,11 @@ impl ContainerRuntime for RuncRuntime {
         let record = ContainerRecord { status, config: config.clone(), bundle, overlay, pid: None };
         Self::persist(&self.container_file(&id), &record);
         let (exited, _) = watch::channel(false);
-        self.state().containers.insert(id.clone(), Container { record, exited, killing: false });
+        {
+            let mut state = self.state();
+            state.pending.remove(&id.0);
+            state.containers.insert(id.clone(), Container { record, exited, killing: false });
+        }
         self.emit(EventKind::Created, sandbox, &id);
         Ok(id)
     }
@@ -757,6 +853,62 @@ impl ContainerRuntime for RuncRuntime {
             }
             found.push(record.status);
         }
+        self.sweep().await;
         Ok(found)
+    }
+}
+
+/// The `runc run` that started a container found in a leftover namespace.
+#[derive(Debug)]
+struct RuncOwner {
+    runc_root: PathBuf,
+    bundle: PathBuf,
+    container_id: String,
+}
+
+/// Reads `runc --root R run --bundle B --pid-file P ID` from a process's command line.
+fn runc_owner(pid: i32) -> Option<RuncOwner> {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let args: Vec<String> = cmdline.split(|b| *b == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+    let run = args.iter().position(|a| a == "run")?;
+    let after = |flag: &str| args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).map(PathBuf::from);
+    Some(RuncOwner { runc_root: after("--root")?, bundle: after("--bundle")?, container_id: args.get(run + 1..)?.last()?.clone() })
+}
+
+/// Kills every process in a network namespace (a container keeps its namespace and veth alive)
+/// and waits a little for them to go; returns the `runc run` parents it found.
+async fn evict_namespace(netns: &str) -> Vec<RuncOwner> {
+    if !cni::netns_path(netns).exists() {
+        return Vec::new();
+    }
+    let pids = cni::namespace_pids(netns).await;
+    let mut owners = Vec::new();
+    for &pid in &pids {
+        let parent = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| s.get(s.rfind(')')? + 2..).and_then(|rest| rest.split(' ').nth(1)).and_then(|p| p.parse::<i32>().ok()));
+        if let Some(owner) = parent.and_then(runc_owner) {
+            owners.push(owner);
+        }
+        if let Some(p) = rustix::process::Pid::from_raw(pid) {
+            let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+        }
+    }
+    for _ in 0..100 {
+        if !pids.iter().any(|p| sys::alive(*p)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    owners
+}
+
+/// Unmounts a path if something is mounted there (per `/proc/self/mountinfo`).
+async fn unmount_if_mounted(path: &Path) {
+    let target = path.to_string_lossy().into_owned();
+    let mounted = std::fs::read_to_string("/proc/self/mountinfo")
+        .is_ok_and(|m| m.lines().any(|l| l.split(' ').nth(4).is_some_and(|mp| mp == target)));
+    if mounted {
+        let _ = run(Command::new("umount").arg("-l").arg(path)).await;
     }
 }

@@ -229,3 +229,109 @@ async fn the_node_agent_runs_a_pod_on_runc() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// The processes in a named network namespace.
+fn netns_pids(netns: &str) -> Vec<i32> {
+    let out = std::process::Command::new("ip").args(["netns", "pids", netns]).output().expect("ip netns pids");
+    String::from_utf8_lossy(&out.stdout).split_whitespace().filter_map(|p| p.parse().ok()).collect()
+}
+
+fn mounted_under(dir: &std::path::Path) -> Vec<String> {
+    let prefix = dir.to_string_lossy().into_owned();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .expect("mountinfo")
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
+        .filter(|mp| mp.starts_with(&prefix))
+        .collect()
+}
+
+/// A sandbox with a running container; returns the sandbox, its network namespace and its IP.
+async fn running_pod(rt: &RuncRuntime, image: &ImageRef, logs: &std::path::Path) -> (bosun_runtime::SandboxId, String, std::net::IpAddr) {
+    let sb = rt.run_sandbox(&sandbox("left", logs)).await.expect("sandbox");
+    let ip = rt.sandbox_status(&sb).await.expect("status").ip.expect("pod ip");
+    let c = rt.create_container(&sb, &sh("app", image, "exec sleep 1000")).await.expect("create");
+    rt.start_container(&c).await.expect("start");
+    wait_running(rt, &c).await;
+    let netns = format!("bosun-{}", sb.0);
+    assert!(!netns_pids(&netns).is_empty(), "the container runs in {netns}");
+    (sb, netns, ip)
+}
+
+/// What a killed runtime leaves (a network namespace with a live container and its veth on the
+/// bridge, an IPAM reservation, an overlay mount) is swept by the next runtime's `recover`: one
+/// over the same state directory when the records were never written, and one over another
+/// state directory on the same bridge; the next sandbox then gets the freed address and works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_runtime_sweeps_what_a_killed_one_left() {
+    if !available("a_new_runtime_sweeps_what_a_killed_one_left") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_images, image) = busybox(dir.path()).await;
+    let logs = dir.path().join("pods");
+    let (bridge, subnet) = ("bosuntst4", "10.89.4.0/24");
+    let state_a = dir.path().join("state-a");
+    let open = |state: &std::path::Path| RuncRuntime::builder(state).bridge(bridge).subnet(subnet).build().expect("runc runtime");
+    let reservations = |state: &std::path::Path| {
+        std::fs::read_dir(state.join("ipam/bosun"))
+            .map(|d| d.flatten().filter(|e| e.file_name().to_string_lossy().starts_with("10.")).count())
+            .unwrap_or(0)
+    };
+
+    // 1. Killed before its records were written: the same state directory, nothing to adopt.
+    let first = open(&state_a);
+    first.recover().await.expect("recover an empty state");
+    let (_, netns, _) = running_pod(&first, &image, &logs).await;
+    let pids = netns_pids(&netns);
+    drop(first);
+    for sub in ["sandboxes", "containers"] {
+        for e in std::fs::read_dir(state_a.join(sub)).expect("state dir").flatten() {
+            if e.path().extension().is_some_and(|x| x == "json") {
+                std::fs::remove_file(e.path()).expect("drop record");
+            }
+        }
+    }
+    assert_eq!(reservations(&state_a), 1);
+    assert!(!mounted_under(&state_a.join("bundles")).is_empty(), "the overlay is still mounted");
+    let second = open(&state_a);
+    second.recover().await.expect("recover");
+    assert!(!cni_netns_exists(&netns), "{netns} is gone");
+    assert!(pids.iter().all(|p| !std::path::Path::new(&format!("/proc/{p}")).exists()), "the old container is dead");
+    assert_eq!(reservations(&state_a), 0, "the IPAM reservation is released");
+    assert!(mounted_under(&state_a.join("bundles")).is_empty(), "the overlay is unmounted");
+    assert_eq!(std::fs::read_dir(state_a.join("bundles")).expect("bundles").count(), 0, "no bundle left");
+
+    let (sb, _, _) = running_pod(&second, &image, &logs).await;
+    second.remove_sandbox(&sb).await.expect("remove");
+
+    // 2. Killed with its records intact, and the next runtime has another state directory on
+    // the same bridge (a new data directory): the old pod still holds its address there.
+    let state_c = dir.path().join("state-c");
+    let other = open(&state_c);
+    let (_, netns2, ip2) = running_pod(&other, &image, &logs).await;
+    let pids2 = netns_pids(&netns2);
+    drop(other);
+    let state_b = dir.path().join("state-b");
+    let third = open(&state_b);
+    third.recover().await.expect("recover");
+    assert!(!cni_netns_exists(&netns2), "{netns2} on {bridge} is gone");
+    assert!(pids2.iter().all(|p| !std::path::Path::new(&format!("/proc/{p}")).exists()), "the old container is dead");
+    assert_eq!(reservations(&state_c), 0, "the other runtime's reservation is released");
+    assert!(mounted_under(&state_c.join("bundles")).is_empty(), "the other runtime's overlay is unmounted");
+
+    // The new runtime's first sandbox gets the same first address, without a collision.
+    let sb = third.run_sandbox(&sandbox("fresh", &logs)).await.expect("sandbox");
+    assert_eq!(third.sandbox_status(&sb).await.expect("status").ip, Some(ip2), "the old pod's address, now free");
+    let c = third.create_container(&sb, &sh("app", &image, "exec sleep 1000")).await.expect("create");
+    third.start_container(&c).await.expect("start");
+    wait_running(&third, &c).await;
+    let gateway = "10.89.4.1";
+    let r = third.exec_sync(&c, &["ping".into(), "-c1".into(), "-W2".into(), gateway.into()], Duration::from_secs(5)).await.expect("exec");
+    assert_eq!(r.exit_code, 0, "the new pod reaches the bridge: {}", String::from_utf8_lossy(&r.stdout));
+    third.remove_sandbox(&sb).await.expect("remove");
+}
+
+fn cni_netns_exists(name: &str) -> bool {
+    std::path::Path::new("/var/run/netns").join(name).exists()
+}
