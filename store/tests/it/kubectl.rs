@@ -15,7 +15,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 const KUBECTL: &str = "/usr/bin/kubectl";
 
 /// Whether kubectl is here; without it a test skips loudly, or fails when CI requires components.
-fn have_kubectl() -> bool {
+pub(crate) fn have_kubectl() -> bool {
     if Path::new(KUBECTL).exists() {
         return true;
     }
@@ -25,39 +25,39 @@ fn have_kubectl() -> bool {
 }
 
 /// kubectl with its own kubeconfig and discovery cache in a temp dir.
-struct Kubectl {
+pub(crate) struct Kubectl {
     dir: tempfile::TempDir,
     kubeconfig: PathBuf,
 }
 
-struct Out {
-    ok: bool,
-    stdout: String,
-    stderr: String,
+pub(crate) struct Out {
+    pub(crate) ok: bool,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
 }
 
 impl Kubectl {
-    fn new(server: &Server) -> Result<Self, Box<dyn std::error::Error>> {
+    pub(crate) fn new(server: &Server) -> Result<Self, Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         let kubeconfig = dir.path().join("kubeconfig");
         server.write_kubeconfig(&kubeconfig)?;
         Ok(Self { dir, kubeconfig })
     }
 
-    fn file(&self, name: &str, text: &str) -> Result<String, Box<dyn std::error::Error>> {
+    pub(crate) fn file(&self, name: &str, text: &str) -> Result<String, Box<dyn std::error::Error>> {
         let path = self.dir.path().join(name);
         std::fs::write(&path, text)?;
         Ok(path.to_string_lossy().into_owned())
     }
 
-    fn command(&self, args: &[&str]) -> tokio::process::Command {
+    pub(crate) fn command(&self, args: &[&str]) -> tokio::process::Command {
         let mut cmd = tokio::process::Command::new(KUBECTL);
         cmd.arg("--kubeconfig").arg(&self.kubeconfig).arg("--cache-dir").arg(self.dir.path().join("cache")).args(args);
         cmd.env_remove("KUBECONFIG").env("HOME", self.dir.path()).kill_on_drop(true);
         cmd
     }
 
-    async fn run(&self, args: &[&str]) -> Result<Out, Box<dyn std::error::Error>> {
+    pub(crate) async fn run(&self, args: &[&str]) -> Result<Out, Box<dyn std::error::Error>> {
         let out = tokio::time::timeout(Duration::from_secs(60), self.command(args).output()).await??;
         Ok(Out {
             ok: out.status.success(),
@@ -67,14 +67,14 @@ impl Kubectl {
     }
 
     /// Runs and requires success; returns stdout.
-    async fn ok(&self, args: &[&str]) -> Result<String, Box<dyn std::error::Error>> {
+    pub(crate) async fn ok(&self, args: &[&str]) -> Result<String, Box<dyn std::error::Error>> {
         let out = self.run(args).await?;
         assert!(out.ok, "kubectl {args:?} failed:\nstdout: {}\nstderr: {}", out.stdout, out.stderr);
         Ok(out.stdout)
     }
 
     /// Runs and requires failure; returns stderr.
-    async fn fails(&self, args: &[&str]) -> Result<String, Box<dyn std::error::Error>> {
+    pub(crate) async fn fails(&self, args: &[&str]) -> Result<String, Box<dyn std::error::Error>> {
         let out = self.run(args).await?;
         assert!(!out.ok, "kubectl {args:?} should have failed:\nstdout: {}", out.stdout);
         Ok(out.stderr)
