@@ -4,6 +4,7 @@
 //! answers; dropping the [`Cluster`] (or [`Cluster::shutdown`]) stops it. The `bosun-cluster`
 //! binary is a thin command line over this.
 
+use crate::node_endpoint::{Credentials, LocalNodeSet, NodeEndpoint, NodeRouter};
 use async_trait::async_trait;
 use bosun_controllers::builtin::nodelifecycle::NodeLifecycleConfig;
 use bosun_controllers::builtin::persistentvolume::LocalPathConfig;
@@ -117,6 +118,10 @@ pub struct ClusterConfig {
     /// How long a node may go without renewing its Lease before it is marked unreachable
     /// (default 50 s); its pods are evicted when their unreachable toleration runs out.
     pub node_grace_period: Option<Duration>,
+    /// Where this process's node endpoint (kubelet's :10250: logs, exec, attach and usage for the
+    /// API server) listens (default: 127.0.0.1:10250, or an ephemeral loopback port when that is
+    /// taken); its IP is published as the nodes' InternalIP.
+    pub node_listen: Option<SocketAddr>,
 }
 
 impl Default for ClusterConfig {
@@ -139,6 +144,7 @@ impl Default for ClusterConfig {
             leader_election: None,
             identity: None,
             node_grace_period: None,
+            node_listen: None,
         }
     }
 }
@@ -185,6 +191,12 @@ impl NodeConnector for LocalNodes {
         };
         let process = self.start_exec(&request, size).await;
         channel::run_exec(session, &request, process).await.map_err(internal)
+    }
+}
+
+impl LocalNodeSet for LocalNodes {
+    fn serves(&self, node: &str) -> bool {
+        self.nodes.read().unwrap_or_else(std::sync::PoisonError::into_inner).contains_key(node)
     }
 }
 
@@ -272,6 +284,7 @@ pub struct Cluster {
     dns: Option<bosun_netproxy::DnsServer>,
     ingress_addr: Option<SocketAddr>,
     _ingress: Option<bosun_netproxy::ingress::IngressServer>,
+    node_endpoint: Option<NodeEndpoint>,
 }
 
 type StartError = Box<dyn std::error::Error + Send + Sync>;
@@ -301,13 +314,14 @@ impl Cluster {
             dns: None,
             ingress_addr: None,
             _ingress: None,
+            node_endpoint: None,
         };
         let informers = Informers::new(cluster.client.clone());
         if config.role != Role::Node {
             cluster.start_scheduler_and_controllers(&config, &informers).await?;
         }
         if config.role != Role::ControlPlane {
-            cluster.start_nodes(&config, connector.as_deref()).await?;
+            cluster.start_nodes(&config, connector).await?;
             cluster.start_networking(&config, &informers).await?;
         }
         Ok(cluster)
@@ -366,8 +380,22 @@ impl Cluster {
         Ok(())
     }
 
-    /// This process's node agents on the configured runtime.
-    async fn start_nodes(&mut self, config: &ClusterConfig, connector: Option<&LocalNodes>) -> std::result::Result<(), StartError> {
+    /// This process's node agents on the configured runtime, and the node endpoint serving them.
+    async fn start_nodes(&mut self, config: &ClusterConfig, connector: Option<Arc<LocalNodes>>) -> std::result::Result<(), StartError> {
+        if config.nodes == 0 {
+            return Ok(());
+        }
+        let local = connector.unwrap_or_else(|| {
+            Arc::new(LocalNodes {
+                client: self.client.clone(),
+                nodes: RwLock::default(),
+                script_tty: config.runtime == RuntimeChoice::Process,
+            })
+        });
+        let credentials = Credentials::load_or_create(&self.client).await?;
+        let endpoint = NodeEndpoint::start(config.node_listen, local.clone(), credentials).await?;
+        let (node_ip, node_port) = (endpoint.node_ip().to_string(), endpoint.addr().port());
+        self.node_endpoint = Some(endpoint);
         let images: Arc<dyn ImageStore> = match config.runtime {
             RuntimeChoice::Process | RuntimeChoice::Fake => Arc::new(HostImages),
             RuntimeChoice::Runc => Arc::new(runc_images(&config.data_dir.join("images")).await?),
@@ -389,11 +417,11 @@ impl Cluster {
                 ),
                 RuntimeChoice::Fake => Arc::new(FakeRuntime::new()),
             };
-            let agent_config = NodeAgentConfig::new(name.clone(), root).lease_renew_interval(config.lease_renew);
+            let mut agent_config =
+                NodeAgentConfig::new(name.clone(), root).lease_renew_interval(config.lease_renew).node_ip(node_ip.clone());
+            agent_config.port = node_port;
             let handle = NodeAgent::with_runtime(self.client.clone(), runtime, images.clone(), agent_config).start().await?;
-            if let Some(connector) = connector {
-                connector.nodes.write().unwrap_or_else(std::sync::PoisonError::into_inner).insert(name.clone(), handle.clone());
-            }
+            local.nodes.write().unwrap_or_else(std::sync::PoisonError::into_inner).insert(name.clone(), handle.clone());
             tracing::info!(node.name = %name, runtime = ?config.runtime, "node agent started");
             self.nodes.push(handle);
         }
@@ -460,6 +488,11 @@ impl Cluster {
         &self.nodes
     }
 
+    /// Where this process's node endpoint listens (none without node agents).
+    pub fn node_endpoint_addr(&self) -> Option<SocketAddr> {
+        self.node_endpoint.as_ref().map(NodeEndpoint::addr)
+    }
+
     /// Stops every component and releases the store; running containers are left for the next
     /// start on the same data directory to re-adopt.
     pub async fn shutdown(mut self) {
@@ -480,6 +513,9 @@ impl Cluster {
         }
         if let Some(server) = self.server.take() {
             server.shutdown().await;
+        }
+        if let Some(endpoint) = self.node_endpoint.take() {
+            endpoint.shutdown().await;
         }
         // Dropping the scheduler and the last handles on the API server closes the store.
         drop(self);
@@ -537,9 +573,9 @@ impl bosun_store::api::metrics::MetricsSource for LocalNodes {
 }
 
 /// The metrics source handed to the API server before the node connection (which needs the
-/// server's client) exists; it reads [`LocalNodes`] once that is set.
+/// server's client) exists; it reads the [`NodeRouter`] (local and remote nodes) once that is set.
 #[derive(Default)]
-struct LateMetrics(std::sync::OnceLock<std::sync::Weak<LocalNodes>>);
+struct LateMetrics(std::sync::OnceLock<std::sync::Weak<NodeRouter>>);
 
 #[async_trait]
 impl bosun_store::api::metrics::MetricsSource for LateMetrics {
@@ -576,10 +612,12 @@ async fn start_api_server(
     let client: Arc<dyn Client> = api.clone();
     let connector =
         Arc::new(LocalNodes { client: client.clone(), nodes: RwLock::default(), script_tty: config.runtime == RuntimeChoice::Process });
-    let _ = metrics.0.set(Arc::downgrade(&connector));
+    // Pods on nodes of other processes are reached through their node endpoints.
+    let router = Arc::new(NodeRouter::new(client.clone(), connector.clone()));
+    let _ = metrics.0.set(Arc::downgrade(&router));
 
     // HTTPS on the configured address; plain HTTP on an ephemeral loopback port for local tools.
-    let http = HttpConfig::for_api_server(&api).https(config.listen).nodes(connector.clone());
+    let http = HttpConfig::for_api_server(&api).https(config.listen).nodes(router);
     let server = bosun_store::http::serve(client, http).await?;
     server.write_kubeconfig(&config.kubeconfig)?;
     tracing::info!(url = %server.https_url().unwrap_or_default(), "api server listening");

@@ -58,6 +58,11 @@ struct Args {
     /// The ingress HTTP address.
     #[arg(long, default_value = "127.0.0.1:8080")]
     ingress: SocketAddr,
+    /// The node endpoint's HTTPS address (logs, exec, attach and usage of this process's pods for
+    /// the API server; its IP becomes the nodes' InternalIP). Default: 127.0.0.1:10250, or an
+    /// ephemeral loopback port when 10250 is taken.
+    #[arg(long)]
+    node_listen: Option<SocketAddr>,
 }
 
 #[tokio::main]
@@ -115,6 +120,7 @@ async fn main() -> std::process::ExitCode {
         server: args.server.clone(),
         node_prefix: args.node_prefix.clone(),
         leader_election: args.leader_elect,
+        node_listen: args.node_listen,
         ..ClusterConfig::default()
     };
     tracing::info!("starting bosun-cluster");

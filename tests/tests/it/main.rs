@@ -4,6 +4,7 @@ mod exec;
 mod healing;
 mod kubectl;
 mod quickstart;
+mod remote_node;
 mod roles;
 mod runc_nftables;
 mod statefulset;
