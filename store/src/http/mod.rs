@@ -35,6 +35,7 @@ mod strict;
 mod table;
 mod tls;
 mod validation;
+mod warnings;
 mod watch;
 
 pub use catalog::{FnCatalog, ResourceCatalog, StaticCatalog};

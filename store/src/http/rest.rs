@@ -10,7 +10,7 @@ use super::openapi::{self, OpenApi};
 use super::router::{Query, ResourcePath};
 use super::strict::{self, Decoded};
 use super::table::{self, Include};
-use super::{review, validation, watch};
+use super::{review, validation, warnings, watch};
 use bosun_core::{
     ApiResource, Client, DeleteParams, Deleted, DynamicObject, Error, FieldValidation, ListParams, LogParams, Patch, PatchParams,
     PostParams, Preconditions, PropagationPolicy, Result, Target, TypeMeta, VersionMatch, WatchParams,
@@ -230,7 +230,8 @@ async fn dispatch(state: &State, req: Request<Incoming>, path: &ResourcePath, qu
             let (params, validation) = post_params(query)?;
             let body = strict::decode(&bytes, format)?;
             let mut warnings = check_fields(state, &resource, &resource.kind, &body, validation)?;
-            warnings.extend(validation::finalizer_warnings(&body.value));
+            warnings.extend(warnings::finalizers(&body.value));
+            warnings.extend(warnings::pod(&resource.group, &resource.kind, &body.value));
             let obj = object_for(&resource, body.value, namespace.as_deref(), None)?;
             let created = state.client.create(target, &obj, &params).await?;
             Ok(Reply { response: body::respond(StatusCode::CREATED, &typed_value(&created, &resource), plain(output)), warnings })
@@ -242,7 +243,8 @@ async fn dispatch(state: &State, req: Request<Incoming>, path: &ResourcePath, qu
             let (params, validation) = post_params(query)?;
             let body = strict::decode(&bytes, format)?;
             let mut warnings = check_fields(state, &resource, &resource.kind, &body, validation)?;
-            warnings.extend(validation::finalizer_warnings(&body.value));
+            warnings.extend(warnings::finalizers(&body.value));
+            warnings.extend(warnings::pod(&resource.group, &resource.kind, &body.value));
             let obj = object_for(&resource, body.value, namespace.as_deref(), Some(name))?;
             let updated = state.client.update(target, &obj, &params).await?;
             Ok(Reply { response: body::respond(StatusCode::OK, &typed_value(&updated, &resource), plain(output)), warnings })
@@ -253,7 +255,11 @@ async fn dispatch(state: &State, req: Request<Incoming>, path: &ResourcePath, qu
             let (patch, params, mut warnings) = read_patch(state, req, &resource, &resource.kind, query).await?;
             let patched = typed_value(&state.client.patch(target, &name, &patch, &params).await?, &resource);
             if patch_sets_finalizers(&patch) {
-                warnings.extend(validation::finalizer_warnings(&patched));
+                warnings.extend(warnings::finalizers(&patched));
+            }
+            let (Patch::Json(body) | Patch::Merge(body) | Patch::Strategic(body) | Patch::Apply(body)) = &patch;
+            if warnings::patch_touches_pod(&resource.group, &resource.kind, body) {
+                warnings.extend(warnings::pod(&resource.group, &resource.kind, &patched));
             }
             Ok(Reply { response: body::respond(StatusCode::OK, &patched, plain(output)), warnings })
         }

@@ -71,27 +71,6 @@ fn walk(value: &Value, schema: &Value, defs: &Map<String, Value>, path: String, 
     }
 }
 
-/// Finalizers kube-apiserver knows without a domain.
-const STANDARD_FINALIZERS: &[&str] = &["orphan", "foregroundDeletion", "kubernetes"];
-
-/// Warnings for finalizer names without a domain and path (`example.com/cleanup`), which
-/// kube-apiserver sends on writes, since two writers may pick the same bare name.
-pub(crate) fn finalizer_warnings(object: &Value) -> Vec<String> {
-    let finalizers = object.get("metadata").and_then(|m| m.get("finalizers")).and_then(Value::as_array);
-    finalizers
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
-        .filter(|f| !f.contains('/') && !STANDARD_FINALIZERS.contains(f))
-        .map(|f| {
-            format!(
-                "metadata.finalizers: {}: prefer a domain-qualified finalizer name including a path (/) to avoid accidental conflicts with other finalizer writers",
-                Value::String(f.to_owned())
-            )
-        })
-        .collect()
-}
-
 fn join(path: &str, key: &str) -> String {
     if path.is_empty() { key.to_owned() } else { format!("{path}.{key}") }
 }

@@ -87,6 +87,21 @@ async fn kubectl_prints_the_servers_warnings() -> TestResult {
     assert!(out.ok, "{}", out.stderr);
     assert!(out.stderr.contains("Warning: metadata.finalizers: \"cleanup\": prefer a domain-qualified finalizer name"), "{}", out.stderr);
 
+    // Pod template warnings, on create and on an apply that changes the template.
+    let deploy = |image: &str| {
+        format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: old-labels\n  namespace: default\nspec:\n  selector:\n    matchLabels: {{app: x}}\n  template:\n    metadata:\n      labels: {{app: x}}\n    spec:\n      nodeSelector: {{beta.kubernetes.io/os: linux}}\n      containers:\n      - {{name: c, image: {image}}}\n"
+        )
+    };
+    let warning =
+        "Warning: spec.template.spec.nodeSelector[beta.kubernetes.io/os]: deprecated since v1.14; use \"kubernetes.io/os\" instead";
+    for image in ["nginx", "nginx:2"] {
+        let file = k.file("deploy.yaml", &deploy(image))?;
+        let out = k.run(&["apply", "-f", &file]).await?;
+        assert!(out.ok, "{}", out.stderr);
+        assert!(out.stderr.contains(warning), "{image}: {}", out.stderr);
+    }
+
     let crd = k.file("crd.yaml", GADGETS)?;
     k.ok(&["apply", "-f", &crd]).await?;
     k.ok(&["wait", "--for=condition=Established", "crd/gadgets.example.com", "--timeout=20s"]).await?;
