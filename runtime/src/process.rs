@@ -433,11 +433,14 @@ impl ContainerRuntime for ProcessRuntime {
         };
         let pid = child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0);
         if !record.config.mounts.is_empty() {
-            // Running means mounted: wait until the wrapper has exec'd the container's own argv.
+            // Running means mounted: wait until the container's mount namespace shows its volumes
+            // (or the wrapper has exec'd the container's own argv, or it ended). The argv alone is
+            // not enough: a command that execs another at once never shows it for long.
             let want: Vec<u8> = argv.iter().flat_map(|a| a.bytes().chain([0])).collect();
             let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
             while tokio::time::Instant::now() < deadline && sys::alive(pid) {
-                if std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == want) {
+                if sys::mounts_visible(pid, &record.config.mounts) || std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == want)
+                {
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(2)).await;

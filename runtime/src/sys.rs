@@ -149,6 +149,47 @@ impl MountSupport {
     }
 }
 
+/// Whether a process lives in a mount namespace of its own in which every one of `mounts` is a
+/// mount point (read-only where asked), i.e. a volume wrapper has finished its bind mounts.
+pub fn mounts_visible(pid: i32, mounts: &[crate::cri::Mount]) -> bool {
+    let ns = |p: &str| std::fs::read_link(format!("/proc/{p}/ns/mnt")).ok();
+    let theirs = ns(&pid.to_string());
+    if theirs.is_none() || theirs == ns("self") {
+        return false;
+    }
+    let Ok(info) = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")) else { return false };
+    mounts.iter().all(|m| {
+        let target = mountinfo_escape(m.container_path.trim_end_matches('/'));
+        let target = if target.is_empty() { "/".to_string() } else { target };
+        // The last mount at a path is the one in effect (a read-only remount comes after the bind).
+        info.lines()
+            .rev()
+            .filter_map(|l| {
+                let mut f = l.split(' ');
+                let point = f.nth(4)?;
+                let options = f.next()?;
+                (point == target).then_some(options)
+            })
+            .next()
+            .is_some_and(|options| !m.read_only || options.split(',').any(|o| o == "ro"))
+    })
+}
+
+/// A path as `/proc/<pid>/mountinfo` writes it (space, tab, newline and backslash in octal).
+fn mountinfo_escape(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    for c in path.chars() {
+        match c {
+            ' ' => out.push_str("\\040"),
+            '\t' => out.push_str("\\011"),
+            '\n' => out.push_str("\\012"),
+            '\\' => out.push_str("\\134"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// Quotes a string for `sh`.
 pub fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
@@ -170,6 +211,11 @@ mod tests {
         assert_eq!(stat_field(stat, 5), Some("42"));
         assert_eq!(stat_field(stat, 14), Some("7"));
         assert_eq!(stat_field(stat, 22), Some("5555"));
+    }
+
+    #[test]
+    fn mount_points_are_escaped_as_mountinfo_writes_them() {
+        assert_eq!(mountinfo_escape("/data/my dir\\x"), "/data/my\\040dir\\134x");
     }
 
     #[test]

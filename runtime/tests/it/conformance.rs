@@ -94,3 +94,59 @@ async fn fake_runtime_conforms() {
     let dir = tempfile::tempdir().expect("tempdir");
     conformance::run_all(&Fake { dir, rt: Arc::new(FakeRuntime::new()) }).await;
 }
+
+/// A process-runtime container with a volume (a private mount namespace through `unshare`) whose
+/// command execs another program at once is Running as soon as its mount is made, not after a
+/// timeout; a graceful stop reaches the program itself (not only the wrapper), and its exit is
+/// observed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_container_with_a_volume_starts_at_once_and_stops_for_real() {
+    use bosun_runtime::ContainerState;
+    use bosun_runtime::cri::Mount;
+    use bosun_runtime::sys::MountSupport;
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = ProcessRuntime::new(dir.path().join("state")).expect("runtime");
+    if rt.mount_support() == MountSupport::Unavailable {
+        assert!(!crate::support::require_components(), "mount namespaces are required (root or user namespaces)");
+        eprintln!("SKIPPED: this machine cannot make mount namespaces");
+        return;
+    }
+    let volume = dir.path().join("volume");
+    std::fs::create_dir_all(&volume).expect("volume dir");
+    // The process runtime shares the host's root: the mount point is made there, the mount is not.
+    let target = dir.path().join("mnt").to_string_lossy().into_owned();
+    let sb = rt.run_sandbox(&sandbox_config("vol", &dir.path().join("logs"))).await.expect("sandbox");
+    let mut config = ContainerConfig {
+        name: "db".into(),
+        command: vec!["sh".into(), "-c".into(), format!("echo started >> {target}/boots && exec sleep 3600")],
+        ..ContainerConfig::default()
+    };
+    config.mounts = vec![Mount { host_path: volume.clone(), container_path: target.clone(), read_only: false }];
+    let id = rt.create_container(&sb, &config).await.expect("create");
+    let started = Instant::now();
+    rt.start_container(&id).await.expect("start");
+    assert!(started.elapsed() < Duration::from_secs(2), "start waited {:?} for a mount made at once", started.elapsed());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::fs::read_to_string(volume.join("boots")).unwrap_or_default() != "started\n" {
+        assert!(Instant::now() < deadline, "the container wrote to its volume");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!std::path::Path::new(&target).join("boots").exists(), "the mount stays in the container's namespace");
+    // The program (sleep, exec'd by the shell the wrapper exec'd) is what runs under the container's pid.
+    let pid = (|| {
+        let record = std::fs::read_to_string(dir.path().join(format!("state/containers/{}.json", id.0))).ok()?;
+        serde_json::from_str::<serde_json::Value>(&record).ok()?.get("pid")?.as_i64()
+    })()
+    .expect("pid in the record");
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).expect("cmdline");
+    assert!(cmdline.starts_with(b"sleep\0"), "{:?}", String::from_utf8_lossy(&cmdline));
+    let stopping = Instant::now();
+    rt.stop_container(&id, Duration::from_secs(10)).await.expect("stop");
+    assert!(stopping.elapsed() < Duration::from_secs(3), "SIGTERM reached sleep: stopped in {:?}", stopping.elapsed());
+    let st = rt.container_status(&id).await.expect("status");
+    assert_eq!(st.state, ContainerState::Exited);
+    assert_eq!(st.exit_code, Some(143), "terminated by SIGTERM: {st:?}");
+    assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "the process is gone");
+    rt.remove_sandbox(&sb).await.expect("remove");
+}

@@ -1,6 +1,6 @@
 //! A StatefulSet with a volume claim template on the reference cluster, with the real kubectl:
 //! the default `local-path` class provisions a volume on the node the scheduler picked, the pod
-//! writes to it, and the claims outlive a scale-down.
+//! writes to it, the data outlives the pod, and the claims outlive a scale-down.
 
 use crate::kubectl::{KillContainers, Kubectl, kubectl_binary};
 use bosun_examples::{Cluster, ClusterConfig, StoreChoice};
@@ -46,7 +46,7 @@ fn running_root() -> bool {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_statefulset_gets_a_provisioned_volume_per_ordinal() {
+async fn a_statefulset_keeps_its_volume_across_pod_restarts() {
     let Some(binary) = kubectl_binary() else { return };
     if !running_root() {
         // The process runtime mounts volumes in a private mount namespace, which needs root here.
@@ -95,10 +95,24 @@ async fn a_statefulset_gets_a_provisioned_volume_per_ordinal() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
-    // Not asserted yet: deleting db-0 and seeing the new db-0 append to the same volume. Under the
-    // load of the whole e2e suite the deleted pod sometimes never finishes terminating (kubectl
-    // delete --wait times out); it passes alone. Tracked in the stop 12 note.
-    assert_eq!(k.run(&["get", "pvc", "data-db-0", "-o", "jsonpath={.spec.volumeName}"]), volume, "the claim keeps its volume");
+    // A new db-0 gets the same claim and sees what the old one wrote. Not `kubectl delete --wait`:
+    // kubectl GETs the pod after its DELETE and then LISTs by name to watch for the deletion; the
+    // node agent finishes a pod whose process exits on SIGTERM within milliseconds and the
+    // StatefulSet controller recreates db-0 at once, so under load that LIST can already return
+    // the new db-0, and kubectl then waits for a DELETED event that came before its watch
+    // (seen with -v=8: its GET returned the old pod, its LIST right after it the new one). Waiting for
+    // the old UID to disappear is what `--wait` means here.
+    let old_uid = k.run(&["get", "pod", "db-0", "-o", "jsonpath={.metadata.uid}"]);
+    assert!(!old_uid.is_empty());
+    k.run(&["delete", "pod", "db-0", "--wait=false"]);
+    k.eventually(&["get", "pods", "-o", "jsonpath={.items[*].metadata.uid}"], WAIT, |uids| !uids.contains(old_uid.as_str())).await;
+    let deadline = std::time::Instant::now() + WAIT;
+    while read() < 2 {
+        assert!(std::time::Instant::now() < deadline, "the recreated db-0 did not append to the same volume");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_ne!(k.run(&["get", "pod", "db-0", "-o", "jsonpath={.metadata.uid}"]), old_uid, "db-0 is a new pod");
+    assert_eq!(k.run(&["get", "pvc", "data-db-0", "-o", "jsonpath={.spec.volumeName}"]), volume, "same claim, same volume");
 
     // Scale down keeps the claims (Retain is the default retention policy).
     k.run(&["scale", "statefulset/db", "--replicas=1"]);
