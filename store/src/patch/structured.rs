@@ -30,19 +30,28 @@ pub(crate) enum ListKind {
 pub(crate) enum Pos<'s> {
     Builtin(Node, FieldSemantics),
     Custom(Option<&'s Value>),
+    /// The root of a custom resource: as [`Pos::Custom`], except that its `metadata` is the
+    /// built-in `ObjectMeta` (finalizers a set, owner references keyed by uid), as
+    /// kube-apiserver types a custom resource's metadata whatever its schema says.
+    CustomRoot(Option<&'s Value>),
 }
 
 impl<'s> Pos<'s> {
     pub(crate) fn root(resource: &ApiResource, schema: Option<&'s Value>) -> Self {
         match Node::for_kind(&resource.group, &resource.version, &resource.kind) {
             Some(node) => Self::Builtin(node, FieldSemantics::default_for_root()),
-            None => Self::Custom(schema),
+            None => Self::CustomRoot(schema),
         }
     }
 
     /// The position of the member `key` of an object here.
     fn child(self, key: &str) -> Self {
         match self {
+            Self::CustomRoot(_) if key == "metadata" => match Node::for_kind("", "v1", "ConfigMap") {
+                Some(node) => Self::Builtin(node.child("metadata"), node.field("metadata")),
+                None => Self::Custom(None),
+            },
+            Self::CustomRoot(s) => Self::Custom(s).child(key),
             Self::Builtin(node, _) => Self::Builtin(node.child(key), node.field(key)),
             Self::Custom(None) => Self::Custom(None),
             Self::Custom(Some(s)) => Self::Custom(
@@ -54,6 +63,7 @@ impl<'s> Pos<'s> {
     /// The position of the items of a list here.
     fn item(self) -> Self {
         match self {
+            Self::CustomRoot(s) => Self::Custom(s).item(),
             Self::Builtin(node, _) => Self::Builtin(node, FieldSemantics::default_for_root()),
             Self::Custom(s) => Self::Custom(s.and_then(|s| s.get("items"))),
         }
@@ -61,6 +71,7 @@ impl<'s> Pos<'s> {
 
     fn list_kind(self) -> ListKind {
         match self {
+            Self::CustomRoot(s) => Self::Custom(s).list_kind(),
             Self::Builtin(node, sem) => {
                 if node == Node::Deduced {
                     return ListKind::Atomic;
@@ -96,6 +107,7 @@ impl<'s> Pos<'s> {
     fn atomic_object(self) -> bool {
         match self {
             Self::Builtin(node, sem) => sem.atomic || node.is_atomic(),
+            Self::CustomRoot(s) => Self::Custom(s).atomic_object(),
             Self::Custom(s) => s.and_then(|s| s.get("x-kubernetes-map-type")).and_then(Value::as_str) == Some("atomic"),
         }
     }
@@ -104,6 +116,7 @@ impl<'s> Pos<'s> {
     fn is_map(self) -> bool {
         match self {
             Self::Builtin(node, _) => node.is_map(),
+            Self::CustomRoot(s) => Self::Custom(s).is_map(),
             Self::Custom(None) => true,
             Self::Custom(Some(s)) => s.get("properties").is_none(),
         }

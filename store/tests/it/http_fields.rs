@@ -208,6 +208,29 @@ async fn server_side_apply_merges_custom_resources_by_their_schema() -> TestResu
     let conflict = apply("bob", json!({"selector": {"tier": "web"}})).await?;
     assert_eq!(conflict.status, StatusCode::CONFLICT, "{:?}", conflict.body);
 
+    // Whatever the schema, metadata is ObjectMeta: finalizers are a set, labels granular.
+    let meta = |manager: &'static str, finalizer: &'static str, label: &'static str| {
+        let server = &server;
+        async move {
+            let body = json!({"apiVersion": "example.com/v1", "kind": "Widget",
+                "metadata": {"name": "w", "finalizers": [finalizer], "labels": {label: "yes"}}});
+            let yaml = serde_yaml::to_string(&body)?;
+            call(
+                server,
+                Method::PATCH,
+                &format!("{path}?fieldManager={manager}"),
+                &[("content-type", "application/apply-patch+yaml")],
+                yaml,
+            )
+            .await
+        }
+    };
+    assert_eq!(meta("carol", "example.com/a", "a").await?.status, StatusCode::OK);
+    let both = meta("dave", "example.com/b", "b").await?;
+    assert_eq!(both.status, StatusCode::OK, "{:?}", both.body);
+    assert_eq!(both.json()["metadata"]["finalizers"], json!(["example.com/a", "example.com/b"]));
+    assert_eq!(both.json()["metadata"]["labels"], json!({"a": "yes", "b": "yes"}));
+
     // Dropping an entry from an apply removes only that manager's entry.
     let third = apply("alice", json!({"tags": ["a"], "hosts": ["x"], "selector": {"app": "w"}})).await?;
     assert_eq!(third.status, StatusCode::OK, "{:?}", third.body);
