@@ -2,3 +2,4 @@
 
 mod custom_storage;
 mod kube_adapter;
+mod node_endpoint;

@@ -158,6 +158,34 @@ async fn kubectl_reaches_pods_on_a_node_in_another_process() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(std::fs::read_to_string(&copied).unwrap_or_default(), "from the remote pod\n");
 
+    // Attach follows a container's output until it exits.
+    let done = format!("{files}/stop-ticking");
+    let ticker = format!("i=0; while [ ! -f {done} ] && [ $i -lt 600 ]; do echo tick $i; i=$((i+1)); sleep 0.2; done; echo ticked");
+    k.run(&["run", "ticker", "--image=busybox", "--restart=Never", "--command", "--", "sh", "-c", &ticker]);
+    k.eventually(&["get", "pod", "ticker"], WAIT, |out| out.contains("Running")).await;
+    let attach_out = dir.path().join("attach.out");
+    let attach = Command::new(&k.binary)
+        .arg("--kubeconfig")
+        .arg(&k.kubeconfig)
+        .arg("--cache-dir")
+        .arg(&k.cache)
+        .args(["attach", "ticker"])
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&attach_out).unwrap_or_else(|e| panic!("create: {e}")))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("run kubectl attach: {e}"));
+    let deadline = Instant::now() + WAIT;
+    while !std::fs::read_to_string(&attach_out).unwrap_or_default().contains("tick") {
+        assert!(Instant::now() < deadline, "kubectl attach never showed a tick");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    std::fs::write(&done, "").unwrap_or_else(|e| panic!("write: {e}"));
+    let attached = attach.wait_with_output().unwrap_or_else(|e| panic!("wait for kubectl attach: {e}"));
+    let stdout = std::fs::read_to_string(&attach_out).unwrap_or_default();
+    assert!(attached.status.success(), "stdout: {stdout}\nstderr: {}", text(&attached.stderr));
+    assert!(stdout.contains("ticked"), "attach ends with the container's last words: {stdout}");
+
     // Metrics: the node process's usage samples reach metrics.k8s.io (sampled every 15 s).
     let top = k.eventually(&["top", "pod", "shell", "--no-headers"], WAIT, |out| out.starts_with("shell ")).await;
     assert!(top.contains('m') && top.contains("Mi"), "{top}");
