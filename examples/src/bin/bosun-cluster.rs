@@ -59,7 +59,8 @@ struct Args {
     #[arg(long, default_value = "127.0.0.1:8080")]
     ingress: SocketAddr,
     /// The node endpoint's HTTPS address (logs, exec, attach and usage of this process's pods for
-    /// the API server; its IP becomes the nodes' InternalIP). Default: 127.0.0.1:10250, or an
+    /// the API server; its IP becomes the nodes' InternalIP, 127.0.0.1 for an unspecified one, so
+    /// give this machine's address for a multi-machine cluster). Default: 127.0.0.1:10250, or an
     /// ephemeral loopback port when 10250 is taken.
     #[arg(long)]
     node_listen: Option<SocketAddr>,

@@ -61,8 +61,8 @@ impl NodeEndpoint {
                 }
             }
         };
-        let addr =
-            listener.local_addr().map_err(|source| NodeEndpointError::Bind { addr: listen.unwrap_or(([0, 0, 0, 0], 0).into()), source })?;
+        let asked = listen.unwrap_or(SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)));
+        let addr = listener.local_addr().map_err(|source| NodeEndpointError::Bind { addr: asked, source })?;
         // The address published in the Node: the listening one, or loopback when it listens on all.
         let ip = if addr.ip().is_unspecified() { IpAddr::V4(Ipv4Addr::LOCALHOST) } else { addr.ip() };
         let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
