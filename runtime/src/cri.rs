@@ -309,7 +309,23 @@ pub struct ExecSession {
     pub stderr: Pin<Box<dyn AsyncRead + Send>>,
     /// Resolves to the exit code when the command ends.
     pub exit: BoxFuture<'static, Result<i32>>,
+    /// Applies a terminal size, for a session with a terminal ([`ContainerRuntime::exec_tty`]);
+    /// `None` for plain pipes.
+    pub resize: Option<Resize>,
 }
+
+/// A terminal size in character cells, as `kubectl exec -t` sends it (channel 4 of
+/// `channel.k8s.io`: `{"Width":..,"Height":..}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct TerminalSize {
+    /// Columns.
+    pub width: u16,
+    /// Rows.
+    pub height: u16,
+}
+
+/// Resizes the terminal of an exec session (the command gets `SIGWINCH`).
+pub type Resize = std::sync::Arc<dyn Fn(TerminalSize) -> Result<()> + Send + Sync>;
 
 impl fmt::Debug for ExecSession {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -417,6 +433,16 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     async fn exec(&self, id: &ContainerId, cmd: &[String]) -> Result<ExecSession> {
         let _ = (id, cmd);
         Err(crate::RuntimeError::Unsupported("streaming exec".into()))
+    }
+
+    /// Starts a command in a running container on a new pseudo-terminal of `size` (its
+    /// controlling terminal, so line editing, echo and ^C work): `stdout` reads the terminal (the
+    /// command's stdout and stderr), `stdin` writes to it (shutting it down sends end-of-file,
+    /// ^D), `stderr` is empty, and `resize` changes the size. `TERM` is `xterm` unless the
+    /// container sets it. Dropping the session stops the command.
+    async fn exec_tty(&self, id: &ContainerId, cmd: &[String], size: Option<TerminalSize>) -> Result<ExecSession> {
+        let _ = (id, cmd, size);
+        Err(crate::RuntimeError::Unsupported("exec with a terminal".into()))
     }
 
     /// Reads a container's log (the container may have exited but not been removed).

@@ -557,7 +557,41 @@ impl ContainerRuntime for ProcessRuntime {
             stdout: Box::pin(stdout),
             stderr: Box::pin(stderr),
             exit: Box::pin(async move { child.wait().await.map(sys::exit_code_of).map_err(|e| RuntimeError::io("wait exec", e)) }),
+            resize: None,
         })
+    }
+
+    async fn exec_tty(&self, id: &ContainerId, cmd: &[String], size: Option<TerminalSize>) -> Result<ExecSession> {
+        let (argv, mut env, dir) = self.exec_parts(id, cmd).await?;
+        if !env.iter().any(|(k, _)| k == "TERM") {
+            env.push(("TERM".into(), "xterm".into()));
+        }
+        let (master, slave) = sys::open_pty(size)?;
+        let stdio = |f: &std::fs::File| f.try_clone().map(std::process::Stdio::from).map_err(|e| RuntimeError::io("pseudo-terminal", e));
+        // `setsid --ctty` (util-linux) makes the terminal the command's controlling terminal in a
+        // session of its own (the command leads it, so ^C reaches its process group); it forks
+        // only when it already leads a group, which a child of the agent does not.
+        let mut command = Command::new("setsid");
+        command
+            .arg("--ctty")
+            .args(&argv)
+            .current_dir(dir)
+            .env_clear()
+            .envs(env)
+            .stdin(stdio(&slave)?)
+            .stdout(stdio(&slave)?)
+            .stderr(stdio(&slave)?)
+            .kill_on_drop(true);
+        let mut child = command.spawn().map_err(|e| RuntimeError::io("spawn exec", e))?;
+        // Only the command may hold the slave side: the reader ends when the command's session does.
+        drop(command);
+        drop(slave);
+        let pid = child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0);
+        tty_session(
+            master,
+            pid,
+            Box::pin(async move { child.wait().await.map(sys::exit_code_of).map_err(|e| RuntimeError::io("wait exec", e)) }),
+        )
     }
 
     async fn logs(&self, id: &ContainerId, options: &LogOptions) -> Result<LogByteStream> {
@@ -657,7 +691,9 @@ impl ContainerRuntime for ProcessRuntime {
 }
 
 impl ProcessRuntime {
-    async fn exec_command(&self, id: &ContainerId, cmd: &[String]) -> Result<Command> {
+    /// The argv, environment and working directory of an exec in a running container (through
+    /// `nsenter` into its mount namespace when it has volumes).
+    async fn exec_parts(&self, id: &ContainerId, cmd: &[String]) -> Result<(Vec<String>, Vec<(String, String)>, String)> {
         let record = self.lookup(id)?;
         let (Some(pid), ContainerState::Running) = (record.pid, record.status.state) else {
             return Err(RuntimeError::Invalid(format!("container {id} is not running")));
@@ -666,24 +702,54 @@ impl ProcessRuntime {
             return Err(RuntimeError::Invalid("empty exec command".into()));
         }
         let sandbox = self.sandbox_status(&record.status.sandbox_id).await?;
-        let mut command = if record.config.mounts.is_empty() {
-            let mut c = Command::new(&cmd[0]);
-            c.args(&cmd[1..]).current_dir(record.config.working_dir.as_deref().unwrap_or("/"));
-            c
+        let dir = record.config.working_dir.clone().unwrap_or_else(|| "/".into());
+        let argv = if record.config.mounts.is_empty() {
+            cmd.to_vec()
         } else {
             // Join the container's mount namespace so that volumes look the same.
-            let mut c = Command::new("nsenter");
-            c.arg("-t").arg(pid.to_string()).arg("-m");
+            let mut argv = vec!["nsenter".to_string(), "-t".into(), pid.to_string(), "-m".into()];
             if self.inner.mounts == MountSupport::UserNamespace {
-                c.arg("-U").arg("--preserve-credentials");
+                argv.extend(["-U".into(), "--preserve-credentials".into()]);
             }
-            let dir = record.config.working_dir.as_deref().unwrap_or("/");
-            c.arg(format!("--wd={dir}")).arg("--").args(cmd);
-            c
+            argv.push(format!("--wd={dir}"));
+            argv.push("--".into());
+            argv.extend(cmd.iter().cloned());
+            argv
         };
-        command.env_clear().envs(self.env_for(&record.config, &sandbox));
+        Ok((argv, self.env_for(&record.config, &sandbox), dir))
+    }
+
+    async fn exec_command(&self, id: &ContainerId, cmd: &[String]) -> Result<Command> {
+        let (argv, env, dir) = self.exec_parts(id, cmd).await?;
+        let mut command = Command::new(&argv[0]);
+        command.args(&argv[1..]).current_dir(dir).env_clear().envs(env);
         Ok(command)
     }
+}
+
+/// An exec session over a pseudo-terminal's master side whose command leads session `pid`: when
+/// the command ends, what it left in its session goes too (it would hold the terminal open).
+pub(crate) fn tty_session(
+    master: std::os::fd::OwnedFd,
+    pid: i32,
+    exit: futures::future::BoxFuture<'static, Result<i32>>,
+) -> Result<ExecSession> {
+    let (reader, writer) = sys::pty_streams(master)?;
+    let fd = writer.fd();
+    let resize: Resize = Arc::new(move |size| sys::set_terminal_size(fd.get_ref(), size));
+    Ok(ExecSession {
+        stdin: Box::pin(writer),
+        stdout: Box::pin(reader),
+        stderr: Box::pin(tokio::io::empty()),
+        exit: Box::pin(async move {
+            let code = exit.await;
+            if pid > 0 {
+                let _ = sys::signal_group(pid, rustix::process::Signal::HUP.as_raw());
+            }
+            code
+        }),
+        resize: Some(resize),
+    })
 }
 
 /// Turns a broadcast receiver into an event stream that reports lost events as one `Resync`.

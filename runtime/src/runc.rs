@@ -769,7 +769,41 @@ impl ContainerRuntime for RuncRuntime {
             stdout: Box::pin(stdout),
             stderr: Box::pin(stderr),
             exit: Box::pin(async move { child.wait().await.map(sys::exit_code_of).map_err(|e| RuntimeError::io("wait exec", e)) }),
+            resize: None,
         })
+    }
+
+    async fn exec_tty(&self, id: &ContainerId, cmd: &[String], size: Option<TerminalSize>) -> Result<ExecSession> {
+        let record = self.lookup(id)?;
+        if record.status.state != ContainerState::Running {
+            return Err(RuntimeError::Invalid(format!("container {id} is not running")));
+        }
+        if cmd.is_empty() {
+            return Err(RuntimeError::Invalid("empty exec command".into()));
+        }
+        // `runc exec --tty` without a console socket makes a terminal inside the container (on its
+        // own devpts) and relays it to runc's own terminal: ours, whose slave side runc gets as its
+        // standard streams and, through `setsid --ctty`, as its controlling terminal. runc puts it in
+        // raw mode (so ^C and ^D reach the container's terminal as bytes), starts the container's
+        // terminal at its size, and follows its resizes (SIGWINCH).
+        let (master, slave) = sys::open_pty(Some(size.unwrap_or(TerminalSize { width: 80, height: 24 })))?;
+        let stdio = |f: &std::fs::File| f.try_clone().map(std::process::Stdio::from).map_err(|e| RuntimeError::io("pseudo-terminal", e));
+        let mut command = Command::new("setsid");
+        command.arg("--ctty").arg(&self.inner.runc).arg("--root").arg(self.inner.root.join("runc")).args(["exec", "--tty"]);
+        let has_term = record.config.env.iter().chain(&record.config.image.env).any(|(k, _)| k == "TERM");
+        if !has_term {
+            command.args(["--env", "TERM=xterm"]);
+        }
+        command.arg(&id.0).args(cmd).stdin(stdio(&slave)?).stdout(stdio(&slave)?).stderr(stdio(&slave)?).kill_on_drop(true);
+        let mut child = command.spawn().map_err(|e| RuntimeError::io("spawn runc exec", e))?;
+        drop(command);
+        drop(slave);
+        let pid = child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0);
+        crate::process::tty_session(
+            master,
+            pid,
+            Box::pin(async move { child.wait().await.map(sys::exit_code_of).map_err(|e| RuntimeError::io("wait exec", e)) }),
+        )
     }
 
     async fn logs(&self, id: &ContainerId, options: &LogOptions) -> Result<LogByteStream> {

@@ -1,12 +1,18 @@
 //! Small operating-system helpers shared by the process and runc backends: signals to process
 //! groups, `/proc` statistics, bounded output capture and mount-namespace detection.
 
-use crate::cri::{ContainerStats, EXEC_OUTPUT_CAP, ExecResult};
+use crate::cri::{ContainerStats, EXEC_OUTPUT_CAP, ExecResult, TerminalSize};
 use crate::error::{Result, RuntimeError};
 use rustix::process::{Pid, Signal};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::process::Command;
 
 /// Sends a signal to a process group; a group that is gone already is not an error.
@@ -188,6 +194,110 @@ fn mountinfo_escape(path: &str) -> String {
         }
     }
     out
+}
+
+/// A new pseudo-terminal: the master side (non-blocking, for [`pty_streams`]) and the slave
+/// side to give a command as its standard streams, at `size` when given.
+pub fn open_pty(size: Option<TerminalSize>) -> Result<(OwnedFd, std::fs::File)> {
+    use rustix::pty::{OpenptFlags, grantpt, ioctl_tiocgptpeer, openpt, ptsname, unlockpt};
+    let err = |what: &str, e: rustix::io::Errno| RuntimeError::io(format!("pseudo-terminal: {what}"), e.into());
+    let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC).map_err(|e| err("open", e))?;
+    grantpt(&master).map_err(|e| err("grant", e))?;
+    unlockpt(&master).map_err(|e| err("unlock", e))?;
+    // The peer ioctl (Linux 4.13) needs no path; older kernels open the slave by name.
+    let slave = match ioctl_tiocgptpeer(&master, OpenptFlags::RDWR | OpenptFlags::NOCTTY) {
+        Ok(fd) => std::fs::File::from(fd),
+        Err(_) => {
+            use std::os::unix::fs::OpenOptionsExt;
+            let name = ptsname(&master, Vec::new()).map_err(|e| err("name", e))?;
+            let path = std::ffi::OsStr::from_bytes(name.as_bytes());
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .custom_flags(rustix::fs::OFlags::NOCTTY.bits() as i32)
+                .open(path)
+                .map_err(|e| RuntimeError::io("pseudo-terminal: open the slave", e))?
+        }
+    };
+    if let Some(size) = size {
+        set_terminal_size(&master, size)?;
+    }
+    Ok((master, slave))
+}
+
+/// Sets a terminal's size (`TIOCSWINSZ`; the foreground process group gets `SIGWINCH`).
+pub fn set_terminal_size(fd: impl AsFd, size: TerminalSize) -> Result<()> {
+    let winsize = rustix::termios::Winsize { ws_row: size.height, ws_col: size.width, ws_xpixel: 0, ws_ypixel: 0 };
+    rustix::termios::tcsetwinsize(fd, winsize).map_err(|e| RuntimeError::io("set the terminal size", e.into()))
+}
+
+/// Reads and writes a pseudo-terminal's master side through the tokio reactor: the reader ends
+/// (EOF) when no process holds the slave side any more; shutting the writer down types ^D.
+pub fn pty_streams(master: OwnedFd) -> Result<(PtyReader, PtyWriter)> {
+    let flags = rustix::fs::fcntl_getfl(&master).map_err(|e| RuntimeError::io("pseudo-terminal flags", e.into()))?;
+    rustix::fs::fcntl_setfl(&master, flags | rustix::fs::OFlags::NONBLOCK)
+        .map_err(|e| RuntimeError::io("pseudo-terminal flags", e.into()))?;
+    // `AsyncFd::new` is deprecated because an arbitrary `AsRawFd` may hand out another fd later;
+    // an `OwnedFd` keeps the one fd open and unchanged until it is dropped, which is exactly what
+    // `register` asks its caller to promise (and this workspace forbids `unsafe`).
+    #[allow(deprecated)]
+    let fd = Arc::new(AsyncFd::new(master).map_err(|e| RuntimeError::io("register the pseudo-terminal", e))?);
+    Ok((PtyReader(fd.clone()), PtyWriter(fd)))
+}
+
+/// The reading half of [`pty_streams`].
+#[derive(Debug)]
+pub struct PtyReader(Arc<AsyncFd<OwnedFd>>);
+
+/// The writing half of [`pty_streams`].
+#[derive(Debug)]
+pub struct PtyWriter(Arc<AsyncFd<OwnedFd>>);
+
+impl PtyWriter {
+    /// The master side, e.g. for [`set_terminal_size`].
+    pub fn fd(&self) -> Arc<AsyncFd<OwnedFd>> {
+        self.0.clone()
+    }
+}
+
+impl AsyncRead for PtyReader {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        loop {
+            let mut guard = ready!(self.0.poll_read_ready(cx))?;
+            let unfilled = buf.initialize_unfilled();
+            match guard.try_io(|fd| rustix::io::read(fd.get_ref(), &mut *unfilled).map_err(std::io::Error::from)) {
+                Ok(Ok(n)) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                // Linux answers EIO once the last holder of the slave side closed it: the end.
+                Ok(Err(e)) if e.raw_os_error() == Some(rustix::io::Errno::IO.raw_os_error()) => return Poll::Ready(Ok(())),
+                Ok(Err(e)) => return Poll::Ready(Err(e)),
+                Err(_would_block) => {}
+            }
+        }
+    }
+}
+
+impl AsyncWrite for PtyWriter {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<std::io::Result<usize>> {
+        loop {
+            let mut guard = ready!(self.0.poll_write_ready(cx))?;
+            match guard.try_io(|fd| rustix::io::write(fd.get_ref(), data).map_err(std::io::Error::from)) {
+                Ok(result) => return Poll::Ready(result),
+                Err(_would_block) => {}
+            }
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        // A terminal has no half-close: end-of-file is the EOF character (^D) at a line start.
+        self.poll_write(cx, &[0x04]).map_ok(drop)
+    }
 }
 
 /// Quotes a string for `sh`.

@@ -141,6 +141,7 @@ async fn a_process_container_with_a_volume_starts_at_once_and_stops_for_real() {
     .expect("pid in the record");
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).expect("cmdline");
     assert!(cmdline.starts_with(b"sleep\0"), "{:?}", String::from_utf8_lossy(&cmdline));
+    crate::support::check_exec_tty(&rt, &id, true).await;
     let stopping = Instant::now();
     rt.stop_container(&id, Duration::from_secs(10)).await.expect("stop");
     assert!(stopping.elapsed() < Duration::from_secs(3), "SIGTERM reached sleep: stopped in {:?}", stopping.elapsed());

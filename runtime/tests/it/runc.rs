@@ -137,6 +137,7 @@ async fn pods_reach_each_other_over_the_bridge_and_limits_apply() {
         assert!(Instant::now() < deadline, "pod b cannot reach pod a: {}", String::from_utf8_lossy(&r.stderr));
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    crate::support::check_exec_tty(&rt, &client, false).await;
     let r = rt.exec_sync(&web, &["hostname".into()], Duration::from_secs(3)).await.expect("exec");
     assert_eq!(String::from_utf8_lossy(&r.stdout).trim(), "server", "each pod has its own UTS namespace");
     // The limits landed in the container's cgroup (v1 or v2).
