@@ -20,6 +20,11 @@ use std::time::Duration;
 use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
 
+/// Runtime events buffered per fake runtime. A broadcast channel allocates its whole buffer up
+/// front, and a hollow node has one runtime each: 16k slots were 1.4 MB per node (7 GB for 5000
+/// nodes). A subscriber that falls further behind gets a resync, which the node agent handles.
+const EVENT_CAPACITY: usize = 256;
+
 /// The annotation prefix the fake reads scripts from.
 pub const SCRIPT_ANNOTATION: &str = "fake.bosun.dev/script";
 
@@ -123,7 +128,7 @@ impl FakeRuntime {
     /// A fake runtime reading scripts from annotations. Pod IPs come from 10.x addresses that are
     /// never routed (nothing connects to them: network probes are answered by the script).
     pub fn new() -> Self {
-        let (events, _) = broadcast::channel(16384);
+        let (events, _) = broadcast::channel(EVENT_CAPACITY);
         Self {
             inner: Arc::new(Inner {
                 behavior: None,

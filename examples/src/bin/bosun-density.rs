@@ -21,6 +21,7 @@ use bosun_core::kube_client::KubeClient;
 use bosun_core::watch::Informers;
 use bosun_core::{Api, Client, PostParams, WatchEvent, WatchParams};
 use bosun_examples::timed::{TimedClient, quantile};
+use bosun_runtime::agent::feed::SharedPodFeed;
 use bosun_runtime::{FakeRuntime, HostImages, NodeAgent, NodeAgentConfig};
 use bosun_scheduler::Scheduler;
 use bosun_store::http::HttpConfig;
@@ -55,6 +56,10 @@ struct Args {
     /// Node state directories go here (default: a fresh directory under the system temp dir).
     #[arg(long)]
     work_dir: Option<PathBuf>,
+    /// Each node agent watches its own pods (`spec.nodeName=<node>`, as a real kubelet does)
+    /// instead of all agents sharing one pod watch.
+    #[arg(long)]
+    per_node_watches: bool,
 }
 
 fn main() -> std::process::ExitCode {
@@ -105,14 +110,20 @@ async fn run(args: Args) -> Result<bool, BoxError> {
     let _controllers = manager.spawn_all();
     tracing::info!(url = %server.https_url().unwrap_or_default(), "control plane up");
 
-    // The hollow nodes, registered a few at a time.
+    // The hollow nodes, registered a few at a time. They share one pod watch (demultiplexed by
+    // node name) unless --per-node-watches.
     let t = Instant::now();
+    let feed = (!args.per_node_watches).then(|| SharedPodFeed::spawn(client.clone()));
     let nodes: Vec<_> = futures::stream::iter(0..args.nodes)
         .map(|i| {
             let client = client.clone();
             let root = work.join("nodes").join(i.to_string());
+            let feed = feed.clone();
             async move {
-                let config = NodeAgentConfig::new(format!("hollow-{i}"), root).measure_pressure(false).record_events(false);
+                let mut config = NodeAgentConfig::new(format!("hollow-{i}"), root).measure_pressure(false).record_events(false);
+                if let Some(feed) = feed {
+                    config = config.pod_source(feed);
+                }
                 NodeAgent::new(client, FakeRuntime::new(), HostImages, config).start().await
             }
         })

@@ -15,6 +15,7 @@
 pub mod backoff;
 pub mod env;
 pub mod events;
+pub mod feed;
 pub mod node;
 pub mod probe;
 pub mod status;
@@ -26,8 +27,9 @@ use crate::error::RuntimeError;
 use crate::image::ImageStore;
 use backoff::{DoublingBackoff, RestartBackoff};
 use bosun_core::k8s_openapi::api::core::v1::{Pod, Taint};
-use bosun_core::watch::{Event, WatcherConfig, watcher};
-use bosun_core::{Api, Client, Error, LogParams, LogStream, Quantity};
+use bosun_core::watch::Event;
+use bosun_core::{Client, Error, LogParams, LogStream, Quantity};
+use feed::{NodeWatch, PodSource};
 use futures::StreamExt;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
@@ -61,8 +63,11 @@ pub struct NodeAgentConfig {
     pub port: u16,
     /// Lease renewal period. Default 10 s.
     pub lease_renew_interval: Duration,
-    /// Node status (conditions) update period. Default 10 s.
+    /// How often the node's conditions are computed. Default 10 s.
     pub status_update_interval: Duration,
+    /// The node status is written when its conditions change, and at least this often (the
+    /// kubelet's `nodeStatusReportFrequency`; the Lease is the heartbeat). Default 5 min.
+    pub status_report_interval: Duration,
     /// How often ConfigMap, Secret and downward-API volume contents are refreshed. Default 10 s.
     pub volume_resync: Duration,
     /// How often container usage is sampled. Default 15 s.
@@ -73,6 +78,10 @@ pub struct NodeAgentConfig {
     pub record_events: bool,
     /// Read memory and disk pressure from this machine. Default true.
     pub measure_pressure: bool,
+    /// Where the pods bound to this node come from. Default `None`: the agent's own
+    /// [`NodeWatch`] (a watch of `spec.nodeName=<node>`); agents in one process may share a
+    /// [`feed::SharedPodFeed`].
+    pub pod_source: Option<Arc<dyn PodSource>>,
 }
 
 impl std::fmt::Debug for NodeAgentConfig {
@@ -96,11 +105,13 @@ impl NodeAgentConfig {
             port: 10250,
             lease_renew_interval: Duration::from_secs(10),
             status_update_interval: Duration::from_secs(10),
+            status_report_interval: Duration::from_secs(300),
             volume_resync: Duration::from_secs(10),
             usage_interval: Duration::from_secs(15),
             backoff: Arc::new(DoublingBackoff::kubernetes()),
             record_events: true,
             measure_pressure: true,
+            pod_source: None,
             root_dir,
         }
     }
@@ -141,9 +152,21 @@ impl NodeAgentConfig {
         self
     }
 
-    /// Sets the node status update period (default 10 s).
+    /// Sets how often the node's conditions are computed (default 10 s).
     pub fn status_update_interval(mut self, d: Duration) -> Self {
         self.status_update_interval = d;
+        self
+    }
+
+    /// Sets how often the node status is written when nothing changed (default 5 min).
+    pub fn status_report_interval(mut self, d: Duration) -> Self {
+        self.status_report_interval = d;
+        self
+    }
+
+    /// Takes this node's pods from `source` (default: a watch of `spec.nodeName=<node>`).
+    pub fn pod_source(mut self, source: impl PodSource + 'static) -> Self {
+        self.pod_source = Some(Arc::new(source));
         self
     }
 
@@ -295,8 +318,9 @@ impl NodeAgent {
             .map_err(|e| Error::internal(format!("create {}: {e}", ctx.config.root_dir.display())))?;
         let desired = node::desired_node(&ctx.config, &ctx.runtime.version().to_string(), &ctx.allocatable);
         let registered = node::register(&ctx.client, &desired).await?;
-        let node_uid = registered.metadata.uid.clone();
-        node::renew_lease(&ctx.client, &ctx.config.node_name, node_uid.as_deref()).await?;
+        let mut lease = node::LeaseRenewer::new(ctx.client.clone(), &ctx.config.node_name, registered.metadata.uid.clone());
+        lease.renew().await?;
+        let reported = desired.status.as_ref().and_then(|s| s.conditions.clone()).unwrap_or_default();
         drop(_enter);
 
         // Re-attach: sandboxes by pod UID, with their containers.
@@ -319,8 +343,8 @@ impl NodeAgent {
         let pods: Arc<Mutex<HashMap<String, PodEntry>>> = Arc::new(Mutex::new(HashMap::new()));
         let usage = Arc::new(Mutex::new(NodeUsage::default()));
         let tasks = vec![
-            tokio::spawn(lease_loop(ctx.clone(), node_uid)),
-            tokio::spawn(status_loop(ctx.clone())),
+            tokio::spawn(lease_loop(ctx.clone(), lease)),
+            tokio::spawn(status_loop(ctx.clone(), reported)),
             tokio::spawn(pod_loop(ctx.clone(), pods.clone(), orphans)),
             tokio::spawn(event_router(ctx.clone(), pods.clone())),
             tokio::spawn(usage_loop(ctx.clone(), pods.clone(), usage.clone())),
@@ -329,20 +353,42 @@ impl NodeAgent {
     }
 }
 
-async fn lease_loop(ctx: Arc<Ctx>, node_uid: Option<String>) {
+/// A random part of `period`, so that agents started together spread their periodic writes.
+fn jittered(period: Duration) -> Duration {
+    period.mul_f64(fastrand::f64())
+}
+
+async fn lease_loop(ctx: Arc<Ctx>, mut lease: node::LeaseRenewer) {
+    tokio::time::sleep(jittered(ctx.config.lease_renew_interval)).await;
+    let mut tick = tokio::time::interval(ctx.config.lease_renew_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::time::sleep(ctx.config.lease_renew_interval).await;
-        if let Err(error) = node::renew_lease(&ctx.client, &ctx.config.node_name, node_uid.as_deref()).await {
+        tick.tick().await;
+        if let Err(error) = lease.renew().await {
             tracing::warn!(%error, node.name = %ctx.config.node_name, "cannot renew lease");
         }
     }
 }
 
-async fn status_loop(ctx: Arc<Ctx>) {
+async fn status_loop(ctx: Arc<Ctx>, mut reported: Vec<bosun_core::k8s_openapi::api::core::v1::NodeCondition>) {
+    let mut reported_at = tokio::time::Instant::now();
+    tokio::time::sleep(jittered(ctx.config.status_update_interval)).await;
+    let mut tick = tokio::time::interval(ctx.config.status_update_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::time::sleep(ctx.config.status_update_interval).await;
-        if let Err(error) = node::update_status(&ctx.client, &ctx.config).await {
-            tracing::warn!(%error, node.name = %ctx.config.node_name, "cannot update node status");
+        tick.tick().await;
+        let now = jiff::Timestamp::now();
+        let conditions = node::conditions(&ctx.config, now);
+        if node::same_conditions(&conditions, &reported) && reported_at.elapsed() < ctx.config.status_report_interval {
+            continue;
+        }
+        let conditions = node::carry_transitions(conditions, &reported);
+        match node::update_status(&ctx.client, &ctx.config.node_name, &conditions).await {
+            Ok(()) => {
+                reported = conditions;
+                reported_at = tokio::time::Instant::now();
+            }
+            Err(error) => tracing::warn!(%error, node.name = %ctx.config.node_name, "cannot update node status"),
         }
     }
 }
@@ -352,9 +398,10 @@ fn is_finished(pod: &Pod) -> bool {
 }
 
 async fn pod_loop(ctx: Arc<Ctx>, pods: Arc<Mutex<HashMap<String, PodEntry>>>, mut orphans: HashMap<String, Adopted>) {
-    let api = Api::<Pod>::all(ctx.client.clone());
-    let config = WatcherConfig::default().fields(format!("spec.nodeName={}", ctx.config.node_name));
-    let mut stream = std::pin::pin!(watcher(api, config));
+    let mut stream = match &ctx.config.pod_source {
+        Some(source) => source.pods(&ctx.config.node_name),
+        None => NodeWatch::new(ctx.client.clone()).pods(&ctx.config.node_name),
+    };
     let mut listing: Option<HashSet<String>> = None;
     while let Some(ev) = stream.next().await {
         match ev {
@@ -384,18 +431,17 @@ async fn pod_loop(ctx: Arc<Ctx>, pods: Arc<Mutex<HashMap<String, PodEntry>>>, mu
     }
 }
 
-fn apply(ctx: &Arc<Ctx>, pods: &Arc<Mutex<HashMap<String, PodEntry>>>, pod: Pod, orphans: &mut HashMap<String, Adopted>) {
+fn apply(ctx: &Arc<Ctx>, pods: &Arc<Mutex<HashMap<String, PodEntry>>>, pod: Arc<Pod>, orphans: &mut HashMap<String, Adopted>) {
     let uid = pod.metadata.uid.clone().unwrap_or_default();
     let mut map = pods.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(entry) = map.get(&uid) {
-        let _ = entry.tx.send(Some(Arc::new(pod)));
+        let _ = entry.tx.send(Some(pod));
         return;
     }
     let adopted = orphans.remove(&uid);
     if adopted.is_none() && is_finished(&pod) {
         return;
     }
-    let pod = Arc::new(pod);
     let (tx, rx) = watch::channel(Some(pod.clone()));
     let wake = Arc::new(Notify::new());
     let key = (pod.metadata.namespace.clone().unwrap_or_default(), pod.metadata.name.clone().unwrap_or_default());

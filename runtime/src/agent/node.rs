@@ -140,6 +140,8 @@ pub async fn register(client: &Arc<dyn Client>, node: &Node) -> Result<Node> {
     let api = Api::<Node>::all(client.clone());
     let name = node.metadata.name.clone().unwrap_or_default();
     let created = match api.create(node, &PostParams::default()).await {
+        // The API server keeps a Node's status on create (the kubelet registers it that way).
+        Ok(n) if n.status.as_ref().is_some_and(|s| s.conditions.is_some() && s.capacity.is_some()) => return Ok(n),
         Ok(n) => n,
         Err(e) if e.code() == 409 => {
             let patch = serde_json::json!({ "metadata": { "labels": node.metadata.labels } });
@@ -157,65 +159,141 @@ pub async fn register(client: &Arc<dyn Client>, node: &Node) -> Result<Node> {
 }
 
 /// Writes the node's conditions (heartbeat times included).
-pub async fn update_status(client: &Arc<dyn Client>, config: &NodeAgentConfig) -> Result<()> {
-    let status = serde_json::json!({ "status": { "conditions": conditions(config, jiff::Timestamp::now()) } });
-    Api::<Node>::all(client.clone()).patch_status(&config.node_name, &Patch::Merge(status), &PatchParams::default()).await.map(|_| ())
+pub async fn update_status(client: &Arc<dyn Client>, node_name: &str, conditions: &[NodeCondition]) -> Result<()> {
+    let status = serde_json::json!({ "status": { "conditions": conditions } });
+    Api::<Node>::all(client.clone()).patch_status(node_name, &Patch::Merge(status), &PatchParams::default()).await.map(|_| ())
 }
 
-/// Creates or renews the node's Lease.
-pub async fn renew_lease(client: &Arc<dyn Client>, node_name: &str, node_uid: Option<&str>) -> Result<()> {
+/// Whether two condition lists say the same (type, status, reason and message; times aside).
+pub fn same_conditions(a: &[NodeCondition], b: &[NodeCondition]) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|(x, y)| x.type_ == y.type_ && x.status == y.status && x.reason == y.reason && x.message == y.message)
+}
+
+/// Keeps the transition time of every condition whose status did not change since `reported`.
+pub fn carry_transitions(mut conditions: Vec<NodeCondition>, reported: &[NodeCondition]) -> Vec<NodeCondition> {
+    for c in &mut conditions {
+        if let Some(old) = reported.iter().find(|o| o.type_ == c.type_ && o.status == c.status) {
+            c.last_transition_time.clone_from(&old.last_transition_time);
+        }
+    }
+    conditions
+}
+
+/// Renews a node's Lease from the copy it last wrote (one update per renewal, as the kubelet's
+/// lease controller does); reads it again only after a conflict.
+pub struct LeaseRenewer {
+    client: Arc<dyn Client>,
+    node_name: String,
+    node_uid: Option<String>,
+    latest: Option<Lease>,
+}
+
+impl std::fmt::Debug for LeaseRenewer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeaseRenewer").field("node_name", &self.node_name).finish_non_exhaustive()
+    }
+}
+
+impl LeaseRenewer {
+    /// A renewer for the Lease of node `node_name` (owned by the Node with `node_uid`).
+    pub fn new(client: Arc<dyn Client>, node_name: &str, node_uid: Option<String>) -> Self {
+        Self { client, node_name: node_name.to_string(), node_uid, latest: None }
+    }
+
+    /// Creates or renews the Lease.
+    pub async fn renew(&mut self) -> Result<()> {
+        if let Some(mut lease) = self.latest.take() {
+            let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
+            spec.renew_time = Some(MicroTime(jiff::Timestamp::now()));
+            let api = Api::<Lease>::namespaced(self.client.clone(), LEASE_NAMESPACE);
+            match api.replace(&lease, &PostParams::default()).await {
+                Ok(l) => {
+                    self.latest = Some(l);
+                    return Ok(());
+                }
+                Err(e) if e.is_conflict() || e.is_not_found() => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.latest = Some(renew_lease(&self.client, &self.node_name, self.node_uid.as_deref()).await?);
+        Ok(())
+    }
+}
+
+/// Creates or renews the node's Lease, returning it as written: creates it first (a new node's
+/// case), and reads and updates it when it exists (an agent restart).
+pub async fn renew_lease(client: &Arc<dyn Client>, node_name: &str, node_uid: Option<&str>) -> Result<Lease> {
     let api = Api::<Lease>::namespaced(client.clone(), LEASE_NAMESPACE);
     let now = MicroTime(jiff::Timestamp::now());
-    match api.get_opt(node_name).await? {
-        Some(mut lease) => {
+    let owner = node_uid.map(|uid| {
+        vec![OwnerReference {
+            api_version: "v1".into(),
+            kind: "Node".into(),
+            name: node_name.to_string(),
+            uid: uid.to_string(),
+            ..OwnerReference::default()
+        }]
+    });
+    let lease = Lease {
+        metadata: ObjectMeta {
+            name: Some(node_name.to_string()),
+            namespace: Some(LEASE_NAMESPACE.into()),
+            owner_references: owner,
+            ..ObjectMeta::default()
+        },
+        spec: Some(LeaseSpec {
+            holder_identity: Some(node_name.to_string()),
+            lease_duration_seconds: Some(LEASE_DURATION_SECONDS),
+            renew_time: Some(now.clone()),
+            ..LeaseSpec::default()
+        }),
+    };
+    match api.create(&lease, &PostParams::default()).await {
+        Ok(l) => Ok(l),
+        Err(e) if e.code() == 409 => {
+            let mut lease = api.get(node_name).await?;
             let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
             spec.renew_time = Some(now);
             spec.holder_identity = Some(node_name.to_string());
             spec.lease_duration_seconds = Some(LEASE_DURATION_SECONDS);
-            api.replace(&lease, &PostParams::default()).await?;
+            api.replace(&lease, &PostParams::default()).await
         }
-        None => {
-            let owner = node_uid.map(|uid| {
-                vec![OwnerReference {
-                    api_version: "v1".into(),
-                    kind: "Node".into(),
-                    name: node_name.to_string(),
-                    uid: uid.to_string(),
-                    ..OwnerReference::default()
-                }]
-            });
-            let lease = Lease {
-                metadata: ObjectMeta {
-                    name: Some(node_name.to_string()),
-                    namespace: Some(LEASE_NAMESPACE.into()),
-                    owner_references: owner,
-                    ..ObjectMeta::default()
-                },
-                spec: Some(LeaseSpec {
-                    holder_identity: Some(node_name.to_string()),
-                    lease_duration_seconds: Some(LEASE_DURATION_SECONDS),
-                    renew_time: Some(now),
-                    ..LeaseSpec::default()
-                }),
-            };
-            match api.create(&lease, &PostParams::default()).await {
+        Err(e) if e.code() == 404 => {
+            // The lease namespace is missing: make it, then retry once.
+            let ns =
+                Namespace { metadata: ObjectMeta { name: Some(LEASE_NAMESPACE.into()), ..ObjectMeta::default() }, ..Namespace::default() };
+            match Api::<Namespace>::all(client.clone()).create(&ns, &PostParams::default()).await {
                 Ok(_) => {}
-                Err(e) if e.code() == 404 => {
-                    // The lease namespace is missing: make it, then retry once.
-                    let ns = Namespace {
-                        metadata: ObjectMeta { name: Some(LEASE_NAMESPACE.into()), ..ObjectMeta::default() },
-                        ..Namespace::default()
-                    };
-                    match Api::<Namespace>::all(client.clone()).create(&ns, &PostParams::default()).await {
-                        Ok(_) => {}
-                        Err(e) if e.code() == 409 => {}
-                        Err(e) => return Err(e),
-                    }
-                    api.create(&lease, &PostParams::default()).await?;
-                }
+                Err(e) if e.code() == 409 => {}
                 Err(e) => return Err(e),
             }
+            api.create(&lease, &PostParams::default()).await
         }
+        Err(e) => Err(e),
     }
-    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unchanged_conditions_keep_their_transition_times_and_are_not_reported_again() {
+        let config = NodeAgentConfig::new("n1", "/nonexistent").measure_pressure(false);
+        let t0 = jiff::Timestamp::from_second(1_000).expect("t0");
+        let t1 = jiff::Timestamp::from_second(2_000).expect("t1");
+        let reported = conditions(&config, t0);
+        let now = conditions(&config, t1);
+        assert!(same_conditions(&now, &reported), "heartbeat times aside, nothing changed");
+        let carried = carry_transitions(now, &reported);
+        assert!(carried.iter().all(|c| c.last_transition_time == Some(Time(t0))));
+        assert!(carried.iter().all(|c| c.last_heartbeat_time == Some(Time(t1))));
+        let mut flipped = conditions(&config, t1);
+        flipped[0].status = "True".into();
+        assert!(!same_conditions(&flipped, &reported));
+        let carried = carry_transitions(flipped, &reported);
+        assert_eq!(carried[0].last_transition_time, Some(Time(t1)), "a changed status gets a new transition time");
+        assert_eq!(carried[1].last_transition_time, Some(Time(t0)));
+    }
 }

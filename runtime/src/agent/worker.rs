@@ -142,7 +142,8 @@ pub struct Worker {
     terminal: Option<&'static str>,
     pod_waiting: Option<(String, String)>,
     start_time: Timestamp,
-    last_status: Option<serde_json::Value>,
+    /// A hash of the status last written (transition times aside), to skip no-op writes.
+    last_status: Option<u64>,
     last_event: Option<String>,
     finished: bool,
 }
@@ -234,7 +235,8 @@ impl Worker {
         let _guard = span.enter();
         drop(_guard);
         loop {
-            let next = self.sync().await;
+            // Boxed: a parked worker then holds only this loop's state, not the deepest sync path's.
+            let next = Box::pin(self.sync()).await;
             if self.finished {
                 break;
             }
@@ -920,9 +922,11 @@ impl Worker {
                     }
                 }
             }
-            v
+            let mut hasher = std::hash::DefaultHasher::new();
+            std::hash::Hash::hash(&v.to_string(), &mut hasher);
+            std::hash::Hasher::finish(&hasher)
         };
-        if self.last_status.as_ref() == Some(&fingerprint) {
+        if self.last_status == Some(fingerprint) {
             return;
         }
         if self.pod_waiting.is_none()
@@ -935,11 +939,9 @@ impl Worker {
         match api.patch_status(self.name(), &Patch::Merge(serde_json::json!({ "status": value })), &PatchParams::default()).await {
             Ok(p) => {
                 self.last_status = Some(fingerprint);
-                // Keep the conditions others own (PodScheduled) current.
-                if let Some(st) = p.status {
-                    let mut pod = (*self.pod).clone();
-                    pod.status = Some(st);
-                    self.pod = Arc::new(pod);
+                // Keep the conditions others own (PodScheduled) current: the answer is the whole pod.
+                if p.status.is_some() {
+                    self.pod = Arc::new(p);
                 }
             }
             Err(e) if e.is_not_found() => {}
