@@ -619,6 +619,20 @@ impl NodeHandle {
         self.inner.ctx.runtime.exec(&id, command).await.map_err(api_error)
     }
 
+    /// Starts an exec on a new terminal of `size` (`kubectl exec -t`): stdout carries the
+    /// terminal, `resize` applies the client's later sizes (see [`ContainerRuntime::exec_tty`]).
+    pub async fn exec_tty(
+        &self,
+        namespace: &str,
+        pod: &str,
+        container: Option<&str>,
+        command: &[String],
+        size: Option<crate::cri::TerminalSize>,
+    ) -> Result<ExecSession, Error> {
+        let id = self.find(namespace, pod, container, false)?;
+        self.inner.ctx.runtime.exec_tty(&id, command, size).await.map_err(api_error)
+    }
+
     /// Runs a command in a container and collects its output.
     pub async fn exec_sync(
         &self,
