@@ -537,6 +537,32 @@ impl OpenApi {
         json!({"paths": paths})
     }
 
+    /// `/openapi/v2` as gnostic protobuf (`openapi_v2.Document`), which kubectl asks for to
+    /// validate on the client the kinds whose v3 document has no PATCH operation declaring
+    /// `fieldValidation` (`List` documents, access reviews). It carries the version and title
+    /// but no definitions: kubectl then finds no schema to check such a document against and
+    /// leaves validation to the server (which it asks for Strict validation of each item).
+    pub(crate) fn v2_protobuf() -> bytes::Bytes {
+        fn field(out: &mut Vec<u8>, number: u8, bytes: &[u8]) {
+            out.push((number << 3) | 2);
+            let mut len = bytes.len();
+            while len >= 0x80 {
+                out.push((len as u8 & 0x7f) | 0x80);
+                len >>= 7;
+            }
+            out.push(len as u8);
+            out.extend_from_slice(bytes);
+        }
+        let version = format!("v{}.{}.0", super::discovery::KUBE_MAJOR, super::discovery::KUBE_MINOR);
+        let mut info = Vec::new();
+        field(&mut info, 1, b"Kubernetes");
+        field(&mut info, 2, version.as_bytes());
+        let mut doc = Vec::new();
+        field(&mut doc, 1, b"2.0");
+        field(&mut doc, 2, &info);
+        bytes::Bytes::from(doc)
+    }
+
     /// The `/openapi/v2` document (Swagger 2.0, JSON).
     pub(crate) fn v2(&self, catalog: &dyn ResourceCatalog) -> bytes::Bytes {
         let all = catalog.resources();

@@ -354,6 +354,18 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     response
 }
 
+/// The media types of `/openapi/v2` as gnostic protobuf: what kube-apiserver answers with (a
+/// valid MIME type), then the older spelling clients still ask for (`@` is not valid in a
+/// response's Content-Type, which Go's MIME parser refuses).
+const OPENAPI_V2_PROTOBUF: [&str; 2] =
+    ["application/com.github.proto-openapi.spec.v2.v1.0+protobuf", "application/com.github.proto-openapi.spec.v2@v1.0+protobuf"];
+
+/// Whether `Accept` names this media type.
+fn accepts(req: &Request<Incoming>, media: &str) -> bool {
+    let accept = req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+    accept.split(',').any(|part| part.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case(media)))
+}
+
 fn json_or_406(req: &Request<Incoming>) -> Result<()> {
     body::negotiate(req.headers()).map(|_| ())
 }
@@ -396,6 +408,9 @@ async fn non_resource(shared: &Shared, req: Request<Incoming>, route: Route) -> 
             }
             None => not_found(),
         },
+        Route::OpenApiV2 if OPENAPI_V2_PROTOBUF.iter().any(|m| accepts(&req, m)) => {
+            body::text(StatusCode::OK, OpenApi::v2_protobuf(), OPENAPI_V2_PROTOBUF[0])
+        }
         Route::OpenApiV2 => match json_or_406(&req) {
             Ok(()) => body::text(StatusCode::OK, state.openapi.v2(state.catalog.as_ref()), "application/json"),
             Err(e) => body::status_response(&e),

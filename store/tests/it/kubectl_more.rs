@@ -45,12 +45,44 @@ async fn kubectl_auth_can_i_and_whoami() -> TestResult {
     assert_eq!(k.ok(&["auth", "can-i", "get", "/healthz"]).await?.trim(), "yes");
     let list = k.ok(&["auth", "can-i", "--list", "-n", "default"]).await?;
     assert!(list.contains("Resources") && list.contains("*.*") && list.contains("[*]"), "{list}");
+    // A review written out, as the Kubernetes docs show it.
+    let ssar = k.file(
+        "ssar.yaml",
+        "apiVersion: authorization.k8s.io/v1\nkind: SelfSubjectAccessReview\nspec:\n  resourceAttributes:\n    verb: get\n    resource: secrets\n    namespace: default\n",
+    )?;
+    assert_eq!(k.ok(&["create", "-f", &ssar, "-o", "jsonpath={.status.allowed}"]).await?, "true");
     let me = k.ok(&["auth", "whoami"]).await?;
     assert!(me.contains("system:anonymous") && me.contains("system:unauthenticated"), "{me}");
     let jane = k.ok(&["auth", "whoami", "--as=jane", "--as-group=devs", "-o", "json"]).await?;
     let jane: serde_json::Value = serde_json::from_str(&jane)?;
     assert_eq!(jane["status"]["userInfo"]["username"], "jane");
     assert_eq!(jane["status"]["userInfo"]["groups"], serde_json::json!(["devs", "system:authenticated"]));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_applies_a_list_document() -> TestResult {
+    if !have_kubectl() {
+        return Ok(());
+    }
+    let (_api, server) = https_server(None).await?;
+    let k = Kubectl::new(&server)?;
+    let list = k.file(
+        "list.yaml",
+        "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: ConfigMap\n  metadata: {name: one, namespace: default}\n  data: {a: b}\n- apiVersion: v1\n  kind: ConfigMap\n  metadata: {name: two, namespace: default}\n",
+    )?;
+    let out = k.ok(&["apply", "-f", &list]).await?;
+    assert!(out.contains("configmap/one created") && out.contains("configmap/two created"), "{out}");
+    // What `get -o yaml` of several objects prints is a List too.
+    let exported = k.ok(&["get", "cm", "one", "two", "-n", "default", "-o", "yaml"]).await?;
+    assert!(exported.contains("kind: List"), "{exported}");
+    let again = k.file("again.yaml", &exported.replace("a: b", "a: c"))?;
+    k.ok(&["apply", "-f", &again]).await?;
+    assert_eq!(k.ok(&["get", "cm", "one", "-n", "default", "-o", "jsonpath={.data.a}"]).await?, "c");
+    // The items are still validated strictly, by the server.
+    let typo = k.file("typo.yaml", "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: ConfigMap\n  metadata: {name: three, namespace: default}\n  colour: red\n")?;
+    let err = k.fails(&["apply", "-f", &typo]).await?;
+    assert!(err.contains("unknown field \"colour\""), "{err}");
     Ok(())
 }
 
