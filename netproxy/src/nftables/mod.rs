@@ -3,7 +3,17 @@
 //! sync replaces the table in one transaction; a diff adds and removes only the map elements it
 //! touches, so its cost follows the change, not the number of services. IPv4 only for now; the
 //! conntrack mark of service connections carries the service port's id.
+//!
+//! Map elements (all the per-service and per-endpoint state) go to the kernel as one nfnetlink batch
+//! built here rather than as `nft` text, which `nft` parses several times more slowly than the
+//! kernel applies it: a diff that only touches elements (the common case: endpoints and services
+//! without affinity) is that one batch, one transaction. A full sync is two steps: `nft -f` rebuilds
+//! the table without elements, then one batch fills its maps; new connections to services in the
+//! moment between them are not translated (established ones keep their conntrack translation).
+//! Diffs that add chains (affinity, a new endpoint count) stay one `nft -f` transaction.
+//! [`NftablesConfig::netlink`] turns the batches off (everything as `nft` text).
 
+mod netlink;
 mod script;
 
 use crate::backend::{ApplyError, ProxyBackend};
@@ -33,6 +43,9 @@ pub enum NftablesError {
         /// What nft said.
         stderr: String,
     },
+    /// The kernel rejected an element batch (nothing of it was applied), or netlink failed.
+    #[error("netlink element batch")]
+    Netlink(#[source] std::io::Error),
 }
 
 /// Settings of the nftables backend.
@@ -42,11 +55,12 @@ pub struct NftablesConfig {
     table: String,
     nft: PathBuf,
     netns: Option<String>,
+    netlink: bool,
 }
 
 impl Default for NftablesConfig {
     fn default() -> Self {
-        Self { table: "bosun".into(), nft: PathBuf::from("nft"), netns: None }
+        Self { table: "bosun".into(), nft: PathBuf::from("nft"), netns: None, netlink: true }
     }
 }
 
@@ -66,6 +80,12 @@ impl NftablesConfig {
     /// Program a named network namespace (`ip netns exec NAME nft …`) instead of the current one (default: current).
     pub fn netns(mut self, name: impl Into<String>) -> Self {
         self.netns = Some(name.into());
+        self
+    }
+
+    /// Send map elements as nfnetlink batches (default `true`); `false` writes them as `nft` text.
+    pub fn netlink(mut self, on: bool) -> Self {
+        self.netlink = on;
         self
     }
 }
@@ -95,8 +115,30 @@ impl State {
     }
 }
 
-/// An incremental script, the per-port records it leaves (`None`: removed) and the pick chains then present.
-type Incremental = (String, Vec<(ServicePortName, Option<Programmed>)>, BTreeSet<script::Pick>);
+/// What an incremental apply changes.
+struct Incremental {
+    /// New pick chains, written first (empty: none).
+    new_picks: String,
+    /// Affinity chains and sets, written between the deleted and the added elements (empty: none).
+    chains: String,
+    removed: BTreeSet<script::Element>,
+    added: BTreeSet<script::Element>,
+    /// The per-port records it leaves (`None`: removed).
+    records: Vec<(ServicePortName, Option<Programmed>)>,
+    /// The pick chains then present.
+    picks: BTreeSet<script::Pick>,
+}
+
+impl Incremental {
+    /// The whole change as one `nft` script.
+    fn script(&self, table: &str) -> String {
+        let mut out = self.new_picks.clone();
+        script::write_elements(&mut out, table, "delete", &self.removed, CHUNK);
+        out.push_str(&self.chains);
+        script::write_elements(&mut out, table, "add", &self.added, CHUNK);
+        out
+    }
+}
 
 /// Elements per `add element` statement: nft parses one huge statement much more slowly than many small ones.
 const CHUNK: usize = 256;
@@ -127,8 +169,8 @@ impl NftablesProxy {
         Ok(())
     }
 
-    /// Builds the full-sync script and the state it leaves.
-    fn full(&self, services: &[Arc<ProxyService>]) -> (String, State) {
+    /// Builds the full-sync script (without elements), the elements, and the state they leave.
+    fn full(&self, services: &[Arc<ProxyService>]) -> (String, BTreeSet<script::Element>, State) {
         let t = &self.config.table;
         let mut state = State::default();
         let mut body = String::new();
@@ -147,13 +189,14 @@ impl NftablesProxy {
             pick.write(&mut out, t);
         }
         out.push_str(&body);
-        script::write_elements(&mut out, t, "add", &all, CHUNK);
-        (out, state)
+        (out, all, state)
     }
 
-    /// The script a full sync of `services` would apply (for inspection and tests).
+    /// The script a full sync of `services` would apply as `nft` text alone (for inspection and tests).
     pub fn full_script(&self, services: &[Arc<ProxyService>]) -> String {
-        self.full(services).0
+        let (mut out, all, _) = self.full(services);
+        script::write_elements(&mut out, &self.config.table, "add", &all, CHUNK);
+        out
     }
 
     /// Builds the incremental script for a diff; returns it with the new per-port records and picks.
@@ -194,10 +237,23 @@ impl NftablesProxy {
         for pick in picks.difference(&state.picks) {
             pick.write(&mut out, t);
         }
-        script::write_elements(&mut out, t, "delete", &removed_elements, CHUNK);
-        out.push_str(&chains);
-        script::write_elements(&mut out, t, "add", &added_elements, CHUNK);
-        (out, records, picks)
+        Incremental { new_picks: out, removed: removed_elements, added: added_elements, chains, records, picks }
+    }
+
+    /// Builds an element batch and sends it (one kernel transaction), off the async threads.
+    async fn send_elements(&self, build: impl FnOnce() -> netlink::Batch + Send + 'static) -> Result<(), NftablesError> {
+        let netns = self.config.netns.clone();
+        tokio::task::spawn_blocking(move || {
+            let batch = build();
+            if batch.is_empty() {
+                return Ok(());
+            }
+            let socket = netlink::open(netns.as_deref())?;
+            netlink::send(&socket, batch)
+        })
+        .await
+        .map_err(|e| NftablesError::Netlink(std::io::Error::other(e)))?
+        .map_err(NftablesError::Netlink)
     }
 
     async fn run(&self, script: &str) -> Result<(), NftablesError> {
@@ -235,16 +291,44 @@ impl ProxyBackend for NftablesProxy {
         let mut state = self.state.lock().await;
         tracing::debug!(full = diff.full, upserted = diff.upserted.len(), removed = diff.removed.len(), "nftables apply");
         if diff.full {
-            let (script, new_state) = self.full(&diff.upserted);
-            self.run(&script).await.map_err(|e| ApplyError::new("nftables", e))?;
+            let (mut script, all, new_state) = self.full(&diff.upserted);
+            if self.config.netlink {
+                self.run(&script).await.map_err(|e| ApplyError::new("nftables", e))?;
+                // The table now exists without elements; a failure below leaves it so.
+                *state = State::default();
+                let t = self.config.table.clone();
+                self.send_elements(move || {
+                    let mut batch = netlink::Batch::new();
+                    batch.elements(&t, netlink::Verb::Add, &all);
+                    batch
+                })
+                .await
+                .map_err(|e| ApplyError::new("nftables", e))?;
+            } else {
+                script::write_elements(&mut script, &self.config.table, "add", &all, CHUNK);
+                self.run(&script).await.map_err(|e| ApplyError::new("nftables", e))?;
+            }
             *state = new_state;
             return Ok(());
         }
         let (next_id, free) = (state.next_id, state.free_ids.clone());
-        let (script, records, picks) = self.incremental(&mut state, diff);
-        if !script.is_empty()
-            && let Err(e) = self.run(&script).await
-        {
+        let inc = self.incremental(&mut state, diff);
+        let result = if self.config.netlink && inc.new_picks.is_empty() && inc.chains.is_empty() {
+            let t = self.config.table.clone();
+            let (removed, added) = (inc.removed.clone(), inc.added.clone());
+            self.send_elements(move || {
+                let mut batch = netlink::Batch::new();
+                batch.elements(&t, netlink::Verb::Delete, &removed);
+                batch.elements(&t, netlink::Verb::Add, &added);
+                batch
+            })
+            .await
+        } else {
+            let script = inc.script(&self.config.table);
+            if script.is_empty() { Ok(()) } else { self.run(&script).await }
+        };
+        let Incremental { records, picks, .. } = inc;
+        if let Err(e) = result {
             // Nothing was applied (one transaction): forget ids handed out for it.
             state.next_id = next_id;
             state.free_ids = free;

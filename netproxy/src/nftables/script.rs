@@ -113,8 +113,61 @@ impl Pick {
     }
 }
 
+/// The key of a map element.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(super) enum Key {
+    /// `ipv4_addr . inet_proto . inet_service` (cluster and external IPs).
+    Addr(Ipv4Addr, Protocol, u16),
+    /// `inet_proto . inet_service` (node ports).
+    Port(Protocol, u16),
+    /// `mark . numgen` (`backends`: a service port's id and an endpoint's index).
+    Backend(u32, u32),
+}
+
+/// The value of a map element.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(super) enum Value {
+    /// A conntrack mark (a service port's id).
+    Mark(u32),
+    /// A verdict: `goto <chain>`.
+    Goto(String),
+    /// A DNAT target: `ipv4_addr . inet_service`.
+    Target(SocketAddrV4),
+}
+
 /// One map element: map name, key, value.
-pub(super) type Element = (&'static str, String, String);
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(super) struct Element {
+    pub map: &'static str,
+    pub key: Key,
+    pub value: Value,
+}
+
+impl Element {
+    fn new(map: &'static str, key: Key, value: Value) -> Self {
+        Self { map, key, value }
+    }
+}
+
+impl std::fmt::Display for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Addr(ip, p, port) => write!(f, "{ip} . {} . {port}", l4(*p)),
+            Self::Port(p, port) => write!(f, "{} . {port}", l4(*p)),
+            Self::Backend(id, i) => write!(f, "{id} . {i}"),
+        }
+    }
+}
+
+impl std::fmt::Display for Value {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Mark(m) => write!(f, "{m}"),
+            Self::Goto(chain) => write!(f, "goto {chain}"),
+            Self::Target(ep) => write!(f, "{} . {}", ep.ip(), ep.port()),
+        }
+    }
+}
 
 /// The numeric ids of a service port's cluster and external traffic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,21 +179,21 @@ pub(super) struct Ids {
 /// Every map element a service port needs, and the pick chains they jump to.
 pub(super) fn elements(svc: &ProxyService, ids: Ids, picks: &mut BTreeSet<Pick>) -> BTreeSet<Element> {
     let mut out = BTreeSet::new();
-    let p = l4(svc.name.protocol);
+    let p = svc.name.protocol;
     let port = svc.port;
     let sid = id(&svc.name);
     let affinity = timeout(svc).is_some();
     let cluster = v4_endpoints(&svc.cluster_endpoints);
     let external = v4_endpoints(&svc.external_endpoints);
-    let mut verdict = |eps: &[SocketAddrV4], id: u32, kind: &str, masquerade: bool, out: &mut BTreeSet<Element>| -> String {
+    let mut verdict = |eps: &[SocketAddrV4], id: u32, kind: &str, masquerade: bool, out: &mut BTreeSet<Element>| -> Value {
         if affinity {
-            return format!("goto {kind}-{sid}");
+            return Value::Goto(format!("{kind}-{sid}"));
         }
-        for (i, ep) in eps.iter().enumerate() {
-            out.insert(("backends", format!("{id} . {i}"), format!("{} . {}", ep.ip(), ep.port())));
+        for (i, ep) in (0u32..).zip(eps) {
+            out.insert(Element::new("backends", Key::Backend(id, i), Value::Target(*ep)));
         }
         let pick = Pick { protocol: svc.name.protocol, n: eps.len(), masquerade };
-        let v = format!("goto {}", pick.name());
+        let v = Value::Goto(pick.name());
         picks.insert(pick);
         v
     };
@@ -148,32 +201,30 @@ pub(super) fn elements(svc: &ProxyService, ids: Ids, picks: &mut BTreeSet<Pick>)
     let has_ext = svc.node_port.is_some() || !svc.external_ips.is_empty();
     let external_verdict =
         (has_ext && !external.is_empty()).then(|| verdict(&external, ids.external, "ext", !svc.external_local, &mut out));
+    let reject = || Value::Goto("reject-chain".into());
     for ip in svc.cluster_ips.iter().filter_map(v4) {
-        let key = format!("{ip} . {p} . {port}");
+        let key = Key::Addr(ip, p, port);
         match &cluster_verdict {
             Some(v) => {
-                out.insert(("service-ids", key.clone(), ids.cluster.to_string()));
-                out.insert(("service-ips", key, v.clone()));
+                out.insert(Element::new("service-ids", key.clone(), Value::Mark(ids.cluster)));
+                out.insert(Element::new("service-ips", key, v.clone()));
             }
             None => {
-                out.insert(("no-endpoint-services", key, "goto reject-chain".into()));
+                out.insert(Element::new("no-endpoint-services", key, reject()));
             }
         }
     }
-    let ext_keys = svc
-        .external_ips
-        .iter()
-        .filter_map(v4)
-        .map(|ip| ("service-ids", "service-ips", "no-endpoint-services", format!("{ip} . {p} . {port}")));
-    let np_keys = svc.node_port.map(|np| ("nodeport-ids", "service-nodeports", "no-endpoint-nodeports", format!("{p} . {np}")));
+    let ext_keys =
+        svc.external_ips.iter().filter_map(v4).map(|ip| ("service-ids", "service-ips", "no-endpoint-services", Key::Addr(ip, p, port)));
+    let np_keys = svc.node_port.map(|np| ("nodeport-ids", "service-nodeports", "no-endpoint-nodeports", Key::Port(p, np)));
     for (ids_map, verdict_map, reject_map, key) in ext_keys.chain(np_keys) {
         match &external_verdict {
             Some(v) => {
-                out.insert((ids_map, key.clone(), ids.external.to_string()));
-                out.insert((verdict_map, key, v.clone()));
+                out.insert(Element::new(ids_map, key.clone(), Value::Mark(ids.external)));
+                out.insert(Element::new(verdict_map, key, v.clone()));
             }
             None => {
-                out.insert((reject_map, key, "goto reject-chain".into()));
+                out.insert(Element::new(reject_map, key, reject()));
             }
         }
     }
@@ -184,17 +235,17 @@ pub(super) fn elements(svc: &ProxyService, ids: Ids, picks: &mut BTreeSet<Pick>)
 pub(super) fn write_elements<'a>(out: &mut String, table: &str, verb: &str, elements: impl IntoIterator<Item = &'a Element>, chunk: usize) {
     let mut by_map: std::collections::BTreeMap<&str, Vec<&Element>> = std::collections::BTreeMap::new();
     for e in elements {
-        by_map.entry(e.0).or_default().push(e);
+        by_map.entry(e.map).or_default().push(e);
     }
     for (map, elems) in by_map {
         for group in elems.chunks(chunk.max(1)) {
             let _ = write!(out, "{verb} element ip {table} {map} {{ ");
-            for (i, (_, key, value)) in group.iter().enumerate() {
+            for (i, e) in group.iter().enumerate() {
                 let sep = if i == 0 { "" } else { ", " };
                 if verb == "add" {
-                    let _ = write!(out, "{sep}{key} : {value}");
+                    let _ = write!(out, "{sep}{} : {}", e.key, e.value);
                 } else {
-                    let _ = write!(out, "{sep}{key}");
+                    let _ = write!(out, "{sep}{}", e.key);
                 }
             }
             out.push_str(" }\n");

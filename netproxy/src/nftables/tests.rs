@@ -34,9 +34,10 @@ fn diff(up: Vec<ProxyService>, removed: Vec<ServicePortName>) -> TableDiff {
 }
 
 fn incremental(p: &NftablesProxy, state: &mut State, d: &TableDiff) -> String {
-    let (script, records, picks) = p.incremental(state, d);
-    state.picks = picks;
-    for (name, r) in records {
+    let inc = p.incremental(state, d);
+    let script = inc.script(&p.config.table);
+    state.picks = inc.picks;
+    for (name, r) in inc.records {
         match r {
             Some(r) => {
                 state.ports.insert(name, r);
