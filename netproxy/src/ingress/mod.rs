@@ -2,6 +2,7 @@
 //! and path to service endpoints from the service table, terminates TLS with certificates from
 //! `spec.tls` Secrets (rustls), and swaps routes without dropping connections.
 
+mod resolve;
 mod routes;
 mod tls;
 
@@ -9,7 +10,6 @@ pub use routes::{Backend, ClassConfig, PathKind, PortRef, RouteTable, is_ours};
 pub use tls::{CertStore, TlsError, certified_key_from_secret};
 
 use crate::sync::TableHandle;
-use crate::table::Protocol;
 use bosun_core::ObjectKey;
 use bosun_core::k8s_openapi::api::core::v1::Secret;
 use bosun_core::k8s_openapi::api::networking::v1::{Ingress, IngressClass};
@@ -65,17 +65,19 @@ const HOP_BY_HOP: [&str; 8] =
 pub struct IngressProxy {
     routes: Arc<RwLock<Arc<RouteTable>>>,
     services: TableHandle,
-    client: Client<HttpConnector, Incoming>,
+    client: Client<HttpConnector<resolve::BackendResolver>, Incoming>,
     next: Arc<AtomicUsize>,
 }
 
 impl IngressProxy {
     /// A proxy with no routes (every request gets 404 until routes are set).
     pub fn new(services: TableHandle) -> Self {
-        let mut connector = HttpConnector::new();
+        // Upstream URIs name a backend and the endpoint to try first (see `resolve`); the connector
+        // tries the backend's other endpoints in turn when a connect fails.
+        let mut connector = HttpConnector::new_with_resolver(resolve::BackendResolver::new(services.clone()));
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(2)));
-        let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(connector);
+        let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).set_host(false).build(connector);
         Self { routes: Arc::default(), services, client, next: Arc::default() }
     }
 
@@ -109,21 +111,13 @@ impl IngressProxy {
         Ok(IngressServer { addr: local, stop, task: Some(task) })
     }
 
-    fn endpoint(&self, backend: &Backend) -> Option<SocketAddr> {
-        let table = self.services.read();
-        let key = ObjectKey::new(Some(&backend.namespace), backend.service.clone());
-        let port = table.ports_of(&key).find(|p| {
-            p.name.protocol == Protocol::Tcp
-                && match &backend.port {
-                    PortRef::Number(n) => p.port == *n,
-                    PortRef::Name(name) => p.name.port == *name,
-                }
-        })?;
-        let eps = &port.cluster_endpoints;
-        if eps.is_empty() {
+    /// The upstream authority for a backend: round robin picks the endpoint tried first.
+    fn upstream(&self, backend: &Backend) -> Option<String> {
+        let n = resolve::endpoints(&self.services, backend).len();
+        if n == 0 {
             return None;
         }
-        Some(eps[self.next.fetch_add(1, Ordering::Relaxed) % eps.len()].addr)
+        Some(resolve::upstream_host(backend, self.next.fetch_add(1, Ordering::Relaxed) % n))
     }
 
     /// Routes and forwards one request.
@@ -140,7 +134,7 @@ impl IngressProxy {
         let Some(backend) = routes.route(&host, req.uri().path()) else {
             return text(StatusCode::NOT_FOUND, "no ingress rule matches\n");
         };
-        let Some(endpoint) = self.endpoint(backend) else {
+        let Some(endpoint) = self.upstream(backend) else {
             return text(StatusCode::SERVICE_UNAVAILABLE, "no ready endpoint\n");
         };
         let path = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
@@ -236,6 +230,41 @@ async fn accept_loop(proxy: IngressProxy, listener: TcpListener, tls: Option<tok
     let _ = tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await;
 }
 
+impl IngressController {
+    /// Writes `address` into the status of the Ingresses served and removes it from the others that
+    /// still carry it. A failed write is retried on the next change or resync.
+    async fn publish(&self, address: &StatusAddress, all: &[Arc<Ingress>], served: &[ObjectKey]) {
+        let ours = address.to_json();
+        for ing in all {
+            let key = ObjectKey::of(&**ing);
+            let current = ing
+                .status
+                .as_ref()
+                .and_then(|s| s.load_balancer.as_ref())
+                .and_then(|l| l.ingress.as_ref())
+                .and_then(|i| serde_json::to_value(i).ok())
+                .unwrap_or_else(|| serde_json::json!([]));
+            let want = if served.contains(&key) {
+                ours.clone()
+            } else if current == ours {
+                serde_json::json!([])
+            } else {
+                continue;
+            };
+            if current == want {
+                continue;
+            }
+            let (Some(ns), Some(name)) = (ing.metadata.namespace.as_deref(), ing.metadata.name.as_deref()) else { continue };
+            let api = bosun_core::Api::<Ingress>::namespaced(self.informers.client().clone(), ns);
+            let patch = bosun_core::client::Patch::Merge(serde_json::json!({ "status": { "loadBalancer": { "ingress": want } } }));
+            match api.patch_status(name, &patch, &bosun_core::client::PatchParams::default()).await {
+                Ok(_) => tracing::debug!(ingress = %key, "ingress status written"),
+                Err(error) => tracing::warn!(ingress = %key, %error, "cannot write ingress status"),
+            }
+        }
+    }
+}
+
 /// A running ingress listener; it stops when dropped.
 pub struct IngressServer {
     addr: SocketAddr,
@@ -272,12 +301,39 @@ pub struct IngressController {
     informers: Informers,
     proxy: IngressProxy,
     config: ClassConfig,
+    address: Option<StatusAddress>,
+}
+
+/// The address an [`IngressController`] publishes in the `status.loadBalancer.ingress` of the
+/// Ingresses it serves (what `kubectl get ingress` shows as ADDRESS).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StatusAddress {
+    /// An IP address.
+    Ip(std::net::IpAddr),
+    /// A DNS name.
+    Hostname(String),
+}
+
+impl StatusAddress {
+    fn to_json(&self) -> serde_json::Value {
+        match self {
+            Self::Ip(ip) => serde_json::json!([{ "ip": ip.to_string() }]),
+            Self::Hostname(h) => serde_json::json!([{ "hostname": h }]),
+        }
+    }
 }
 
 impl IngressController {
     /// A controller feeding `proxy`.
     pub fn new(informers: Informers, proxy: IngressProxy) -> Self {
-        Self { informers, proxy, config: ClassConfig::default() }
+        Self { informers, proxy, config: ClassConfig::default(), address: None }
+    }
+
+    /// Publish `address` in the status of every Ingress served, and take it out of Ingresses no
+    /// longer served (default: no status is written).
+    pub fn status_address(mut self, address: StatusAddress) -> Self {
+        self.address = Some(address);
+        self
     }
 
     /// Which classes are ours (default: IngressClasses with controller `bosun.dev/ingress`).
@@ -309,6 +365,9 @@ impl IngressController {
             let lookup = move |ns: &str, name: &str| store.get(&ObjectKey::new(Some(ns), name));
             let table = RouteTable::build(&ingresses.store().list(), &classes.store().list(), &lookup, &self.config);
             tracing::debug!(ingresses = table.ingresses.len(), "ingress routes rebuilt");
+            if let Some(address) = &self.address {
+                self.publish(address, &ingresses.store().list(), &table.ingresses).await;
+            }
             self.proxy.set_routes(table);
             if changes.next().await.is_none() {
                 return;

@@ -212,8 +212,9 @@ async fn tls_terminates_with_the_secret_of_spec_tls_over_h2_and_http1() {
 }
 
 #[tokio::test]
-async fn the_controller_follows_ingress_objects_from_the_api_server() {
+async fn the_controller_follows_ingress_objects_from_the_api_server_retries_dead_endpoints_and_writes_status() {
     use bosun_core::{Api, Client, PostParams};
+    use bosun_netproxy::ingress::StatusAddress;
     use bosun_netproxy::{IngressController, NodeContext, ServiceProxy};
     let server = bosun_store::ApiServer::in_memory();
     let client: Arc<dyn Client> = server;
@@ -230,7 +231,8 @@ async fn the_controller_follows_ingress_objects_from_the_api_server() {
                 "default",
                 "live",
                 "live-1",
-                json!([{"addresses": [ep.ip().to_string()]}]),
+                // Nothing listens on the second address: connects to it are refused.
+                json!([{"addresses": [ep.ip().to_string()]}, {"addresses": ["127.0.73.9"]}]),
                 json!([{"name": "http", "port": ep.port()}]),
             ),
             &pp,
@@ -241,7 +243,8 @@ async fn the_controller_follows_ingress_objects_from_the_api_server() {
     let table = sp.table();
     let _sp = sp.spawn();
     let proxy = IngressProxy::new(table.clone());
-    let _ic = IngressController::new(informers, proxy.clone()).spawn();
+    let published: std::net::IpAddr = "127.0.73.5".parse().expect("ip");
+    let _ic = IngressController::new(informers, proxy.clone()).status_address(StatusAddress::Ip(published)).spawn();
     let http = proxy.serve_http("127.0.73.5:0".parse().expect("addr")).await.expect("serve");
 
     let class: IngressClass = serde_json::from_value(json!({"metadata": {"name": "bosun", "annotations": {
@@ -266,5 +269,38 @@ async fn the_controller_follows_ingress_objects_from_the_api_server() {
     }
     assert_eq!(last.0, 200, "{last:?}");
     assert!(last.1.starts_with("live /hello http"), "{last:?}");
+    // Round robin makes every other request try the dead endpoint first; each moves on to the live one.
+    for i in 0..6 {
+        let mut fresh = h1(http.local_addr()).await;
+        let (status, body) = get_h1(&mut fresh, "live.example.com", &format!("/r{i}")).await;
+        assert_eq!((status, body.starts_with(&format!("live /r{i} "))), (200, true), "request {i}: {body}");
+    }
+    // The served Ingress carries our address in its status (kubectl's ADDRESS column).
+    let api = Api::<Ingress>::namespaced(client.clone(), "default");
+    let mut address = None;
+    for _ in 0..100 {
+        let ing = api.get("live").await.expect("get");
+        address = ing.status.and_then(|s| s.load_balancer).and_then(|l| l.ingress).and_then(|i| i.first().and_then(|a| a.ip.clone()));
+        if address.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(address.as_deref(), Some("127.0.73.5"));
+    // Handed to another class: the address is taken out again.
+    let other: IngressClass =
+        serde_json::from_value(json!({"metadata": {"name": "other"}, "spec": {"controller": "example.com/other"}})).expect("class");
+    Api::<IngressClass>::all(client.clone()).create(&other, &pp).await.expect("class");
+    let patch = bosun_core::client::Patch::Merge(json!({"spec": {"ingressClassName": "other"}}));
+    api.patch("live", &patch, &bosun_core::client::PatchParams::default()).await.expect("patch");
+    for _ in 0..100 {
+        let ing = api.get("live").await.expect("get");
+        address = ing.status.and_then(|s| s.load_balancer).and_then(|l| l.ingress).and_then(|i| i.first().and_then(|a| a.ip.clone()));
+        if address.is_none() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(address, None, "the status no longer names us");
     http.shutdown().await;
 }
