@@ -1,8 +1,12 @@
 //! The Kubernetes REST API over HTTP: discovery, CRUD, watch, patch, subresources, Table output,
-//! OpenAPI and health endpoints, in front of any [`bosun_core::Client`].
+//! OpenAPI and health endpoints, in front of any [`bosun_core::Client`]; field validation
+//! (unknown and repeated fields) and the `Warning` headers kube-apiserver sends; the access and
+//! identity reviews behind `kubectl auth can-i` and `kubectl auth whoami`.
 //!
-//! Start with [`serve`]: it binds a plain HTTP listener (and optionally an HTTPS one with a
-//! self-signed certificate) and returns a [`Server`] handle with the bound addresses.
+//! Start with [`serve`]: it binds a plain HTTP listener (HTTP/1.1, or HTTP/2 with prior
+//! knowledge) and optionally an HTTPS one with a self-signed certificate (HTTP/2 or HTTP/1.1 by
+//! ALPN; exec's WebSocket upgrade takes HTTP/1.1), and returns a [`Server`] handle with the bound
+//! addresses.
 //! [`Server::write_kubeconfig`] writes a kubeconfig that points `kubectl` at it.
 //!
 //! ```no_run
