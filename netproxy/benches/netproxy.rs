@@ -17,7 +17,16 @@ const SERVICES: usize = 10_000;
 const ENDPOINTS: usize = 10;
 
 fn endpoint(addr: SocketAddr) -> Endpoint {
-    Endpoint { addr, node_name: None, zone: None, ready: true, serving: true, terminating: false, zone_hints: Vec::new() }
+    Endpoint {
+        addr,
+        node_name: None,
+        zone: None,
+        ready: true,
+        serving: true,
+        terminating: false,
+        zone_hints: Vec::new(),
+        node_hints: Vec::new(),
+    }
 }
 
 fn service(name: String, vip: IpAddr, port: u16, eps: Vec<SocketAddr>) -> ProxyService {

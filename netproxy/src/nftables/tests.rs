@@ -13,6 +13,7 @@ fn svc(name: &str, vip: &str, eps: &[&str]) -> ProxyService {
             serving: true,
             terminating: false,
             zone_hints: Vec::new(),
+            node_hints: Vec::new(),
         })
         .collect();
     ProxyService {

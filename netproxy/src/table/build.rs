@@ -181,6 +181,12 @@ fn endpoints_for(slices: &[Arc<EndpointSlice>], port: &NamedPort) -> Vec<Endpoin
                 .and_then(|h| h.for_zones.as_ref())
                 .map(|z| z.iter().map(|z| z.name.clone()).collect())
                 .unwrap_or_default();
+            let node_hints = ep
+                .hints
+                .as_ref()
+                .and_then(|h| h.for_nodes.as_ref())
+                .map(|n| n.iter().map(|n| n.name.clone()).collect())
+                .unwrap_or_default();
             let endpoint = Endpoint {
                 addr: SocketAddr::new(ip, target),
                 node_name: ep.node_name.clone(),
@@ -189,6 +195,7 @@ fn endpoints_for(slices: &[Arc<EndpointSlice>], port: &NamedPort) -> Vec<Endpoin
                 serving,
                 terminating,
                 zone_hints,
+                node_hints,
             };
             if !out.iter().any(|e| e.addr == endpoint.addr) {
                 out.push(endpoint);
@@ -208,9 +215,19 @@ fn ready_or_serving<'a>(eps: impl Iterator<Item = &'a Endpoint> + Clone) -> Vec<
     eps.filter(|e| e.serving && e.terminating).cloned().collect()
 }
 
-/// Topology-aware routing: when every ready endpoint carries zone hints and some endpoint is hinted
-/// for this node's zone, keep only those; otherwise keep everything.
+/// Topology-aware routing, as kube-proxy does it: when every ready endpoint carries node hints and
+/// some is hinted for this node, keep only those (`PreferSameNode`); else when every ready endpoint
+/// carries zone hints and some is hinted for this node's zone, keep only those; else keep everything.
 fn topology_filter(all: &[Endpoint], node: &NodeContext) -> Vec<Endpoint> {
+    if let Some(name) = node.node_name.as_deref() {
+        let ready: Vec<&Endpoint> = all.iter().filter(|e| e.ready).collect();
+        if !ready.is_empty()
+            && ready.iter().all(|e| !e.node_hints.is_empty())
+            && ready.iter().any(|e| e.node_hints.iter().any(|n| n == name))
+        {
+            return all.iter().filter(|e| e.node_hints.iter().any(|n| n == name)).cloned().collect();
+        }
+    }
     let Some(zone) = node.zone.as_deref() else { return all.to_vec() };
     let ready: Vec<&Endpoint> = all.iter().filter(|e| e.ready).collect();
     if ready.is_empty() || ready.iter().any(|e| e.zone_hints.is_empty()) {

@@ -98,6 +98,8 @@ pub struct Endpoint {
     pub terminating: bool,
     /// Zones this endpoint is hinted for (topology-aware routing).
     pub zone_hints: Vec<String>,
+    /// Nodes this endpoint is hinted for (`trafficDistribution: PreferSameNode`).
+    pub node_hints: Vec<String>,
 }
 
 /// Session affinity of a service.

@@ -174,6 +174,7 @@ mod tests {
                 serving: true,
                 terminating: false,
                 zone_hints: Vec::new(),
+                node_hints: Vec::new(),
             })
             .collect()
     }

@@ -99,6 +99,17 @@ fn topology_hints_keep_same_zone_endpoints_only_when_all_are_hinted() {
     ]);
     let (_, ports) = build_service(&s, &[slice(partly, json!([{"port": 8080}]))], &node).expect("entry");
     assert_eq!(ports[0].cluster_endpoints.len(), 2);
+
+    // PreferSameNode: node hints win over zone hints when every ready endpoint has them.
+    let by_node = json!([
+        {"addresses": ["10.1.0.1"], "zone": "z2", "hints": {"forZones": [{"name": "z2"}], "forNodes": [{"name": "b"}]}},
+        {"addresses": ["10.1.0.2"], "zone": "z2", "hints": {"forZones": [{"name": "z2"}], "forNodes": [{"name": "a"}]}},
+        {"addresses": ["10.1.0.3"], "zone": "z2", "hints": {"forZones": [{"name": "z2"}], "forNodes": [{"name": "c"}]}}
+    ]);
+    let (_, ports) = build_service(&s, &[slice(by_node.clone(), json!([{"port": 8080}]))], &node).expect("entry");
+    assert_eq!(addrs(&ports[0].cluster_endpoints), ["10.1.0.2:8080"]);
+    let (_, ports) = build_service(&s, &[slice(by_node, json!([{"port": 8080}]))], &NodeContext::new("d").zone("z2")).expect("entry");
+    assert_eq!(ports[0].cluster_endpoints.len(), 3, "no endpoint for this node: the zone hints apply");
 }
 
 #[test]
