@@ -47,6 +47,8 @@ use wal::{Record, Segment};
 
 /// How often expired leases are looked for.
 const LEASE_CHECK: Duration = Duration::from_millis(100);
+/// The longest a group commit waits for more writers before it syncs.
+const MAX_FILL_WAIT: Duration = Duration::from_millis(1);
 /// How long `open` waits for another handle to release the directory.
 const LOCK_WAIT: Duration = Duration::from_secs(2);
 
@@ -529,17 +531,46 @@ struct Committer {
 }
 
 impl Committer {
+    /// Groups records and commits each group with one sync.
+    ///
+    /// A group waits briefly to fill: the writers the last sync acknowledged come straight back
+    /// with their next write, and starting the next sync with only the first of them would make
+    /// the rest wait for that sync and the one after (groups then alternate small and large, and
+    /// the bench's 64 writers averaged 14 records a sync). So a group collects until it has as
+    /// many records as the last one, for at most the last sync's duration (capped at
+    /// [`MAX_FILL_WAIT`]): no writer waits longer than it would have for the next sync anyway,
+    /// and a lone writer (a group of one) never waits.
     fn run(mut self) {
+        let mut last_group = 0usize;
+        let mut last_sync = Duration::ZERO;
         while let Ok(first) = self.rx.recv() {
+            let fill_until = std::time::Instant::now() + last_sync.min(MAX_FILL_WAIT);
+            let mut records = 0usize;
             let mut item = Some(first);
             while let Some(i) = item.take() {
+                if matches!(i, Item::Append { .. }) {
+                    records += 1;
+                }
                 self.handle(i);
-                if self.buf.len() >= self.options.max_group_bytes {
+                if self.buf.len() >= self.options.max_group_bytes || self.shutdown {
                     break;
                 }
-                item = self.rx.try_recv().ok();
+                item = match self.rx.try_recv() {
+                    Ok(i) => Some(i),
+                    Err(mpsc::TryRecvError::Empty) if records < last_group && !self.buf.is_empty() => {
+                        let left = fill_until.saturating_duration_since(std::time::Instant::now());
+                        if left.is_zero() { None } else { self.rx.recv_timeout(left).ok() }
+                    }
+                    Err(_) => None,
+                };
             }
+            let syncing = !self.buf.is_empty();
+            let started = std::time::Instant::now();
             self.flush();
+            if syncing {
+                last_sync = started.elapsed();
+                last_group = records;
+            }
             if self.shutdown {
                 break;
             }
