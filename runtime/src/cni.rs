@@ -142,7 +142,18 @@ pub async fn namespace_pids(netns: &str) -> Vec<i32> {
 
 /// Whether a namespace's `eth0` is the far end of a veth whose near end is a port of `bridge`.
 pub async fn attached_to(netns: &str, bridge: &str) -> bool {
-    let Ok(out) = run(Command::new("ip").args(["-n", netns, "-j", "link", "show", "eth0"])).await else { return false };
+    on_bridge(Command::new("ip").args(["-n", netns, "-j", "link", "show", "eth0"]), bridge).await
+}
+
+/// Whether the network namespace of process `pid` is attached to `bridge` (as [`attached_to`];
+/// for namespaces whose name was deleted while a process keeps them alive).
+pub async fn pid_attached_to(pid: i32, bridge: &str) -> bool {
+    let target = pid.to_string();
+    on_bridge(Command::new("nsenter").args(["-t", &target, "-n", "ip", "-j", "link", "show", "eth0"]), bridge).await
+}
+
+async fn on_bridge(show_eth0: &mut Command, bridge: &str) -> bool {
+    let Ok(out) = run(show_eth0).await else { return false };
     let Some(peer) =
         serde_json::from_str::<serde_json::Value>(&out).ok().and_then(|v| v.pointer("/0/link_index").and_then(serde_json::Value::as_u64))
     else {

@@ -293,35 +293,76 @@ impl RuncRuntime {
         for id in &unknown_sandboxes {
             tracing::info!(sandbox.id = %id, "releasing the network of a sandbox left without a record");
             let netns = format!("bosun-{id}");
-            evict_namespace(&netns).await;
+            if cni::netns_path(&netns).exists() {
+                kill_and_wait(&cni::namespace_pids(&netns).await).await;
+            }
             cni::release(&self.inner.cni, id, &netns).await;
             if !sandboxes.contains_key(id) {
                 let _ = std::fs::remove_dir_all(self.inner.root.join("sandboxes").join(id));
             }
         }
+        // Pods that a runtime over another state directory left on this bridge still hold their
+        // addresses, and a new sandbox would collide with them: containers whose `runc run` was
+        // orphaned (or was started by this very process, by a runtime dropped without cleanup),
+        // even when the name of their namespace was deleted; and named namespaces that no live
+        // runtime's container is in. A live runtime's pods are left alone.
+        let me = rustix::process::getpid().as_raw_nonzero().get();
+        let abandoned = |o: &RuncOwner| o.parent == 1 || o.parent == me;
+        let mut evicted: Vec<RuncOwner> = Vec::new();
+        for owner in runc_containers() {
+            let Some(init) = owner.init else { continue };
+            if containers.contains(&owner.container_id) || pending.contains(&owner.container_id) || !abandoned(&owner) {
+                continue;
+            }
+            if !cni::pid_attached_to(init, &self.inner.cni.bridge).await {
+                continue;
+            }
+            tracing::info!(container.id = %owner.container_id, bridge = %self.inner.cni.bridge, "stopping a container another runtime left on this bridge");
+            kill_and_wait(&[init]).await;
+            evicted.push(owner);
+        }
         let ours: HashSet<String> = sandboxes.values().flatten().cloned().collect();
+        let mut released: HashSet<String> = HashSet::new();
+        for owner in &evicted {
+            // The bundle names the sandbox's namespace: release its address through CNI too.
+            if let Some(netns) = bundle_netns(&owner.bundle)
+                && let Some(id) = netns.strip_prefix("bosun-")
+                && released.insert(netns.clone())
+            {
+                cni::release(&foreign_cni(&self.inner.cni, owner), id, &netns).await;
+            }
+        }
         for netns in cni::namespaces() {
             let Some(id) = netns.strip_prefix("bosun-").filter(|id| id.starts_with("rsb-")) else { continue };
-            if ours.contains(&netns) || pending.contains(id) || unknown_sandboxes.contains(id) {
+            if ours.contains(&netns) || pending.contains(id) || unknown_sandboxes.contains(id) || released.contains(&netns) {
                 continue;
             }
             if !cni::attached_to(&netns, &self.inner.cni.bridge).await {
                 continue;
             }
+            let pids = cni::namespace_pids(&netns).await;
+            let owners: Vec<RuncOwner> = pids.iter().filter_map(|p| parent_of(*p).and_then(runc_owner)).collect();
+            if owners.iter().any(|o| !abandoned(o)) {
+                continue;
+            }
+            // An empty namespace may be a live runtime's sandbox whose container is on its way.
+            let young = std::fs::symlink_metadata(cni::netns_path(&netns))
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().is_ok_and(|age| age < Duration::from_secs(30)));
+            if pids.is_empty() && young {
+                continue;
+            }
             tracing::info!(netns, bridge = %self.inner.cni.bridge, "removing a pod network another runtime left on this bridge");
-            let owners = evict_namespace(&netns).await;
-            // Its runtime's IPAM directory sits beside the `runc --root` directory, if it still exists.
-            let mut foreign = self.inner.cni.clone();
-            if let Some(ipam) = owners.iter().find_map(|o| o.runc_root.parent().map(|r| r.join("ipam"))).filter(|p| p.is_dir()) {
-                foreign.ipam_dir = ipam;
-            }
+            kill_and_wait(&pids).await;
+            let foreign = owners.first().map_or_else(|| self.inner.cni.clone(), |o| foreign_cni(&self.inner.cni, o));
             cni::release(&foreign, id, &netns).await;
-            for owner in owners {
-                let mut delete = Command::new(&self.inner.runc);
-                delete.arg("--root").arg(&owner.runc_root).args(["delete", "--force", &owner.container_id]);
-                let _ = run(&mut delete).await;
-                unmount_if_mounted(&owner.bundle.join("rootfs")).await;
-            }
+            evicted.extend(owners);
+        }
+        for owner in evicted {
+            let mut delete = Command::new(&self.inner.runc);
+            delete.arg("--root").arg(&owner.runc_root).args(["delete", "--force", &owner.container_id]);
+            let _ = run(&mut delete).await;
+            unmount_if_mounted(&owner.bundle.join("rootfs")).await;
         }
     }
 
@@ -892,12 +933,23 @@ impl ContainerRuntime for RuncRuntime {
     }
 }
 
-/// The `runc run` that started a container found in a leftover namespace.
+/// A `runc run` process: where its runtime keeps state, the container, who started it and the
+/// container's first process.
 #[derive(Debug)]
 struct RuncOwner {
     runc_root: PathBuf,
     bundle: PathBuf,
     container_id: String,
+    /// The parent of `runc run`: its runtime's process, or 1 once that is gone.
+    parent: i32,
+    /// The container's first process (the child of `runc run`).
+    init: Option<i32>,
+}
+
+/// The parent pid of a process.
+fn parent_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.get(stat.rfind(')')? + 2..)?.split(' ').nth(1)?.parse().ok()
 }
 
 /// Reads `runc --root R run --bundle B --pid-file P ID` from a process's command line.
@@ -906,24 +958,53 @@ fn runc_owner(pid: i32) -> Option<RuncOwner> {
     let args: Vec<String> = cmdline.split(|b| *b == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
     let run = args.iter().position(|a| a == "run")?;
     let after = |flag: &str| args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).map(PathBuf::from);
-    Some(RuncOwner { runc_root: after("--root")?, bundle: after("--bundle")?, container_id: args.get(run + 1..)?.last()?.clone() })
+    Some(RuncOwner {
+        runc_root: after("--root")?,
+        bundle: after("--bundle")?,
+        container_id: args.get(run + 1..)?.last()?.clone(),
+        parent: parent_of(pid)?,
+        init: None,
+    })
 }
 
-/// Kills every process in a network namespace (a container keeps its namespace and veth alive)
-/// and waits a little for them to go; returns the `runc run` parents it found.
-async fn evict_namespace(netns: &str) -> Vec<RuncOwner> {
-    if !cni::netns_path(netns).exists() {
-        return Vec::new();
-    }
-    let pids = cni::namespace_pids(netns).await;
-    let mut owners = Vec::new();
-    for &pid in &pids {
-        let parent = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|s| s.get(s.rfind(')')? + 2..).and_then(|rest| rest.split(' ').nth(1)).and_then(|p| p.parse::<i32>().ok()));
-        if let Some(owner) = parent.and_then(runc_owner) {
-            owners.push(owner);
+/// Every `runc run` on this machine with its container's first process.
+fn runc_containers() -> Vec<RuncOwner> {
+    let pids: Vec<i32> = std::fs::read_dir("/proc")
+        .map(|d| d.flatten().filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok())).collect())
+        .unwrap_or_default();
+    let mut owners: Vec<(i32, RuncOwner)> = pids.iter().filter_map(|p| runc_owner(*p).map(|o| (*p, o))).collect();
+    for pid in &pids {
+        let Some(parent) = parent_of(*pid) else { continue };
+        if let Some((_, owner)) = owners.iter_mut().find(|(runc, _)| *runc == parent) {
+            owner.init = Some(*pid);
         }
+    }
+    owners.into_iter().map(|(_, o)| o).collect()
+}
+
+/// The network namespace a bundle's `config.json` puts its container in (`bosun-rsb-...`).
+fn bundle_netns(bundle: &Path) -> Option<String> {
+    let config: serde_json::Value = serde_json::from_slice(&std::fs::read(bundle.join("config.json")).ok()?).ok()?;
+    config.pointer("/linux/namespaces")?.as_array()?.iter().find(|n| n["type"] == "network").and_then(|n| {
+        let path = Path::new(n["path"].as_str()?);
+        path.file_name()?.to_str().map(str::to_string)
+    })
+}
+
+/// The CNI configuration of the runtime that ran `owner`: its IPAM directory sits beside its
+/// `runc --root` directory (when that still exists; otherwise its reservations are gone anyway).
+fn foreign_cni(ours: &CniConfig, owner: &RuncOwner) -> CniConfig {
+    let mut cni = ours.clone();
+    if let Some(ipam) = owner.runc_root.parent().map(|r| r.join("ipam")).filter(|p| p.is_dir()) {
+        cni.ipam_dir = ipam;
+    }
+    cni
+}
+
+/// Kills processes (a container's first process takes its PID namespace along) and waits a
+/// little for them to go.
+async fn kill_and_wait(pids: &[i32]) {
+    for &pid in pids {
         if let Some(p) = rustix::process::Pid::from_raw(pid) {
             let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
         }
@@ -934,7 +1015,6 @@ async fn evict_namespace(netns: &str) -> Vec<RuncOwner> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    owners
 }
 
 /// Unmounts a path if something is mounted there (per `/proc/self/mountinfo`).

@@ -91,6 +91,7 @@ async fn runc_runtime_conforms() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (_images, image) = busybox(dir.path()).await;
     let rt: Arc<dyn ContainerRuntime> = Arc::new(runtime(dir.path(), "bosuntst0", "10.89.0.0/24"));
+    rt.recover().await.expect("recover");
     conformance::run_all(&Runc { dir, image, rt }).await;
 }
 
@@ -110,6 +111,8 @@ async fn pods_reach_each_other_over_the_bridge_and_limits_apply() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (_images, image) = busybox(dir.path()).await;
     let rt = runtime(dir.path(), "bosuntst1", "10.89.1.0/24");
+    // Whatever an earlier, killed run of this test left on its bridge goes first.
+    rt.recover().await.expect("recover");
     let logs = dir.path().join("pods");
     let a = rt.run_sandbox(&sandbox("server", &logs)).await.expect("sandbox a");
     let b = rt.run_sandbox(&sandbox("client", &logs)).await.expect("sandbox b");
@@ -160,6 +163,8 @@ async fn an_oom_kill_is_reported_as_oom_killed() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (_images, image) = busybox(dir.path()).await;
     let rt = runtime(dir.path(), "bosuntst2", "10.89.2.0/24");
+    // Whatever an earlier, killed run of this test left on its bridge goes first.
+    rt.recover().await.expect("recover");
     let sb = rt.run_sandbox(&sandbox("hungry", &dir.path().join("pods"))).await.expect("sandbox");
     let mut cfg = sh("eat", &image, "x=$(head -c 200000000 /dev/zero | tr '\\0' a); echo survived ${#x}");
     cfg.resources.memory_limit_bytes = Some(32 << 20);
@@ -307,19 +312,25 @@ async fn a_new_runtime_sweeps_what_a_killed_one_left() {
     second.remove_sandbox(&sb).await.expect("remove");
 
     // 2. Killed with its records intact, and the next runtime has another state directory on
-    // the same bridge (a new data directory): the old pod still holds its address there.
+    // the same bridge (a new data directory): the old pods still hold their addresses there, one
+    // of them even after the name of its namespace was deleted (its container keeps it alive).
     let state_c = dir.path().join("state-c");
     let other = open(&state_c);
     let (_, netns2, ip2) = running_pod(&other, &image, &logs).await;
-    let pids2 = netns_pids(&netns2);
+    let (_, unnamed, _) = running_pod(&other, &image, &logs).await;
+    let pids2: Vec<i32> = netns_pids(&netns2).into_iter().chain(netns_pids(&unnamed)).collect();
     drop(other);
+    assert!(std::process::Command::new("ip").args(["netns", "delete", &unnamed]).status().is_ok_and(|s| s.success()));
+    assert_eq!(reservations(&state_c), 2);
     let state_b = dir.path().join("state-b");
     let third = open(&state_b);
     third.recover().await.expect("recover");
     assert!(!cni_netns_exists(&netns2), "{netns2} on {bridge} is gone");
-    assert!(pids2.iter().all(|p| !std::path::Path::new(&format!("/proc/{p}")).exists()), "the old container is dead");
-    assert_eq!(reservations(&state_c), 0, "the other runtime's reservation is released");
-    assert!(mounted_under(&state_c.join("bundles")).is_empty(), "the other runtime's overlay is unmounted");
+    assert!(pids2.iter().all(|p| !std::path::Path::new(&format!("/proc/{p}")).exists()), "the old containers are dead");
+    assert_eq!(reservations(&state_c), 0, "the other runtime's reservations are released");
+    assert!(mounted_under(&state_c.join("bundles")).is_empty(), "the other runtime's overlays are unmounted");
+    let ports = std::fs::read_dir(format!("/sys/class/net/{bridge}/brif")).expect("bridge ports").count();
+    assert_eq!(ports, 0, "no veth of the old pods is left on {bridge}");
 
     // The new runtime's first sandbox gets the same first address, without a collision.
     let sb = third.run_sandbox(&sandbox("fresh", &logs)).await.expect("sandbox");
