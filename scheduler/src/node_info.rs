@@ -62,6 +62,72 @@ impl NodeStatic {
     }
 }
 
+/// A node's figures that Filter and Score read most, in one compact record: the snapshot keeps one
+/// per node in scan order, so that a scan reads a dense array instead of chasing each node's
+/// description and pod list (see [`crate::framework::SummaryFilter`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NodeSummary {
+    /// Allocatable CPU (millicores).
+    pub alloc_milli_cpu: i64,
+    /// Allocatable memory (bytes).
+    pub alloc_memory: i64,
+    /// Allocatable ephemeral storage (bytes).
+    pub alloc_ephemeral_storage: i64,
+    /// How many pods the node accepts.
+    pub alloc_pods: i64,
+    /// Summed CPU requests of its pods.
+    pub requested_milli_cpu: i64,
+    /// Summed memory requests.
+    pub requested_memory: i64,
+    /// Summed ephemeral storage requests.
+    pub requested_ephemeral_storage: i64,
+    /// Pods on the node.
+    pub pods: i64,
+    /// Summed non-zero CPU requests (scoring).
+    pub non_zero_milli_cpu: i64,
+    /// Summed non-zero memory requests (scoring).
+    pub non_zero_memory: i64,
+    /// `NodeSummary::*` flags.
+    pub flags: u32,
+}
+
+impl NodeSummary {
+    /// The node object is not known (only pods on it are).
+    pub const NO_NODE: u32 = 1;
+    /// Cordoned (`spec.unschedulable`).
+    pub const UNSCHEDULABLE: u32 = 1 << 1;
+    /// Has a `NoSchedule` or `NoExecute` taint.
+    pub const HARD_TAINTS: u32 = 1 << 2;
+    /// Has a `PreferNoSchedule` taint.
+    pub const SOFT_TAINTS: u32 = 1 << 3;
+    /// Some pod on it uses a host port.
+    pub const HOST_PORTS: u32 = 1 << 4;
+    /// Allocatable or requested extended (scalar) resources.
+    pub const SCALAR: u32 = 1 << 5;
+    /// Reports images.
+    pub const IMAGES: u32 = 1 << 6;
+    /// Some pod on it has pod (anti-)affinity terms.
+    pub const POD_AFFINITY: u32 = 1 << 7;
+
+    /// Whether any of `flags` is set.
+    pub fn has(&self, flags: u32) -> bool {
+        self.flags & flags != 0
+    }
+
+    /// A resource by name from the summary (`cpu` in millicores): (allocatable, requested);
+    /// `None` for extended resources, which the summary does not hold.
+    pub fn by_name(&self, name: &str) -> Option<(i64, i64)> {
+        use crate::resources::{CPU, EPHEMERAL_STORAGE, MEMORY, PODS};
+        match name {
+            CPU => Some((self.alloc_milli_cpu, self.requested_milli_cpu)),
+            MEMORY => Some((self.alloc_memory, self.requested_memory)),
+            EPHEMERAL_STORAGE => Some((self.alloc_ephemeral_storage, self.requested_ephemeral_storage)),
+            PODS => Some((self.alloc_pods, self.pods)),
+            _ => None,
+        }
+    }
+}
+
 /// A node as the scheduler sees it: its description and the pods (bound or assumed) on it, with
 /// their summed requests. Cloning is cheap: the description is shared.
 #[derive(Debug, Clone)]
@@ -129,6 +195,55 @@ impl NodeInfo {
     /// Taints.
     pub fn taints(&self) -> &[Taint] {
         self.node.as_ref().map_or(&[], |n| &n.taints)
+    }
+
+    /// The compact summary of the node's hot figures.
+    pub fn summary(&self) -> NodeSummary {
+        let mut flags = 0;
+        let alloc = match &self.node {
+            None => {
+                flags |= NodeSummary::NO_NODE;
+                Resource::default()
+            }
+            Some(n) => {
+                if n.unschedulable {
+                    flags |= NodeSummary::UNSCHEDULABLE;
+                }
+                for t in &n.taints {
+                    match t.effect.as_str() {
+                        "NoSchedule" | "NoExecute" => flags |= NodeSummary::HARD_TAINTS,
+                        "PreferNoSchedule" => flags |= NodeSummary::SOFT_TAINTS,
+                        _ => {}
+                    }
+                }
+                if !n.images.is_empty() {
+                    flags |= NodeSummary::IMAGES;
+                }
+                n.allocatable.clone()
+            }
+        };
+        if !self.used_ports.is_empty() {
+            flags |= NodeSummary::HOST_PORTS;
+        }
+        if !alloc.scalar.is_empty() || !self.requested.scalar.is_empty() {
+            flags |= NodeSummary::SCALAR;
+        }
+        if self.pods_with_affinity > 0 {
+            flags |= NodeSummary::POD_AFFINITY;
+        }
+        NodeSummary {
+            alloc_milli_cpu: alloc.milli_cpu,
+            alloc_memory: alloc.memory,
+            alloc_ephemeral_storage: alloc.ephemeral_storage,
+            alloc_pods: alloc.allowed_pod_number,
+            requested_milli_cpu: self.requested.milli_cpu,
+            requested_memory: self.requested.memory,
+            requested_ephemeral_storage: self.requested.ephemeral_storage,
+            pods: i64::try_from(self.pods.len()).unwrap_or(i64::MAX),
+            non_zero_milli_cpu: self.non_zero_requested.0,
+            non_zero_memory: self.non_zero_requested.1,
+            flags,
+        }
     }
 
     /// Accounts a pod on the node.

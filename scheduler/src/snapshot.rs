@@ -1,7 +1,7 @@
 //! `Snapshot`: the per-cycle, read-only view of every node that Filter and Score read.
 //! Updated incrementally from the cache: only nodes changed since the last cycle are replaced.
 
-use crate::node_info::NodeInfo;
+use crate::node_info::{NodeInfo, NodeSummary};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -16,6 +16,8 @@ pub const REGION_LABEL: &str = "topology.kubernetes.io/region";
 #[derive(Debug, Default)]
 pub struct Snapshot {
     pub(crate) nodes: Vec<Arc<NodeInfo>>,
+    /// Each node's compact summary, by index (what scans read first).
+    pub(crate) summaries: Vec<NodeSummary>,
     pub(crate) index: HashMap<Arc<str>, usize>,
     pub(crate) with_affinity: Vec<usize>,
     pub(crate) with_required_anti_affinity: Vec<usize>,
@@ -25,6 +27,8 @@ pub struct Snapshot {
     /// Per topology key, every node's value in scan order; valid until the next rebuild (label
     /// changes always rebuild).
     pub(crate) columns: Arc<std::sync::Mutex<HashMap<String, TopologyColumn>>>,
+    /// Per topology key, every node's domain as a small integer; valid until the next rebuild.
+    pub(crate) domain_ids: Arc<std::sync::Mutex<HashMap<String, Arc<DomainIds>>>>,
     /// Indexes of the nodes replaced since the last rebuild, in order: what derived counts replay.
     pub(crate) changes: Vec<usize>,
     /// Per-node counts plugins derive (pods matching a selector...), kept up to date by replaying
@@ -36,6 +40,7 @@ impl Clone for Snapshot {
     fn clone(&self) -> Self {
         Self {
             nodes: self.nodes.clone(),
+            summaries: self.summaries.clone(),
             index: self.index.clone(),
             with_affinity: self.with_affinity.clone(),
             with_required_anti_affinity: self.with_required_anti_affinity.clone(),
@@ -43,6 +48,7 @@ impl Clone for Snapshot {
             image_nodes: self.image_nodes.clone(),
             hostnames_unique: self.hostnames_unique,
             columns: self.columns.clone(),
+            domain_ids: self.domain_ids.clone(),
             // A copy may diverge: derived counts are recomputed for it.
             changes: Vec::new(),
             counts: Arc::default(),
@@ -63,6 +69,21 @@ pub struct NodeCounts {
 
 /// Every node's value of one label, by snapshot index.
 pub type TopologyColumn = Arc<Vec<Option<Arc<str>>>>;
+
+/// Every node's value of one label as a small integer (its domain), by snapshot index, so that a
+/// per-domain verdict is an array lookup.
+#[derive(Debug, Clone, Default)]
+pub struct DomainIds {
+    /// Each node's domain ([`DomainIds::NONE`] without the label).
+    pub ids: Vec<u32>,
+    /// The label value of each domain.
+    pub values: Vec<Arc<str>>,
+}
+
+impl DomainIds {
+    /// The id of nodes without the label.
+    pub const NONE: u32 = u32::MAX;
+}
 
 impl Snapshot {
     /// A snapshot of these nodes (tests and simulations); the cache builds the scheduler's own.
@@ -101,8 +122,10 @@ impl Snapshot {
             }
         }
         self.nodes = ordered;
+        self.summaries = self.nodes.iter().map(|n| n.summary()).collect();
         self.index = self.nodes.iter().enumerate().map(|(i, n)| (n.name.clone(), i)).collect();
         self.columns = Arc::default();
+        self.domain_ids = Arc::default();
         self.changes.clear();
         self.counts = Arc::default();
         let mut hostnames = std::collections::HashSet::new();
@@ -136,6 +159,7 @@ impl Snapshot {
         if (old.pods_with_scoring_affinity > 0) != (info.pods_with_scoring_affinity > 0) {
             toggle(&mut self.with_scoring_affinity, i, info.pods_with_scoring_affinity > 0);
         }
+        self.summaries[i] = info.summary();
         self.nodes[i] = info;
         if self.changes.len() > 8 * self.nodes.len() + 4096 {
             // A long-lived snapshot: start the derived counts over rather than keep a long log.
@@ -206,6 +230,11 @@ impl Snapshot {
         &self.nodes
     }
 
+    /// Every node's compact summary, in scan order (index `i` describes `nodes()[i]`).
+    pub fn summaries(&self) -> &[NodeSummary] {
+        &self.summaries
+    }
+
     /// The number of nodes.
     pub fn len(&self) -> usize {
         self.nodes.len()
@@ -252,6 +281,30 @@ impl Snapshot {
         let column: TopologyColumn = Arc::new(self.nodes.iter().map(|n| n.labels().get(key).map(|v| Arc::from(v.as_str()))).collect());
         columns.insert(key.to_owned(), column.clone());
         column
+    }
+
+    /// Every node's domain of a topology key as a small integer (see [`DomainIds`]).
+    pub fn domain_ids(&self, key: &str) -> Arc<DomainIds> {
+        let mut cache = self.domain_ids.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(d) = cache.get(key) {
+            return d.clone();
+        }
+        let column = self.topology_column(key);
+        let mut by_value: HashMap<&str, u32> = HashMap::new();
+        let mut d = DomainIds { ids: Vec::with_capacity(column.len()), values: Vec::new() };
+        for v in column.iter() {
+            let id = match v {
+                None => DomainIds::NONE,
+                Some(v) => *by_value.entry(v).or_insert_with(|| {
+                    d.values.push(v.clone());
+                    u32::try_from(d.values.len() - 1).unwrap_or(DomainIds::NONE)
+                }),
+            };
+            d.ids.push(id);
+        }
+        let d = Arc::new(d);
+        cache.insert(key.to_owned(), d.clone());
+        d
     }
 
     /// Whether no two nodes share a `kubernetes.io/hostname` value (so that a hostname domain is one node).

@@ -17,7 +17,7 @@ pub use handle::{Handle, PdbInfo, WaitingPods};
 pub use runtime::{Diagnosis, Framework, Profile, ScheduleError, ScheduleResult};
 pub use status::{Code, Status};
 
-use crate::node_info::NodeInfo;
+use crate::node_info::{NodeInfo, NodeSummary};
 use crate::pod_info::PodInfo;
 use crate::queue::QueuedPodInfo;
 use crate::snapshot::Snapshot;
@@ -141,9 +141,48 @@ pub trait PreFilterPlugin: Plugin {
 }
 
 /// Filter: whether the pod may run on one node. Called in parallel across nodes.
+#[allow(unused_variables)]
 pub trait FilterPlugin: Plugin {
     /// `Success` when the node fits.
     fn filter(&self, state: &CycleState, pod: &PodInfo, node: &NodeInfo) -> Status;
+
+    /// How this cycle's scan may judge snapshot nodes from their [`NodeSummary`] (and index)
+    /// instead of calling [`FilterPlugin::filter`]: asked once per cycle, after PreFilter. Every
+    /// answer it gives must equal what `filter` would answer for that node (default: always call
+    /// `filter`). Preemption dry runs and nodes with nominated pods always call `filter`.
+    fn summary_filter<'a>(&'a self, state: &'a CycleState, pod: &'a PodInfo, snapshot: &'a Snapshot) -> SummaryFilter<'a> {
+        SummaryFilter::Full
+    }
+}
+
+/// A per-node check from a node's snapshot index and summary: `Some` is the verdict, `None`
+/// defers to the plugin's `filter`.
+pub type SummaryCheck<'a> = Box<dyn Fn(usize, &NodeSummary) -> Option<Status> + Send + Sync + 'a>;
+
+/// A per-node score from a node's snapshot index and summary: `Some` is the raw score, `None`
+/// defers to the plugin's `score`.
+pub type SummaryScorer<'a> = Box<dyn Fn(usize, &NodeSummary) -> Option<i64> + Send + Sync + 'a>;
+
+/// How a Filter plugin judges the snapshot's nodes in one cycle (see [`FilterPlugin::summary_filter`]).
+pub enum SummaryFilter<'a> {
+    /// Call `filter` on every node.
+    Full,
+    /// Every node that reaches the filter chain passes (the plugin has nothing to check for this pod).
+    Pass,
+    /// Nodes whose summary has none of these [`NodeSummary`] flags pass; the others go to `filter`.
+    PassUnless(u32),
+    /// A check per node.
+    Check(SummaryCheck<'a>),
+}
+
+/// How a Score plugin scores the feasible nodes in one cycle (see [`ScorePlugin::summary_score`]).
+pub enum SummaryScore<'a> {
+    /// Call `score` on every node.
+    Full,
+    /// Nodes whose summary has none of these [`NodeSummary`] flags score 0; the others go to `score`.
+    ZeroUnless(u32),
+    /// A score per node.
+    Check(SummaryScorer<'a>),
 }
 
 /// What a PostFilter plugin may use: the profile's framework (to run filters in dry runs), the
@@ -187,6 +226,13 @@ pub trait ScorePlugin: Plugin {
     /// Normalises the raw scores in place (default: leave them).
     fn normalize_score(&self, state: &CycleState, pod: &PodInfo, scores: &mut [NodeScore]) -> Status {
         Status::success()
+    }
+
+    /// How this cycle may score snapshot nodes from their [`NodeSummary`] (and index) instead
+    /// of calling [`ScorePlugin::score`]: asked once per cycle, after PreScore. Every score it
+    /// gives must equal what `score` would give (default: always call `score`).
+    fn summary_score<'a>(&'a self, state: &'a CycleState, pod: &'a PodInfo, snapshot: &'a Snapshot) -> SummaryScore<'a> {
+        SummaryScore::Full
     }
 }
 

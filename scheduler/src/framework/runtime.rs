@@ -14,8 +14,16 @@ const MIN_FEASIBLE_NODES_TO_FIND: usize = 100;
 /// kube-scheduler's floor on the adaptive percentage.
 const MIN_FEASIBLE_PERCENTAGE: usize = 5;
 
-/// What one parallel filter chunk found: feasible nodes, failed nodes, and how far it got.
-type ChunkResult = (Vec<usize>, Vec<(usize, Status)>, usize);
+/// What one parallel filter chunk found: feasible nodes, the other verdicts, and how far it got.
+type ChunkResult = (Vec<usize>, Vec<(usize, Verdict)>, usize);
+
+/// One node's filter outcome in a scan.
+enum Verdict {
+    Pass,
+    /// Ruled out by a PreFilter in advance (its status is in the cycle state).
+    Excluded,
+    Fail(Status),
+}
 
 /// A scheduling profile: a scheduler name and the plugins it runs, with score weights.
 #[derive(Clone)]
@@ -486,7 +494,9 @@ impl Framework {
     }
 
     /// Filters nodes from a round-robin start until enough are feasible. `candidates` limits the
-    /// nodes (snapshot indexes) considered; `None` means all.
+    /// nodes (snapshot indexes) considered; `None` means all. Each node is judged from its
+    /// summary where the plugins can (see [`SummaryFilter`]), by `filter` otherwise; failures
+    /// go into `diagnosis` only when no node is feasible (nobody reads them otherwise).
     fn find_feasible(
         &self,
         state: &CycleState,
@@ -506,23 +516,66 @@ impl Framework {
             let j = (start + i) % n;
             candidates.map_or(j, |c| c[j])
         };
+        // This cycle's plan: the active Filter plugins with how each judges summaries.
+        let plan: Vec<(&Arc<dyn FilterPlugin>, SummaryFilter<'_>)> = self
+            .filter
+            .iter()
+            .enumerate()
+            .filter(|(i, p)| !((*i < 64 && state.filter_skip_mask & (1 << i) != 0) || (*i >= 64 && state.skips_filter(p.name()))))
+            .map(|(_, p)| (p, p.summary_filter(state, pod, snapshot)))
+            .filter(|(_, f)| !matches!(f, SummaryFilter::Pass))
+            .collect();
+        let heavy = plan.iter().any(|(_, f)| matches!(f, SummaryFilter::Full));
+        // Nodes with nominated pods to leave room for take the full path (None: every node does).
+        let nominated: Option<HashSet<usize>> = match &state.nominated {
+            Some(map) => Some(map.keys().filter_map(|name| snapshot.index_of(name)).collect()),
+            None if handle.nominator().is_empty() => Some(HashSet::new()),
+            None => None,
+        };
+        let summaries = snapshot.summaries();
+        let check = |idx: usize| -> Verdict {
+            if state.excluded(idx).is_some() {
+                return Verdict::Excluded;
+            }
+            let node = &snapshot.nodes()[idx];
+            if nominated.as_ref().is_none_or(|s| s.contains(&idx)) || summaries.len() != snapshot.len() {
+                let s = self.run_filter_with_nominated_pods(state, pod, node, handle);
+                return if s.is_success() { Verdict::Pass } else { Verdict::Fail(s) };
+            }
+            let summary = &summaries[idx];
+            for (p, rule) in &plan {
+                let decided = match rule {
+                    SummaryFilter::Full => None,
+                    SummaryFilter::Pass => continue,
+                    SummaryFilter::PassUnless(flags) => (!summary.has(*flags)).then(Status::success),
+                    SummaryFilter::Check(c) => c(idx, summary),
+                };
+                let s = match decided {
+                    Some(s) => s,
+                    None => p.filter(state, pod, node),
+                };
+                if !s.is_success() {
+                    return Verdict::Fail(s.with_plugin(p.name()));
+                }
+            }
+            Verdict::Pass
+        };
         let mut feasible = Vec::with_capacity(want.min(n));
+        let mut failed: Vec<(usize, Status)> = Vec::new();
+        let mut excluded: Vec<usize> = Vec::new();
         let processed;
-        if n < PARALLEL_THRESHOLD || rayon::current_num_threads() < 2 {
+        if !heavy || n < PARALLEL_THRESHOLD || rayon::current_num_threads() < 2 {
             let mut i = 0;
             while i < n && feasible.len() < want {
                 let idx = node_at(i);
-                let s = match state.excluded(idx) {
-                    Some(s) => s.clone(),
-                    None => self.run_filter_with_nominated_pods(state, pod, &snapshot.nodes()[idx], handle),
-                };
-                if s.is_success() {
-                    feasible.push(idx);
-                } else if s.code() == Code::Error {
-                    diagnosis.error = Some(s.message());
-                    return (Vec::new(), i);
-                } else {
-                    diagnosis.record(idx, s);
+                match check(idx) {
+                    Verdict::Pass => feasible.push(idx),
+                    Verdict::Excluded => excluded.push(idx),
+                    Verdict::Fail(s) if s.code() == Code::Error => {
+                        diagnosis.error = Some(s.message());
+                        return (Vec::new(), i);
+                    }
+                    Verdict::Fail(s) => failed.push((idx, s)),
                 }
                 i += 1;
             }
@@ -540,15 +593,12 @@ impl Framework {
                             break;
                         }
                         let idx = node_at(i);
-                        let s = match state.excluded(idx) {
-                            Some(s) => s.clone(),
-                            None => self.run_filter_with_nominated_pods(state, pod, &snapshot.nodes()[idx], handle),
-                        };
-                        if s.is_success() {
-                            ok.push(idx);
-                            found.fetch_add(1, Ordering::Relaxed);
-                        } else {
-                            failed.push((idx, s));
+                        match check(idx) {
+                            Verdict::Pass => {
+                                ok.push(idx);
+                                found.fetch_add(1, Ordering::Relaxed);
+                            }
+                            v => failed.push((idx, v)),
                         }
                         last = i + 1;
                     }
@@ -556,16 +606,20 @@ impl Framework {
                 })
                 .collect();
             let mut last_seen = 0;
-            for (ok, failed, last) in chunks {
+            for (ok, chunk_failed, last) in chunks {
                 if feasible.len() >= want {
                     break;
                 }
-                for (idx, s) in failed {
-                    if s.code() == Code::Error {
-                        diagnosis.error = Some(s.message());
-                        return (Vec::new(), n);
+                for (idx, v) in chunk_failed {
+                    match v {
+                        Verdict::Fail(s) if s.code() == Code::Error => {
+                            diagnosis.error = Some(s.message());
+                            return (Vec::new(), n);
+                        }
+                        Verdict::Fail(s) => failed.push((idx, s)),
+                        Verdict::Excluded => excluded.push(idx),
+                        Verdict::Pass => {}
                     }
-                    diagnosis.record(idx, s);
                 }
                 feasible.extend(ok);
                 last_seen = last_seen.max(last);
@@ -574,6 +628,16 @@ impl Framework {
             processed = last_seen.max(1);
         }
         self.next_start.store((start + processed) % n, Ordering::Relaxed);
+        if feasible.is_empty() {
+            for idx in excluded {
+                if let Some(s) = state.excluded(idx) {
+                    diagnosis.record(idx, s.clone());
+                }
+            }
+            for (idx, s) in failed {
+                diagnosis.record(idx, s);
+            }
+        }
         (feasible, processed)
     }
 
@@ -597,12 +661,29 @@ impl Framework {
         }
         let mut total: Vec<NodeScore> = feasible.iter().map(|i| NodeScore { index: *i, score: 0 }).collect();
         let state: &CycleState = state;
-        let active: Vec<&(Arc<dyn ScorePlugin>, i64)> = self.score.iter().filter(|(p, _)| !state.skips_score(p.name())).collect();
-        let score_one = |(p, _): &&(Arc<dyn ScorePlugin>, i64)| -> Result<Vec<NodeScore>, Status> {
+        let summaries = snapshot.summaries();
+        let by_summary = summaries.len() == snapshot.len();
+        let active: Vec<(&Arc<dyn ScorePlugin>, i64, SummaryScore<'_>)> = self
+            .score
+            .iter()
+            .filter(|(p, _)| !state.skips_score(p.name()))
+            .map(|(p, w)| (p, *w, if by_summary { p.summary_score(state, pod, snapshot) } else { SummaryScore::Full }))
+            .collect();
+        let heavy = active.iter().any(|(_, _, r)| matches!(r, SummaryScore::Full));
+        let score_one = |(p, _, rule): &(&Arc<dyn ScorePlugin>, i64, SummaryScore<'_>)| -> Result<Vec<NodeScore>, Status> {
             let mut scores = Vec::with_capacity(nodes.len());
             for (i, n) in nodes.iter().enumerate() {
-                let s = p.score(state, pod, n).map_err(|s| s.with_plugin(p.name()))?;
-                scores.push(NodeScore { index: feasible[i], score: s });
+                let idx = feasible[i];
+                let decided = match rule {
+                    SummaryScore::Full => None,
+                    SummaryScore::ZeroUnless(flags) => (!summaries[idx].has(*flags)).then_some(0),
+                    SummaryScore::Check(c) => c(idx, &summaries[idx]),
+                };
+                let s = match decided {
+                    Some(s) => s,
+                    None => p.score(state, pod, n).map_err(|s| s.with_plugin(p.name()))?,
+                };
+                scores.push(NodeScore { index: idx, score: s });
             }
             let s = p.normalize_score(state, pod, &mut scores);
             if !s.is_success() {
@@ -610,12 +691,12 @@ impl Framework {
             }
             Ok(scores)
         };
-        let per_plugin: Vec<Result<Vec<NodeScore>, Status>> = if nodes.len() * active.len() >= PARALLEL_THRESHOLD {
+        let per_plugin: Vec<Result<Vec<NodeScore>, Status>> = if heavy && nodes.len() * active.len() >= PARALLEL_THRESHOLD {
             active.par_iter().map(score_one).collect()
         } else {
             active.iter().map(score_one).collect()
         };
-        for (scores, (p, w)) in per_plugin.into_iter().zip(&active) {
+        for (scores, (p, w, _)) in per_plugin.into_iter().zip(&active) {
             let scores = scores?;
             for (t, s) in total.iter_mut().zip(scores) {
                 if !(MIN_NODE_SCORE..=MAX_NODE_SCORE).contains(&s.score) {

@@ -1,8 +1,8 @@
 //! ImageLocality (PreScore, Score; weight 1): prefer nodes that already have the pod's images,
 //! weighted by image size and by how widely the image is spread (to avoid piling onto one node).
 
-use crate::framework::{CycleState, Handle, MAX_NODE_SCORE, Plugin, PreScorePlugin, ScorePlugin, Status};
-use crate::node_info::NodeInfo;
+use crate::framework::{CycleState, Handle, MAX_NODE_SCORE, Plugin, PreScorePlugin, ScorePlugin, Status, SummaryScore};
+use crate::node_info::{NodeInfo, NodeSummary};
 use crate::pod_info::PodInfo;
 use crate::snapshot::Snapshot;
 use std::collections::HashMap;
@@ -64,6 +64,11 @@ impl ScorePlugin for ImageLocality {
         let max = MAX_CONTAINER_THRESHOLD * i64::try_from(pod.images.len().max(1)).unwrap_or(1);
         let sum = sum.clamp(MIN_THRESHOLD, max);
         Ok(MAX_NODE_SCORE * (sum - MIN_THRESHOLD) / (max - MIN_THRESHOLD))
+    }
+
+    fn summary_score<'a>(&'a self, _: &'a CycleState, _: &'a PodInfo, _: &'a Snapshot) -> SummaryScore<'a> {
+        // A node without images sums nothing: the lowest score.
+        SummaryScore::ZeroUnless(NodeSummary::IMAGES)
     }
 }
 

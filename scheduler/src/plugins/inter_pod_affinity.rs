@@ -4,7 +4,7 @@
 
 use crate::framework::{
     ActionType, ClusterEventWithHint, CycleState, EventResource, FilterPlugin, Handle, MAX_NODE_SCORE, NodeScore, Plugin, PreFilterPlugin,
-    PreFilterResult, PreScorePlugin, ScorePlugin, Status,
+    PreFilterResult, PreScorePlugin, ScorePlugin, Status, SummaryFilter,
 };
 use crate::node_info::NodeInfo;
 use crate::pod_info::{AffinityTerm, PodInfo};
@@ -48,6 +48,9 @@ struct FilterState {
     /// Hostname labels are unique: anti-affinity terms on the hostname key are checked against
     /// the node's own pods in Filter instead of counted over the cluster in PreFilter.
     by_node: bool,
+    /// PreFilter excluded every snapshot node those per-node checks reject (both the pod's own
+    /// hostname terms and existing pods' hostname terms against it).
+    exclusion_complete: bool,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -173,26 +176,56 @@ impl PreFilterPlugin for InterPodAffinity {
                 }
             }
         }
-        // Existing pods' anti-affinity against the incoming pod: only nodes that have such pods.
-        for &idx in &snapshot.with_required_anti_affinity {
-            let n = &snapshot.nodes()[idx];
-            for e in n.pods.iter().filter(|p| p.has_required_anti_affinity()) {
-                for t in &e.required_anti_affinity {
-                    let on_node = by_node && t.topology_key == HOSTNAME;
-                    if on_node && (!exclude || hostnames[idx].is_none() || excluded.get(idx).is_some_and(|x| *x != 0)) {
-                        continue;
-                    }
-                    if t.matches(pod, || ns_labels.clone()) {
-                        if on_node {
-                            excluded.resize(snapshot.len(), 0);
-                            excluded[idx] = 2;
-                        } else {
-                            bump(&mut s.existing_anti, &t.topology_key, n, 1);
-                        }
+        if exclude {
+            // Existing pods' hostname anti-affinity against the incoming pod, counted per node
+            // once and then kept up to date from the nodes that change. The key names all the
+            // count depends on: the pod's namespace, labels and its namespace's labels.
+            let key = format!("repels\0{}\0{:?}\0{:?}", pod.namespace, pod.labels(), ns_labels);
+            let count = |n: &NodeInfo| {
+                if n.pods_with_required_anti_affinity == 0 {
+                    return 0;
+                }
+                let repels = |e: &&Arc<PodInfo>| {
+                    e.required_anti_affinity.iter().any(|t| t.topology_key == HOSTNAME && t.matches(pod, || ns_labels.clone()))
+                };
+                n.pods.iter().filter(|e| e.has_required_anti_affinity()).filter(repels).count() as i64
+            };
+            let counts = snapshot.node_counts(&key, &hostnames, &|i| hostnames[i].is_some(), &count);
+            if counts.per_node.iter().any(|c| *c > 0) {
+                excluded.resize(snapshot.len(), 0);
+                for (i, c) in counts.per_node.iter().enumerate() {
+                    if *c > 0 && excluded[i] == 0 {
+                        excluded[i] = 2;
                     }
                 }
             }
         }
+        // Existing pods' other anti-affinity terms against the incoming pod: only nodes that have
+        // such terms (with the hostname terms counted above, nodes whose pods have other terms).
+        let others: Vec<usize> = if exclude {
+            let count = |n: &NodeInfo| {
+                if n.pods_with_required_anti_affinity == 0 {
+                    return 0;
+                }
+                n.pods.iter().flat_map(|e| e.required_anti_affinity.iter()).filter(|t| t.topology_key != HOSTNAME).count() as i64
+            };
+            let counts = snapshot.node_counts("anti-not-hostname", &hostnames, &|_| true, &count);
+            counts.per_node.iter().enumerate().filter(|(_, c)| **c > 0).map(|(i, _)| i).collect()
+        } else {
+            snapshot.with_required_anti_affinity.clone()
+        };
+        for &idx in &others {
+            let n = &snapshot.nodes()[idx];
+            for e in n.pods.iter().filter(|p| p.has_required_anti_affinity()) {
+                for t in &e.required_anti_affinity {
+                    // Hostname terms are checked per node in Filter, or were counted above.
+                    if !(by_node && t.topology_key == HOSTNAME) && t.matches(pod, || ns_labels.clone()) {
+                        bump(&mut s.existing_anti, &t.topology_key, n, 1);
+                    }
+                }
+            }
+        }
+        s.exclusion_complete = exclude;
         if excluded.iter().any(|x| *x != 0) {
             state.excluded = Some((
                 Arc::new(excluded),
@@ -261,6 +294,18 @@ fn positive(counts: &Counts, key: &str, value: &str) -> bool {
 }
 
 impl FilterPlugin for InterPodAffinity {
+    fn summary_filter<'a>(&'a self, state: &'a CycleState, pod: &'a PodInfo, _: &'a Snapshot) -> SummaryFilter<'a> {
+        let Some(s) = state.get::<FilterState>() else { return SummaryFilter::Pass };
+        let none = |c: &Counts| c.values().all(|m| m.values().all(|n| *n <= 0));
+        // Every per-node rejection is already an exclusion and nothing is counted over domains:
+        // the nodes that reach Filter pass.
+        if s.exclusion_complete && pod.required_affinity.is_empty() && none(&s.anti) && none(&s.existing_anti) {
+            SummaryFilter::Pass
+        } else {
+            SummaryFilter::Full
+        }
+    }
+
     fn filter(&self, state: &CycleState, pod: &PodInfo, node: &NodeInfo) -> Status {
         let Some(s) = state.get::<FilterState>() else { return Status::success() };
         let labels = node.labels();

@@ -76,4 +76,6 @@ pub fn default_normalize(scores: &mut [NodeScore], reverse: bool) {
 }
 
 #[cfg(test)]
+mod summary_tests;
+#[cfg(test)]
 pub(crate) mod testutil;

@@ -4,7 +4,7 @@
 
 use crate::framework::{
     ActionType, ClusterEventWithHint, CycleState, EventResource, FilterPlugin, Handle, NodeScore, Plugin, PreFilterPlugin, PreFilterResult,
-    PreScorePlugin, QueueingHint, ScorePlugin, Status,
+    PreScorePlugin, QueueingHint, ScorePlugin, Status, SummaryFilter,
 };
 use crate::node_info::NodeInfo;
 use crate::pod_info::PodInfo;
@@ -60,6 +60,10 @@ impl PreFilterPlugin for NodeAffinity {
 }
 
 impl FilterPlugin for NodeAffinity {
+    fn summary_filter<'a>(&'a self, _: &'a CycleState, pod: &'a PodInfo, _: &'a Snapshot) -> SummaryFilter<'a> {
+        if pod.required_node_affinity.is_empty() { SummaryFilter::Pass } else { SummaryFilter::Full }
+    }
+
     fn filter(&self, _: &CycleState, pod: &PodInfo, node: &NodeInfo) -> Status {
         if pod.required_node_affinity.matches(node.labels(), &node.name) { Status::success() } else { Status::unresolvable(REASON) }
     }

@@ -1,8 +1,9 @@
 //! NodeName (Filter): a pod naming a node in `spec.nodeName` fits only there.
 
-use crate::framework::{ActionType, ClusterEventWithHint, CycleState, EventResource, FilterPlugin, Plugin, Status};
+use crate::framework::{ActionType, ClusterEventWithHint, CycleState, EventResource, FilterPlugin, Plugin, Status, SummaryFilter};
 use crate::node_info::NodeInfo;
 use crate::pod_info::PodInfo;
+use crate::snapshot::Snapshot;
 use std::sync::Arc;
 
 /// The reason other nodes give.
@@ -25,6 +26,10 @@ impl Plugin for NodeName {
 }
 
 impl FilterPlugin for NodeName {
+    fn summary_filter<'a>(&'a self, _: &'a CycleState, pod: &'a PodInfo, _: &'a Snapshot) -> SummaryFilter<'a> {
+        if pod.node_name.is_none() { SummaryFilter::Pass } else { SummaryFilter::Full }
+    }
+
     fn filter(&self, _: &CycleState, pod: &PodInfo, node: &NodeInfo) -> Status {
         match &pod.node_name {
             Some(n) if **n != *node.name => Status::unresolvable(REASON),

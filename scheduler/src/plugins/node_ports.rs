@@ -2,9 +2,9 @@
 
 use crate::framework::{
     ActionType, ClusterEventWithHint, CycleState, EventResource, FilterPlugin, Handle, Plugin, PreFilterPlugin, PreFilterResult,
-    QueueingHint, Status,
+    QueueingHint, Status, SummaryFilter,
 };
-use crate::node_info::NodeInfo;
+use crate::node_info::{NodeInfo, NodeSummary};
 use crate::pod_info::PodInfo;
 use crate::snapshot::Snapshot;
 use std::sync::Arc;
@@ -46,6 +46,10 @@ impl PreFilterPlugin for NodePorts {
 }
 
 impl FilterPlugin for NodePorts {
+    fn summary_filter<'a>(&'a self, _: &'a CycleState, pod: &'a PodInfo, _: &'a Snapshot) -> SummaryFilter<'a> {
+        if pod.host_ports.is_empty() { SummaryFilter::Pass } else { SummaryFilter::PassUnless(NodeSummary::HOST_PORTS) }
+    }
+
     fn filter(&self, _: &CycleState, pod: &PodInfo, node: &NodeInfo) -> Status {
         if pod.host_ports.iter().any(|p| node.used_ports.iter().any(|u| u.conflicts(p))) {
             Status::unschedulable(REASON)

@@ -1,8 +1,8 @@
 //! NodeResourcesBalancedAllocation (PreScore, Score; weight 1): prefer nodes whose CPU and memory
 //! use would stay balanced: `(1 - std(fractions)) × 100`.
 
-use crate::framework::{CycleState, Handle, MAX_NODE_SCORE, Plugin, PreScorePlugin, ScorePlugin, Status};
-use crate::node_info::NodeInfo;
+use crate::framework::{CycleState, Handle, MAX_NODE_SCORE, Plugin, PreScorePlugin, ScorePlugin, Status, SummaryScore};
+use crate::node_info::{NodeInfo, NodeSummary};
 use crate::pod_info::PodInfo;
 use crate::snapshot::Snapshot;
 use std::sync::Arc;
@@ -29,14 +29,32 @@ impl PreScorePlugin for NodeResourcesBalancedAllocation {
     }
 }
 
+/// The score from CPU and memory (requested with the pod, allocatable).
+fn balanced(cpu: (i64, i64), memory: (i64, i64)) -> i64 {
+    let frac = |req: i64, alloc: i64| if alloc <= 0 { 0.0 } else { (req as f64 / alloc as f64).min(1.0) };
+    let std = ((frac(cpu.0, cpu.1) - frac(memory.0, memory.1)) / 2.0).abs();
+    ((1.0 - std) * MAX_NODE_SCORE as f64) as i64
+}
+
 impl ScorePlugin for NodeResourcesBalancedAllocation {
     fn score(&self, _: &CycleState, pod: &PodInfo, node: &NodeInfo) -> Result<i64, Status> {
         let Some(n) = &node.node else { return Ok(0) };
-        let frac = |req: i64, alloc: i64| if alloc <= 0 { 0.0 } else { (req as f64 / alloc as f64).min(1.0) };
-        let cpu = frac(node.requested.milli_cpu + pod.requests.milli_cpu, n.allocatable.milli_cpu);
-        let mem = frac(node.requested.memory + pod.requests.memory, n.allocatable.memory);
-        let std = ((cpu - mem) / 2.0).abs();
-        Ok(((1.0 - std) * MAX_NODE_SCORE as f64) as i64)
+        Ok(balanced(
+            (node.requested.milli_cpu + pod.requests.milli_cpu, n.allocatable.milli_cpu),
+            (node.requested.memory + pod.requests.memory, n.allocatable.memory),
+        ))
+    }
+
+    fn summary_score<'a>(&'a self, _: &'a CycleState, pod: &'a PodInfo, _: &'a Snapshot) -> SummaryScore<'a> {
+        SummaryScore::Check(Box::new(move |_, n: &NodeSummary| {
+            if n.has(NodeSummary::NO_NODE) {
+                return Some(0);
+            }
+            Some(balanced(
+                (n.requested_milli_cpu + pod.requests.milli_cpu, n.alloc_milli_cpu),
+                (n.requested_memory + pod.requests.memory, n.alloc_memory),
+            ))
+        }))
     }
 }
 

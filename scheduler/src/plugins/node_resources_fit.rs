@@ -4,9 +4,9 @@
 
 use crate::framework::{
     ActionType, ClusterEventWithHint, CycleState, EventResource, FilterPlugin, Handle, MAX_NODE_SCORE, Plugin, PreFilterPlugin,
-    PreFilterResult, QueueingHint, ScorePlugin, Status,
+    PreFilterResult, QueueingHint, ScorePlugin, Status, SummaryFilter, SummaryScore,
 };
-use crate::node_info::NodeInfo;
+use crate::node_info::{NodeInfo, NodeSummary};
 use crate::pod_info::PodInfo;
 use crate::resources::{CPU, MEMORY};
 use crate::snapshot::Snapshot;
@@ -86,25 +86,50 @@ impl Plugin for NodeResourcesFit {
     }
 }
 
+/// The standard resources (pods, CPU, memory, ephemeral storage) a pod lacks: `(allocatable,
+/// in use)` of each, in that order.
+fn insufficient_standard(r: &crate::resources::Resource, have: [(i64, i64); 4], out: &mut Vec<Cow<'static, str>>) {
+    let [pods, cpu, memory, ephemeral] = have;
+    if pods.1.saturating_add(1) > pods.0 {
+        out.push(Cow::Borrowed("Too many pods"));
+    }
+    if r.milli_cpu > 0 && r.milli_cpu > cpu.0 - cpu.1 {
+        out.push(Cow::Borrowed("Insufficient cpu"));
+    }
+    if r.memory > 0 && r.memory > memory.0 - memory.1 {
+        out.push(Cow::Borrowed("Insufficient memory"));
+    }
+    if r.ephemeral_storage > 0 && r.ephemeral_storage > ephemeral.0 - ephemeral.1 {
+        out.push(Cow::Borrowed("Insufficient ephemeral-storage"));
+    }
+}
+
+fn status_of(reasons: Vec<Cow<'static, str>>) -> Status {
+    let mut reasons = reasons.into_iter();
+    match reasons.next() {
+        None => Status::success(),
+        Some(first) => reasons.fold(Status::unschedulable(first), Status::with_reason),
+    }
+}
+
 /// The resources a pod lacks on a node, as kube-scheduler's reasons (`Too many pods`, `Insufficient cpu`...).
 pub fn insufficient(pod: &PodInfo, node: &NodeInfo) -> Vec<Cow<'static, str>> {
     let mut out = Vec::new();
     let Some(n) = &node.node else { return vec![Cow::Borrowed("node not found")] };
     let alloc = &n.allocatable;
-    if i64::try_from(node.pods.len()).unwrap_or(i64::MAX) + 1 > alloc.allowed_pod_number {
-        out.push(Cow::Borrowed("Too many pods"));
-    }
     let r = &pod.requests;
     let used = &node.requested;
-    if r.milli_cpu > 0 && r.milli_cpu > alloc.milli_cpu - used.milli_cpu {
-        out.push(Cow::Borrowed("Insufficient cpu"));
-    }
-    if r.memory > 0 && r.memory > alloc.memory - used.memory {
-        out.push(Cow::Borrowed("Insufficient memory"));
-    }
-    if r.ephemeral_storage > 0 && r.ephemeral_storage > alloc.ephemeral_storage - used.ephemeral_storage {
-        out.push(Cow::Borrowed("Insufficient ephemeral-storage"));
-    }
+    let pods = i64::try_from(node.pods.len()).unwrap_or(i64::MAX);
+    insufficient_standard(
+        r,
+        [
+            (alloc.allowed_pod_number, pods),
+            (alloc.milli_cpu, used.milli_cpu),
+            (alloc.memory, used.memory),
+            (alloc.ephemeral_storage, used.ephemeral_storage),
+        ],
+        &mut out,
+    );
     for (name, v) in &r.scalar {
         if *v > 0 && *v > alloc.scalar(name) - used.scalar(name) {
             out.push(Cow::Owned(format!("Insufficient {name}")));
@@ -122,11 +147,31 @@ impl PreFilterPlugin for NodeResourcesFit {
 
 impl FilterPlugin for NodeResourcesFit {
     fn filter(&self, _: &CycleState, pod: &PodInfo, node: &NodeInfo) -> Status {
-        let mut reasons = insufficient(pod, node).into_iter();
-        match reasons.next() {
-            None => Status::success(),
-            Some(first) => reasons.fold(Status::unschedulable(first), Status::with_reason),
+        status_of(insufficient(pod, node))
+    }
+
+    fn summary_filter<'a>(&'a self, _: &'a CycleState, pod: &'a PodInfo, _: &'a Snapshot) -> SummaryFilter<'a> {
+        // Extended resources are not in the summary.
+        if pod.requests.scalar.iter().any(|(_, v)| *v > 0) {
+            return SummaryFilter::Full;
         }
+        SummaryFilter::Check(Box::new(move |_, n: &NodeSummary| {
+            if n.has(NodeSummary::NO_NODE) {
+                return None;
+            }
+            let mut out = Vec::new();
+            insufficient_standard(
+                &pod.requests,
+                [
+                    (n.alloc_pods, n.pods),
+                    (n.alloc_milli_cpu, n.requested_milli_cpu),
+                    (n.alloc_memory, n.requested_memory),
+                    (n.alloc_ephemeral_storage, n.requested_ephemeral_storage),
+                ],
+                &mut out,
+            );
+            Some(status_of(out))
+        }))
     }
 }
 
@@ -148,17 +193,12 @@ fn shape_score(points: &[(i64, i64)], utilization: i64) -> i64 {
     points.last().map_or(0, |p| p.1 * 10)
 }
 
-impl ScorePlugin for NodeResourcesFit {
-    fn score(&self, _: &CycleState, pod: &PodInfo, node: &NodeInfo) -> Result<i64, Status> {
-        let Some(n) = &node.node else { return Ok(0) };
+impl NodeResourcesFit {
+    /// The score from each scored resource's (weight, allocatable, requested with the pod).
+    fn score_of(&self, figures: impl Iterator<Item = (i64, i64, i64)>) -> i64 {
         let mut total = 0;
         let mut weights = 0;
-        for (name, w) in &self.resources {
-            let (alloc, requested) = match name.as_str() {
-                CPU => (n.allocatable.milli_cpu, node.non_zero_requested.0 + pod.non_zero.0),
-                MEMORY => (n.allocatable.memory, node.non_zero_requested.1 + pod.non_zero.1),
-                other => (n.allocatable.by_name(other), node.requested.by_name(other) + pod.requests.by_name(other)),
-            };
+        for (w, alloc, requested) in figures {
             if alloc == 0 {
                 continue;
             }
@@ -176,7 +216,45 @@ impl ScorePlugin for NodeResourcesFit {
             total += s * w;
             weights += w;
         }
-        Ok(if weights == 0 { 0 } else { total / weights })
+        if weights == 0 { 0 } else { total / weights }
+    }
+}
+
+impl ScorePlugin for NodeResourcesFit {
+    fn score(&self, _: &CycleState, pod: &PodInfo, node: &NodeInfo) -> Result<i64, Status> {
+        let Some(n) = &node.node else { return Ok(0) };
+        Ok(self.score_of(self.resources.iter().map(|(name, w)| {
+            let (alloc, requested) = match name.as_str() {
+                CPU => (n.allocatable.milli_cpu, node.non_zero_requested.0 + pod.non_zero.0),
+                MEMORY => (n.allocatable.memory, node.non_zero_requested.1 + pod.non_zero.1),
+                other => (n.allocatable.by_name(other), node.requested.by_name(other) + pod.requests.by_name(other)),
+            };
+            (*w, alloc, requested)
+        })))
+    }
+
+    fn summary_score<'a>(&'a self, _: &'a CycleState, pod: &'a PodInfo, _: &'a Snapshot) -> SummaryScore<'a> {
+        SummaryScore::Check(Box::new(move |_, n: &NodeSummary| {
+            if n.has(NodeSummary::NO_NODE) {
+                return Some(0);
+            }
+            let mut figures = [(0i64, 0i64, 0i64); 8];
+            if self.resources.len() > figures.len() {
+                return None;
+            }
+            for (slot, (name, w)) in figures.iter_mut().zip(&self.resources) {
+                *slot = match name.as_str() {
+                    CPU => (*w, n.alloc_milli_cpu, n.non_zero_milli_cpu + pod.non_zero.0),
+                    MEMORY => (*w, n.alloc_memory, n.non_zero_memory + pod.non_zero.1),
+                    other => {
+                        // Extended resources are not in the summary.
+                        let (alloc, requested) = n.by_name(other)?;
+                        (*w, alloc, requested + pod.requests.by_name(other))
+                    }
+                };
+            }
+            Some(self.score_of(figures[..self.resources.len()].iter().copied()))
+        }))
     }
 }
 

@@ -1,8 +1,11 @@
 //! NodeUnschedulable (Filter): cordoned nodes take only pods tolerating `node.kubernetes.io/unschedulable`.
 
-use crate::framework::{ActionType, ClusterEventWithHint, CycleState, EventResource, FilterPlugin, Plugin, QueueingHint, Status};
-use crate::node_info::NodeInfo;
+use crate::framework::{
+    ActionType, ClusterEventWithHint, CycleState, EventResource, FilterPlugin, Plugin, QueueingHint, Status, SummaryFilter,
+};
+use crate::node_info::{NodeInfo, NodeSummary};
 use crate::pod_info::{PodInfo, tolerates};
+use crate::snapshot::Snapshot;
 use bosun_core::k8s_openapi::api::core::v1::Taint;
 use std::sync::Arc;
 
@@ -33,6 +36,10 @@ impl Plugin for NodeUnschedulable {
 }
 
 impl FilterPlugin for NodeUnschedulable {
+    fn summary_filter<'a>(&'a self, _: &'a CycleState, _: &'a PodInfo, _: &'a Snapshot) -> SummaryFilter<'a> {
+        SummaryFilter::PassUnless(NodeSummary::NO_NODE | NodeSummary::UNSCHEDULABLE)
+    }
+
     fn filter(&self, _: &CycleState, pod: &PodInfo, node: &NodeInfo) -> Status {
         let Some(n) = &node.node else { return Status::unresolvable("node not found") };
         if !n.unschedulable {

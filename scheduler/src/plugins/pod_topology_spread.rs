@@ -4,7 +4,7 @@
 
 use crate::framework::{
     ActionType, ClusterEventWithHint, CycleState, EventResource, FilterPlugin, Handle, MAX_NODE_SCORE, NodeScore, Plugin, PreFilterPlugin,
-    PreFilterResult, PreScorePlugin, ScorePlugin, Status,
+    PreFilterResult, PreScorePlugin, ScorePlugin, Status, SummaryFilter,
 };
 use crate::node_info::NodeInfo;
 use crate::pod_info::{PodInfo, SpreadConstraint, WhenUnsatisfiable, tolerates};
@@ -247,7 +247,48 @@ fn update(state: &mut CycleState, pod: &PodInfo, other: &PodInfo, node: &NodeInf
     }
 }
 
+/// Domains per constraint up to which the filter decides every domain once per cycle instead of
+/// looking each node's domain up.
+const PRECOMPUTED_DOMAINS: usize = 256;
+
 impl FilterPlugin for PodTopologySpread {
+    fn summary_filter<'a>(&'a self, state: &'a CycleState, pod: &'a PodInfo, snapshot: &'a Snapshot) -> SummaryFilter<'a> {
+        let Some(s) = state.get::<FilterState>() else { return SummaryFilter::Pass };
+        // Per constraint: every node's domain, and what placing the pod in each domain gives
+        // (true: within the skew), decided up front for a few domains.
+        let mut rules = Vec::with_capacity(s.constraints.len());
+        for (i, c) in s.constraints.iter().enumerate() {
+            let ids = snapshot.domain_ids(&c.topology_key);
+            let mut min = s.min[i];
+            if let Some(md) = c.min_domains
+                && (s.counts[i].len() as i64) < md
+            {
+                min = 0;
+            }
+            let self_match = i64::from(c.selector.matches(pod.labels()));
+            let fits = move |count: i64| count + self_match - min <= c.max_skew;
+            let decided: Option<Vec<bool>> = (ids.values.len() <= PRECOMPUTED_DOMAINS)
+                .then(|| ids.values.iter().map(|v| fits(s.counts[i].get(&**v).copied().unwrap_or(0))).collect());
+            rules.push((ids, decided, fits));
+        }
+        SummaryFilter::Check(Box::new(move |idx, _| {
+            for (i, (ids, decided, fits)) in rules.iter().enumerate() {
+                let id = *ids.ids.get(idx)?;
+                if id == crate::snapshot::DomainIds::NONE {
+                    return Some(Status::unresolvable(REASON_LABEL));
+                }
+                let ok = match decided {
+                    Some(d) => *d.get(id as usize)?,
+                    None => fits(s.counts[i].get(&*ids.values[id as usize]).copied().unwrap_or(0)),
+                };
+                if !ok {
+                    return Some(Status::unschedulable(REASON_CONSTRAINTS));
+                }
+            }
+            Some(Status::success())
+        }))
+    }
+
     fn filter(&self, state: &CycleState, pod: &PodInfo, node: &NodeInfo) -> Status {
         let Some(s) = state.get::<FilterState>() else { return Status::success() };
         for (i, c) in s.constraints.iter().enumerate() {

@@ -3,9 +3,11 @@
 
 use crate::framework::{
     ActionType, ClusterEventWithHint, CycleState, EventResource, FilterPlugin, NodeScore, Plugin, QueueingHint, ScorePlugin, Status,
+    SummaryFilter, SummaryScore,
 };
-use crate::node_info::NodeInfo;
+use crate::node_info::{NodeInfo, NodeSummary};
 use crate::pod_info::{PodInfo, tolerates};
+use crate::snapshot::Snapshot;
 use std::sync::Arc;
 
 /// Filters by taints and scores by soft taints.
@@ -45,6 +47,10 @@ fn untolerated<'a>(
 }
 
 impl FilterPlugin for TaintToleration {
+    fn summary_filter<'a>(&'a self, _: &'a CycleState, _: &'a PodInfo, _: &'a Snapshot) -> SummaryFilter<'a> {
+        SummaryFilter::PassUnless(NodeSummary::HARD_TAINTS)
+    }
+
     fn filter(&self, _: &CycleState, pod: &PodInfo, node: &NodeInfo) -> Status {
         match untolerated(pod, node.taints()) {
             None => Status::success(),
@@ -64,6 +70,9 @@ impl ScorePlugin for TaintToleration {
     fn normalize_score(&self, _: &CycleState, _: &PodInfo, scores: &mut [NodeScore]) -> Status {
         super::default_normalize(scores, true);
         Status::success()
+    }
+    fn summary_score<'a>(&'a self, _: &'a CycleState, _: &'a PodInfo, _: &'a Snapshot) -> SummaryScore<'a> {
+        SummaryScore::ZeroUnless(NodeSummary::SOFT_TAINTS)
     }
 }
 
