@@ -253,6 +253,8 @@ async fn dispatch(state: &State, req: Request<Incoming>, path: &ResourcePath, qu
             check("patch")?;
             let name = path.name.as_deref().unwrap_or_default().to_owned();
             let (patch, params, mut warnings) = read_patch(state, req, &resource, &resource.kind, query).await?;
+            // Server-side apply creates what does not exist, and then answers 201 as kube-apiserver does.
+            let creates = matches!(patch, Patch::Apply(_)) && state.client.get(target, &name).await.is_err_and(|e| e.is_not_found());
             let patched = typed_value(&state.client.patch(target, &name, &patch, &params).await?, &resource);
             if patch_sets_finalizers(&patch) {
                 warnings.extend(warnings::finalizers(&patched));
@@ -261,7 +263,8 @@ async fn dispatch(state: &State, req: Request<Incoming>, path: &ResourcePath, qu
             if warnings::patch_touches_pod(&resource.group, &resource.kind, body) {
                 warnings.extend(warnings::pod(&resource.group, &resource.kind, &patched));
             }
-            Ok(Reply { response: body::respond(StatusCode::OK, &patched, plain(output)), warnings })
+            let code = if creates { StatusCode::CREATED } else { StatusCode::OK };
+            Ok(Reply { response: body::respond(code, &patched, plain(output)), warnings })
         }
         "DELETE" => {
             check("delete")?;

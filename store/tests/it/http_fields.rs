@@ -91,7 +91,7 @@ async fn repeated_fields_are_refused_under_strict_warned_under_warn_and_let_pass
     assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{:?}", refused.body);
     assert!(message(&refused).contains("duplicate field \"data.k\""), "{}", message(&refused));
     let applied = call(&server, Method::PATCH, &path.replace("Strict", "Warn"), &[apply], yaml).await?;
-    assert!(applied.status.is_success(), "{:?}", applied.body);
+    assert_eq!(applied.status, StatusCode::CREATED, "an apply that creates answers 201: {:?}", applied.body);
     assert_eq!(warnings(&applied), ["duplicate field \"data.k\""]);
     assert_eq!(applied.json()["data"]["k"], "two");
     Ok(())
@@ -191,7 +191,7 @@ async fn server_side_apply_merges_custom_resources_by_their_schema() -> TestResu
     };
     let first =
         apply("alice", json!({"ports": [{"name": "http", "port": 80}], "tags": ["a"], "hosts": ["x"], "selector": {"app": "w"}})).await?;
-    assert!(first.status.is_success(), "{:?}", first.body);
+    assert_eq!(first.status, StatusCode::CREATED, "{:?}", first.body);
     let second = apply("bob", json!({"ports": [{"name": "metrics", "port": 9090}], "tags": ["b"]})).await?;
     assert_eq!(second.status, StatusCode::OK, "{:?}", second.body);
     let spec = &second.json()["spec"];
