@@ -2,9 +2,12 @@
 //! 100 pods on the fake runtime, all against the in-memory API server.
 //!
 //! `cargo bench -p bosun-runtime --bench runtime`; ends with `BENCH name=value` lines.
+//! `BOSUN_BENCH_ONLY=fake` runs only the hollow-node figures. The hollow nodes share one pod watch
+//! ([`SharedPodFeed`]); the per-node watch figure is printed beside it.
 
 use bosun_core::k8s_openapi::api::core::v1::Pod;
 use bosun_core::{Api, Client, PostParams, WatchEvent, WatchParams};
+use bosun_runtime::agent::feed::SharedPodFeed;
 use bosun_runtime::runc::busybox_rootfs;
 use bosun_runtime::{FakeRuntime, HostImages, ImageStore, LocalImageStore, NodeAgent, NodeAgentConfig, ProcessRuntime, RuncRuntime};
 use futures::StreamExt;
@@ -103,15 +106,29 @@ async fn runc_bench(dir: &std::path::Path) -> Option<f64> {
     Some(report("runtime.runc.start", ms))
 }
 
-async fn fake_bench(dir: &std::path::Path, events: bool) -> f64 {
+/// How the hollow nodes of the fake bench get their pods.
+#[derive(Clone, Copy, PartialEq)]
+enum Watches {
+    /// One shared watch, demultiplexed by node name (how hollow nodes in one process run).
+    Shared,
+    /// One `spec.nodeName` watch per node (a real kubelet's way).
+    PerNode,
+}
+
+async fn fake_bench(dir: &std::path::Path, events: bool, watches: Watches) -> f64 {
     const NODES: usize = 100;
     const PODS_PER_NODE: usize = 100;
     let client: Arc<dyn Client> = bosun_store::ApiServer::in_memory();
+    let feed = (watches == Watches::Shared).then(|| SharedPodFeed::spawn(client.clone()));
     let mut nodes = Vec::new();
+    let shared = watches == Watches::Shared;
     for i in 0..NODES {
-        let config = NodeAgentConfig::new(format!("hollow-{i}"), dir.join(format!("fake/{events}/{i}")))
+        let mut config = NodeAgentConfig::new(format!("hollow-{i}"), dir.join(format!("fake/{events}-{shared}/{i}")))
             .measure_pressure(false)
             .record_events(events);
+        if let Some(feed) = &feed {
+            config = config.pod_source(feed.clone());
+        }
         nodes.push(NodeAgent::new(client.clone(), FakeRuntime::new(), HostImages, config).start().await.expect("agent"));
     }
     let api = Api::<Pod>::namespaced(client.clone(), "default");
@@ -147,8 +164,9 @@ async fn fake_bench(dir: &std::path::Path, events: bool) -> f64 {
     let secs = t.elapsed().as_secs_f64();
     creator.await.expect("creator");
     println!(
-        "runtime.fake (events {}): {total} pods on {NODES} hollow nodes Running {secs:.2} s after the first was bound",
-        if events { "on" } else { "off" }
+        "runtime.fake (events {}, {} pod watch): {total} pods on {NODES} hollow nodes Running {secs:.2} s after the first was bound",
+        if events { "on" } else { "off" },
+        if shared { "one shared" } else { "per-node" },
     );
     for n in &nodes {
         n.shutdown();
@@ -160,18 +178,23 @@ fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio");
     let dir = tempfile::tempdir().expect("tempdir");
     if std::env::var("BOSUN_BENCH_ONLY").is_ok_and(|v| v == "fake") {
-        rt.block_on(async {
-            fake_bench(dir.path(), true).await;
-            fake_bench(dir.path(), false).await;
+        let fake = rt.block_on(async {
+            let fake = fake_bench(dir.path(), true, Watches::Shared).await;
+            fake_bench(dir.path(), false, Watches::Shared).await;
+            fake_bench(dir.path(), true, Watches::PerNode).await;
+            fake
         });
+        println!("BENCH runtime.fake.10000_pods_running_s={fake:.2}");
         return;
     }
     let (process, runc, fake) = rt.block_on(async {
         let process = process_bench(dir.path()).await;
         let runc = runc_bench(dir.path()).await;
-        let fake = fake_bench(dir.path(), true).await;
+        // Hollow nodes in one process share one pod watch; the per-node watch is the kubelet's way.
+        let fake = fake_bench(dir.path(), true, Watches::Shared).await;
         // Hollow nodes at scale usually skip Events (as KWOK does); report that figure too.
-        fake_bench(dir.path(), false).await;
+        fake_bench(dir.path(), false, Watches::Shared).await;
+        fake_bench(dir.path(), true, Watches::PerNode).await;
         (process, runc, fake)
     });
     println!("BENCH runtime.process.start_p99_ms={process:.2}");

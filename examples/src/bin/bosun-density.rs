@@ -25,7 +25,7 @@ use bosun_runtime::agent::feed::SharedPodFeed;
 use bosun_runtime::{FakeRuntime, HostImages, NodeAgent, NodeAgentConfig};
 use bosun_scheduler::Scheduler;
 use bosun_store::http::HttpConfig;
-use bosun_store::{ApiServer, MemoryStorage};
+use bosun_store::{ApiServer, MemoryStorage, Storage};
 use clap::Parser;
 use futures::StreamExt;
 use std::collections::HashMap;
@@ -56,6 +56,15 @@ struct Args {
     /// Node state directories go here (default: a fresh directory under the system temp dir).
     #[arg(long)]
     work_dir: Option<PathBuf>,
+    /// Watch-cache history per kind, in events (a watch resuming from an older version relists).
+    /// Each event holds the object's previous version, so at full size the default 100,000 pod
+    /// events alone hold some 100,000 old pods.
+    #[arg(long, default_value_t = 10_000)]
+    watch_history: usize,
+    /// Compact the store's history every this many seconds, to the revision of the previous round
+    /// (kube-apiserver compacts etcd every 5 minutes); 0 never compacts.
+    #[arg(long, default_value_t = 60)]
+    compaction_interval_s: u64,
     /// Each node agent watches its own pods (`spec.nodeName=<node>`, as a real kubelet does)
     /// instead of all agents sharing one pod watch.
     #[arg(long)]
@@ -95,7 +104,10 @@ async fn run(args: Args) -> Result<bool, BoxError> {
     let started = Instant::now();
 
     // The control plane. Every in-process component talks through the timing decorator.
-    let api = ApiServer::builder(Arc::new(MemoryStorage::new())).build()?;
+    let storage = Arc::new(MemoryStorage::new());
+    let api = ApiServer::builder(storage.clone()).watch_history(args.watch_history).build()?;
+    let _compactor =
+        (args.compaction_interval_s > 0).then(|| tokio::spawn(compact(storage, Duration::from_secs(args.compaction_interval_s))));
     let timed = TimedClient::new(api.clone());
     let client: Arc<dyn Client> = timed.clone();
     let http = HttpConfig::for_api_server(&api).https(SocketAddr::from(([127, 0, 0, 1], 0)));
@@ -207,6 +219,22 @@ async fn run(args: Args) -> Result<bool, BoxError> {
         let _ = std::fs::remove_dir_all(&work);
     }
     Ok(running >= args.pods)
+}
+
+/// Compacts the store every `period` to the revision it had one period earlier, so that the
+/// history of every write (leases, pod status) does not grow for the whole run.
+async fn compact(storage: Arc<MemoryStorage>, period: Duration) {
+    let mut previous = None;
+    let mut tick = tokio::time::interval(period);
+    loop {
+        tick.tick().await;
+        if let Some(revision) = previous
+            && let Err(error) = storage.compact(revision).await
+        {
+            tracing::warn!(%error, "compaction failed");
+        }
+        previous = storage.current_revision().await.ok();
+    }
 }
 
 fn deployment(index: usize, replicas: usize) -> Deployment {
