@@ -11,7 +11,8 @@ use std::time::Instant;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-const BULK_BYTES: usize = 512 * 1024 * 1024;
+const BULK_BYTES: usize = 256 * 1024 * 1024;
+const BULK_ROUNDS: usize = 5;
 const ROUND_TRIPS: usize = 5_000;
 const SERVICES: usize = 10_000;
 const ENDPOINTS: usize = 10;
@@ -112,7 +113,28 @@ async fn p50_round_trip_us(to: SocketAddr) -> f64 {
     samples[samples.len() / 2]
 }
 
-async fn userspace() -> (f64, f64) {
+/// CPU seconds of this process's threads, split into the proxy's runtime threads and all others.
+fn thread_cpu_s() -> (f64, f64) {
+    let (mut proxy, mut other) = (0.0, 0.0);
+    for task in std::fs::read_dir("/proc/self/task").into_iter().flatten().flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        let fields: Vec<f64> = stat.rsplit_once(')').map_or("", |(_, r)| r).split_whitespace().filter_map(|f| f.parse().ok()).collect();
+        let cpu = (fields.get(10).copied().unwrap_or(0.0) + fields.get(11).copied().unwrap_or(0.0)) / 100.0;
+        if comm.starts_with("proxy") { proxy += cpu } else { other += cpu }
+    }
+    (proxy, other)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// The proxy runs on a runtime of its own (as it would in its own process, apart from the
+/// applications); clients and servers share the bench's runtime for both the direct and the proxied
+/// runs, which alternate so that both see the same machine load.
+async fn userspace(proxy_rt: tokio::runtime::Handle) -> (f64, f64) {
     let (sink, echo) = servers().await;
     let proxy = UserspaceProxy::new(UserspaceConfig::default());
     let vip: IpAddr = "127.0.80.1".parse().expect("ip");
@@ -122,17 +144,38 @@ async fn userspace() -> (f64, f64) {
         upserted: vec![Arc::new(service("sink".into(), vip, ps, vec![sink])), Arc::new(service("echo".into(), vip, pe, vec![echo]))],
         removed: vec![],
     };
-    proxy.apply(&diff).await.expect("apply");
-    let direct_bulk = bulk(sink).await;
-    let proxied_bulk = bulk(SocketAddr::new(vip, ps)).await;
-    let direct_bulk2 = bulk(sink).await;
-    let proxied_bulk2 = bulk(SocketAddr::new(vip, ps)).await;
-    let direct = direct_bulk.max(direct_bulk2);
-    let proxied = proxied_bulk.max(proxied_bulk2);
-    println!("userspace bulk: direct {:.0} MiB/s, proxied {:.0} MiB/s", direct / 1048576.0, proxied / 1048576.0);
-    let d50 = p50_round_trip_us(echo).await;
-    let p50 = p50_round_trip_us(SocketAddr::new(vip, pe)).await;
+    let p = proxy.clone();
+    proxy_rt.spawn(async move { p.apply(&diff).await }).await.expect("apply task").expect("apply");
+    let (mut direct, mut proxied) = (Vec::new(), Vec::new());
+    let (mut direct_cpu, mut proxy_cpu, mut apps_cpu) = (0.0, 0.0, 0.0);
+    for _ in 0..BULK_ROUNDS {
+        let (_, o) = thread_cpu_s();
+        direct.push(bulk(sink).await);
+        let (p, o2) = thread_cpu_s();
+        direct_cpu += o2 - o;
+        proxied.push(bulk(SocketAddr::new(vip, ps)).await);
+        let (p2, o3) = thread_cpu_s();
+        proxy_cpu += p2 - p;
+        apps_cpu += o3 - o2;
+    }
+    let gib = (BULK_ROUNDS * BULK_BYTES) as f64 / (1u64 << 30) as f64;
+    println!(
+        "userspace bulk CPU s/GiB: direct (client+server) {:.2}; proxied: client+server {:.2} + proxy {:.2}",
+        direct_cpu / gib,
+        apps_cpu / gib,
+        proxy_cpu / gib
+    );
+    let mib = |v: &[f64]| v.iter().map(|b| format!("{:.0}", b / 1048576.0)).collect::<Vec<_>>().join(" ");
+    println!("userspace bulk MiB/s: direct {}, proxied {} (alternating runs of {} MiB)", mib(&direct), mib(&proxied), BULK_BYTES >> 20);
+    let (direct, proxied) = (median(direct), median(proxied));
+    let (mut d50, mut p50) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        d50.push(p50_round_trip_us(echo).await);
+        p50.push(p50_round_trip_us(SocketAddr::new(vip, pe)).await);
+    }
+    let (d50, p50) = (median(d50), median(p50));
     println!("userspace 64-byte round trip p50: direct {d50:.1} us, proxied {p50:.1} us");
+    drop(proxy);
     (proxied / direct, (p50 - d50).max(0.0))
 }
 
@@ -218,7 +261,9 @@ async fn nftables() -> Option<(f64, f64, f64)> {
 
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
-    let (ratio, added) = rt.block_on(userspace());
+    let proxy_rt =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).thread_name("proxy").enable_all().build().expect("proxy runtime");
+    let (ratio, added) = rt.block_on(userspace(proxy_rt.handle().clone()));
     let nft = rt.block_on(nftables());
     println!("BENCH netproxy.userspace.throughput_ratio={ratio:.3}");
     println!("BENCH netproxy.userspace.added_p50_us={added:.1}");
