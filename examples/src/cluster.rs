@@ -153,9 +153,9 @@ impl Default for ClusterConfig {
 struct LocalNodes {
     client: Arc<dyn Client>,
     nodes: RwLock<HashMap<String, NodeHandle>>,
-    /// `kubectl exec -t` gets a terminal from the host's `script` (util-linux), which only the
-    /// process runtime's containers (host binaries) can run.
-    script_tty: bool,
+    /// The runtime gives `kubectl exec -t` a terminal ([`NodeHandle::exec_tty`]); the fake
+    /// runtime has none, so its `-t` sessions get pipes.
+    terminals: bool,
 }
 
 #[async_trait]
@@ -185,12 +185,26 @@ impl NodeConnector for LocalNodes {
         let internal = |e: channel::ChannelError| Error::internal(e.to_string());
         let mut session = channel::ChannelSession::accept(io, &request.protocol).await.map_err(internal)?;
         // kubectl sends the terminal's size as soon as the session opens; the terminal starts at it.
-        let size = match session.take_resizes() {
-            Some(mut sizes) if request.tty => tokio::time::timeout(Duration::from_millis(500), sizes.recv()).await.ok().flatten(),
+        let mut sizes = session.take_resizes();
+        let size = match sizes.as_mut() {
+            Some(sizes) if request.tty => tokio::time::timeout(Duration::from_millis(500), sizes.recv()).await.ok().flatten(),
             _ => None,
         };
-        let process = self.start_exec(&request, size).await;
-        channel::run_exec(session, &request, process).await.map_err(internal)
+        let mut process = self.start_exec(&request, size).await;
+        // The later sizes resize the terminal; `run_exec` cannot, the session's stream being taken.
+        let resizing = match (process.as_mut().ok().and_then(|p| p.resize.take()), sizes) {
+            (Some(apply), Some(mut sizes)) if request.tty => Some(tokio::spawn(async move {
+                while let Some(size) = sizes.recv().await {
+                    apply(size);
+                }
+            })),
+            _ => None,
+        };
+        let outcome = channel::run_exec(session, &request, process).await.map_err(internal);
+        if let Some(task) = resizing {
+            task.abort();
+        }
+        outcome
     }
 }
 
@@ -198,16 +212,6 @@ impl LocalNodeSet for LocalNodes {
     fn serves(&self, node: &str) -> bool {
         self.nodes.read().unwrap_or_else(std::sync::PoisonError::into_inner).contains_key(node)
     }
-}
-
-/// `command` under util-linux `script` in a pseudo-terminal of `size`, with `TERM` set if unset;
-/// `script` returns the command's exit code.
-fn script_tty(command: &[String], size: Option<channel::TerminalSize>) -> Vec<String> {
-    let quote = |arg: &String| format!("'{}'", arg.replace('\'', r"'\''"));
-    let quoted: Vec<String> = command.iter().map(quote).collect();
-    let stty = size.filter(|s| s.width > 0 && s.height > 0).map(|s| format!("stty rows {} cols {} 2>/dev/null; ", s.height, s.width));
-    let line = format!("{}export TERM=${{TERM:-xterm}}; exec {}", stty.unwrap_or_default(), quoted.join(" "));
-    ["script", "--quiet", "--return", "--command", &line, "/dev/null"].map(str::to_owned).to_vec()
 }
 
 impl LocalNodes {
@@ -254,20 +258,30 @@ impl LocalNodes {
         if request.command.is_empty() {
             return Err(Error::bad_request("you must specify at least one command for the container"));
         }
-        // The runtimes give exec pipes, no terminal. With `-t` (and the process runtime) the
-        // command runs under `script`, which gives it a pseudo-terminal (line editing, echo,
-        // ^C, ^D) at the client's first size; later resizes are not applied. Otherwise a `-t`
-        // session gets pipes with stderr merged into stdout.
-        let command =
-            if request.tty && request.stdin && self.script_tty { script_tty(&request.command, size) } else { request.command.clone() };
-        let session = handle.exec(&request.namespace, &request.pod, Some(&container), &command).await?;
+        // With `-t` the command runs on a terminal of the runtime (a pty as its controlling
+        // terminal: line editing, echo, ^C, ^D) at the client's first size, and the client's
+        // later sizes resize it (SIGWINCH). Without one (fake runtime) a `-t` session gets pipes,
+        // stderr merged into stdout.
+        let session = if request.tty && self.terminals {
+            let size = size.map(|s| bosun_runtime::cri::TerminalSize { width: s.width, height: s.height });
+            handle.exec_tty(&request.namespace, &request.pod, Some(&container), &request.command, size).await?
+        } else {
+            handle.exec(&request.namespace, &request.pod, Some(&container), &request.command).await?
+        };
         let exit = session.exit;
+        let resize = session.resize.map(|apply| -> Box<dyn Fn(channel::TerminalSize) + Send + Sync> {
+            Box::new(move |s: channel::TerminalSize| {
+                if let Err(error) = apply(bosun_runtime::cri::TerminalSize { width: s.width, height: s.height }) {
+                    tracing::debug!(%error, "exec terminal resize failed");
+                }
+            })
+        });
         Ok(ExecProcess {
             stdin: Some(session.stdin),
             stdout: session.stdout,
             stderr: session.stderr,
             exit: Box::pin(async move { exit.await.map_err(|e| Error::internal(e.to_string())) }),
-            resize: None,
+            resize,
         })
     }
 }
@@ -386,11 +400,7 @@ impl Cluster {
             return Ok(());
         }
         let local = connector.unwrap_or_else(|| {
-            Arc::new(LocalNodes {
-                client: self.client.clone(),
-                nodes: RwLock::default(),
-                script_tty: config.runtime == RuntimeChoice::Process,
-            })
+            Arc::new(LocalNodes { client: self.client.clone(), nodes: RwLock::default(), terminals: config.runtime != RuntimeChoice::Fake })
         });
         let credentials = Credentials::load_or_create(&self.client).await?;
         let endpoint = NodeEndpoint::start(config.node_listen, local.clone(), credentials).await?;
@@ -611,7 +621,7 @@ async fn start_api_server(
     let api = ApiServer::builder(storage).cluster_ip_range(config.service_cidr.clone()).metrics_source(metrics.clone()).build()?;
     let client: Arc<dyn Client> = api.clone();
     let connector =
-        Arc::new(LocalNodes { client: client.clone(), nodes: RwLock::default(), script_tty: config.runtime == RuntimeChoice::Process });
+        Arc::new(LocalNodes { client: client.clone(), nodes: RwLock::default(), terminals: config.runtime != RuntimeChoice::Fake });
     // Pods on nodes of other processes are reached through their node endpoints.
     let router = Arc::new(NodeRouter::new(client.clone(), connector.clone()));
     let _ = metrics.0.set(Arc::downgrade(&router));

@@ -90,8 +90,9 @@ async fn kubectl_exec_cp_and_attach_work() {
     assert_eq!(String::from_utf8_lossy(&counted.stdout).trim(), big.len().to_string(), "{}", String::from_utf8_lossy(&counted.stderr));
 
     // A terminal (`-t`), when kubectl itself runs in one: util-linux `script` gives it one here.
+    // The command's stdin is a terminal of kubectl's size.
     let kubectl_tty = format!(
-        "stty rows 30 cols 100; {} --kubeconfig {} --cache-dir {} exec -it shell -- sh -c 'tty; stty size; exit 4'",
+        "stty rows 30 cols 100; {} --kubeconfig {} --cache-dir {} exec -it shell -- sh -c 'test -t 0 && tty; stty size; exit 4'",
         k.binary.display(),
         k.kubeconfig.display(),
         k.cache.display()
@@ -104,9 +105,30 @@ async fn kubectl_exec_cp_and_attach_work() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("/dev/pts/") && text.contains("30 100"), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(out.status.code(), Some(4), "{text}");
+    // Resizing kubectl's terminal resizes the command's: once the command has printed its first
+    // size (and made `sized`), kubectl's terminal becomes 40x120 and kubectl (on SIGWINCH) sends
+    // the new size, which the command sees within 20 s.
+    let sized = dir.path().join("sized").display().to_string();
+    let resized = format!(
+        "(i=0; while [ ! -e {sized} ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done; stty rows 40 cols 120) </dev/tty & {}; wait",
+        kubectl_tty.replace(
+            "sh -c 'test -t 0 && tty; stty size; exit 4'",
+            &format!(
+                "sh -c 'stty size; touch {sized}; i=0; while [ \"$(stty size)\" = \"30 100\" ] && [ $i -lt 200 ]; do sleep 0.1; i=$((i+1)); done; echo now $(stty size)'"
+            )
+        )
+    );
+    let out = Command::new("script")
+        .args(["--quiet", "--return", "--command", &resized, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("run script: {e}"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("30 100") && text.contains("now 40 120"), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{text}");
     // An interactive shell: keystrokes (Enter is a carriage return in raw mode) reach it through
     // the terminal's line discipline.
-    let shell = kubectl_tty.replace("sh -c 'tty; stty size; exit 4'", "sh");
+    let shell = kubectl_tty.replace("sh -c 'test -t 0 && tty; stty size; exit 4'", "sh");
     let mut typing = Command::new("script")
         .args(["--quiet", "--return", "--command", &shell, "/dev/null"])
         .stdin(Stdio::piped())
