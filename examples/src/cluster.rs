@@ -12,6 +12,7 @@ use bosun_controllers::runtime::LeaderElector;
 use bosun_controllers::{ControllerManager, ManagerConfig};
 use bosun_core::watch::Informers;
 use bosun_core::{Client, Error, LogParams, LogStream, Result};
+use bosun_netproxy::ingress::StatusAddress;
 use bosun_netproxy::{
     ClusterDns, IngressController, IngressProxy, NftablesConfig, NftablesProxy, NodeContext, ServiceProxy, UserspaceConfig, UserspaceProxy,
 };
@@ -457,7 +458,13 @@ impl Cluster {
         let ingress_proxy = IngressProxy::new(table);
         let ingress = ingress_proxy.serve_http(config.ingress).await?;
         self.ingress_addr = Some(ingress.local_addr());
-        self.tasks.push(IngressController::new(informers.clone(), ingress_proxy).spawn());
+        // The address kubectl shows under ADDRESS: where the ingress listens (loopback for 0.0.0.0).
+        let ip = match ingress.local_addr().ip() {
+            ip if ip.is_unspecified() => std::net::IpAddr::from([127, 0, 0, 1]),
+            ip => ip,
+        };
+        let controller = IngressController::new(informers.clone(), ingress_proxy).status_address(StatusAddress::Ip(ip));
+        self.tasks.push(controller.spawn());
         tracing::info!(addr = %ingress.local_addr(), "ingress listening");
         self._ingress = Some(ingress);
         Ok(())

@@ -76,6 +76,9 @@ async fn the_quick_start_works_end_to_end() {
     // And through the Ingress by host name.
     let ingress = cluster.ingress_addr().map(|a| a.to_string()).unwrap_or_default();
     http_eventually(&ingress, "web.quickstart.local", WAIT, |b| b.contains("hello from bosun")).await;
+    let ingress_ip = cluster.ingress_addr().map(|a| a.ip().to_string()).unwrap_or_default();
+    let listed = k.eventually(&["-n", "quickstart", "get", "ingress", "web"], WAIT, |out| out.contains(&ingress_ip)).await;
+    assert!(listed.contains("ADDRESS"), "kubectl shows the Ingress's address: {listed}");
 
     // Scale.
     k.run(&["-n", "quickstart", "scale", "deploy/web", "--replicas=5"]);
