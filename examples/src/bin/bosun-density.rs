@@ -56,11 +56,15 @@ struct Args {
     /// Node state directories go here (default: a fresh directory under the system temp dir).
     #[arg(long)]
     work_dir: Option<PathBuf>,
-    /// Watch-cache history per kind, in events (a watch resuming from an older version relists).
-    /// Each event holds the object's previous version, so at full size the default 100,000 pod
-    /// events alone hold some 100,000 old pods.
-    #[arg(long, default_value_t = 10_000)]
-    watch_history: usize,
+    /// Watch-cache history per kind, in events (default: the API server's 100,000). Each event holds
+    /// the object's previous version; a watch resuming from a version older than the history relists.
+    #[arg(long)]
+    watch_history: Option<usize>,
+    /// Events queued per watcher before the API server ends it as too slow (the server's default
+    /// is 4096). Every component shares this process's two cores, so a watcher that falls behind
+    /// for a moment would otherwise relist every pod.
+    #[arg(long, default_value_t = 32_768)]
+    watcher_queue: usize,
     /// Compact the store's history every this many seconds, to the revision of the previous round
     /// (kube-apiserver compacts etcd every 5 minutes); 0 never compacts.
     #[arg(long, default_value_t = 60)]
@@ -105,7 +109,11 @@ async fn run(args: Args) -> Result<bool, BoxError> {
 
     // The control plane. Every in-process component talks through the timing decorator.
     let storage = Arc::new(MemoryStorage::new());
-    let api = ApiServer::builder(storage.clone()).watch_history(args.watch_history).build()?;
+    let mut builder = ApiServer::builder(storage.clone()).watcher_queue(args.watcher_queue);
+    if let Some(events) = args.watch_history {
+        builder = builder.watch_history(events);
+    }
+    let api = builder.build()?;
     let _compactor =
         (args.compaction_interval_s > 0).then(|| tokio::spawn(compact(storage, Duration::from_secs(args.compaction_interval_s))));
     let timed = TimedClient::new(api.clone());
@@ -289,16 +297,27 @@ async fn observe(api: Arc<ApiServer>, want: usize, timeout: Duration) -> Observe
                     version = b.resource_version;
                     continue;
                 }
-                WatchEvent::Deleted(_) | WatchEvent::Error(_) => continue,
+                WatchEvent::Deleted(_) => continue,
+                WatchEvent::Error(status) => {
+                    // Fell behind or too old a version: catch up from a list, then watch from it.
+                    tracing::warn!(message = %status.message.unwrap_or_default(), "observer watch ended; relisting");
+                    match pods.list(&bosun_core::ListParams::default()).await {
+                        Ok(list) => {
+                            version = list.metadata.resource_version.clone().unwrap_or_default();
+                            for pod in &list.items {
+                                count(&mut seen, &mut startup_s, pod, true);
+                            }
+                        }
+                        Err(error) => {
+                            tracing::warn!(%error, "observer list failed");
+                            version.clear();
+                        }
+                    }
+                    continue 'outer;
+                }
             };
             version = pod.metadata.resource_version.clone().unwrap_or_default();
-            let Some(uid) = pod.metadata.uid.clone() else { continue };
-            // Some(first sighting) while pending; None once counted, so each pod counts once.
-            let entry = seen.entry(uid).or_insert_with(|| Some(Instant::now()));
-            let running = pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
-            if running && let Some(first) = entry.take() {
-                startup_s.push(first.elapsed().as_secs_f32());
-            }
+            count(&mut seen, &mut startup_s, &pod, false);
             if last_report.elapsed() > Duration::from_secs(5) {
                 tracing::info!(running = startup_s.len(), of = want, "pods running");
                 last_report = Instant::now();
@@ -309,6 +328,28 @@ async fn observe(api: Arc<ApiServer>, want: usize, timeout: Duration) -> Observe
         }
     }
     Observed { startup_s }
+}
+
+/// Counts a pod's first sighting and, once, its being Running. A pod first seen in a relist after
+/// the watch fell behind is timed from its creationTimestamp (second precision), not from the list.
+fn count(seen: &mut HashMap<String, Option<Instant>>, startup_s: &mut Vec<f32>, pod: &Pod, listed: bool) {
+    let Some(uid) = pod.metadata.uid.clone() else { return };
+    let first_sighting = || {
+        let age = pod
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .filter(|_| listed)
+            .and_then(|t| Duration::try_from(bosun_core::k8s_openapi::jiff::Timestamp::now().duration_since(t.0)).ok())
+            .unwrap_or_default();
+        Some(Instant::now().checked_sub(age).unwrap_or_else(Instant::now))
+    };
+    // Some(first sighting) while pending; None once counted, so each pod counts once.
+    let entry = seen.entry(uid).or_insert_with(first_sighting);
+    let running = pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
+    if running && let Some(first) = entry.take() {
+        startup_s.push(first.elapsed().as_secs_f32());
+    }
 }
 
 /// Peak resident set size of this process (`VmHWM`).
