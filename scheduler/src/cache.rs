@@ -69,7 +69,7 @@ impl Cache {
         if self.nodes.contains_key(node) {
             let n = self.node_mut(node);
             n.remove_pod(uid);
-            if n.node.is_none() && n.pods.is_empty() {
+            if n.node.is_none() && n.pods.is_empty() && n.nominated.is_empty() {
                 self.nodes.remove(node);
                 self.dirty.remove(node);
             }
@@ -117,6 +117,26 @@ impl Cache {
         self.pods.insert(pod.uid.clone(), PodState { node: Arc::from(node.as_str()), pod, assumed: false, binding_finished: true });
     }
 
+    /// Moves a pod's nomination (by preemption) from one node to another (`None`: none), so that
+    /// snapshots carry each node's nominated pods.
+    pub fn nominate(&mut self, pod: &Arc<PodInfo>, from: Option<&str>, to: Option<&str>) {
+        if let Some(from) = from
+            && self.nodes.contains_key(from)
+        {
+            let n = self.node_mut(from);
+            n.nominated.retain(|p| p.uid != pod.uid);
+            if n.node.is_none() && n.pods.is_empty() && n.nominated.is_empty() {
+                self.nodes.remove(from);
+                self.dirty.remove(from);
+            }
+        }
+        if let Some(to) = to {
+            let n = self.node_mut(to);
+            n.nominated.retain(|p| p.uid != pod.uid);
+            n.nominated.push(pod.clone());
+        }
+    }
+
     /// Removes a pod (deleted, or terminal).
     pub fn remove_pod(&mut self, uid: &str) -> Option<Arc<PodInfo>> {
         let old = self.pods.remove(uid)?;
@@ -159,7 +179,7 @@ impl Cache {
         }
         let n = self.node_mut(name);
         let old = n.node.take();
-        if n.pods.is_empty() {
+        if n.pods.is_empty() && n.nominated.is_empty() {
             self.nodes.remove(name);
             self.dirty.remove(name);
         }

@@ -87,6 +87,21 @@ pub struct NodeSummary {
     pub non_zero_milli_cpu: i64,
     /// Summed non-zero memory requests (scoring).
     pub non_zero_memory: i64,
+    /// Summed CPU requests of the pods nominated to the node.
+    pub nominated_milli_cpu: i64,
+    /// Summed memory requests of the nominated pods.
+    pub nominated_memory: i64,
+    /// Summed ephemeral storage requests of the nominated pods.
+    pub nominated_ephemeral_storage: i64,
+    /// How many pods are nominated to the node.
+    pub nominated_pods: i64,
+    /// The lowest priority among them.
+    pub nominated_min_priority: i32,
+    /// The highest priority among them.
+    pub nominated_max_priority: i32,
+    /// A one-word Bloom filter of their UIDs ([`NodeSummary::uid_bit`]): a pod whose bit is clear
+    /// is surely not among them.
+    pub nominated_uids: u64,
     /// `NodeSummary::*` flags.
     pub flags: u32,
 }
@@ -108,6 +123,29 @@ impl NodeSummary {
     pub const IMAGES: u32 = 1 << 6;
     /// Some pod on it has pod (anti-)affinity terms.
     pub const POD_AFFINITY: u32 = 1 << 7;
+    /// Pods are nominated to the node (the `nominated_*` figures).
+    pub const NOMINATED: u32 = 1 << 8;
+    /// A pod nominated to the node asks for more than the summary holds (host ports, extended
+    /// resources, pod affinity, spread constraints).
+    pub const NOMINATED_OTHER: u32 = 1 << 9;
+
+    /// A UID's bit in [`NodeSummary::nominated_uids`].
+    pub fn uid_bit(uid: &str) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        uid.hash(&mut h);
+        1 << (h.finish() % 64)
+    }
+
+    /// The summary as if every nominated pod ran on the node (their requests and count added).
+    pub fn with_nominated(&self) -> Self {
+        let mut s = *self;
+        s.requested_milli_cpu += self.nominated_milli_cpu;
+        s.requested_memory += self.nominated_memory;
+        s.requested_ephemeral_storage += self.nominated_ephemeral_storage;
+        s.pods += self.nominated_pods;
+        s
+    }
 
     /// Whether any of `flags` is set.
     pub fn has(&self, flags: u32) -> bool {
@@ -151,6 +189,8 @@ pub struct NodeInfo {
     pub non_zero_requested: (i64, i64),
     /// Host ports in use.
     pub used_ports: Vec<HostPort>,
+    /// Pods that preemption nominated to this node (any priority), whose room others leave free.
+    pub nominated: Vec<Arc<PodInfo>>,
     /// Bumped on every change.
     pub generation: u64,
 }
@@ -168,6 +208,7 @@ impl NodeInfo {
             requested: Resource::default(),
             non_zero_requested: (0, 0),
             used_ports: Vec::new(),
+            nominated: Vec::new(),
             generation: 0,
         }
     }
@@ -231,7 +272,27 @@ impl NodeInfo {
         if self.pods_with_affinity > 0 {
             flags |= NodeSummary::POD_AFFINITY;
         }
+        let mut nominated = Resource::default();
+        let (mut min_priority, mut max_priority) = (i32::MAX, i32::MIN);
+        let mut uids = 0;
+        for p in &self.nominated {
+            flags |= NodeSummary::NOMINATED;
+            uids |= NodeSummary::uid_bit(&p.uid);
+            if !p.host_ports.is_empty() || !p.requests.scalar.is_empty() || p.has_affinity() || !p.spread_constraints.is_empty() {
+                flags |= NodeSummary::NOMINATED_OTHER;
+            }
+            nominated.add(&p.requests);
+            min_priority = min_priority.min(p.priority);
+            max_priority = max_priority.max(p.priority);
+        }
         NodeSummary {
+            nominated_milli_cpu: nominated.milli_cpu,
+            nominated_memory: nominated.memory,
+            nominated_ephemeral_storage: nominated.ephemeral_storage,
+            nominated_pods: i64::try_from(self.nominated.len()).unwrap_or(i64::MAX),
+            nominated_min_priority: min_priority,
+            nominated_max_priority: max_priority,
+            nominated_uids: uids,
             alloc_milli_cpu: alloc.milli_cpu,
             alloc_memory: alloc.memory,
             alloc_ephemeral_storage: alloc.ephemeral_storage,

@@ -72,11 +72,21 @@ enum Location {
     InFlight,
 }
 
+/// Told of every nomination change: the pod, the node it leaves, the node it goes to.
+pub type NominationObserver = Arc<dyn Fn(&Arc<PodInfo>, Option<&str>, Option<&str>) + Send + Sync>;
+
 /// The pods nominated to nodes by preemption, so that others do not take their room.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Nominator {
     inner: Mutex<NominatorInner>,
     count: AtomicUsize,
+    observer: std::sync::OnceLock<NominationObserver>,
+}
+
+impl std::fmt::Debug for Nominator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Nominator").field("count", &self.count.load(Ordering::Relaxed)).finish()
+    }
 }
 
 #[derive(Debug, Default)]
@@ -90,31 +100,42 @@ impl Nominator {
         self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Sets the observer told of every change (once; later calls are ignored). It runs under the
+    /// nominator's lock, so that it sees changes in order.
+    pub fn set_observer(&self, observer: NominationObserver) {
+        let _ = self.observer.set(observer);
+    }
+
     /// Nominates a pod to a node (replacing an earlier nomination).
     pub fn add(&self, pod: Arc<PodInfo>, node: &str) {
         let mut inner = self.lock();
-        Self::remove_locked(&mut inner, &pod.uid);
+        let old = Self::remove_locked(&mut inner, &pod.uid);
         inner.node_of.insert(pod.uid.clone(), node.to_owned());
-        inner.by_node.entry(node.to_owned()).or_default().push(pod);
+        inner.by_node.entry(node.to_owned()).or_default().push(pod.clone());
         self.count.store(inner.node_of.len(), Ordering::Relaxed);
+        if let Some(o) = self.observer.get() {
+            o(&pod, old.as_ref().map(|(n, _)| n.as_str()), Some(node));
+        }
     }
 
-    fn remove_locked(inner: &mut NominatorInner, uid: &str) {
-        if let Some(node) = inner.node_of.remove(uid)
-            && let Some(list) = inner.by_node.get_mut(&node)
-        {
-            list.retain(|p| p.uid != uid);
-            if list.is_empty() {
-                inner.by_node.remove(&node);
-            }
+    fn remove_locked(inner: &mut NominatorInner, uid: &str) -> Option<(String, Arc<PodInfo>)> {
+        let node = inner.node_of.remove(uid)?;
+        let list = inner.by_node.get_mut(&node)?;
+        let pod = list.iter().position(|p| p.uid == uid).map(|i| list.remove(i));
+        if list.is_empty() {
+            inner.by_node.remove(&node);
         }
+        pod.map(|p| (node, p))
     }
 
     /// Drops a pod's nomination.
     pub fn remove(&self, uid: &str) {
         let mut inner = self.lock();
-        Self::remove_locked(&mut inner, uid);
+        let old = Self::remove_locked(&mut inner, uid);
         self.count.store(inner.node_of.len(), Ordering::Relaxed);
+        if let (Some(o), Some((node, pod))) = (self.observer.get(), old) {
+            o(&pod, Some(&node), None);
+        }
     }
 
     /// The pods nominated to a node.

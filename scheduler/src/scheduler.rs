@@ -97,19 +97,25 @@ impl SchedulerBuilder {
         let queue = Arc::new(SchedulingQueue::new(&frameworks, Arc::clone(&nominator), default_clock())?);
         let handle =
             Handle::new(Some(self.client.clone()), nominator, self.victim_grace_period, tokio::runtime::Handle::try_current().ok());
-        Ok(Scheduler {
-            inner: Arc::new(Inner {
-                informers: self.informers.unwrap_or_else(|| Informers::new(self.client.clone())),
-                client: self.client,
-                frameworks: frameworks.into_iter().map(|f| (f.name().to_owned(), f)).collect(),
-                queue,
-                cache: Mutex::new(Cache::new()),
-                handle,
-                counters: Counters::default(),
-                success_events: self.success_events,
-                progress: tokio::sync::watch::channel(0).0,
-            }),
-        })
+        let inner = Arc::new(Inner {
+            informers: self.informers.unwrap_or_else(|| Informers::new(self.client.clone())),
+            client: self.client,
+            frameworks: frameworks.into_iter().map(|f| (f.name().to_owned(), f)).collect(),
+            queue,
+            cache: Mutex::new(Cache::new()),
+            handle,
+            counters: Counters::default(),
+            success_events: self.success_events,
+            progress: tokio::sync::watch::channel(0).0,
+        });
+        // Snapshots carry each node's nominated pods: the cache follows the nominator.
+        let weak = Arc::downgrade(&inner);
+        inner.queue.nominator().set_observer(Arc::new(move |pod, from, to| {
+            if let Some(inner) = weak.upgrade() {
+                lock(&inner.cache).nominate(pod, from, to);
+            }
+        }));
+        Ok(Scheduler { inner })
     }
 }
 
@@ -496,6 +502,7 @@ impl Scheduler {
         let info = PodInfo::new(pod);
         let q = &self.inner.queue;
         if deleted || (is_terminal(&info.pod) && info.node_name.is_some()) {
+            self.inner.handle.victim_gone(&info.uid);
             q.delete(&info.uid);
             let old = lock(&self.inner.cache).remove_pod(&info.uid);
             if let Some(old) = old {
@@ -646,7 +653,9 @@ impl Scheduler {
             return;
         }
         let wait = (permit.code() == Code::Wait).then(|| (handle.waiting_pods().register(pod.clone(), waiting_on), timeout));
-        if pod.nominated_node_name.is_some() {
+        // As kube-scheduler's assume: the pod's nomination (made by this scheduler, known before
+        // its status says so) no longer holds room once the pod itself is assumed.
+        if !handle.nominator().is_empty() {
             handle.nominator().remove(&pod.uid);
         }
         let me = self.clone();
@@ -855,6 +864,27 @@ mod tests {
         s.on_node(raw_node("d"), false);
         s.resync_nodes(vec![raw_node("a"), raw_node("b"), raw_node("d")]);
         assert_eq!(snapshot_names(&s, &mut snap), ["a", "b", "d"]);
+    }
+
+    #[test]
+    fn nominations_reach_the_snapshot_through_the_cache() {
+        use crate::node_info::NodeSummary;
+        let s = scheduler();
+        s.on_node(raw_node("a"), false);
+        s.on_node(raw_node("b"), false);
+        let mut snap = Snapshot::default();
+        let p = crate::pod_info::PodInfo::new(Arc::new(pod("p").0));
+        s.queue().nominator().add(p.clone(), "a");
+        lock(&s.inner.cache).update_snapshot(&mut snap);
+        let flagged = |snap: &Snapshot, n: &str| snap.index_of(n).is_some_and(|i| snap.summaries()[i].has(NodeSummary::NOMINATED));
+        assert!(flagged(&snap, "a") && !flagged(&snap, "b"));
+        s.queue().nominator().add(p.clone(), "b");
+        lock(&s.inner.cache).update_snapshot(&mut snap);
+        assert!(!flagged(&snap, "a") && flagged(&snap, "b"), "moved");
+        s.queue().nominator().remove(&p.uid);
+        lock(&s.inner.cache).update_snapshot(&mut snap);
+        assert!(!flagged(&snap, "a") && !flagged(&snap, "b"), "dropped");
+        assert!(snap.nodes().iter().all(|n| n.nominated.is_empty()));
     }
 
     #[test]

@@ -97,6 +97,8 @@ struct Inner {
     nominator: Arc<Nominator>,
     waiting: WaitingPods,
     victim_grace_period: Option<u32>,
+    /// Preemption victims whose deletion was asked for and not yet seen.
+    victims: Mutex<std::collections::HashSet<String>>,
     runtime: std::sync::OnceLock<tokio::runtime::Handle>,
     informers: std::sync::OnceLock<bosun_core::watch::Informers>,
 }
@@ -136,6 +138,7 @@ impl Handle {
                 nominator,
                 waiting: WaitingPods::default(),
                 victim_grace_period,
+                victims: Mutex::default(),
                 runtime: runtime.map(std::sync::OnceLock::from).unwrap_or_default(),
                 informers: std::sync::OnceLock::new(),
             }),
@@ -236,6 +239,26 @@ impl Handle {
     /// Sets the informers `informers` returns, when none were set.
     pub fn set_informers(&self, informers: bosun_core::watch::Informers) {
         let _ = self.inner.informers.set(informers);
+    }
+
+    /// Records that preemption asked to delete a victim: until its deletion is seen, it counts
+    /// as terminating (its preemptor waits for it instead of preempting again).
+    pub fn victim_deleting(&self, uid: &str) {
+        self.inner.victims.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(uid.to_owned());
+    }
+
+    /// A victim's deletion was seen (or failed).
+    pub fn victim_gone(&self, uid: &str) {
+        let mut v = self.inner.victims.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !v.is_empty() {
+            v.remove(uid);
+        }
+    }
+
+    /// Whether a pod is a victim being deleted.
+    pub fn is_victim_deleting(&self, uid: &str) -> bool {
+        let v = self.inner.victims.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        !v.is_empty() && v.contains(uid)
     }
 
     /// The grace period preemption deletes victims with (`None`: the pod's own).

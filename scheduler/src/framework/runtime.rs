@@ -17,6 +17,8 @@ const MIN_FEASIBLE_PERCENTAGE: usize = 5;
 /// What one parallel filter chunk found: feasible nodes, the other verdicts, and how far it got.
 type ChunkResult = (Vec<usize>, Vec<(usize, Verdict)>, usize);
 
+use crate::node_info::NodeSummary;
+
 /// One node's filter outcome in a scan.
 enum Verdict {
     Pass,
@@ -449,20 +451,18 @@ impl Framework {
 
     /// Runs Filter twice when pods of at least equal priority are nominated to the node: once as
     /// if they ran there, once without, so that a nominated pod's room is kept and its absence
-    /// does not break affinity. As kube-scheduler's `RunFilterPluginsWithNominatedPods`.
+    /// does not break affinity. As kube-scheduler's `RunFilterPluginsWithNominatedPods`. The
+    /// nominated pods are the node's own ([`NodeInfo::nominated`], which the scheduler's cache
+    /// keeps from the nominator), or the cycle state's when it names them.
     pub fn run_filter_with_nominated_pods(&self, state: &CycleState, pod: &PodInfo, node: &NodeInfo, handle: &Handle) -> Status {
+        let counts = |p: &&Arc<PodInfo>| p.priority >= pod.priority && p.uid != pod.uid;
         let nominated: Vec<Arc<PodInfo>> = match &state.nominated {
             Some(map) => match map.get(&*node.name) {
                 None => return self.run_filter(state, pod, node),
                 Some(v) => v.clone(),
             },
-            None => {
-                let nominator = handle.nominator();
-                if nominator.is_empty() {
-                    return self.run_filter(state, pod, node);
-                }
-                nominator.pods_for_node(&node.name).into_iter().filter(|p| p.priority >= pod.priority && p.uid != pod.uid).collect()
-            }
+            None if !node.nominated.iter().any(|p| counts(&p)) => return self.run_filter(state, pod, node),
+            None => node.nominated.iter().filter(counts).cloned().collect(),
         };
         if nominated.is_empty() {
             return self.run_filter(state, pod, node);
@@ -526,23 +526,16 @@ impl Framework {
             .filter(|(_, f)| !matches!(f, SummaryFilter::Pass))
             .collect();
         let heavy = plan.iter().any(|(_, f)| matches!(f, SummaryFilter::Full));
-        // Nodes with nominated pods to leave room for take the full path (None: every node does).
-        let nominated: Option<HashSet<usize>> = match &state.nominated {
-            Some(map) => Some(map.keys().filter_map(|name| snapshot.index_of(name)).collect()),
-            None if handle.nominator().is_empty() => Some(HashSet::new()),
-            None => None,
-        };
+        // Nodes with nominated pods to leave room for: by the state's list (every such node takes
+        // the full path) or by the summaries' nominated figures.
+        let listed: Option<HashSet<usize>> =
+            state.nominated.as_ref().map(|map| map.keys().filter_map(|name| snapshot.index_of(name)).collect());
+        // Nominated pods change what a plugin with AddPod extensions sees: only the full path knows.
+        let extensions = self.pre_filter.iter().any(|p| p.has_extensions() && !state.skips_filter(p.name()));
+        let own = NodeSummary::uid_bit(&pod.uid);
         let summaries = snapshot.summaries();
-        let check = |idx: usize| -> Verdict {
-            if state.excluded(idx).is_some() {
-                return Verdict::Excluded;
-            }
-            let node = &snapshot.nodes()[idx];
-            if nominated.as_ref().is_none_or(|s| s.contains(&idx)) || summaries.len() != snapshot.len() {
-                let s = self.run_filter_with_nominated_pods(state, pod, node, handle);
-                return if s.is_success() { Verdict::Pass } else { Verdict::Fail(s) };
-            }
-            let summary = &summaries[idx];
+        // The plan on one summary; `None` when a plugin needs its full filter and `node` is not given.
+        let run_plan = |idx: usize, summary: &NodeSummary, node: Option<&NodeInfo>| -> Option<Status> {
             for (p, rule) in &plan {
                 let decided = match rule {
                     SummaryFilter::Full => None,
@@ -550,15 +543,44 @@ impl Framework {
                     SummaryFilter::PassUnless(flags) => (!summary.has(*flags)).then(Status::success),
                     SummaryFilter::Check(c) => c(idx, summary),
                 };
-                let s = match decided {
-                    Some(s) => s,
-                    None => p.filter(state, pod, node),
+                let s = match (decided, node) {
+                    (Some(s), _) => s,
+                    (None, Some(node)) => p.filter(state, pod, node),
+                    (None, None) => return None,
                 };
                 if !s.is_success() {
-                    return Verdict::Fail(s.with_plugin(p.name()));
+                    return Some(s.with_plugin(p.name()));
                 }
             }
-            Verdict::Pass
+            Some(Status::success())
+        };
+        let check = |idx: usize| -> Verdict {
+            if state.excluded(idx).is_some() {
+                return Verdict::Excluded;
+            }
+            let node = &snapshot.nodes()[idx];
+            let verdict = |s: Status| if s.is_success() { Verdict::Pass } else { Verdict::Fail(s) };
+            let full = || verdict(self.run_filter_with_nominated_pods(state, pod, node, handle));
+            if summaries.len() != snapshot.len() || listed.as_ref().is_some_and(|l| l.contains(&idx)) {
+                return full();
+            }
+            let summary = &summaries[idx];
+            if listed.is_none() && summary.has(NodeSummary::NOMINATED) && summary.nominated_max_priority >= pod.priority {
+                // Every nominated pod counts (or it is the full path): once with them, then without.
+                if extensions
+                    || summary.has(NodeSummary::NOMINATED_OTHER)
+                    || summary.nominated_min_priority < pod.priority
+                    || summary.nominated_uids & own != 0
+                {
+                    return full();
+                }
+                match run_plan(idx, &summary.with_nominated(), None) {
+                    None => return full(),
+                    Some(s) if !s.is_success() => return Verdict::Fail(s),
+                    Some(_) => {}
+                }
+            }
+            verdict(run_plan(idx, summary, Some(node)).unwrap_or_else(Status::success))
         };
         let mut feasible = Vec::with_capacity(want.min(n));
         let mut failed: Vec<(usize, Status)> = Vec::new();
@@ -744,9 +766,6 @@ impl Framework {
             diagnosis.absent_status = Some(Status::unresolvable(format!("pod spec cannot be parsed: {e}")));
             return Err(ScheduleError::Fit(Box::new(diagnosis)));
         }
-        if !handle.nominator().is_empty() {
-            state.nominated = Some(Arc::new(handle.nominator().pods_at_or_above(pod.priority, &pod.uid)));
-        }
         let (result, s) = self.run_pre_filter(state, pod, snapshot, handle);
         if !s.is_success() {
             if s.code() == Code::Error {
@@ -756,8 +775,10 @@ impl Framework {
             diagnosis.absent_status = Some(s);
             return Err(ScheduleError::Fit(Box::new(diagnosis)));
         }
-        // A pod nominated by an earlier preemption tries its node first.
-        if let Some(nnn) = &pod.nominated_node_name
+        // A pod nominated by an earlier preemption tries its node first (the nominator knows a
+        // nomination made in an earlier cycle before the pod's status does).
+        let nominated = handle.nominator().node_of(&pod.uid).or_else(|| pod.nominated_node_name.clone());
+        if let Some(nnn) = &nominated
             && let Some(idx) = snapshot.index_of(nnn)
             && result.as_ref().is_none_or(|r| r.contains(nnn.as_str()))
         {

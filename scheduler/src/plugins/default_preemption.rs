@@ -171,12 +171,16 @@ impl DefaultPreemption {
                 params = params.grace_period(g);
             }
             let preemptor = pod.key();
+            handle.victim_deleting(&v.uid);
+            let (h, uid) = (handle.clone(), v.uid.clone());
             handle.spawn(async move {
                 let api = Api::<Pod>::namespaced(client, &ns);
-                if let Err(error) = api.delete(&name, &params).await
-                    && !error.is_not_found()
-                {
-                    tracing::warn!(%error, victim = %format!("{ns}/{name}"), %preemptor, "preemption could not delete a victim");
+                if let Err(error) = api.delete(&name, &params).await {
+                    // Gone already, or not deletable: it no longer holds its preemptor back.
+                    h.victim_gone(&uid);
+                    if !error.is_not_found() {
+                        tracing::warn!(%error, victim = %format!("{ns}/{name}"), %preemptor, "preemption could not delete a victim");
+                    }
                 }
             });
         }
@@ -211,9 +215,11 @@ impl PostFilterPlugin for DefaultPreemption {
         if pod.preempt_never {
             return (None, Status::unschedulable("preemption: not eligible due to preemptionPolicy=Never."));
         }
-        if let Some(nnn) = &pod.nominated_node_name
+        // The nominator knows a nomination made in an earlier cycle before the pod's status does.
+        let nominated = ctx.handle.nominator().node_of(&pod.uid).or_else(|| pod.nominated_node_name.clone());
+        if let Some(nnn) = &nominated
             && let Some(n) = snapshot.node(nnn)
-            && n.pods.iter().any(|p| p.is_terminating() && p.priority < pod.priority)
+            && n.pods.iter().any(|p| p.priority < pod.priority && (p.is_terminating() || ctx.handle.is_victim_deleting(&p.uid)))
         {
             return (None, Status::unschedulable("preemption: not eligible due to a terminating pod on the nominated node."));
         }

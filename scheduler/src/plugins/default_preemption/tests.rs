@@ -110,3 +110,54 @@ fn preemption_is_not_attempted_where_evictions_cannot_help() {
     assert_eq!(n, None);
     assert!(s.message().contains("preemptionPolicy=Never"));
 }
+
+/// A node whose snapshot carries a nominated pod (as the scheduler's cache keeps them).
+fn with_nominated(mut n: crate::node_info::NodeInfo, nominated: &[Arc<PodInfo>]) -> crate::node_info::NodeInfo {
+    n.nominated = nominated.to_vec();
+    n
+}
+
+#[test]
+fn room_kept_for_a_nominated_pod_of_equal_or_higher_priority_only() {
+    // "a" has 3 of 4 CPU free, but a priority-10 pod needing 2 CPU is nominated there.
+    let waiting = pod("waiting").priority(10).req("2", "").info();
+    let snap = Snapshot::from_nodes(vec![with_nominated(node("a").info(&[victim("v", "a", 0, "1")]), std::slice::from_ref(&waiting))]);
+    let fw = framework();
+    let handle = Handle::default();
+    let fits = |p: &Arc<PodInfo>| fw.schedule_pod(&mut CycleState::new(), p, &snap, &handle).is_ok();
+    assert!(!fits(&pod("same").priority(10).req("2", "").info()), "equal priority leaves the nominated pod's room");
+    assert!(fits(&pod("higher").priority(20).req("2", "").info()), "a higher-priority pod need not leave it (kube counts pods >= its own)");
+    assert!(fits(&pod("small").priority(10).req("1", "").info()), "what is left after the nominated pod fits");
+    // A lower-priority nominated pod does not hold room against a higher-priority one.
+    let low = pod("low-nominated").priority(1).req("3", "").info();
+    let snap2 = Snapshot::from_nodes(vec![with_nominated(node("a").info(&[]), std::slice::from_ref(&low))]);
+    assert!(fw.schedule_pod(&mut CycleState::new(), &pod("p").priority(10).req("2", "").info(), &snap2, &handle).is_ok());
+    // The nominated pod itself is not kept out by its own nomination.
+    assert!(fw.schedule_pod(&mut CycleState::new(), &waiting, &snap, &handle).is_ok());
+    // Mixed priorities on the node take the full path and agree.
+    let snap3 = Snapshot::from_nodes(vec![with_nominated(node("a").info(&[]), &[low, waiting.clone()])]);
+    assert!(fw.schedule_pod(&mut CycleState::new(), &pod("q").priority(10).req("3", "").info(), &snap3, &handle).is_err());
+    assert!(fw.schedule_pod(&mut CycleState::new(), &pod("r").priority(10).req("2", "").info(), &snap3, &handle).is_ok());
+}
+
+#[test]
+fn a_preemptor_whose_victims_are_still_being_deleted_does_not_preempt_again() {
+    let snap = Snapshot::from_nodes(vec![node("a").info(&[victim("a1", "a", 0, "3")]), node("b").info(&[victim("b1", "b", 0, "3")])]);
+    // A client, so that evictions are asked for (no runtime runs them: they stay pending).
+    let client: Arc<dyn bosun_core::Client> = bosun_store::ApiServer::in_memory();
+    let handle = Handle::new(Some(client), Arc::default(), None, None);
+    let p = pod("p").priority(10).req("2", "").info();
+    let (first, s, _) = preempt(&snap, &p, &handle);
+    assert!(s.is_success(), "{s:?}");
+    let first = first.unwrap_or_else(|| panic!("nominated"));
+    handle.nominator().add(p.clone(), &first);
+    let victim_uid = if first == "a" { "uid-a1" } else { "uid-b1" };
+    assert!(handle.is_victim_deleting(victim_uid), "the victim's deletion is pending");
+    // Retried before the deletion lands: it waits instead of taking another node's pods.
+    let (again, s, _) = preempt(&snap, &p, &handle);
+    assert_eq!(again, None);
+    assert!(s.message().contains("terminating pod on the nominated node"), "{}", s.message());
+    // Once the deletion is seen, preemption may run again (here: the victim is still in this snapshot).
+    handle.victim_gone(victim_uid);
+    assert!(!handle.is_victim_deleting(victim_uid));
+}
