@@ -111,7 +111,7 @@ pub async fn check_exec_tty(rt: &dyn bosun_runtime::ContainerRuntime, id: &bosun
     use bosun_runtime::cri::TerminalSize;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let script = "stty size; tty; echo term=$TERM; while read line && [ \"$line\" != done ]; do stty size; done; \
-                  trap 'echo interrupted; exit 5' INT; echo waiting; read never; echo not-interrupted";
+                  trap 'sleep 0.5; echo interrupted; exit 5' INT; echo waiting; read never; echo not-interrupted";
     let cmd = vec!["sh".to_string(), "-c".into(), script.into()];
     let mut session = rt.exec_tty(id, &cmd, Some(TerminalSize { width: 80, height: 24 })).await.expect("exec with a terminal");
     let mut seen = String::new();
@@ -134,6 +134,8 @@ pub async fn check_exec_tty(rt: &dyn bosun_runtime::ContainerRuntime, id: &bosun
     }
     session.stdin.write_all(b"done\n").await.expect("type");
     read_until(&mut session.stdout, &mut seen, "waiting").await;
+    // ^C makes the line discipline signal the foreground group and then flush the terminal's
+    // queues; the trap waits a moment so its echo is not written before that flush and lost.
     session.stdin.write_all(&[0x03]).await.expect("type ^C");
     read_until(&mut session.stdout, &mut seen, "interrupted").await;
     let code = tokio::time::timeout(Duration::from_secs(10), session.exit).await.expect("the command ends").expect("exit code");
