@@ -18,16 +18,7 @@ const SERVICES: usize = 10_000;
 const ENDPOINTS: usize = 10;
 
 fn endpoint(addr: SocketAddr) -> Endpoint {
-    Endpoint {
-        addr,
-        node_name: None,
-        zone: None,
-        ready: true,
-        serving: true,
-        terminating: false,
-        zone_hints: Vec::new(),
-        node_hints: Vec::new(),
-    }
+    Endpoint::ready(addr)
 }
 
 fn service(name: String, vip: IpAddr, port: u16, eps: Vec<SocketAddr>) -> ProxyService {

@@ -3,19 +3,7 @@ use crate::table::{Affinity, Endpoint, Protocol};
 use std::net::SocketAddr;
 
 fn svc(name: &str, vip: &str, eps: &[&str]) -> ProxyService {
-    let eps: Vec<Endpoint> = eps
-        .iter()
-        .map(|a| Endpoint {
-            addr: a.parse::<SocketAddr>().expect("addr"),
-            node_name: None,
-            zone: None,
-            ready: true,
-            serving: true,
-            terminating: false,
-            zone_hints: Vec::new(),
-            node_hints: Vec::new(),
-        })
-        .collect();
+    let eps: Vec<Endpoint> = eps.iter().map(|a| Endpoint::ready(a.parse::<SocketAddr>().expect("addr"))).collect();
     ProxyService {
         name: ServicePortName { namespace: "ns".into(), name: name.into(), port: "http".into(), protocol: Protocol::Tcp },
         cluster_ips: vec![vip.parse().expect("ip")],

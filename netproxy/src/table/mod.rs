@@ -102,6 +102,23 @@ pub struct Endpoint {
     pub node_hints: Vec<String>,
 }
 
+impl Endpoint {
+    /// A ready, serving endpoint at `addr` with no node, zone or hints (static backends, tests).
+    #[must_use]
+    pub fn ready(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            node_name: None,
+            zone: None,
+            ready: true,
+            serving: true,
+            terminating: false,
+            zone_hints: Vec::new(),
+            node_hints: Vec::new(),
+        }
+    }
+}
+
 /// Session affinity of a service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Affinity {

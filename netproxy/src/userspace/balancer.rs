@@ -164,19 +164,7 @@ mod tests {
     use super::*;
 
     fn eps(ports: &[u16]) -> Vec<Endpoint> {
-        ports
-            .iter()
-            .map(|p| Endpoint {
-                addr: SocketAddr::from(([127, 0, 0, 1], *p)),
-                node_name: None,
-                zone: None,
-                ready: true,
-                serving: true,
-                terminating: false,
-                zone_hints: Vec::new(),
-                node_hints: Vec::new(),
-            })
-            .collect()
+        ports.iter().map(|p| Endpoint::ready(SocketAddr::from(([127, 0, 0, 1], *p)))).collect()
     }
 
     const CLIENT: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 9));

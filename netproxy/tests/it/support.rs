@@ -18,16 +18,7 @@ pub fn free_port(ip: IpAddr) -> u16 {
 }
 
 pub fn endpoint(addr: SocketAddr) -> Endpoint {
-    Endpoint {
-        addr,
-        node_name: None,
-        zone: None,
-        ready: true,
-        serving: true,
-        terminating: false,
-        zone_hints: Vec::new(),
-        node_hints: Vec::new(),
-    }
+    Endpoint::ready(addr)
 }
 
 pub fn service(name: &str, protocol: Protocol, ip: IpAddr, port: u16, endpoints: &[SocketAddr]) -> ProxyService {

@@ -7,7 +7,7 @@ use bosun_examples::{Cluster, ClusterConfig, StoreChoice};
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -26,36 +26,9 @@ fn config(dir: &Path) -> ClusterConfig {
     }
 }
 
-/// Runs kubectl with `input` on its standard input; returns its whole output.
-fn kubectl_with_stdin(k: &Kubectl, args: &[&str], input: &[u8]) -> Output {
-    let mut child = Command::new(&k.binary)
-        .arg("--kubeconfig")
-        .arg(&k.kubeconfig)
-        .arg("--cache-dir")
-        .arg(&k.cache)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("run kubectl {args:?}: {e}"));
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(input).unwrap_or_else(|e| panic!("write kubectl stdin: {e}"));
-    }
-    child.wait_with_output().unwrap_or_else(|e| panic!("wait for kubectl {args:?}: {e}"))
-}
-
 /// Runs kubectl; returns (exit code, stdout, stderr).
 fn kubectl_status(k: &Kubectl, args: &[&str]) -> (Option<i32>, String, String) {
-    let out = Command::new(&k.binary)
-        .arg("--kubeconfig")
-        .arg(&k.kubeconfig)
-        .arg("--cache-dir")
-        .arg(&k.cache)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("run kubectl {args:?}: {e}"));
+    let out = k.command(args).stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("run kubectl {args:?}: {e}"));
     (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
@@ -82,11 +55,11 @@ async fn kubectl_exec_cp_and_attach_work() {
     assert_eq!((code, stdout.as_str()), (Some(0), "a  b $HOME\n"), "{stderr}");
 
     // Standard input, closed when kubectl's input ends (the v5 close signal).
-    let echoed = kubectl_with_stdin(&k, &["exec", "-i", "shell", "--", "cat"], b"hi\n");
+    let echoed = k.output_with_stdin(&["exec", "-i", "shell", "--", "cat"], Some(b"hi\n"));
     assert!(echoed.status.success(), "{}", String::from_utf8_lossy(&echoed.stderr));
     assert_eq!(echoed.stdout, b"hi\n");
     let big: Vec<u8> = (0..200_000u32).flat_map(|i| format!("{i}\n").into_bytes()).collect();
-    let counted = kubectl_with_stdin(&k, &["exec", "-i", "shell", "--", "wc", "-c"], &big);
+    let counted = k.output_with_stdin(&["exec", "-i", "shell", "--", "wc", "-c"], Some(&big));
     assert_eq!(String::from_utf8_lossy(&counted.stdout).trim(), big.len().to_string(), "{}", String::from_utf8_lossy(&counted.stderr));
 
     // A terminal (`-t`), when kubectl itself runs in one: util-linux `script` gives it one here.
@@ -181,12 +154,8 @@ async fn kubectl_exec_cp_and_attach_work() {
     k.run(&["run", "ticker", "--image=busybox", "--restart=Never", "--command", "--", "sh", "-c", &script]);
     k.eventually(&["get", "pod", "ticker"], WAIT, |out| out.contains("Running")).await;
     let attached_out = dir.path().join("attach.out");
-    let attach = Command::new(&k.binary)
-        .arg("--kubeconfig")
-        .arg(&k.kubeconfig)
-        .arg("--cache-dir")
-        .arg(&k.cache)
-        .args(["attach", "ticker"])
+    let attach = k
+        .command(&["attach", "ticker"])
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&attached_out).unwrap_or_else(|e| panic!("create: {e}")))
         .stderr(Stdio::piped())

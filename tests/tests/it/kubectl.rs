@@ -32,16 +32,33 @@ impl Kubectl {
         Self { binary, kubeconfig: kubeconfig.to_owned(), cache: cache.to_owned() }
     }
 
+    /// A kubectl command on this kubeconfig and cache, for callers that wire its streams themselves.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(&self.binary);
+        command.arg("--kubeconfig").arg(&self.kubeconfig).arg("--cache-dir").arg(&self.cache).args(args);
+        command
+    }
+
+    /// Runs kubectl with `input` on its standard input (none: /dev/null); returns its whole output.
+    pub fn output_with_stdin(&self, args: &[&str], input: Option<&[u8]>) -> std::process::Output {
+        use std::io::Write;
+        use std::process::Stdio;
+        let mut child = self
+            .command(args)
+            .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("run kubectl {args:?}: {e}"));
+        if let (Some(mut stdin), Some(input)) = (child.stdin.take(), input) {
+            stdin.write_all(input).unwrap_or_else(|e| panic!("write kubectl stdin: {e}"));
+        }
+        child.wait_with_output().unwrap_or_else(|e| panic!("wait for kubectl {args:?}: {e}"))
+    }
+
     /// Runs kubectl; returns (success, stdout, stderr).
     pub fn try_run(&self, args: &[&str]) -> (bool, String, String) {
-        let out = Command::new(&self.binary)
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .arg("--cache-dir")
-            .arg(&self.cache)
-            .args(args)
-            .output()
-            .unwrap_or_else(|e| panic!("run kubectl {args:?}: {e}"));
+        let out = self.command(args).output().unwrap_or_else(|e| panic!("run kubectl {args:?}: {e}"));
         (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
     }
 

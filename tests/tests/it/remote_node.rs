@@ -6,10 +6,9 @@ use crate::kubectl::{KillContainers, Kubectl, kubectl_binary};
 use bosun_core::Api;
 use bosun_core::k8s_openapi::api::core::v1::Node;
 use bosun_examples::{Cluster, ClusterConfig, Role, StoreChoice};
-use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -45,24 +44,6 @@ fn worker(dir: &Path, server: &str) -> ClusterConfig {
         node_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
         ..ClusterConfig::default()
     }
-}
-
-fn kubectl(k: &Kubectl, args: &[&str], input: Option<&[u8]>) -> Output {
-    let mut child = Command::new(&k.binary)
-        .arg("--kubeconfig")
-        .arg(&k.kubeconfig)
-        .arg("--cache-dir")
-        .arg(&k.cache)
-        .args(args)
-        .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("run kubectl {args:?}: {e}"));
-    if let (Some(mut stdin), Some(input)) = (child.stdin.take(), input) {
-        stdin.write_all(input).unwrap_or_else(|e| panic!("write kubectl stdin: {e}"));
-    }
-    child.wait_with_output().unwrap_or_else(|e| panic!("wait for kubectl {args:?}: {e}"))
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -105,12 +86,8 @@ async fn kubectl_reaches_pods_on_a_node_in_another_process() {
     let stamped = k.run(&["logs", "shell", "--timestamps", "--limit-bytes=200"]);
     assert!(stamped.lines().next().is_some_and(|l| l.ends_with(" first") && l.starts_with("20")), "{stamped}");
     let follow_out = dir.path().join("follow.out");
-    let mut follow = Command::new(&k.binary)
-        .arg("--kubeconfig")
-        .arg(&k.kubeconfig)
-        .arg("--cache-dir")
-        .arg(&k.cache)
-        .args(["logs", "-f", "shell"])
+    let mut follow = k
+        .command(&["logs", "-f", "shell"])
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&follow_out).unwrap_or_else(|e| panic!("create: {e}")))
         .stderr(Stdio::null())
@@ -133,28 +110,28 @@ async fn kubectl_reaches_pods_on_a_node_in_another_process() {
     let _ = follow.wait();
 
     // Exec: output, exit codes, stdin (small and large), through the API server to the node.
-    let out = kubectl(&k, &["exec", "shell", "--", "echo", "hello", "a  b"], None);
+    let out = k.output_with_stdin(&["exec", "shell", "--", "echo", "hello", "a  b"], None);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "hello a  b\n");
-    let out = kubectl(&k, &["exec", "shell", "--", "sh", "-c", "echo out; echo err >&2; exit 3"], None);
+    let out = k.output_with_stdin(&["exec", "shell", "--", "sh", "-c", "echo out; echo err >&2; exit 3"], None);
     assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "out\n");
     assert!(text(&out.stderr).starts_with("err\n"), "{}", text(&out.stderr));
-    let out = kubectl(&k, &["exec", "-i", "shell", "--", "cat"], Some(b"through two hops\n"));
+    let out = k.output_with_stdin(&["exec", "-i", "shell", "--", "cat"], Some(b"through two hops\n"));
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(out.stdout, b"through two hops\n");
     let big: Vec<u8> = (0..200_000u32).flat_map(|i| format!("{i}\n").into_bytes()).collect();
-    let out = kubectl(&k, &["exec", "-i", "shell", "--", "wc", "-c"], Some(&big));
+    let out = k.output_with_stdin(&["exec", "-i", "shell", "--", "wc", "-c"], Some(&big));
     assert_eq!(text(&out.stdout).trim(), big.len().to_string(), "{}", text(&out.stderr));
     // A missing container is refused before the upgrade, as for a local node.
-    let out = kubectl(&k, &["exec", "shell", "-c", "nope", "--", "true"], None);
+    let out = k.output_with_stdin(&["exec", "shell", "-c", "nope", "--", "true"], None);
     assert!(text(&out.stderr).contains("container nope is not valid for pod shell"), "{}", text(&out.stderr));
 
     // kubectl cp is exec of tar.
     let source = format!("{files}/in-pod.txt");
     k.run(&["exec", "shell", "--", "sh", "-c", &format!("printf 'from the remote pod\\n' > {source}")]);
     let copied = dir.path().join("copied.txt");
-    let out = kubectl(&k, &["cp", &format!("shell:{source}"), copied.to_str().unwrap_or_default()], None);
+    let out = k.output_with_stdin(&["cp", &format!("shell:{source}"), copied.to_str().unwrap_or_default()], None);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(std::fs::read_to_string(&copied).unwrap_or_default(), "from the remote pod\n");
 
@@ -164,12 +141,8 @@ async fn kubectl_reaches_pods_on_a_node_in_another_process() {
     k.run(&["run", "ticker", "--image=busybox", "--restart=Never", "--command", "--", "sh", "-c", &ticker]);
     k.eventually(&["get", "pod", "ticker"], WAIT, |out| out.contains("Running")).await;
     let attach_out = dir.path().join("attach.out");
-    let attach = Command::new(&k.binary)
-        .arg("--kubeconfig")
-        .arg(&k.kubeconfig)
-        .arg("--cache-dir")
-        .arg(&k.cache)
-        .args(["attach", "ticker"])
+    let attach = k
+        .command(&["attach", "ticker"])
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&attach_out).unwrap_or_else(|e| panic!("create: {e}")))
         .stderr(Stdio::piped())
@@ -194,11 +167,11 @@ async fn kubectl_reaches_pods_on_a_node_in_another_process() {
 
     // A node that cannot be reached is named in a clear error.
     worker.shutdown().await;
-    let out = kubectl(&k, &["logs", "shell"], None);
+    let out = k.output_with_stdin(&["logs", "shell"], None);
     let stderr = text(&out.stderr);
     assert!(!out.status.success());
     assert!(stderr.contains("ServiceUnavailable") && stderr.contains("\"worker-1\"") && stderr.contains("cannot be reached"), "{stderr}");
-    let out = kubectl(&k, &["exec", "shell", "--", "true"], None);
+    let out = k.output_with_stdin(&["exec", "shell", "--", "true"], None);
     let stderr = text(&out.stderr);
     assert!(stderr.contains("ServiceUnavailable") && stderr.contains("\"worker-1\""), "{stderr}");
     cp.shutdown().await;
