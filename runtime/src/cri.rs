@@ -72,6 +72,37 @@ pub struct SandboxConfig {
     pub labels: BTreeMap<String, String>,
     /// The pod's annotations (the fake runtime reads its script here).
     pub annotations: BTreeMap<String, String>,
+    /// The pod's `/etc/resolv.conf` (CRI's `DNSConfig`); `None` leaves the image's (or the host's).
+    #[serde(default)]
+    pub dns: Option<DnsConfig>,
+}
+
+/// A pod's resolver configuration, as the kubelet computes it from `dnsPolicy` and `dnsConfig`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsConfig {
+    /// Name servers, in order.
+    pub servers: Vec<String>,
+    /// Search domains, in order.
+    pub searches: Vec<String>,
+    /// Resolver options (`ndots:5`).
+    pub options: Vec<String>,
+}
+
+impl DnsConfig {
+    /// The `resolv.conf` text.
+    pub fn resolv_conf(&self) -> String {
+        let mut out = String::new();
+        for server in &self.servers {
+            out.push_str(&format!("nameserver {server}\n"));
+        }
+        if !self.searches.is_empty() {
+            out.push_str(&format!("search {}\n", self.searches.join(" ")));
+        }
+        if !self.options.is_empty() {
+            out.push_str(&format!("options {}\n", self.options.join(" ")));
+        }
+        out
+    }
 }
 
 /// The state of a sandbox.

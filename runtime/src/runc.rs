@@ -223,7 +223,7 @@ impl RuncRuntime {
         self.emit(EventKind::Exited, &sandbox, id);
     }
 
-    /// The body of `run_sandbox`: directory, network namespace, hosts file, record.
+    /// The body of `run_sandbox`: directory, network namespace, hosts and resolv.conf files, record.
     async fn make_sandbox(&self, id: &SandboxId, config: &SandboxConfig) -> Result<()> {
         let dir = self.inner.root.join("sandboxes").join(&id.0);
         std::fs::create_dir_all(&dir).map_err(|e| RuntimeError::io("create sandbox dir", e))?;
@@ -244,6 +244,14 @@ impl RuncRuntime {
                 cni::teardown(&self.inner.cni, &id.0, ns).await;
             }
             return Err(RuntimeError::io("write hosts", e));
+        }
+        if let Some(dns) = &config.dns
+            && let Err(e) = std::fs::write(dir.join("resolv.conf"), dns.resolv_conf())
+        {
+            if let Some(ns) = &netns {
+                cni::teardown(&self.inner.cni, &id.0, ns).await;
+            }
+            return Err(RuntimeError::io("write resolv.conf", e));
         }
         let status = SandboxStatus { id: id.clone(), config: config.clone(), state: SandboxState::Ready, ip, created_at: Timestamp::now() };
         let record = SandboxRecord { status, netns };
@@ -411,6 +419,10 @@ impl RuncRuntime {
             serde_json::json!({ "destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"] }),
             serde_json::json!({ "destination": "/etc/hosts", "type": "bind", "source": hosts, "options": ["rbind", "rprivate", "ro"] }),
         ];
+        if sandbox.status.config.dns.is_some() {
+            let resolv = hosts.with_file_name("resolv.conf");
+            mounts.push(serde_json::json!({ "destination": "/etc/resolv.conf", "type": "bind", "source": resolv, "options": ["rbind", "rprivate", "ro"] }));
+        }
         for m in &config.mounts {
             let mut options = vec!["rbind", "rprivate"];
             if m.read_only {

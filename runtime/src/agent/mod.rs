@@ -82,6 +82,12 @@ pub struct NodeAgentConfig {
     /// [`NodeWatch`] (a watch of `spec.nodeName=<node>`); agents in one process may share a
     /// [`feed::SharedPodFeed`].
     pub pod_source: Option<Arc<dyn PodSource>>,
+    /// The cluster DNS servers pods with `dnsPolicy: ClusterFirst` resolve through (the kubelet's
+    /// `--cluster-dns`). Default none: such pods keep the image's (or the host's) resolver.
+    pub cluster_dns: Vec<String>,
+    /// The cluster domain of the pods' search path (the kubelet's `--cluster-domain`). Default
+    /// `cluster.local`.
+    pub cluster_domain: String,
 }
 
 impl std::fmt::Debug for NodeAgentConfig {
@@ -112,6 +118,8 @@ impl NodeAgentConfig {
             record_events: true,
             measure_pressure: true,
             pod_source: None,
+            cluster_dns: Vec::new(),
+            cluster_domain: "cluster.local".into(),
             root_dir,
         }
     }
@@ -161,6 +169,18 @@ impl NodeAgentConfig {
     /// Sets how often the node status is written when nothing changed (default 5 min).
     pub fn status_report_interval(mut self, d: Duration) -> Self {
         self.status_report_interval = d;
+        self
+    }
+
+    /// Sets [`cluster_dns`](Self::cluster_dns).
+    pub fn cluster_dns(mut self, servers: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.cluster_dns = servers.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Sets [`cluster_domain`](Self::cluster_domain).
+    pub fn cluster_domain(mut self, domain: impl Into<String>) -> Self {
+        self.cluster_domain = domain.into();
         self
     }
 

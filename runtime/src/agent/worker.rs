@@ -9,7 +9,7 @@ use super::probe::{self, ProbeState, ProbeTarget};
 use super::status::{self, ContainerView, Terminated, ViewState};
 use super::volume::{self, PodVolumes};
 use super::{Ctx, POD_UID_LABEL};
-use crate::cri::{ContainerConfig, ContainerId, ContainerResources, ContainerState, ContainerStatus, SandboxConfig, SandboxId};
+use crate::cri::{ContainerConfig, ContainerId, ContainerResources, ContainerState, ContainerStatus, DnsConfig, SandboxConfig, SandboxId};
 use crate::error::RuntimeError;
 use bosun_core::k8s_openapi::api::core::v1::{Container, HostIP, ObjectReference, Pod, PodIP, PodStatus};
 use bosun_core::k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -447,6 +447,7 @@ impl Worker {
             log_directory: self.ctx.config.root_dir.join("logs").join(format!("{}_{}_{}", self.namespace(), self.name(), self.uid())),
             labels,
             annotations: pod.metadata.annotations.clone().unwrap_or_default(),
+            dns: pod_dns(&spec, self.namespace(), &self.ctx.config.cluster_dns, &self.ctx.config.cluster_domain),
         };
         let id = self.ctx.runtime.run_sandbox(&config).await.map_err(|e| e.to_string())?;
         let st = self.ctx.runtime.sandbox_status(&id).await.map_err(|e| e.to_string())?;
@@ -948,6 +949,45 @@ impl Worker {
             Err(e) => tracing::warn!(error = %e, "cannot update pod status"),
         }
     }
+}
+
+/// A pod's resolver, the kubelet's way: `ClusterFirst` (the default; for a hostNetwork pod only
+/// as `ClusterFirstWithHostNet`) uses the cluster DNS with the namespace's search path and
+/// `ndots:5` when the node has one; `Default` (and `ClusterFirst` without cluster DNS) keeps the
+/// image's or host's; `None` takes `dnsConfig` alone. `dnsConfig` adds servers and searches and
+/// overrides options by name. `None` here: the runtime leaves resolv.conf alone.
+fn pod_dns(spec: &bosun_core::k8s_openapi::api::core::v1::PodSpec, namespace: &str, servers: &[String], domain: &str) -> Option<DnsConfig> {
+    let policy = spec.dns_policy.as_deref().unwrap_or("ClusterFirst");
+    let cluster = match policy {
+        "ClusterFirstWithHostNet" => true,
+        "ClusterFirst" => !spec.host_network.unwrap_or(false),
+        _ => false,
+    };
+    let mut dns = if policy == "None" {
+        Some(DnsConfig::default())
+    } else if cluster && !servers.is_empty() {
+        Some(DnsConfig {
+            servers: servers.to_vec(),
+            searches: vec![format!("{namespace}.svc.{domain}"), format!("svc.{domain}"), domain.to_string()],
+            options: vec!["ndots:5".into()],
+        })
+    } else {
+        None
+    };
+    if let Some(extra) = &spec.dns_config {
+        let dns = dns.get_or_insert_with(DnsConfig::default);
+        dns.servers.extend(extra.nameservers.iter().flatten().cloned());
+        dns.searches.extend(extra.searches.iter().flatten().cloned());
+        for option in extra.options.iter().flatten() {
+            let Some(name) = option.name.as_deref() else { continue };
+            dns.options.retain(|o| o.split(':').next() != Some(name));
+            dns.options.push(match &option.value {
+                Some(value) => format!("{name}:{value}"),
+                None => name.to_string(),
+            });
+        }
+    }
+    dns
 }
 
 fn has_generated_volumes(pod: &Pod) -> bool {
