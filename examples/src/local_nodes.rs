@@ -45,27 +45,11 @@ impl NodeConnector for LocalNodes {
     async fn exec(&self, request: ExecRequest, io: Box<dyn ExecIo>) -> Result<()> {
         let internal = |e: channel::ChannelError| Error::internal(e.to_string());
         let mut session = channel::ChannelSession::accept(io, &request.protocol).await.map_err(internal)?;
-        // kubectl sends the terminal's size as soon as the session opens; the terminal starts at it.
-        let mut sizes = session.take_resizes();
-        let size = match sizes.as_mut() {
-            Some(sizes) if request.tty => tokio::time::timeout(Duration::from_millis(500), sizes.recv()).await.ok().flatten(),
-            _ => None,
-        };
-        let mut process = self.start_exec(&request, size).await;
-        // The later sizes resize the terminal; `run_exec` cannot, the session's stream being taken.
-        let resizing = match (process.as_mut().ok().and_then(|p| p.resize.take()), sizes) {
-            (Some(apply), Some(mut sizes)) if request.tty => Some(tokio::spawn(async move {
-                while let Some(size) = sizes.recv().await {
-                    apply(size);
-                }
-            })),
-            _ => None,
-        };
-        let outcome = channel::run_exec(session, &request, process).await.map_err(internal);
-        if let Some(task) = resizing {
-            task.abort();
-        }
-        outcome
+        // kubectl sends the terminal's size as soon as the session opens; the terminal starts at
+        // it, and `run_exec` applies the later sizes.
+        let size = if request.tty { session.first_size(Duration::from_millis(500)).await } else { None };
+        let process = self.start_exec(&request, size).await;
+        channel::run_exec(session, &request, process).await.map_err(internal)
     }
 }
 
@@ -87,33 +71,26 @@ impl LocalNodes {
         Ok((handle, container))
     }
 
-    /// Starts the command of an exec (or, for attach, follows the container's output from now
-    /// on: the process runtime keeps no handle on a running container's stdin).
+    /// Starts the command of an exec, or attaches to the container's main process.
     async fn start_exec(&self, request: &ExecRequest, size: Option<channel::TerminalSize>) -> Result<ExecProcess> {
         let (handle, container) = self.exec_target(request).await?;
         if request.attach {
-            if request.stdin {
-                return Err(Error::bad_request("this node cannot attach to a container's stdin; attach without -i"));
+            // The container's main process: its output from now on, its stdin (shared with
+            // other sessions; closed after this one with `stdinOnce`), its terminal.
+            let size = size.map(|s| bosun_runtime::cri::TerminalSize { width: s.width, height: s.height });
+            let session = handle.attach(&request.namespace, &request.pod, Some(&container), size).await?;
+            if request.stdin && session.stdin.is_none() {
+                tracing::debug!(pod = %request.pod, %container, "attach: the container's stdin is closed or was never opened");
             }
-            let params = LogParams { container: Some(container), follow: true, tail_lines: Some(0), ..LogParams::default() };
-            let mut logs = handle.logs(&request.namespace, &request.pod, &params).await?;
-            let (mut writer, reader) = tokio::io::duplex(64 * 1024);
-            let copy = async move {
-                use futures::StreamExt as _;
-                use tokio::io::AsyncWriteExt as _;
-                while let Some(Ok(chunk)) = logs.next().await {
-                    if writer.write_all(&chunk).await.is_err() {
-                        break;
-                    }
-                }
-                Ok(0)
-            };
             return Ok(ExecProcess {
-                stdin: None,
-                stdout: Box::pin(reader),
-                stderr: Box::pin(tokio::io::empty()),
-                exit: Box::pin(copy),
-                resize: None,
+                stdin: session.stdin,
+                stdout: session.stdout,
+                stderr: session.stderr,
+                // The session ends when the container's output does (it exited); the outcome
+                // is a success, as kubelet reports it: `kubectl run` reads the exit code from
+                // the pod's status.
+                exit: Box::pin(std::future::ready(Ok(0))),
+                resize: resize_fn(session.resize),
             });
         }
         if request.command.is_empty() {
@@ -130,21 +107,25 @@ impl LocalNodes {
             handle.exec(&request.namespace, &request.pod, Some(&container), &request.command).await?
         };
         let exit = session.exit;
-        let resize = session.resize.map(|apply| -> Box<dyn Fn(channel::TerminalSize) + Send + Sync> {
-            Box::new(move |s: channel::TerminalSize| {
-                if let Err(error) = apply(bosun_runtime::cri::TerminalSize { width: s.width, height: s.height }) {
-                    tracing::debug!(%error, "exec terminal resize failed");
-                }
-            })
-        });
         Ok(ExecProcess {
             stdin: Some(session.stdin),
             stdout: session.stdout,
             stderr: session.stderr,
             exit: Box::pin(async move { exit.await.map_err(|e| Error::internal(e.to_string())) }),
-            resize,
+            resize: resize_fn(session.resize),
         })
     }
+}
+
+/// The runtime's terminal resize as the channel protocol applies it.
+fn resize_fn(resize: Option<bosun_runtime::cri::Resize>) -> Option<Box<dyn Fn(channel::TerminalSize) + Send + Sync>> {
+    resize.map(|apply| -> Box<dyn Fn(channel::TerminalSize) + Send + Sync> {
+        Box::new(move |s: channel::TerminalSize| {
+            if let Err(error) = apply(bosun_runtime::cri::TerminalSize { width: s.width, height: s.height }) {
+                tracing::debug!(%error, "terminal resize failed");
+            }
+        })
+    })
 }
 
 /// The resource metrics API (`kubectl top`, the HorizontalPodAutoscaler) reads the usage samples

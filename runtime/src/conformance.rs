@@ -18,7 +18,13 @@ pub enum Scenario {
     Print,
     /// Ignores SIGTERM and runs until killed.
     IgnoreTerm,
+    /// Echoes each line of its stdin (a real shell prints `got:<line>`, and for the line `size`
+    /// its terminal's size as `stty size` does) and exits 0 at the end of its stdin.
+    Echo,
 }
+
+/// The shell script of [`Scenario::Echo`] for backends that run real commands.
+pub const ECHO_SCRIPT: &str = "while read l; do if [ \"$l\" = size ]; then stty size; else echo \"got:$l\"; fi; done; echo bye";
 
 /// A backend under test.
 pub trait Subject: Send + Sync {
@@ -43,6 +49,132 @@ pub async fn run_all(subject: &dyn Subject) {
     logs_support_tail_and_timestamps(subject).await;
     stats_and_listing_work(subject).await;
     recover_reattaches_to_running_containers(subject).await;
+    attach_shares_stdin_and_stdin_once_closes_it(subject).await;
+    if subject.real_exec() {
+        attach_reaches_the_terminal_of_a_tty_container(subject).await;
+    }
+}
+
+/// Reads `from` until what was read contains `want` (10 s at most); returns everything read.
+async fn read_until(from: &mut (dyn tokio::io::AsyncRead + Send + Unpin), seen: &mut String, want: &str) {
+    use tokio::io::AsyncReadExt as _;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut buf = [0u8; 4096];
+    while !seen.contains(want) {
+        let n = tokio::time::timeout_at(deadline, from.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("{want:?} never came; read {seen:?}"))
+            .expect("read attach output");
+        assert!(n > 0, "output ended before {want:?}; read {seen:?}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+}
+
+/// Attach: sessions share the container's stdin (it stays open across sessions), see its output
+/// from when they attach and end when it exits; with `stdinOnce` the first session's detach
+/// closes stdin (the container reads end-of-file); an exited container cannot be attached to.
+pub async fn attach_shares_stdin_and_stdin_once_closes_it(s: &dyn Subject) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let rt = s.runtime();
+    if !rt.capabilities().attach {
+        return;
+    }
+    let sb = rt.run_sandbox(&s.sandbox("attach")).await.expect("run sandbox");
+    let mut cfg = s.container("echo", &Scenario::Echo);
+    cfg.stdin = true;
+    let id = start(&rt, &sb, &cfg).await;
+    let mut first = rt.attach(&id, None).await.expect("attach");
+    assert!(!first.tty);
+    first.stdin.as_mut().expect("a container with stdin can be written to").write_all(b"one\n").await.expect("write");
+    let mut seen = String::new();
+    read_until(&mut first.stdout, &mut seen, "one").await;
+    drop(first);
+    let mut second = rt.attach(&id, None).await.expect("attach again");
+    second.stdin.as_mut().expect("stdin stays open without stdinOnce").write_all(b"two\n").await.expect("write");
+    let mut seen = String::new();
+    read_until(&mut second.stdout, &mut seen, "two").await;
+    assert!(!seen.contains("one"), "a session sees output from when it attached: {seen:?}");
+    rt.stop_container(&id, Duration::ZERO).await.expect("stop");
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), second.stdout.read_to_end(&mut rest))
+        .await
+        .expect("a session ends when its container exits")
+        .expect("read");
+    assert!(rt.attach(&id, None).await.is_err(), "an exited container cannot be attached to");
+
+    let mut cfg = s.container("once", &Scenario::Echo);
+    cfg.stdin = true;
+    cfg.stdin_once = true;
+    let id = start(&rt, &sb, &cfg).await;
+    let mut session = rt.attach(&id, None).await.expect("attach");
+    let mut stdin = session.stdin.take().expect("stdin");
+    stdin.write_all(b"last\n").await.expect("write");
+    let mut seen = String::new();
+    read_until(&mut session.stdout, &mut seen, "last").await;
+    stdin.shutdown().await.expect("detach");
+    drop(stdin);
+    let st = wait_state(&rt, &id, ContainerState::Exited, Duration::from_secs(10)).await;
+    assert_eq!(st.exit_code, Some(0), "stdinOnce: the container read end-of-file after the session detached");
+
+    let plain = start(&rt, &sb, &s.container("plain", &Scenario::Sleep)).await;
+    let session = rt.attach(&plain, None).await.expect("attach without stdin");
+    assert!(session.stdin.is_none(), "a container without stdin takes no input");
+    rt.remove_sandbox(&sb).await.expect("remove sandbox");
+}
+
+/// Attach to a container with `tty`: its stdin and stdout are one terminal, started at the
+/// session's size and resized by it.
+pub async fn attach_reaches_the_terminal_of_a_tty_container(s: &dyn Subject) {
+    use tokio::io::AsyncWriteExt as _;
+    let rt = s.runtime();
+    if !rt.capabilities().attach {
+        return;
+    }
+    let sb = rt.run_sandbox(&s.sandbox("attach-tty")).await.expect("run sandbox");
+    let mut cfg = s.container("tty", &Scenario::Echo);
+    cfg.stdin = true;
+    cfg.tty = true;
+    let id = start(&rt, &sb, &cfg).await;
+    wait_state(&rt, &id, ContainerState::Running, Duration::from_secs(10)).await;
+    let mut session = rt.attach(&id, Some(TerminalSize { width: 100, height: 30 })).await.expect("attach");
+    assert!(session.tty);
+    let resize = session.resize.clone().expect("a terminal can be resized");
+    let mut stdin = session.stdin.take().expect("stdin");
+    let mut seen = String::new();
+    // A resize reaches a container's terminal a moment later (runc relays it on SIGWINCH).
+    for (size, want) in [(None, "30 100"), (Some(TerminalSize { width: 120, height: 40 }), "40 120")] {
+        if let Some(size) = size {
+            resize(size).expect("resize");
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !seen.contains(want) {
+            assert!(tokio::time::Instant::now() < deadline, "the terminal never showed {want:?}: {seen:?}");
+            stdin.write_all(b"size\n").await.expect("type");
+            let mut buf = [0u8; 1024];
+            if let Ok(Ok(n)) =
+                tokio::time::timeout(Duration::from_millis(300), tokio::io::AsyncReadExt::read(&mut session.stdout, &mut buf)).await
+            {
+                seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        }
+    }
+    stdin.write_all(b"hello\n").await.expect("type");
+    read_until(&mut session.stdout, &mut seen, "got:hello").await;
+    // The terminal's output is the container's log (as stdout).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut log = String::new();
+        let mut chunks = rt.logs(&id, &LogOptions::default()).await.expect("logs");
+        while let Some(chunk) = chunks.next().await {
+            log.push_str(&String::from_utf8_lossy(&chunk.expect("log chunk")));
+        }
+        if log.contains("got:hello") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the terminal's output is not in the log: {log:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    rt.remove_sandbox(&sb).await.expect("remove sandbox");
 }
 
 async fn wait_state(rt: &Arc<dyn ContainerRuntime>, id: &ContainerId, state: ContainerState, limit: Duration) -> ContainerStatus {

@@ -49,6 +49,9 @@ pub struct Capabilities {
     pub resource_limits: bool,
     /// Images are real root file systems (otherwise the image name is only a label).
     pub images: bool,
+    /// [`ContainerRuntime::attach`] reaches a running container's main process (its stdin when
+    /// created with [`ContainerConfig::stdin`], its output, its terminal).
+    pub attach: bool,
 }
 
 /// Everything a sandbox (the pod-level environment: network, IP, log directory) is made from.
@@ -193,6 +196,17 @@ pub struct ContainerConfig {
     pub read_only_rootfs: bool,
     /// User id to run as (`None`: the runtime's default).
     pub run_as_user: Option<u32>,
+    /// Keep a standard input open for attach sessions (the container's `stdin`); otherwise it
+    /// reads end-of-file.
+    #[serde(default)]
+    pub stdin: bool,
+    /// Close that standard input once the first attach session that used it detaches (`stdinOnce`).
+    #[serde(default)]
+    pub stdin_once: bool,
+    /// Give the main process a terminal as its standard streams (`tty`); its output is one
+    /// stream, logged as stdout.
+    #[serde(default)]
+    pub tty: bool,
     /// Labels kept with the container.
     pub labels: BTreeMap<String, String>,
     /// Annotations (the fake runtime reads its script here).
@@ -345,6 +359,30 @@ pub struct ExecSession {
     pub resize: Option<Resize>,
 }
 
+/// An attach session to a container's main process (for `kubectl attach` and `kubectl run -it`),
+/// from [`ContainerRuntime::attach`]: its output from now on, ending when the container exits.
+/// Several sessions may be attached at once; they share the one stdin.
+pub struct AttachSession {
+    /// Writes to the container's stdin; `None` when it has none (no `stdin`, or `stdinOnce` and
+    /// an earlier session closed it). Shutting it down (or dropping the session) detaches:
+    /// stdin stays open for later sessions unless the container has `stdinOnce`.
+    pub stdin: Option<Pin<Box<dyn AsyncWrite + Send>>>,
+    /// The container's stdout (its terminal, with `tty`).
+    pub stdout: Pin<Box<dyn AsyncRead + Send>>,
+    /// The container's stderr (empty with `tty`).
+    pub stderr: Pin<Box<dyn AsyncRead + Send>>,
+    /// The container has a terminal.
+    pub tty: bool,
+    /// Resizes the container's terminal; `None` without one.
+    pub resize: Option<Resize>,
+}
+
+impl fmt::Debug for AttachSession {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AttachSession").field("stdin", &self.stdin.is_some()).field("tty", &self.tty).finish_non_exhaustive()
+    }
+}
+
 /// A terminal size in character cells, as `kubectl exec -t` sends it (channel 4 of
 /// `channel.k8s.io`: `{"Width":..,"Height":..}`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -474,6 +512,14 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     async fn exec_tty(&self, id: &ContainerId, cmd: &[String], size: Option<TerminalSize>) -> Result<ExecSession> {
         let _ = (id, cmd, size);
         Err(crate::RuntimeError::Unsupported("exec with a terminal".into()))
+    }
+
+    /// Attaches to a running container's main process ([`AttachSession`]), setting its terminal
+    /// (if it has one) to `size` first. Backends without it say so in
+    /// [`Capabilities::attach`].
+    async fn attach(&self, id: &ContainerId, size: Option<TerminalSize>) -> Result<AttachSession> {
+        let _ = (id, size);
+        Err(crate::RuntimeError::Unsupported("attach".into()))
     }
 
     /// Reads a container's log (the container may have exited but not been removed).

@@ -5,6 +5,7 @@
 //! [`FakeRuntime::with_behavior`], else from the JSON annotation `fake.bosun.dev/<container-name>`
 //! or `fake.bosun.dev/script` on the pod, else the default (runs forever, healthy).
 
+use crate::attach::AttachPoint;
 use crate::cri::*;
 use crate::error::{Result, RuntimeError};
 use crate::logs::format_time;
@@ -108,6 +109,10 @@ struct FakeContainer {
     rate_since: Option<Instant>,
     log: Vec<(Timestamp, String, &'static str)>,
     exited: watch::Sender<bool>,
+    /// `stdin`, `stdinOnce` and `tty` of the config.
+    stdio: (bool, bool, bool),
+    /// With `stdin` or `tty`, while running: what attach sessions reach (stdin echoed to stdout).
+    attach: Option<Arc<AttachPoint>>,
 }
 
 impl FakeContainer {
@@ -226,6 +231,9 @@ impl FakeRuntime {
             c.status.exit_code = Some(code);
             c.status.signal = signal;
             c.status.reason = Some(ContainerStatus::exit_reason(code, false).into());
+            if let Some(point) = c.attach.take() {
+                point.close();
+            }
             let _ = c.exited.send(true);
             c.status.sandbox_id.clone()
         };
@@ -250,7 +258,15 @@ impl ContainerRuntime for FakeRuntime {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities { exec: true, signals: true, mounts: true, network_namespace: true, resource_limits: true, images: false }
+        Capabilities {
+            exec: true,
+            signals: true,
+            mounts: true,
+            network_namespace: true,
+            resource_limits: true,
+            images: false,
+            attach: true,
+        }
     }
 
     async fn run_sandbox(&self, config: &SandboxConfig) -> Result<SandboxId> {
@@ -333,7 +349,17 @@ impl ContainerRuntime for FakeRuntime {
             let (exited, _) = watch::channel(false);
             state.containers.insert(
                 id.clone(),
-                FakeContainer { status, script, started: None, cpu_before: 0, rate_since: None, log: Vec::new(), exited },
+                FakeContainer {
+                    status,
+                    script,
+                    started: None,
+                    cpu_before: 0,
+                    rate_since: None,
+                    log: Vec::new(),
+                    exited,
+                    stdio: (config.stdin, config.stdin_once, config.tty),
+                    attach: None,
+                },
             );
             id
         };
@@ -362,6 +388,28 @@ impl ContainerRuntime for FakeRuntime {
             c.rate_since = c.started;
             let now = Timestamp::now();
             c.log.extend(script.log.iter().map(|l| (now, l.clone(), "stdout")));
+            if let (stdin, stdin_once, tty) = c.stdio
+                && (stdin || tty)
+            {
+                // The fake's main process echoes its stdin, like `cat`.
+                let (writer, reader) = tokio::io::duplex(64 * 1024);
+                let point = AttachPoint::new(
+                    stdin.then(|| -> std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>> { Box::pin(writer) }),
+                    stdin_once,
+                    tty,
+                    None,
+                );
+                let mut echo = point.tee(reader, false);
+                let (this, id) = (self.clone(), id.clone());
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut echo, &mut tokio::io::sink()).await;
+                    // Like `cat`, it exits at the end of its stdin.
+                    if stdin {
+                        this.finish(&id, 0, None);
+                    }
+                });
+                c.attach = Some(point);
+            }
             c.status.sandbox_id.clone()
         };
         self.emit(EventKind::Started, &sandbox, id);
@@ -410,10 +458,34 @@ impl ContainerRuntime for FakeRuntime {
     async fn remove_container(&self, id: &ContainerId) -> Result<()> {
         let removed = self.state().containers.remove(id);
         if let Some(c) = removed {
+            if let Some(point) = &c.attach {
+                point.close();
+            }
             let _ = c.exited.send(true);
             self.emit(EventKind::Removed, &c.status.sandbox_id, id);
         }
         Ok(())
+    }
+
+    async fn attach(&self, id: &ContainerId, size: Option<TerminalSize>) -> Result<AttachSession> {
+        let (state, point, mut exited) = {
+            let state = self.state();
+            let c = state.containers.get(id).ok_or_else(|| RuntimeError::not_found("container", &id.0))?;
+            (c.status.state, c.attach.clone(), c.exited.subscribe())
+        };
+        if state != ContainerState::Running {
+            return Err(RuntimeError::Invalid(format!("container {id} is not running")));
+        }
+        if let Some(point) = point {
+            return Ok(point.session(size));
+        }
+        // No stdin and no terminal: the fake prints nothing; the session ends with the container.
+        let (writer, stdout) = tokio::io::duplex(64);
+        tokio::spawn(async move {
+            let _ = exited.wait_for(|e| *e).await;
+            drop(writer);
+        });
+        Ok(AttachSession { stdin: None, stdout: Box::pin(stdout), stderr: Box::pin(tokio::io::empty()), tty: false, resize: None })
     }
 
     async fn container_status(&self, id: &ContainerId) -> Result<ContainerStatus> {

@@ -8,6 +8,7 @@
 //! through `bosun_core::Client`.
 
 pub mod agent;
+mod attach;
 pub mod cni;
 pub mod conformance;
 pub mod cri;
@@ -21,7 +22,7 @@ pub mod sys;
 
 pub use agent::{NodeAgent, NodeAgentConfig, NodeHandle};
 pub use cri::{
-    Capabilities, ContainerConfig, ContainerFilter, ContainerId, ContainerRuntime, ContainerState, ContainerStats, ContainerStatus,
+    AttachSession, Capabilities, ContainerConfig, ContainerFilter, ContainerId, ContainerRuntime, ContainerState, ContainerStats, ContainerStatus,
     EventKind, ExecResult, ExecSession, LogOptions, Mount, RuntimeEvent, SandboxConfig, SandboxId, SandboxState, SandboxStatus,
 };
 pub use error::{Result, RuntimeError};

@@ -2,6 +2,7 @@
 //! working directory, log file and a loopback pod IP (127.x.y.z); needs no privileges unless a pod
 //! mounts volumes (then a private mount namespace per container, as root or in a user namespace).
 
+use crate::attach::AttachPoint;
 use crate::cri::*;
 use crate::error::{Result, RuntimeError};
 use crate::logs;
@@ -96,6 +97,8 @@ struct State {
 struct Container {
     record: ContainerRecord,
     exited: watch::Sender<bool>,
+    /// The main process's stdio for attach sessions, while it runs (not after a recovery).
+    attach: Option<Arc<AttachPoint>>,
 }
 
 /// What is persisted per container so that a new agent can re-attach.
@@ -184,6 +187,9 @@ impl ProcessRuntime {
                 st.exit_code = Some(code);
                 st.signal = signal;
                 st.reason = Some(reason.unwrap_or_else(|| ContainerStatus::exit_reason(code, false).to_string()));
+                if let Some(point) = c.attach.take() {
+                    point.close();
+                }
                 Self::persist(&this.container_file(&id), &c.record);
                 let _ = c.exited.send(true);
                 c.record.status.sandbox_id.clone()
@@ -273,6 +279,7 @@ impl ContainerRuntime for ProcessRuntime {
             network_namespace: false,
             resource_limits: false,
             images: false,
+            attach: true,
         }
     }
 
@@ -377,7 +384,7 @@ impl ContainerRuntime for ProcessRuntime {
             };
             let record = ContainerRecord { status, config: config.clone(), pid: None, start_ticks: None };
             let (exited, _) = watch::channel(false);
-            state.containers.insert(id.clone(), Container { record: record.clone(), exited });
+            state.containers.insert(id.clone(), Container { record: record.clone(), exited, attach: None });
             (id, record)
         };
         if let Some(dir) = record.status.log_path.as_deref().and_then(Path::parent) {
@@ -399,14 +406,37 @@ impl ContainerRuntime for ProcessRuntime {
             argv.push(record.config.image.name.clone());
         }
         let mut cmd = self.command_for(&record.config, &argv)?;
-        cmd.env_clear()
-            .envs(self.env_for(&record.config, &sandbox))
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .process_group(0);
+        let config = &record.config;
+        // With `tty` the container's standard streams are a terminal of its own: `setsid --ctty`
+        // makes it the controlling terminal of a new session that the container leads (so its
+        // pid still names its process group).
+        let pty = if config.tty {
+            let (master, slave) = sys::open_pty(None)?;
+            let inner = cmd.as_std();
+            let mut wrapped = Command::new("setsid");
+            wrapped.arg("--ctty").arg(inner.get_program()).args(inner.get_args());
+            if let Some(dir) = inner.get_current_dir() {
+                wrapped.current_dir(dir);
+            }
+            let stdio =
+                |f: &std::fs::File| f.try_clone().map(std::process::Stdio::from).map_err(|e| RuntimeError::io("pseudo-terminal", e));
+            wrapped.stdin(stdio(&slave)?).stdout(stdio(&slave)?).stderr(stdio(&slave)?);
+            cmd = wrapped;
+            Some(master)
+        } else {
+            let stdin = if config.stdin { std::process::Stdio::piped() } else { std::process::Stdio::null() };
+            cmd.stdin(stdin).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).process_group(0);
+            None
+        };
+        cmd.env_clear().envs(self.env_for(&record.config, &sandbox));
+        if config.tty && !config.env.iter().chain(&config.image.env).any(|(k, _)| k == "TERM") {
+            cmd.env("TERM", "xterm");
+        }
         let log_path = record.status.log_path.clone().unwrap_or_default();
-        let mut child = match cmd.spawn() {
+        let spawned = cmd.spawn();
+        // Only the container may hold the terminal's slave side: its reader ends when the container does.
+        drop(cmd);
+        let mut child = match spawned {
             Ok(child) => child,
             Err(e) => {
                 // Like a container whose entrypoint is missing: it exits at once with 128.
@@ -446,17 +476,31 @@ impl ContainerRuntime for ProcessRuntime {
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
         }
-        let stdout = child.stdout.take();
-        let stderr = child.stderr.take();
-        let pumps = {
-            let (a, b) = (log_path.clone(), log_path.clone());
-            let h1 = stdout.map(|s| tokio::spawn(logs::pump(s, "stdout", a)));
-            let h2 = stderr.map(|s| tokio::spawn(logs::pump(s, "stderr", b)));
-            (h1, h2)
+        let (point, pumps) = match pty {
+            Some(master) => {
+                let (reader, writer) = sys::pty_streams(master)?;
+                let fd = writer.fd();
+                let resize: Resize = Arc::new(move |size| sys::set_terminal_size(fd.get_ref(), size));
+                let stdin = config.stdin.then(|| -> std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>> { Box::pin(writer) });
+                let point = AttachPoint::new(stdin, config.stdin_once, true, Some(resize));
+                let out = point.tee(reader, false);
+                (point, (Some(tokio::spawn(logs::pump(out, "stdout", log_path.clone()))), None))
+            }
+            None => {
+                let stdin = child.stdin.take().map(|w| -> std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>> { Box::pin(w) });
+                let point = AttachPoint::new(stdin, config.stdin_once, false, None);
+                let stdout = child.stdout.take().map(|s| point.tee(s, false));
+                let stderr = child.stderr.take().map(|s| point.tee(s, true));
+                let (a, b) = (log_path.clone(), log_path.clone());
+                let h1 = stdout.map(|s| tokio::spawn(logs::pump(s, "stdout", a)));
+                let h2 = stderr.map(|s| tokio::spawn(logs::pump(s, "stderr", b)));
+                (point, (h1, h2))
+            }
         };
         {
             let mut state = self.state();
             if let Some(c) = state.containers.get_mut(id) {
+                c.attach = Some(point);
                 c.record.pid = Some(pid);
                 c.record.start_ticks = sys::start_ticks(pid);
                 c.record.status.state = ContainerState::Running;
@@ -594,6 +638,10 @@ impl ContainerRuntime for ProcessRuntime {
         )
     }
 
+    async fn attach(&self, id: &ContainerId, size: Option<TerminalSize>) -> Result<AttachSession> {
+        attach_to(self.state().containers.get(id).map(|c| (c.record.status.state, c.attach.clone())), id, size)
+    }
+
     async fn logs(&self, id: &ContainerId, options: &LogOptions) -> Result<LogByteStream> {
         let record = self.lookup(id)?;
         let path = record.status.log_path.clone().ok_or_else(|| RuntimeError::not_found("log", &id.0))?;
@@ -674,7 +722,7 @@ impl ContainerRuntime for ProcessRuntime {
             {
                 let mut state = self.state();
                 state.seq = state.seq.max(seq_of(&id.0));
-                state.containers.insert(id.clone(), Container { record: record.clone(), exited });
+                state.containers.insert(id.clone(), Container { record: record.clone(), exited, attach: None });
             }
             if still_running && let Some(pid) = record.pid {
                 self.track_exit(id.clone(), pid, async move {
@@ -750,6 +798,22 @@ pub(crate) fn tty_session(
         }),
         resize: Some(resize),
     })
+}
+
+/// An attach session to a container in `state` with `point` (`None` when the container is unknown).
+pub(crate) fn attach_to(
+    found: Option<(ContainerState, Option<Arc<AttachPoint>>)>,
+    id: &ContainerId,
+    size: Option<TerminalSize>,
+) -> Result<AttachSession> {
+    match found {
+        None => Err(RuntimeError::not_found("container", &id.0)),
+        Some((ContainerState::Running, Some(point))) => Ok(point.session(size)),
+        Some((ContainerState::Running, None)) => {
+            Err(RuntimeError::Unsupported(format!("container {id} was started by a previous agent; its stdio cannot be attached to")))
+        }
+        Some(_) => Err(RuntimeError::Invalid(format!("container {id} is not running"))),
+    }
 }
 
 /// Turns a broadcast receiver into an event stream that reports lost events as one `Resync`.

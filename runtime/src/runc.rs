@@ -3,6 +3,7 @@
 //! cgroup CPU and memory limits (OOM kills reported as `OOMKilled`), volume bind mounts, and one
 //! network namespace per pod wired by the CNI `bridge` and `host-local` plugins.
 
+use crate::attach::AttachPoint;
 use crate::cni::{self, CniConfig};
 use crate::cri::*;
 use crate::error::{Result, RuntimeError};
@@ -107,6 +108,8 @@ struct Container {
     record: ContainerRecord,
     exited: watch::Sender<bool>,
     killing: bool,
+    /// The main process's stdio for attach sessions, while it runs (not after a recovery).
+    attach: Option<Arc<AttachPoint>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -216,6 +219,9 @@ impl RuncRuntime {
             st.exit_code = Some(code);
             st.signal = signal;
             st.reason = Some(reason.unwrap_or_else(|| ContainerStatus::exit_reason(code, oom).to_string()));
+            if let Some(point) = c.attach.take() {
+                point.close();
+            }
             Self::persist(&self.container_file(id), &c.record);
             let _ = c.exited.send(true);
             c.record.status.sandbox_id.clone()
@@ -460,7 +466,7 @@ impl RuncRuntime {
         serde_json::json!({
             "ociVersion": "1.0.2",
             "process": {
-                "terminal": false,
+                "terminal": config.tty,
                 "user": { "uid": uid, "gid": if uid == 0 { 0 } else { uid } },
                 "args": argv,
                 "env": dedup.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
@@ -496,7 +502,7 @@ impl ContainerRuntime for RuncRuntime {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities { exec: true, signals: true, mounts: true, network_namespace: true, resource_limits: true, images: true }
+        Capabilities { exec: true, signals: true, mounts: true, network_namespace: true, resource_limits: true, images: true, attach: true }
     }
 
     async fn run_sandbox(&self, config: &SandboxConfig) -> Result<SandboxId> {
@@ -632,7 +638,7 @@ impl ContainerRuntime for RuncRuntime {
         {
             let mut state = self.state();
             state.pending.remove(&id.0);
-            state.containers.insert(id.clone(), Container { record, exited, killing: false });
+            state.containers.insert(id.clone(), Container { record, exited, killing: false, attach: None });
         }
         self.emit(EventKind::Created, sandbox, &id);
         Ok(id)
@@ -645,13 +651,50 @@ impl ContainerRuntime for RuncRuntime {
         }
         let pid_file = record.bundle.join("pid");
         let _ = std::fs::remove_file(&pid_file);
+        let config = &record.config;
         let mut cmd = self.runc();
         cmd.arg("run").arg("--bundle").arg(&record.bundle).arg("--pid-file").arg(&pid_file).arg(&id.0);
-        cmd.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).process_group(0);
-        let mut child = cmd.spawn().map_err(|e| RuntimeError::io("spawn runc run", e))?;
+        // `runc run` in the foreground passes its own standard streams to the container. With
+        // `tty` (`terminal: true` in the bundle) runc makes the container a terminal inside it
+        // and relays it to runc's terminal: ours, given as runc's streams and, through
+        // `setsid --ctty`, its controlling terminal, whose resizes runc follows (SIGWINCH).
+        let pty = if config.tty {
+            let (master, slave) = sys::open_pty(Some(TerminalSize { width: 80, height: 24 }))?;
+            let inner = cmd.as_std();
+            let mut wrapped = Command::new("setsid");
+            wrapped.arg("--ctty").arg(inner.get_program()).args(inner.get_args());
+            let stdio =
+                |f: &std::fs::File| f.try_clone().map(std::process::Stdio::from).map_err(|e| RuntimeError::io("pseudo-terminal", e));
+            wrapped.stdin(stdio(&slave)?).stdout(stdio(&slave)?).stderr(stdio(&slave)?);
+            cmd = wrapped;
+            Some(master)
+        } else {
+            let stdin = if config.stdin { std::process::Stdio::piped() } else { std::process::Stdio::null() };
+            cmd.stdin(stdin).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).process_group(0);
+            None
+        };
+        let spawned = cmd.spawn();
+        drop(cmd);
+        let mut child = spawned.map_err(|e| RuntimeError::io("spawn runc run", e))?;
         let log_path = record.status.log_path.clone().unwrap_or_default();
-        let h1 = child.stdout.take().map(|s| tokio::spawn(logs::pump(s, "stdout", log_path.clone())));
-        let h2 = child.stderr.take().map(|s| tokio::spawn(logs::pump(s, "stderr", log_path.clone())));
+        let (point, h1, h2) = match pty {
+            Some(master) => {
+                let (reader, writer) = sys::pty_streams(master)?;
+                let fd = writer.fd();
+                let resize: Resize = Arc::new(move |size| sys::set_terminal_size(fd.get_ref(), size));
+                let stdin = config.stdin.then(|| -> std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>> { Box::pin(writer) });
+                let point = AttachPoint::new(stdin, config.stdin_once, true, Some(resize));
+                let out = point.tee(reader, false);
+                (point, Some(tokio::spawn(logs::pump(out, "stdout", log_path.clone()))), None)
+            }
+            None => {
+                let stdin = child.stdin.take().map(|w| -> std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>> { Box::pin(w) });
+                let point = AttachPoint::new(stdin, config.stdin_once, false, None);
+                let h1 = child.stdout.take().map(|s| tokio::spawn(logs::pump(point.tee(s, false), "stdout", log_path.clone())));
+                let h2 = child.stderr.take().map(|s| tokio::spawn(logs::pump(point.tee(s, true), "stderr", log_path.clone())));
+                (point, h1, h2)
+            }
+        };
         // Running once runc has written the container's pid (or it failed first).
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         let mut pid = None;
@@ -670,6 +713,7 @@ impl ContainerRuntime for RuncRuntime {
         {
             let mut state = self.state();
             if let Some(c) = state.containers.get_mut(id) {
+                c.attach = Some(point);
                 c.record.pid = pid;
                 c.record.status.state = ContainerState::Running;
                 c.record.status.started_at = Some(Timestamp::now());
@@ -859,6 +903,10 @@ impl ContainerRuntime for RuncRuntime {
         )
     }
 
+    async fn attach(&self, id: &ContainerId, size: Option<TerminalSize>) -> Result<AttachSession> {
+        crate::process::attach_to(self.state().containers.get(id).map(|c| (c.record.status.state, c.attach.clone())), id, size)
+    }
+
     async fn logs(&self, id: &ContainerId, options: &LogOptions) -> Result<LogByteStream> {
         let record = self.lookup(id)?;
         let path = record.status.log_path.clone().ok_or_else(|| RuntimeError::not_found("log", &id.0))?;
@@ -926,7 +974,7 @@ impl ContainerRuntime for RuncRuntime {
             {
                 let mut state = self.state();
                 state.seq = state.seq.max(id.0.rsplit('-').next().and_then(|n| n.parse().ok()).unwrap_or(0));
-                state.containers.insert(id.clone(), Container { record: record.clone(), exited, killing: false });
+                state.containers.insert(id.clone(), Container { record: record.clone(), exited, killing: false, attach: None });
             }
             if alive && let Some(pid) = record.pid {
                 let this = self.clone();

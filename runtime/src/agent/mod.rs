@@ -653,6 +653,19 @@ impl NodeHandle {
         self.inner.ctx.runtime.exec_tty(&id, command, size).await.map_err(api_error)
     }
 
+    /// Attaches to a container's main process (`kubectl attach`, `kubectl run -it`), its terminal
+    /// (if it has one) set to `size` first (see [`ContainerRuntime::attach`]).
+    pub async fn attach(
+        &self,
+        namespace: &str,
+        pod: &str,
+        container: Option<&str>,
+        size: Option<crate::cri::TerminalSize>,
+    ) -> Result<crate::cri::AttachSession, Error> {
+        let id = self.find(namespace, pod, container, false)?;
+        self.inner.ctx.runtime.attach(&id, size).await.map_err(api_error)
+    }
+
     /// Runs a command in a container and collects its output.
     pub async fn exec_sync(
         &self,

@@ -636,6 +636,9 @@ impl Worker {
                 .and_then(|s| s.run_as_user)
                 .or(self.pod.spec.as_ref().and_then(|s| s.security_context.as_ref()).and_then(|s| s.run_as_user))
                 .and_then(|u| u32::try_from(u).ok()),
+            stdin: c.stdin.unwrap_or(false),
+            stdin_once: c.stdin.unwrap_or(false) && c.stdin_once.unwrap_or(false),
+            tty: c.tty.unwrap_or(false),
             labels,
             annotations: self.pod.metadata.annotations.clone().unwrap_or_default(),
         };

@@ -24,6 +24,7 @@ fn shell(name: &str, scenario: &Scenario, image: ImageRef) -> ContainerConfig {
         Scenario::Exit(code) => format!("exit {code}"),
         Scenario::Print => "echo out-1; sleep 0.05; echo err-1 >&2; sleep 0.05; echo out-2; exec sleep 1000".to_string(),
         Scenario::IgnoreTerm => "trap '' TERM; while true; do sleep 0.1; done".to_string(),
+        Scenario::Echo => conformance::ECHO_SCRIPT.to_string(),
     };
     ContainerConfig { name: name.into(), image, command: vec!["/bin/sh".into(), "-c".into(), script], ..ContainerConfig::default() }
 }
@@ -73,6 +74,7 @@ impl Subject for Fake {
             Scenario::Exit(code) => FakeScript { exit_after_ms: Some(10), exit_code: *code, ..FakeScript::default() },
             Scenario::Print => FakeScript { log: vec!["out-1".into(), "err-1".into(), "out-2".into()], ..FakeScript::default() },
             Scenario::IgnoreTerm => FakeScript { ignore_sigterm: true, ..FakeScript::default() },
+            Scenario::Echo => FakeScript::default(),
         };
         let annotations =
             BTreeMap::from([(bosun_runtime::fake::SCRIPT_ANNOTATION.to_string(), serde_json::to_string(&script).expect("script json"))]);

@@ -69,6 +69,7 @@ impl Subject for Runc {
             Scenario::Exit(code) => format!("exit {code}"),
             Scenario::Print => "echo out-1; sleep 0.05; echo err-1 >&2; sleep 0.05; echo out-2; exec sleep 1000".to_string(),
             Scenario::IgnoreTerm => "trap '' TERM; while :; do sleep 0.1; done".to_string(),
+            Scenario::Echo => conformance::ECHO_SCRIPT.to_string(),
         };
         sh(name, &self.image, &script)
     }

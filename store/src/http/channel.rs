@@ -202,6 +202,15 @@ impl ChannelSession {
         self.stdin.take()
     }
 
+    /// Waits (at most `wait`) for the client's first terminal size, which kubectl sends as soon
+    /// as a session with a terminal opens, so that a connector can start the command's terminal
+    /// at it. Later sizes stay in the session: [`run_exec`] applies them. `None` when none came
+    /// in time (or the resize stream was taken).
+    pub async fn first_size(&mut self, wait: Duration) -> Option<TerminalSize> {
+        let sizes = self.resizes.as_mut()?;
+        tokio::time::timeout(wait, sizes.recv()).await.ok().flatten()
+    }
+
     /// The client's terminal size changes; `None` after the first call.
     pub fn take_resizes(&mut self) -> Option<mpsc::Receiver<TerminalSize>> {
         self.resizes.take()
@@ -710,6 +719,34 @@ mod tests {
         let got = collect(&mut client, ChannelProtocol::V5).await;
         finish.await??;
         assert_eq!(got.get(&1).map(Vec::as_slice), Some(&b"x"[..]));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn the_first_size_is_taken_and_later_ones_reach_the_command() -> TestResult {
+        let (mut client, io) = connect().await;
+        let mut session = ChannelSession::accept(io, "v5.channel.k8s.io").await?;
+        client.send(Message::Binary(Bytes::from_static(b"\x04{\"Width\":80,\"Height\":24}"))).await?;
+        assert_eq!(session.first_size(Duration::from_secs(5)).await, Some(TerminalSize { width: 80, height: 24 }));
+        let (seen_tx, mut seen) = mpsc::unbounded_channel();
+        let mut proc = process(b"", b"", 0, false);
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+        proc.exit = Box::pin(async move {
+            let _ = done_rx.await;
+            Ok(0)
+        });
+        proc.resize = Some(Box::new(move |size| {
+            let _ = seen_tx.send(size);
+        }));
+        let mut req = request(ChannelProtocol::V5, false);
+        req.tty = true;
+        let server = tokio::spawn(async move { run_exec(session, &req, Ok(proc)).await });
+        client.send(Message::Binary(Bytes::from_static(b"\x04{\"Width\":100,\"Height\":30}"))).await?;
+        let later = tokio::time::timeout(Duration::from_secs(5), seen.recv()).await?;
+        assert_eq!(later, Some(TerminalSize { width: 100, height: 30 }));
+        let _ = done_tx.send(());
+        let _ = collect(&mut client, ChannelProtocol::V5).await;
+        server.await??;
         Ok(())
     }
 
