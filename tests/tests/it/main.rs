@@ -1,5 +1,6 @@
 //! End-to-end tests: the reference cluster driven by the real `kubectl`.
 
+mod attach;
 mod exec;
 mod healing;
 mod kubectl;
