@@ -160,6 +160,7 @@ pub struct Cluster {
     tasks: Vec<tokio::task::JoinHandle<()>>,
     _scheduler: Option<bosun_scheduler::scheduler::Running>,
     dns: Option<bosun_netproxy::DnsServer>,
+    pod_dns: Option<bosun_netproxy::DnsServer>,
     ingress_addr: Option<SocketAddr>,
     _ingress: Option<bosun_netproxy::ingress::IngressServer>,
     node_endpoint: Option<NodeEndpoint>,
@@ -190,6 +191,7 @@ impl Cluster {
             tasks: Vec::new(),
             _scheduler: None,
             dns: None,
+            pod_dns: None,
             ingress_addr: None,
             _ingress: None,
             node_endpoint: None,
@@ -281,19 +283,19 @@ impl Cluster {
                 // Pod IPs start at 127.<n>.0.1 with n derived from the node's state directory, so
                 // that clusters on different data directories rarely share addresses.
                 RuntimeChoice::Process => Arc::new(ProcessRuntime::new(root.join("runtime"))?),
-                // One bridge and pod subnet per node of this process: bosun0 10.88.0.0/16, then
-                // bosun1 10.101.0.0/16, bosun2 10.102.0.0/16... (clear of the service ranges).
-                RuntimeChoice::Runc => Arc::new(
-                    RuncRuntime::builder(root.join("runtime"))
-                        .bridge(format!("bosun{i}"))
-                        .subnet(if i == 0 { "10.88.0.0/16".to_owned() } else { format!("10.{}.0.0/16", 100 + i.min(150)) })
-                        .build()?,
-                ),
+                RuntimeChoice::Runc => {
+                    let (bridge, subnet, _) = runc_network(i);
+                    Arc::new(RuncRuntime::builder(root.join("runtime")).bridge(bridge).subnet(subnet).build()?)
+                }
                 RuntimeChoice::Fake => Arc::new(FakeRuntime::new()),
             };
             let mut agent_config =
                 NodeAgentConfig::new(name.clone(), root).lease_renew_interval(config.lease_renew).node_ip(node_ip.clone());
             agent_config.port = node_port;
+            if config.runtime == RuntimeChoice::Runc {
+                // Pods in network namespaces resolve through the DNS on the first bridge's gateway.
+                agent_config = agent_config.cluster_dns([runc_network(0).2.to_string()]);
+            }
             let handle = NodeAgent::with_runtime(self.client.clone(), runtime, images.clone(), agent_config).start().await?;
             local.nodes.write().unwrap_or_else(std::sync::PoisonError::into_inner).insert(name.clone(), handle.clone());
             tracing::info!(node.name = %name, runtime = ?config.runtime, "node agent started");
@@ -317,6 +319,15 @@ impl Cluster {
         let dns = ClusterDns::new(table.clone()).serve(config.dns).await?;
         tracing::info!(addr = %dns.local_addr(), "cluster dns listening");
         self.dns = Some(dns);
+        if config.runtime == RuntimeChoice::Runc && !self.nodes.is_empty() {
+            // Pods cannot reach the host's loopback: they get this server on the first node
+            // bridge's gateway, port 53 (what their resolv.conf names), made ahead of the first pod.
+            let (bridge, subnet, gateway) = runc_network(0);
+            ensure_bridge(&bridge, &subnet, gateway).await?;
+            let pod_dns = ClusterDns::new(table.clone()).serve(SocketAddr::from((gateway, 53))).await?;
+            tracing::info!(addr = %pod_dns.local_addr(), "cluster dns listening for pods");
+            self.pod_dns = Some(pod_dns);
+        }
 
         let ingress_proxy = IngressProxy::new(table);
         let ingress = ingress_proxy.serve_http(config.ingress).await?;
@@ -358,6 +369,11 @@ impl Cluster {
         self.dns.as_ref().map(|d| d.local_addr())
     }
 
+    /// Where pods' resolv.conf points (runc nodes: the first bridge's gateway, port 53).
+    pub fn pod_dns_addr(&self) -> Option<SocketAddr> {
+        self.pod_dns.as_ref().map(|d| d.local_addr())
+    }
+
     /// Where the ingress listens.
     pub fn ingress_addr(&self) -> Option<SocketAddr> {
         self.ingress_addr
@@ -386,6 +402,9 @@ impl Cluster {
             let _ = task.await;
         }
         if let Some(dns) = self.dns.take() {
+            dns.shutdown().await;
+        }
+        if let Some(dns) = self.pod_dns.take() {
             dns.shutdown().await;
         }
         if let Some(ingress) = self._ingress.take() {
@@ -485,6 +504,37 @@ fn default_identity(config: &ClusterConfig) -> String {
     let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).unwrap_or_default();
     let host = if host.is_empty() { "bosun".to_owned() } else { host };
     format!("{host}-{}", config.listen.port())
+}
+
+/// The bridge, pod subnet and gateway of this process's runc node `i`: bosun0 10.88.0.0/16, then
+/// bosun1 10.101.0.0/16, bosun2 10.102.0.0/16... (clear of the service ranges); the gateway is
+/// the subnet's first address, as the CNI `host-local` plugin picks it.
+fn runc_network(i: usize) -> (String, String, std::net::Ipv4Addr) {
+    let second = if i == 0 { 88 } else { 100 + i.min(150) as u8 };
+    (format!("bosun{i}"), format!("10.{second}.0.0/16"), std::net::Ipv4Addr::new(10, second, 0, 1))
+}
+
+/// Makes the node bridge with its gateway address now (the CNI `bridge` plugin adopts it when the
+/// first pod comes), so that the pods' DNS can listen on the gateway before any pod exists.
+async fn ensure_bridge(bridge: &str, subnet: &str, gateway: std::net::Ipv4Addr) -> std::result::Result<(), StartError> {
+    let prefix = subnet.rsplit_once('/').map_or("16", |(_, p)| p);
+    if ip(&["link", "show", bridge]).await.is_err() {
+        ip(&["link", "add", "name", bridge, "type", "bridge"]).await?;
+    }
+    if !ip(&["-4", "addr", "show", "dev", bridge]).await?.contains(&format!("inet {gateway}/")) {
+        ip(&["addr", "add", &format!("{gateway}/{prefix}"), "dev", bridge]).await?;
+    }
+    ip(&["link", "set", bridge, "up"]).await?;
+    Ok(())
+}
+
+/// Runs `ip ARGS`; its output, or what it said on failure.
+async fn ip(args: &[&str]) -> std::result::Result<String, StartError> {
+    let out = tokio::process::Command::new("ip").args(args).output().await.map_err(|e| format!("run ip {args:?}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("ip {args:?}: {}", String::from_utf8_lossy(&out.stderr).trim()).into());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// The runc nodes' image store, with `busybox` imported from the host's busybox-static.

@@ -134,3 +134,16 @@ impl Drop for KillContainers {
         }
     }
 }
+
+/// Whether etcd is installed (a loud skip locally; a failure when ci.sh requires components).
+pub fn etcd_available() -> bool {
+    if bosun_store::storage::etcd_server::etcd_installed() {
+        return true;
+    }
+    assert!(
+        std::env::var("BOSUN_REQUIRE_COMPONENTS").as_deref() != Ok("1"),
+        "etcd is required (BOSUN_REQUIRE_COMPONENTS=1) but is not installed"
+    );
+    eprintln!("\n!!! SKIPPING: etcd is not installed (apt-get install etcd-server) !!!\n");
+    false
+}

@@ -1,8 +1,11 @@
-//! The reference cluster on `--runtime runc --proxy nftables` (root): busybox pods in their own
-//! network namespaces on a CNI bridge, a Service's ClusterIP programmed as nftables DNAT rules,
-//! reached from the host; scale, self-healing and delete with the real kubectl.
+//! The quick start on `--runtime runc --proxy nftables` (root): the quick-start app's busybox pods
+//! in their own network namespaces on a CNI bridge, the Service's ClusterIP programmed as nftables
+//! DNAT rules and reached from the host and from inside a pod, names resolved by the cluster DNS
+//! that pods' resolv.conf points at, the Ingress by host name; scale, rolling update, rollback,
+//! logs and delete with the real kubectl.
 
 use crate::kubectl::{Kubectl, kubectl_binary};
+use crate::quickstart::QuickStart;
 use bosun_examples::{Cluster, ClusterConfig, ProxyChoice, RuntimeChoice, StoreChoice};
 use std::net::SocketAddr;
 use std::process::Command;
@@ -10,33 +13,6 @@ use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(120);
 const SERVICE_CIDR: &str = "10.97.0.0/16";
-
-const MANIFEST: &str = r#"
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: hello, namespace: default}
-spec:
-  replicas: 2
-  selector: {matchLabels: {app: hello}}
-  template:
-    metadata: {labels: {app: hello}}
-    spec:
-      terminationGracePeriodSeconds: 1
-      containers:
-      - name: httpd
-        image: busybox
-        command: ["sh", "-c", "mkdir -p /www && echo hello from $(hostname) > /www/index.html && exec httpd -f -p 8080 -h /www"]
-        readinessProbe:
-          httpGet: {path: /, port: 8080}
-          periodSeconds: 1
----
-apiVersion: v1
-kind: Service
-metadata: {name: hello, namespace: default}
-spec:
-  selector: {app: hello}
-  ports: [{port: 80, targetPort: 8080}]
-"#;
 
 fn root() -> bool {
     Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
@@ -92,21 +68,17 @@ impl Drop for Cleanup {
     }
 }
 
-/// One HTTP GET from the host to a ClusterIP (DNAT in the nftables output hook).
-fn get(addr: &str) -> Option<String> {
-    use std::io::{Read, Write};
-    let addr: SocketAddr = addr.parse().ok()?;
-    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
-    s.write_all(b"GET / HTTP/1.0\r\nHost: hello\r\n\r\n").ok()?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).ok()?;
-    // busybox httpd answers HTTP/1.1 whatever the request said.
-    body.lines().next().is_some_and(|status| status.starts_with("HTTP/1.") && status.contains(" 200 ")).then_some(body)
+/// An HTTP GET through `nc` inside pod `probe` (Debian's busybox-static `wget` segfaults, even on
+/// the host): the page, once the answer is a 200 containing `want`.
+async fn get_in_pod(k: &Kubectl, target: &str, want: &str) -> String {
+    let script = format!("printf 'GET / HTTP/1.0\\r\\nHost: web\\r\\n\\r\\n' | nc -w 3 {target} 80");
+    let args = ["-n", "quickstart", "exec", "probe", "--", "sh", "-c", &script];
+    let out = k.eventually(&args, Duration::from_secs(30), |out| out.starts_with("HTTP/1.1 200") && out.contains(want)).await;
+    out.lines().last().unwrap_or_default().to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_cluster_runs_on_runc_and_nftables() {
+async fn the_quick_start_runs_on_runc_and_nftables() {
     let Some(binary) = kubectl_binary() else { return };
     if !available() {
         return;
@@ -129,56 +101,64 @@ async fn the_cluster_runs_on_runc_and_nftables() {
         ..ClusterConfig::default()
     };
     let cluster = Cluster::start(config).await.unwrap_or_else(|e| panic!("start cluster: {e}"));
+    let pod_dns = cluster.pod_dns_addr().unwrap_or_else(|| panic!("runc nodes get a DNS that pods reach"));
+    assert_eq!(pod_dns, SocketAddr::from(([10, 88, 0, 1], 53)), "the DNS for pods listens on the bridge's gateway");
     let k = Kubectl::new(binary, &dir.path().join("kubeconfig"), &dir.path().join("cache"));
     k.eventually(&["get", "nodes"], WAIT, |out| out.contains("runc-1") && out.contains(" Ready ")).await;
-
-    let manifest = dir.path().join("hello.yaml");
-    std::fs::write(&manifest, MANIFEST).unwrap_or_else(|e| panic!("write manifest: {e}"));
-    k.run(&["apply", "-f", manifest.to_str().unwrap_or_default()]);
-    k.run(&["rollout", "status", "deploy/hello", "--timeout=120s"]);
-    let ips = k.run(&["get", "pods", "-l", "app=hello", "-o", "jsonpath={.items[*].status.podIP}"]);
-    assert!(ips.split_whitespace().count() == 2 && ips.split_whitespace().all(|ip| ip.starts_with("10.88.")), "bridge pod IPs: {ips}");
 
     // Traffic to the service range that no rule rewrote stays on this machine (the bridge).
     let route = Command::new("ip").args(["route", "replace", SERVICE_CIDR, "dev", "bosun0"]).status();
     assert!(route.is_ok_and(|s| s.success()), "route the service range to the bridge");
-    let cluster_ip = k.run(&["get", "svc", "hello", "-o", "jsonpath={.spec.clusterIP}"]);
-    assert!(cluster_ip.starts_with("10.97."), "ClusterIP from the configured range: {cluster_ip}");
-    let target = format!("{cluster_ip}:80");
 
-    // Both replicas answer through the DNAT rules.
-    let deadline = Instant::now() + WAIT;
-    let mut answered = std::collections::BTreeSet::new();
-    while answered.len() < 2 {
-        if let Some(body) = get(&target)
-            && let Some(line) = body.lines().find(|l| l.starts_with("hello from "))
-        {
-            answered.insert(line.to_owned());
-        }
-        assert!(Instant::now() < deadline, "{target} never reached both replicas: {answered:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // Apply, rollout, and the Service from the host through the DNAT rules: every replica answers.
+    let app = QuickStart::deploy(&k).await;
+    let ips = k.run(&["-n", "quickstart", "get", "pods", "-l", "app=web", "-o", "jsonpath={.items[*].status.podIP}"]);
+    assert!(ips.split_whitespace().count() == 3 && ips.split_whitespace().all(|ip| ip.starts_with("10.88.")), "bridge pod IPs: {ips}");
+    let cluster_ip = app.service.trim_end_matches(":80").to_owned();
+    assert!(cluster_ip.starts_with("10.97."), "ClusterIP from the configured range: {cluster_ip}");
     let rules = Command::new("nft").args(["list", "table", "ip", "bosun"]).output().unwrap_or_else(|e| panic!("nft: {e}"));
     let rules = String::from_utf8_lossy(&rules.stdout);
-    assert!(rules.contains(cluster_ip.as_str()), "the ClusterIP is in the ruleset:\n{rules}");
+    assert!(rules.contains("service-ips"), "the proxy's table:\n{rules}");
 
-    // Scale to zero: the endpoints leave the rules and nothing answers; scale back: served again.
-    k.run(&["scale", "deploy/hello", "--replicas=0"]);
-    k.eventually(&["get", "pods", "-l", "app=hello", "-o", "name"], WAIT, str::is_empty).await;
+    // From inside a pod (not one of the Service's): its resolv.conf names the cluster DNS and the
+    // namespace's search path; the Service by ClusterIP, by full name and by short name.
+    k.run(&["-n", "quickstart", "run", "probe", "--image=busybox", "--restart=Never", "--", "sleep", "600"]);
+    k.run(&["-n", "quickstart", "wait", "--for=condition=Ready", "pod/probe", "--timeout=60s"]);
+    let resolv = k.run(&["-n", "quickstart", "exec", "probe", "--", "cat", "/etc/resolv.conf"]);
+    assert!(resolv.contains("nameserver 10.88.0.1\n"), "{resolv}");
+    assert!(resolv.contains("search quickstart.svc.cluster.local svc.cluster.local cluster.local\n"), "{resolv}");
+    assert!(resolv.contains("options ndots:5"), "{resolv}");
+    let lookup = k.run(&["-n", "quickstart", "exec", "probe", "--", "nslookup", "web.quickstart.svc.cluster.local"]);
+    assert!(lookup.contains(&format!("Address: {cluster_ip}")), "{lookup}");
+    let (found, _, _) = k.try_run(&["-n", "quickstart", "exec", "probe", "--", "nslookup", "nothing-here.quickstart.svc.cluster.local."]);
+    assert!(!found, "a Service that does not exist does not resolve");
+    for target in [cluster_ip.as_str(), "web.quickstart.svc.cluster.local", "web"] {
+        let page = get_in_pod(&k, target, "hello from bosun (v1)").await;
+        assert!(page.contains("token has 6 characters"), "{target}: {page}");
+    }
+
+    // The Ingress (on the host) by host name, to the pods on the bridge.
+    app.ingress(cluster.ingress_addr()).await;
+
+    app.scale(5).await;
+    app.update_and_undo().await;
+    app.logs("10.88.");
+    get_in_pod(&k, "web", "hello from bosun (v1)").await;
+    k.run(&["-n", "quickstart", "delete", "pod", "probe", "--grace-period=1"]);
+
+    // Scaled to zero, the endpoints leave the rules (terminating pods serve until they are gone)
+    // and the ClusterIP rejects connections rather than leaving them hanging.
+    k.run(&["-n", "quickstart", "scale", "deploy/web", "--replicas=0"]);
     let deadline = Instant::now() + Duration::from_secs(30);
-    while get(&target).is_some() {
-        assert!(Instant::now() < deadline, "{target} still answers with no endpoints");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    k.run(&["scale", "deploy/hello", "--replicas=1"]);
-    k.run(&["rollout", "status", "deploy/hello", "--timeout=120s"]);
-    let deadline = Instant::now() + WAIT;
-    while get(&target).is_none() {
-        assert!(Instant::now() < deadline, "{target} does not answer after scaling back up");
+    loop {
+        let connect = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(&app.service)).await;
+        if matches!(connect, Ok(Err(_))) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{} does not reject connections with no endpoints: {connect:?}", app.service);
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
-    k.run(&["delete", "-f", manifest.to_str().unwrap_or_default()]);
-    k.eventually(&["get", "pods", "-l", "app=hello", "-o", "name"], WAIT, str::is_empty).await;
+    app.delete();
     cluster.shutdown().await;
 }
