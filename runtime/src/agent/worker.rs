@@ -140,8 +140,13 @@ pub struct Worker {
     slots: HashMap<String, Slot>,
     init_done: bool,
     terminal: Option<&'static str>,
+    /// Why the pod ended, when the agent ended it (`DeadlineExceeded`, `Evicted`): the pod
+    /// status's reason and message.
+    terminal_reason: Option<(&'static str, String)>,
     pod_waiting: Option<(String, String)>,
     start_time: Timestamp,
+    /// `start_time` on the tokio clock, for `activeDeadlineSeconds`.
+    active_since: Instant,
     /// A hash of the status last written (transition times aside), to skip no-op writes.
     last_status: Option<u64>,
     last_event: Option<String>,
@@ -169,6 +174,9 @@ impl Worker {
         };
         let recorder = Recorder::new(ctx.config.record_events.then(|| ctx.client.clone()), object, &ctx.config.node_name);
         let start_time = pod.status.as_ref().and_then(|s| s.start_time.as_ref()).map_or_else(Timestamp::now, |t| t.0);
+        // A pod started by an earlier agent has been active since its start time.
+        let active_for = Timestamp::now().duration_since(start_time).unsigned_abs();
+        let active_since = Instant::now().checked_sub(active_for).unwrap_or_else(Instant::now);
         let mut w = Self {
             ctx,
             pod,
@@ -182,8 +190,10 @@ impl Worker {
             slots: HashMap::new(),
             init_done: false,
             terminal: None,
+            terminal_reason: None,
             pod_waiting: None,
             start_time,
+            active_since,
             last_status: None,
             last_event: None,
             finished: false,
@@ -302,6 +312,18 @@ impl Worker {
         let now = Instant::now();
         let mut next: Option<Instant> = None;
         let soon = |at: Instant, next: &mut Option<Instant>| *next = Some(next.map_or(at, |n| n.min(at)));
+
+        // `activeDeadlineSeconds`: active longer than that (since its start time), the pod fails.
+        if let Some(deadline) = self.pod.spec.as_ref().and_then(|s| s.active_deadline_seconds) {
+            let at = self.active_since + Duration::from_secs(u64::try_from(deadline).unwrap_or(0));
+            if now >= at {
+                let message = "Pod was active on the node longer than the specified deadline".to_string();
+                self.recorder.warning("DeadlineExceeded", message.clone());
+                self.fail("DeadlineExceeded", message).await;
+                return None;
+            }
+            soon(at, &mut next);
+        }
 
         // Sandbox and volumes.
         let needs_refresh = self.volumes_synced.is_none_or(|t| now >= t + self.ctx.config.volume_resync);
@@ -728,6 +750,13 @@ impl Worker {
         }
     }
 
+    /// The agent fails the pod (its deadline passed, or it is evicted): containers are killed
+    /// (their grace period honoured) and the pod's status shows `reason` and `message`.
+    async fn fail(&mut self, reason: &'static str, message: String) {
+        self.terminal_reason = Some((reason, message));
+        self.finish("Failed").await;
+    }
+
     /// The pod reached Succeeded or Failed: stop what still runs (sidecars), free the sandbox.
     async fn finish(&mut self, phase: &'static str) {
         self.terminal = Some(phase);
@@ -912,7 +941,8 @@ impl Worker {
             init_container_statuses: (!init_views.is_empty()).then(|| init_views.iter().map(|v| v.to_api(&rt)).collect()),
             container_statuses: Some(app_views.iter().map(|v| v.to_api(&rt)).collect()),
             qos_class: Some(status::qos_class(&self.pod).to_string()),
-            message: self.pod_waiting.as_ref().map(|(_, m)| m.clone()),
+            message: self.terminal_reason.as_ref().map(|(_, m)| m.clone()).or_else(|| self.pod_waiting.as_ref().map(|(_, m)| m.clone())),
+            reason: self.terminal_reason.as_ref().map(|(r, _)| (*r).to_string()),
             ..PodStatus::default()
         };
         let Ok(mut value) = serde_json::to_value(&status) else { return };
@@ -934,6 +964,7 @@ impl Worker {
             return;
         }
         if self.pod_waiting.is_none()
+            && self.terminal_reason.is_none()
             && let Some(o) = value.as_object_mut()
         {
             // Clear a message left by an earlier sandbox failure.

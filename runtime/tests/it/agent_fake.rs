@@ -448,3 +448,34 @@ async fn a_claim_bound_to_a_host_path_volume_is_mounted() {
     assert_eq!(mounts[0].container_path, "/var/data");
     assert!(data.is_dir(), "the host path is created");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_pod_active_past_its_deadline_fails_with_deadline_exceeded() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let client = api_server();
+    let fake = FakeRuntime::new();
+    let _node = start_node(&client, "n1", &fake, dir.path()).await;
+    let p = pod(
+        "bounded",
+        "n1",
+        serde_json::json!({ "activeDeadlineSeconds": 30, "restartPolicy": "Always", "containers": [{ "name": "app", "image": "x" }] }),
+    );
+    create(&client, &p).await;
+    let t = tokio::time::Instant::now();
+    wait_pod(&client, "bounded", Duration::from_secs(5), Duration::from_millis(100), "running", |p| phase(p) == "Running").await;
+    tokio::time::sleep(Duration::from_secs(25)).await;
+    let api = Api::<Pod>::namespaced(client.clone(), "default");
+    assert_eq!(phase(&api.get("bounded").await.expect("pod")), "Running", "still inside its deadline");
+    let failed =
+        wait_pod(&client, "bounded", Duration::from_secs(10), Duration::from_millis(100), "failed", |p| phase(p) == "Failed").await;
+    assert!(t.elapsed() >= Duration::from_secs(30), "not before the deadline: {:?}", t.elapsed());
+    let status = failed.status.clone().expect("status");
+    assert_eq!(status.reason.as_deref(), Some("DeadlineExceeded"));
+    assert!(status.message.is_some_and(|m| m.contains("longer than the specified deadline")));
+    assert!(container(&failed, "app").and_then(|c| c.state.as_ref()).is_some_and(|s| s.terminated.is_some()), "the container was killed");
+    assert_eq!(fake.running(), 0);
+    // Failed for good: nothing restarts it.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(fake.running(), 0);
+    assert_eq!(phase(&api.get("bounded").await.expect("pod")), "Failed");
+}
