@@ -34,28 +34,31 @@ impl Default for CacheOptions {
     }
 }
 
-/// One object as the cache holds it: decoded, with its version, and its JSON encoded at most once.
+/// One object as the cache holds it: decoded, with its version, its stored bytes (shared with
+/// the storage that handed them out) and its client-facing JSON, encoded at most once and only
+/// when a client asks for it.
 #[derive(Debug)]
 pub struct Cached {
     /// The storage key.
     pub(crate) key: Arc<str>,
     /// The object, `metadata.resourceVersion` set.
     pub(crate) obj: DynamicObject,
+    /// The revision this version was written at (`0` when not known: not read from storage).
+    pub(crate) revision: Revision,
+    /// The bytes storage holds for this version (without `resourceVersion`).
+    stored: Option<Bytes>,
     encoded: OnceLock<Bytes>,
 }
 
 impl Cached {
     pub(crate) fn new(key: Arc<str>, obj: DynamicObject) -> Self {
-        Self { key, obj, encoded: OnceLock::new() }
+        Self { key, obj, revision: 0, stored: None, encoded: OnceLock::new() }
     }
 
-    /// A cache entry decoded from storage, its client-facing JSON made from the stored bytes.
-    fn stored(key: Arc<str>, obj: DynamicObject, bytes: &[u8], revision: Revision) -> Self {
-        let encoded = OnceLock::new();
-        if let Some(b) = codec::splice_version(bytes, revision) {
-            let _ = encoded.set(b);
-        }
-        Self { key, obj, encoded }
+    /// A cache entry for a stored version: the stored bytes are kept (they are shared with the
+    /// storage, not copied), and its client-facing JSON is spliced from them on first use.
+    pub(crate) fn stored(key: Arc<str>, obj: DynamicObject, bytes: Bytes, revision: Revision) -> Self {
+        Self { key, obj, revision, stored: Some(bytes), encoded: OnceLock::new() }
     }
 
     /// The object.
@@ -65,23 +68,108 @@ impl Cached {
 
     /// The object's JSON, encoded once and shared by every reader.
     pub fn encoded(&self) -> Bytes {
-        self.encoded.get_or_init(|| Bytes::from(serde_json::to_vec(&self.obj).unwrap_or_default())).clone()
+        self.encoded
+            .get_or_init(|| {
+                self.stored
+                    .as_ref()
+                    .and_then(|b| codec::splice_version(b, self.revision))
+                    .unwrap_or_else(|| Bytes::from(serde_json::to_vec(&self.obj).unwrap_or_default()))
+            })
+            .clone()
+    }
+
+    /// The bytes of this version as storage holds them (encoded again if they were not kept).
+    fn stored_bytes(&self) -> Bytes {
+        match &self.stored {
+            Some(b) => b.clone(),
+            None => {
+                let mut obj = self.obj.clone();
+                codec::encode(&mut obj).unwrap_or_default()
+            }
+        }
     }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Change {
+pub(crate) enum Change {
     Added,
     Modified,
     Deleted,
 }
 
+/// A change as it is dispatched to the watchers. For a deletion `obj` is the last version.
 #[derive(Debug)]
 struct CacheEvent {
     revision: Revision,
     change: Change,
     obj: Arc<Cached>,
     prev: Option<Arc<Cached>>,
+}
+
+/// A change as the history keeps it: stored bytes only (shared with storage while it keeps the
+/// version), decoded again when a watch resumes from before it. A decoded object takes several
+/// times the memory of its JSON, and the history holds up to 100,000 changes per kind.
+#[derive(Debug, Clone)]
+pub(crate) struct Past {
+    revision: Revision,
+    change: Change,
+    key: Arc<str>,
+    /// The object after the change (`None` for a deletion: then `prev` is its last version).
+    obj: Option<Bytes>,
+    /// The object before the change.
+    prev: Option<Bytes>,
+}
+
+/// One event waiting for a watcher: the cache's shared version of the object, copied out only
+/// when the watcher takes it, so that a queue holds pointers, not objects.
+#[derive(Debug)]
+pub(crate) enum Queued {
+    /// A change; a deletion carries the object's last version and the deletion's revision.
+    Object(Change, Arc<Cached>, Option<Revision>),
+    /// A bookmark at a revision.
+    Bookmark(Revision),
+}
+
+impl Queued {
+    /// The watch event, the object copied out of the cache.
+    pub(crate) fn into_event(self) -> WatchEvent<DynamicObject> {
+        match self {
+            Self::Object(change, c, stamp) => {
+                let mut obj = c.obj.clone();
+                if let Some(rev) = stamp {
+                    obj.metadata.resource_version = Some(rev.to_string());
+                }
+                match change {
+                    Change::Added => WatchEvent::Added(obj),
+                    Change::Modified => WatchEvent::Modified(obj),
+                    Change::Deleted => WatchEvent::Deleted(obj),
+                }
+            }
+            Self::Bookmark(revision) => {
+                WatchEvent::Bookmark(Bookmark { resource_version: revision.to_string(), annotations: BTreeMap::new() })
+            }
+        }
+    }
+}
+
+/// An event a new watcher starts with: ready, or a past change decoded (and filtered) when the
+/// watcher reaches it, so that a watch resuming far back does not decode the whole history at once.
+pub(crate) enum Initial {
+    /// Ready to send.
+    Ready(Queued),
+    /// A change from the history, with the cache's current version of the object when it is the
+    /// version the change wrote (nothing to decode then).
+    Replay(Arc<Filter>, Past, Option<Arc<Cached>>),
+}
+
+impl Initial {
+    /// The event, if the watcher's filter selects it.
+    pub(crate) fn resolve(self) -> Option<Queued> {
+        match self {
+            Self::Ready(q) => Some(q),
+            Self::Replay(filter, past, current) => replay(&filter, past, current),
+        }
+    }
 }
 
 /// What a list or watch selects.
@@ -94,6 +182,11 @@ pub(crate) struct Filter {
 }
 
 impl Filter {
+    /// Whether the filter selects by labels or fields (else only by namespace).
+    fn selective(&self) -> bool {
+        !self.labels.is_empty() || !self.fields.is_empty()
+    }
+
     pub(crate) fn matches(&self, obj: &DynamicObject) -> bool {
         if let Some(ns) = self.namespace.as_deref()
             && obj.metadata.namespace.as_deref() != Some(ns)
@@ -107,7 +200,7 @@ impl Filter {
 
 struct Watcher {
     filter: Arc<Filter>,
-    tx: mpsc::Sender<WatchEvent<DynamicObject>>,
+    tx: mpsc::Sender<Queued>,
     bookmarks: bool,
     overflow: Arc<AtomicBool>,
 }
@@ -122,7 +215,7 @@ struct State {
     /// The revision of the last change to this kind.
     last_change: Revision,
     items: BTreeMap<Arc<str>, Arc<Cached>>,
-    history: VecDeque<Arc<CacheEvent>>,
+    history: VecDeque<Past>,
     /// Pods by `spec.nodeName`.
     by_node: HashMap<String, BTreeSet<Arc<str>>>,
 }
@@ -146,9 +239,9 @@ pub(crate) enum Start {
 
 /// The receiving half of a registered watch.
 pub(crate) struct Registration {
-    pub(crate) initial: Vec<WatchEvent<DynamicObject>>,
+    pub(crate) initial: Vec<Initial>,
     pub(crate) revision: Revision,
-    pub(crate) rx: mpsc::Receiver<WatchEvent<DynamicObject>>,
+    pub(crate) rx: mpsc::Receiver<Queued>,
     pub(crate) overflow: Arc<AtomicBool>,
 }
 
@@ -249,7 +342,7 @@ impl KindCache {
                     {
                         by_node.entry(n.to_owned()).or_default().insert(kv.key.clone());
                     }
-                    items.insert(kv.key.clone(), Arc::new(Cached::stored(kv.key.clone(), obj, &kv.value, kv.mod_revision)));
+                    items.insert(kv.key.clone(), Arc::new(Cached::stored(kv.key.clone(), obj, kv.value.clone(), kv.mod_revision)));
                 }
                 Err(error) => tracing::warn!(key = %kv.key, %error, "undecodable object skipped"),
             }
@@ -313,7 +406,7 @@ impl KindCache {
                         }
                     },
                 };
-                Some(Arc::new(Cached::stored(kv.key.clone(), obj, &kv.value, kv.mod_revision)))
+                Some(Arc::new(Cached::stored(kv.key.clone(), obj, kv.value.clone(), kv.mod_revision)))
             }
             _ => None,
         };
@@ -335,9 +428,7 @@ impl KindCache {
             }
             StorageEvent::Delete { key, revision, .. } => {
                 let Some(prev) = st.items.remove(&key) else { return };
-                let mut last = prev.obj.clone();
-                last.metadata.resource_version = Some(revision.to_string());
-                CacheEvent { revision, change: Change::Deleted, obj: Arc::new(Cached::new(key, last)), prev: Some(prev) }
+                CacheEvent { revision, change: Change::Deleted, obj: prev.clone(), prev: Some(prev) }
             }
         };
         if self.kind.rules == Rules::Pod {
@@ -358,8 +449,13 @@ impl KindCache {
             }
         }
         let revision = event.revision;
-        let event = Arc::new(event);
-        st.history.push_back(event.clone());
+        st.history.push_back(Past {
+            revision,
+            change: event.change,
+            key: event.obj.key.clone(),
+            obj: (event.change != Change::Deleted).then(|| event.obj.stored_bytes()),
+            prev: event.prev.as_ref().map(|p| p.stored_bytes()),
+        });
         while st.history.len() > self.options.history {
             if let Some(e) = st.history.pop_front() {
                 st.oldest = e.revision;
@@ -383,8 +479,7 @@ impl KindCache {
             if !w.bookmarks {
                 return !w.tx.is_closed();
             }
-            let b = WatchEvent::Bookmark(Bookmark { resource_version: revision.to_string(), annotations: BTreeMap::new() });
-            send(w, b)
+            send(w, Queued::Bookmark(revision))
         });
     }
 
@@ -502,7 +597,7 @@ impl KindCache {
                     .range::<str, _>((Bound::Included(prefix.as_str()), Bound::Unbounded))
                     .take_while(|(k, _)| k.starts_with(prefix.as_str()))
                     .filter(|(_, c)| filter.matches(&c.obj))
-                    .map(|(_, c)| WatchEvent::Added(c.obj.clone()))
+                    .map(|(_, c)| Initial::Ready(Queued::Object(Change::Added, c.clone(), None)))
                     .collect()
             }
             Start::After(rv) => {
@@ -510,7 +605,18 @@ impl KindCache {
                     return Err(Error::expired(format!("too old resource version: {rv} ({})", st.oldest)));
                 }
                 let from = st.history.partition_point(|e| e.revision <= rv);
-                st.history.range(from..).filter_map(|e| translate(&filter, e)).collect()
+                let prefix = match filter.namespace.as_deref() {
+                    Some(ns) => format!("{}{ns}/", self.prefix),
+                    None => self.prefix.clone(),
+                };
+                st.history
+                    .range(from..)
+                    .filter(|e| e.key.starts_with(prefix.as_str()))
+                    .map(|e| {
+                        let current = st.items.get(&e.key).filter(|c| c.revision == e.revision && e.change != Change::Deleted).cloned();
+                        Initial::Replay(filter.clone(), e.clone(), current)
+                    })
+                    .collect()
             }
         };
         let revision = st.revision;
@@ -528,20 +634,49 @@ impl KindCache {
 
 /// The event a watcher with this filter sees for a change, if any: objects entering the selection
 /// are `ADDED`, objects leaving it `DELETED`.
-fn translate(filter: &Filter, e: &CacheEvent) -> Option<WatchEvent<DynamicObject>> {
+fn translate(filter: &Filter, e: &CacheEvent) -> Option<Queued> {
     let now = e.change != Change::Deleted && filter.matches(&e.obj.obj);
     let before = e.prev.as_ref().is_some_and(|p| filter.matches(&p.obj));
+    let event = |change| Some(Queued::Object(change, e.obj.clone(), None));
     match (e.change, before, now) {
-        (Change::Deleted, true, _) => Some(WatchEvent::Deleted(e.obj.obj.clone())),
-        (_, true, true) => Some(WatchEvent::Modified(e.obj.obj.clone())),
-        (_, false, true) => Some(WatchEvent::Added(e.obj.obj.clone())),
-        (_, true, false) => Some(WatchEvent::Deleted(e.obj.obj.clone())),
+        (Change::Deleted, true, _) => Some(Queued::Object(Change::Deleted, e.obj.clone(), Some(e.revision))),
+        (_, true, true) => event(Change::Modified),
+        (_, false, true) => event(Change::Added),
+        (_, true, false) => event(Change::Deleted),
         _ => None,
     }
 }
 
+/// A past change as the event a watcher with this filter sees, decoding what it must.
+fn replay(filter: &Filter, past: Past, current: Option<Arc<Cached>>) -> Option<Queued> {
+    let decode = |bytes: &Bytes, revision: Revision| match codec::decode(bytes, revision) {
+        Ok(obj) => Some(Arc::new(Cached::stored(past.key.clone(), obj, bytes.clone(), revision))),
+        Err(error) => {
+            tracing::warn!(key = %past.key, %error, "undecodable object in the watch history skipped");
+            None
+        }
+    };
+    let obj = match (past.change, current) {
+        (Change::Deleted, _) => decode(past.prev.as_ref()?, past.revision)?,
+        (_, Some(c)) => c,
+        (_, None) => decode(past.obj.as_ref()?, past.revision)?,
+    };
+    // The key already matched the namespace; without label or field selectors the previous
+    // version matched too, and need not be decoded.
+    let prev = if filter.selective() {
+        match past.prev.as_ref() {
+            Some(_) if past.change == Change::Deleted => Some(obj.clone()),
+            Some(bytes) => Some(decode(bytes, 0)?),
+            None => None,
+        }
+    } else {
+        past.prev.as_ref().map(|_| obj.clone())
+    };
+    translate(filter, &CacheEvent { revision: past.revision, change: past.change, obj, prev })
+}
+
 /// Sends to a watcher; false when the watcher is gone or too slow (then it is ended).
-fn send(w: &Watcher, ev: WatchEvent<DynamicObject>) -> bool {
+fn send(w: &Watcher, ev: Queued) -> bool {
     match w.tx.try_send(ev) {
         Ok(()) => true,
         Err(mpsc::error::TrySendError::Closed(_)) => false,

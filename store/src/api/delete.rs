@@ -4,7 +4,6 @@ use super::ApiServer;
 use super::admission::{Attributes, Operation};
 use super::codec;
 use super::strategy::{Kind, Rules};
-use super::write::now;
 use crate::storage::StorageError;
 use bosun_core::k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use bosun_core::k8s_openapi::jiff::{SignedDuration, Timestamp};
@@ -120,7 +119,7 @@ impl ApiServer {
                 }
             }
             obj.metadata.finalizers = (!finalizers.is_empty()).then_some(finalizers);
-            let now_ts = now();
+            let now_ts = self.now();
             if !deleting {
                 let at = if grace > 0 { Time(now_ts.0.checked_add(SignedDuration::from_secs(grace)).unwrap_or(now_ts.0)) } else { now_ts };
                 obj.metadata.deletion_timestamp = Some(at);

@@ -33,6 +33,8 @@ pub use read::EncodedList;
 
 use crate::http::{NodeConnector, ResourceCatalog};
 use crate::storage::{MemoryStorage, RangeRequest, Storage};
+use bosun_core::k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use bosun_core::k8s_openapi::jiff::Timestamp;
 use bosun_core::{ApiResource, DynamicObject, Result};
 use cache::{CacheOptions, KindCache};
 use registry::Registry;
@@ -60,7 +62,12 @@ pub struct ApiServer {
     event_ttl: Duration,
     event_lease: tokio::sync::Mutex<Option<(crate::storage::LeaseId, std::time::Instant)>>,
     bootstrap: OnceCell<()>,
+    clock: Option<Clock>,
 }
+
+/// Where an [`ApiServer`] reads the time it stamps on objects (`creationTimestamp`,
+/// `deletionTimestamp`, condition transition times): see [`ApiServerBuilder::clock`].
+pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
 
 impl std::fmt::Debug for ApiServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -88,6 +95,7 @@ pub struct ApiServerBuilder {
     nodes: Option<Arc<dyn NodeConnector>>,
     metrics: Option<Arc<dyn metrics::MetricsSource>>,
     event_ttl: Duration,
+    clock: Option<Clock>,
 }
 
 impl std::fmt::Debug for ApiServerBuilder {
@@ -164,6 +172,14 @@ impl ApiServerBuilder {
         self
     }
 
+    /// Reads the time from `clock` instead of the system clock (default), e.g. a test harness's
+    /// virtual clock, so that the timestamps the server stamps agree with it. Timestamps keep
+    /// Kubernetes' second precision.
+    pub fn clock(mut self, clock: impl Fn() -> Timestamp + Send + Sync + 'static) -> Self {
+        self.clock = Some(Arc::new(clock));
+        self
+    }
+
     /// Builds the server. Fails only on an invalid cluster IP range.
     pub fn build(self) -> std::result::Result<Arc<ApiServer>, ParseRangeError> {
         let ips = alloc::Allocator::ips(&self.cluster_ip_range)?;
@@ -186,6 +202,7 @@ impl ApiServerBuilder {
             event_ttl: self.event_ttl,
             event_lease: tokio::sync::Mutex::new(None),
             bootstrap: OnceCell::new(),
+            clock: self.clock,
         }))
     }
 }
@@ -202,6 +219,7 @@ impl ApiServer {
             nodes: None,
             metrics: None,
             event_ttl: Duration::from_secs(3600),
+            clock: None,
         }
     }
 
@@ -212,6 +230,22 @@ impl ApiServer {
             // The default range is a constant that parses.
             Err(e) => unreachable!("default cluster IP range: {e}"),
         }
+    }
+
+    /// Now, from the server's clock, at the second precision Kubernetes timestamps have.
+    pub(crate) fn now(&self) -> Time {
+        match &self.clock {
+            Some(clock) => {
+                let t = clock();
+                Time(Timestamp::from_second(t.as_second()).unwrap_or(t))
+            }
+            None => write::now(),
+        }
+    }
+
+    /// [`ApiServer::now`] as RFC 3339 text.
+    pub(crate) fn now_text(&self) -> String {
+        serde_json::to_value(self.now()).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
     }
 
     /// The node connection behind `pods/log` and `pods/exec`, if one was given.

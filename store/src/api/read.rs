@@ -1,7 +1,7 @@
 //! Reads: get, list (resourceVersion semantics, pagination with continue tokens) and watch.
 
 use super::ApiServer;
-use super::cache::{Cached, Filter, Registration, Start};
+use super::cache::{Cached, Filter, Queued, Registration, Start};
 use super::codec;
 use super::strategy::{Kind, Rules};
 use crate::storage::{RangeRequest, Revision};
@@ -305,14 +305,18 @@ impl ApiServer {
         let Registration { initial, revision, rx, overflow } = reg;
         let custom = kind.rules == Rules::Custom;
         let resource = kind.resource.clone();
-        let mut head: Vec<bosun_core::Result<WatchEvent<DynamicObject>>> = Vec::with_capacity(initial.len() + 1);
-        head.extend(initial.into_iter().map(|e| Ok(if custom { retype(e, &resource) } else { e })));
-        if params.send_initial_events {
+        // Events are copied out of the cache (and past ones decoded) only as the watcher takes them.
+        let initial_end = params.send_initial_events.then(|| {
             let mut annotations = BTreeMap::new();
             annotations.insert(Bookmark::INITIAL_EVENTS_END.to_owned(), "true".to_owned());
-            head.push(Ok(WatchEvent::Bookmark(Bookmark { resource_version: revision.to_string(), annotations })));
-        }
-        let tail = tokio_stream::wrappers::ReceiverStream::new(rx).map(move |ev| Ok(if custom { retype(ev, &resource) } else { ev }));
+            WatchEvent::Bookmark(Bookmark { resource_version: revision.to_string(), annotations })
+        });
+        let present = move |ev: WatchEvent<DynamicObject>| Ok(if custom { retype(ev, &resource) } else { ev });
+        let head = futures::stream::iter(initial)
+            .filter_map(|i| futures::future::ready(i.resolve().map(Queued::into_event)))
+            .chain(futures::stream::iter(initial_end))
+            .map(present.clone());
+        let tail = tokio_stream::wrappers::ReceiverStream::new(rx).map(move |q| present(q.into_event()));
         let plural = kind.resource.plural.to_string();
         let end = futures::stream::once(async move {
             overflow.load(Ordering::SeqCst).then(|| {
@@ -322,7 +326,7 @@ impl ApiServer {
             })
         })
         .filter_map(futures::future::ready);
-        let stream = futures::stream::iter(head).chain(tail).chain(end);
+        let stream = head.chain(tail).chain(end);
         Ok(match params.timeout_seconds.filter(|t| *t > 0) {
             Some(t) => stream.take_until(tokio::time::sleep(std::time::Duration::from_secs(u64::from(t)))).boxed(),
             None => stream.boxed(),

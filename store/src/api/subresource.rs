@@ -3,7 +3,7 @@
 
 use super::ApiServer;
 use super::strategy::{Kind, Rules};
-use super::write::{Change, now_text};
+use super::write::Change;
 use bosun_core::{DeleteParams, DynamicObject, Error, FieldError, LabelSelector, Patch, PostParams, Result, TypeMeta};
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -228,7 +228,7 @@ impl ApiServer {
         }
         let annotations = body.get("metadata").and_then(|m| m.get("annotations")).and_then(Value::as_object).cloned();
         let uid = body.get("metadata").and_then(|m| m.get("uid")).and_then(Value::as_str).map(str::to_owned);
-        let at = now_text();
+        let at = self.now_text();
         let change = Change { subresource: Some("binding"), dry_run: params.dry_run, validation: None, manager: None, applied: false };
         self.update_object(kind, ns, name, change, &|cur| {
             if let Some(uid) = uid.as_deref()
@@ -332,7 +332,7 @@ impl ApiServer {
                 }
                 let rv = pdb.metadata.resource_version.clone();
                 let pod_name = pod.metadata.name.clone().unwrap_or_default();
-                let at = now_text();
+                let at = self.now_text();
                 let change = Change { subresource: Some("status"), dry_run, validation: None, manager: None, applied: false };
                 self.update_object(&pdb_kind, ns, &pdb_name, change, &|cur| {
                     let mut obj = cur.clone();

@@ -16,7 +16,7 @@ use std::sync::Arc;
 /// Attempts of a write whose compare-and-swap lost to a concurrent writer before giving up.
 const MAX_ATTEMPTS: usize = 32;
 
-/// Now, at the second precision Kubernetes timestamps have.
+/// Now from the system clock, at the second precision Kubernetes timestamps have.
 pub(crate) fn now() -> Time {
     let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     Time(Timestamp::from_second(i64::try_from(secs).unwrap_or(0)).unwrap_or(Timestamp::UNIX_EPOCH))
@@ -203,7 +203,7 @@ impl ApiServer {
         }
         let meta = &mut obj.metadata;
         meta.uid = Some(uuid());
-        meta.creation_timestamp = Some(now());
+        meta.creation_timestamp = Some(self.now());
         meta.generation = Some(1);
         meta.resource_version = None;
         meta.deletion_timestamp = None;
@@ -231,7 +231,7 @@ impl ApiServer {
             }
         }
         if kind.rules == Rules::CustomResourceDefinition {
-            let status = crd::accepted_status(&obj, &now_text());
+            let status = crd::accepted_status(&obj, &self.now_text());
             if let Some(map) = obj.data.as_object_mut() {
                 map.insert("status".into(), status);
             }
@@ -292,12 +292,22 @@ impl ApiServer {
             return Err(Error::bad_request("a namespace must be specified for a namespaced resource"));
         }
         let key = codec::key(&kind.resource, ns, name);
+        let cache = self.cache(kind);
         for _ in 0..MAX_ATTEMPTS {
             let Some(kv) = self.storage.get(&key).await.map_err(codec::storage_error)? else {
                 return Err(Error::not_found(&kind.resource.group, &kind.resource.plural, name));
             };
-            let current = codec::decode(&kv.value, kv.mod_revision)?;
-            let mut obj = mutate(&current)?;
+            // The watch cache usually holds this very version already decoded.
+            let cached = cache.get(&key).filter(|c| c.revision == kv.mod_revision);
+            let decoded;
+            let current: &DynamicObject = match &cached {
+                Some(c) => &c.obj,
+                None => {
+                    decoded = codec::decode(&kv.value, kv.mod_revision)?;
+                    &decoded
+                }
+            };
+            let mut obj = mutate(current)?;
             if obj.metadata.name.as_deref().is_some_and(|n| !n.is_empty() && n != name) {
                 return Err(Error::bad_request(format!(
                     "the name of the object ({}) does not match the name on the URL ({name})",
@@ -342,8 +352,8 @@ impl ApiServer {
                 }
             }
             match change.subresource {
-                None => kind.prepare_update(&mut obj, &current),
-                Some("status") => kind.prepare_status_update(&mut obj, &current),
+                None => kind.prepare_update(&mut obj, current),
+                Some("status") => kind.prepare_status_update(&mut obj, current),
                 Some(_) => {}
             }
             // A finalizer may not be added to an object that is going away.
@@ -367,7 +377,7 @@ impl ApiServer {
                 kind.default(&mut obj, false)?;
             }
             if kind.rules == Rules::Service {
-                carry_service_allocations(&mut obj, &current);
+                carry_service_allocations(&mut obj, current);
             }
             let attrs = Attributes {
                 operation: Operation::Update,
@@ -377,11 +387,11 @@ impl ApiServer {
                 name,
                 dry_run: change.dry_run,
             };
-            self.admit(&attrs, &mut obj, Some(&current)).await?;
+            self.admit(&attrs, &mut obj, Some(current)).await?;
             if !binding {
-                kind.validate(&obj, Some(&current), self.node_ports)?;
+                kind.validate(&obj, Some(current), self.node_ports)?;
             }
-            self.admit_validate(&attrs, &obj, Some(&current)).await?;
+            self.admit_validate(&attrs, &obj, Some(current)).await?;
             if spec_changed(&obj.data, &current.data) {
                 obj.metadata.generation = Some(current.metadata.generation.unwrap_or(0) + 1);
             }
@@ -390,10 +400,10 @@ impl ApiServer {
             let tracked = current.metadata.managed_fields.as_ref().is_some_and(|m| !m.is_empty());
             let manager = change.manager.filter(|m| !m.is_empty()).or(tracked.then_some("unknown"));
             if let Some(manager) = manager.filter(|_| !change.applied && change.subresource != Some("binding")) {
-                self.record_fields(kind, Some(&current), &mut obj, manager, change.subresource)?;
+                self.record_fields(kind, Some(current), &mut obj, manager, change.subresource)?;
             }
             if obj.metadata == current.metadata && obj.data == current.data && obj.types == current.types {
-                let mut same = current;
+                let mut same = current.clone();
                 self.present(kind, &mut same);
                 return Ok(same);
             }
@@ -417,7 +427,7 @@ impl ApiServer {
                     Err(e) => return Err(codec::storage_error(e)),
                 }
             }
-            let allocated = if kind.rules == Rules::Service { self.allocate_service(&mut obj, Some(&current)).await? } else { Vec::new() };
+            let allocated = if kind.rules == Rules::Service { self.allocate_service(&mut obj, Some(current)).await? } else { Vec::new() };
             let bytes = codec::encode(&mut obj)?;
             let lease = if kv.lease.is_some() { self.lease_for(kind).await } else { None };
             match self.storage.update(&key, bytes, kv.mod_revision, lease).await {
@@ -425,7 +435,7 @@ impl ApiServer {
                     obj.metadata.resource_version = Some(new.mod_revision.to_string());
                     self.cache(kind).written(&key, new.mod_revision, &obj);
                     if kind.rules == Rules::Service {
-                        self.release(&released_service_values(&current, &obj)).await;
+                        self.release(&released_service_values(current, &obj)).await;
                     }
                     if kind.rules == Rules::CustomResourceDefinition {
                         self.serve_definition(&obj).await;
@@ -601,9 +611,6 @@ fn namespace_finalizers_left(obj: &DynamicObject) -> bool {
     obj.data.get("spec").and_then(|s| s.get("finalizers")).and_then(Value::as_array).is_some_and(|f| !f.is_empty())
 }
 
-pub(crate) fn now_text() -> String {
-    serde_json::to_value(now()).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
-}
 
 /// On update, a Service keeps its allocated cluster IP and node ports when the body leaves them out.
 fn carry_service_allocations(obj: &mut DynamicObject, old: &DynamicObject) {

@@ -92,6 +92,57 @@ async fn watchers_see_objects_enter_and_leave_their_selection() -> TestResult {
     Ok(())
 }
 
+/// A watch resuming from a past version is served from the watch cache's history, which keeps
+/// stored bytes: every event must read back as the version it wrote, with selections applied to
+/// both the old and the new version.
+#[tokio::test]
+async fn a_watch_resuming_from_the_history_sees_objects_enter_and_leave_its_selection() -> TestResult {
+    let c = client();
+    let pods = Api::<Pod>::namespaced(c.clone(), "default");
+    pods.create(&pod("stays"), &PostParams::default()).await?;
+    pods.create(&pod("moves"), &PostParams::default()).await?;
+    let start = pods.list(&ListParams::default()).await?.resource_version().to_owned();
+    pods.bind("moves", "n1").await?;
+    pods.create(&pod("late"), &PostParams::default()).await?;
+    pods.patch("stays", &Patch::Merge(json!({"metadata": {"labels": {"tier": "front"}}})), &PatchParams::default()).await?;
+    pods.delete("late", &DeleteParams::default()).await?;
+    let all = Api::<Pod>::all(c.clone());
+    let node = |p: &Pod| p.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default();
+    let describe = |ev: &WatchEvent<Pod>| match ev {
+        WatchEvent::Added(p) => format!("added {} on '{}'", name_of(ev), node(p)),
+        WatchEvent::Modified(p) => format!("modified {} on '{}'", name_of(ev), node(p)),
+        WatchEvent::Deleted(p) => format!("deleted {} on '{}'", name_of(ev), node(p)),
+        other => format!("{other:?}"),
+    };
+    let mut seen = Vec::new();
+    let mut unbound = all.watch(&WatchParams::default().fields("spec.nodeName=").from_version(start.clone())).await?;
+    for _ in 0..4 {
+        seen.push(describe(&next_event(&mut unbound).await?));
+    }
+    assert_eq!(seen, ["deleted moves on 'n1'", "added late on ''", "modified stays on ''", "deleted late on ''"]);
+    let mut on_node = all.watch(&WatchParams::default().fields("spec.nodeName=n1").from_version(start.clone())).await?;
+    assert_eq!(describe(&next_event(&mut on_node).await?), "added moves on 'n1'");
+    let mut labelled = all.watch(&WatchParams::default().labels("tier=front").from_version(start.clone())).await?;
+    let ev = next_event(&mut labelled).await?;
+    assert_eq!(describe(&ev), "added stays on ''");
+    let WatchEvent::Added(stays) = ev else { return Err("not added".into()) };
+    assert_eq!(stays.metadata.labels.unwrap_or_default().get("tier").map(String::as_str), Some("front"));
+    let mut everything = all.watch(&WatchParams::default().from_version(start)).await?;
+    let mut versions = Vec::new();
+    seen.clear();
+    for _ in 0..4 {
+        let ev = next_event(&mut everything).await?;
+        if let WatchEvent::Added(p) | WatchEvent::Modified(p) | WatchEvent::Deleted(p) = &ev {
+            versions.push(p.metadata.resource_version.clone().unwrap_or_default().parse::<i64>()?);
+        }
+        seen.push(describe(&ev));
+    }
+    assert_eq!(seen, ["modified moves on 'n1'", "added late on ''", "modified stays on ''", "deleted late on ''"]);
+    // Each event carries the version of its own change, the deletion's included.
+    assert!(versions.windows(2).all(|w| w[0] < w[1]), "{versions:?}");
+    Ok(())
+}
+
 #[tokio::test]
 async fn bookmarks_come_when_asked_for() -> TestResult {
     let server =
