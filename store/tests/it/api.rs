@@ -103,6 +103,33 @@ async fn create_fills_in_server_fields_and_defaults() -> TestResult {
     Ok(())
 }
 
+/// A server given a clock stamps its time, not the system's, on what it creates, deletes and binds.
+#[tokio::test]
+async fn timestamps_come_from_the_servers_clock() -> TestResult {
+    use bosun_core::k8s_openapi::jiff::Timestamp;
+    let t0 = Timestamp::from_second(1_000_000_000)?;
+    let now = Arc::new(std::sync::Mutex::new(t0));
+    let clock = now.clone();
+    let server = ApiServer::builder(Arc::new(bosun_store::MemoryStorage::new()))
+        .clock(move || *clock.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+        .build()?;
+    let pods = Api::<Pod>::namespaced(server.clone(), "default");
+    let created = pods.create(&pod("p"), &PostParams::default()).await?;
+    assert_eq!(created.metadata.creation_timestamp.map(|t| t.0), Some(t0));
+    // Sub-second parts are cut, as Kubernetes timestamps have second precision.
+    let later = Timestamp::from_millisecond(1_000_000_060_500)?;
+    *now.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = later;
+    pods.bind("p", "n1").await?;
+    let bound = pods.get("p").await?;
+    let scheduled = bound.status.and_then(|s| s.conditions).unwrap_or_default().into_iter().find(|c| c.type_ == "PodScheduled");
+    assert_eq!(scheduled.and_then(|c| c.last_transition_time).map(|t| t.0), Some(Timestamp::from_second(1_000_000_060)?));
+    pods.delete("p", &DeleteParams::default()).await?;
+    let deleting = pods.get("p").await?;
+    // The default grace period of 30 s runs from the server's now.
+    assert_eq!(deleting.metadata.deletion_timestamp.map(|t| t.0), Some(Timestamp::from_second(1_000_000_090)?));
+    Ok(())
+}
+
 #[tokio::test]
 async fn generate_name_and_duplicates() -> TestResult {
     let cms = Api::<ConfigMap>::namespaced(client(), "default");
