@@ -196,6 +196,12 @@ pub struct ContainerConfig {
     pub read_only_rootfs: bool,
     /// User id to run as (`None`: the runtime's default).
     pub run_as_user: Option<u32>,
+    /// Group id to run as (`runAsGroup`; `None`: the runtime's default).
+    #[serde(default)]
+    pub run_as_group: Option<u32>,
+    /// Additional groups of the process (`supplementalGroups`, plus the pod's `fsGroup`).
+    #[serde(default)]
+    pub supplemental_groups: Vec<u32>,
     /// Keep a standard input open for attach sessions (the container's `stdin`); otherwise it
     /// reads end-of-file.
     #[serde(default)]

@@ -405,6 +405,7 @@ impl ContainerRuntime for ProcessRuntime {
         if argv.is_empty() {
             argv.push(record.config.image.name.clone());
         }
+        let argv = [identity_prefix(&record.config), argv].concat();
         let mut cmd = self.command_for(&record.config, &argv)?;
         let config = &record.config;
         // With `tty` the container's standard streams are a terminal of its own: `setsid --ctty`
@@ -751,8 +752,9 @@ impl ProcessRuntime {
         }
         let sandbox = self.sandbox_status(&record.status.sandbox_id).await?;
         let dir = record.config.working_dir.clone().unwrap_or_else(|| "/".into());
+        let cmd = [identity_prefix(&record.config), cmd.to_vec()].concat();
         let argv = if record.config.mounts.is_empty() {
-            cmd.to_vec()
+            cmd
         } else {
             // Join the container's mount namespace so that volumes look the same.
             let mut argv = vec!["nsenter".to_string(), "-t".into(), pid.to_string(), "-m".into()];
@@ -798,6 +800,31 @@ pub(crate) fn tty_session(
         }),
         resize: Some(resize),
     })
+}
+
+/// What runs a container's command as its user, group and supplemental groups (`runAsUser`,
+/// `runAsGroup`, `supplementalGroups` and `fsGroup`): util-linux `setpriv`, inside the mount
+/// wrapper so that mounts are made first. Only where privileges allow (the agent runs as root);
+/// otherwise commands run as the agent's own user.
+fn identity_prefix(config: &ContainerConfig) -> Vec<String> {
+    if config.run_as_user.is_none() && config.run_as_group.is_none() && config.supplemental_groups.is_empty() {
+        return Vec::new();
+    }
+    if !rustix::process::geteuid().is_root() {
+        tracing::debug!(container = %config.name, "not root: the container runs as the agent's user, not its runAsUser/runAsGroup");
+        return Vec::new();
+    }
+    let uid = config.run_as_user.unwrap_or(0);
+    let gid = config.run_as_group.unwrap_or(uid);
+    let mut argv = vec!["setpriv".to_string(), format!("--reuid={uid}"), format!("--regid={gid}")];
+    if config.supplemental_groups.is_empty() {
+        argv.push("--clear-groups".into());
+    } else {
+        let groups: Vec<String> = config.supplemental_groups.iter().map(u32::to_string).collect();
+        argv.push(format!("--groups={}", groups.join(",")));
+    }
+    argv.push("--".into());
+    argv
 }
 
 /// An attach session to a container in `state` with `point` (`None` when the container is unknown).

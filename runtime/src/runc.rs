@@ -463,11 +463,12 @@ impl RuncRuntime {
             resources["memory"] = serde_json::json!({ "limit": mem });
         }
         let uid = config.run_as_user.unwrap_or(0);
+        let gid = config.run_as_group.unwrap_or(if uid == 0 { 0 } else { uid });
         serde_json::json!({
             "ociVersion": "1.0.2",
             "process": {
                 "terminal": config.tty,
-                "user": { "uid": uid, "gid": if uid == 0 { 0 } else { uid } },
+                "user": { "uid": uid, "gid": gid, "additionalGids": config.supplemental_groups },
                 "args": argv,
                 "env": dedup.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
                 "cwd": config.working_dir.clone().or(config.image.working_dir.clone()).unwrap_or_else(|| "/".into()),

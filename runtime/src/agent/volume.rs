@@ -146,10 +146,19 @@ async fn prepare_one(
         })?;
         return host_path(name, Path::new(&path), "DirectoryOrCreate");
     }
-    std::fs::create_dir_all(&dir).map_err(io(name))?;
-    if vol.empty_dir.is_some() {
+    let fs_group = pod.spec.as_ref().and_then(|s| s.security_context.as_ref()).and_then(|s| s.fs_group).and_then(|g| u32::try_from(g).ok());
+    if let Some(ed) = &vol.empty_dir {
+        if ed.medium.as_deref() == Some("Memory") {
+            memory_dir(name, &dir, memory_size(pod, ed.size_limit.as_ref()), pod.metadata.uid.as_deref().unwrap_or_default()).await?;
+        } else {
+            std::fs::create_dir_all(&dir).map_err(io(name))?;
+        }
+        if let Some(group) = fs_group {
+            set_ownership(&dir, group, false);
+        }
         return Ok(dir);
     }
+    std::fs::create_dir_all(&dir).map_err(io(name))?;
     let mut files: BTreeMap<String, (Vec<u8>, u32)> = BTreeMap::new();
     if let Some(cm) = &vol.config_map {
         let data = cache.config_map(&cm.name).await.map_err(|e| VolumeError::Invalid { volume: name.into(), message: e.to_string() })?;
@@ -197,7 +206,162 @@ async fn prepare_one(
         return Err(VolumeError::Invalid { volume: name.into(), message: "unsupported volume source".into() });
     }
     write_atomic(name, &dir, &files)?;
+    if let Some(group) = fs_group {
+        set_ownership(&dir, group, true);
+    }
     Ok(dir)
+}
+
+/// `TMPFS_MAGIC` of statfs(2).
+const TMPFS_MAGIC: i64 = 0x0102_1994;
+
+/// Whether a directory is the root of a mount (its device differs from its parent's).
+fn is_mount_point(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let (Ok(own), Some(Ok(parent))) = (std::fs::symlink_metadata(path), path.parent().map(std::fs::metadata)) else { return false };
+    own.is_dir() && own.dev() != parent.dev()
+}
+
+/// Whether `path` lies on a tmpfs.
+// `f_type`'s integer type differs between architectures; the conversion is a no-op on x86-64.
+#[allow(clippy::useless_conversion)]
+pub fn on_tmpfs(path: &Path) -> bool {
+    rustix::fs::statfs(path).is_ok_and(|s| i64::from(s.f_type) == TMPFS_MAGIC)
+}
+
+/// The size of a memory-backed emptyDir, as the kubelet sizes it: its `sizeLimit`, capped by the
+/// pod's memory limit when every container has one (the volume's pages count against it).
+/// `None`: tmpfs's default.
+fn memory_size(pod: &Pod, size_limit: Option<&bosun_core::k8s_openapi::apimachinery::pkg::api::resource::Quantity>) -> Option<u64> {
+    let limit = size_limit.and_then(|q| bosun_core::Quantity::parse(&q.0).ok()).and_then(|q| u64::try_from(q.value()).ok());
+    let containers = pod.spec.as_ref().map(|s| s.containers.as_slice()).unwrap_or_default();
+    let pod_limit = containers
+        .iter()
+        .map(|c| {
+            let q = c.resources.as_ref()?.limits.as_ref()?.get("memory")?;
+            u64::try_from(bosun_core::Quantity::parse(&q.0).ok()?.value()).ok()
+        })
+        .sum::<Option<u64>>()
+        .filter(|_| !containers.is_empty());
+    match (limit, pod_limit) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Makes `dir` a memory-backed directory: a tmpfs mounted there (of `size` bytes) where the
+/// agent may mount (root); otherwise a link to a directory under `/dev/shm`, the tmpfs every
+/// Linux machine has, so that its contents still live in memory.
+async fn memory_dir(volume: &str, dir: &Path, size: Option<u64>, pod_uid: &str) -> Result<(), VolumeError> {
+    if dir.is_symlink() || (on_tmpfs(dir) && is_mount_point(dir)) {
+        return Ok(());
+    }
+    if rustix::process::geteuid().is_root() {
+        std::fs::create_dir_all(dir).map_err(io(volume))?;
+        let mut options = String::from("mode=0777");
+        if let Some(size) = size {
+            options.push_str(&format!(",size={size}"));
+        }
+        let out = tokio::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &options, "tmpfs"])
+            .arg(dir)
+            .output()
+            .await
+            .map_err(io(volume))?;
+        if out.status.success() {
+            return Ok(());
+        }
+        tracing::warn!(volume, stderr = %String::from_utf8_lossy(&out.stderr), "cannot mount a tmpfs; using /dev/shm");
+    }
+    let shm = Path::new("/dev/shm").join(format!("bosun-{pod_uid}-{volume}"));
+    std::fs::create_dir_all(&shm).map_err(io(volume))?;
+    let _ = std::fs::remove_dir(dir);
+    match std::os::unix::fs::symlink(&shm, dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(io(volume)(e)),
+        _ => Ok(()),
+    }
+}
+
+/// Gives a volume to the pod's `fsGroup`, the kubelet's way: every file and directory belongs to
+/// the group and is group-readable (and writable unless `read_only`); directories are
+/// group-searchable and setgid, so that new files inherit the group. Best effort: without the
+/// privilege to change a group the volume stays as it is.
+fn set_ownership(dir: &Path, group: u32, read_only: bool) {
+    let mask = if read_only { 0o440 } else { 0o660 };
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        let Ok(meta) = std::fs::symlink_metadata(&path) else { continue };
+        if meta.file_type().is_symlink() {
+            continue;
+        }
+        if let Err(error) = std::os::unix::fs::lchown(&path, None, Some(group)) {
+            tracing::debug!(%error, path = %path.display(), group, "cannot give the volume to its fsGroup");
+            return;
+        }
+        let mut mode = meta.permissions().mode() | mask;
+        if meta.is_dir() {
+            mode |= 0o2000 | 0o110;
+            if let Ok(entries) = std::fs::read_dir(&path) {
+                stack.extend(entries.flatten().map(|e| e.path()));
+            }
+        }
+        let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode));
+    }
+}
+
+/// The first emptyDir of `pod` whose contents exceed its `sizeLimit`, with the kubelet's
+/// eviction message.
+pub fn over_size_limit(pod: &Pod, pod_dir: &Path) -> Option<String> {
+    for vol in pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
+        let Some(limit) = vol.empty_dir.as_ref().and_then(|e| e.size_limit.as_ref()) else { continue };
+        let Ok(bytes) = bosun_core::Quantity::parse(&limit.0).map(|q| q.value()) else { continue };
+        let used = disk_usage(&pod_dir.join("volumes").join(&vol.name));
+        if i128::from(used) > i128::from(bytes) {
+            return Some(format!("Usage of EmptyDir volume {:?} exceeds the limit {:?}. ", vol.name, limit.0));
+        }
+    }
+    None
+}
+
+/// Whether a pod has an emptyDir with a `sizeLimit` to watch.
+pub fn has_size_limits(pod: &Pod) -> bool {
+    pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()).any(|v| v.empty_dir.as_ref().is_some_and(|e| e.size_limit.is_some()))
+}
+
+/// Bytes a directory tree takes on disk (as `du` counts: allocated blocks), following the
+/// directory itself when it is a link (a memory-backed emptyDir under `/dev/shm`).
+fn disk_usage(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0u64;
+    let mut stack = vec![std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf())];
+    while let Some(path) = stack.pop() {
+        let Ok(meta) = std::fs::symlink_metadata(&path) else { continue };
+        total = total.saturating_add(meta.blocks().saturating_mul(512));
+        if meta.is_dir()
+            && let Ok(entries) = std::fs::read_dir(&path)
+        {
+            stack.extend(entries.flatten().map(|e| e.path()));
+        }
+    }
+    total
+}
+
+/// Releases what a pod's volumes hold outside its directory: tmpfs mounts are unmounted and
+/// `/dev/shm` directories removed, so that the directory can go.
+pub async fn teardown(pod_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(pod_dir.join("volumes")) else { return };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_symlink() {
+            if let Ok(target) = std::fs::read_link(&path)
+                && target.starts_with("/dev/shm")
+            {
+                let _ = tokio::fs::remove_dir_all(&target).await;
+            }
+        } else if is_mount_point(&path) {
+            let _ = tokio::process::Command::new("umount").arg(&path).output().await;
+        }
+    }
 }
 
 fn host_path(volume: &str, path: &Path, type_: &str) -> Result<PathBuf, VolumeError> {

@@ -22,6 +22,10 @@ use std::time::Duration;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
+/// How often emptyDir usage is compared with the volumes' `sizeLimit` (the kubelet's eviction
+/// manager runs every 10 s).
+const SIZE_LIMIT_CHECK: Duration = Duration::from_secs(10);
+
 /// What the agent's handle can read about a pod's containers (for logs, exec and usage).
 #[derive(Debug, Default, Clone)]
 pub struct PodShared {
@@ -147,6 +151,8 @@ pub struct Worker {
     start_time: Timestamp,
     /// `start_time` on the tokio clock, for `activeDeadlineSeconds`.
     active_since: Instant,
+    /// When emptyDir usage was last compared with the volumes' `sizeLimit`.
+    limits_checked: Option<Instant>,
     /// A hash of the status last written (transition times aside), to skip no-op writes.
     last_status: Option<u64>,
     last_event: Option<String>,
@@ -194,6 +200,7 @@ impl Worker {
             pod_waiting: None,
             start_time,
             active_since,
+            limits_checked: None,
             last_status: None,
             last_event: None,
             finished: false,
@@ -355,6 +362,24 @@ impl Worker {
         }
         self.refresh().await;
         self.handle_probe_failures().await;
+
+        // emptyDir `sizeLimit`: a pod whose volume outgrows it is evicted, as the kubelet's
+        // eviction manager does (checked every 10 s).
+        if volume::has_size_limits(&self.pod) {
+            if self.limits_checked.is_none_or(|t| now >= t + SIZE_LIMIT_CHECK) {
+                self.limits_checked = Some(now);
+                let (pod, dir) = (self.pod.clone(), self.pod_dir());
+                let over = tokio::task::spawn_blocking(move || volume::over_size_limit(&pod, &dir)).await.ok().flatten();
+                if let Some(message) = over {
+                    self.recorder.warning("Evicted", message.clone());
+                    self.fail("Evicted", message).await;
+                    return None;
+                }
+            }
+            if let Some(t) = self.limits_checked {
+                soon(t + SIZE_LIMIT_CHECK, &mut next);
+            }
+        }
 
         let spec = self.pod.spec.clone().unwrap_or_default();
         let policy = Policy::of(spec.restart_policy.as_deref());
@@ -641,6 +666,7 @@ impl Worker {
         let mut labels = BTreeMap::new();
         labels.insert(POD_UID_LABEL.to_string(), self.pod.metadata.uid.clone().unwrap_or_default());
         labels.insert("io.kubernetes.container.name".to_string(), c.name.clone());
+        let pod_security = self.pod.spec.as_ref().and_then(|s| s.security_context.as_ref());
         let config = ContainerConfig {
             name: c.name.clone(),
             attempt,
@@ -658,6 +684,13 @@ impl Worker {
                 .and_then(|s| s.run_as_user)
                 .or(self.pod.spec.as_ref().and_then(|s| s.security_context.as_ref()).and_then(|s| s.run_as_user))
                 .and_then(|u| u32::try_from(u).ok()),
+            run_as_group: c
+                .security_context
+                .as_ref()
+                .and_then(|s| s.run_as_group)
+                .or(pod_security.and_then(|s| s.run_as_group))
+                .and_then(|g| u32::try_from(g).ok()),
+            supplemental_groups: supplemental_groups(pod_security),
             stdin: c.stdin.unwrap_or(false),
             stdin_once: c.stdin.unwrap_or(false) && c.stdin_once.unwrap_or(false),
             tty: c.tty.unwrap_or(false),
@@ -858,6 +891,7 @@ impl Worker {
         }
         self.slots.clear();
         self.publish_shared();
+        volume::teardown(&self.pod_dir()).await;
         let _ = tokio::fs::remove_dir_all(self.pod_dir()).await;
     }
 
@@ -1022,6 +1056,17 @@ fn pod_dns(spec: &bosun_core::k8s_openapi::api::core::v1::PodSpec, namespace: &s
         }
     }
     dns
+}
+
+/// The additional groups of a pod's processes, as the kubelet gives them: `supplementalGroups`
+/// and the `fsGroup` that owns the pod's volumes.
+fn supplemental_groups(security: Option<&bosun_core::k8s_openapi::api::core::v1::PodSecurityContext>) -> Vec<u32> {
+    let Some(security) = security else { return Vec::new() };
+    let mut groups: Vec<u32> =
+        security.supplemental_groups.iter().flatten().chain(security.fs_group.as_ref()).filter_map(|g| u32::try_from(*g).ok()).collect();
+    groups.sort_unstable();
+    groups.dedup();
+    groups
 }
 
 fn has_generated_volumes(pod: &Pod) -> bool {

@@ -479,3 +479,86 @@ async fn a_pod_active_past_its_deadline_fails_with_deadline_exceeded() {
     assert_eq!(fake.running(), 0);
     assert_eq!(phase(&api.get("bounded").await.expect("pod")), "Failed");
 }
+
+/// The host directory of a pod's volume under the agent's root.
+fn volume_dir(root: &std::path::Path, pod: &Pod, volume: &str) -> std::path::PathBuf {
+    root.join("pods").join(pod.metadata.uid.as_deref().unwrap_or_default()).join("volumes").join(volume)
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_empty_dir_over_its_size_limit_gets_the_pod_evicted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let client = api_server();
+    let fake = FakeRuntime::new();
+    let _node = start_node(&client, "n1", &fake, dir.path()).await;
+    let p = pod(
+        "hoarder",
+        "n1",
+        serde_json::json!({
+            "containers": [{ "name": "app", "image": "x", "volumeMounts": [{ "name": "scratch", "mountPath": "/scratch" }] }],
+            "volumes": [{ "name": "scratch", "emptyDir": { "sizeLimit": "32Ki" } }],
+        }),
+    );
+    let created = create(&client, &p).await;
+    wait_pod(&client, "hoarder", Duration::from_secs(5), Duration::from_millis(100), "running", |p| phase(p) == "Running").await;
+    let scratch = volume_dir(&dir.path().join("n1"), &created, "scratch");
+    std::fs::write(scratch.join("small"), vec![1u8; 4096]).expect("write");
+    tokio::time::sleep(Duration::from_secs(25)).await;
+    let api = Api::<Pod>::namespaced(client.clone(), "default");
+    assert_eq!(phase(&api.get("hoarder").await.expect("pod")), "Running", "within its limit");
+    std::fs::write(scratch.join("big"), vec![1u8; 256 * 1024]).expect("write");
+    let evicted =
+        wait_pod(&client, "hoarder", Duration::from_secs(15), Duration::from_millis(100), "evicted", |p| phase(p) == "Failed").await;
+    let status = evicted.status.clone().expect("status");
+    assert_eq!(status.reason.as_deref(), Some("Evicted"));
+    let message = status.message.unwrap_or_default();
+    assert!(message.contains("Usage of EmptyDir volume \"scratch\" exceeds the limit \"32Ki\""), "{message}");
+    assert_eq!(fake.running(), 0, "the evicted pod's containers were killed");
+}
+
+// Real time: the agent runs `mount`, a real process that paused time would race past.
+#[tokio::test]
+async fn memory_empty_dirs_are_tmpfs_and_volumes_belong_to_the_fs_group() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let client = api_server();
+    let fake = FakeRuntime::new();
+    let _node = start_node(&client, "n1", &fake, dir.path()).await;
+    let root = rustix::process::geteuid().is_root();
+    // Without root a volume can only be given to a group the agent is in.
+    let fs_group = if root { 4321 } else { rustix::process::getegid().as_raw() };
+    let p = pod(
+        "mem",
+        "n1",
+        serde_json::json!({
+            "securityContext": { "fsGroup": fs_group },
+            "containers": [{ "name": "app", "image": "x", "resources": { "limits": { "memory": "64Mi" } },
+                             "volumeMounts": [{ "name": "cache", "mountPath": "/cache" }, { "name": "data", "mountPath": "/data" }] }],
+            "volumes": [{ "name": "cache", "emptyDir": { "medium": "Memory", "sizeLimit": "2Mi" } }, { "name": "data", "emptyDir": {} }],
+        }),
+    );
+    let created = create(&client, &p).await;
+    wait_pod(&client, "mem", Duration::from_secs(5), Duration::from_millis(100), "running", |p| phase(p) == "Running").await;
+    let node_root = dir.path().join("n1");
+    let cache = volume_dir(&node_root, &created, "cache");
+    let stat = rustix::fs::statfs(&cache).expect("statfs");
+    assert!(bosun_runtime::agent::volume::on_tmpfs(&cache), "a memory-backed emptyDir is on a tmpfs");
+    if root && !cache.is_symlink() {
+        assert_eq!(stat.f_blocks * stat.f_bsize as u64, 2 * 1024 * 1024, "the tmpfs is sized to the sizeLimit");
+    }
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    for volume in ["cache", "data"] {
+        let meta = std::fs::metadata(volume_dir(&node_root, &created, volume)).expect("volume dir");
+        assert_eq!(meta.gid(), fs_group, "{volume} belongs to the fsGroup");
+        assert_ne!(meta.permissions().mode() & 0o2000, 0, "{volume} is setgid, so new files join the group");
+        assert_eq!(meta.permissions().mode() & 0o060, 0o060, "{volume} is group-writable");
+    }
+    Api::<Pod>::namespaced(client.clone(), "default")
+        .delete("mem", &DeleteParams { grace_period_seconds: Some(0), ..DeleteParams::default() })
+        .await
+        .expect("delete");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while node_root.join("pods").join(created.metadata.uid.as_deref().unwrap_or_default()).exists() {
+        assert!(tokio::time::Instant::now() < deadline, "the pod's directory (and its tmpfs) goes with the pod");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -153,3 +153,46 @@ async fn a_process_container_with_a_volume_starts_at_once_and_stops_for_real() {
     assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "the process is gone");
     rt.remove_sandbox(&sb).await.expect("remove");
 }
+
+/// The log of an exited container, as text.
+pub async fn exited_log(rt: &dyn ContainerRuntime, id: &bosun_runtime::ContainerId) -> String {
+    use futures::StreamExt as _;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while rt.container_status(id).await.expect("status").state != bosun_runtime::ContainerState::Exited {
+        assert!(std::time::Instant::now() < deadline, "the container did not end");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let mut log = String::new();
+    let mut chunks = rt.logs(id, &bosun_runtime::LogOptions::default()).await.expect("logs");
+    while let Some(chunk) = chunks.next().await {
+        log.push_str(&String::from_utf8_lossy(&chunk.expect("log chunk")));
+    }
+    log
+}
+
+/// `runAsUser`, `runAsGroup` and the supplemental groups (with `fsGroup`) reach the process
+/// runtime's containers where privileges allow (root).
+#[tokio::test]
+async fn a_process_container_runs_as_its_user_group_and_supplemental_groups() {
+    if !rustix::process::geteuid().is_root() {
+        assert!(!crate::support::require_components(), "CI runs as root");
+        eprintln!("SKIPPED: changing a container's user needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = ProcessRuntime::new(dir.path().join("state")).expect("runtime");
+    let sb = rt.run_sandbox(&sandbox_config("ids", &dir.path().join("logs"))).await.expect("sandbox");
+    let config = ContainerConfig {
+        name: "ids".into(),
+        command: vec!["sh".into(), "-c".into(), "echo ids $(id -u) $(id -g) $(id -G)".into()],
+        run_as_user: Some(1000),
+        run_as_group: Some(2000),
+        supplemental_groups: vec![3000, 4000],
+        ..ContainerConfig::default()
+    };
+    let id = rt.create_container(&sb, &config).await.expect("create");
+    rt.start_container(&id).await.expect("start");
+    let log = exited_log(&rt, &id).await;
+    assert!(log.contains("ids 1000 2000 2000 3000 4000"), "{log}");
+    rt.remove_sandbox(&sb).await.expect("remove");
+}

@@ -157,6 +157,27 @@ async fn pods_reach_each_other_over_the_bridge_and_limits_apply() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runc_container_runs_as_its_user_group_and_supplemental_groups() {
+    if !available("a_runc_container_runs_as_its_user_group_and_supplemental_groups") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_images, image) = busybox(dir.path()).await;
+    let rt = runtime(dir.path(), "bosuntst5", "10.89.5.0/24");
+    rt.recover().await.expect("recover");
+    let sb = rt.run_sandbox(&sandbox("ids", &dir.path().join("pods"))).await.expect("sandbox");
+    let mut cfg = sh("ids", &image, "echo ids $(id -u) $(id -g) $(id -G)");
+    cfg.run_as_user = Some(1000);
+    cfg.run_as_group = Some(2000);
+    cfg.supplemental_groups = vec![3000, 4000];
+    let id = rt.create_container(&sb, &cfg).await.expect("create");
+    rt.start_container(&id).await.expect("start");
+    let log = crate::conformance::exited_log(&rt, &id).await;
+    assert!(log.contains("ids 1000 2000 2000 3000 4000"), "{log}");
+    rt.remove_sandbox(&sb).await.expect("remove");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oom_kill_is_reported_as_oom_killed() {
     if !available("an_oom_kill_is_reported_as_oom_killed") {
         return;
