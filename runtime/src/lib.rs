@@ -22,8 +22,9 @@ pub mod sys;
 
 pub use agent::{NodeAgent, NodeAgentConfig, NodeHandle};
 pub use cri::{
-    AttachSession, Capabilities, ContainerConfig, ContainerFilter, ContainerId, ContainerRuntime, ContainerState, ContainerStats, ContainerStatus,
-    EventKind, ExecResult, ExecSession, LogOptions, Mount, RuntimeEvent, SandboxConfig, SandboxId, SandboxState, SandboxStatus,
+    AttachSession, Capabilities, ContainerConfig, ContainerFilter, ContainerId, ContainerRuntime, ContainerState, ContainerStats,
+    ContainerStatus, EventKind, ExecResult, ExecSession, LogOptions, Mount, RuntimeEvent, SandboxConfig, SandboxId, SandboxState,
+    SandboxStatus,
 };
 pub use error::{Result, RuntimeError};
 pub use fake::{FakeRuntime, FakeScript};
