@@ -76,8 +76,12 @@ pub struct NodeAgentConfig {
     pub backoff: Arc<dyn RestartBackoff>,
     /// Record Kubernetes Events about pods. Default true.
     pub record_events: bool,
-    /// Read memory and disk pressure from this machine. Default true.
+    /// Read memory, disk and PID pressure from this machine. Default true.
     pub measure_pressure: bool,
+    /// The hard eviction threshold of the `pid.available` signal, as a fraction of the node's
+    /// task capacity (`min(pid_max, threads-max)`): with fewer tasks than that left, the node
+    /// reports `PIDPressure` (the kubelet's `--eviction-hard=pid.available<10%`). Default 0.1.
+    pub pid_available_threshold: f64,
     /// Where the pods bound to this node come from. Default `None`: the agent's own
     /// [`NodeWatch`] (a watch of `spec.nodeName=<node>`); agents in one process may share a
     /// [`feed::SharedPodFeed`].
@@ -117,6 +121,7 @@ impl NodeAgentConfig {
             backoff: Arc::new(DoublingBackoff::kubernetes()),
             record_events: true,
             measure_pressure: true,
+            pid_available_threshold: 0.1,
             pod_source: None,
             cluster_dns: Vec::new(),
             cluster_domain: "cluster.local".into(),
@@ -211,6 +216,12 @@ impl NodeAgentConfig {
     /// Turns Event recording on or off (default on).
     pub fn record_events(mut self, on: bool) -> Self {
         self.record_events = on;
+        self
+    }
+
+    /// The `pid.available` eviction threshold as a fraction of the task capacity (default 0.1).
+    pub fn pid_available_threshold(mut self, fraction: f64) -> Self {
+        self.pid_available_threshold = fraction;
         self
     }
 

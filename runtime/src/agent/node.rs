@@ -65,6 +65,7 @@ fn condition(type_: &str, ok: bool, reason: &str, message: &str, now: jiff::Time
 
 /// Node conditions from what the agent can measure (the fake node is always healthy).
 pub fn conditions(config: &NodeAgentConfig, now: jiff::Timestamp) -> Vec<NodeCondition> {
+    let pid_ok = !config.measure_pressure || !pid_pressure(host_tasks(), config.pid_available_threshold);
     let (mem_ok, disk_ok) = if config.measure_pressure {
         let avail_kib = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
             m.lines().find(|l| l.starts_with("MemAvailable:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<u64>().ok())
@@ -89,9 +90,42 @@ pub fn conditions(config: &NodeAgentConfig, now: jiff::Timestamp) -> Vec<NodeCon
             "kubelet has no disk pressure",
             now,
         ),
-        condition("PIDPressure", true, "KubeletHasSufficientPID", "kubelet has sufficient PID available", now),
+        condition(
+            "PIDPressure",
+            pid_ok,
+            if pid_ok { "KubeletHasSufficientPID" } else { "KubeletHasInsufficientPID" },
+            if pid_ok { "kubelet has sufficient PID available" } else { "kubelet has insufficient PID available" },
+            now,
+        ),
         condition("Ready", true, "KubeletReady", "kubelet is posting ready status", now),
     ]
+}
+
+/// The node's task capacity and the tasks in use, as the kubelet measures them for the
+/// `pid.available` signal: the smaller of `kernel.pid_max` and `kernel.threads-max`, and the
+/// task count of `/proc/loadavg` (sysinfo(2) truncates it past 65535). `None` where unreadable.
+pub fn host_tasks() -> Option<(u64, u64)> {
+    let read = |p: &str| std::fs::read_to_string(p).ok().and_then(|s| s.trim().parse::<u64>().ok());
+    let capacity = match (read("/proc/sys/kernel/pid_max"), read("/proc/sys/kernel/threads-max")) {
+        (Some(a), Some(b)) => a.min(b),
+        (a, b) => a.or(b)?,
+    };
+    let in_use = loadavg_tasks(&std::fs::read_to_string("/proc/loadavg").ok()?)?;
+    Some((capacity, in_use))
+}
+
+/// The total task count of a `/proc/loadavg` line (`0.20 0.18 0.12 1/80 11206`: the 80).
+fn loadavg_tasks(loadavg: &str) -> Option<u64> {
+    loadavg.split_whitespace().nth(3)?.split_once('/')?.1.parse().ok()
+}
+
+/// Whether `(capacity, in_use)` tasks leave less than `threshold` (a fraction of the capacity)
+/// available: the `pid.available` hard eviction threshold is met.
+pub fn pid_pressure(tasks: Option<(u64, u64)>, threshold: f64) -> bool {
+    let Some((capacity, in_use)) = tasks else { return false };
+    #[allow(clippy::cast_precision_loss)]
+    let (capacity, available) = (capacity as f64, capacity.saturating_sub(in_use) as f64);
+    available < capacity * threshold
 }
 
 /// The Node object this agent registers.
@@ -277,6 +311,26 @@ pub async fn renew_lease(client: &Arc<dyn Client>, node_name: &str, node_uid: Op
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pid_pressure_follows_the_available_fraction_of_the_task_capacity() {
+        assert_eq!(loadavg_tasks("0.20 0.18 0.12 1/80 11206"), Some(80));
+        assert_eq!(loadavg_tasks("garbage"), None);
+        // 4194304 pids but 1000 threads at most: the smaller limit is the capacity.
+        assert!(!pid_pressure(Some((1000, 899)), 0.1), "101 tasks left of 1000: above 10%");
+        assert!(pid_pressure(Some((1000, 901)), 0.1), "99 tasks left of 1000: under 10%");
+        assert!(pid_pressure(Some((1000, 1200)), 0.1), "over capacity");
+        assert!(!pid_pressure(None, 0.1), "unmeasurable: no pressure");
+        let config = NodeAgentConfig::new("n1", "/nonexistent").pid_available_threshold(1.1);
+        let now = jiff::Timestamp::from_second(1_000).expect("now");
+        let pid = conditions(&config, now).into_iter().find(|c| c.type_ == "PIDPressure").expect("PIDPressure");
+        let measurable = host_tasks().is_some();
+        assert_eq!(pid.status, if measurable { "True" } else { "False" }, "a threshold above the capacity is always met");
+        assert_eq!(pid.reason.as_deref(), Some(if measurable { "KubeletHasInsufficientPID" } else { "KubeletHasSufficientPID" }));
+        let config = config.pid_available_threshold(0.0);
+        let pid = conditions(&config, now).into_iter().find(|c| c.type_ == "PIDPressure").expect("PIDPressure");
+        assert_eq!(pid.status, "False");
+    }
 
     #[test]
     fn unchanged_conditions_keep_their_transition_times_and_are_not_reported_again() {
