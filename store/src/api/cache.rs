@@ -34,59 +34,82 @@ impl Default for CacheOptions {
     }
 }
 
-/// One object as the cache holds it: decoded, with its version, its stored bytes (shared with
-/// the storage that handed them out) and its client-facing JSON, encoded at most once and only
-/// when a client asks for it.
+/// What a list or watch selects objects by: the namespace, the labels and the kind's selectable
+/// fields of one version, kept beside its stored bytes so that a version need not stay decoded.
+#[derive(Debug, Default)]
+pub(crate) struct Attrs {
+    namespace: Option<Box<str>>,
+    labels: Option<BTreeMap<String, String>>,
+    /// `metadata.name` and the kind's selectable fields, each with the value a field selector
+    /// compares (the kind's defaults filled in); empty values are left out.
+    fields: Box<[(&'static str, Box<str>)]>,
+}
+
+impl Attrs {
+    /// The selectable attributes of an object of this kind.
+    pub(crate) fn of(kind: &Kind, obj: &DynamicObject) -> Self {
+        let fields = std::iter::once("metadata.name")
+            .chain(kind.selectable_fields().iter().copied())
+            .filter_map(|f| kind.field_value(obj, f).filter(|v| !v.is_empty()).map(|v| (f, Box::from(v.as_ref()))))
+            .collect();
+        Self { namespace: obj.metadata.namespace.as_deref().map(Box::from), labels: obj.metadata.labels.clone(), fields }
+    }
+
+    /// A field's value ("" when empty or not selectable).
+    fn field(&self, field: &str) -> &str {
+        if field == "metadata.namespace" {
+            return self.namespace.as_deref().unwrap_or("");
+        }
+        self.fields.iter().find(|(f, _)| *f == field).map_or("", |(_, v)| v)
+    }
+}
+
+/// One version of an object as the cache holds it: the bytes storage holds for it (shared with
+/// the storage that handed them out, not copied), its revision and what filters select it by.
+/// A decoded object takes several times the memory of its JSON (a pod ~20 KB against ~3 KB), so
+/// the object is decoded only when a reader takes it.
 #[derive(Debug)]
 pub struct Cached {
     /// The storage key.
     pub(crate) key: Arc<str>,
-    /// The object, `metadata.resourceVersion` set.
-    pub(crate) obj: DynamicObject,
-    /// The revision this version was written at (`0` when not known: not read from storage).
+    /// The revision this version was written at.
     pub(crate) revision: Revision,
     /// The bytes storage holds for this version (without `resourceVersion`).
-    stored: Option<Bytes>,
-    encoded: OnceLock<Bytes>,
+    stored: Bytes,
+    attrs: Attrs,
 }
 
 impl Cached {
-    pub(crate) fn new(key: Arc<str>, obj: DynamicObject) -> Self {
-        Self { key, obj, revision: 0, stored: None, encoded: OnceLock::new() }
+    /// A cache entry for a stored version with its selectable attributes.
+    pub(crate) fn stored(key: Arc<str>, bytes: Bytes, revision: Revision, attrs: Attrs) -> Self {
+        Self { key, revision, stored: bytes, attrs }
     }
 
-    /// A cache entry for a stored version: the stored bytes are kept (they are shared with the
-    /// storage, not copied), and its client-facing JSON is spliced from them on first use.
-    pub(crate) fn stored(key: Arc<str>, obj: DynamicObject, bytes: Bytes, revision: Revision) -> Self {
-        Self { key, obj, revision, stored: Some(bytes), encoded: OnceLock::new() }
+    /// A cache entry for a stored version, decoded once for its attributes.
+    pub(crate) fn decode(kind: &Kind, key: Arc<str>, bytes: Bytes, revision: Revision) -> Result<(Self, DynamicObject)> {
+        let obj = codec::decode(&bytes, revision)?;
+        let attrs = Attrs::of(kind, &obj);
+        Ok((Self::stored(key, bytes, revision, attrs), obj))
     }
 
-    /// The object.
-    pub fn object(&self) -> &DynamicObject {
-        &self.obj
+    /// The object, decoded from its stored bytes, `metadata.resourceVersion` set.
+    pub fn object(&self) -> Result<DynamicObject> {
+        codec::decode(&self.stored, self.revision)
     }
 
-    /// The object's JSON, encoded once and shared by every reader.
-    pub fn encoded(&self) -> Bytes {
-        self.encoded
-            .get_or_init(|| {
-                self.stored
-                    .as_ref()
-                    .and_then(|b| codec::splice_version(b, self.revision))
-                    .unwrap_or_else(|| Bytes::from(serde_json::to_vec(&self.obj).unwrap_or_default()))
-            })
-            .clone()
-    }
-
-    /// The bytes of this version as storage holds them (encoded again if they were not kept).
-    fn stored_bytes(&self) -> Bytes {
-        match &self.stored {
-            Some(b) => b.clone(),
+    /// The object's JSON as clients see it: the stored bytes with `resourceVersion` spliced in.
+    pub fn encoded(&self) -> Result<Bytes> {
+        match codec::splice_version(&self.stored, self.revision) {
+            Some(b) => Ok(b),
             None => {
-                let mut obj = self.obj.clone();
-                codec::encode(&mut obj).unwrap_or_default()
+                let obj = self.object()?;
+                Ok(Bytes::from(serde_json::to_vec(&obj).map_err(|e| Error::internal(format!("encode object: {e}")))?))
             }
         }
+    }
+
+    fn node(&self) -> Option<&str> {
+        Some(self.attrs.field("spec.nodeName")).filter(|n| !n.is_empty())
     }
 }
 
@@ -120,8 +143,8 @@ pub(crate) struct Past {
     prev: Option<Bytes>,
 }
 
-/// One event waiting for a watcher: the cache's shared version of the object, copied out only
-/// when the watcher takes it, so that a queue holds pointers, not objects.
+/// One event waiting for a watcher: the cache's shared version of the object, decoded only when
+/// the watcher takes it, so that a queue holds pointers, not objects.
 #[derive(Debug)]
 pub(crate) enum Queued {
     /// A change; a deletion carries the object's last version and the deletion's revision.
@@ -131,14 +154,14 @@ pub(crate) enum Queued {
 }
 
 impl Queued {
-    /// The watch event, the object copied out of the cache.
+    /// The watch event, the object decoded from the cache's bytes.
     pub(crate) fn into_event(self) -> WatchEvent<DynamicObject> {
         match self {
             Self::Object(change, c, stamp) => {
-                let mut obj = c.obj.clone();
-                if let Some(rev) = stamp {
-                    obj.metadata.resource_version = Some(rev.to_string());
-                }
+                let obj = match codec::decode(&c.stored, stamp.unwrap_or(c.revision)) {
+                    Ok(obj) => obj,
+                    Err(error) => return WatchEvent::Error(error.to_status()),
+                };
                 match change {
                     Change::Added => WatchEvent::Added(obj),
                     Change::Modified => WatchEvent::Modified(obj),
@@ -195,6 +218,17 @@ impl Filter {
         }
         self.labels.matches_opt(obj.metadata.labels.as_ref())
             && (self.fields.is_empty() || self.fields.matches(|f| self.kind.field_value(obj, f)))
+    }
+
+    /// Whether the filter selects a cached version.
+    fn selects(&self, c: &Cached) -> bool {
+        if let Some(ns) = self.namespace.as_deref()
+            && c.attrs.namespace.as_deref() != Some(ns)
+        {
+            return false;
+        }
+        self.labels.matches_opt(c.attrs.labels.as_ref())
+            && (self.fields.is_empty() || self.fields.matches(|f| Some(std::borrow::Cow::Borrowed(c.attrs.field(f)))))
     }
 }
 
@@ -254,9 +288,9 @@ pub(crate) struct KindCache {
     revision: watch::Sender<Revision>,
     want_progress: Notify,
     task: OnceLock<tokio::task::AbortHandle>,
-    /// Objects this server just wrote, by key: the feed takes them instead of decoding the
-    /// stored bytes again (matched by revision).
-    written: std::sync::Mutex<HashMap<Arc<str>, (Revision, DynamicObject)>>,
+    /// The attributes of objects this server just wrote, by key: the feed takes them instead of
+    /// decoding the stored bytes again (matched by revision).
+    written: std::sync::Mutex<HashMap<Arc<str>, (Revision, Attrs)>>,
     /// The watchers. Lock order: `state`, then `watchers`; events are dispatched holding only
     /// `watchers`, which a registration takes before it lets go of `state`, so that a watcher
     /// sees each event once (from the history or from dispatch).
@@ -279,10 +313,6 @@ impl KindCache {
             t.abort();
         }
     }
-}
-
-fn node_of(obj: &DynamicObject) -> Option<&str> {
-    obj.data.get("spec").and_then(|s| s.get("nodeName")).and_then(serde_json::Value::as_str).filter(|n| !n.is_empty())
 }
 
 impl KindCache {
@@ -335,14 +365,14 @@ impl KindCache {
         let mut items = BTreeMap::new();
         let mut by_node: HashMap<String, BTreeSet<Arc<str>>> = HashMap::new();
         for kv in &listed.kvs {
-            match codec::decode(&kv.value, kv.mod_revision) {
-                Ok(obj) => {
+            match Cached::decode(&self.kind, kv.key.clone(), kv.value.clone(), kv.mod_revision) {
+                Ok((cached, _)) => {
                     if self.kind.rules == Rules::Pod
-                        && let Some(n) = node_of(&obj)
+                        && let Some(n) = cached.node()
                     {
                         by_node.entry(n.to_owned()).or_default().insert(kv.key.clone());
                     }
-                    items.insert(kv.key.clone(), Arc::new(Cached::stored(kv.key.clone(), obj, kv.value.clone(), kv.mod_revision)));
+                    items.insert(kv.key.clone(), Arc::new(cached));
                 }
                 Err(error) => tracing::warn!(key = %kv.key, %error, "undecodable object skipped"),
             }
@@ -396,17 +426,17 @@ impl KindCache {
         let put = match &ev {
             StorageEvent::Put { kv, .. } => {
                 let handed = self.written.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&kv.key);
-                let obj = match handed {
-                    Some((rev, obj)) if rev == kv.mod_revision => obj,
-                    _ => match codec::decode(&kv.value, kv.mod_revision) {
-                        Ok(o) => o,
+                let cached = match handed {
+                    Some((rev, attrs)) if rev == kv.mod_revision => Cached::stored(kv.key.clone(), kv.value.clone(), rev, attrs),
+                    _ => match Cached::decode(&self.kind, kv.key.clone(), kv.value.clone(), kv.mod_revision) {
+                        Ok((c, _)) => c,
                         Err(error) => {
                             tracing::warn!(key = %kv.key, %error, "undecodable object skipped");
                             return;
                         }
                     },
                 };
-                Some(Arc::new(Cached::stored(kv.key.clone(), obj, kv.value.clone(), kv.mod_revision)))
+                Some(Arc::new(cached))
             }
             _ => None,
         };
@@ -432,8 +462,8 @@ impl KindCache {
             }
         };
         if self.kind.rules == Rules::Pod {
-            let old_node = event.prev.as_ref().and_then(|p| node_of(&p.obj)).map(str::to_owned);
-            let new_node = if event.change == Change::Deleted { None } else { node_of(&event.obj.obj).map(str::to_owned) };
+            let old_node = event.prev.as_ref().and_then(|p| p.node()).map(str::to_owned);
+            let new_node = if event.change == Change::Deleted { None } else { event.obj.node().map(str::to_owned) };
             if old_node != new_node {
                 if let Some(n) = old_node
                     && let Some(set) = st.by_node.get_mut(&n)
@@ -453,8 +483,8 @@ impl KindCache {
             revision,
             change: event.change,
             key: event.obj.key.clone(),
-            obj: (event.change != Change::Deleted).then(|| event.obj.stored_bytes()),
-            prev: event.prev.as_ref().map(|p| p.stored_bytes()),
+            obj: (event.change != Change::Deleted).then(|| event.obj.stored.clone()),
+            prev: event.prev.as_ref().map(|p| p.stored.clone()),
         });
         while st.history.len() > self.options.history {
             if let Some(e) = st.history.pop_front() {
@@ -504,8 +534,8 @@ impl KindCache {
         tokio::time::timeout(self.options.wait_timeout, wait).await.unwrap_or(false)
     }
 
-    /// Hands the feed an object this server just wrote at `revision` (with its resourceVersion
-    /// set), so that the feed need not decode it.
+    /// Hands the feed what filters select an object this server just wrote at `revision` by, so
+    /// that the feed need not decode it.
     pub(crate) fn written(&self, key: &str, revision: Revision, obj: &DynamicObject) {
         if self.read().revision >= revision {
             return;
@@ -514,7 +544,7 @@ impl KindCache {
         if written.len() >= MAX_WRITTEN {
             written.clear();
         }
-        written.insert(Arc::from(key), (revision, obj.clone()));
+        written.insert(Arc::from(key), (revision, Attrs::of(&self.kind, obj)));
         drop(written);
         // The feed may have passed this revision meanwhile: then nobody will take it.
         if self.read().revision >= revision {
@@ -543,7 +573,7 @@ impl KindCache {
         let mut items = Vec::new();
         let mut more = false;
         let mut take = |c: &Arc<Cached>| -> bool {
-            if !c.key.starts_with(prefix.as_str()) || !filter.matches(&c.obj) {
+            if !c.key.starts_with(prefix.as_str()) || !filter.selects(c) {
                 return true;
             }
             if items.len() == limit {
@@ -596,7 +626,7 @@ impl KindCache {
                 st.items
                     .range::<str, _>((Bound::Included(prefix.as_str()), Bound::Unbounded))
                     .take_while(|(k, _)| k.starts_with(prefix.as_str()))
-                    .filter(|(_, c)| filter.matches(&c.obj))
+                    .filter(|(_, c)| filter.selects(c))
                     .map(|(_, c)| Initial::Ready(Queued::Object(Change::Added, c.clone(), None)))
                     .collect()
             }
@@ -635,8 +665,8 @@ impl KindCache {
 /// The event a watcher with this filter sees for a change, if any: objects entering the selection
 /// are `ADDED`, objects leaving it `DELETED`.
 fn translate(filter: &Filter, e: &CacheEvent) -> Option<Queued> {
-    let now = e.change != Change::Deleted && filter.matches(&e.obj.obj);
-    let before = e.prev.as_ref().is_some_and(|p| filter.matches(&p.obj));
+    let now = e.change != Change::Deleted && filter.selects(&e.obj);
+    let before = e.prev.as_ref().is_some_and(|p| filter.selects(p));
     let event = |change| Some(Queued::Object(change, e.obj.clone(), None));
     match (e.change, before, now) {
         (Change::Deleted, true, _) => Some(Queued::Object(Change::Deleted, e.obj.clone(), Some(e.revision))),
@@ -649,8 +679,8 @@ fn translate(filter: &Filter, e: &CacheEvent) -> Option<Queued> {
 
 /// A past change as the event a watcher with this filter sees, decoding what it must.
 fn replay(filter: &Filter, past: Past, current: Option<Arc<Cached>>) -> Option<Queued> {
-    let decode = |bytes: &Bytes, revision: Revision| match codec::decode(bytes, revision) {
-        Ok(obj) => Some(Arc::new(Cached::stored(past.key.clone(), obj, bytes.clone(), revision))),
+    let decode = |bytes: &Bytes, revision: Revision| match Cached::decode(&filter.kind, past.key.clone(), bytes.clone(), revision) {
+        Ok((c, _)) => Some(Arc::new(c)),
         Err(error) => {
             tracing::warn!(key = %past.key, %error, "undecodable object in the watch history skipped");
             None

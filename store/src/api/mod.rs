@@ -359,7 +359,7 @@ impl ApiServer {
                 || o.data.get("status").and_then(|s| s.get("phase")).and_then(|p| p.as_str()) == Some("Terminating")
         };
         if let Some(c) = self.cache(&kind).get(&key) {
-            return Ok(Some(terminating(&c.obj)));
+            return Ok(Some(terminating(&c.object()?)));
         }
         match self.storage.get(&key).await.map_err(codec::storage_error)? {
             Some(kv) => Ok(Some(terminating(&codec::decode(&kv.value, kv.mod_revision)?))),
@@ -374,7 +374,7 @@ impl ApiServer {
         let kind = self.registry.resolve(res)?;
         let key = codec::key(res, None, name);
         if let Some(c) = self.cache(&kind).get(&key) {
-            return Ok(Some(c.obj.clone()));
+            return Ok(Some(c.object()?));
         }
         match self.storage.get(&key).await.map_err(codec::storage_error)? {
             Some(kv) => Ok(Some(codec::decode(&kv.value, kv.mod_revision)?)),

@@ -203,7 +203,7 @@ impl ApiServer {
             let n = resp.kvs.len();
             for (i, kv) in resp.kvs.into_iter().enumerate() {
                 start = Some(kv.key.to_string());
-                let mut obj = codec::decode(&kv.value, kv.mod_revision)?;
+                let obj = codec::decode(&kv.value, kv.mod_revision)?;
                 if !filter.matches(&obj) {
                     continue;
                 }
@@ -211,8 +211,8 @@ impl ApiServer {
                     more = true;
                     break 'outer;
                 }
-                self.present(kind, &mut obj);
-                items.push(Arc::new(Cached::new(kv.key.clone(), obj)));
+                let attrs = super::cache::Attrs::of(kind, &obj);
+                items.push(Arc::new(Cached::stored(kv.key.clone(), kv.value.clone(), kv.mod_revision, attrs)));
                 if limit > 0 && items.len() == limit && (i + 1 < n || resp.more) {
                     more = true;
                     break 'outer;
@@ -238,11 +238,11 @@ impl ApiServer {
             .items
             .iter()
             .map(|c| {
-                let mut o = c.obj.clone();
+                let mut o = c.object()?;
                 self.present(kind, &mut o);
-                o
+                Ok(o)
             })
-            .collect();
+            .collect::<Result<_>>()?;
         Ok(ObjectList { types: list_types(kind), metadata: list_meta(&listed), items })
     }
 
@@ -260,15 +260,19 @@ impl ApiServer {
             .items
             .iter()
             .map(|c| {
-                if custom && c.obj.types.as_ref().is_none_or(|t| t.api_version != kind.resource.api_version()) {
-                    let mut o = c.obj.clone();
+                if custom {
+                    // Custom resources share storage across versions: each is shown in the version asked for.
+                    let mut o = c.object()?;
+                    if o.types.as_ref().is_some_and(|t| t.api_version == kind.resource.api_version()) {
+                        return c.encoded();
+                    }
                     self.present(&kind, &mut o);
-                    Bytes::from(serde_json::to_vec(&o).unwrap_or_default())
+                    serde_json::to_vec(&o).map(Bytes::from).map_err(|e| Error::internal(format!("encode object: {e}")))
                 } else {
                     c.encoded()
                 }
             })
-            .collect();
+            .collect::<Result<_>>()?;
         Ok(EncodedList { types: list_types(&kind), metadata: list_meta(&listed), items })
     }
 

@@ -292,21 +292,11 @@ impl ApiServer {
             return Err(Error::bad_request("a namespace must be specified for a namespaced resource"));
         }
         let key = codec::key(&kind.resource, ns, name);
-        let cache = self.cache(kind);
         for _ in 0..MAX_ATTEMPTS {
             let Some(kv) = self.storage.get(&key).await.map_err(codec::storage_error)? else {
                 return Err(Error::not_found(&kind.resource.group, &kind.resource.plural, name));
             };
-            // The watch cache usually holds this very version already decoded.
-            let cached = cache.get(&key).filter(|c| c.revision == kv.mod_revision);
-            let decoded;
-            let current: &DynamicObject = match &cached {
-                Some(c) => &c.obj,
-                None => {
-                    decoded = codec::decode(&kv.value, kv.mod_revision)?;
-                    &decoded
-                }
-            };
+            let current = &codec::decode(&kv.value, kv.mod_revision)?;
             let mut obj = mutate(current)?;
             if obj.metadata.name.as_deref().is_some_and(|n| !n.is_empty() && n != name) {
                 return Err(Error::bad_request(format!(
