@@ -45,6 +45,17 @@ fn node(dir: &Path, server: &str, kubeconfig: &Path, prefix: &str) -> ClusterCon
     }
 }
 
+/// Deployment `sleeper` in `default`: `replicas` pods sleeping, with a short grace period.
+fn create_sleepers(k: &Kubectl, replicas: usize) {
+    let manifest = format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: sleeper, namespace: default}}\nspec:\n  replicas: {replicas}\n  \
+         selector: {{matchLabels: {{app: sleeper}}}}\n  template:\n    metadata: {{labels: {{app: sleeper}}}}\n    spec:\n      \
+         terminationGracePeriodSeconds: 2\n      containers: [{{name: sleep, image: busybox, command: [sleep, \"300\"]}}]\n"
+    );
+    let out = k.output_with_stdin(&["apply", "-f", "-"], Some(manifest.as_bytes()));
+    assert!(out.status.success(), "apply sleeper: {}", String::from_utf8_lossy(&out.stderr));
+}
+
 async fn holder(client: &std::sync::Arc<dyn bosun_core::Client>, lease: &str) -> Option<String> {
     let leases = Api::<Lease>::namespaced(client.clone(), "kube-system");
     leases.get_opt(lease).await.ok().flatten().and_then(|l| l.spec).and_then(|s| s.holder_identity)
@@ -115,7 +126,7 @@ async fn a_standby_control_plane_takes_over_on_shared_etcd() {
     let k = Kubectl::new(binary, &kubeconfig, &dir.path().join("cache"));
     k.eventually(&["get", "nodes"], WAIT, |out| out.contains("worker-1") && out.contains(" Ready ")).await;
 
-    k.run(&["create", "deployment", "sleeper", "--image=busybox", "--replicas=3", "--", "sleep", "300"]);
+    create_sleepers(&k, 3);
     k.run(&["rollout", "status", "deploy/sleeper", "--timeout=90s"]);
     // Still the leader's work: the standby only campaigns.
     assert_eq!(holder(&b.client(), "bosun-scheduler").await.as_deref(), Some("cp-a"));

@@ -63,7 +63,13 @@ impl Drop for Cleanup {
         for ns in pod_netns().difference(&self.1) {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
-        let _ = Command::new("nft").args(["delete", "table", "ip", "bosun"]).status();
+        // The proxy's table (`bosun`, or `bosun-alt` after an alternating full sync), any family.
+        let tables = Command::new("nft").args(["list", "tables"]).output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+        for line in tables.unwrap_or_default().lines() {
+            if let ["table", family, name @ ("bosun" | "bosun-alt")] = line.split_whitespace().collect::<Vec<_>>().as_slice() {
+                let _ = Command::new("nft").args(["delete", "table", family, name]).status();
+            }
+        }
         let _ = Command::new("ip").args(["route", "del", SERVICE_CIDR]).status();
     }
 }
@@ -116,9 +122,9 @@ async fn the_quick_start_runs_on_runc_and_nftables() {
     assert!(ips.split_whitespace().count() == 3 && ips.split_whitespace().all(|ip| ip.starts_with("10.88.")), "bridge pod IPs: {ips}");
     let cluster_ip = app.service.trim_end_matches(":80").to_owned();
     assert!(cluster_ip.starts_with("10.97."), "ClusterIP from the configured range: {cluster_ip}");
-    let rules = Command::new("nft").args(["list", "table", "ip", "bosun"]).output().unwrap_or_else(|e| panic!("nft: {e}"));
+    let rules = Command::new("nft").args(["list", "ruleset"]).output().unwrap_or_else(|e| panic!("nft: {e}"));
     let rules = String::from_utf8_lossy(&rules.stdout);
-    assert!(rules.contains("service-ips"), "the proxy's table:\n{rules}");
+    assert!(rules.contains(&format!("{cluster_ip} . ")), "the ClusterIP is in the proxy's maps:\n{rules}");
 
     // From inside a pod (not one of the Service's): its resolv.conf names the cluster DNS and the
     // namespace's search path; the Service by ClusterIP, by full name and by short name.
