@@ -39,6 +39,8 @@ impl Default for CacheOptions {
 #[derive(Debug, Default)]
 pub(crate) struct Attrs {
     namespace: Option<Box<str>>,
+    /// `metadata.deletionTimestamp` is set.
+    deleting: bool,
     labels: Option<BTreeMap<String, String>>,
     /// `metadata.name` and the kind's selectable fields, each with the value a field selector
     /// compares (the kind's defaults filled in); empty values are left out.
@@ -52,7 +54,12 @@ impl Attrs {
             .chain(kind.selectable_fields().iter().copied())
             .filter_map(|f| kind.field_value(obj, f).filter(|v| !v.is_empty()).map(|v| (f, Box::from(v.as_ref()))))
             .collect();
-        Self { namespace: obj.metadata.namespace.as_deref().map(Box::from), labels: obj.metadata.labels.clone(), fields }
+        Self {
+            namespace: obj.metadata.namespace.as_deref().map(Box::from),
+            deleting: obj.metadata.deletion_timestamp.is_some(),
+            labels: obj.metadata.labels.clone(),
+            fields,
+        }
     }
 
     /// A field's value ("" when empty or not selectable).
@@ -106,6 +113,16 @@ impl Cached {
                 Ok(Bytes::from(serde_json::to_vec(&obj).map_err(|e| Error::internal(format!("encode object: {e}")))?))
             }
         }
+    }
+
+    /// Whether the object is being deleted (`metadata.deletionTimestamp` is set).
+    pub(crate) fn deleting(&self) -> bool {
+        self.attrs.deleting
+    }
+
+    /// The value of a selectable field ("" when empty).
+    pub(crate) fn field(&self, field: &str) -> &str {
+        self.attrs.field(field)
     }
 
     fn node(&self) -> Option<&str> {

@@ -359,7 +359,8 @@ impl ApiServer {
                 || o.data.get("status").and_then(|s| s.get("phase")).and_then(|p| p.as_str()) == Some("Terminating")
         };
         if let Some(c) = self.cache(&kind).get(&key) {
-            return Ok(Some(terminating(&c.object()?)));
+            // `status.phase` is a selectable field of namespaces: no need to decode the namespace.
+            return Ok(Some(c.deleting() || c.field("status.phase") == "Terminating"));
         }
         match self.storage.get(&key).await.map_err(codec::storage_error)? {
             Some(kv) => Ok(Some(terminating(&codec::decode(&kv.value, kv.mod_revision)?))),
