@@ -166,6 +166,102 @@ impl NodeSummary {
     }
 }
 
+/// The pods on a node by priority, as preemption's dry runs read them: enough to tell, without
+/// visiting the pods, that a node has no victims or that evicting them cannot help, for a
+/// preemptor whose priority is above every pod's or equal to the highest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PriorityProfile {
+    /// The highest priority of a pod on the node (`i32::MIN` without pods).
+    pub top: i32,
+    /// The lowest (`i32::MAX` without pods).
+    pub bottom: i32,
+    /// Summed CPU requests (millicores) of the pods below `top`.
+    pub below_top_milli_cpu: i64,
+    /// Summed memory requests of the pods below `top`.
+    pub below_top_memory: i64,
+    /// Summed ephemeral storage requests of the pods below `top`.
+    pub below_top_ephemeral_storage: i64,
+    /// How many pods are below `top`.
+    pub below_top_pods: i64,
+    /// Summed non-zero CPU requests of the pods below `top`.
+    pub below_top_non_zero_milli_cpu: i64,
+    /// Summed non-zero memory requests of the pods below `top`.
+    pub below_top_non_zero_memory: i64,
+    /// Every pod below `top` is plain: no host ports, extended resources or affinity terms, so
+    /// that removing them changes no [`NodeSummary`] flag.
+    pub below_top_plain: bool,
+    /// Every pod on the node is plain.
+    pub all_plain: bool,
+}
+
+impl Default for PriorityProfile {
+    fn default() -> Self {
+        Self {
+            top: i32::MIN,
+            bottom: i32::MAX,
+            below_top_milli_cpu: 0,
+            below_top_memory: 0,
+            below_top_ephemeral_storage: 0,
+            below_top_pods: 0,
+            below_top_non_zero_milli_cpu: 0,
+            below_top_non_zero_memory: 0,
+            below_top_plain: true,
+            all_plain: true,
+        }
+    }
+}
+
+impl PriorityProfile {
+    /// The profile of these pods.
+    pub fn of(pods: &[Arc<PodInfo>]) -> Self {
+        let mut p = Self::default();
+        for pod in pods {
+            p.top = p.top.max(pod.priority);
+            p.bottom = p.bottom.min(pod.priority);
+        }
+        for pod in pods {
+            let plain = pod.is_plain();
+            p.all_plain &= plain;
+            if pod.priority < p.top {
+                p.below_top_plain &= plain;
+                p.below_top_milli_cpu += pod.requests.milli_cpu;
+                p.below_top_memory += pod.requests.memory;
+                p.below_top_ephemeral_storage += pod.requests.ephemeral_storage;
+                p.below_top_pods += 1;
+                p.below_top_non_zero_milli_cpu += pod.non_zero.0;
+                p.below_top_non_zero_memory += pod.non_zero.1;
+            }
+        }
+        p
+    }
+
+    /// `summary` (this node's) without the pods of lower priority than `priority`, when the
+    /// profile tells: the preemptor outranks every pod, or ties the highest. `None` otherwise, or
+    /// when the pods to remove are not plain.
+    pub fn without_lower(&self, summary: &NodeSummary, priority: i32) -> Option<NodeSummary> {
+        let mut s = *summary;
+        if priority > self.top && self.all_plain {
+            s.requested_milli_cpu = 0;
+            s.requested_memory = 0;
+            s.requested_ephemeral_storage = 0;
+            s.pods = 0;
+            s.non_zero_milli_cpu = 0;
+            s.non_zero_memory = 0;
+            return Some(s);
+        }
+        if priority == self.top && self.below_top_plain {
+            s.requested_milli_cpu -= self.below_top_milli_cpu;
+            s.requested_memory -= self.below_top_memory;
+            s.requested_ephemeral_storage -= self.below_top_ephemeral_storage;
+            s.pods -= self.below_top_pods;
+            s.non_zero_milli_cpu -= self.below_top_non_zero_milli_cpu;
+            s.non_zero_memory -= self.below_top_non_zero_memory;
+            return Some(s);
+        }
+        None
+    }
+}
+
 /// A node as the scheduler sees it: its description and the pods (bound or assumed) on it, with
 /// their summed requests. Cloning is cheap: the description is shared.
 #[derive(Debug, Clone)]

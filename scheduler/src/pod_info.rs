@@ -406,6 +406,12 @@ impl PodInfo {
         format!("{}/{}", self.namespace, self.name)
     }
 
+    /// Whether the pod asks for nothing a [`crate::node_info::NodeSummary`] cannot add up: no host
+    /// ports, no extended resources, no pod (anti-)affinity terms.
+    pub fn is_plain(&self) -> bool {
+        self.host_ports.is_empty() && self.requests.scalar.is_empty() && !self.has_affinity()
+    }
+
     /// True when the pod has any pod affinity or anti-affinity term.
     pub fn has_affinity(&self) -> bool {
         !(self.required_affinity.is_empty()

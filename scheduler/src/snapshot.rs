@@ -1,7 +1,7 @@
 //! `Snapshot`: the per-cycle, read-only view of every node that Filter and Score read.
 //! Updated incrementally from the cache: only nodes changed since the last cycle are replaced.
 
-use crate::node_info::{NodeInfo, NodeSummary};
+use crate::node_info::{NodeInfo, NodeSummary, PriorityProfile};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -18,6 +18,8 @@ pub struct Snapshot {
     pub(crate) nodes: Vec<Arc<NodeInfo>>,
     /// Each node's compact summary, by index (what scans read first).
     pub(crate) summaries: Vec<NodeSummary>,
+    /// Each node's pods by priority, by index (what preemption's dry runs read first).
+    pub(crate) profiles: Vec<PriorityProfile>,
     pub(crate) index: HashMap<Arc<str>, usize>,
     pub(crate) with_affinity: Vec<usize>,
     pub(crate) with_required_anti_affinity: Vec<usize>,
@@ -41,6 +43,7 @@ impl Clone for Snapshot {
         Self {
             nodes: self.nodes.clone(),
             summaries: self.summaries.clone(),
+            profiles: self.profiles.clone(),
             index: self.index.clone(),
             with_affinity: self.with_affinity.clone(),
             with_required_anti_affinity: self.with_required_anti_affinity.clone(),
@@ -123,6 +126,7 @@ impl Snapshot {
         }
         self.nodes = ordered;
         self.summaries = self.nodes.iter().map(|n| n.summary()).collect();
+        self.profiles = self.nodes.iter().map(|n| PriorityProfile::of(&n.pods)).collect();
         self.index = self.nodes.iter().enumerate().map(|(i, n)| (n.name.clone(), i)).collect();
         self.columns = Arc::default();
         self.domain_ids = Arc::default();
@@ -160,6 +164,7 @@ impl Snapshot {
             toggle(&mut self.with_scoring_affinity, i, info.pods_with_scoring_affinity > 0);
         }
         self.summaries[i] = info.summary();
+        self.profiles[i] = PriorityProfile::of(&info.pods);
         self.nodes[i] = info;
         if self.changes.len() > 8 * self.nodes.len() + 4096 {
             // A long-lived snapshot: start the derived counts over rather than keep a long log.
@@ -233,6 +238,11 @@ impl Snapshot {
     /// Every node's compact summary, in scan order (index `i` describes `nodes()[i]`).
     pub fn summaries(&self) -> &[NodeSummary] {
         &self.summaries
+    }
+
+    /// Each node's [`PriorityProfile`], by index (empty in a snapshot built without them).
+    pub fn priority_profiles(&self) -> &[PriorityProfile] {
+        &self.profiles
     }
 
     /// The number of nodes.

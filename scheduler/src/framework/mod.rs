@@ -14,7 +14,7 @@ mod status;
 pub use cycle_state::{CycleState, StateData};
 pub use events::{ActionType, ClusterEvent, ClusterEventWithHint, EventObject, EventResource, QueueingHint, QueueingHintFn};
 pub use handle::{Handle, PdbInfo, WaitingPods};
-pub use runtime::{Diagnosis, Framework, Profile, ScheduleError, ScheduleResult};
+pub use runtime::{Diagnosis, Framework, Profile, ScheduleError, ScheduleResult, SummaryJudge};
 pub use status::{Code, Status};
 
 use crate::node_info::{NodeInfo, NodeSummary};
@@ -196,8 +196,63 @@ pub struct PostFilterContext<'a> {
     pub handle: &'a Handle,
 }
 
-/// The filter outcome of every node, as PostFilter sees it.
-pub type NodeStatuses = std::collections::HashMap<usize, Status>;
+/// The filter outcome of every failed node, as PostFilter sees it. Thousands of nodes share a
+/// few distinct statuses ("Insufficient cpu"): each is kept once, with the nodes that got it.
+#[derive(Debug, Clone, Default)]
+pub struct NodeStatuses {
+    distinct: Vec<Status>,
+    /// (snapshot index, index into `distinct`), in the order recorded.
+    nodes: Vec<(usize, u32)>,
+}
+
+impl NodeStatuses {
+    /// How far back `insert` looks for an equal status before keeping a new one.
+    const LOOK_BACK: usize = 8;
+
+    /// Records a node's status (each node once).
+    pub fn insert(&mut self, index: usize, status: Status) {
+        let from = self.distinct.len().saturating_sub(Self::LOOK_BACK);
+        let k = match self.distinct[from..].iter().rposition(|s| *s == status) {
+            Some(k) => from + k,
+            None => {
+                self.distinct.push(status);
+                self.distinct.len() - 1
+            }
+        };
+        self.nodes.push((index, u32::try_from(k).unwrap_or(u32::MAX)));
+    }
+
+    /// Every recorded node (snapshot index) with its status.
+    pub fn iter(&self) -> impl Iterator<Item = (usize, &Status)> + '_ {
+        self.nodes.iter().filter_map(|(i, k)| self.distinct.get(*k as usize).map(|s| (*i, s)))
+    }
+
+    /// A node's status (a linear search).
+    pub fn get(&self, index: usize) -> Option<&Status> {
+        self.iter().find(|(i, _)| *i == index).map(|(_, s)| s)
+    }
+
+    /// Every distinct status with the number of nodes that got it.
+    pub fn counts(&self) -> Vec<(&Status, usize)> {
+        let mut n = vec![0usize; self.distinct.len()];
+        for (_, k) in &self.nodes {
+            if let Some(c) = n.get_mut(*k as usize) {
+                *c += 1;
+            }
+        }
+        self.distinct.iter().zip(n).filter(|(_, c)| *c > 0).collect()
+    }
+
+    /// How many nodes are recorded.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+}
 
 /// PostFilter: runs when no node fits (preemption).
 pub trait PostFilterPlugin: Plugin {

@@ -258,9 +258,9 @@ impl Diagnosis {
         }
         // Borrowed keys: thousands of failed nodes share a handful of reasons.
         let mut histogram: BTreeMap<&str, usize> = BTreeMap::new();
-        for s in self.node_statuses.values() {
+        for (s, n) in self.node_statuses.counts() {
             for r in s.reasons() {
-                *histogram.entry(r.as_ref()).or_default() += 1;
+                *histogram.entry(r.as_ref()).or_default() += n;
             }
         }
         if let Some(s) = &self.absent_status {
@@ -481,6 +481,31 @@ impl Framework {
             return s;
         }
         self.run_filter(state, pod, node)
+    }
+
+    /// A judge of nodes from their summaries alone, for preemption's dry runs: `None` unless every
+    /// active Filter plugin can judge this pod from a [`NodeSummary`] (no `Full` rule), the
+    /// snapshot carries summaries, and no PreFilter plugin with AddPod/RemovePod extensions is
+    /// active for the pod (its state would change as victims leave, which a summary cannot show).
+    pub fn summary_judge<'a>(&'a self, state: &'a CycleState, pod: &'a PodInfo, snapshot: &'a Snapshot) -> Option<SummaryJudge<'a>> {
+        if snapshot.summaries().len() != snapshot.len() || state.nominated.is_some() || state.excluded.is_some() {
+            return None;
+        }
+        if self.pre_filter.iter().any(|p| p.has_extensions() && !state.skips_filter(p.name())) {
+            return None;
+        }
+        let mut plan = Vec::new();
+        for (i, p) in self.filter.iter().enumerate() {
+            if (i < 64 && state.filter_skip_mask & (1 << i) != 0) || (i >= 64 && state.skips_filter(p.name())) {
+                continue;
+            }
+            match p.summary_filter(state, pod, snapshot) {
+                SummaryFilter::Full => return None,
+                SummaryFilter::Pass => {}
+                rule => plan.push((p, rule)),
+            }
+        }
+        Some(SummaryJudge { plan, priority: pod.priority, own: NodeSummary::uid_bit(&pod.uid) })
     }
 
     /// How many feasible nodes to look for among `all` (kube-scheduler's `numFeasibleNodesToFind`).
@@ -936,5 +961,58 @@ impl Framework {
             cache.insert(plugin, false);
         }
         false
+    }
+}
+
+/// Judges one pod against node summaries that may differ from the snapshot's (preemption's dry
+/// runs remove and reprieve victims on a copy of the summary). Built by [`Framework::summary_judge`].
+pub struct SummaryJudge<'a> {
+    plan: Vec<(&'a Arc<dyn FilterPlugin>, SummaryFilter<'a>)>,
+    priority: i32,
+    own: u64,
+}
+
+impl std::fmt::Debug for SummaryJudge<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.plan.iter().map(|(p, _)| p.name()).collect();
+        f.debug_struct("SummaryJudge").field("plan", &names).field("priority", &self.priority).finish()
+    }
+}
+
+impl SummaryJudge<'_> {
+    /// What the Filter chain would answer for snapshot node `idx` if its summary were `summary`,
+    /// with the node's nominated pods of equal or higher priority counted first, as
+    /// [`Framework::run_filter_with_nominated_pods`] does. `None` when only the plugins' own
+    /// `filter` can tell (a deferring rule, or nominated pods the summary does not describe).
+    pub fn judge(&self, idx: usize, summary: &NodeSummary) -> Option<Status> {
+        if summary.has(NodeSummary::NOMINATED) && summary.nominated_max_priority >= self.priority {
+            if summary.has(NodeSummary::NOMINATED_OTHER)
+                || summary.nominated_min_priority < self.priority
+                || summary.nominated_uids & self.own != 0
+            {
+                return None;
+            }
+            let s = self.run(idx, &summary.with_nominated())?;
+            if !s.is_success() {
+                return Some(s);
+            }
+        }
+        self.run(idx, summary)
+    }
+
+    fn run(&self, idx: usize, summary: &NodeSummary) -> Option<Status> {
+        for (p, rule) in &self.plan {
+            let s = match rule {
+                SummaryFilter::Full => return None,
+                SummaryFilter::Pass => continue,
+                SummaryFilter::PassUnless(flags) if summary.has(*flags) => return None,
+                SummaryFilter::PassUnless(_) => continue,
+                SummaryFilter::Check(c) => c(idx, summary)?,
+            };
+            if !s.is_success() {
+                return Some(s.with_plugin(p.name()));
+            }
+        }
+        Some(Status::success())
     }
 }

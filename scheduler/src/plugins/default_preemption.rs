@@ -2,9 +2,13 @@
 //! pods makes room, respecting PodDisruptionBudgets where possible, pick the least disruptive,
 //! delete its victims asynchronously and nominate the node.
 
-use crate::framework::{Code, CycleState, Framework, Handle, NodeStatuses, Plugin, PostFilterContext, PostFilterPlugin, Status};
+use crate::framework::{
+    Code, CycleState, Framework, Handle, NodeStatuses, PdbInfo, Plugin, PostFilterContext, PostFilterPlugin, Status, SummaryJudge,
+};
 use crate::node_info::NodeInfo;
+use crate::node_info::NodeSummary;
 use crate::pod_info::PodInfo;
+use crate::snapshot::Snapshot;
 use bosun_core::k8s_openapi::api::core::v1::Pod;
 use bosun_core::{Api, DeleteParams};
 use rayon::prelude::*;
@@ -57,6 +61,46 @@ fn more_important(a: &PodInfo, b: &PodInfo) -> std::cmp::Ordering {
     b.priority.cmp(&a.priority).then_with(|| a.start_time().cmp(&b.start_time()))
 }
 
+/// Splits victims (most important first) into those whose eviction would break a disruption
+/// budget and the rest, both in importance order. Each dry run starts from the same allowance:
+/// budgets a candidate would consume are not shared with other candidates.
+fn split_by_pdb(victims: Vec<Arc<PodInfo>>, pdb_allowance: &[(PdbInfo, i32)]) -> (Vec<Arc<PodInfo>>, Vec<Arc<PodInfo>>) {
+    if pdb_allowance.is_empty() {
+        return (Vec::new(), victims);
+    }
+    let mut allowance: Vec<i32> = pdb_allowance.iter().map(|(_, left)| *left).collect();
+    let (mut violating, mut ok) = (Vec::new(), Vec::new());
+    for v in victims {
+        let mut violates = false;
+        for ((pdb, _), left) in pdb_allowance.iter().zip(allowance.iter_mut()) {
+            if pdb.namespace != v.namespace || pdb.selector.is_empty() || !pdb.selector.matches(v.labels()) {
+                continue;
+            }
+            if pdb.disrupted_pods.iter().any(|n| *n == v.name) {
+                continue;
+            }
+            *left -= 1;
+            if *left < 0 {
+                violates = true;
+            }
+        }
+        if violates { violating.push(v) } else { ok.push(v) }
+    }
+    (violating, ok)
+}
+
+/// `summary` as if `pod` left the node (`sign` -1) or came back (+1): the figures
+/// [`NodeInfo::add_pod`]/[`NodeInfo::remove_pod`] change, for a pod without host ports, extended
+/// resources or affinity terms (whose flags the summary could not update).
+fn shift(summary: &mut NodeSummary, pod: &PodInfo, sign: i64) {
+    summary.requested_milli_cpu += sign * pod.requests.milli_cpu;
+    summary.requested_memory += sign * pod.requests.memory;
+    summary.requested_ephemeral_storage += sign * pod.requests.ephemeral_storage;
+    summary.pods += sign;
+    summary.non_zero_milli_cpu += sign * pod.non_zero.0;
+    summary.non_zero_memory += sign * pod.non_zero.1;
+}
+
 impl DefaultPreemption {
     fn num_candidates(&self, all: usize) -> usize {
         (all * self.min_candidate_nodes_percentage / 100).max(self.min_candidate_nodes_absolute).min(all)
@@ -71,7 +115,7 @@ impl DefaultPreemption {
         pod: &PodInfo,
         node: &NodeInfo,
         handle: &Handle,
-        pdb_allowance: &mut Vec<(crate::framework::PdbInfo, i32)>,
+        pdb_allowance: &[(PdbInfo, i32)],
     ) -> Result<Candidate, &'static str> {
         let mut lower: Vec<Arc<PodInfo>> = node.pods.iter().filter(|p| p.priority < pod.priority).cloned().collect();
         if lower.is_empty() {
@@ -89,25 +133,7 @@ impl DefaultPreemption {
             return Err(NOT_HELPFUL);
         }
         lower.sort_by(|a, b| more_important(a, b));
-        // Split by PDB violation, in importance order.
-        let mut allowance: Vec<(crate::framework::PdbInfo, i32)> = pdb_allowance.clone();
-        let (mut violating, mut ok) = (Vec::new(), Vec::new());
-        for v in lower {
-            let mut violates = false;
-            for (pdb, left) in allowance.iter_mut() {
-                if pdb.namespace != v.namespace || pdb.selector.is_empty() || !pdb.selector.matches(v.labels()) {
-                    continue;
-                }
-                if pdb.disrupted_pods.iter().any(|n| *n == v.name) {
-                    continue;
-                }
-                *left -= 1;
-                if *left < 0 {
-                    violates = true;
-                }
-            }
-            if violates { violating.push(v) } else { ok.push(v) }
-        }
+        let (violating, ok) = split_by_pdb(lower, pdb_allowance);
         let mut victims = Vec::new();
         let mut pdb_violations = 0;
         let mut reprieve = |v: Arc<PodInfo>, protected: bool, state: &mut CycleState, ni: &mut NodeInfo| {
@@ -133,9 +159,71 @@ impl DefaultPreemption {
             return Err(NO_VICTIMS);
         }
         victims.sort_by(|a, b| more_important(a, b));
-        // Budgets consumed by this candidate are not shared with others: each dry run starts from the same allowance.
-        let _ = pdb_allowance;
         Ok(Candidate { node: node.name.to_string(), victims, pdb_violations })
+    }
+
+    /// [`DefaultPreemption::select_victims`] computed from the node's summary: the victims'
+    /// requests are subtracted and added back instead of running every Filter on a copied node.
+    /// Gives the same answer as the full dry run; `None` when it cannot (a victim the summary
+    /// cannot follow, or a plugin that needs its own `filter` for this node): the caller then runs
+    /// the full dry run.
+    pub fn select_victims_by_summary(
+        &self,
+        judge: &SummaryJudge<'_>,
+        pod: &PodInfo,
+        snapshot: &Snapshot,
+        idx: usize,
+        pdb_allowance: &[(PdbInfo, i32)],
+    ) -> Option<Result<Candidate, &'static str>> {
+        let (node, summary) = (snapshot.nodes().get(idx)?, snapshot.summaries().get(idx)?);
+        let profile = snapshot.priority_profiles().get(idx);
+        // Most nodes are ruled out from the profile alone, without visiting their pods.
+        if let Some(profile) = profile {
+            if profile.bottom >= pod.priority {
+                return Some(Err(NO_VICTIMS));
+            }
+            if let Some(without) = profile.without_lower(summary, pod.priority)
+                && !judge.judge(idx, &without)?.is_success()
+            {
+                return Some(Err(NOT_HELPFUL));
+            }
+        }
+        let mut lower: Vec<Arc<PodInfo>> = node.pods.iter().filter(|p| p.priority < pod.priority).cloned().collect();
+        if lower.is_empty() {
+            return Some(Err(NO_VICTIMS));
+        }
+        if !lower.iter().all(|v| v.is_plain()) {
+            return None;
+        }
+        let mut s = *summary;
+        for v in &lower {
+            shift(&mut s, v, -1);
+        }
+        if !judge.judge(idx, &s)?.is_success() {
+            return Some(Err(NOT_HELPFUL));
+        }
+        lower.sort_by(|a, b| more_important(a, b));
+        let (violating, ok) = split_by_pdb(lower, pdb_allowance);
+        let mut victims = Vec::new();
+        let mut pdb_violations = 0;
+        let protected = violating.len();
+        for (i, v) in violating.into_iter().chain(ok).enumerate() {
+            let mut back = s;
+            shift(&mut back, &v, 1);
+            if judge.judge(idx, &back)?.is_success() {
+                s = back;
+                continue;
+            }
+            if i < protected {
+                pdb_violations += 1;
+            }
+            victims.push(v);
+        }
+        if victims.is_empty() {
+            return Some(Err(NO_VICTIMS));
+        }
+        victims.sort_by(|a, b| more_important(a, b));
+        Some(Ok(Candidate { node: node.name.to_string(), victims, pdb_violations }))
     }
 
     /// kube-scheduler's `pickOneNodeForPreemption`: fewest PDB violations, lowest highest-victim
@@ -223,7 +311,7 @@ impl PostFilterPlugin for DefaultPreemption {
         {
             return (None, Status::unschedulable("preemption: not eligible due to a terminating pod on the nominated node."));
         }
-        let mut potential: Vec<usize> = statuses.iter().filter(|(_, s)| s.code() == Code::Unschedulable).map(|(i, _)| *i).collect();
+        let mut potential: Vec<usize> = statuses.iter().filter(|(_, s)| s.code() == Code::Unschedulable).map(|(i, _)| i).collect();
         potential.sort_unstable();
         let mut histogram: BTreeMap<&'static str, usize> = BTreeMap::new();
         let unresolvable = all - potential.len();
@@ -234,7 +322,7 @@ impl PostFilterPlugin for DefaultPreemption {
         if !potential.is_empty() {
             let want = self.num_candidates(potential.len());
             let offset = fastrand::usize(0..potential.len());
-            let allowance: Vec<(crate::framework::PdbInfo, i32)> = ctx
+            let allowance: Vec<(PdbInfo, i32)> = ctx
                 .handle
                 .pdbs()
                 .into_iter()
@@ -243,27 +331,47 @@ impl PostFilterPlugin for DefaultPreemption {
                     (p, left)
                 })
                 .collect();
-            // Dry runs in parallel from a random offset until enough candidates are found.
-            let rotated: Vec<usize> = (0..potential.len()).map(|k| potential[(offset + k) % potential.len()]).collect();
-            let found = AtomicUsize::new(0);
-            let results: Vec<Vec<Result<Candidate, &'static str>>> = rotated
-                .par_chunks(16)
-                .map(|chunk| {
+            let rotated = || (0..potential.len()).map(|k| potential[(offset + k) % potential.len()]);
+            let full = |i: usize| self.select_victims(ctx.framework, state, pod, &snapshot.nodes()[i], ctx.handle, &allowance);
+            let results: Vec<Vec<Result<Candidate, &'static str>>> = match ctx.framework.summary_judge(state, pod, snapshot) {
+                // Every plugin judges from summaries: dry runs on summary copies, on this thread
+                // (a few hundred nanoseconds each), the full one for a node the summary cannot tell.
+                Some(judge) => {
                     let mut out = Vec::new();
-                    let mut allowance = allowance.clone();
-                    for i in chunk {
-                        if found.load(Ordering::Relaxed) >= want {
+                    let mut found = 0;
+                    for i in rotated() {
+                        if found >= want {
                             break;
                         }
-                        let r = self.select_victims(ctx.framework, state, pod, &snapshot.nodes()[*i], ctx.handle, &mut allowance);
-                        if r.is_ok() {
-                            found.fetch_add(1, Ordering::Relaxed);
-                        }
+                        let r = self.select_victims_by_summary(&judge, pod, snapshot, i, &allowance).unwrap_or_else(|| full(i));
+                        found += usize::from(r.is_ok());
                         out.push(r);
                     }
-                    out
-                })
-                .collect();
+                    vec![out]
+                }
+                // Full dry runs in parallel from a random offset until enough candidates are found.
+                None => {
+                    let rotated: Vec<usize> = rotated().collect();
+                    let found = AtomicUsize::new(0);
+                    rotated
+                        .par_chunks(16)
+                        .map(|chunk| {
+                            let mut out = Vec::new();
+                            for i in chunk {
+                                if found.load(Ordering::Relaxed) >= want {
+                                    break;
+                                }
+                                let r = full(*i);
+                                if r.is_ok() {
+                                    found.fetch_add(1, Ordering::Relaxed);
+                                }
+                                out.push(r);
+                            }
+                            out
+                        })
+                        .collect()
+                }
+            };
             for r in results.into_iter().flatten() {
                 match r {
                     Ok(c) if candidates.len() < want => candidates.push(c),

@@ -46,9 +46,7 @@ fn the_fewest_lowest_priority_victims_are_chosen_and_the_rest_reprieved() {
     let mut state = CycleState::new();
     let handle = Handle::default();
     let _ = fw.run_pre_filter(&mut state, &p, &snap, &handle);
-    let c = DefaultPreemption::default()
-        .select_victims(&fw, &state, &p, &snap.nodes()[0], &handle, &mut Vec::new())
-        .unwrap_or_else(|e| panic!("{e}"));
+    let c = DefaultPreemption::default().select_victims(&fw, &state, &p, &snap.nodes()[0], &handle, &[]).unwrap_or_else(|e| panic!("{e}"));
     let names: Vec<&str> = c.victims.iter().map(|v| v.name.as_str()).collect();
     assert_eq!(names, ["v2", "v1"]);
     assert_eq!(c.pdb_violations, 0);
@@ -160,4 +158,94 @@ fn a_preemptor_whose_victims_are_still_being_deleted_does_not_preempt_again() {
     // Once the deletion is seen, preemption may run again (here: the victim is still in this snapshot).
     handle.victim_gone(victim_uid);
     assert!(!handle.is_victim_deleting(victim_uid));
+}
+
+/// The summary dry run must choose exactly the victims the full dry run chooses (same order, same
+/// budget violations, same reason when there is no candidate), on random clusters: mixed
+/// priorities, requests, budgets, nominated pods, taints and host ports (the last two make the
+/// summary defer, which must then say so rather than answer).
+#[test]
+fn the_summary_dry_run_chooses_the_victims_the_full_dry_run_chooses() {
+    let fw = framework();
+    let mut rng = fastrand::Rng::with_seed(7);
+    let (mut compared, mut deferred, mut with_victims, mut with_violations) = (0, 0, 0, 0);
+    for round in 0..150 {
+        let handle = Handle::default();
+        for (i, app) in ["a", "b"].iter().enumerate() {
+            if rng.bool() {
+                handle.set_pdb(PdbInfo {
+                    namespace: "default".into(),
+                    name: format!("pdb-{i}"),
+                    selector: LabelSelector::parse(&format!("app={app}")).unwrap_or_default(),
+                    disruptions_allowed: rng.i32(0..3),
+                    disrupted_pods: Vec::new(),
+                });
+            }
+        }
+        let mut nodes = Vec::new();
+        for n in 0..8 {
+            let name = format!("r{round}-n{n}");
+            let mut b = node(&name).alloc("cpu", &format!("{}", rng.u32(2..9))).alloc("pods", &format!("{}", rng.u32(3..12)));
+            if rng.u8(0..10) == 0 {
+                b = b.taint("dedicated", "x", "NoSchedule");
+            }
+            let pods: Vec<Arc<PodInfo>> = (0..rng.usize(0..7))
+                .map(|k| {
+                    let mut p = pod(&format!("{name}-p{k}"))
+                        .node(&name)
+                        .priority(rng.i32(0..6))
+                        .labels(&[("app", ["a", "b", "c"][rng.usize(0..3)])])
+                        .req(&format!("{}m", rng.u32(100..2500)), &format!("{}Mi", rng.u32(100..8000)));
+                    if rng.u8(0..15) == 0 {
+                        p = p.host_port(8000 + rng.i32(0..3));
+                    }
+                    p.info()
+                })
+                .collect();
+            let nominated: Vec<Arc<PodInfo>> = (0..rng.usize(0..3).saturating_sub(1))
+                .map(|k| pod(&format!("{name}-nom{k}")).priority(rng.i32(0..8)).req(&format!("{}m", rng.u32(100..2000)), "1Gi").info())
+                .collect();
+            nodes.push(with_nominated(b.info(&pods), &nominated));
+        }
+        let snap = Snapshot::from_nodes(nodes);
+        let mut bare = snap.clone();
+        bare.profiles.clear();
+        let p = pod(&format!("r{round}-preemptor")).priority(rng.i32(1..7)).req(&format!("{}m", rng.u32(500..6000)), "2Gi").info();
+        let mut state = CycleState::new();
+        let (_, s) = fw.run_pre_filter(&mut state, &p, &snap, &handle);
+        assert!(s.is_success(), "{s}");
+        let Some(judge) = fw.summary_judge(&state, &p, &snap) else { panic!("default plugins judge a plain pod from summaries") };
+        let allowance: Vec<(PdbInfo, i32)> = handle.pdbs().into_iter().map(|p| (p.clone(), p.disruptions_allowed)).collect();
+        let plugin = DefaultPreemption::default();
+        for (i, n) in snap.nodes().iter().enumerate() {
+            let full = plugin.select_victims(&fw, &state, &p, n, &handle, &allowance);
+            // With the priority profile and without (the pods visited): both must agree.
+            let by_profile = plugin.select_victims_by_summary(&judge, &p, &snap, i, &allowance);
+            let by_pods = plugin.select_victims_by_summary(&judge, &p, &bare, i, &allowance);
+            if let (Some(a), Some(b)) = (&by_profile, &by_pods) {
+                assert_eq!(format!("{a:?}"), format!("{b:?}"), "profile vs pods on {}", n.name);
+            }
+            let Some(quick) = by_profile.or(by_pods) else {
+                deferred += 1;
+                continue;
+            };
+            compared += 1;
+            match (&full, &quick) {
+                (Ok(f), Ok(q)) => {
+                    let names = |c: &Candidate| c.victims.iter().map(|v| v.name.clone()).collect::<Vec<_>>();
+                    assert_eq!(names(f), names(q), "victims on {}", n.name);
+                    assert_eq!(f.pdb_violations, q.pdb_violations, "budget violations on {}", n.name);
+                    with_victims += 1;
+                    with_violations += usize::from(f.pdb_violations > 0);
+                }
+                (Err(f), Err(q)) => assert_eq!(f, q, "reason on {}", n.name),
+                _ => panic!("{}: full {full:?} vs summary {quick:?}", n.name),
+            }
+        }
+    }
+    // The comparison covered the interesting cases.
+    assert!(
+        compared > 600 && with_victims > 150 && with_violations > 10 && deferred > 30,
+        "{compared} {with_victims} {with_violations} {deferred}"
+    );
 }
