@@ -316,7 +316,7 @@ impl Cluster {
         self.tasks.push(proxy.spawn());
         tracing::info!(proxy = ?config.proxy, "service proxy started");
 
-        let dns = ClusterDns::new(table.clone()).serve(config.dns).await?;
+        let dns = serve_dns(ClusterDns::new(table.clone()), config.dns).await?;
         tracing::info!(addr = %dns.local_addr(), "cluster dns listening");
         self.dns = Some(dns);
         if config.runtime == RuntimeChoice::Runc && !self.nodes.is_empty() {
@@ -504,6 +504,21 @@ fn default_identity(config: &ClusterConfig) -> String {
     let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).unwrap_or_default();
     let host = if host.is_empty() { "bosun".to_owned() } else { host };
     format!("{host}-{}", config.listen.port())
+}
+
+/// Serves the DNS at `addr`. With port 0 the UDP socket picks the port and TCP then binds the
+/// same number, which a TCP socket may already hold: try another port then.
+async fn serve_dns(dns: ClusterDns, addr: SocketAddr) -> std::result::Result<bosun_netproxy::DnsServer, StartError> {
+    let mut attempts = if addr.port() == 0 { 5 } else { 1 };
+    loop {
+        attempts -= 1;
+        match dns.clone().serve(addr).await {
+            Err(bosun_netproxy::dns::DnsError::Bind { addr: taken, .. }) if attempts > 0 => {
+                tracing::debug!(%taken, "the dns port is taken for tcp; trying another");
+            }
+            result => return Ok(result?),
+        }
+    }
 }
 
 /// The bridge, pod subnet and gateway of this process's runc node `i`: bosun0 10.88.0.0/16, then
