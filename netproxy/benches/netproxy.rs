@@ -11,8 +11,8 @@ use std::time::Instant;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-const BULK_BYTES: usize = 256 * 1024 * 1024;
-const BULK_ROUNDS: usize = 5;
+const BULK_BYTES: usize = 64 * 1024 * 1024;
+const BULK_ROUNDS: usize = 15;
 const ROUND_TRIPS: usize = 5_000;
 const SERVICES: usize = 10_000;
 const ENDPOINTS: usize = 10;
@@ -86,6 +86,60 @@ async fn bulk(to: SocketAddr) -> f64 {
     BULK_BYTES as f64 / start.elapsed().as_secs_f64()
 }
 
+/// CPU time of the minimal relay's threads that have ended (their `/proc` entries go with them).
+static RELAY_NS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn own_cpu_ns() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .unwrap_or_default()
+        .split_whitespace()
+        .next()
+        .and_then(|f| f.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The smallest relay there is, for comparison: blocking `splice(2)` through a 1 MiB pipe on a
+/// thread per connection, as a C program would do it (no runtime, no readiness, no balancer).
+fn minimal_relay(to: SocketAddr) -> SocketAddr {
+    use rustix::pipe::{SpliceFlags, fcntl_setpipe_size, pipe, splice};
+    let listener = std::net::TcpListener::bind("127.0.80.4:0").expect("bind relay");
+    let addr = listener.local_addr().expect("addr");
+    let one_way = |from: &std::net::TcpStream, into: &std::net::TcpStream| {
+        let (r, w) = pipe().expect("pipe");
+        let _ = fcntl_setpipe_size(&w, 1 << 20);
+        while let Ok(n) = splice(from, None, &w, None, 1 << 20, SpliceFlags::MOVE) {
+            if n == 0 {
+                break;
+            }
+            let mut left = n;
+            while left > 0 {
+                match splice(&r, None, into, None, left, SpliceFlags::MOVE) {
+                    Ok(m) if m > 0 => left -= m,
+                    _ => return,
+                }
+            }
+        }
+        let _ = into.shutdown(std::net::Shutdown::Write);
+        // This thread ends here: keep its CPU time for the accounting.
+        RELAY_NS.fetch_add(own_cpu_ns(), std::sync::atomic::Ordering::Relaxed);
+    };
+    std::thread::Builder::new()
+        .name("relay-accept".into())
+        .spawn(move || {
+            for a in listener.incoming().flatten() {
+                let Ok(b) = std::net::TcpStream::connect(to) else { continue };
+                let _ = std::thread::Builder::new().name("relay".into()).spawn(move || {
+                    std::thread::scope(|s| {
+                        s.spawn(|| one_way(&b, &a));
+                        one_way(&a, &b);
+                    });
+                });
+            }
+        })
+        .expect("relay thread");
+    addr
+}
+
 async fn p50_round_trip_us(to: SocketAddr) -> f64 {
     let mut s = TcpStream::connect(to).await.expect("connect");
     s.set_nodelay(true).expect("nodelay");
@@ -104,17 +158,26 @@ async fn p50_round_trip_us(to: SocketAddr) -> f64 {
     samples[samples.len() / 2]
 }
 
-/// CPU seconds of this process's threads, split into the proxy's runtime threads and all others.
-fn thread_cpu_s() -> (f64, f64) {
-    let (mut proxy, mut other) = (0.0, 0.0);
+/// CPU seconds run by this process's threads (from `schedstat`, in ns), as (proxy runtime's threads,
+/// the minimal relay's threads, all others: the clients and servers).
+fn thread_cpu_s() -> [f64; 3] {
+    let mut out = [0.0; 3];
+    out[1] = RELAY_NS.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1e9;
     for task in std::fs::read_dir("/proc/self/task").into_iter().flatten().flatten() {
         let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
-        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
-        let fields: Vec<f64> = stat.rsplit_once(')').map_or("", |(_, r)| r).split_whitespace().filter_map(|f| f.parse().ok()).collect();
-        let cpu = (fields.get(10).copied().unwrap_or(0.0) + fields.get(11).copied().unwrap_or(0.0)) / 100.0;
-        if comm.starts_with("proxy") { proxy += cpu } else { other += cpu }
+        let ns: f64 = std::fs::read_to_string(task.path().join("schedstat"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .next()
+            .and_then(|f| f.parse().ok())
+            .unwrap_or(0.0);
+        if comm.starts_with("proxy") {
+            out[0] += ns / 1e9;
+        } else if !comm.starts_with("relay") {
+            out[2] += ns / 1e9;
+        }
     }
-    (proxy, other)
+    out
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -122,12 +185,29 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+/// The ways a bulk transfer goes: straight to the server, through the proxy, through the minimal relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Path {
+    Direct,
+    Proxied,
+    Relay,
+}
+
 /// The proxy runs on a runtime of its own (as it would in its own process, apart from the
-/// applications); clients and servers share the bench's runtime for both the direct and the proxied
-/// runs, which alternate so that both see the same machine load.
-async fn userspace(proxy_rt: tokio::runtime::Handle) -> (f64, f64) {
+/// applications); clients and servers share the bench's runtime for every path. Each round runs
+/// every path once, in a rotating order, so that all see the same machine load; the ratio is the
+/// median of the rounds' proxied/direct ratios.
+///
+/// Knobs for investigation: `BOSUN_BENCH_ROUNDS` (default 7), `BOSUN_BENCH_BULK=direct|proxied|relay`
+/// (only that path, e.g. under `perf record`), `BOSUN_BENCH_SPLICE=0` (the proxy copies instead).
+async fn userspace(proxy_rt: tokio::runtime::Handle) -> (f64, f64, f64) {
     let (sink, echo) = servers().await;
-    let proxy = UserspaceProxy::new(UserspaceConfig::default());
+    let splice = env("BOSUN_BENCH_SPLICE").is_none_or(|v| v != "0");
+    let proxy = UserspaceProxy::new(UserspaceConfig::default().splice(splice));
     let vip: IpAddr = "127.0.80.1".parse().expect("ip");
     let (ps, pe) = (18_081, 18_082);
     let diff = TableDiff {
@@ -137,28 +217,65 @@ async fn userspace(proxy_rt: tokio::runtime::Handle) -> (f64, f64) {
     };
     let p = proxy.clone();
     proxy_rt.spawn(async move { p.apply(&diff).await }).await.expect("apply task").expect("apply");
-    let (mut direct, mut proxied) = (Vec::new(), Vec::new());
-    let (mut direct_cpu, mut proxy_cpu, mut apps_cpu) = (0.0, 0.0, 0.0);
-    for _ in 0..BULK_ROUNDS {
-        let (_, o) = thread_cpu_s();
-        direct.push(bulk(sink).await);
-        let (p, o2) = thread_cpu_s();
-        direct_cpu += o2 - o;
-        proxied.push(bulk(SocketAddr::new(vip, ps)).await);
-        let (p2, o3) = thread_cpu_s();
-        proxy_cpu += p2 - p;
-        apps_cpu += o3 - o2;
+    let relay = minimal_relay(sink);
+    let rounds: usize = env("BOSUN_BENCH_ROUNDS").and_then(|v| v.parse().ok()).unwrap_or(BULK_ROUNDS);
+    let only = env("BOSUN_BENCH_BULK");
+    let paths: Vec<Path> = [Path::Direct, Path::Proxied, Path::Relay]
+        .into_iter()
+        .filter(|p| only.as_deref().is_none_or(|o| format!("{p:?}").eq_ignore_ascii_case(o)))
+        .collect();
+    let mut speed: std::collections::BTreeMap<&str, Vec<f64>> = Default::default();
+    // CPU seconds per path: [proxy threads, relay threads, clients and servers].
+    let mut cpu: std::collections::BTreeMap<&str, [f64; 3]> = Default::default();
+    for round in 0..rounds {
+        for k in 0..paths.len() {
+            let path = paths[(round + k) % paths.len()];
+            let to = match path {
+                Path::Direct => sink,
+                Path::Proxied => SocketAddr::new(vip, ps),
+                Path::Relay => relay,
+            };
+            let name = match path {
+                Path::Direct => "direct",
+                Path::Proxied => "proxied",
+                Path::Relay => "minimal relay",
+            };
+            let before = thread_cpu_s();
+            speed.entry(name).or_default().push(bulk(to).await);
+            let after = thread_cpu_s();
+            let c = cpu.entry(name).or_default();
+            for i in 0..3 {
+                c[i] += after[i] - before[i];
+            }
+        }
     }
-    let gib = (BULK_ROUNDS * BULK_BYTES) as f64 / (1u64 << 30) as f64;
+    let gib = (rounds * BULK_BYTES) as f64 / (1u64 << 30) as f64;
+    for (name, c) in &cpu {
+        println!(
+            "userspace bulk CPU s/GiB, {name}: clients+servers {:.3} + proxy {:.3} + minimal relay {:.3} = {:.3}",
+            c[2] / gib,
+            c[0] / gib,
+            c[1] / gib,
+            (c[0] + c[1] + c[2]) / gib
+        );
+    }
+    for (name, v) in &speed {
+        let list = v.iter().map(|b| format!("{:.0}", b / 1048576.0)).collect::<Vec<_>>().join(" ");
+        println!("userspace bulk MiB/s, {name}: {list} (median {:.0}; rounds of {} MiB)", median(v.clone()) / 1048576.0, BULK_BYTES >> 20);
+    }
+    let ratio = |name: &str| -> f64 {
+        match (speed.get("direct"), speed.get(name)) {
+            (Some(d), Some(x)) => median(d.iter().zip(x).map(|(d, x)| x / d).collect()),
+            _ => f64::NAN,
+        }
+    };
+    let (proxied_ratio, relay_ratio) = (ratio("proxied"), ratio("minimal relay"));
+    let total = |name: &str| speed.get(name).map_or(f64::NAN, |v| v.len() as f64 / v.iter().map(|b| 1.0 / b).sum::<f64>());
     println!(
-        "userspace bulk CPU s/GiB: direct (client+server) {:.2}; proxied: client+server {:.2} + proxy {:.2}",
-        direct_cpu / gib,
-        apps_cpu / gib,
-        proxy_cpu / gib
+        "userspace bulk: median of per-round ratios to direct: proxied {proxied_ratio:.3}, minimal relay {relay_ratio:.3}; all rounds together: proxied {:.3}, minimal relay {:.3}",
+        total("proxied") / total("direct"),
+        total("minimal relay") / total("direct")
     );
-    let mib = |v: &[f64]| v.iter().map(|b| format!("{:.0}", b / 1048576.0)).collect::<Vec<_>>().join(" ");
-    println!("userspace bulk MiB/s: direct {}, proxied {} (alternating runs of {} MiB)", mib(&direct), mib(&proxied), BULK_BYTES >> 20);
-    let (direct, proxied) = (median(direct), median(proxied));
     let (mut d50, mut p50) = (Vec::new(), Vec::new());
     for _ in 0..3 {
         d50.push(p50_round_trip_us(echo).await);
@@ -167,7 +284,7 @@ async fn userspace(proxy_rt: tokio::runtime::Handle) -> (f64, f64) {
     let (d50, p50) = (median(d50), median(p50));
     println!("userspace 64-byte round trip p50: direct {d50:.1} us, proxied {p50:.1} us");
     drop(proxy);
-    (proxied / direct, (p50 - d50).max(0.0))
+    (proxied_ratio, relay_ratio, (p50 - d50).max(0.0))
 }
 
 fn ip(args: &[&str]) -> bool {
@@ -256,16 +373,38 @@ async fn nftables() -> Option<(f64, f64, f64)> {
 }
 
 fn main() {
+    let only = env("BOSUN_BENCH_ONLY");
+    let wants = |part: &str| only.as_deref().is_none_or(|o| o == part);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
-    let proxy_rt =
-        tokio::runtime::Builder::new_multi_thread().worker_threads(2).thread_name("proxy").enable_all().build().expect("proxy runtime");
-    let (ratio, added) = rt.block_on(userspace(proxy_rt.handle().clone()));
-    let nft = rt.block_on(nftables());
-    println!("BENCH netproxy.userspace.throughput_ratio={ratio:.3}");
-    println!("BENCH netproxy.userspace.added_p50_us={added:.1}");
+    // `BOSUN_BENCH_PROXY_RT`: `mt2` (default: multi-thread, 2 workers), `mt1`, or `ct` (current-thread on one thread).
+    let flavour = env("BOSUN_BENCH_PROXY_RT").unwrap_or_else(|| "mt2".into());
+    let proxy_rt = match flavour.as_str() {
+        "ct" => tokio::runtime::Builder::new_current_thread().enable_all().build().expect("proxy runtime"),
+        "mt1" => {
+            tokio::runtime::Builder::new_multi_thread().worker_threads(1).thread_name("proxy").enable_all().build().expect("proxy runtime")
+        }
+        _ => {
+            tokio::runtime::Builder::new_multi_thread().worker_threads(2).thread_name("proxy").enable_all().build().expect("proxy runtime")
+        }
+    };
+    let proxy_handle = proxy_rt.handle().clone();
+    let proxy_rt = Arc::new(proxy_rt);
+    if flavour == "ct" {
+        // A current-thread runtime runs its tasks only inside `block_on`: give it a thread of its own.
+        let rt2 = proxy_rt.clone();
+        std::thread::Builder::new().name("proxy".into()).spawn(move || rt2.block_on(std::future::pending::<()>())).expect("proxy thread");
+    }
+    let userspace = wants("userspace").then(|| rt.block_on(userspace(proxy_handle)));
+    let nft = if wants("nftables") { rt.block_on(nftables()) } else { None };
+    if let Some((ratio, relay_ratio, added)) = userspace {
+        println!("BENCH netproxy.userspace.throughput_ratio={ratio:.3}");
+        println!("BENCH netproxy.userspace.minimal_relay_throughput_ratio={relay_ratio:.3}");
+        println!("BENCH netproxy.userspace.added_p50_us={added:.1}");
+    }
     if let Some((full, add, change)) = nft {
         println!("BENCH netproxy.nftables.program_10000_services_ms={full:.1}");
         println!("BENCH netproxy.nftables.add_one_at_10000_ms={add:.2}");
         println!("BENCH netproxy.nftables.change_one_endpoint_at_10000_ms={change:.2}");
     }
+    std::process::exit(0);
 }

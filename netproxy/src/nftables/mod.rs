@@ -1,17 +1,23 @@
-//! The nftables proxy backend: a table of its own with DNAT through verdict maps (a few hash lookups
-//! per new connection, like kube-proxy's nftables mode), applied atomically with `nft -f`. A full
-//! sync replaces the table in one transaction; a diff adds and removes only the map elements it
-//! touches, so its cost follows the change, not the number of services. IPv4 only for now; the
-//! conntrack mark of service connections carries the service port's id.
+//! The nftables proxy backend: a table of its own (family `inet`: IPv4 and IPv6 services, each
+//! family's addresses DNATted to that family's endpoints) with DNAT through verdict maps (a few hash
+//! lookups per new connection, like kube-proxy's nftables mode). A full sync replaces the table
+//! atomically; a diff adds and removes only the map elements it touches, so its cost follows the
+//! change, not the number of services. The conntrack mark of service connections carries the
+//! service port's id.
 //!
 //! Map elements (all the per-service and per-endpoint state) go to the kernel as one nfnetlink batch
 //! built here rather than as `nft` text, which `nft` parses several times more slowly than the
 //! kernel applies it: a diff that only touches elements (the common case: endpoints and services
-//! without affinity) is that one batch, one transaction. A full sync is two steps: `nft -f` rebuilds
-//! the table without elements, then one batch fills its maps; new connections to services in the
-//! moment between them are not translated (established ones keep their conntrack translation).
-//! Diffs that add chains (affinity, a new endpoint count) stay one `nft -f` transaction.
-//! [`NftablesConfig::netlink`] turns the batches off (everything as `nft` text).
+//! without affinity) is that one batch, one transaction. Diffs that add chains (affinity, a new
+//! endpoint count) stay one `nft -f` transaction.
+//!
+//! A full sync never leaves a moment without translation: `nft -f` builds the new table (without
+//! elements) beside the one in use, under the other of two names (`<table>` and `<table>-alt`), then
+//! one batch fills its maps and deletes the old table: one transaction. While both exist the new
+//! one, with empty maps, matches nothing and the old one keeps translating. So the table in use
+//! alternates between the two names across full syncs ([`NftablesProxy::table_in_use`]).
+//! [`NftablesConfig::netlink`] turns the batches off (everything as `nft` text: a full sync is then
+//! one `nft -f` transaction that deletes both names and builds `<table>`).
 
 mod netlink;
 mod script;
@@ -65,7 +71,8 @@ impl Default for NftablesConfig {
 }
 
 impl NftablesConfig {
-    /// The table's name in family `ip` (default `bosun`).
+    /// The table's name in family `inet` (default `bosun`; a full sync over an existing table builds
+    /// the new one as `<name>-alt`, and the next one back as `<name>`).
     pub fn table(mut self, table: impl Into<String>) -> Self {
         self.table = table.into();
         self
@@ -100,6 +107,8 @@ struct Programmed {
 /// The backend's record of the kernel's state (only updated after `nft` succeeded).
 #[derive(Default)]
 struct State {
+    /// The table in use (None: none programmed by this backend yet).
+    live: Option<String>,
     ports: HashMap<ServicePortName, Programmed>,
     picks: BTreeSet<script::Pick>,
     next_id: u32,
@@ -161,18 +170,55 @@ impl NftablesProxy {
         Self::new(config.clone()).run("list tables\n").await.is_ok()
     }
 
-    /// Removes the table (no error when it does not exist).
+    /// Removes the table under both its names (no error when they do not exist).
     pub async fn cleanup(&self) -> Result<(), NftablesError> {
-        let t = &self.config.table;
-        self.run(&format!("table ip {t} {{}}\ndelete table ip {t}\n")).await?;
-        *self.state.lock().await = State::default();
+        let mut state = self.state.lock().await;
+        self.run(&self.delete_all()).await?;
+        *state = State::default();
         Ok(())
     }
 
-    /// Builds the full-sync script (without elements), the elements, and the state they leave.
-    fn full(&self, services: &[Arc<ProxyService>]) -> (String, BTreeSet<script::Element>, State) {
-        let t = &self.config.table;
-        let mut state = State::default();
+    /// The name of the table in use (`<table>` or `<table>-alt`), or None before the first full sync.
+    pub async fn table_in_use(&self) -> Option<String> {
+        self.state.lock().await.live.clone()
+    }
+
+    fn alternate(&self) -> String {
+        format!("{}-alt", self.config.table)
+    }
+
+    /// `nft` text deleting the table under both names, and the IPv4-only `ip` table of earlier
+    /// versions (creating each first makes the delete safe when it does not exist).
+    fn delete_all(&self) -> String {
+        let (t, alt) = (&self.config.table, self.alternate());
+        format!(
+            "table {f} {t} {{}}\ndelete table {f} {t}\ntable {f} {alt} {{}}\ndelete table {f} {alt}\ntable ip {t} {{}}\ndelete table ip {t}\n",
+            f = script::TABLE_FAMILY
+        )
+    }
+
+    /// This backend's tables the kernel has now, as (`NFPROTO_*` family, name).
+    async fn existing_tables(&self) -> Result<Vec<(u8, String)>, NftablesError> {
+        let netns = self.config.netns.clone();
+        let all = tokio::task::spawn_blocking(move || netlink::open(netns.as_deref()).and_then(|s| netlink::tables(&s)))
+            .await
+            .map_err(|e| NftablesError::Netlink(std::io::Error::other(e)))?
+            .map_err(NftablesError::Netlink)?;
+        let (t, alt) = (self.config.table.as_str(), self.alternate());
+        Ok(all
+            .into_iter()
+            .filter(|(family, name)| match *family {
+                netlink::NFPROTO_INET => name == t || *name == alt,
+                netlink::NFPROTO_IPV4 => name == t,
+                _ => false,
+            })
+            .collect())
+    }
+
+    /// Builds the full-sync script for table `t` (without elements and without deleting anything but
+    /// `t`), the elements, and the state they leave.
+    fn full(&self, t: &str, services: &[Arc<ProxyService>]) -> (String, BTreeSet<script::Element>, State) {
+        let mut state = State { live: Some(t.to_owned()), ..State::default() };
         let mut body = String::new();
         let mut all = BTreeSet::new();
         for svc in services {
@@ -183,7 +229,7 @@ impl NftablesProxy {
             state.ports.insert(svc.name.clone(), Programmed { spec: svc.clone(), ids, elements });
         }
         // Creating then deleting makes the delete safe when the table does not exist yet.
-        let mut out = format!("table ip {t} {{}}\ndelete table ip {t}\n");
+        let mut out = format!("table {f} {t} {{}}\ndelete table {f} {t}\n", f = script::TABLE_FAMILY);
         out.push_str(&script::base(t));
         for pick in &state.picks {
             pick.write(&mut out, t);
@@ -194,14 +240,17 @@ impl NftablesProxy {
 
     /// The script a full sync of `services` would apply as `nft` text alone (for inspection and tests).
     pub fn full_script(&self, services: &[Arc<ProxyService>]) -> String {
-        let (mut out, all, _) = self.full(services);
+        let (body, all, _) = self.full(&self.config.table, services);
+        let mut out = self.delete_all();
+        out.push_str(&body);
         script::write_elements(&mut out, &self.config.table, "add", &all, CHUNK);
         out
     }
 
     /// Builds the incremental script for a diff; returns it with the new per-port records and picks.
     fn incremental(&self, state: &mut State, diff: &TableDiff) -> Incremental {
-        let t = &self.config.table;
+        let t = state.live.clone().unwrap_or_else(|| self.config.table.clone());
+        let t = t.as_str();
         let mut picks = state.picks.clone();
         let mut removed_elements: BTreeSet<script::Element> = BTreeSet::new();
         let mut added_elements: BTreeSet<script::Element> = BTreeSet::new();
@@ -256,15 +305,68 @@ impl NftablesProxy {
         .map_err(NftablesError::Netlink)
     }
 
-    async fn run(&self, script: &str) -> Result<(), NftablesError> {
-        let mut cmd = match &self.config.netns {
+    /// A full sync (see the module docs); returns the state it leaves. On an error the table in use
+    /// is unchanged (and so is `state`).
+    async fn full_sync(&self, state: &State, services: &[Arc<ProxyService>]) -> Result<State, NftablesError> {
+        if !self.config.netlink {
+            let (body, all, new_state) = self.full(&self.config.table, services);
+            let mut script = self.delete_all();
+            script.push_str(&body);
+            script::write_elements(&mut script, &self.config.table, "add", &all, CHUNK);
+            self.run(&script).await?;
+            return Ok(new_state);
+        }
+        let existing = self.existing_tables().await?;
+        let (t, alt) = (self.config.table.clone(), self.alternate());
+        let has = |name: &str| existing.iter().any(|(f, n)| *f == netlink::NFPROTO_INET && n == name);
+        // Build under the name not in use; with neither (or both, after a failure) decided by what we know.
+        let target = match state.live.as_deref() {
+            Some(live) if has(live) => {
+                if live == t {
+                    alt
+                } else {
+                    t
+                }
+            }
+            _ if has(&t) => alt,
+            _ => t,
+        };
+        let (script, all, new_state) = self.full(&target, services);
+        self.run(&script).await?;
+        let old: Vec<(u8, String)> = existing.into_iter().filter(|(f, n)| !(*f == netlink::NFPROTO_INET && *n == target)).collect();
+        let table = target.clone();
+        let filled = self
+            .send_elements(move || {
+                let mut batch = netlink::Batch::new();
+                batch.elements(&table, netlink::Verb::Add, &all);
+                for (family, name) in &old {
+                    batch.delete_table(*family, name);
+                }
+                batch
+            })
+            .await;
+        if let Err(e) = filled {
+            // The old table is untouched; the new one, half built, goes (best effort).
+            let f = script::TABLE_FAMILY;
+            let _ = self.run(&format!("table {f} {target} {{}}\ndelete table {f} {target}\n")).await;
+            return Err(e);
+        }
+        Ok(new_state)
+    }
+
+    fn command(&self) -> tokio::process::Command {
+        match &self.config.netns {
             Some(ns) => {
                 let mut c = tokio::process::Command::new("ip");
                 c.args(["netns", "exec", ns]).arg(&self.config.nft);
                 c
             }
             None => tokio::process::Command::new(&self.config.nft),
-        };
+        }
+    }
+
+    async fn run(&self, script: &str) -> Result<(), NftablesError> {
+        let mut cmd = self.command();
         cmd.args(["-f", "-"]).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped()).kill_on_drop(true);
         let command = format!("{:?}", cmd.as_std());
         let mut child = cmd.spawn().map_err(|source| NftablesError::Spawn { command: command.clone(), source })?;
@@ -291,30 +393,14 @@ impl ProxyBackend for NftablesProxy {
         let mut state = self.state.lock().await;
         tracing::debug!(full = diff.full, upserted = diff.upserted.len(), removed = diff.removed.len(), "nftables apply");
         if diff.full {
-            let (mut script, all, new_state) = self.full(&diff.upserted);
-            if self.config.netlink {
-                self.run(&script).await.map_err(|e| ApplyError::new("nftables", e))?;
-                // The table now exists without elements; a failure below leaves it so.
-                *state = State::default();
-                let t = self.config.table.clone();
-                self.send_elements(move || {
-                    let mut batch = netlink::Batch::new();
-                    batch.elements(&t, netlink::Verb::Add, &all);
-                    batch
-                })
-                .await
-                .map_err(|e| ApplyError::new("nftables", e))?;
-            } else {
-                script::write_elements(&mut script, &self.config.table, "add", &all, CHUNK);
-                self.run(&script).await.map_err(|e| ApplyError::new("nftables", e))?;
-            }
-            *state = new_state;
+            *state = self.full_sync(&state, &diff.upserted).await.map_err(|e| ApplyError::new("nftables", e))?;
             return Ok(());
         }
         let (next_id, free) = (state.next_id, state.free_ids.clone());
         let inc = self.incremental(&mut state, diff);
+        let live = state.live.clone().unwrap_or_else(|| self.config.table.clone());
         let result = if self.config.netlink && inc.new_picks.is_empty() && inc.chains.is_empty() {
-            let t = self.config.table.clone();
+            let t = live;
             let (removed, added) = (inc.removed.clone(), inc.added.clone());
             self.send_elements(move || {
                 let mut batch = netlink::Batch::new();
@@ -324,7 +410,7 @@ impl ProxyBackend for NftablesProxy {
             })
             .await
         } else {
-            let script = inc.script(&self.config.table);
+            let script = inc.script(&live);
             if script.is_empty() { Ok(()) } else { self.run(&script).await }
         };
         let Incremental { records, picks, .. } = inc;

@@ -1,5 +1,6 @@
 //! Map elements straight over `NETLINK_NETFILTER`: one nfnetlink batch (one kernel transaction) of
-//! `NFT_MSG_DELSETELEM` and `NFT_MSG_NEWSETELEM` messages, built in memory.
+//! `NFT_MSG_DELSETELEM` and `NFT_MSG_NEWSETELEM` messages (and `NFT_MSG_DELTABLE`, which a full
+//! sync uses to drop the table it replaces in the same transaction), built in memory.
 //!
 //! `nft -f` spends about two thirds of a large element load parsing text and evaluating expressions
 //! in userspace; the kernel part is the rest. Encoding the elements here (a few bytes each, in the
@@ -22,9 +23,18 @@ const NLA_F_NESTED: u16 = 0x8000;
 const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
 const NFNL_MSG_BATCH_END: u16 = 0x11;
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
+const NFT_MSG_GETTABLE: u16 = 1;
+const NFT_MSG_DELTABLE: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+const NLM_F_DUMP: u16 = 0x300;
 const NFT_MSG_NEWSETELEM: u16 = 12;
 const NFT_MSG_DELSETELEM: u16 = 14;
-const NFPROTO_IPV4: u8 = 2;
+/// `NFPROTO_INET`: the table's family.
+pub(super) const NFPROTO_INET: u8 = 1;
+/// `NFPROTO_IPV4`: the family of the table's IPv4-only layout of earlier versions, deleted on a full sync.
+pub(super) const NFPROTO_IPV4: u8 = 2;
+
+const NFTA_TABLE_NAME: u16 = 1;
 
 const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
 const NFTA_SET_ELEM_LIST_SET: u16 = 2;
@@ -56,7 +66,7 @@ pub(super) struct Batch {
     buf: Vec<u8>,
     seq: u32,
     messages: usize,
-    /// Offset of the last element message's header (it asks for the acknowledgement).
+    /// Offset of the last message's header (it asks for the acknowledgement).
     last: Option<usize>,
 }
 
@@ -111,7 +121,7 @@ fn proto(p: Protocol) -> u8 {
 fn key_bytes(key: &Key, out: &mut Vec<u8>) {
     match key {
         Key::Addr(ip, p, port) => {
-            out.extend_from_slice(&ip.octets());
+            ip_bytes(ip, out);
             out.extend_from_slice(&[proto(*p), 0, 0, 0]);
             out.extend_from_slice(&port.to_be_bytes());
             out.extend_from_slice(&[0, 0]);
@@ -128,6 +138,13 @@ fn key_bytes(key: &Key, out: &mut Vec<u8>) {
     }
 }
 
+fn ip_bytes(ip: &std::net::IpAddr, out: &mut Vec<u8>) {
+    match ip {
+        std::net::IpAddr::V4(v) => out.extend_from_slice(&v.octets()),
+        std::net::IpAddr::V6(v) => out.extend_from_slice(&v.octets()),
+    }
+}
+
 fn element(buf: &mut Vec<u8>, e: &Element, verb: Verb, scratch: &mut Vec<u8>) {
     let elem = attr_start(buf, NFTA_LIST_ELEM | NLA_F_NESTED);
     let key = attr_start(buf, NFTA_SET_ELEM_KEY | NLA_F_NESTED);
@@ -141,7 +158,7 @@ fn element(buf: &mut Vec<u8>, e: &Element, verb: Verb, scratch: &mut Vec<u8>) {
             Value::Mark(m) => attr(buf, NFTA_DATA_VALUE, &m.to_ne_bytes()),
             Value::Target(ep) => {
                 scratch.clear();
-                scratch.extend_from_slice(&ep.ip().octets());
+                ip_bytes(&ep.ip(), scratch);
                 scratch.extend_from_slice(&ep.port().to_be_bytes());
                 scratch.extend_from_slice(&[0, 0]);
                 attr(buf, NFTA_DATA_VALUE, scratch);
@@ -204,7 +221,7 @@ impl Batch {
                 open = None;
             }
             let (_, _, _) = *open.get_or_insert_with(|| {
-                let msg = self.header((NFNL_SUBSYS_NFTABLES << 8) | kind, flags, NFPROTO_IPV4, 0);
+                let msg = self.header((NFNL_SUBSYS_NFTABLES << 8) | kind, flags, NFPROTO_INET, 0);
                 attr_str(&mut self.buf, NFTA_SET_ELEM_LIST_TABLE, table);
                 attr_str(&mut self.buf, NFTA_SET_ELEM_LIST_SET, e.map);
                 let list = attr_start(&mut self.buf, NFTA_SET_ELEM_LIST_ELEMENTS | NLA_F_NESTED);
@@ -220,7 +237,16 @@ impl Batch {
         }
     }
 
-    /// True when no element message was added.
+    /// Deletes table `name` of family `family` (`NFPROTO_*`); the batch fails if it does not exist.
+    pub(super) fn delete_table(&mut self, family: u8, name: &str) {
+        let msg = self.header((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_DELTABLE, NLM_F_REQUEST, family, 0);
+        attr_str(&mut self.buf, NFTA_TABLE_NAME, name);
+        self.finish_message(msg);
+        self.messages += 1;
+        self.last = Some(msg);
+    }
+
+    /// True when no message was added.
     pub(super) fn is_empty(&self) -> bool {
         self.messages == 0
     }
@@ -228,7 +254,7 @@ impl Batch {
     /// Closes the batch; returns its bytes and the sequence number whose acknowledgement ends it.
     fn finish(mut self) -> (Vec<u8>, u32) {
         let Some(last) = self.last else { return (Vec::new(), 0) };
-        // The last element message asks for an acknowledgement: the kernel answers it after the
+        // The last message asks for an acknowledgement: the kernel answers it after the
         // commit (or after the abort, behind the errors), so it marks the end of the answers.
         let flags = u16::from_ne_bytes([self.buf[last + 6], self.buf[last + 7]]) | NLM_F_ACK;
         self.buf[last + 6..last + 8].copy_from_slice(&flags.to_ne_bytes());
@@ -305,6 +331,59 @@ pub(super) fn send(socket: &OwnedFd, batch: Batch) -> io::Result<()> {
                 if seq == ack_seq {
                     return first_error.map_or(Ok(()), Err);
                 }
+            }
+            at += (len + 3) & !3;
+        }
+    }
+}
+
+/// The tables the kernel has, as (`NFPROTO_*` family, name): one `NFT_MSG_GETTABLE` dump. (`nft list
+/// tables` would fetch every set's elements first, seconds with 100,000 of them.)
+pub(super) fn tables(socket: &OwnedFd) -> io::Result<Vec<(u8, String)>> {
+    let mut request = Batch { buf: Vec::new(), seq: 0, messages: 0, last: None };
+    let at = request.header((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETTABLE, NLM_F_REQUEST | NLM_F_DUMP, 0, 0);
+    request.finish_message(at);
+    rustix::net::sockopt::set_socket_timeout(socket, rustix::net::sockopt::Timeout::Recv, Some(ANSWER_TIMEOUT))?;
+    rustix::net::send(socket, &request.buf, rustix::net::SendFlags::empty())?;
+    let mut out = Vec::new();
+    let mut answer = vec![0u8; 64 * 1024];
+    loop {
+        let (_, n) = rustix::net::recv(socket, &mut answer[..], rustix::net::RecvFlags::empty())?;
+        let mut at = 0;
+        while at + NLMSG_HDRLEN <= n {
+            let len = u32::from_ne_bytes([answer[at], answer[at + 1], answer[at + 2], answer[at + 3]]) as usize;
+            let kind = u16::from_ne_bytes([answer[at + 4], answer[at + 5]]);
+            if len < NLMSG_HDRLEN || at + len > n {
+                return Err(io::Error::other("truncated netlink answer"));
+            }
+            match kind {
+                NLMSG_DONE => return Ok(out),
+                NLMSG_ERROR if len >= NLMSG_HDRLEN + 4 => {
+                    let p = at + NLMSG_HDRLEN;
+                    let code = i32::from_ne_bytes([answer[p], answer[p + 1], answer[p + 2], answer[p + 3]]);
+                    if code != 0 {
+                        return Err(io::Error::from_raw_os_error(-code));
+                    }
+                }
+                _ if len >= NLMSG_HDRLEN + 4 => {
+                    let family = answer[at + NLMSG_HDRLEN];
+                    // Attributes after the 4-byte nfgenmsg.
+                    let mut a = at + NLMSG_HDRLEN + 4;
+                    while a + 4 <= at + len {
+                        let alen = u16::from_ne_bytes([answer[a], answer[a + 1]]) as usize;
+                        let akind = u16::from_ne_bytes([answer[a + 2], answer[a + 3]]) & 0x3fff;
+                        if alen < 4 || a + alen > at + len {
+                            break;
+                        }
+                        if akind == NFTA_TABLE_NAME {
+                            let name = &answer[a + 4..a + alen];
+                            let name = name.split(|b| *b == 0).next().unwrap_or_default();
+                            out.push((family, String::from_utf8_lossy(name).into_owned()));
+                        }
+                        a += (alen + 3) & !3;
+                    }
+                }
+                _ => {}
             }
             at += (len + 3) & !3;
         }

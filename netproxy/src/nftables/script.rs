@@ -1,47 +1,152 @@
 //! Generating `nft -f` scripts.
 //!
-//! Layout (family `ip`), built so that adding or changing a service only adds and removes map
-//! elements (no chain or rule is written per service, and no anonymous set, which is what makes large
-//! nft scripts slow):
+//! Layout (one table of family `inet`; every map, pick chain and affinity chain exists once per
+//! address family, the IPv6 ones with a `6` in their names), built so that adding or changing a
+//! service only adds and removes map elements (no chain or rule is written per service, and no
+//! anonymous set, which is what makes large nft scripts slow):
 //! - `service-ids` (`daddr . l4proto . dport : mark`) and `nodeport-ids` (`l4proto . dport : mark`)
 //!   give each service port's cluster and external traffic a numeric id, stored in the conntrack mark.
 //! - `service-ips` / `service-nodeports` jump to a shared `pick-<proto>-<N>` chain for a service
 //!   with N endpoints (`pick-masq-…` for external traffic that is masqueraded).
 //! - `pick-…-N` DNATs through `backends` keyed by `ct mark . numgen random mod N`: one hash lookup.
+//!   (`service-ips6`, `pick6-…-N`, `backends6` and so on for IPv6: a dual-stack service has elements
+//!   in both families, each family's addresses going to that family's endpoints.)
 //! - Services with ClientIP affinity get their own chains with per-endpoint timed sets instead.
 //! - `no-endpoint-services` / `no-endpoint-nodeports` reject traffic to ports without endpoints.
 
 use crate::table::{Affinity, Endpoint, Protocol, ProxyService, ServicePortName};
 use std::collections::BTreeSet;
 use std::fmt::Write;
-use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 
 /// The mark external traffic carries to be masqueraded on its way out.
 pub(super) const MASQ_MARK: u32 = 0x4000;
 
+/// The table's address family in `nft` syntax and (for netlink) its `NFPROTO_*` number.
+pub(super) const TABLE_FAMILY: &str = "inet";
+
+/// The address family of a map, pick chain or affinity chain inside the `inet` table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(super) enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    const ALL: [Family; 2] = [Family::V4, Family::V6];
+
+    pub(super) fn of(ip: &IpAddr) -> Self {
+        if ip.is_ipv4() { Self::V4 } else { Self::V6 }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            Self::V4 => 0,
+            Self::V6 => 1,
+        }
+    }
+
+    /// What the family's names carry (nothing for IPv4, so its names are those of the IPv4-only layout).
+    fn suffix(self) -> &'static str {
+        ["", "6"][self.index()]
+    }
+
+    /// The family's payload keyword (`ip daddr`, `ip6 saddr`, `dnat ip to`).
+    fn ip(self) -> &'static str {
+        ["ip", "ip6"][self.index()]
+    }
+
+    fn addr_type(self) -> &'static str {
+        ["ipv4_addr", "ipv6_addr"][self.index()]
+    }
+
+    /// Loopback destinations, where node ports are not served (as kube-proxy).
+    fn loopback(self) -> &'static str {
+        ["127.0.0.0/8", "::1"][self.index()]
+    }
+}
+
+/// The maps of one family (`&'static` so elements can name them cheaply).
+pub(super) struct Maps {
+    pub service_ids: &'static str,
+    pub nodeport_ids: &'static str,
+    pub service_ips: &'static str,
+    pub service_nodeports: &'static str,
+    pub backends: &'static str,
+    pub no_endpoint_services: &'static str,
+    pub no_endpoint_nodeports: &'static str,
+}
+
+const MAPS: [Maps; 2] = [
+    Maps {
+        service_ids: "service-ids",
+        nodeport_ids: "nodeport-ids",
+        service_ips: "service-ips",
+        service_nodeports: "service-nodeports",
+        backends: "backends",
+        no_endpoint_services: "no-endpoint-services",
+        no_endpoint_nodeports: "no-endpoint-nodeports",
+    },
+    Maps {
+        service_ids: "service-ids6",
+        nodeport_ids: "nodeport-ids6",
+        service_ips: "service-ips6",
+        service_nodeports: "service-nodeports6",
+        backends: "backends6",
+        no_endpoint_services: "no-endpoint-services6",
+        no_endpoint_nodeports: "no-endpoint-nodeports6",
+    },
+];
+
+pub(super) fn maps(family: Family) -> &'static Maps {
+    &MAPS[family.index()]
+}
+
 /// The base table: maps, dispatch and hook chains (no service in it yet).
 pub(super) fn base(table: &str) -> String {
+    let mut maps_text = String::new();
+    let mut services = String::new();
+    let mut filter = String::new();
+    for f in Family::ALL {
+        let m = maps(f);
+        let (ip, addr, lo) = (f.ip(), f.addr_type(), f.loopback());
+        let _ = write!(
+            maps_text,
+            "  map {} {{ type {addr} . inet_proto . inet_service : mark ; }}
+  map {} {{ type inet_proto . inet_service : mark ; }}
+  map {} {{ type {addr} . inet_proto . inet_service : verdict ; }}
+  map {} {{ type inet_proto . inet_service : verdict ; }}
+  map {} {{ typeof ct mark . numgen random mod 2 : {ip} daddr . tcp dport ; }}
+  map {} {{ type {addr} . inet_proto . inet_service : verdict ; }}
+  map {} {{ type inet_proto . inet_service : verdict ; }}
+",
+            m.service_ids, m.nodeport_ids, m.service_ips, m.service_nodeports, m.backends, m.no_endpoint_services, m.no_endpoint_nodeports
+        );
+        let _ = write!(
+            services,
+            "    ct mark set {ip} daddr . meta l4proto . th dport map @{}
+    {ip} daddr . meta l4proto . th dport vmap @{}
+    {ip} daddr != {lo} fib daddr type local ct mark set meta l4proto . th dport map @{}
+    {ip} daddr != {lo} fib daddr type local meta l4proto . th dport vmap @{}
+",
+            m.service_ids, m.service_ips, m.nodeport_ids, m.service_nodeports
+        );
+        let _ = write!(
+            filter,
+            "    {ip} daddr . meta l4proto . th dport vmap @{}
+    {ip} daddr != {lo} fib daddr type local meta l4proto . th dport vmap @{}
+",
+            m.no_endpoint_services, m.no_endpoint_nodeports
+        );
+    }
     format!(
-        "table ip {table} {{
-  map service-ids {{ type ipv4_addr . inet_proto . inet_service : mark ; }}
-  map nodeport-ids {{ type inet_proto . inet_service : mark ; }}
-  map service-ips {{ type ipv4_addr . inet_proto . inet_service : verdict ; }}
-  map service-nodeports {{ type inet_proto . inet_service : verdict ; }}
-  map backends {{ typeof ct mark . numgen random mod 2 : ip daddr . tcp dport ; }}
-  map no-endpoint-services {{ type ipv4_addr . inet_proto . inet_service : verdict ; }}
-  map no-endpoint-nodeports {{ type inet_proto . inet_service : verdict ; }}
-  chain reject-chain {{ reject ; }}
+        "table {TABLE_FAMILY} {table} {{
+{maps_text}  chain reject-chain {{ reject ; }}
   chain mark-for-masquerade {{ meta mark set meta mark | {MASQ_MARK:#x} ; }}
   chain services {{
-    ct mark set ip daddr . meta l4proto . th dport map @service-ids
-    ip daddr . meta l4proto . th dport vmap @service-ips
-    ip daddr != 127.0.0.0/8 fib daddr type local ct mark set meta l4proto . th dport map @nodeport-ids
-    ip daddr != 127.0.0.0/8 fib daddr type local meta l4proto . th dport vmap @service-nodeports
-  }}
+{services}  }}
   chain filter-endpoints {{
-    ip daddr . meta l4proto . th dport vmap @no-endpoint-services
-    ip daddr != 127.0.0.0/8 fib daddr type local meta l4proto . th dport vmap @no-endpoint-nodeports
-  }}
+{filter}  }}
   chain nat-prerouting {{ type nat hook prerouting priority dstnat ; policy accept ; jump services ; }}
   chain nat-output {{ type nat hook output priority -100 ; policy accept ; jump services ; }}
   chain nat-postrouting {{
@@ -65,20 +170,21 @@ pub(super) fn id(name: &ServicePortName) -> String {
     format!("{}/{}/{}/{}", name.namespace, name.name, name.protocol.as_lower(), port)
 }
 
-fn v4(ip: &IpAddr) -> Option<Ipv4Addr> {
-    match ip {
-        IpAddr::V4(v) => Some(*v),
-        IpAddr::V6(_) => None,
+/// The service's address families: those of its cluster IPs (IPv4 when it has none).
+fn families(svc: &ProxyService) -> BTreeSet<Family> {
+    let mut out: BTreeSet<Family> = svc.cluster_ips.iter().map(Family::of).collect();
+    if out.is_empty() {
+        out.insert(Family::V4);
     }
+    out
 }
 
-fn v4_endpoints(eps: &[Endpoint]) -> Vec<SocketAddrV4> {
-    eps.iter()
-        .filter_map(|e| match e.addr {
-            std::net::SocketAddr::V4(a) => Some(a),
-            std::net::SocketAddr::V6(_) => None,
-        })
-        .collect()
+fn ips_of(ips: &[IpAddr], family: Family) -> impl Iterator<Item = IpAddr> + '_ {
+    ips.iter().copied().filter(move |ip| Family::of(ip) == family)
+}
+
+fn endpoints_of(eps: &[Endpoint], family: Family) -> Vec<SocketAddr> {
+    eps.iter().map(|e| e.addr).filter(|a| Family::of(&a.ip()) == family).collect()
 }
 
 fn l4(p: Protocol) -> &'static str {
@@ -88,6 +194,7 @@ fn l4(p: Protocol) -> &'static str {
 /// A shared endpoint-picking chain: `pick[-masq]-<proto>-<n>`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(super) struct Pick {
+    pub family: Family,
     pub protocol: Protocol,
     pub n: usize,
     pub masquerade: bool,
@@ -95,20 +202,22 @@ pub(super) struct Pick {
 
 impl Pick {
     pub(super) fn name(&self) -> String {
-        format!("pick-{}{}-{}", if self.masquerade { "masq-" } else { "" }, l4(self.protocol), self.n)
+        format!("pick{}-{}{}-{}", self.family.suffix(), if self.masquerade { "masq-" } else { "" }, l4(self.protocol), self.n)
     }
 
     pub(super) fn write(&self, out: &mut String, table: &str) {
         let name = self.name();
-        let _ = writeln!(out, "add chain ip {table} {name}");
+        let _ = writeln!(out, "add chain {TABLE_FAMILY} {table} {name}");
         if self.masquerade {
-            let _ = writeln!(out, "add rule ip {table} {name} jump mark-for-masquerade");
+            let _ = writeln!(out, "add rule {TABLE_FAMILY} {table} {name} jump mark-for-masquerade");
         }
         let _ = writeln!(
             out,
-            "add rule ip {table} {name} meta l4proto {} dnat to ct mark . numgen random mod {} map @backends",
+            "add rule {TABLE_FAMILY} {table} {name} meta l4proto {} dnat {} to ct mark . numgen random mod {} map @{}",
             l4(self.protocol),
-            self.n
+            self.family.ip(),
+            self.n,
+            maps(self.family).backends
         );
     }
 }
@@ -116,8 +225,8 @@ impl Pick {
 /// The key of a map element.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(super) enum Key {
-    /// `ipv4_addr . inet_proto . inet_service` (cluster and external IPs).
-    Addr(Ipv4Addr, Protocol, u16),
+    /// `ipv4_addr . inet_proto . inet_service` or `ipv6_addr . …` (cluster and external IPs).
+    Addr(IpAddr, Protocol, u16),
     /// `inet_proto . inet_service` (node ports).
     Port(Protocol, u16),
     /// `mark . numgen` (`backends`: a service port's id and an endpoint's index).
@@ -131,8 +240,8 @@ pub(super) enum Value {
     Mark(u32),
     /// A verdict: `goto <chain>`.
     Goto(String),
-    /// A DNAT target: `ipv4_addr . inet_service`.
-    Target(SocketAddrV4),
+    /// A DNAT target: `ipv4_addr . inet_service` or `ipv6_addr . inet_service`.
+    Target(SocketAddr),
 }
 
 /// One map element: map name, key, value.
@@ -176,47 +285,55 @@ pub(super) struct Ids {
     pub external: u32,
 }
 
-/// Every map element a service port needs, and the pick chains they jump to.
+/// Every map element a service port needs, and the pick chains they jump to: per address family of
+/// its cluster IPs, that family's addresses to that family's endpoints.
 pub(super) fn elements(svc: &ProxyService, ids: Ids, picks: &mut BTreeSet<Pick>) -> BTreeSet<Element> {
     let mut out = BTreeSet::new();
+    for family in families(svc) {
+        family_elements(svc, ids, family, picks, &mut out);
+    }
+    out
+}
+
+fn family_elements(svc: &ProxyService, ids: Ids, family: Family, picks: &mut BTreeSet<Pick>, out: &mut BTreeSet<Element>) {
+    let m = maps(family);
     let p = svc.name.protocol;
     let port = svc.port;
     let sid = id(&svc.name);
     let affinity = timeout(svc).is_some();
-    let cluster = v4_endpoints(&svc.cluster_endpoints);
-    let external = v4_endpoints(&svc.external_endpoints);
-    let mut verdict = |eps: &[SocketAddrV4], id: u32, kind: &str, masquerade: bool, out: &mut BTreeSet<Element>| -> Value {
+    let cluster = endpoints_of(&svc.cluster_endpoints, family);
+    let external = endpoints_of(&svc.external_endpoints, family);
+    let mut verdict = |eps: &[SocketAddr], id: u32, kind: &str, masquerade: bool, out: &mut BTreeSet<Element>| -> Value {
         if affinity {
-            return Value::Goto(format!("{kind}-{sid}"));
+            return Value::Goto(format!("{kind}{}-{sid}", family.suffix()));
         }
         for (i, ep) in (0u32..).zip(eps) {
-            out.insert(Element::new("backends", Key::Backend(id, i), Value::Target(*ep)));
+            out.insert(Element::new(m.backends, Key::Backend(id, i), Value::Target(*ep)));
         }
-        let pick = Pick { protocol: svc.name.protocol, n: eps.len(), masquerade };
+        let pick = Pick { family, protocol: svc.name.protocol, n: eps.len(), masquerade };
         let v = Value::Goto(pick.name());
         picks.insert(pick);
         v
     };
-    let cluster_verdict = (!cluster.is_empty()).then(|| verdict(&cluster, ids.cluster, "svc", false, &mut out));
+    let cluster_verdict = (!cluster.is_empty()).then(|| verdict(&cluster, ids.cluster, "svc", false, out));
     let has_ext = svc.node_port.is_some() || !svc.external_ips.is_empty();
-    let external_verdict =
-        (has_ext && !external.is_empty()).then(|| verdict(&external, ids.external, "ext", !svc.external_local, &mut out));
+    let external_verdict = (has_ext && !external.is_empty()).then(|| verdict(&external, ids.external, "ext", !svc.external_local, out));
     let reject = || Value::Goto("reject-chain".into());
-    for ip in svc.cluster_ips.iter().filter_map(v4) {
+    for ip in ips_of(&svc.cluster_ips, family) {
         let key = Key::Addr(ip, p, port);
         match &cluster_verdict {
             Some(v) => {
-                out.insert(Element::new("service-ids", key.clone(), Value::Mark(ids.cluster)));
-                out.insert(Element::new("service-ips", key, v.clone()));
+                out.insert(Element::new(m.service_ids, key.clone(), Value::Mark(ids.cluster)));
+                out.insert(Element::new(m.service_ips, key, v.clone()));
             }
             None => {
-                out.insert(Element::new("no-endpoint-services", key, reject()));
+                out.insert(Element::new(m.no_endpoint_services, key, reject()));
             }
         }
     }
     let ext_keys =
-        svc.external_ips.iter().filter_map(v4).map(|ip| ("service-ids", "service-ips", "no-endpoint-services", Key::Addr(ip, p, port)));
-    let np_keys = svc.node_port.map(|np| ("nodeport-ids", "service-nodeports", "no-endpoint-nodeports", Key::Port(p, np)));
+        ips_of(&svc.external_ips, family).map(|ip| (m.service_ids, m.service_ips, m.no_endpoint_services, Key::Addr(ip, p, port)));
+    let np_keys = svc.node_port.map(|np| (m.nodeport_ids, m.service_nodeports, m.no_endpoint_nodeports, Key::Port(p, np)));
     for (ids_map, verdict_map, reject_map, key) in ext_keys.chain(np_keys) {
         match &external_verdict {
             Some(v) => {
@@ -228,7 +345,6 @@ pub(super) fn elements(svc: &ProxyService, ids: Ids, picks: &mut BTreeSet<Pick>)
             }
         }
     }
-    out
 }
 
 /// Writes `add element` / `delete element` statements, grouped per map, at most `chunk` per statement.
@@ -239,7 +355,7 @@ pub(super) fn write_elements<'a>(out: &mut String, table: &str, verb: &str, elem
     }
     for (map, elems) in by_map {
         for group in elems.chunks(chunk.max(1)) {
-            let _ = write!(out, "{verb} element ip {table} {map} {{ ");
+            let _ = write!(out, "{verb} element {TABLE_FAMILY} {table} {map} {{ ");
             for (i, e) in group.iter().enumerate() {
                 let sep = if i == 0 { "" } else { ", " };
                 if verb == "add" {
@@ -253,11 +369,14 @@ pub(super) fn write_elements<'a>(out: &mut String, table: &str, verb: &str, elem
     }
 }
 
-/// The affinity chains of a service port, when it has affinity.
+/// The affinity chains of a service port, when it has affinity (per address family).
 pub(super) fn affinity_chains(out: &mut String, table: &str, old: Option<&ProxyService>, new: Option<&ProxyService>) {
     let old = old.filter(|o| timeout(o).is_some());
     let new = new.filter(|n| timeout(n).is_some());
-    chains(out, table, old, new);
+    for family in Family::ALL {
+        let in_family = |s: &&ProxyService| families(s).contains(&family);
+        chains(out, table, family, old.filter(in_family), new.filter(in_family));
+    }
 }
 
 fn wants_ext(svc: &ProxyService) -> bool {
@@ -271,100 +390,107 @@ fn timeout(svc: &ProxyService) -> Option<u64> {
     }
 }
 
-/// Endpoints that get an endpoint chain and an affinity set (services with ClientIP affinity only).
-fn affinity_endpoints(svc: &ProxyService) -> Vec<SocketAddrV4> {
+/// Endpoints of a family that get an endpoint chain and an affinity set (services with ClientIP affinity only).
+fn affinity_endpoints(svc: &ProxyService, family: Family) -> Vec<SocketAddr> {
     if timeout(svc).is_none() {
         return Vec::new();
     }
-    let mut all: Vec<SocketAddrV4> =
-        v4_endpoints(&svc.cluster_endpoints).into_iter().chain(v4_endpoints(&svc.external_endpoints)).collect();
+    let mut all: Vec<SocketAddr> =
+        endpoints_of(&svc.cluster_endpoints, family).into_iter().chain(endpoints_of(&svc.external_endpoints, family)).collect();
     all.sort();
     all.dedup();
     all
 }
 
-fn ep_name(id: &str, ep: SocketAddrV4) -> String {
-    format!("{id}/{}/{}", ep.ip(), ep.port())
+/// An endpoint's part of chain and set names (`:` is not allowed in nft names: IPv6 colons become `_`).
+fn ep_name(id: &str, ep: SocketAddr) -> String {
+    format!("{id}/{}/{}", ep.ip().to_string().replace(':', "_"), ep.port())
 }
 
-/// Commands that bring a service port's chains from `old` (None: nothing yet) to `new` (None: gone).
-/// Order matters inside the one transaction: new endpoint chains first, then the service chains that
-/// reference them, then whatever nothing references any more.
-fn chains(out: &mut String, table: &str, old: Option<&ProxyService>, new: Option<&ProxyService>) {
+/// Commands that bring a service port's chains of one family from `old` (None: nothing yet) to
+/// `new` (None: gone). Order matters inside the one transaction: new endpoint chains first, then the
+/// service chains that reference them, then whatever nothing references any more.
+fn chains(out: &mut String, table: &str, family: Family, old: Option<&ProxyService>, new: Option<&ProxyService>) {
     let Some(svc) = new.or(old) else { return };
+    let t = format!("{TABLE_FAMILY} {table}");
     let id = id(&svc.name);
-    let old_eps = old.map(affinity_endpoints).unwrap_or_default();
-    let new_eps = new.map(affinity_endpoints).unwrap_or_default();
+    let (ip, sfx) = (family.ip(), family.suffix());
+    let old_eps = old.map(|o| affinity_endpoints(o, family)).unwrap_or_default();
+    let new_eps = new.map(|n| affinity_endpoints(n, family)).unwrap_or_default();
     if let Some(new) = new {
-        if let Some(t) = timeout(new) {
+        if let Some(secs) = timeout(new) {
             let old_t = old.and_then(timeout);
             for ep in &new_eps {
                 let name = ep_name(&id, *ep);
-                if old_eps.contains(ep) && old_t == Some(t) {
+                if old_eps.contains(ep) && old_t == Some(secs) {
                     continue;
                 }
                 if old_eps.contains(ep) {
                     // The timeout changed: recreate the set.
-                    let _ = writeln!(out, "flush chain ip {table} ep-{name}");
-                    let _ = writeln!(out, "delete set ip {table} aff-{name}");
+                    let _ = writeln!(out, "flush chain {t} ep-{name}");
+                    let _ = writeln!(out, "delete set {t} aff-{name}");
                 } else {
-                    let _ = writeln!(out, "add chain ip {table} ep-{name}");
+                    let _ = writeln!(out, "add chain {t} ep-{name}");
                 }
-                let _ = writeln!(out, "add set ip {table} aff-{name} {{ type ipv4_addr ; flags dynamic,timeout ; timeout {t}s ; }}");
+                let _ =
+                    writeln!(out, "add set {t} aff-{name} {{ type {} ; flags dynamic,timeout ; timeout {secs}s ; }}", family.addr_type());
                 let _ = writeln!(
                     out,
-                    "add rule ip {table} ep-{name} update @aff-{name} {{ ip saddr }} meta l4proto {} dnat to {ep}",
+                    "add rule {t} ep-{name} update @aff-{name} {{ {ip} saddr }} meta l4proto {} dnat {ip} to {ep}",
                     l4(new.name.protocol)
                 );
             }
         }
         let svc_exists = old.is_some();
         let ext_exists = old.is_some_and(wants_ext);
-        chain(out, table, &id, "svc", &v4_endpoints(&new.cluster_endpoints), false, svc_exists);
+        let cluster = endpoints_of(&new.cluster_endpoints, family);
+        chain(out, &t, family, &id, &format!("svc{sfx}"), &cluster, false, svc_exists);
         if wants_ext(new) {
-            chain(out, table, &id, "ext", &v4_endpoints(&new.external_endpoints), !new.external_local, ext_exists);
+            let external = endpoints_of(&new.external_endpoints, family);
+            chain(out, &t, family, &id, &format!("ext{sfx}"), &external, !new.external_local, ext_exists);
         } else if ext_exists {
-            delete_chain(out, table, &format!("ext-{id}"));
+            delete_chain(out, &t, &format!("ext{sfx}-{id}"));
         }
     } else if let Some(old) = old {
-        delete_chain(out, table, &format!("svc-{id}"));
+        delete_chain(out, &t, &format!("svc{sfx}-{id}"));
         if wants_ext(old) {
-            delete_chain(out, table, &format!("ext-{id}"));
+            delete_chain(out, &t, &format!("ext{sfx}-{id}"));
         }
     }
     for ep in old_eps.iter().filter(|e| !new_eps.contains(e)) {
         let name = ep_name(&id, *ep);
-        delete_chain(out, table, &format!("ep-{name}"));
-        let _ = writeln!(out, "delete set ip {table} aff-{name}");
+        delete_chain(out, &t, &format!("ep-{name}"));
+        let _ = writeln!(out, "delete set {t} aff-{name}");
     }
 }
 
 /// An affinity service's `svc-`/`ext-` chain: stick to a remembered endpoint, else pick one at random.
-fn chain(out: &mut String, table: &str, id: &str, kind: &str, eps: &[SocketAddrV4], masquerade: bool, existing: bool) {
+#[allow(clippy::too_many_arguments)]
+fn chain(out: &mut String, t: &str, family: Family, id: &str, kind: &str, eps: &[SocketAddr], masquerade: bool, existing: bool) {
     let name = format!("{kind}-{id}");
     if existing {
-        let _ = writeln!(out, "flush chain ip {table} {name}");
+        let _ = writeln!(out, "flush chain {t} {name}");
     } else {
-        let _ = writeln!(out, "add chain ip {table} {name}");
+        let _ = writeln!(out, "add chain {t} {name}");
     }
     if masquerade {
-        let _ = writeln!(out, "add rule ip {table} {name} jump mark-for-masquerade");
+        let _ = writeln!(out, "add rule {t} {name} jump mark-for-masquerade");
     }
     if eps.is_empty() {
         return;
     }
     for ep in eps {
         let e = ep_name(id, *ep);
-        let _ = writeln!(out, "add rule ip {table} {name} ip saddr @aff-{e} goto ep-{e}");
+        let _ = writeln!(out, "add rule {t} {name} {} saddr @aff-{e} goto ep-{e}", family.ip());
     }
     let mut map = String::new();
     for (i, ep) in eps.iter().enumerate() {
         let _ = write!(map, "{}{i} : goto ep-{}", if i == 0 { "" } else { ", " }, ep_name(id, *ep));
     }
-    let _ = writeln!(out, "add rule ip {table} {name} numgen random mod {} vmap {{ {map} }}", eps.len());
+    let _ = writeln!(out, "add rule {t} {name} numgen random mod {} vmap {{ {map} }}", eps.len());
 }
 
-fn delete_chain(out: &mut String, table: &str, name: &str) {
-    let _ = writeln!(out, "flush chain ip {table} {name}");
-    let _ = writeln!(out, "delete chain ip {table} {name}");
+fn delete_chain(out: &mut String, t: &str, name: &str) {
+    let _ = writeln!(out, "flush chain {t} {name}");
+    let _ = writeln!(out, "delete chain {t} {name}");
 }

@@ -45,7 +45,7 @@ fn an_endpoint_change_touches_only_that_endpoints_backend_element() {
     let mut state = State::default();
     incremental(&p, &mut state, &diff(vec![svc("web", "10.96.0.1", &["10.1.0.1:8080", "10.1.0.2:8080"])], vec![]));
     let s = incremental(&p, &mut state, &diff(vec![svc("web", "10.96.0.1", &["10.1.0.1:8080", "10.1.0.3:8080"])], vec![]));
-    assert_eq!(s, "delete element ip bosun backends { 1 . 1 }\nadd element ip bosun backends { 1 . 1 : 10.1.0.3 . 8080 }\n");
+    assert_eq!(s, "delete element inet bosun backends { 1 . 1 }\nadd element inet bosun backends { 1 . 1 : 10.1.0.3 . 8080 }\n");
     assert!(!s.contains("chain"), "no chain is written for an endpoint change: {s}");
 }
 
@@ -55,15 +55,15 @@ fn a_new_service_adds_only_map_elements_and_a_removed_one_deletes_them() {
     let mut state = State::default();
     let new = svc("api", "10.96.0.2", &["10.1.0.3:9090"]);
     let s = incremental(&p, &mut state, &diff(vec![new.clone()], vec![]));
-    assert!(s.contains("add chain ip t pick-tcp-1"), "the shared pick chain appears once: {s}");
-    assert!(s.contains("add element ip t service-ips { 10.96.0.2 . tcp . 80 : goto pick-tcp-1 }"), "{s}");
-    assert!(s.contains("add element ip t service-ids { 10.96.0.2 . tcp . 80 : 1 }"), "{s}");
-    assert!(s.contains("add element ip t backends { 1 . 0 : 10.1.0.3 . 9090 }"), "{s}");
+    assert!(s.contains("add chain inet t pick-tcp-1"), "the shared pick chain appears once: {s}");
+    assert!(s.contains("add element inet t service-ips { 10.96.0.2 . tcp . 80 : goto pick-tcp-1 }"), "{s}");
+    assert!(s.contains("add element inet t service-ids { 10.96.0.2 . tcp . 80 : 1 }"), "{s}");
+    assert!(s.contains("add element inet t backends { 1 . 0 : 10.1.0.3 . 9090 }"), "{s}");
     let s = incremental(&p, &mut state, &diff(vec![svc("api2", "10.96.0.3", &["10.1.0.4:9090"])], vec![]));
     assert!(!s.contains("chain"), "{s}");
     let s = incremental(&p, &mut state, &diff(vec![], vec![new.name.clone()]));
-    assert!(s.contains("delete element ip t service-ips { 10.96.0.2 . tcp . 80 }"), "{s}");
-    assert!(s.contains("delete element ip t backends { 1 . 0 }"), "{s}");
+    assert!(s.contains("delete element inet t service-ips { 10.96.0.2 . tcp . 80 }"), "{s}");
+    assert!(s.contains("delete element inet t backends { 1 . 0 }"), "{s}");
     assert!(!s.contains("add "), "{s}");
 }
 
@@ -72,7 +72,7 @@ fn a_service_without_endpoints_is_rejected_instead_of_dnatted() {
     let p = NftablesProxy::new(NftablesConfig::default());
     let mut state = State::default();
     let s = incremental(&p, &mut state, &diff(vec![svc("empty", "10.96.0.3", &[])], vec![]));
-    assert!(s.contains("add element ip bosun no-endpoint-services { 10.96.0.3 . tcp . 80 : goto reject-chain }"), "{s}");
+    assert!(s.contains("add element inet bosun no-endpoint-services { 10.96.0.3 . tcp . 80 : goto reject-chain }"), "{s}");
     assert!(!s.contains("service-ips"), "{s}");
 }
 
@@ -83,10 +83,40 @@ fn affinity_services_get_endpoint_chains_with_timed_sets() {
     s1.affinity = Affinity::ClientIp { timeout: std::time::Duration::from_secs(30) };
     let s = p.full_script(&[Arc::new(s1)]);
     assert!(
-        s.contains("add set ip bosun aff-ns/sticky/tcp/http/10.1.0.1/80 { type ipv4_addr ; flags dynamic,timeout ; timeout 30s ; }"),
+        s.contains("add set inet bosun aff-ns/sticky/tcp/http/10.1.0.1/80 { type ipv4_addr ; flags dynamic,timeout ; timeout 30s ; }"),
         "{s}"
     );
     assert!(s.contains("ip saddr @aff-ns/sticky/tcp/http/10.1.0.2/80 goto ep-ns/sticky/tcp/http/10.1.0.2/80"), "{s}");
     assert!(s.contains("numgen random mod 2 vmap"), "{s}");
     assert!(s.contains("service-ips { 10.96.0.4 . tcp . 80 : goto svc-ns/sticky/tcp/http }"), "{s}");
+}
+
+#[test]
+fn a_dual_stack_service_sends_each_family_to_its_own_endpoints() {
+    let p = NftablesProxy::new(NftablesConfig::default());
+    let mut state = State::default();
+    let mut dual = svc("dual", "10.96.0.5", &["10.1.0.1:80", "[fd00:1::1]:80", "[fd00:1::2]:80"]);
+    dual.cluster_ips.push("fd00:96::5".parse().expect("ip"));
+    let s = incremental(&p, &mut state, &diff(vec![dual], vec![]));
+    assert!(s.contains("add element inet bosun service-ips { 10.96.0.5 . tcp . 80 : goto pick-tcp-1 }"), "{s}");
+    assert!(s.contains("add element inet bosun service-ips6 { fd00:96::5 . tcp . 80 : goto pick6-tcp-2 }"), "{s}");
+    assert!(s.contains("add element inet bosun backends { 1 . 0 : 10.1.0.1 . 80 }"), "{s}");
+    assert!(s.contains("add element inet bosun backends6 { 1 . 0 : fd00:1::1 . 80, 1 . 1 : fd00:1::2 . 80 }"), "{s}");
+    assert!(s.contains("add rule inet bosun pick6-tcp-2 meta l4proto tcp dnat ip6 to ct mark . numgen random mod 2 map @backends6"), "{s}");
+    assert!(!s.contains("backends { 1 . 1"), "IPv6 endpoints stay out of the IPv4 map: {s}");
+}
+
+#[test]
+fn ipv6_affinity_chains_have_nft_safe_names() {
+    let p = NftablesProxy::new(NftablesConfig::default());
+    let mut s1 = svc("sticky", "fd00:96::4", &["[fd00:1::1]:80"]);
+    s1.affinity = Affinity::ClientIp { timeout: std::time::Duration::from_secs(30) };
+    let s = p.full_script(&[Arc::new(s1)]);
+    assert!(
+        s.contains("add set inet bosun aff-ns/sticky/tcp/http/fd00_1__1/80 { type ipv6_addr ; flags dynamic,timeout ; timeout 30s ; }"),
+        "{s}"
+    );
+    assert!(s.contains("update @aff-ns/sticky/tcp/http/fd00_1__1/80 { ip6 saddr } meta l4proto tcp dnat ip6 to [fd00:1::1]:80"), "{s}");
+    assert!(s.contains("service-ips6 { fd00:96::4 . tcp . 80 : goto svc6-ns/sticky/tcp/http }"), "{s}");
+    assert!(!s.contains("svc-ns/sticky"), "no IPv4 chain for an IPv6-only service: {s}");
 }

@@ -44,6 +44,7 @@ pub struct UserspaceConfig {
     connect_timeout: Duration,
     drain_timeout: Duration,
     udp_idle_timeout: Duration,
+    splice: bool,
 }
 
 impl Default for UserspaceConfig {
@@ -54,6 +55,7 @@ impl Default for UserspaceConfig {
             connect_timeout: Duration::from_secs(2),
             drain_timeout: Duration::from_secs(30),
             udp_idle_timeout: Duration::from_secs(30),
+            splice: true,
         }
     }
 }
@@ -86,6 +88,13 @@ impl UserspaceConfig {
     /// How long a UDP client session lives without traffic (default 30 s).
     pub fn udp_idle_timeout(mut self, t: Duration) -> Self {
         self.udp_idle_timeout = t;
+        self
+    }
+
+    /// Relay TCP bytes with `splice(2)` through kernel pipes (default `true`); `false` copies them
+    /// through userspace buffers. Splicing falls back to copying when pipes cannot be made.
+    pub fn splice(mut self, on: bool) -> Self {
+        self.splice = on;
         self
     }
 }
@@ -202,7 +211,10 @@ impl UserspaceProxy {
         match protocol {
             Protocol::Tcp => {
                 let socket = tcp::bind(addr).map_err(bind_err)?;
-                tokio::spawn(tracing::Instrument::instrument(tcp::serve(socket, balancer, self.config.connect_timeout, stopped), span));
+                tokio::spawn(tracing::Instrument::instrument(
+                    tcp::serve(socket, balancer, self.config.connect_timeout, self.config.splice, stopped),
+                    span,
+                ));
             }
             Protocol::Udp => {
                 let socket = tokio::net::UdpSocket::bind(addr).await.map_err(bind_err)?;

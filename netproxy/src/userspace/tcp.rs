@@ -8,7 +8,8 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
 
-const BUFFER: usize = 64 * 1024;
+/// The copy buffer of each direction when bytes are not spliced.
+const BUFFER: usize = 256 * 1024;
 
 pub(super) fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
@@ -17,12 +18,18 @@ pub(super) fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(1024)
 }
 
-pub(super) async fn serve(listener: TcpListener, balancer: Arc<Balancer>, connect_timeout: Duration, mut stop: watch::Receiver<bool>) {
+pub(super) async fn serve(
+    listener: TcpListener,
+    balancer: Arc<Balancer>,
+    connect_timeout: Duration,
+    splice: bool,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((inbound, client)) => {
-                    tokio::spawn(handle(inbound, client, balancer.clone(), connect_timeout));
+                    tokio::spawn(handle(inbound, client, balancer.clone(), connect_timeout, splice));
                 }
                 Err(error) => {
                     tracing::warn!(%error, "accept failed");
@@ -34,7 +41,7 @@ pub(super) async fn serve(listener: TcpListener, balancer: Arc<Balancer>, connec
     }
 }
 
-async fn handle(mut inbound: TcpStream, client: SocketAddr, balancer: Arc<Balancer>, connect_timeout: Duration) {
+async fn handle(mut inbound: TcpStream, client: SocketAddr, balancer: Arc<Balancer>, connect_timeout: Duration, splice: bool) {
     let _ = inbound.set_nodelay(true);
     let mut tried: Vec<SocketAddr> = Vec::new();
     loop {
@@ -47,8 +54,9 @@ async fn handle(mut inbound: TcpStream, client: SocketAddr, balancer: Arc<Balanc
                 let _ = outbound.set_nodelay(true);
                 let mut gone = pick.gone.clone();
                 let relay = async {
-                    match (super::splice::Pipe::new(), super::splice::Pipe::new()) {
-                        (Ok(p1), Ok(p2)) => {
+                    let pipes = if splice { (super::splice::Pipe::new().ok(), super::splice::Pipe::new().ok()) } else { (None, None) };
+                    match pipes {
+                        (Some(p1), Some(p2)) => {
                             let _ = super::splice::relay(&inbound, &outbound, (p1, p2)).await;
                         }
                         _ => {
