@@ -2,7 +2,8 @@
 //! 100 pods on the fake runtime, all against the in-memory API server.
 //!
 //! `cargo bench -p bosun-runtime --bench runtime`; ends with `BENCH name=value` lines.
-//! `BOSUN_BENCH_ONLY=fake` runs only the hollow-node figures. `runtime.fake.10000_pods_running_s`
+//! `BOSUN_BENCH_ONLY=fake` runs only the hollow-node figures (`fake-figure`: only the BENCH
+//! one, e.g. for profiling). `runtime.fake.10000_pods_running_s`
 //! is measured with a pod watch per node (as before); the figures with one shared pod watch
 //! ([`SharedPodFeed`]) are printed beside it.
 
@@ -178,6 +179,11 @@ async fn fake_bench(dir: &std::path::Path, events: bool, watches: Watches) -> f6
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio");
     let dir = tempfile::tempdir().expect("tempdir");
+    if std::env::var("BOSUN_BENCH_ONLY").is_ok_and(|v| v == "fake-figure") {
+        let fake = rt.block_on(fake_bench(dir.path(), true, Watches::PerNode));
+        println!("BENCH runtime.fake.10000_pods_running_s={fake:.2}");
+        return;
+    }
     if std::env::var("BOSUN_BENCH_ONLY").is_ok_and(|v| v == "fake") {
         let fake = rt.block_on(async {
             fake_bench(dir.path(), true, Watches::Shared).await;
