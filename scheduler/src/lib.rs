@@ -15,6 +15,7 @@ pub mod queue;
 pub mod resources;
 pub mod scheduler;
 pub mod snapshot;
+mod writes;
 
 pub use error::{Error, Result};
 pub use framework::{Framework, Profile, Status};

@@ -268,6 +268,8 @@ pub struct PodInfo {
     pub preempt_never: bool,
     /// A part of the spec the scheduler could not parse (an invalid selector); such a pod is unschedulable.
     pub parse_error: Option<String>,
+    /// `status.startTime`, else `metadata.creationTimestamp` (what preemption orders victims by).
+    pub start: Option<bosun_core::k8s_openapi::jiff::Timestamp>,
 }
 
 impl PodInfo {
@@ -391,6 +393,7 @@ impl PodInfo {
             nominated_node_name: pod.status.as_ref().and_then(|s| s.nominated_node_name.clone()).filter(|n| !n.is_empty()),
             preempt_never: spec.and_then(|s| s.preemption_policy.as_deref()) == Some("Never"),
             parse_error: (!errors.is_empty()).then(|| errors.join("; ")),
+            start: pod.status.as_ref().and_then(|s| s.start_time.as_ref()).or(pod.metadata.creation_timestamp.as_ref()).map(|t| t.0),
             pod,
         };
         Arc::new(info)
@@ -432,7 +435,7 @@ impl PodInfo {
 
     /// When the pod started (or was created), for preemption's tie-breaks.
     pub fn start_time(&self) -> Option<bosun_core::k8s_openapi::jiff::Timestamp> {
-        self.pod.status.as_ref().and_then(|s| s.start_time.as_ref()).or(self.pod.metadata.creation_timestamp.as_ref()).map(|t| t.0)
+        self.start
     }
 
     /// True when the pod is being deleted.

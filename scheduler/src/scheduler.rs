@@ -13,7 +13,7 @@ use bosun_core::k8s_openapi::api::core::v1::{Event as CoreEvent, Namespace, Node
 use bosun_core::k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use bosun_core::k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use bosun_core::watch::{Change, Informer, Informers};
-use bosun_core::{Api, Client, LabelSelector, Patch, PatchParams, PostParams};
+use bosun_core::{Client, LabelSelector, Patch};
 use futures::StreamExt;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -812,10 +812,8 @@ impl Scheduler {
             if let Some(n) = nominated {
                 status["nominatedNodeName"] = serde_json::Value::String(n);
             }
-            let api = Api::<Pod>::namespaced(client, &pod.namespace);
-            if let Err(error) =
-                api.patch_status(&pod.name, &Patch::Merge(serde_json::json!({ "status": status })), &PatchParams::default()).await
-            {
+            let patch = Patch::Merge(serde_json::json!({ "status": status }));
+            if let Err(error) = crate::writes::patch_pod_status(&*client, &pod.namespace, &pod.name, &patch).await {
                 tracing::debug!(%error, pod = %pod.key(), "could not update the pod's status");
             }
         });
@@ -844,7 +842,7 @@ impl Scheduler {
         ev.source = Some(bosun_core::k8s_openapi::api::core::v1::EventSource { component: Some("default-scheduler".into()), host: None });
         let ns = pod.namespace.clone();
         self.inner.handle.spawn(async move {
-            if let Err(error) = Api::<CoreEvent>::namespaced(client, &ns).create(&ev, &PostParams::default()).await {
+            if let Err(error) = crate::writes::create_event(&*client, &ns, &ev).await {
                 tracing::debug!(%error, "could not record an event");
             }
         });

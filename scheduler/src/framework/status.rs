@@ -26,7 +26,8 @@ pub enum Code {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Status {
     code: Code,
-    reasons: Vec<Cow<'static, str>>,
+    /// Borrowed for the common fixed reasons (no allocation per failed node), owned otherwise.
+    reasons: Cow<'static, [Cow<'static, str>]>,
     plugin: Option<Cow<'static, str>>,
 }
 
@@ -39,12 +40,17 @@ impl Default for Status {
 impl Status {
     /// Success.
     pub const fn success() -> Self {
-        Self { code: Code::Success, reasons: Vec::new(), plugin: None }
+        Self { code: Code::Success, reasons: Cow::Borrowed(&[]), plugin: None }
     }
 
     /// A status with a code and one reason.
     pub fn new(code: Code, reason: impl Into<Cow<'static, str>>) -> Self {
-        Self { code, reasons: vec![reason.into()], plugin: None }
+        Self { code, reasons: Cow::Owned(vec![reason.into()]), plugin: None }
+    }
+
+    /// A status with fixed reasons, built without allocating (for reasons given per node in scans).
+    pub const fn fixed(code: Code, reasons: &'static [Cow<'static, str>]) -> Self {
+        Self { code, reasons: Cow::Borrowed(reasons), plugin: None }
     }
 
     /// `Unschedulable` with a reason.
@@ -64,18 +70,18 @@ impl Status {
 
     /// `Skip`.
     pub const fn skip() -> Self {
-        Self { code: Code::Skip, reasons: Vec::new(), plugin: None }
+        Self { code: Code::Skip, reasons: Cow::Borrowed(&[]), plugin: None }
     }
 
     /// `Wait`.
     pub const fn wait() -> Self {
-        Self { code: Code::Wait, reasons: Vec::new(), plugin: None }
+        Self { code: Code::Wait, reasons: Cow::Borrowed(&[]), plugin: None }
     }
 
     /// Adds a reason.
     #[must_use]
     pub fn with_reason(mut self, reason: impl Into<Cow<'static, str>>) -> Self {
-        self.reasons.push(reason.into());
+        self.reasons.to_mut().push(reason.into());
         self
     }
 

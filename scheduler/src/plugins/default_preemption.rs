@@ -9,8 +9,7 @@ use crate::node_info::NodeInfo;
 use crate::node_info::NodeSummary;
 use crate::pod_info::PodInfo;
 use crate::snapshot::Snapshot;
-use bosun_core::k8s_openapi::api::core::v1::Pod;
-use bosun_core::{Api, DeleteParams};
+use bosun_core::DeleteParams;
 use rayon::prelude::*;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -229,21 +228,18 @@ impl DefaultPreemption {
     /// kube-scheduler's `pickOneNodeForPreemption`: fewest PDB violations, lowest highest-victim
     /// priority, lowest priority sum, fewest victims, latest start of the most important victims.
     pub fn pick_one(candidates: &[Candidate]) -> Option<&Candidate> {
-        candidates.iter().min_by(|a, b| {
-            let high = |c: &Candidate| c.victims.first().map_or(i32::MIN, |v| v.priority);
-            let sum = |c: &Candidate| c.victims.iter().map(|v| i64::from(v.priority) + i64::from(i32::MAX) + 1).sum::<i64>();
-            let earliest_of_highest = |c: &Candidate| {
-                let h = high(c);
-                c.victims.iter().filter(|v| v.priority == h).filter_map(|v| v.start_time()).min()
-            };
-            a.pdb_violations
-                .cmp(&b.pdb_violations)
-                .then(high(a).cmp(&high(b)))
-                .then(sum(a).cmp(&sum(b)))
-                .then(a.victims.len().cmp(&b.victims.len()))
-                // Later start is better: reverse.
-                .then(earliest_of_highest(b).cmp(&earliest_of_highest(a)))
-        })
+        // Each candidate's key once (hundreds of candidates per preemptor), then the smallest.
+        candidates
+            .iter()
+            .map(|c| {
+                let high = c.victims.first().map_or(i32::MIN, |v| v.priority);
+                let sum: i64 = c.victims.iter().map(|v| i64::from(v.priority) + i64::from(i32::MAX) + 1).sum();
+                let earliest_of_highest = c.victims.iter().filter(|v| v.priority == high).filter_map(|v| v.start_time()).min();
+                // A later start is better: reversed.
+                ((c.pdb_violations, high, sum, c.victims.len(), std::cmp::Reverse(earliest_of_highest)), c)
+            })
+            .min_by(|a, b| a.0.cmp(&b.0))
+            .map(|(_, c)| c)
     }
 
     fn evict(&self, pod: &PodInfo, candidate: &Candidate, handle: &Handle) {
@@ -262,8 +258,7 @@ impl DefaultPreemption {
             handle.victim_deleting(&v.uid);
             let (h, uid) = (handle.clone(), v.uid.clone());
             handle.spawn(async move {
-                let api = Api::<Pod>::namespaced(client, &ns);
-                if let Err(error) = api.delete(&name, &params).await {
+                if let Err(error) = crate::writes::delete_pod(&*client, &ns, &name, &params).await {
                     // Gone already, or not deletable: it no longer holds its preemptor back.
                     h.victim_gone(&uid);
                     if !error.is_not_found() {
@@ -279,9 +274,8 @@ impl DefaultPreemption {
                 let Some(client) = handle.client().cloned() else { continue };
                 let (ns, name) = (other.namespace.clone(), other.name.clone());
                 handle.spawn(async move {
-                    let api = Api::<Pod>::namespaced(client, &ns);
                     let patch = bosun_core::Patch::Merge(serde_json::json!({"status": {"nominatedNodeName": null}}));
-                    if let Err(error) = api.patch_status(&name, &patch, &Default::default()).await {
+                    if let Err(error) = crate::writes::patch_pod_status(&*client, &ns, &name, &patch).await {
                         tracing::debug!(%error, "clearing a nomination failed");
                     }
                 });

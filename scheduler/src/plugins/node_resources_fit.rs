@@ -104,6 +104,36 @@ fn insufficient_standard(r: &crate::resources::Resource, have: [(i64, i64); 4], 
     }
 }
 
+/// The status for the standard resources from a node's figures: a fixed one (no allocation) for
+/// a single missing resource, the most common failure in a scan.
+fn standard_status(r: &crate::resources::Resource, have: [(i64, i64); 4]) -> Status {
+    static SINGLE: [[Cow<'static, str>; 1]; 4] = [
+        [Cow::Borrowed("Too many pods")],
+        [Cow::Borrowed("Insufficient cpu")],
+        [Cow::Borrowed("Insufficient memory")],
+        [Cow::Borrowed("Insufficient ephemeral-storage")],
+    ];
+    let [pods, cpu, memory, ephemeral] = have;
+    let lacks = [
+        pods.1.saturating_add(1) > pods.0,
+        r.milli_cpu > 0 && r.milli_cpu > cpu.0 - cpu.1,
+        r.memory > 0 && r.memory > memory.0 - memory.1,
+        r.ephemeral_storage > 0 && r.ephemeral_storage > ephemeral.0 - ephemeral.1,
+    ];
+    match lacks.iter().filter(|l| **l).count() {
+        0 => Status::success(),
+        1 => {
+            let i = lacks.iter().position(|l| *l).unwrap_or(0);
+            Status::fixed(crate::framework::Code::Unschedulable, &SINGLE[i])
+        }
+        _ => {
+            let mut out = Vec::new();
+            insufficient_standard(r, have, &mut out);
+            status_of(out)
+        }
+    }
+}
+
 fn status_of(reasons: Vec<Cow<'static, str>>) -> Status {
     let mut reasons = reasons.into_iter();
     match reasons.next() {
@@ -159,8 +189,7 @@ impl FilterPlugin for NodeResourcesFit {
             if n.has(NodeSummary::NO_NODE) {
                 return None;
             }
-            let mut out = Vec::new();
-            insufficient_standard(
+            Some(standard_status(
                 &pod.requests,
                 [
                     (n.alloc_pods, n.pods),
@@ -168,9 +197,7 @@ impl FilterPlugin for NodeResourcesFit {
                     (n.alloc_memory, n.requested_memory),
                     (n.alloc_ephemeral_storage, n.requested_ephemeral_storage),
                 ],
-                &mut out,
-            );
-            Some(status_of(out))
+            ))
         }))
     }
 }
