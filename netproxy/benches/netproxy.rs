@@ -244,8 +244,8 @@ async fn userspace(proxy_rt: tokio::runtime::Handle) -> (f64, f64, f64) {
             speed.entry(name).or_default().push(bulk(to).await);
             let after = thread_cpu_s();
             let c = cpu.entry(name).or_default();
-            for i in 0..3 {
-                c[i] += after[i] - before[i];
+            for ((c, a), b) in c.iter_mut().zip(after).zip(before) {
+                *c += a - b;
             }
         }
     }
