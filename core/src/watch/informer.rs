@@ -102,16 +102,25 @@ impl<K: Object> Informer<K> {
     /// Changes from now on. A subscriber that falls more than 16k changes behind receives
     /// [`Change::Resync`] and should re-read the store.
     pub fn subscribe(&self) -> ChangeStream<K> {
-        let rx = self.shared.changes.subscribe();
-        futures::stream::unfold(rx, |mut rx| async move {
-            match rx.recv().await {
-                Ok(change) => Some((change, rx)),
-                Err(broadcast::error::RecvError::Lagged(_)) => Some((Change::Resync, rx)),
-                Err(broadcast::error::RecvError::Closed) => None,
-            }
-        })
-        .boxed()
+        change_stream(self.shared.changes.subscribe())
     }
+}
+
+/// The stream of one subscriber; see [`Informer::subscribe`].
+fn change_stream<K: Object>(rx: broadcast::Receiver<Change<K>>) -> ChangeStream<K> {
+    futures::stream::unfold(rx, |mut rx| async move {
+        match rx.recv().await {
+            Ok(change) => Some((change, rx)),
+            // The store already holds every change sent so far (changes are applied before
+            // they are sent), so a lagging subscriber skips to the newest one and re-reads
+            // the store. Staying at the oldest retained change would replay a backlog that the
+            // resync already covers, and a busy informer would refill it before the replay
+            // ends: the subscriber would resync again and again.
+            Err(broadcast::error::RecvError::Lagged(_)) => Some((Change::Resync, rx.resubscribe())),
+            Err(broadcast::error::RecvError::Closed) => None,
+        }
+    })
+    .boxed()
 }
 
 /// The change notifications of an informer.
@@ -222,5 +231,42 @@ impl Informers {
         let informer = Informer::spawn(api, config);
         map.insert(key, Box::new(informer.clone()));
         informer
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use std::sync::Arc;
+
+    fn named(name: &str) -> Change<ConfigMap> {
+        let mut cm = ConfigMap::default();
+        cm.metadata.name = Some(name.into());
+        Change::Applied(Arc::new(cm))
+    }
+
+    fn name(change: &Change<ConfigMap>) -> String {
+        match change {
+            Change::Applied(o) | Change::Deleted(o) => o.metadata.name.clone().unwrap_or_default(),
+            Change::Resync => "resync".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_lagging_subscriber_resyncs_once_and_then_sees_only_new_changes() {
+        let (tx, rx) = broadcast::channel(4);
+        let mut changes = change_stream(rx);
+        for i in 0..10 {
+            tx.send(named(&format!("old-{i}"))).expect("a receiver exists");
+        }
+        let first = changes.next().await.expect("open");
+        assert_eq!(name(&first), "resync");
+        // The backlog the resync covers is skipped, not replayed.
+        tx.send(named("new")).expect("a receiver exists");
+        let next = changes.next().await.expect("open");
+        assert_eq!(name(&next), "new");
+        drop(tx);
+        assert!(changes.next().await.is_none(), "the stream ends with the informer");
     }
 }
