@@ -177,9 +177,24 @@ impl DynamicObject {
     }
 
     /// Converts a `DynamicObject` into a typed kind. A mismatching body is a `BadRequest`.
+    ///
+    /// The typed object is read straight from this one's fields (only the metadata goes through
+    /// an intermediate JSON value), so the body is copied once, not twice.
     pub fn to_typed<K: Object>(&self) -> Result<K> {
-        let value = serde_json::to_value(self).map_err(|e| Error::internal(format!("encode object: {e}")))?;
-        serde_json::from_value(value).map_err(|e| Error::bad_request(format!("decode {}: {e}", std::any::type_name::<K>())))
+        use serde::de::value::MapDeserializer;
+        let decode = |e: serde_json::Error| Error::bad_request(format!("decode {}: {e}", std::any::type_name::<K>()));
+        let Some(data) = self.data.as_object() else {
+            let value = serde_json::to_value(self).map_err(|e| Error::internal(format!("encode object: {e}")))?;
+            return serde_json::from_value(value).map_err(decode);
+        };
+        let types =
+            self.types.as_ref().map(|t| (serde_json::Value::from(t.api_version.as_str()), serde_json::Value::from(t.kind.as_str())));
+        let metadata = serde_json::to_value(&self.metadata).map_err(|e| Error::internal(format!("encode metadata: {e}")))?;
+        let head = types.iter().flat_map(|(api_version, kind)| [("apiVersion", api_version), ("kind", kind)]);
+        let body = data.iter().filter(|(k, _)| !matches!(k.as_str(), "apiVersion" | "kind" | "metadata")).map(|(k, v)| (k.as_str(), v));
+        let fields = head.chain(std::iter::once(("metadata", &metadata))).chain(body);
+        // Deserializing the map also checks that every entry was read.
+        K::deserialize(MapDeserializer::<_, serde_json::Error>::new(fields)).map_err(decode)
     }
 
     /// Parses a JSON value, e.g. a request body.
@@ -288,6 +303,29 @@ mod tests {
         let pod: Pod = dynamic.to_typed()?;
         assert_eq!(pod.spec.as_ref().and_then(|s| s.node_name.as_deref()), Some("n1"));
         assert_eq!(DynamicObject::from_typed(&pod)?, dynamic);
+        Ok(())
+    }
+
+    #[test]
+    fn a_rich_object_survives_the_borrowed_conversion_unchanged() -> Result<()> {
+        let value = serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "p", "namespace": "ns", "resourceVersion": "7", "creationTimestamp": "2026-11-22T10:00:00Z",
+                         "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "rs", "uid": "u1", "controller": true}]},
+            "spec": {"containers": [{"name": "c", "image": "busybox", "resources": {"requests": {"cpu": "100m", "memory": "500Mi"}},
+                                     "ports": [{"containerPort": 8080, "protocol": "TCP"}]}],
+                     "terminationGracePeriodSeconds": 5, "hostNetwork": false},
+            "status": {"phase": "Running", "podIP": "10.88.0.4", "conditions": [{"type": "Ready", "status": "True"}],
+                       "containerStatuses": [{"name": "c", "image": "busybox", "imageID": "", "ready": true, "restartCount": 2,
+                                              "state": {"running": {"startedAt": "2026-11-22T10:00:01Z"}}}]},
+        });
+        let dynamic = DynamicObject::from_value(value.clone())?;
+        let pod: Pod = dynamic.to_typed()?;
+        let through_value: Pod = serde_json::from_value(value).map_err(|e| Error::internal(e.to_string()))?;
+        assert_eq!(pod, through_value);
+        assert_eq!(DynamicObject::from_typed(&pod)?, dynamic);
+        // The kind is checked: a Pod's body is no Namespace.
+        assert_eq!(dynamic.to_typed::<Namespace>().err().map(|e| e.code()), Some(400));
         Ok(())
     }
 
