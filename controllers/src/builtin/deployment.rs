@@ -31,9 +31,10 @@ pub const MAX_REPLICAS: &str = "deployment.kubernetes.io/max-replicas";
 pub struct DeploymentCtx {
     shared: Shared,
     sets: Store<ReplicaSet>,
-    /// The resourceVersion of our last write per ReplicaSet UID: until the cache has it, the
-    /// cache is stale and decisions wait.
-    written: Mutex<HashMap<String, u64>>,
+    /// The resourceVersion of our last write per ReplicaSet UID, per Deployment UID: until the
+    /// cache has it, the cache is stale and decisions wait. Keyed by owner first, so that a
+    /// reconcile touches its own entries only, not every Deployment's.
+    written: Mutex<HashMap<String, HashMap<String, u64>>>,
 }
 
 /// Builds the Deployment controller on `shared`'s informers.
@@ -142,6 +143,7 @@ fn created(rs: &ReplicaSet) -> (i64, String) {
 /// Reconciles one Deployment.
 pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<DeploymentCtx>) -> Result<Action, Error> {
     if is_deleting(d.meta()) {
+        ctx.written.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(d.uid());
         return Ok(Action::await_change());
     }
     let ns = d.namespace().unwrap_or("default").to_owned();
@@ -167,16 +169,15 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<DeploymentCtx>) -> Result<Ac
     // Decisions on a cache that has not seen our own last writes could overshoot: wait for it.
     {
         let mut written = ctx.written.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let live: Vec<&str> = sets.iter().map(|s| s.uid()).collect();
-        written.retain(|k, _| match k.split_once('/') {
-            Some((owner, rs)) if owner == uid => live.contains(&rs),
-            _ => true,
-        });
-        for rs in &sets {
-            let key = format!("{uid}/{}", rs.uid());
-            if let Some(&w) = written.get(&key)
-                && rs.resource_version().parse::<u64>().is_ok_and(|seen| seen < w)
-            {
+        if let Some(mine) = written.get_mut(&uid) {
+            mine.retain(|rs_uid, _| sets.iter().any(|s| s.uid() == rs_uid));
+            let stale = sets.iter().any(|rs| {
+                mine.get(rs.uid()).is_some_and(|&w| rs.resource_version().parse::<u64>().is_ok_and(|seen| seen < w))
+            });
+            if mine.is_empty() {
+                written.remove(&uid);
+            }
+            if stale {
                 return Ok(Action::requeue(Duration::from_millis(50)));
             }
         }
@@ -349,7 +350,8 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<DeploymentCtx>) -> Result<Ac
 impl DeploymentCtx {
     fn note_write(&self, owner: &str, rs: &ReplicaSet) {
         if let Ok(rv) = rs.resource_version().parse::<u64>() {
-            self.written.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(format!("{owner}/{}", rs.uid()), rv);
+            let mut written = self.written.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            written.entry(owner.to_owned()).or_default().insert(rs.uid().to_owned(), rv);
         }
     }
 
