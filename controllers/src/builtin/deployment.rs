@@ -171,9 +171,8 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<DeploymentCtx>) -> Result<Ac
         let mut written = ctx.written.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(mine) = written.get_mut(&uid) {
             mine.retain(|rs_uid, _| sets.iter().any(|s| s.uid() == rs_uid));
-            let stale = sets.iter().any(|rs| {
-                mine.get(rs.uid()).is_some_and(|&w| rs.resource_version().parse::<u64>().is_ok_and(|seen| seen < w))
-            });
+            let stale =
+                sets.iter().any(|rs| mine.get(rs.uid()).is_some_and(|&w| rs.resource_version().parse::<u64>().is_ok_and(|seen| seen < w)));
             if mine.is_empty() {
                 written.remove(&uid);
             }
