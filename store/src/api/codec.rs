@@ -93,7 +93,7 @@ pub(crate) fn splice_version(bytes: &[u8], revision: Revision) -> Option<Bytes> 
     // `encode` writes apiVersion and kind first, so metadata opens within the first bytes.
     let head = &bytes[..bytes.len().min(512)];
     let at = head.windows(META.len()).position(|w| w == META)? + META.len();
-    if bytes.windows(17).any(|w| w == b"\"resourceVersion\"") {
+    if contains(bytes, b"\"resourceVersion\"") {
         return None;
     }
     let rv = format!("\"resourceVersion\":\"{revision}\"");
@@ -106,6 +106,20 @@ pub(crate) fn splice_version(bytes: &[u8], revision: Revision) -> Option<Bytes> 
     }
     out.extend_from_slice(&bytes[at..]);
     Some(Bytes::from(out))
+}
+
+/// Whether `needle` (non-empty) occurs in `hay`: a jump from each occurrence of its first byte,
+/// many times faster than comparing every window (lists splice every object they serve).
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    let Some(&first) = needle.first() else { return true };
+    let mut rest = hay;
+    while let Some(i) = rest.iter().position(|&b| b == first) {
+        if rest[i..].starts_with(needle) {
+            return true;
+        }
+        rest = &rest[i + 1..];
+    }
+    false
 }
 
 /// A storage error as an API error.
@@ -141,6 +155,9 @@ mod tests {
             assert_eq!(decode(&bytes, 7)?, generic);
         }
         assert!(decode(b"[1]", 1).is_err());
+        assert!(contains(br#"{"a":{"resourceVersion":"1"}}"#, br#""resourceVersion""#));
+        assert!(!contains(br#"{"a":{"resourceVersio":"1"}}"#, br#""resourceVersion""#));
+        assert!(splice_version(br#"{"metadata":{"resourceVersion":"3"}}"#, 4).is_none());
         assert!(decode(br#"{"metadata": {"name": 5}}"#, 1).is_err());
         Ok(())
     }

@@ -601,7 +601,6 @@ fn namespace_finalizers_left(obj: &DynamicObject) -> bool {
     obj.data.get("spec").and_then(|s| s.get("finalizers")).and_then(Value::as_array).is_some_and(|f| !f.is_empty())
 }
 
-
 /// On update, a Service keeps its allocated cluster IP and node ports when the body leaves them out.
 fn carry_service_allocations(obj: &mut DynamicObject, old: &DynamicObject) {
     let Some(old_spec) = old.data.get("spec") else { return };
