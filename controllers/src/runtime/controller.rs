@@ -82,13 +82,6 @@ enum Trigger {
     All,
 }
 
-fn apply_trigger<K: Object>(queue: &WorkQueue<ObjectKey>, store: &Store<K>, trigger: Trigger) {
-    match trigger {
-        Trigger::Keys(keys) => keys.into_iter().for_each(|k| queue.add(k)),
-        Trigger::All => store.keys().into_iter().for_each(|k| queue.add(k)),
-    }
-}
-
 struct Source {
     resource: String,
     state: Box<dyn Fn() -> ReflectorState + Send + Sync>,
@@ -308,12 +301,6 @@ impl<K: Object> Controller<K> {
                 if stopping && inflight.is_empty() {
                     break;
                 }
-                // Starting due work comes before taking triggers: a select reads its branches in
-                // order and stops at the first ready one, and each trigger spends the task's
-                // cooperative budget, so with triggers first a steady flood of changes (10,000 pods
-                // being created) used up every poll before the queue's branch was reached: keys
-                // piled up due while nothing ran. Triggers still get their turn whenever no key is
-                // due or the concurrency is full; a trigger taken late only delays an add.
                 tokio::select! {
                     biased;
                     () = &mut shutdown, if !stopping => stopping = true,
@@ -328,6 +315,10 @@ impl<K: Object> Controller<K> {
                         };
                         queue.done(&key, outcome);
                     }
+                    Some(trigger) = triggers.next(), if !stopping => match trigger {
+                        Trigger::Keys(keys) => keys.into_iter().for_each(|k| queue.add(k)),
+                        Trigger::All => store.keys().into_iter().for_each(|k| queue.add(k)),
+                    },
                     key = queue.next(), if !stopping && inflight.len() < concurrency => {
                         let Some(obj) = store.get(&key) else {
                             queue.done(&key, Outcome::Forget);
@@ -344,7 +335,6 @@ impl<K: Object> Controller<K> {
                             (key, obj, ctx, result, span)
                         });
                     }
-                    Some(trigger) = triggers.next(), if !stopping => apply_trigger(&queue, &store, trigger),
                 }
             }
         }
