@@ -413,16 +413,7 @@ impl ContainerRuntime for ProcessRuntime {
         // pid still names its process group).
         let pty = if config.tty {
             let (master, slave) = sys::open_pty(None)?;
-            let inner = cmd.as_std();
-            let mut wrapped = Command::new("setsid");
-            wrapped.arg("--ctty").arg(inner.get_program()).args(inner.get_args());
-            if let Some(dir) = inner.get_current_dir() {
-                wrapped.current_dir(dir);
-            }
-            let stdio =
-                |f: &std::fs::File| f.try_clone().map(std::process::Stdio::from).map_err(|e| RuntimeError::io("pseudo-terminal", e));
-            wrapped.stdin(stdio(&slave)?).stdout(stdio(&slave)?).stderr(stdio(&slave)?);
-            cmd = wrapped;
+            cmd = sys::on_terminal(&cmd, &slave)?;
             Some(master)
         } else {
             let stdin = if config.stdin { std::process::Stdio::piped() } else { std::process::Stdio::null() };
@@ -612,7 +603,7 @@ impl ContainerRuntime for ProcessRuntime {
             env.push(("TERM".into(), "xterm".into()));
         }
         let (master, slave) = sys::open_pty(size)?;
-        let stdio = |f: &std::fs::File| f.try_clone().map(std::process::Stdio::from).map_err(|e| RuntimeError::io("pseudo-terminal", e));
+        let stdio = sys::terminal_stdio;
         // `setsid --ctty` (util-linux) makes the terminal the command's controlling terminal in a
         // session of its own (the command leads it, so ^C reaches its process group); it forks
         // only when it already leads a group, which a child of the agent does not.

@@ -661,13 +661,7 @@ impl ContainerRuntime for RuncRuntime {
         // `setsid --ctty`, its controlling terminal, whose resizes runc follows (SIGWINCH).
         let pty = if config.tty {
             let (master, slave) = sys::open_pty(Some(TerminalSize { width: 80, height: 24 }))?;
-            let inner = cmd.as_std();
-            let mut wrapped = Command::new("setsid");
-            wrapped.arg("--ctty").arg(inner.get_program()).args(inner.get_args());
-            let stdio =
-                |f: &std::fs::File| f.try_clone().map(std::process::Stdio::from).map_err(|e| RuntimeError::io("pseudo-terminal", e));
-            wrapped.stdin(stdio(&slave)?).stdout(stdio(&slave)?).stderr(stdio(&slave)?);
-            cmd = wrapped;
+            cmd = sys::on_terminal(&cmd, &slave)?;
             Some(master)
         } else {
             let stdin = if config.stdin { std::process::Stdio::piped() } else { std::process::Stdio::null() };
@@ -885,7 +879,7 @@ impl ContainerRuntime for RuncRuntime {
         // raw mode (so ^C and ^D reach the container's terminal as bytes), starts the container's
         // terminal at its size, and follows its resizes (SIGWINCH).
         let (master, slave) = sys::open_pty(Some(size.unwrap_or(TerminalSize { width: 80, height: 24 })))?;
-        let stdio = |f: &std::fs::File| f.try_clone().map(std::process::Stdio::from).map_err(|e| RuntimeError::io("pseudo-terminal", e));
+        let stdio = sys::terminal_stdio;
         let mut command = Command::new("setsid");
         command.arg("--ctty").arg(&self.inner.runc).arg("--root").arg(self.inner.root.join("runc")).args(["exec", "--tty"]);
         let has_term = record.config.env.iter().chain(&record.config.image.env).any(|(k, _)| k == "TERM");

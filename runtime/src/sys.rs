@@ -225,6 +225,25 @@ pub fn open_pty(size: Option<TerminalSize>) -> Result<(OwnedFd, std::fs::File)> 
     Ok((master, slave))
 }
 
+/// A terminal's slave side as a command's standard stream.
+pub fn terminal_stdio(slave: &std::fs::File) -> Result<std::process::Stdio> {
+    slave.try_clone().map(std::process::Stdio::from).map_err(|e| RuntimeError::io("pseudo-terminal", e))
+}
+
+/// `cmd` again, run on the terminal whose slave side is `slave`: its standard streams, and,
+/// through `setsid --ctty` (util-linux), its controlling terminal in a session the command leads
+/// (so ^C reaches its process group). Program, arguments and working directory carry over.
+pub fn on_terminal(cmd: &Command, slave: &std::fs::File) -> Result<Command> {
+    let inner = cmd.as_std();
+    let mut wrapped = Command::new("setsid");
+    wrapped.arg("--ctty").arg(inner.get_program()).args(inner.get_args());
+    if let Some(dir) = inner.get_current_dir() {
+        wrapped.current_dir(dir);
+    }
+    wrapped.stdin(terminal_stdio(slave)?).stdout(terminal_stdio(slave)?).stderr(terminal_stdio(slave)?);
+    Ok(wrapped)
+}
+
 /// Sets a terminal's size (`TIOCSWINSZ`; the foreground process group gets `SIGWINCH`).
 pub fn set_terminal_size(fd: impl AsFd, size: TerminalSize) -> Result<()> {
     let winsize = rustix::termios::Winsize { ws_row: size.height, ws_col: size.width, ws_xpixel: 0, ws_ypixel: 0 };

@@ -2,27 +2,11 @@
 //! the container's main process keeps a stdin (a terminal with `tty`) that attach sessions write
 //! to; `stdinOnce` closes it when the first session detaches.
 
-use crate::kubectl::{KillContainers, Kubectl, kubectl_binary};
-use bosun_examples::{Cluster, ClusterConfig, StoreChoice};
-use std::net::SocketAddr;
-use std::path::Path;
+use crate::kubectl::{KillContainers, Kubectl, kubectl_binary, one_node_in_memory};
+use bosun_examples::Cluster;
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(90);
-
-fn config(dir: &Path) -> ClusterConfig {
-    let any = SocketAddr::from(([127, 0, 0, 1], 0));
-    ClusterConfig {
-        data_dir: dir.join("data"),
-        store: StoreChoice::Memory,
-        listen: any,
-        kubeconfig: dir.join("kubeconfig"),
-        dns: any,
-        ingress: any,
-        lease_renew: Duration::from_secs(2),
-        ..ClusterConfig::default()
-    }
-}
 
 /// A pod whose main process reads its stdin (kept open across sessions, no terminal) and answers
 /// each line until `quit`.
@@ -45,7 +29,7 @@ async fn kubectl_run_it_and_attach_reach_the_containers_stdin() {
     let Some(binary) = kubectl_binary() else { return };
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
     let _cleanup = KillContainers(dir.path().join("data"));
-    let cluster = Cluster::start(config(dir.path())).await.unwrap_or_else(|e| panic!("start cluster: {e}"));
+    let cluster = Cluster::start(one_node_in_memory(dir.path())).await.unwrap_or_else(|e| panic!("start cluster: {e}"));
     let k = Kubectl::new(binary, &dir.path().join("kubeconfig"), &dir.path().join("cache"));
     k.eventually(&["get", "nodes"], WAIT, |out| out.contains("node-1") && out.contains(" Ready ")).await;
 

@@ -2,29 +2,13 @@
 //! kubectl (WebSocket `v5.channel.k8s.io`, no SPDY): output streams, exit codes, stdin, clear
 //! errors for a missing container or pod.
 
-use crate::kubectl::{KillContainers, Kubectl, kubectl_binary};
-use bosun_examples::{Cluster, ClusterConfig, StoreChoice};
+use crate::kubectl::{KillContainers, Kubectl, kubectl_binary, one_node_in_memory};
+use bosun_examples::Cluster;
 use std::io::Write as _;
-use std::net::SocketAddr;
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(90);
-
-fn config(dir: &Path) -> ClusterConfig {
-    let any = SocketAddr::from(([127, 0, 0, 1], 0));
-    ClusterConfig {
-        data_dir: dir.join("data"),
-        store: StoreChoice::Memory,
-        listen: any,
-        kubeconfig: dir.join("kubeconfig"),
-        dns: any,
-        ingress: any,
-        lease_renew: Duration::from_secs(2),
-        ..ClusterConfig::default()
-    }
-}
 
 /// Runs kubectl; returns (exit code, stdout, stderr).
 fn kubectl_status(k: &Kubectl, args: &[&str]) -> (Option<i32>, String, String) {
@@ -37,7 +21,7 @@ async fn kubectl_exec_cp_and_attach_work() {
     let Some(binary) = kubectl_binary() else { return };
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
     let _cleanup = KillContainers(dir.path().join("data"));
-    let cluster = Cluster::start(config(dir.path())).await.unwrap_or_else(|e| panic!("start cluster: {e}"));
+    let cluster = Cluster::start(one_node_in_memory(dir.path())).await.unwrap_or_else(|e| panic!("start cluster: {e}"));
     let k = Kubectl::new(binary, &dir.path().join("kubeconfig"), &dir.path().join("cache"));
 
     k.eventually(&["get", "nodes"], WAIT, |out| out.contains("node-1") && out.contains(" Ready ")).await;

@@ -147,3 +147,19 @@ pub fn etcd_available() -> bool {
     eprintln!("\n!!! SKIPPING: etcd is not installed (apt-get install etcd-server) !!!\n");
     false
 }
+
+/// A one-node reference cluster on the in-memory store, every listener on an ephemeral loopback
+/// port, its files under `dir`.
+pub fn one_node_in_memory(dir: &Path) -> bosun_examples::ClusterConfig {
+    let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    bosun_examples::ClusterConfig {
+        data_dir: dir.join("data"),
+        store: bosun_examples::StoreChoice::Memory,
+        listen: any,
+        kubeconfig: dir.join("kubeconfig"),
+        dns: any,
+        ingress: any,
+        lease_renew: Duration::from_secs(2),
+        ..bosun_examples::ClusterConfig::default()
+    }
+}
