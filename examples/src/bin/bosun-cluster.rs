@@ -1,5 +1,9 @@
 //! `bosun-cluster`: the reference cluster on embedded defaults, driven by the real `kubectl`.
 
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use bosun_examples::{Cluster, ClusterConfig, ProxyChoice, Role, RuntimeChoice, StoreChoice};
 use clap::Parser;
 use std::net::SocketAddr;

@@ -14,6 +14,10 @@
 //! ```
 //! Ends with `BENCH density.*=...` lines.
 
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use bosun_controllers::{ControllerManager, ManagerConfig};
 use bosun_core::k8s_openapi::api::apps::v1::Deployment;
 use bosun_core::k8s_openapi::api::core::v1::{Namespace, Pod};
