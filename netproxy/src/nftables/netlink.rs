@@ -135,6 +135,11 @@ fn key_bytes(key: &Key, out: &mut Vec<u8>) {
             out.extend_from_slice(&id.to_ne_bytes());
             out.extend_from_slice(&i.to_ne_bytes());
         }
+        Key::Hairpin(id, ip) => {
+            out.extend_from_slice(&id.to_ne_bytes());
+            ip_bytes(ip, out);
+            ip_bytes(ip, out);
+        }
     }
 }
 
@@ -152,7 +157,7 @@ fn element(buf: &mut Vec<u8>, e: &Element, verb: Verb, scratch: &mut Vec<u8>) {
     key_bytes(&e.key, scratch);
     attr(buf, NFTA_DATA_VALUE, scratch);
     attr_end(buf, key);
-    if verb == Verb::Add {
+    if verb == Verb::Add && e.value != Value::Member {
         let data = attr_start(buf, NFTA_SET_ELEM_DATA | NLA_F_NESTED);
         match &e.value {
             Value::Mark(m) => attr(buf, NFTA_DATA_VALUE, &m.to_ne_bytes()),
@@ -163,6 +168,7 @@ fn element(buf: &mut Vec<u8>, e: &Element, verb: Verb, scratch: &mut Vec<u8>) {
                 scratch.extend_from_slice(&[0, 0]);
                 attr(buf, NFTA_DATA_VALUE, scratch);
             }
+            Value::Member => {}
             Value::Goto(chain) => {
                 let verdict = attr_start(buf, NFTA_DATA_VERDICT | NLA_F_NESTED);
                 attr(buf, NFTA_VERDICT_CODE, &NFT_GOTO.to_be_bytes());

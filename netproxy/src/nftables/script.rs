@@ -13,6 +13,12 @@
 //!   in both families, each family's addresses going to that family's endpoints.)
 //! - Services with ClientIP affinity get their own chains with per-endpoint timed sets instead.
 //! - `no-endpoint-services` / `no-endpoint-nodeports` reject traffic to ports without endpoints.
+//! - `hairpin` (`mark . ipv4_addr . ipv4_addr`) holds `id . ep . ep` for each endpoint address of
+//!   each service port: after DNAT, a packet whose source is the endpoint it was sent to (a pod
+//!   reaching its own Service) matches `ct mark . ip saddr . ip daddr` and is masqueraded, as
+//!   kube-proxy's per-endpoint `ip saddr <ep> jump mark-for-masquerade` does. Without it the pod
+//!   answers itself directly, not through the node, and the connection never completes.
+//!   External traffic (node ports, external IPs) is masqueraded unless its policy is `Local`.
 
 use crate::table::{Affinity, Endpoint, Protocol, ProxyService, ServicePortName};
 use std::collections::BTreeSet;
@@ -75,6 +81,7 @@ pub(super) struct Maps {
     pub backends: &'static str,
     pub no_endpoint_services: &'static str,
     pub no_endpoint_nodeports: &'static str,
+    pub hairpin: &'static str,
 }
 
 const MAPS: [Maps; 2] = [
@@ -86,6 +93,7 @@ const MAPS: [Maps; 2] = [
         backends: "backends",
         no_endpoint_services: "no-endpoint-services",
         no_endpoint_nodeports: "no-endpoint-nodeports",
+        hairpin: "hairpin",
     },
     Maps {
         service_ids: "service-ids6",
@@ -95,6 +103,7 @@ const MAPS: [Maps; 2] = [
         backends: "backends6",
         no_endpoint_services: "no-endpoint-services6",
         no_endpoint_nodeports: "no-endpoint-nodeports6",
+        hairpin: "hairpin6",
     },
 ];
 
@@ -107,6 +116,7 @@ pub(super) fn base(table: &str) -> String {
     let mut maps_text = String::new();
     let mut services = String::new();
     let mut filter = String::new();
+    let mut hairpin = String::new();
     for f in Family::ALL {
         let m = maps(f);
         let (ip, addr, lo) = (f.ip(), f.addr_type(), f.loopback());
@@ -119,8 +129,16 @@ pub(super) fn base(table: &str) -> String {
   map {} {{ typeof ct mark . numgen random mod 2 : {ip} daddr . tcp dport ; }}
   map {} {{ type {addr} . inet_proto . inet_service : verdict ; }}
   map {} {{ type inet_proto . inet_service : verdict ; }}
+  set {} {{ type mark . {addr} . {addr} ; }}
 ",
-            m.service_ids, m.nodeport_ids, m.service_ips, m.service_nodeports, m.backends, m.no_endpoint_services, m.no_endpoint_nodeports
+            m.service_ids,
+            m.nodeport_ids,
+            m.service_ips,
+            m.service_nodeports,
+            m.backends,
+            m.no_endpoint_services,
+            m.no_endpoint_nodeports,
+            m.hairpin
         );
         let _ = write!(
             services,
@@ -138,6 +156,7 @@ pub(super) fn base(table: &str) -> String {
 ",
             m.no_endpoint_services, m.no_endpoint_nodeports
         );
+        let _ = writeln!(hairpin, "    ct mark . {ip} saddr . {ip} daddr @{} jump mark-for-masquerade", m.hairpin);
     }
     format!(
         "table {TABLE_FAMILY} {table} {{
@@ -151,7 +170,7 @@ pub(super) fn base(table: &str) -> String {
   chain nat-output {{ type nat hook output priority -100 ; policy accept ; jump services ; }}
   chain nat-postrouting {{
     type nat hook postrouting priority srcnat ; policy accept ;
-    meta mark & {MASQ_MARK:#x} == 0 return
+{hairpin}    meta mark & {MASQ_MARK:#x} == 0 return
     meta mark set meta mark ^ {MASQ_MARK:#x}
     masquerade fully-random
   }}
@@ -231,6 +250,8 @@ pub(super) enum Key {
     Port(Protocol, u16),
     /// `mark . numgen` (`backends`: a service port's id and an endpoint's index).
     Backend(u32, u32),
+    /// `mark . addr . addr` (`hairpin`: a service port's id and an endpoint address, twice).
+    Hairpin(u32, IpAddr),
 }
 
 /// The value of a map element.
@@ -242,6 +263,8 @@ pub(super) enum Value {
     Goto(String),
     /// A DNAT target: `ipv4_addr . inet_service` or `ipv6_addr . inet_service`.
     Target(SocketAddr),
+    /// None: the element of a set (`hairpin`).
+    Member,
 }
 
 /// One map element: map name, key, value.
@@ -264,6 +287,7 @@ impl std::fmt::Display for Key {
             Self::Addr(ip, p, port) => write!(f, "{ip} . {} . {port}", l4(*p)),
             Self::Port(p, port) => write!(f, "{} . {port}", l4(*p)),
             Self::Backend(id, i) => write!(f, "{id} . {i}"),
+            Self::Hairpin(id, ip) => write!(f, "{id} . {ip} . {ip}"),
         }
     }
 }
@@ -274,6 +298,7 @@ impl std::fmt::Display for Value {
             Self::Mark(m) => write!(f, "{m}"),
             Self::Goto(chain) => write!(f, "goto {chain}"),
             Self::Target(ep) => write!(f, "{} . {}", ep.ip(), ep.port()),
+            Self::Member => Ok(()),
         }
     }
 }
@@ -318,6 +343,18 @@ fn family_elements(svc: &ProxyService, ids: Ids, family: Family, picks: &mut BTr
     let cluster_verdict = (!cluster.is_empty()).then(|| verdict(&cluster, ids.cluster, "svc", false, out));
     let has_ext = svc.node_port.is_some() || !svc.external_ips.is_empty();
     let external_verdict = (has_ext && !external.is_empty()).then(|| verdict(&external, ids.external, "ext", !svc.external_local, out));
+    // Hairpin: each endpoint address of a path that is not masqueraded anyway.
+    let hairpin = |eps: &[SocketAddr], id: u32, out: &mut BTreeSet<Element>| {
+        for ep in eps {
+            out.insert(Element::new(m.hairpin, Key::Hairpin(id, ep.ip()), Value::Member));
+        }
+    };
+    if cluster_verdict.is_some() {
+        hairpin(&cluster, ids.cluster, out);
+    }
+    if external_verdict.is_some() && svc.external_local {
+        hairpin(&external, ids.external, out);
+    }
     let reject = || Value::Goto("reject-chain".into());
     for ip in ips_of(&svc.cluster_ips, family) {
         let key = Key::Addr(ip, p, port);
@@ -358,7 +395,7 @@ pub(super) fn write_elements<'a>(out: &mut String, table: &str, verb: &str, elem
             let _ = write!(out, "{verb} element {TABLE_FAMILY} {table} {map} {{ ");
             for (i, e) in group.iter().enumerate() {
                 let sep = if i == 0 { "" } else { ", " };
-                if verb == "add" {
+                if verb == "add" && e.value != Value::Member {
                     let _ = write!(out, "{sep}{} : {}", e.key, e.value);
                 } else {
                     let _ = write!(out, "{sep}{}", e.key);

@@ -45,8 +45,40 @@ fn an_endpoint_change_touches_only_that_endpoints_backend_element() {
     let mut state = State::default();
     incremental(&p, &mut state, &diff(vec![svc("web", "10.96.0.1", &["10.1.0.1:8080", "10.1.0.2:8080"])], vec![]));
     let s = incremental(&p, &mut state, &diff(vec![svc("web", "10.96.0.1", &["10.1.0.1:8080", "10.1.0.3:8080"])], vec![]));
-    assert_eq!(s, "delete element inet bosun backends { 1 . 1 }\nadd element inet bosun backends { 1 . 1 : 10.1.0.3 . 8080 }\n");
+    assert_eq!(
+        s,
+        "delete element inet bosun backends { 1 . 1 }\ndelete element inet bosun hairpin { 1 . 10.1.0.2 . 10.1.0.2 }\n\
+         add element inet bosun backends { 1 . 1 : 10.1.0.3 . 8080 }\nadd element inet bosun hairpin { 1 . 10.1.0.3 . 10.1.0.3 }\n"
+    );
     assert!(!s.contains("chain"), "no chain is written for an endpoint change: {s}");
+}
+
+#[test]
+fn traffic_dnatted_back_to_its_sender_is_masqueraded() {
+    let p = NftablesProxy::new(NftablesConfig::default());
+    let mut dual = svc("dual", "10.96.0.5", &["10.1.0.1:80", "10.1.0.1:81", "[fd00:1::1]:80"]);
+    dual.cluster_ips.push("fd00:96::5".parse().expect("ip"));
+    let s = p.full_script(&[Arc::new(dual)]);
+    assert!(s.contains("ct mark . ip saddr . ip daddr @hairpin jump mark-for-masquerade"), "{s}");
+    assert!(s.contains("ct mark . ip6 saddr . ip6 daddr @hairpin6 jump mark-for-masquerade"), "{s}");
+    // One element per endpoint address (two ports of one pod share it), in the family's set.
+    assert!(s.contains("add element inet bosun hairpin { 1 . 10.1.0.1 . 10.1.0.1 }"), "{s}");
+    assert!(s.contains("add element inet bosun hairpin6 { 1 . fd00:1::1 . fd00:1::1 }"), "{s}");
+}
+
+#[test]
+fn external_traffic_is_masqueraded_unless_local_which_keeps_hairpin_masquerade() {
+    let p = NftablesProxy::new(NftablesConfig::default());
+    let mut cluster = svc("cluster", "10.96.0.6", &["10.1.0.1:80"]);
+    cluster.node_port = Some(30006);
+    let mut local = svc("local", "10.96.0.7", &["10.1.0.2:80"]);
+    local.node_port = Some(30007);
+    local.external_local = true;
+    let s = p.full_script(&[Arc::new(cluster), Arc::new(local)]);
+    assert!(s.contains("add rule inet bosun pick-masq-tcp-1 jump mark-for-masquerade"), "{s}");
+    assert!(s.contains("service-nodeports { tcp . 30006 : goto pick-masq-tcp-1, tcp . 30007 : goto pick-tcp-1 }"), "{s}");
+    // Ids: cluster 1/2 (cluster, external), local 3/4; only the local external path needs hairpin elements.
+    assert!(s.contains("hairpin { 1 . 10.1.0.1 . 10.1.0.1, 3 . 10.1.0.2 . 10.1.0.2, 4 . 10.1.0.2 . 10.1.0.2 }"), "{s}");
 }
 
 #[test]

@@ -3,6 +3,7 @@
 
 mod dns;
 mod ingress;
+mod masquerade;
 mod netns;
 mod nftables;
 mod support;

@@ -41,6 +41,18 @@ impl Netns {
         other.ip(&["link", "set", b_dev, "up"])
     }
 
+    /// Connects two namespaces with a veth pair without addresses (`a_dev` here, `b_dev` in `other`), both up.
+    pub fn veth(&self, other: &Netns, a_dev: &str, b_dev: &str) -> Result<(), String> {
+        ip(&["link", "add", a_dev, "netns", &self.name, "type", "veth", "peer", "name", b_dev, "netns", &other.name])?;
+        self.ip(&["link", "set", a_dev, "up"])?;
+        other.ip(&["link", "set", b_dev, "up"])
+    }
+
+    /// Writes a sysctl of this namespace (`net.ipv4.ip_forward` as `net/ipv4/ip_forward`).
+    pub fn sysctl(&self, path: &'static str, value: &'static str) -> Result<(), String> {
+        self.enter(move || std::fs::write(format!("/proc/sys/{path}"), value)).map_err(|e| format!("sysctl {path}: {e}"))
+    }
+
     /// Runs `f` on a thread that has entered this namespace; sockets it opens stay in the namespace.
     pub fn enter<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
         let path = format!("/var/run/netns/{}", self.name);

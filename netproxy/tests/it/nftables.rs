@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-fn skip() -> bool {
+pub(crate) fn skip() -> bool {
     if netns::available() {
         return false;
     }
@@ -31,7 +31,7 @@ fn serve_in(ns: &Netns, addr: &'static str, name: &'static str) {
 }
 
 /// Connects from inside a namespace and returns the greeting (or the error).
-fn ask(ns: &Netns, to: SocketAddr) -> Result<String, String> {
+pub(crate) fn ask(ns: &Netns, to: SocketAddr) -> Result<String, String> {
     ns.enter(move || {
         let s = std::net::TcpStream::connect_timeout(&to, Duration::from_secs(2)).map_err(|e| e.to_string())?;
         s.set_read_timeout(Some(Duration::from_secs(2))).map_err(|e| e.to_string())?;
