@@ -257,6 +257,8 @@ pub struct Ctx {
     pub allocatable: BTreeMap<String, Quantity>,
     /// The runtime's name, for container ids.
     pub runtime_name: String,
+    /// Where pod events go (set when the agent starts, unless events are off).
+    pub events: std::sync::OnceLock<events::EventSink>,
     wakers: Mutex<HashMap<SandboxId, Arc<Notify>>>,
 }
 
@@ -336,7 +338,7 @@ impl NodeAgent {
     ) -> Self {
         let allocatable = config.allocatable();
         let runtime_name = runtime.version().name;
-        Self { ctx: Arc::new(Ctx { client, runtime, images, config, allocatable, runtime_name, wakers: Mutex::new(HashMap::new()) }) }
+        Self { ctx: Arc::new(Ctx { client, runtime, images, config, allocatable, runtime_name, events: std::sync::OnceLock::new(), wakers: Mutex::new(HashMap::new()) }) }
     }
 
     /// Registers the Node, re-attaches to what the runtime still runs, and starts the lease, status,
@@ -345,6 +347,9 @@ impl NodeAgent {
         let ctx = self.ctx;
         let span = tracing::info_span!("node", node.name = %ctx.config.node_name);
         let _enter = span.enter();
+        if ctx.config.record_events {
+            let _ = ctx.events.set(events::EventSink::spawn(ctx.client.clone(), "kubelet", &ctx.config.node_name));
+        }
         std::fs::create_dir_all(&ctx.config.root_dir)
             .map_err(|e| Error::internal(format!("create {}: {e}", ctx.config.root_dir.display())))?;
         let desired = node::desired_node(&ctx.config, &ctx.runtime.version().to_string(), &ctx.allocatable);

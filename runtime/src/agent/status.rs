@@ -73,7 +73,13 @@ pub fn container_uri(runtime: &str, id: &str) -> String {
 }
 
 fn time(t: Option<Timestamp>) -> Option<Time> {
-    t.map(Time)
+    t.map(api_time)
+}
+
+/// A time as the API keeps it: whole seconds (so that what the agent wrote compares equal to what
+/// it reads back).
+pub fn api_time(t: Timestamp) -> Time {
+    Time(Timestamp::from_second(t.as_second()).unwrap_or(t))
 }
 
 fn terminated(t: &Terminated, runtime: &str) -> ContainerStateTerminated {
@@ -157,7 +163,7 @@ pub fn set_condition(conditions: &mut Vec<PodCondition>, type_: &str, status: bo
     if let Some(c) = conditions.iter_mut().find(|c| c.type_ == type_) {
         if c.status != status {
             c.status = status.to_string();
-            c.last_transition_time = Some(Time(now));
+            c.last_transition_time = Some(api_time(now));
         }
         c.reason = reason.map(String::from);
         return;
@@ -166,7 +172,7 @@ pub fn set_condition(conditions: &mut Vec<PodCondition>, type_: &str, status: bo
         type_: type_.to_string(),
         status: status.to_string(),
         reason: reason.map(String::from),
-        last_transition_time: Some(Time(now)),
+        last_transition_time: Some(api_time(now)),
         ..PodCondition::default()
     });
 }

@@ -11,9 +11,8 @@ use super::volume::{self, PodVolumes};
 use super::{Ctx, POD_UID_LABEL};
 use crate::cri::{ContainerConfig, ContainerId, ContainerResources, ContainerState, ContainerStatus, DnsConfig, SandboxConfig, SandboxId};
 use crate::error::RuntimeError;
-use bosun_core::k8s_openapi::api::core::v1::{Container, HostIP, ObjectReference, Pod, PodIP, PodStatus};
-use bosun_core::k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use bosun_core::{Api, DeleteParams, Patch, PatchParams, Preconditions, Quantity};
+use bosun_core::k8s_openapi::api::core::v1::{Container, HostIP, ObjectReference, Pod, PodCondition, PodIP, PodSpec, PodStatus};
+use bosun_core::{Api, DeleteParams, Patch, PatchParams, Preconditions, Quantity, TypedObject};
 use jiff::Timestamp;
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -153,8 +152,12 @@ pub struct Worker {
     active_since: Instant,
     /// When emptyDir usage was last compared with the volumes' `sizeLimit`.
     limits_checked: Option<Instant>,
-    /// A hash of the status last written (transition times aside), to skip no-op writes.
-    last_status: Option<u64>,
+    /// The status the API server holds as far as the agent knows: the pod's at first, then what
+    /// the agent wrote, or the pod's again when a newer version than the agent's write arrives.
+    /// A status equal to it in the fields the agent owns is not written.
+    reported: PodStatus,
+    /// The resourceVersion the agent's last status write produced.
+    reported_rv: Option<u64>,
     last_event: Option<String>,
     finished: bool,
 }
@@ -178,11 +181,12 @@ impl Worker {
             resource_version: pod.metadata.resource_version.clone(),
             ..ObjectReference::default()
         };
-        let recorder = Recorder::new(ctx.config.record_events.then(|| ctx.client.clone()), object, &ctx.config.node_name);
+        let recorder = Recorder::new(ctx.events.get().cloned(), object);
         let start_time = pod.status.as_ref().and_then(|s| s.start_time.as_ref()).map_or_else(Timestamp::now, |t| t.0);
         // A pod started by an earlier agent has been active since its start time.
         let active_for = Timestamp::now().duration_since(start_time).unsigned_abs();
         let active_since = Instant::now().checked_sub(active_for).unwrap_or_else(Instant::now);
+        let reported = pod.status.clone().unwrap_or_default();
         let mut w = Self {
             ctx,
             pod,
@@ -201,7 +205,8 @@ impl Worker {
             start_time,
             active_since,
             limits_checked: None,
-            last_status: None,
+            reported,
+            reported_rv: None,
             last_event: None,
             finished: false,
         };
@@ -305,6 +310,11 @@ impl Worker {
         let latest = self.pod_rx.borrow_and_update().clone();
         let removed = latest.is_none();
         if let Some(p) = latest {
+            // A version newer than the agent's own last write: its status is what the server holds.
+            let rv = p.metadata.resource_version.as_deref().and_then(|v| v.parse::<u64>().ok());
+            if self.reported_rv.is_none_or(|ours| rv.is_none_or(|rv| rv > ours)) {
+                self.reported = p.status.clone().unwrap_or_default();
+            }
             self.pod = p;
         }
         let deleting = self.pod.metadata.deletion_timestamp.is_some();
@@ -381,7 +391,10 @@ impl Worker {
             }
         }
 
-        let spec = self.pod.spec.clone().unwrap_or_default();
+        // The pod as this sync sees it (shared, not copied: the loop below mutates `self`).
+        let pod = self.pod.clone();
+        let no_spec = PodSpec::default();
+        let spec = pod.spec.as_ref().unwrap_or(&no_spec);
         let policy = Policy::of(spec.restart_policy.as_deref());
         let mut inits_ok = true;
         for c in spec.init_containers.iter().flatten() {
@@ -479,7 +492,8 @@ impl Worker {
 
     async fn run_sandbox(&mut self) -> Result<(), String> {
         let pod = &self.pod;
-        let spec = pod.spec.clone().unwrap_or_default();
+        let no_spec = PodSpec::default();
+        let spec = pod.spec.as_ref().unwrap_or(&no_spec);
         let mut labels = pod.metadata.labels.clone().unwrap_or_default();
         labels.insert(POD_UID_LABEL.into(), self.uid().to_string());
         labels.insert("io.kubernetes.pod.name".into(), self.name().to_string());
@@ -937,19 +951,22 @@ impl Worker {
         if !self.init_done {
             return "Pending";
         }
-        let spec = self.pod.spec.clone().unwrap_or_default();
+        let containers = self.pod.spec.as_ref().map(|s| s.containers.as_slice()).unwrap_or_default();
         let ever_ran =
-            spec.containers.iter().all(|c| self.slots.get(&c.name).is_some_and(|s| s.status.is_some() || s.last_terminated.is_some()));
+            containers.iter().all(|c| self.slots.get(&c.name).is_some_and(|s| s.status.is_some() || s.last_terminated.is_some()));
         if ever_ran { "Running" } else { "Pending" }
     }
 
-    async fn publish(&mut self) {
-        let spec = self.pod.spec.clone().unwrap_or_default();
+    /// The pod's status as the agent sees it: the fields it owns, and of the conditions only its own.
+    fn desired_status(&self) -> PodStatus {
+        let spec = self.pod.spec.as_ref();
         let now = Timestamp::now();
-        let init_views = self.views(spec.init_containers.as_deref().unwrap_or_default(), true);
-        let app_views = self.views(&spec.containers, false);
-        let rt = self.ctx.runtime_name.clone();
-        let mut conditions = self.pod.status.as_ref().and_then(|s| s.conditions.clone()).unwrap_or_default();
+        let init_views = self.views(spec.and_then(|s| s.init_containers.as_deref()).unwrap_or_default(), true);
+        let app_views = self.views(spec.map(|s| s.containers.as_slice()).unwrap_or_default(), false);
+        let rt = &self.ctx.runtime_name;
+        // The agent's conditions, their transition times kept from what the server holds.
+        let mut conditions: Vec<PodCondition> =
+            self.reported.conditions.iter().flatten().filter(|c| OWN_CONDITIONS.contains(&c.type_.as_str())).cloned().collect();
         let sandbox_ready = self.sandbox.is_some() && self.terminal.is_none();
         let containers_ready = self.terminal.is_none() && !app_views.is_empty() && app_views.iter().all(|v| v.ready);
         status::set_condition(&mut conditions, "PodReadyToStartContainers", sandbox_ready, None, now);
@@ -962,61 +979,153 @@ impl Worker {
             now,
         );
         status::set_condition(&mut conditions, "Ready", containers_ready, (!containers_ready).then_some("ContainersNotReady"), now);
+        conditions.sort_by_key(|c| OWN_CONDITIONS.iter().position(|t| *t == c.type_));
         let pod_ip = self.pod_ip();
         let host_ip = self.ctx.config.node_ip.clone();
-        let status = PodStatus {
+        PodStatus {
             phase: Some(self.current_phase().to_string()),
             conditions: Some(conditions),
             host_ip: Some(host_ip.clone()),
             host_ips: Some(vec![HostIP { ip: host_ip }]),
             pod_ip: pod_ip.clone(),
             pod_ips: pod_ip.map(|ip| vec![PodIP { ip }]),
-            start_time: Some(Time(self.start_time)),
-            init_container_statuses: (!init_views.is_empty()).then(|| init_views.iter().map(|v| v.to_api(&rt)).collect()),
-            container_statuses: Some(app_views.iter().map(|v| v.to_api(&rt)).collect()),
+            start_time: Some(status::api_time(self.start_time)),
+            init_container_statuses: (!init_views.is_empty()).then(|| init_views.iter().map(|v| v.to_api(rt)).collect()),
+            container_statuses: Some(app_views.iter().map(|v| v.to_api(rt)).collect()),
             qos_class: Some(status::qos_class(&self.pod).to_string()),
             message: self.terminal_reason.as_ref().map(|(_, m)| m.clone()).or_else(|| self.pod_waiting.as_ref().map(|(_, m)| m.clone())),
             reason: self.terminal_reason.as_ref().map(|(r, _)| (*r).to_string()),
             ..PodStatus::default()
-        };
-        let Ok(mut value) = serde_json::to_value(&status) else { return };
-        // Transition times change only with status; compare without them to skip no-op writes.
-        let fingerprint = {
-            let mut v = value.clone();
-            if let Some(conds) = v.get_mut("conditions").and_then(|c| c.as_array_mut()) {
-                for c in conds {
-                    if let Some(o) = c.as_object_mut() {
-                        o.remove("lastTransitionTime");
-                    }
-                }
-            }
-            let mut hasher = std::hash::DefaultHasher::new();
-            std::hash::Hash::hash(&v.to_string(), &mut hasher);
-            std::hash::Hasher::finish(&hasher)
-        };
-        if self.last_status == Some(fingerprint) {
+        }
+    }
+
+    /// Writes the pod's status when it differs from what the server holds, as the kubelet does: one
+    /// strategic merge patch of what changed (the agent's conditions merge by type, so the
+    /// conditions others own stay).
+    async fn publish(&mut self) {
+        let desired = self.desired_status();
+        let reported = owned_part(&self.reported);
+        if desired == reported {
             return;
         }
-        if self.pod_waiting.is_none()
-            && self.terminal_reason.is_none()
-            && let Some(o) = value.as_object_mut()
-        {
-            // Clear a message left by an earlier sandbox failure.
-            o.insert("message".into(), serde_json::Value::Null);
-        }
-        let api = Api::<Pod>::namespaced(self.ctx.client.clone(), self.namespace());
-        match api.patch_status(self.name(), &Patch::Merge(serde_json::json!({ "status": value })), &PatchParams::default()).await {
-            Ok(p) => {
-                self.last_status = Some(fingerprint);
-                // Keep the conditions others own (PodScheduled) current: the answer is the whole pod.
-                if p.status.is_some() {
-                    self.pod = Arc::new(p);
-                }
+        let Some(patch) = status_patch(&reported, &desired) else { return };
+        let resource = Pod::api_resource();
+        let target = bosun_core::Target::new(&resource, Some(self.namespace()));
+        let patch = Patch::Strategic(serde_json::json!({ "status": patch }));
+        let params = PatchParams { field_manager: Some("kubelet".into()), ..PatchParams::default() };
+        match self.ctx.client.patch_subresource(target, self.name(), "status", &patch, &params).await {
+            Ok(answer) => {
+                self.reported_rv = answer.metadata.resource_version.as_deref().and_then(|v| v.parse().ok());
+                // The server now holds the agent's fields; others' conditions are not compared.
+                self.reported = desired;
             }
             Err(e) if e.is_not_found() => {}
             Err(e) => tracing::warn!(error = %e, "cannot update pod status"),
         }
     }
+}
+
+/// The pod conditions the agent owns (the others, `PodScheduled`, `DisruptionTarget`, readiness
+/// gates, belong to other writers).
+const OWN_CONDITIONS: [&str; 4] = ["PodReadyToStartContainers", "Initialized", "ContainersReady", "Ready"];
+
+/// The fields of a status the agent writes (its own conditions only, in its order).
+fn owned_part(status: &PodStatus) -> PodStatus {
+    let mut conditions: Vec<PodCondition> =
+        status.conditions.iter().flatten().filter(|c| OWN_CONDITIONS.contains(&c.type_.as_str())).cloned().collect();
+    conditions.sort_by_key(|c| OWN_CONDITIONS.iter().position(|t| *t == c.type_));
+    PodStatus {
+        phase: status.phase.clone(),
+        conditions: Some(conditions),
+        host_ip: status.host_ip.clone(),
+        host_ips: status.host_ips.clone(),
+        pod_ip: status.pod_ip.clone(),
+        pod_ips: status.pod_ips.clone(),
+        start_time: status.start_time.clone(),
+        init_container_statuses: status.init_container_statuses.clone(),
+        container_statuses: status.container_statuses.clone(),
+        qos_class: status.qos_class.clone(),
+        message: status.message.clone(),
+        reason: status.reason.clone(),
+        ..PodStatus::default()
+    }
+}
+
+/// The two-way strategic merge patch from `old` to `new` (both JSON objects): changed keys, `null`
+/// for removed ones, nested objects patched in turn.
+fn object_diff(old: &serde_json::Map<String, serde_json::Value>, new: &serde_json::Map<String, serde_json::Value>) -> serde_json::Map<String, serde_json::Value> {
+    use serde_json::Value;
+    let mut out = serde_json::Map::new();
+    for (k, v) in new {
+        match (old.get(k), v) {
+            (Some(o), v) if o == v => {}
+            (Some(Value::Object(o)), Value::Object(n)) => {
+                out.insert(k.clone(), Value::Object(object_diff(o, n)));
+            }
+            _ => {
+                out.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    for k in old.keys() {
+        if !new.contains_key(k) {
+            out.insert(k.clone(), Value::Null);
+        }
+    }
+    out
+}
+
+/// The status patch from what the server holds to what the agent wants: changed fields only;
+/// `conditions` merge by `type` (changed ones only); `podIPs`/`hostIPs` (merged by `ip`) are
+/// replaced whole; container statuses are atomic lists. `None` when nothing differs.
+fn status_patch(reported: &PodStatus, desired: &PodStatus) -> Option<serde_json::Value> {
+    use serde_json::Value;
+    let (Ok(Value::Object(old)), Ok(Value::Object(new))) = (serde_json::to_value(reported), serde_json::to_value(desired)) else {
+        return None;
+    };
+    let mut patch = serde_json::Map::new();
+    for (k, v) in &new {
+        if old.get(k) == Some(v) {
+            continue;
+        }
+        let value = match (k.as_str(), v) {
+            ("conditions", Value::Array(conds)) => {
+                let before = old.get(k).and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+                let changed: Vec<Value> = conds
+                    .iter()
+                    .filter_map(|c| {
+                        let c = c.as_object()?;
+                        let type_ = c.get("type")?;
+                        let prev = before.iter().filter_map(Value::as_object).find(|p| p.get("type") == Some(type_));
+                        let mut d = match prev {
+                            Some(p) if p == c => return None,
+                            Some(p) => object_diff(p, c),
+                            None => c.clone(),
+                        };
+                        d.insert("type".into(), type_.clone());
+                        Some(Value::Object(d))
+                    })
+                    .collect();
+                if changed.is_empty() {
+                    continue;
+                }
+                Value::Array(changed)
+            }
+            ("podIPs" | "hostIPs", Value::Array(items)) => {
+                let mut items = items.clone();
+                items.push(serde_json::json!({ "$patch": "replace" }));
+                Value::Array(items)
+            }
+            _ => v.clone(),
+        };
+        patch.insert(k.clone(), value);
+    }
+    for k in old.keys() {
+        if !new.contains_key(k) && k != "conditions" {
+            patch.insert(k.clone(), Value::Null);
+        }
+    }
+    (!patch.is_empty()).then_some(Value::Object(patch))
 }
 
 /// A pod's resolver, the kubelet's way: `ClusterFirst` (the default; for a hostNetwork pod only
@@ -1092,4 +1201,67 @@ fn resources_of(c: &Container) -> ContainerResources {
 pub fn fmt_duration(d: Duration) -> String {
     let s = d.as_secs();
     if s >= 60 { format!("{}m{}s", s / 60, s % 60) } else { format!("{s}s") }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn status(v: serde_json::Value) -> PodStatus {
+        serde_json::from_value(v).expect("status")
+    }
+
+    fn cond(type_: &str, status: &str, reason: Option<&str>) -> serde_json::Value {
+        let mut c = json!({ "type": type_, "status": status, "lastTransitionTime": "2026-01-01T00:00:00Z" });
+        if let Some(r) = reason {
+            c["reason"] = json!(r);
+        }
+        c
+    }
+
+    #[test]
+    fn the_status_patch_holds_only_what_changed() {
+        let pending = status(json!({
+            "phase": "Pending",
+            "conditions": [cond("PodScheduled", "True", None), cond("Ready", "False", Some("ContainersNotReady")), cond("Initialized", "True", None)],
+            "podIP": "10.0.0.1", "podIPs": [{ "ip": "10.0.0.1" }],
+            "message": "sandbox failed once",
+            "containerStatuses": [{ "name": "app", "image": "x", "imageID": "", "ready": false, "restartCount": 0, "state": { "waiting": { "reason": "ContainerCreating" } } }],
+        }));
+        let mut running = owned_part(&pending);
+        running.phase = Some("Running".into());
+        running.message = None;
+        if let Some(c) = running.conditions.as_mut().and_then(|cs| cs.iter_mut().find(|c| c.type_ == "Ready")) {
+            c.status = "True".into();
+            c.reason = None;
+        }
+        running.container_statuses = Some(vec![serde_json::from_value(json!({
+            "name": "app", "image": "x", "imageID": "", "ready": true, "restartCount": 0, "state": { "running": { "startedAt": "2026-01-01T00:00:01Z" } }
+        })).expect("container status")]);
+        let patch = status_patch(&owned_part(&pending), &running).expect("a patch");
+        assert_eq!(
+            patch,
+            json!({
+                "phase": "Running",
+                "message": null,
+                // Only the changed condition, merged by type: its removed reason is nulled.
+                "conditions": [{ "type": "Ready", "status": "True", "reason": null }],
+                // Container statuses are atomic: the whole list.
+                "containerStatuses": [{ "name": "app", "image": "x", "imageID": "", "ready": true, "restartCount": 0, "state": { "running": { "startedAt": "2026-01-01T00:00:01Z" } } }],
+            })
+        );
+        assert_eq!(status_patch(&running, &running), None, "nothing changed, nothing to write");
+        assert!(owned_part(&pending).conditions.iter().flatten().all(|c| c.type_ != "PodScheduled"), "others' conditions are not the agent's");
+    }
+
+    #[test]
+    fn a_new_pod_ip_replaces_the_list() {
+        let before = status(json!({ "podIP": "10.0.0.1", "podIPs": [{ "ip": "10.0.0.1" }] }));
+        let after = status(json!({ "podIP": "10.0.0.2", "podIPs": [{ "ip": "10.0.0.2" }] }));
+        assert_eq!(
+            status_patch(&before, &after),
+            Some(json!({ "podIP": "10.0.0.2", "podIPs": [{ "ip": "10.0.0.2" }, { "$patch": "replace" }] }))
+        );
+    }
 }

@@ -562,3 +562,56 @@ async fn memory_empty_dirs_are_tmpfs_and_volumes_belong_to_the_fs_group() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn status_writes_keep_the_conditions_others_own_and_the_events_kubectl_shows() {
+    use bosun_core::k8s_openapi::api::core::v1::Event;
+    use bosun_core::{Patch, PatchParams};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let client = api_server();
+    let fake = FakeRuntime::new();
+    let p = pod("kept", "n1", serde_json::json!({ "containers": [{ "name": "app", "image": "x" }] }));
+    create(&client, &p).await;
+    // Conditions the scheduler and a readiness gate's controller wrote before the agent came.
+    let api = Api::<Pod>::namespaced(client.clone(), "default");
+    let others = serde_json::json!({ "status": { "conditions": [
+        { "type": "PodScheduled", "status": "True", "lastTransitionTime": "2026-01-01T00:00:00Z" },
+        { "type": "example.com/gate", "status": "True", "lastTransitionTime": "2026-01-01T00:00:00Z" },
+    ] } });
+    api.patch_status("kept", &Patch::Merge(others), &PatchParams::default()).await.expect("others' conditions");
+    let _node = start_node(&client, "n1", &fake, dir.path()).await;
+    let running = wait_pod(&client, "kept", Duration::from_secs(5), Duration::from_millis(50), "running and ready", |p| {
+        phase(p) == "Running" && is_ready(p)
+    })
+    .await;
+    let conditions: Vec<(String, String)> =
+        running.status.iter().flat_map(|s| s.conditions.iter().flatten()).map(|c| (c.type_.clone(), c.status.clone())).collect();
+    for want in ["PodScheduled", "example.com/gate", "PodReadyToStartContainers", "Initialized", "ContainersReady", "Ready"] {
+        assert!(conditions.iter().any(|(t, s)| t == want && s == "True"), "{want} is True: {conditions:?}");
+    }
+    assert_eq!(conditions.len(), 6, "each condition once: {conditions:?}");
+    let status = running.status.clone().expect("status");
+    assert!(status.pod_ip.is_some() && status.pod_ips.as_ref().is_some_and(|ips| ips.len() == 1), "{:?}", status.pod_ips);
+    assert!(status.start_time.is_some() && status.qos_class.as_deref() == Some("BestEffort"));
+    // Nothing changes any more: the agent writes nothing more (the resourceVersion stays), also
+    // when someone else's write shows it the status as the server holds it.
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let later = api.get("kept").await.expect("pod");
+    assert_eq!(later.metadata.resource_version, running.metadata.resource_version, "no status write without a change");
+    let labelled = api
+        .patch("kept", &Patch::Merge(serde_json::json!({ "metadata": { "labels": { "touched": "yes" } } })), &PatchParams::default())
+        .await
+        .expect("label");
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let later = api.get("kept").await.expect("pod");
+    assert_eq!(later.metadata.resource_version, labelled.metadata.resource_version, "the server's status equals the agent's");
+    // The events `kubectl describe pod` shows, once each.
+    let events = Api::<Event>::namespaced(client.clone(), "default").list(&Default::default()).await.expect("events").items;
+    let mut reasons: Vec<&str> = events
+        .iter()
+        .filter(|e| e.involved_object.name.as_deref() == Some("kept"))
+        .filter_map(|e| e.reason.as_deref())
+        .collect();
+    reasons.sort_unstable();
+    assert_eq!(reasons, ["Created", "Pulled", "Started"]);
+}
