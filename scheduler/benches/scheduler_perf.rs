@@ -6,9 +6,19 @@
 //! `BOSUN_BENCH_ONLY` runs the workloads whose names contain it;
 //! `BOSUN_BENCH_E2E=1` creates the measured pods while the scheduler runs (the timer then also
 //! covers their creation) instead of before it starts (a full queue, scheduler_perf's steady state).
+//!
+//! The bench allocates with mimalloc; `--features bench-system-alloc` builds it with the system
+//! allocator (glibc malloc) instead, for an A/B of the two.
 
 #[path = "../tests/it/harness.rs"]
 mod harness;
+
+#[cfg(not(feature = "bench-system-alloc"))]
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Which allocator this build of the bench uses.
+const ALLOCATOR: &str = if cfg!(feature = "bench-system-alloc") { "system" } else { "mimalloc" };
 
 use bosun_core::k8s_openapi::api::core::v1::{Affinity, Pod, PodAffinityTerm, PodAntiAffinity, TopologySpreadConstraint};
 use bosun_core::k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
@@ -198,6 +208,7 @@ fn main() {
         Ok(rt) => rt,
         Err(e) => panic!("tokio runtime: {e}"),
     };
+    eprintln!("allocator: {ALLOCATOR}");
     let mut results = Vec::new();
     for w in workloads.iter().filter(|w| w.bench.contains(&only)) {
         let rate = rt.block_on(run(w, scale));

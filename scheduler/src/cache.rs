@@ -117,6 +117,26 @@ impl Cache {
         self.pods.insert(pod.uid.clone(), PodState { node: Arc::from(node.as_str()), pod, assumed: false, binding_finished: true });
     }
 
+    /// Confirms an assumed pod with the version the informer delivered (bound to the node it was
+    /// assumed on), when that version differs from the assumed one in nothing the scheduler
+    /// derives from a pod but `spec.nodeName` ([`PodInfo::rebound`]): the node's accounting is
+    /// already right, so the node (and the snapshot) is left as it is; the node's pod list keeps
+    /// the assumed version's info, which equals the new one in every parsed part. Returns the
+    /// assumed and the confirmed info; `None` (nothing done) when the slow path must run.
+    pub fn confirm_assumed(&mut self, pod: &Arc<bosun_core::k8s_openapi::api::core::v1::Pod>) -> Option<(Arc<PodInfo>, Arc<PodInfo>)> {
+        let uid = pod.metadata.uid.as_deref()?;
+        let state = self.pods.get_mut(uid)?;
+        let node = pod.spec.as_ref()?.node_name.as_deref()?;
+        if !state.assumed || *state.node != *node {
+            return None;
+        }
+        let confirmed = state.pod.rebound(pod.clone())?;
+        let assumed = std::mem::replace(&mut state.pod, confirmed.clone());
+        state.assumed = false;
+        state.binding_finished = true;
+        Some((assumed, confirmed))
+    }
+
     /// Moves a pod's nomination (by preemption) from one node to another (`None`: none), so that
     /// snapshots carry each node's nominated pods.
     pub fn nominate(&mut self, pod: &Arc<PodInfo>, from: Option<&str>, to: Option<&str>) {

@@ -220,7 +220,7 @@ impl RequiredNodeAffinity {
 
 /// Everything the plugins need from one pod, computed once: requests, ports, tolerations, parsed
 /// selectors and affinity terms, topology spread constraints. Shared as `Arc<PodInfo>`.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct PodInfo {
     /// The pod as the scheduler last saw it.
     pub pod: Arc<Pod>,
@@ -399,6 +399,52 @@ impl PodInfo {
         Arc::new(info)
     }
 
+    /// This pod's info for a newer version of the pod that differs in nothing the info is
+    /// derived from but `spec.nodeName` (typically the bound version of a pod the scheduler
+    /// assumed): the parsed parts are copied instead of parsed again. `None` when anything else
+    /// [`PodInfo::new`] reads changed.
+    pub fn rebound(&self, pod: Arc<Pod>) -> Option<Arc<Self>> {
+        let (a, b) = (&self.pod.metadata, &pod.metadata);
+        let same_meta = a.uid == b.uid
+            && a.name == b.name
+            && a.namespace == b.namespace
+            && a.labels == b.labels
+            && a.deletion_timestamp == b.deletion_timestamp
+            && a.creation_timestamp == b.creation_timestamp;
+        // Keep in step with what `new` reads from the spec and status.
+        let (sa, sb) = (self.pod.spec.as_ref(), pod.spec.as_ref());
+        let same_spec = match (sa, sb) {
+            (Some(a), Some(b)) => {
+                a.priority == b.priority
+                    && a.scheduler_name == b.scheduler_name
+                    && a.preemption_policy == b.preemption_policy
+                    && a.containers == b.containers
+                    && a.init_containers == b.init_containers
+                    && a.overhead == b.overhead
+                    && a.affinity == b.affinity
+                    && a.node_selector == b.node_selector
+                    && a.tolerations == b.tolerations
+                    && a.topology_spread_constraints == b.topology_spread_constraints
+                    && a.scheduling_gates == b.scheduling_gates
+            }
+            (None, None) => true,
+            _ => false,
+        };
+        let status = |p: &Pod| p.status.as_ref().map(|s| (s.start_time.clone(), s.nominated_node_name.clone())).unwrap_or_default();
+        if !same_meta || !same_spec || status(&self.pod) != status(&pod) {
+            return None;
+        }
+        let node_name = pod.spec.as_ref().and_then(|s| s.node_name.clone()).filter(|n| !n.is_empty());
+        Some(Arc::new(Self { pod, node_name, ..self.clone() }))
+    }
+
+    /// Whether `other` is alike for every node-local Filter (same namespace, labels and spec:
+    /// requests, tolerations, selectors, priority...), as a ReplicaSet's pods are: a node that
+    /// rejected one rejects the other for the same reason until the node changes.
+    pub fn equivalent(&self, other: &PodInfo) -> bool {
+        same_class(&self.pod, &other.pod)
+    }
+
     /// The pod's labels (empty when it has none).
     pub fn labels(&self) -> &BTreeMap<String, String> {
         self.pod.metadata.labels.as_ref().unwrap_or(&EMPTY_LABELS)
@@ -442,6 +488,12 @@ impl PodInfo {
     pub fn is_terminating(&self) -> bool {
         self.pod.metadata.deletion_timestamp.is_some()
     }
+}
+
+/// See [`PodInfo::equivalent`].
+pub(crate) fn same_class(a: &Pod, b: &Pod) -> bool {
+    std::ptr::eq(a, b)
+        || (a.metadata.namespace == b.metadata.namespace && a.metadata.labels == b.metadata.labels && a.spec == b.spec)
 }
 
 /// Normalises an image name as the kubelet reports it (`nginx` → `docker.io/library/nginx:latest`).
@@ -494,6 +546,36 @@ mod tests {
         assert_eq!(normalized_image("nginx:1.25"), "docker.io/library/nginx:1.25");
         assert_eq!(normalized_image("me/app"), "docker.io/me/app:latest");
         assert_eq!(normalized_image("registry.k8s.io/pause:3.9"), "registry.k8s.io/pause:3.9");
+    }
+
+    #[test]
+    fn a_version_that_only_got_its_node_shares_the_parsed_parts_and_any_other_change_is_parsed_again() {
+        use crate::plugins::testutil::pod;
+        let assumed = pod("p").req("250m", "1Gi").labels(&[("app", "web")]).toleration("k", "v", "NoSchedule").info();
+        let bound = |f: &dyn Fn(&mut Pod)| {
+            let mut p = (*assumed.pod).clone();
+            p.spec.get_or_insert_with(Default::default).node_name = Some("n1".into());
+            p.metadata.resource_version = Some("7".into());
+            f(&mut p);
+            Arc::new(p)
+        };
+        let same = assumed.rebound(bound(&|_| {})).unwrap_or_else(|| panic!("only the node changed"));
+        assert_eq!(same.node_name.as_deref(), Some("n1"));
+        assert_eq!(same.pod.metadata.resource_version.as_deref(), Some("7"));
+        assert_eq!((same.requests.milli_cpu, same.tolerations.len()), (250, 1));
+        assert!(assumed.node_name.is_none());
+        let changed: [&dyn Fn(&mut Pod); 4] = [
+            &|p| p.metadata.labels = None,
+            &|p| {
+                let epoch = bosun_core::k8s_openapi::jiff::Timestamp::UNIX_EPOCH;
+                p.metadata.deletion_timestamp = Some(bosun_core::k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(epoch));
+            },
+            &|p| p.spec.get_or_insert_with(Default::default).priority = Some(5),
+            &|p| p.spec.get_or_insert_with(Default::default).containers[0].resources = None,
+        ];
+        for (i, f) in changed.iter().enumerate() {
+            assert!(assumed.rebound(bound(*f)).is_none(), "change {i}");
+        }
     }
 
     #[test]

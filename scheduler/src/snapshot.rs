@@ -24,6 +24,8 @@ pub struct Snapshot {
     pub(crate) with_affinity: Vec<usize>,
     pub(crate) with_required_anti_affinity: Vec<usize>,
     pub(crate) with_scoring_affinity: Vec<usize>,
+    /// Nodes with nominated pods.
+    pub(crate) with_nominated: Vec<usize>,
     pub(crate) image_nodes: HashMap<String, usize>,
     pub(crate) hostnames_unique: bool,
     /// Per topology key, every node's value in scan order; valid until the next rebuild (label
@@ -36,6 +38,17 @@ pub struct Snapshot {
     /// Per-node counts plugins derive (pods matching a selector...), kept up to date by replaying
     /// `changes` instead of rescanning every node each cycle.
     pub(crate) counts: Arc<std::sync::Mutex<HashMap<String, NodeCounts>>>,
+    /// Names this snapshot's node order and change log: a new value on every rebuild, copy, or
+    /// restart of the log (0: never set), so that `(epoch, changes.len())` marks a state from
+    /// which the nodes changed since are `changes[len..]`.
+    pub(crate) epoch: u64,
+}
+
+/// Hands out snapshot epochs, unique in the process.
+static EPOCHS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+fn next_epoch() -> u64 {
+    EPOCHS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 impl Clone for Snapshot {
@@ -48,6 +61,7 @@ impl Clone for Snapshot {
             with_affinity: self.with_affinity.clone(),
             with_required_anti_affinity: self.with_required_anti_affinity.clone(),
             with_scoring_affinity: self.with_scoring_affinity.clone(),
+            with_nominated: self.with_nominated.clone(),
             image_nodes: self.image_nodes.clone(),
             hostnames_unique: self.hostnames_unique,
             columns: self.columns.clone(),
@@ -55,6 +69,7 @@ impl Clone for Snapshot {
             // A copy may diverge: derived counts are recomputed for it.
             changes: Vec::new(),
             counts: Arc::default(),
+            epoch: next_epoch(),
         }
     }
 }
@@ -132,11 +147,13 @@ impl Snapshot {
         self.domain_ids = Arc::default();
         self.changes.clear();
         self.counts = Arc::default();
+        self.epoch = next_epoch();
         let mut hostnames = std::collections::HashSet::new();
         self.hostnames_unique = self.nodes.iter().all(|n| n.labels().get(HOSTNAME_LABEL).is_none_or(|h| hostnames.insert(h.clone())));
         self.with_affinity = (0..self.nodes.len()).filter(|i| self.nodes[*i].pods_with_affinity > 0).collect();
         self.with_required_anti_affinity = (0..self.nodes.len()).filter(|i| self.nodes[*i].pods_with_required_anti_affinity > 0).collect();
         self.with_scoring_affinity = (0..self.nodes.len()).filter(|i| self.nodes[*i].pods_with_scoring_affinity > 0).collect();
+        self.with_nominated = (0..self.nodes.len()).filter(|i| !self.nodes[*i].nominated.is_empty()).collect();
         self.recount_images();
     }
 
@@ -163,6 +180,9 @@ impl Snapshot {
         if (old.pods_with_scoring_affinity > 0) != (info.pods_with_scoring_affinity > 0) {
             toggle(&mut self.with_scoring_affinity, i, info.pods_with_scoring_affinity > 0);
         }
+        if old.nominated.is_empty() != info.nominated.is_empty() {
+            toggle(&mut self.with_nominated, i, !info.nominated.is_empty());
+        }
         self.summaries[i] = info.summary();
         self.profiles[i] = PriorityProfile::of(&info.pods);
         self.nodes[i] = info;
@@ -170,8 +190,20 @@ impl Snapshot {
             // A long-lived snapshot: start the derived counts over rather than keep a long log.
             self.changes.clear();
             self.counts = Arc::default();
+            self.epoch = next_epoch();
         }
         self.changes.push(i);
+    }
+
+    /// Whether some node lists the pod with this UID among its nominated pods.
+    pub(crate) fn nominates(&self, uid: &str) -> bool {
+        if self.with_nominated.is_empty() {
+            return false;
+        }
+        let bit = NodeSummary::uid_bit(uid);
+        self.with_nominated.iter().any(|&i| {
+            self.summaries.get(i).is_none_or(|s| s.nominated_uids & bit != 0) && self.nodes[i].nominated.iter().any(|p| p.uid == uid)
+        })
     }
 
     /// Per-node counts under `key` (which must name everything the two functions depend on),

@@ -153,6 +153,15 @@ pub trait FilterPlugin: Plugin {
     fn summary_filter<'a>(&'a self, state: &'a CycleState, pod: &'a PodInfo, snapshot: &'a Snapshot) -> SummaryFilter<'a> {
         SummaryFilter::Full
     }
+
+    /// Whether, in this cycle, the verdict on a node depends only on the pod's spec, labels and
+    /// namespace and on that node's own [`NodeInfo`] (its description, pods and nominated pods):
+    /// not on other nodes, cluster-wide PreFilter state, the handle or the pod's identity. A scan
+    /// may then reuse a failed verdict given to an equivalent pod on a node that has not changed
+    /// since (see [`Framework`]'s failed-scan memo). Default: false (always judged afresh).
+    fn node_local(&self, state: &CycleState, pod: &PodInfo) -> bool {
+        false
+    }
 }
 
 /// A per-node check from a node's snapshot index and summary: `Some` is the verdict, `None`
@@ -208,6 +217,16 @@ pub struct NodeStatuses {
 impl NodeStatuses {
     /// How far back `insert` looks for an equal status before keeping a new one.
     const LOOK_BACK: usize = 8;
+
+    /// Statuses from their distinct values and, per node, (snapshot index, index into `distinct`).
+    pub(crate) fn from_parts(distinct: Vec<Status>, nodes: Vec<(usize, u32)>) -> Self {
+        Self { distinct, nodes }
+    }
+
+    /// The distinct statuses and, per recorded node, (snapshot index, index into the first).
+    pub(crate) fn parts(&self) -> (&[Status], &[(usize, u32)]) {
+        (&self.distinct, &self.nodes)
+    }
 
     /// Records a node's status (each node once).
     pub fn insert(&mut self, index: usize, status: Status) {

@@ -131,6 +131,7 @@ impl Profile {
             events: Vec::new(),
             percentage_of_nodes_to_score: self.percentage_of_nodes_to_score,
             next_start: AtomicUsize::new(0),
+            fail_memo: std::sync::Mutex::new(None),
         };
         for (p, weight) in plugins {
             let name = p.name();
@@ -311,7 +312,31 @@ pub struct Framework {
     events: Vec<(&'static str, ClusterEventWithHint)>,
     percentage_of_nodes_to_score: Option<u32>,
     next_start: AtomicUsize,
+    fail_memo: std::sync::Mutex<Option<FailMemo>>,
 }
+
+/// The verdicts of the last scan that found no node, kept so that the next equivalent pod (same
+/// spec, labels and namespace: a ReplicaSet's pods, a batch of preemptors) re-judges only the
+/// nodes changed since instead of every node. Valid while the snapshot's change log runs on
+/// (same epoch), and only for scans whose every active Filter is node-local
+/// ([`FilterPlugin::node_local`]) and that nothing else shaped: no PreFilter node subset or
+/// exclusions, no PreFilter extensions, the pod itself nominated to no node (a node does not
+/// keep room against the pod nominated to it).
+struct FailMemo {
+    /// The pod the verdicts were given to (its class: see [`PodInfo::equivalent`]).
+    template: Arc<bosun_core::k8s_openapi::api::core::v1::Pod>,
+    /// The Filter plugins (by position) that judged, after PreFilter skips and summary passes.
+    plan: Vec<usize>,
+    /// The snapshot's epoch and how much of its change log the verdicts cover.
+    epoch: u64,
+    synced: usize,
+    /// Distinct statuses, and per snapshot index the one the node got.
+    distinct: Vec<Status>,
+    per_node: Vec<u32>,
+}
+
+/// Distinct statuses a memo keeps before it is dropped (they only grow as changed nodes are re-judged).
+const MAX_MEMO_STATUSES: usize = 256;
 
 impl std::fmt::Debug for Framework {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -542,15 +567,15 @@ impl Framework {
             candidates.map_or(j, |c| c[j])
         };
         // This cycle's plan: the active Filter plugins with how each judges summaries.
-        let plan: Vec<(&Arc<dyn FilterPlugin>, SummaryFilter<'_>)> = self
+        let plan: Vec<(usize, &Arc<dyn FilterPlugin>, SummaryFilter<'_>)> = self
             .filter
             .iter()
             .enumerate()
             .filter(|(i, p)| !((*i < 64 && state.filter_skip_mask & (1 << i) != 0) || (*i >= 64 && state.skips_filter(p.name()))))
-            .map(|(_, p)| (p, p.summary_filter(state, pod, snapshot)))
-            .filter(|(_, f)| !matches!(f, SummaryFilter::Pass))
+            .map(|(i, p)| (i, p, p.summary_filter(state, pod, snapshot)))
+            .filter(|(_, _, f)| !matches!(f, SummaryFilter::Pass))
             .collect();
-        let heavy = plan.iter().any(|(_, f)| matches!(f, SummaryFilter::Full));
+        let heavy = plan.iter().any(|(_, _, f)| matches!(f, SummaryFilter::Full));
         // Nodes with nominated pods to leave room for: by the state's list (every such node takes
         // the full path) or by the summaries' nominated figures.
         let listed: Option<HashSet<usize>> =
@@ -561,7 +586,7 @@ impl Framework {
         let summaries = snapshot.summaries();
         // The plan on one summary; `None` when a plugin needs its full filter and `node` is not given.
         let run_plan = |idx: usize, summary: &NodeSummary, node: Option<&NodeInfo>| -> Option<Status> {
-            for (p, rule) in &plan {
+            for (_, p, rule) in &plan {
                 let decided = match rule {
                     SummaryFilter::Full => None,
                     SummaryFilter::Pass => continue,
@@ -607,6 +632,20 @@ impl Framework {
             }
             verdict(run_plan(idx, summary, Some(node)).unwrap_or_else(Status::success))
         };
+        // The failed-scan memo applies when every judging plugin is node-local and nothing but
+        // the nodes themselves shaped the verdicts.
+        let memo_ok = candidates.is_none()
+            && listed.is_none()
+            && state.excluded.is_none()
+            && !extensions
+            && snapshot.epoch != 0
+            && summaries.len() == snapshot.len()
+            && plan.iter().all(|(_, p, _)| p.node_local(state, pod))
+            && !snapshot.nominates(&pod.uid);
+        let signature: Vec<usize> = if memo_ok { plan.iter().map(|(i, _, _)| *i).collect() } else { Vec::new() };
+        if memo_ok && self.replay_failed_scan(pod, &signature, snapshot, &check, diagnosis) {
+            return (Vec::new(), n);
+        }
         let mut feasible = Vec::with_capacity(want.min(n));
         let mut failed: Vec<(usize, Status)> = Vec::new();
         let mut excluded: Vec<usize> = Vec::new();
@@ -676,6 +715,7 @@ impl Framework {
         }
         self.next_start.store((start + processed) % n, Ordering::Relaxed);
         if feasible.is_empty() {
+            let complete = excluded.is_empty() && failed.len() == n;
             for idx in excluded {
                 if let Some(s) = state.excluded(idx) {
                     diagnosis.record(idx, s.clone());
@@ -684,8 +724,98 @@ impl Framework {
             for (idx, s) in failed {
                 diagnosis.record(idx, s);
             }
+            if memo_ok && complete {
+                self.remember_failed_scan(pod, signature, snapshot, &diagnosis.node_statuses);
+            }
         }
         (feasible, processed)
+    }
+
+    /// Answers a scan from the failed-scan memo: when the last failed scan was for an equivalent
+    /// pod under the same plan, re-judges only the nodes changed since; if all still fail, fills
+    /// `diagnosis` as a full scan would and returns true. Any node that now passes (or errs) drops
+    /// the memo: the caller scans as usual.
+    fn replay_failed_scan(
+        &self,
+        pod: &PodInfo,
+        plan: &[usize],
+        snapshot: &Snapshot,
+        check: &dyn Fn(usize) -> Verdict,
+        diagnosis: &mut Diagnosis,
+    ) -> bool {
+        let mut slot = self.fail_memo.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(memo) = slot.as_mut() else { return false };
+        if memo.epoch != snapshot.epoch
+            || memo.synced > snapshot.changes.len()
+            || memo.per_node.len() != snapshot.len()
+            || memo.plan != plan
+            || !crate::pod_info::same_class(&memo.template, &pod.pod)
+        {
+            return false;
+        }
+        for &idx in &snapshot.changes[memo.synced..] {
+            let status = match check(idx) {
+                Verdict::Fail(s) if s.code() != Code::Error => s,
+                _ => {
+                    *slot = None;
+                    return false;
+                }
+            };
+            let k = match memo.distinct.iter().position(|d| *d == status) {
+                Some(k) => k,
+                None if memo.distinct.len() < MAX_MEMO_STATUSES => {
+                    memo.distinct.push(status);
+                    memo.distinct.len() - 1
+                }
+                None => {
+                    *slot = None;
+                    return false;
+                }
+            };
+            memo.per_node[idx] = u32::try_from(k).unwrap_or(u32::MAX);
+        }
+        memo.synced = snapshot.changes.len();
+        let mut used = vec![false; memo.distinct.len()];
+        let nodes: Vec<(usize, u32)> = memo
+            .per_node
+            .iter()
+            .enumerate()
+            .map(|(i, k)| {
+                if let Some(u) = used.get_mut(*k as usize) {
+                    *u = true;
+                }
+                (i, *k)
+            })
+            .collect();
+        for (s, _) in memo.distinct.iter().zip(&used).filter(|(_, u)| **u) {
+            if s.code() == Code::Pending {
+                Diagnosis::add_plugin(&mut diagnosis.pending_plugins, s);
+            } else {
+                Diagnosis::add_plugin(&mut diagnosis.unschedulable_plugins, s);
+            }
+        }
+        diagnosis.node_statuses = NodeStatuses::from_parts(memo.distinct.clone(), nodes);
+        true
+    }
+
+    /// Keeps a complete failed scan (every node judged and failed) for the next equivalent pod.
+    fn remember_failed_scan(&self, pod: &PodInfo, plan: Vec<usize>, snapshot: &Snapshot, statuses: &NodeStatuses) {
+        let (distinct, nodes) = statuses.parts();
+        let mut per_node = vec![u32::MAX; snapshot.len()];
+        for (idx, k) in nodes {
+            if let Some(slot) = per_node.get_mut(*idx) {
+                *slot = *k;
+            }
+        }
+        let memo = (per_node.iter().all(|k| *k != u32::MAX) && distinct.len() <= MAX_MEMO_STATUSES).then(|| FailMemo {
+            template: pod.pod.clone(),
+            plan,
+            epoch: snapshot.epoch,
+            synced: snapshot.changes.len(),
+            distinct: distinct.to_vec(),
+            per_node,
+        });
+        *self.fail_memo.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = memo;
     }
 
     /// Runs PreScore, Score and NormalizeScore over the feasible nodes and weights the scores.

@@ -3,8 +3,6 @@
 use crate::framework::{BindPlugin, CycleState, Handle, Plugin, Status};
 use crate::pod_info::PodInfo;
 use async_trait::async_trait;
-use bosun_core::Api;
-use bosun_core::k8s_openapi::api::core::v1::Pod;
 use std::sync::Arc;
 
 /// Binds through the API.
@@ -24,7 +22,7 @@ impl Plugin for DefaultBinder {
 impl BindPlugin for DefaultBinder {
     async fn bind(&self, _: &CycleState, pod: &Arc<PodInfo>, node: &str, handle: &Handle) -> Status {
         let Some(client) = handle.client() else { return Status::error("no API client to bind with") };
-        match Api::<Pod>::namespaced(client.clone(), &pod.namespace).bind(&pod.name, node).await {
+        match crate::writes::bind_pod(&**client, &pod.namespace, &pod.name, node).await {
             Ok(()) => Status::success(),
             Err(e) => Status::error(e.to_string()),
         }

@@ -60,32 +60,63 @@ fn more_important(a: &PodInfo, b: &PodInfo) -> std::cmp::Ordering {
     b.priority.cmp(&a.priority).then_with(|| a.start_time().cmp(&b.start_time()))
 }
 
+/// Which victims (most important first) a disruption budget protects: evicting them would take
+/// a budget below zero. Each dry run starts from the same allowance: budgets a candidate would
+/// consume are not shared with other candidates.
+fn pdb_protected<'a>(victims: impl Iterator<Item = &'a PodInfo>, pdb_allowance: &[(PdbInfo, i32)]) -> Vec<bool> {
+    let mut allowance: Vec<i32> = pdb_allowance.iter().map(|(_, left)| *left).collect();
+    victims
+        .map(|v| {
+            let mut violates = false;
+            for ((pdb, _), left) in pdb_allowance.iter().zip(allowance.iter_mut()) {
+                if pdb.namespace != v.namespace || pdb.selector.is_empty() || !pdb.selector.matches(v.labels()) {
+                    continue;
+                }
+                if pdb.disrupted_pods.iter().any(|n| *n == v.name) {
+                    continue;
+                }
+                *left -= 1;
+                if *left < 0 {
+                    violates = true;
+                }
+            }
+            violates
+        })
+        .collect()
+}
+
 /// Splits victims (most important first) into those whose eviction would break a disruption
-/// budget and the rest, both in importance order. Each dry run starts from the same allowance:
-/// budgets a candidate would consume are not shared with other candidates.
+/// budget and the rest, both in importance order.
 fn split_by_pdb(victims: Vec<Arc<PodInfo>>, pdb_allowance: &[(PdbInfo, i32)]) -> (Vec<Arc<PodInfo>>, Vec<Arc<PodInfo>>) {
     if pdb_allowance.is_empty() {
         return (Vec::new(), victims);
     }
-    let mut allowance: Vec<i32> = pdb_allowance.iter().map(|(_, left)| *left).collect();
+    let protected = pdb_protected(victims.iter().map(|v| &**v), pdb_allowance);
     let (mut violating, mut ok) = (Vec::new(), Vec::new());
-    for v in victims {
-        let mut violates = false;
-        for ((pdb, _), left) in pdb_allowance.iter().zip(allowance.iter_mut()) {
-            if pdb.namespace != v.namespace || pdb.selector.is_empty() || !pdb.selector.matches(v.labels()) {
-                continue;
-            }
-            if pdb.disrupted_pods.iter().any(|n| *n == v.name) {
-                continue;
-            }
-            *left -= 1;
-            if *left < 0 {
-                violates = true;
-            }
-        }
-        if violates { violating.push(v) } else { ok.push(v) }
+    for (v, p) in victims.into_iter().zip(protected) {
+        if p { violating.push(v) } else { ok.push(v) }
     }
     (violating, ok)
+}
+
+/// What [`DefaultPreemption::pick_one`] compares (the smallest wins): PDB violations, the highest
+/// victim priority, the sum of victim priorities, the number of victims, and the earliest start
+/// among the highest-priority victims (reversed: a later start is better).
+type CandidateKey = (usize, i32, i64, usize, std::cmp::Reverse<Option<bosun_core::k8s_openapi::jiff::Timestamp>>);
+
+fn candidate_key<'a>(victims: impl Iterator<Item = &'a PodInfo> + Clone, pdb_violations: usize) -> CandidateKey {
+    let high = victims.clone().map(|v| v.priority).max().unwrap_or(i32::MIN);
+    let (mut sum, mut count, mut earliest) = (0i64, 0usize, None);
+    for v in victims {
+        sum += i64::from(v.priority) + i64::from(i32::MAX) + 1;
+        count += 1;
+        if v.priority == high
+            && let Some(t) = v.start_time()
+        {
+            earliest = Some(earliest.map_or(t, |e: bosun_core::k8s_openapi::jiff::Timestamp| e.min(t)));
+        }
+    }
+    (pdb_violations, high, sum, count, std::cmp::Reverse(earliest))
 }
 
 /// `summary` as if `pod` left the node (`sign` -1) or came back (+1): the figures
@@ -174,6 +205,32 @@ impl DefaultPreemption {
         idx: usize,
         pdb_allowance: &[(PdbInfo, i32)],
     ) -> Option<Result<Candidate, &'static str>> {
+        let (mut lower, mut victims) = (Vec::new(), Vec::new());
+        let r = self.dry_run_by_summary(judge, pod, snapshot, idx, pdb_allowance, &mut lower, &mut victims)?;
+        Some(r.map(|pdb_violations| Self::candidate(&snapshot.nodes()[idx], &victims, pdb_violations)))
+    }
+
+    /// A candidate from a dry run's victims (any order).
+    fn candidate(node: &NodeInfo, victims: &[&Arc<PodInfo>], pdb_violations: usize) -> Candidate {
+        let mut victims: Vec<Arc<PodInfo>> = victims.iter().map(|v| Arc::clone(v)).collect();
+        victims.sort_by(|a, b| more_important(a, b));
+        Candidate { node: node.name.to_string(), victims, pdb_violations }
+    }
+
+    /// The summary dry run in caller-owned scratch space (thousands of nodes per preemptor: no
+    /// allocation per node): on success `victims` holds the victims and the answer is how many
+    /// of them a disruption budget protects. `None` as [`DefaultPreemption::select_victims_by_summary`].
+    #[allow(clippy::too_many_arguments)]
+    fn dry_run_by_summary<'s>(
+        &self,
+        judge: &SummaryJudge<'_>,
+        pod: &PodInfo,
+        snapshot: &'s Snapshot,
+        idx: usize,
+        pdb_allowance: &[(PdbInfo, i32)],
+        lower: &mut Vec<&'s Arc<PodInfo>>,
+        victims: &mut Vec<&'s Arc<PodInfo>>,
+    ) -> Option<Result<usize, &'static str>> {
         let (node, summary) = (snapshot.nodes().get(idx)?, snapshot.summaries().get(idx)?);
         let profile = snapshot.priority_profiles().get(idx);
         // Most nodes are ruled out from the profile alone, without visiting their pods.
@@ -187,7 +244,8 @@ impl DefaultPreemption {
                 return Some(Err(NOT_HELPFUL));
             }
         }
-        let mut lower: Vec<Arc<PodInfo>> = node.pods.iter().filter(|p| p.priority < pod.priority).cloned().collect();
+        lower.clear();
+        lower.extend(node.pods.iter().filter(|p| p.priority < pod.priority));
         if lower.is_empty() {
             return Some(Err(NO_VICTIMS));
         }
@@ -195,20 +253,27 @@ impl DefaultPreemption {
             return None;
         }
         let mut s = *summary;
-        for v in &lower {
+        for v in lower.iter() {
             shift(&mut s, v, -1);
         }
         if !judge.judge(idx, &s)?.is_success() {
             return Some(Err(NOT_HELPFUL));
         }
         lower.sort_by(|a, b| more_important(a, b));
-        let (violating, ok) = split_by_pdb(lower, pdb_allowance);
-        let mut victims = Vec::new();
+        // Budget-protected victims are reprieved first, both groups in importance order.
+        let mut protected = 0;
+        if !pdb_allowance.is_empty() {
+            let flags = pdb_protected(lower.iter().map(|v| &***v), pdb_allowance);
+            let (violating, ok): (Vec<_>, Vec<_>) = lower.iter().zip(flags).partition(|(_, f)| *f);
+            protected = violating.len();
+            let order: Vec<&'s Arc<PodInfo>> = violating.into_iter().chain(ok).map(|(v, _)| *v).collect();
+            *lower = order;
+        }
+        victims.clear();
         let mut pdb_violations = 0;
-        let protected = violating.len();
-        for (i, v) in violating.into_iter().chain(ok).enumerate() {
+        for (i, v) in lower.iter().enumerate() {
             let mut back = s;
-            shift(&mut back, &v, 1);
+            shift(&mut back, v, 1);
             if judge.judge(idx, &back)?.is_success() {
                 s = back;
                 continue;
@@ -221,23 +286,17 @@ impl DefaultPreemption {
         if victims.is_empty() {
             return Some(Err(NO_VICTIMS));
         }
-        victims.sort_by(|a, b| more_important(a, b));
-        Some(Ok(Candidate { node: node.name.to_string(), victims, pdb_violations }))
+        Some(Ok(pdb_violations))
     }
 
     /// kube-scheduler's `pickOneNodeForPreemption`: fewest PDB violations, lowest highest-victim
     /// priority, lowest priority sum, fewest victims, latest start of the most important victims.
     pub fn pick_one(candidates: &[Candidate]) -> Option<&Candidate> {
-        // Each candidate's key once (hundreds of candidates per preemptor), then the smallest.
+        // Each candidate's key once (hundreds of candidates per preemptor), then the smallest
+        // (the first of equals).
         candidates
             .iter()
-            .map(|c| {
-                let high = c.victims.first().map_or(i32::MIN, |v| v.priority);
-                let sum: i64 = c.victims.iter().map(|v| i64::from(v.priority) + i64::from(i32::MAX) + 1).sum();
-                let earliest_of_highest = c.victims.iter().filter(|v| v.priority == high).filter_map(|v| v.start_time()).min();
-                // A later start is better: reversed.
-                ((c.pdb_violations, high, sum, c.victims.len(), std::cmp::Reverse(earliest_of_highest)), c)
-            })
+            .map(|c| (candidate_key(c.victims.iter().map(|v| &**v), c.pdb_violations), c))
             .min_by(|a, b| a.0.cmp(&b.0))
             .map(|(_, c)| c)
     }
@@ -312,7 +371,7 @@ impl PostFilterPlugin for DefaultPreemption {
         if unresolvable > 0 {
             *histogram.entry(NOT_HELPFUL).or_default() += unresolvable;
         }
-        let mut candidates = Vec::new();
+        let mut best: Option<(CandidateKey, Candidate)> = None;
         if !potential.is_empty() {
             let want = self.num_candidates(potential.len());
             let offset = fastrand::usize(0..potential.len());
@@ -327,27 +386,44 @@ impl PostFilterPlugin for DefaultPreemption {
                 .collect();
             let rotated = || (0..potential.len()).map(|k| potential[(offset + k) % potential.len()]);
             let full = |i: usize| self.select_victims(ctx.framework, state, pod, &snapshot.nodes()[i], ctx.handle, &allowance);
-            let results: Vec<Vec<Result<Candidate, &'static str>>> = match ctx.framework.summary_judge(state, pod, snapshot) {
+            match ctx.framework.summary_judge(state, pod, snapshot) {
                 // Every plugin judges from summaries: dry runs on summary copies, on this thread
-                // (a few hundred nanoseconds each), the full one for a node the summary cannot tell.
+                // (a few hundred nanoseconds each), the full one for a node the summary cannot
+                // tell. Candidates are compared as they come: only the best so far is built.
                 Some(judge) => {
-                    let mut out = Vec::new();
+                    let (mut lower, mut victims) = (Vec::new(), Vec::new());
                     let mut found = 0;
                     for i in rotated() {
                         if found >= want {
                             break;
                         }
-                        let r = self.select_victims_by_summary(&judge, pod, snapshot, i, &allowance).unwrap_or_else(|| full(i));
-                        found += usize::from(r.is_ok());
-                        out.push(r);
+                        match self.dry_run_by_summary(&judge, pod, snapshot, i, &allowance, &mut lower, &mut victims) {
+                            Some(Ok(violations)) => {
+                                found += 1;
+                                let key = candidate_key(victims.iter().map(|v| &***v), violations);
+                                if best.as_ref().is_none_or(|(k, _)| key < *k) {
+                                    best = Some((key, Self::candidate(&snapshot.nodes()[i], &victims, violations)));
+                                }
+                            }
+                            Some(Err(reason)) => *histogram.entry(reason).or_default() += 1,
+                            None => match full(i) {
+                                Ok(c) => {
+                                    found += 1;
+                                    let key = candidate_key(c.victims.iter().map(|v| &**v), c.pdb_violations);
+                                    if best.as_ref().is_none_or(|(k, _)| key < *k) {
+                                        best = Some((key, c));
+                                    }
+                                }
+                                Err(reason) => *histogram.entry(reason).or_default() += 1,
+                            },
+                        }
                     }
-                    vec![out]
                 }
                 // Full dry runs in parallel from a random offset until enough candidates are found.
                 None => {
                     let rotated: Vec<usize> = rotated().collect();
                     let found = AtomicUsize::new(0);
-                    rotated
+                    let results: Vec<Vec<Result<Candidate, &'static str>>> = rotated
                         .par_chunks(16)
                         .map(|chunk| {
                             let mut out = Vec::new();
@@ -363,23 +439,27 @@ impl PostFilterPlugin for DefaultPreemption {
                             }
                             out
                         })
-                        .collect()
-                }
-            };
-            for r in results.into_iter().flatten() {
-                match r {
-                    Ok(c) if candidates.len() < want => candidates.push(c),
-                    Ok(_) => {}
-                    Err(reason) => *histogram.entry(reason).or_default() += 1,
+                        .collect();
+                    let mut candidates = Vec::new();
+                    for r in results.into_iter().flatten() {
+                        match r {
+                            Ok(c) if candidates.len() < want => candidates.push(c),
+                            Ok(_) => {}
+                            Err(reason) => *histogram.entry(reason).or_default() += 1,
+                        }
+                    }
+                    if let Some(c) = Self::pick_one(&candidates) {
+                        best = Some((candidate_key(c.victims.iter().map(|v| &**v), c.pdb_violations), c.clone()));
+                    }
                 }
             }
         }
-        let Some(best) = Self::pick_one(&candidates) else {
+        let Some((_, best)) = best else {
             let parts: Vec<String> = histogram.iter().map(|(r, n)| format!("{n} {r}")).collect();
             return (None, Status::unschedulable(format!("preemption: 0/{all} nodes are available: {}.", parts.join(", "))));
         };
         tracing::debug!(pod = %pod.key(), node = %best.node, victims = best.victims.len(), "preempting");
-        self.evict(pod, best, ctx.handle);
+        self.evict(pod, &best, ctx.handle);
         (Some(best.node.clone()), Status::success())
     }
 }

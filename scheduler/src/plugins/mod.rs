@@ -76,6 +76,8 @@ pub fn default_normalize(scores: &mut [NodeScore], reverse: bool) {
 }
 
 #[cfg(test)]
+mod fail_memo_tests;
+#[cfg(test)]
 mod summary_tests;
 #[cfg(test)]
 pub(crate) mod testutil;

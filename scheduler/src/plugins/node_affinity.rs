@@ -60,6 +60,10 @@ impl PreFilterPlugin for NodeAffinity {
 }
 
 impl FilterPlugin for NodeAffinity {
+    fn node_local(&self, _: &CycleState, _: &PodInfo) -> bool {
+        true
+    }
+
     fn summary_filter<'a>(&'a self, _: &'a CycleState, pod: &'a PodInfo, _: &'a Snapshot) -> SummaryFilter<'a> {
         if pod.required_node_affinity.is_empty() { SummaryFilter::Pass } else { SummaryFilter::Full }
     }

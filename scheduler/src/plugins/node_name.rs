@@ -26,6 +26,10 @@ impl Plugin for NodeName {
 }
 
 impl FilterPlugin for NodeName {
+    fn node_local(&self, _: &CycleState, _: &PodInfo) -> bool {
+        true
+    }
+
     fn summary_filter<'a>(&'a self, _: &'a CycleState, pod: &'a PodInfo, _: &'a Snapshot) -> SummaryFilter<'a> {
         if pod.node_name.is_none() { SummaryFilter::Pass } else { SummaryFilter::Full }
     }

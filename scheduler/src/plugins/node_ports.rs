@@ -46,6 +46,10 @@ impl PreFilterPlugin for NodePorts {
 }
 
 impl FilterPlugin for NodePorts {
+    fn node_local(&self, _: &CycleState, _: &PodInfo) -> bool {
+        true
+    }
+
     fn summary_filter<'a>(&'a self, _: &'a CycleState, pod: &'a PodInfo, _: &'a Snapshot) -> SummaryFilter<'a> {
         if pod.host_ports.is_empty() { SummaryFilter::Pass } else { SummaryFilter::PassUnless(NodeSummary::HOST_PORTS) }
     }

@@ -176,6 +176,10 @@ impl PreFilterPlugin for NodeResourcesFit {
 }
 
 impl FilterPlugin for NodeResourcesFit {
+    fn node_local(&self, _: &CycleState, _: &PodInfo) -> bool {
+        true
+    }
+
     fn filter(&self, _: &CycleState, pod: &PodInfo, node: &NodeInfo) -> Status {
         status_of(insufficient(pod, node))
     }

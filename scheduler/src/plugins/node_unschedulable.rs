@@ -36,6 +36,10 @@ impl Plugin for NodeUnschedulable {
 }
 
 impl FilterPlugin for NodeUnschedulable {
+    fn node_local(&self, _: &CycleState, _: &PodInfo) -> bool {
+        true
+    }
+
     fn summary_filter<'a>(&'a self, _: &'a CycleState, _: &'a PodInfo, _: &'a Snapshot) -> SummaryFilter<'a> {
         SummaryFilter::PassUnless(NodeSummary::NO_NODE | NodeSummary::UNSCHEDULABLE)
     }

@@ -47,6 +47,10 @@ fn untolerated<'a>(
 }
 
 impl FilterPlugin for TaintToleration {
+    fn node_local(&self, _: &CycleState, _: &PodInfo) -> bool {
+        true
+    }
+
     fn summary_filter<'a>(&'a self, _: &'a CycleState, _: &'a PodInfo, _: &'a Snapshot) -> SummaryFilter<'a> {
         SummaryFilter::PassUnless(NodeSummary::HARD_TAINTS)
     }

@@ -249,3 +249,63 @@ fn the_summary_dry_run_chooses_the_victims_the_full_dry_run_chooses() {
         "{compared} {with_victims} {with_violations} {deferred}"
     );
 }
+
+/// Preemption compares candidates as the dry runs find them and builds only the best: on small
+/// random clusters (where every node is looked at) the node it nominates is one `pick_one` would
+/// choose among every candidate the full dry runs find.
+#[test]
+fn the_nominated_node_is_the_best_candidate_of_the_full_dry_runs() {
+    let fw = framework();
+    let mut rng = fastrand::Rng::with_seed(11);
+    let mut nominations = 0;
+    for round in 0..120 {
+        let handle = Handle::default();
+        if rng.bool() {
+            handle.set_pdb(PdbInfo {
+                namespace: "default".into(),
+                name: "pdb".into(),
+                selector: LabelSelector::parse("app=a").unwrap_or_default(),
+                disruptions_allowed: rng.i32(0..2),
+                disrupted_pods: Vec::new(),
+            });
+        }
+        let nodes: Vec<_> = (0..10)
+            .map(|n| {
+                let name = format!("r{round}-n{n}");
+                let pods: Vec<Arc<PodInfo>> = (0..rng.usize(2..6))
+                    .map(|k| {
+                        pod(&format!("{name}-p{k}"))
+                            .node(&name)
+                            .priority(rng.i32(0..6))
+                            .labels(&[("app", ["a", "b"][rng.usize(0..2)])])
+                            .req(&format!("{}m", rng.u32(500..1500)), "")
+                            .info()
+                    })
+                    .collect();
+                node(&name).info(&pods)
+            })
+            .collect();
+        let snap = Snapshot::from_nodes(nodes);
+        let p = pod(&format!("r{round}-preemptor")).priority(rng.i32(1..7)).req(&format!("{}m", rng.u32(2000..4000)), "").info();
+        let mut state = CycleState::new();
+        let Err(crate::framework::ScheduleError::Fit(d)) = fw.schedule_pod(&mut state, &p, &snap, &handle) else { continue };
+        let (nominated, _) = fw.run_post_filter(&state, &p, &d, &snap, &handle);
+        let mut full_state = CycleState::new();
+        let _ = fw.run_pre_filter(&mut full_state, &p, &snap, &handle);
+        let allowance: Vec<(PdbInfo, i32)> = handle.pdbs().into_iter().map(|b| (b.clone(), b.disruptions_allowed)).collect();
+        let plugin = DefaultPreemption::default();
+        let candidates: Vec<Candidate> =
+            snap.nodes().iter().filter_map(|n| plugin.select_victims(&fw, &full_state, &p, n, &handle, &allowance).ok()).collect();
+        let key = |c: &Candidate| candidate_key(c.victims.iter().map(|v| &**v), c.pdb_violations);
+        match (nominated, DefaultPreemption::pick_one(&candidates)) {
+            (None, None) => {}
+            (Some(n), Some(best)) => {
+                let chosen = candidates.iter().find(|c| c.node == n).unwrap_or_else(|| panic!("{n} is no candidate"));
+                assert_eq!(key(chosen), key(best), "round {round}: {n} vs {}", best.node);
+                nominations += 1;
+            }
+            (n, b) => panic!("round {round}: nominated {n:?}, best {:?}", b.map(|c| &c.node)),
+        }
+    }
+    assert!(nominations > 40, "{nominations}");
+}
