@@ -13,6 +13,8 @@
 //! cargo bench -p bosun-controllers --bench controllers -- single   # the 10,000-replica Deployment
 //! cargo bench -p bosun-controllers --bench controllers -- many     # the 1,000 Deployments of 10
 //! ```
+//!
+//! The benchmark allocates with mimalloc, as the cluster binaries do.
 
 use bosun_controllers::harness::kubelet;
 use bosun_controllers::runtime::{Action, backoff_policy};
@@ -28,6 +30,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 type Labels = std::collections::BTreeMap<String, String>;
+
+// Allocation-heavy (JSON, objects per event): mimalloc, as in the cluster binaries.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn labels(app: &str) -> Labels {
     [("app".to_owned(), app.to_owned())].into()

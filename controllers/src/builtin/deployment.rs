@@ -251,10 +251,10 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<DeploymentCtx>) -> Result<Ac
             };
             let mut labels = tmpl.metadata.as_ref().and_then(|m| m.labels.clone()).unwrap_or_default();
             labels.insert(POD_TEMPLATE_HASH.into(), hash.clone());
-            let name = format!("{}-{hash}", d.name());
+            let name_of_new = format!("{}-{hash}", d.name());
             let rs = ReplicaSet {
                 metadata: ObjectMeta {
-                    name: Some(name),
+                    name: Some(name_of_new.clone()),
                     namespace: Some(ns.clone()),
                     labels: Some(labels),
                     annotations: Some({
@@ -291,16 +291,28 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<DeploymentCtx>) -> Result<Ac
                     Some(Arc::new(created))
                 }
                 Err(e) if e.is_already_exists() => {
-                    // A hash collision with a ReplicaSet of another template: bump the count, retry.
-                    let count = collision.unwrap_or(0) + 1;
-                    let api = Api::<Deployment>::namespaced(ctx.shared.client.clone(), &ns);
-                    api.patch_status(
-                        d.name(),
-                        &Patch::Merge(serde_json::json!({"status": {"collisionCount": count}})),
-                        &PatchParams::default(),
-                    )
-                    .await?;
-                    return Err(e);
+                    // Our own ReplicaSet of this template that the cache has not seen yet (we
+                    // created it on an earlier run): it is the new ReplicaSet, as in Kubernetes.
+                    let existing = ignore_not_found(rs_api.get(&name_of_new).await)?;
+                    if let Some(existing) = existing.filter(|rs| {
+                        controller_of(rs.meta()).is_some_and(|r| r.uid == uid)
+                            && rs.spec.template.as_ref().is_some_and(|t| equal_ignoring_hash(t, &template))
+                    }) {
+                        ctx.note_write(&uid, &existing);
+                        Some(Arc::new(existing))
+                    } else {
+                        // A hash collision with a ReplicaSet of another template or owner: bump
+                        // the count, retry.
+                        let count = collision.unwrap_or(0) + 1;
+                        let api = Api::<Deployment>::namespaced(ctx.shared.client.clone(), &ns);
+                        api.patch_status(
+                            d.name(),
+                            &Patch::Merge(serde_json::json!({"status": {"collisionCount": count}})),
+                            &PatchParams::default(),
+                        )
+                        .await?;
+                        return Err(e);
+                    }
                 }
                 Err(e) => return Err(e),
             }
@@ -663,6 +675,79 @@ fn put_condition(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bosun_core::watch::Informers;
+    use bosun_core::{Client, ListParams};
+    use k8s_openapi::api::apps::v1::DeploymentSpec;
+    use k8s_openapi::api::core::v1::{Container, PodSpec};
+
+    fn web(replicas: i32) -> Deployment {
+        let labels: std::collections::BTreeMap<String, String> = [("app".to_owned(), "web".to_owned())].into();
+        Deployment {
+            metadata: ObjectMeta { name: Some("web".into()), namespace: Some("default".into()), ..ObjectMeta::default() },
+            spec: DeploymentSpec {
+                replicas: Some(replicas),
+                selector: ApiSelector { match_labels: Some(labels.clone()), ..ApiSelector::default() },
+                template: PodTemplateSpec {
+                    metadata: Some(ObjectMeta { labels: Some(labels), ..ObjectMeta::default() }),
+                    spec: Some(PodSpec {
+                        containers: vec![Container { name: "main".into(), image: Some("web:1".into()), ..Container::default() }],
+                        ..PodSpec::default()
+                    }),
+                },
+                ..DeploymentSpec::default()
+            },
+            status: None,
+        }
+    }
+
+    /// A Deployment controller whose ReplicaSet cache never hears of anything: every reconcile
+    /// runs before the ReplicaSet watch delivers what the previous one created.
+    fn blind_controller() -> (Arc<dyn Client>, Arc<DeploymentCtx>) {
+        let client: Arc<dyn Client> = bosun_store::ApiServer::in_memory();
+        let shared = Shared::new(client.clone(), Informers::new(client.clone()), crate::runtime::Metrics::new());
+        (client, Arc::new(DeploymentCtx { shared, sets: Store::new(), written: Mutex::default() }))
+    }
+
+    #[tokio::test]
+    async fn a_replica_set_the_cache_has_not_seen_yet_is_not_created_twice() {
+        let (client, ctx) = blind_controller();
+        let deployments = Api::<Deployment>::namespaced(client.clone(), "default");
+        let d = deployments.create(&web(3), &PostParams::default()).await.expect("create the deployment");
+        let _ = reconcile(Arc::new(d), ctx.clone()).await.expect("the first run creates the replica set");
+        let d = deployments.get("web").await.expect("read the deployment");
+        let again = reconcile(Arc::new(d), ctx.clone()).await;
+        assert!(again.is_ok(), "the second run takes its own replica set as the new one: {:?}", again.err());
+        let d = deployments.get("web").await.expect("read the deployment");
+        assert_eq!(d.status.and_then(|s| s.collision_count), None, "no collision was counted");
+        let sets = Api::<ReplicaSet>::namespaced(client, "default").list(&ListParams::default()).await.expect("list");
+        assert_eq!(sets.items.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_name_taken_by_another_template_still_counts_a_collision() {
+        let (client, ctx) = blind_controller();
+        let deployments = Api::<Deployment>::namespaced(client.clone(), "default");
+        let d = deployments.create(&web(3), &PostParams::default()).await.expect("create the deployment");
+        let hash = pod_template_hash(&d.spec.template, None);
+        let mut other = web(1).spec.template;
+        other.spec.iter_mut().for_each(|p| p.containers[0].image = Some("other:1".into()));
+        let squatter = ReplicaSet {
+            metadata: ObjectMeta { name: Some(format!("web-{hash}")), namespace: Some("default".into()), ..ObjectMeta::default() },
+            spec: ReplicaSetSpec {
+                replicas: Some(0),
+                selector: ApiSelector { match_labels: other.metadata.as_ref().and_then(|m| m.labels.clone()), ..ApiSelector::default() },
+                template: Some(other),
+                ..ReplicaSetSpec::default()
+            },
+            status: None,
+        };
+        let rs_api = Api::<ReplicaSet>::namespaced(client.clone(), "default");
+        rs_api.create(&squatter, &PostParams::default()).await.expect("create the squatter");
+        let result = reconcile(Arc::new(d), ctx).await;
+        assert!(result.is_err_and(|e| e.is_already_exists()));
+        let d = deployments.get("web").await.expect("read the deployment");
+        assert_eq!(d.status.and_then(|s| s.collision_count), Some(1));
+    }
 
     #[test]
     fn percentages_round_surge_up_and_unavailable_down() {

@@ -159,23 +159,9 @@ impl<T: Clone + Eq + Hash + Send> WorkQueue<T> {
             let notified = self.notify.notified();
             let mut notified = std::pin::pin!(notified);
             notified.as_mut().enable();
-            let now = Instant::now();
-            let wake = {
-                let mut inner = self.lock();
-                match inner.schedule.first_key_value().map(|(k, v)| (*k, v.clone())) {
-                    Some(((at, seq), key)) if at <= now => {
-                        inner.schedule.remove(&(at, seq));
-                        inner.running += 1;
-                        if let Some(e) = inner.entries.get_mut(&key) {
-                            e.slot = None;
-                            e.running = true;
-                            e.queued_since = None;
-                        }
-                        return key;
-                    }
-                    Some(((at, _), _)) => Some(at),
-                    None => None,
-                }
+            let wake = match self.take_due(Instant::now()) {
+                Ok(key) => return key,
+                Err(wake) => wake,
             };
             match wake {
                 Some(at) => {
@@ -186,6 +172,31 @@ impl<T: Clone + Eq + Hash + Send> WorkQueue<T> {
                 }
                 None => notified.await,
             }
+        }
+    }
+
+    /// Takes the next due key without waiting, if there is one; like [`next`](Self::next), the key
+    /// counts as running until [`done`](Self::done).
+    pub fn try_next(&self) -> Option<T> {
+        self.take_due(Instant::now()).ok()
+    }
+
+    /// Takes the first key due at `now`, or tells when the first queued key will be due.
+    fn take_due(&self, now: Instant) -> Result<T, Option<Instant>> {
+        let mut inner = self.lock();
+        match inner.schedule.first_key_value().map(|(k, v)| (*k, v.clone())) {
+            Some(((at, seq), key)) if at <= now => {
+                inner.schedule.remove(&(at, seq));
+                inner.running += 1;
+                if let Some(e) = inner.entries.get_mut(&key) {
+                    e.slot = None;
+                    e.running = true;
+                    e.queued_since = None;
+                }
+                Ok(key)
+            }
+            Some(((at, _), _)) => Err(Some(at)),
+            None => Err(None),
         }
     }
 
@@ -419,6 +430,21 @@ mod tests {
             times.push((Instant::now() - t).as_millis());
         }
         assert_eq!(times, [5, 5, 100, 200]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn try_next_takes_only_due_keys() {
+        let q = queue();
+        assert_eq!(q.try_next(), None);
+        q.add_after("later", Duration::from_secs(1));
+        q.add("now");
+        assert_eq!(q.try_next(), Some("now"));
+        assert_eq!(q.try_next(), None, "the other key is not due and the taken one is running");
+        q.add("now");
+        assert_eq!(q.try_next(), None, "a running key is not handed out twice");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(q.try_next(), Some("later"));
+        assert_eq!(q.stats().running, 2);
     }
 
     #[tokio::test(start_paused = true)]

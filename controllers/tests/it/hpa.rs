@@ -73,7 +73,7 @@ impl MetricsSource for Load {
 
 fn harness() -> Result<(Harness, Arc<Load>), Box<dyn std::error::Error>> {
     let load = Arc::new(Load::default());
-    let api = ApiServer::builder(Arc::new(MemoryStorage::new())).metrics_source(load.clone()).build()?;
+    let api = ApiServer::builder(Arc::new(MemoryStorage::new())).metrics_source(load.clone()).clock(clock::now).build()?;
     let _ = load.api.set(Arc::downgrade(&api));
     let mut h = Harness::new(api);
     h.start_builtins(ManagerConfig::default().only(&["deployment", "replicaset", "horizontalpodautoscaler"]));

@@ -8,8 +8,14 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use std::sync::Arc;
 
+/// An in-memory API server that stamps creation and deletion times from the controllers' clock,
+/// which follows tokio's (virtual, in paused tests) time.
 pub fn server() -> Arc<dyn Client> {
-    bosun_store::ApiServer::in_memory()
+    let storage = Arc::new(bosun_store::MemoryStorage::new());
+    match bosun_store::ApiServer::builder(storage).clock(bosun_controllers::clock::now).build() {
+        Ok(api) => api,
+        Err(e) => panic!("the default cluster IP range parses: {e}"),
+    }
 }
 
 /// A harness running the given built-ins and the simulated kubelet.

@@ -28,6 +28,8 @@
 mod credentials;
 mod router;
 mod server;
+#[cfg(test)]
+mod tests;
 mod wire;
 
 pub use credentials::{Credentials, SECRET_NAME, SECRET_NAMESPACE};

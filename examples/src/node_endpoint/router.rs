@@ -1,10 +1,10 @@
 //! The API server side: a [`NodeConnector`] and [`MetricsSource`] that serves pods on this
 //! process's nodes directly and forwards the others to their node's endpoint over HTTPS.
 
-use super::credentials::Credentials;
+use super::credentials::{Credentials, SECRET_NAME, SECRET_NAMESPACE};
 use super::{LocalNodeSet, wire};
 use async_trait::async_trait;
-use bosun_core::k8s_openapi::api::core::v1::{Node, Pod};
+use bosun_core::k8s_openapi::api::core::v1::{Node, Pod, Secret};
 use bosun_core::k8s_openapi::apimachinery::pkg::apis::meta::v1::Status;
 use bosun_core::{Api, Client, Error, ListParams, LogParams, LogStream, Result};
 use bosun_store::api::metrics::{MetricsSource, NodeSample, PodSample};
@@ -28,18 +28,59 @@ const USAGE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The most bytes of an error answer read from a node.
 const ERROR_BODY_LIMIT: usize = 64 * 1024;
 
+/// After re-reading credentials that turned out unchanged, how long a refused request goes
+/// without another re-read (a node with other credentials would otherwise cost a Secret read per
+/// request).
+const REFRESH_FLOOR: Duration = Duration::from_secs(1);
+
 /// What the router needs to reach nodes: the token and a TLS connector trusting the nodes' CA.
 struct Remote {
+    /// The token and CA these were built from, to tell whether a re-read changed anything.
+    token: String,
+    ca_pem: String,
     authorization: HeaderValue,
     tls: tokio_rustls::TlsConnector,
 }
 
+impl Remote {
+    fn new(credentials: &Credentials) -> Result<Self> {
+        let authorization = HeaderValue::from_str(&format!("Bearer {}", credentials.token()))
+            .map_err(|e| Error::internal(format!("node endpoint token: {e}")))?;
+        let tls = credentials.client_config().map_err(|e| Error::internal(e.to_string()))?;
+        Ok(Self {
+            token: credentials.token().to_owned(),
+            ca_pem: credentials.ca_pem().to_owned(),
+            authorization,
+            tls: tokio_rustls::TlsConnector::from(tls),
+        })
+    }
+}
+
+/// The credentials in use, and when a re-read last found them unchanged.
+#[derive(Default)]
+struct RemoteState {
+    current: Option<Arc<Remote>>,
+    unchanged_at: Option<tokio::time::Instant>,
+}
+
+/// Why one attempt at a node failed: refused credentials are worth a re-read of the Secret.
+enum Failure {
+    /// The TLS handshake failed (the node's certificate may come from a newer CA).
+    Tls(Error),
+    /// Anything else.
+    Other(Error),
+}
+
 /// Routes `pods/log`, `pods/exec`, `pods/attach` and usage reads: to the node agents of this
 /// process when they run the pod's node, otherwise to the node endpoint the Node publishes.
+///
+/// The credentials are read from their Secret on first use and again when a node refuses them
+/// (a 401, or a certificate the CA in use does not sign): if the Secret holds other credentials
+/// now, the request is retried once with them.
 pub struct NodeRouter {
     client: Arc<dyn Client>,
     local: Arc<dyn LocalNodeSet>,
-    remote: tokio::sync::OnceCell<Remote>,
+    remote: tokio::sync::Mutex<RemoteState>,
 }
 
 impl std::fmt::Debug for NodeRouter {
@@ -52,20 +93,46 @@ impl NodeRouter {
     /// A router reading Pods, Nodes and the credentials' Secret through `client` (the API server's
     /// own), serving the nodes of `local` directly.
     pub fn new(client: Arc<dyn Client>, local: Arc<dyn LocalNodeSet>) -> Self {
-        Self { client, local, remote: tokio::sync::OnceCell::new() }
+        Self { client, local, remote: tokio::sync::Mutex::default() }
     }
 
     /// The credentials, loaded (or made) on first use.
-    async fn remote(&self) -> Result<&Remote> {
-        self.remote
-            .get_or_try_init(|| async {
-                let credentials = Credentials::load_or_create(&self.client).await.map_err(|e| Error::unavailable(e.to_string()))?;
-                let authorization = HeaderValue::from_str(&format!("Bearer {}", credentials.token()))
-                    .map_err(|e| Error::internal(format!("node endpoint token: {e}")))?;
-                let tls = credentials.client_config().map_err(|e| Error::internal(e.to_string()))?;
-                Ok(Remote { authorization, tls: tokio_rustls::TlsConnector::from(tls) })
-            })
-            .await
+    async fn remote(&self) -> Result<Arc<Remote>> {
+        let mut state = self.remote.lock().await;
+        if let Some(current) = &state.current {
+            return Ok(current.clone());
+        }
+        let credentials = Credentials::load_or_create(&self.client).await.map_err(|e| Error::unavailable(e.to_string()))?;
+        let fresh = Arc::new(Remote::new(&credentials)?);
+        state.current = Some(fresh.clone());
+        Ok(fresh)
+    }
+
+    /// Re-reads the credentials after a node refused `stale`; returns the ones to retry with, or
+    /// `None` when the Secret holds the same (or no) credentials. Concurrent refusals re-read once.
+    async fn refresh(&self, stale: &Arc<Remote>) -> Result<Option<Arc<Remote>>> {
+        let mut state = self.remote.lock().await;
+        if let Some(current) = state.current.as_ref().filter(|c| !Arc::ptr_eq(c, stale)) {
+            return Ok(Some(current.clone()));
+        }
+        if state.unchanged_at.is_some_and(|at| at.elapsed() < REFRESH_FLOOR) {
+            return Ok(None);
+        }
+        let secret = Api::<Secret>::namespaced(self.client.clone(), SECRET_NAMESPACE).get_opt(SECRET_NAME).await?;
+        let credentials = secret.map(|s| Credentials::from_secret(&s)).transpose().map_err(|e| Error::unavailable(e.to_string()))?;
+        match credentials.filter(|c| c.token() != stale.token || c.ca_pem() != stale.ca_pem) {
+            Some(credentials) => {
+                debug!("the node endpoint credentials changed; using the new ones");
+                let fresh = Arc::new(Remote::new(&credentials)?);
+                state.current = Some(fresh.clone());
+                state.unchanged_at = None;
+                Ok(Some(fresh))
+            }
+            None => {
+                state.unchanged_at = Some(tokio::time::Instant::now());
+                Ok(None)
+            }
+        }
     }
 
     /// The node a pod is bound to.
@@ -84,13 +151,43 @@ impl NodeRouter {
     }
 
     /// Sends a GET to a node's endpoint; returns the answer's head (the body streams after it).
+    /// When the node refuses the credentials, re-reads them and retries once if they changed.
     async fn get(&self, node: &str, addr: SocketAddr, path: &str, upgrade: bool) -> Result<hyper::Response<Incoming>> {
         let remote = self.remote().await?;
-        let unreachable = |what: String| Error::unavailable(format!("node {node:?} cannot be reached at {addr}: {what}"));
+        let refused = match self.attempt(&remote, node, addr, path, upgrade).await {
+            Ok(response) if response.status() == StatusCode::UNAUTHORIZED => Ok(response),
+            Ok(response) => return Ok(response),
+            Err(Failure::Tls(error)) => Err(error),
+            Err(Failure::Other(error)) => return Err(error),
+        };
+        match self.refresh(&remote).await {
+            Ok(Some(fresh)) => self.attempt(&fresh, node, addr, path, upgrade).await.map_err(|(Failure::Tls(e) | Failure::Other(e))| e),
+            Ok(None) => refused,
+            Err(error) => {
+                debug!(%error, "could not re-read the node endpoint credentials");
+                refused
+            }
+        }
+    }
+
+    /// One request to a node's endpoint with `remote`'s credentials.
+    async fn attempt(
+        &self,
+        remote: &Remote,
+        node: &str,
+        addr: SocketAddr,
+        path: &str,
+        upgrade: bool,
+    ) -> Result<hyper::Response<Incoming>, Failure> {
+        let unreachable = |what: String| Failure::Other(Error::unavailable(format!("node {node:?} cannot be reached at {addr}: {what}")));
         let exchange = async {
             let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| unreachable(e.to_string()))?;
             let _ = tcp.set_nodelay(true);
-            let tls = remote.tls.connect(addr.ip().into(), tcp).await.map_err(|e| unreachable(format!("tls: {e}")))?;
+            let tls = remote
+                .tls
+                .connect(addr.ip().into(), tcp)
+                .await
+                .map_err(|e| Failure::Tls(Error::unavailable(format!("node {node:?} cannot be reached at {addr}: tls: {e}"))))?;
             let (mut sender, conn) =
                 hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.map_err(|e| unreachable(e.to_string()))?;
             tokio::spawn(async move {
@@ -102,7 +199,7 @@ impl NodeRouter {
                 .header(header::HOST, addr.to_string())
                 .header(header::AUTHORIZATION, remote.authorization.clone())
                 .body(Empty::<Bytes>::new())
-                .map_err(|e| Error::internal(e.to_string()))?;
+                .map_err(|e| Failure::Other(Error::internal(e.to_string())))?;
             if upgrade {
                 request.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
                 request.headers_mut().insert(header::UPGRADE, HeaderValue::from_static("websocket"));
