@@ -66,12 +66,26 @@ impl<K> Clone for Informer<K> {
 }
 
 impl<K: Object> Informer<K> {
-    /// Starts a reflector on the current tokio runtime.
+    /// Starts a reflector on the current tokio runtime. Its cache keeps objects as the server sent
+    /// them, `metadata.managedFields` included; see [`Informer::spawn_stripped`].
     pub fn spawn(api: Api<K>, config: WatcherConfig) -> Self {
+        Self::start(api, config, false)
+    }
+
+    /// Starts a reflector whose cache drops `metadata.managedFields` from every object, as
+    /// kube-controller-manager's and kube-scheduler's informers do: the server's field-ownership
+    /// bookkeeping is often a third of an object and no controller reads it. Updating an object
+    /// taken from this cache keeps the server's managedFields (an update without them leaves them
+    /// as they were).
+    pub fn spawn_stripped(api: Api<K>, config: WatcherConfig) -> Self {
+        Self::start(api, config, true)
+    }
+
+    fn start(api: Api<K>, config: WatcherConfig, strip_managed_fields: bool) -> Self {
         let store = Store::new();
         let (changes, _) = broadcast::channel(CHANNEL_CAPACITY);
         let (state_tx, state) = watch::channel(ReflectorState::Pending);
-        let task = tokio::spawn(run(api, config, store.clone(), changes.clone(), state_tx));
+        let task = tokio::spawn(run(api, config, strip_managed_fields, store.clone(), changes.clone(), state_tx));
         Self { shared: Arc::new(Shared { store, changes, state, task }) }
     }
 
@@ -135,9 +149,18 @@ fn state_of(error: &WatchError) -> ReflectorState {
     }
 }
 
+/// Drops `metadata.managedFields` from the object an event carries.
+fn strip_managed_fields<K: Object>(event: &mut super::watcher::Event<K>) {
+    use super::watcher::Event;
+    if let Event::InitApply(obj) | Event::Apply(obj) | Event::Delete(obj) = event {
+        obj.meta_mut().managed_fields = None;
+    }
+}
+
 async fn run<K: Object>(
     api: Api<K>,
     config: WatcherConfig,
+    strip: bool,
     store: Store<K>,
     changes: broadcast::Sender<Change<K>>,
     state: watch::Sender<ReflectorState>,
@@ -146,7 +169,10 @@ async fn run<K: Object>(
     let mut events = std::pin::pin!(watcher(api, config));
     while let Some(item) = events.next().await {
         match item {
-            Ok(event) => {
+            Ok(mut event) => {
+                if strip {
+                    strip_managed_fields(&mut event);
+                }
                 let done = matches!(event, super::watcher::Event::InitDone);
                 for change in store.apply(event) {
                     let _ = changes.send(change);
@@ -166,7 +192,7 @@ async fn run<K: Object>(
     }
 }
 
-type InformerKey = (std::any::TypeId, String, String, String, Option<String>, Option<String>, Option<String>);
+type InformerKey = (std::any::TypeId, String, String, String, Option<String>, Option<String>, Option<String>, bool);
 
 /// A factory that hands out one shared informer per kind, namespace and selector.
 #[derive(Clone)]
@@ -174,12 +200,22 @@ pub struct Informers {
     client: Arc<dyn Client>,
     informers: Arc<Mutex<HashMap<InformerKey, Box<dyn Any + Send + Sync>>>>,
     config: WatcherConfig,
+    keep_managed_fields: bool,
 }
 
 impl Informers {
-    /// A factory over a client.
+    /// A factory over a client. Its informers drop `metadata.managedFields` from cached objects,
+    /// as kube-controller-manager's and kube-scheduler's do (see [`Informer::spawn_stripped`]);
+    /// [`Informers::keep_managed_fields`] keeps them.
     pub fn new(client: Arc<dyn Client>) -> Self {
-        Self { client, informers: Arc::default(), config: WatcherConfig::default() }
+        Self { client, informers: Arc::default(), config: WatcherConfig::default(), keep_managed_fields: false }
+    }
+
+    /// Informers started from now on keep `metadata.managedFields` in their caches (default: dropped).
+    #[must_use]
+    pub fn keep_managed_fields(mut self, keep: bool) -> Self {
+        self.keep_managed_fields = keep;
+        self
     }
 
     /// Sets the watcher settings of informers started from now on (default: [`WatcherConfig::default`]).
@@ -220,6 +256,7 @@ impl Informers {
             api.namespace().map(str::to_owned),
             labels.map(str::to_owned),
             fields.map(str::to_owned),
+            self.keep_managed_fields,
         );
         let mut map = self.informers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(existing) = map.get(&key).and_then(|b| b.downcast_ref::<Informer<K>>()) {
@@ -228,7 +265,7 @@ impl Informers {
         let mut config = self.config.clone();
         config.label_selector = labels.map(str::to_owned);
         config.field_selector = fields.map(str::to_owned);
-        let informer = Informer::spawn(api, config);
+        let informer = Informer::start(api, config, !self.keep_managed_fields);
         map.insert(key, Box::new(informer.clone()));
         informer
     }

@@ -170,3 +170,45 @@ async fn the_state_tells_forbidden_and_missing_kinds_from_a_hang() {
     informer.wait_ready().await;
     assert_eq!(informer.state(), ReflectorState::Ready);
 }
+
+fn with_managed_fields(mut obj: DynamicObject) -> DynamicObject {
+    use bosun_core::k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
+    obj.metadata.managed_fields =
+        Some(vec![ManagedFieldsEntry { manager: Some("kubectl".into()), operation: Some("Update".into()), ..Default::default() }]);
+    obj
+}
+
+#[tokio::test(start_paused = true)]
+async fn factory_informers_drop_managed_fields_unless_asked_to_keep_them() {
+    let managed = |informer: &Informer<DynamicObject>| -> Vec<bool> {
+        let mut objs = informer.store().list();
+        objs.sort_by(|a, b| a.name().cmp(b.name()));
+        objs.iter().map(|o| o.metadata.managed_fields.is_some()).collect()
+    };
+    let script = |client: &FakeClient| {
+        client.list_answer(Ok(page("10", vec![with_managed_fields(pod("a", "9"))], None)));
+        client.watch_answer(WatchScript::EventsThenHang(vec![Ok(WatchEvent::Added(with_managed_fields(pod("b", "11"))))]));
+    };
+    let resource = bosun_core::resource::builtin("", "v1", "Pod").cloned().unwrap_or_else(|| unreachable!());
+
+    let client = Arc::new(FakeClient::default());
+    script(&client);
+    let informer = bosun_core::watch::Informers::new(client.clone()).dynamic(resource.clone(), Some("ns"));
+    informer.wait_ready().await;
+    settle().await;
+    assert_eq!(managed(&informer), [false, false], "listed and watched objects are stripped");
+
+    let client = Arc::new(FakeClient::default());
+    script(&client);
+    let informer = bosun_core::watch::Informers::new(client.clone()).keep_managed_fields(true).dynamic(resource, Some("ns"));
+    informer.wait_ready().await;
+    settle().await;
+    assert_eq!(managed(&informer), [true, true]);
+
+    let client = Arc::new(FakeClient::default());
+    script(&client);
+    let informer = Informer::spawn(api(&client), config());
+    informer.wait_ready().await;
+    settle().await;
+    assert_eq!(managed(&informer), [true, true], "a plain informer keeps what the server sent");
+}
