@@ -55,8 +55,17 @@ impl NodeWatch {
     }
 }
 
+/// Drops `metadata.managedFields`: the agent never reads them (its status writes are patches),
+/// and they are a large part of every pod it holds.
+fn without_managed_fields(mut e: Event<Pod>) -> Event<Pod> {
+    if let Event::InitApply(p) | Event::Apply(p) | Event::Delete(p) = &mut e {
+        p.metadata.managed_fields = None;
+    }
+    e
+}
+
 fn shared_event(e: Event<Pod>) -> Event<Arc<Pod>> {
-    match e {
+    match without_managed_fields(e) {
         Event::Init => Event::Init,
         Event::InitApply(p) => Event::InitApply(Arc::new(p)),
         Event::InitDone => Event::InitDone,
@@ -231,7 +240,7 @@ async fn run(client: Arc<dyn Client>, feed: Weak<FeedInner>) {
     while let Some(item) = events.next().await {
         let Some(feed) = feed.upgrade() else { return };
         match item {
-            Ok(event) => feed.lock().apply(event),
+            Ok(event) => feed.lock().apply(without_managed_fields(event)),
             Err(error) => tracing::warn!(%error, "shared pod watch failed; retrying"),
         }
     }
