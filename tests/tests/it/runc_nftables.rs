@@ -1,6 +1,7 @@
 //! The quick start on `--runtime runc --proxy nftables` (root): the quick-start app's busybox pods
 //! in their own network namespaces on a CNI bridge, the Service's ClusterIP programmed as nftables
-//! DNAT rules and reached from the host and from inside a pod, names resolved by the cluster DNS
+//! DNAT rules and reached from the host, from inside a pod and from inside one of its own pods (the
+//! hairpin: DNAT back to the sender, masqueraded through the node), names resolved by the cluster DNS
 //! that pods' resolv.conf points at, the Ingress by host name; scale, rolling update, rollback,
 //! logs and delete with the real kubectl.
 
@@ -142,6 +143,20 @@ async fn the_quick_start_runs_on_runc_and_nftables() {
         let page = get_in_pod(&k, target, "hello from bosun (v1)").await;
         assert!(page.contains("token has 6 characters"), "{target}: {page}");
     }
+
+    // From inside one of the Service's own pods, every try in a row: a third of them come back to the
+    // pod itself (hairpin), which only completes when the node masquerades them.
+    let web = k.run(&["-n", "quickstart", "get", "pods", "-l", "app=web", "-o", "jsonpath={.items[0].metadata.name}"]);
+    let web = web.trim();
+    let tries = 24;
+    let script = format!(
+        "for i in $(seq 1 {tries}); do printf 'GET / HTTP/1.0\\r\\nHost: web\\r\\n\\r\\n' | nc -w 3 {cluster_ip} 80 | tail -n 1; echo; done"
+    );
+    let out = k.run(&["-n", "quickstart", "exec", web, "--", "sh", "-c", &script]);
+    let answers: Vec<&str> = out.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(answers.len(), tries, "every try from pod {web} to its own Service answered:\n{out}");
+    assert!(answers.iter().all(|a| a.contains("hello from bosun (v1)")), "{out}");
+    assert!(answers.iter().any(|a| a.contains(&format!("from {web},"))), "some tries came back to pod {web} itself:\n{out}");
 
     // The Ingress (on the host) by host name, to the pods on the bridge.
     app.ingress(cluster.ingress_addr()).await;
