@@ -30,8 +30,25 @@ pub(crate) fn key(resource: &ApiResource, namespace: Option<&str>, name: &str) -
 
 /// Encodes an object for storage (its `resourceVersion` is left out, and put back afterwards).
 pub(crate) fn encode(obj: &mut DynamicObject) -> Result<Bytes> {
+    encode_sized(obj, 0)
+}
+
+/// [`encode`] into a buffer of `size` bytes to start with (the size of the version it replaces,
+/// say): serializing into a buffer that keeps doubling from 128 bytes copies the object's JSON
+/// several times over.
+pub(crate) fn encode_sized(obj: &mut DynamicObject, size: usize) -> Result<Bytes> {
     let rv = obj.metadata.resource_version.take();
-    let out = serde_json::to_vec(&*obj).map(Bytes::from).map_err(|e| Error::internal(format!("encode object: {e}")));
+    let mut buf = Vec::with_capacity(size.max(1024));
+    let out = serde_json::to_writer(&mut buf, &*obj)
+        .map(|()| {
+            // Stored bytes live on in storage and the watch cache: no room left over (shrinking
+            // reallocates in place).
+            if buf.capacity() - buf.len() > buf.len() / 16 {
+                buf.shrink_to_fit();
+            }
+            Bytes::from(buf)
+        })
+        .map_err(|e| Error::internal(format!("encode object: {e}")));
     obj.metadata.resource_version = rv;
     out
 }

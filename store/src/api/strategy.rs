@@ -218,6 +218,22 @@ impl Kind {
 
     /// Prepares an update of the `status` subresource: everything but `.status` comes from the stored object.
     pub(crate) fn prepare_status_update(&self, obj: &mut DynamicObject, old: &DynamicObject) {
+        // A patch of `status` leaves the rest as stored: then there is nothing to copy back.
+        let rest_same = match (obj.data.as_object(), old.data.as_object()) {
+            (Some(n), Some(o)) => {
+                let others = |m: &serde_json::Map<String, serde_json::Value>| m.len() - usize::from(m.contains_key("status"));
+                others(n) == others(o) && n.iter().filter(|(k, _)| k.as_str() != "status").all(|(k, v)| o.get(k) == Some(v))
+            }
+            _ => false,
+        };
+        if rest_same {
+            if obj.metadata != old.metadata {
+                let rv = obj.metadata.resource_version.take();
+                obj.metadata = old.metadata.clone();
+                obj.metadata.resource_version = rv;
+            }
+            return;
+        }
         let status = obj.data.get("status").cloned();
         let mut data = old.data.clone();
         if let Some(map) = data.as_object_mut() {
@@ -296,12 +312,35 @@ impl Kind {
             }
             // Other built-ins go through their type too: unknown fields are dropped, bad shapes refused.
             _ => {
-                let Some(value) = super::typed::round_trip(&self.resource, &obj.to_value())? else { return Ok(()) };
                 let types = obj.types.clone();
-                *obj = DynamicObject::from_value(value)?;
-                obj.types = types;
+                if super::typed::round_trip_object(&self.resource, obj)? {
+                    obj.types = types;
+                }
                 Ok(())
             }
+        }
+    }
+
+    /// Defaults an object after a write to its `status` subresource. Everything but `status` is
+    /// the stored object's, which was defaulted when it was written, and defaulting never reads
+    /// or writes `status` after create: so only `status` goes through its type (unknown fields
+    /// dropped, bad shapes refused), which is what the whole object's round trip would do to it.
+    pub(crate) fn default_status_update(&self, obj: &mut DynamicObject) -> Result<()> {
+        if matches!(self.rules, Rules::Custom) {
+            return self.default(obj, false);
+        }
+        let Some(map) = obj.data.as_object_mut() else { return self.default(obj, false) };
+        let Some(status) = map.get("status") else { return Ok(()) };
+        if status.is_null() {
+            map.remove("status");
+            return Ok(());
+        }
+        match super::typed::round_trip_status(&self.resource, status)? {
+            Some(typed) => {
+                map.insert("status".into(), typed);
+                Ok(())
+            }
+            None => self.default(obj, false),
         }
     }
 
@@ -417,9 +456,9 @@ fn copy_field(obj: &mut DynamicObject, old: &DynamicObject, field: &str) {
 /// Runs `f` on the typed form of `obj` and stores the result back, keeping the type meta.
 pub(crate) fn typed<K: Object + Serialize + DeserializeOwned>(obj: &mut DynamicObject, f: impl FnOnce(&mut K)) -> Result<()> {
     let types = obj.types.clone();
-    let mut k: K = obj.to_typed()?;
+    let mut k: K = super::typed::into_typed(std::mem::take(obj))?;
     f(&mut k);
-    let mut back = DynamicObject::from_typed(&k)?;
+    let mut back = super::typed::from_typed(&mut k)?;
     back.types = types;
     *obj = back;
     Ok(())

@@ -141,12 +141,12 @@ impl ApiServer {
         params: &PostParams,
     ) -> Result<DynamicObject> {
         Self::check_subresource(kind, sub)?;
-        let manager = params.field_manager.as_deref().unwrap_or("unknown");
+        // Unnamed writers are recorded only where fields are tracked (see `patch_object`).
         let change = Change {
             subresource: Some(sub),
             dry_run: params.dry_run,
             validation: params.field_validation,
-            manager: Some(manager),
+            manager: params.field_manager.as_deref(),
             applied: false,
         };
         match sub {
@@ -183,13 +183,12 @@ impl ApiServer {
         params: &bosun_core::PatchParams,
     ) -> Result<DynamicObject> {
         Self::check_subresource(kind, sub)?;
-        let manager = params.field_manager.as_deref().unwrap_or("unknown");
         let applied = matches!(patch, Patch::Apply(_));
         let change = Change {
             subresource: Some(sub),
             dry_run: params.dry_run,
             validation: params.field_validation,
-            manager: Some(manager),
+            manager: params.field_manager.as_deref(),
             applied,
         };
         match sub {

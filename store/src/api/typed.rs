@@ -1,26 +1,112 @@
 //! The `k8s-openapi` type behind each built-in kind, for decoding checks and unknown-field detection.
 
 use bosun_core::k8s_openapi::api;
-use bosun_core::{ApiResource, Error, Result};
+use bosun_core::{ApiResource, DynamicObject, Error, Object, Result, TypeMeta};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// Something to do with the `k8s-openapi` type of a kind, whichever it is (see [`with_type`]).
+pub(crate) trait KindFn {
+    /// What doing it gives.
+    type Out;
+    /// Does it with the kind's type.
+    fn call<K: Object + Serialize + DeserializeOwned>(self) -> Self::Out;
+}
 
 macro_rules! kinds {
-    ($res:expr, $body:expr, $( ($group:literal, $kind:literal) => $ty:ty ),* $(,)?) => {
+    ($res:expr, $f:expr, $( ($group:literal, $kind:literal) => $ty:ty ),* $(,)?) => {
         match (&*$res.group, &*$res.kind) {
-            $( ($group, $kind) => Some(through::<$ty>($body)?), )*
+            $( ($group, $kind) => Some($f.call::<$ty>()), )*
             _ => None,
         }
     };
 }
 
-fn through<K: serde::de::DeserializeOwned + serde::Serialize>(body: &serde_json::Value) -> Result<serde_json::Value> {
-    let k: K = serde_json::from_value(body.clone()).map_err(|e| Error::bad_request(format!("decode body: {e}")))?;
-    serde_json::to_value(&k).map_err(|e| Error::internal(format!("encode object: {e}")))
+struct Through<'a>(&'a serde_json::Value);
+
+impl KindFn for Through<'_> {
+    type Out = Result<serde_json::Value>;
+    fn call<K: Object + Serialize + DeserializeOwned>(self) -> Self::Out {
+        // Decoding from a borrowed value: no copy of the body first.
+        let k = K::deserialize(self.0).map_err(|e| Error::bad_request(format!("decode body: {e}")))?;
+        serde_json::to_value(&k).map_err(|e| Error::internal(format!("encode object: {e}")))
+    }
 }
 
-/// Decodes a body as the resource's typed kind and encodes it again; `None` for kinds without one.
-/// A body that does not fit the type is a 400.
-pub(crate) fn round_trip(resource: &ApiResource, body: &serde_json::Value) -> Result<Option<serde_json::Value>> {
-    Ok(kinds!(resource, body,
+struct RoundTrip<'a>(&'a mut DynamicObject);
+
+impl KindFn for RoundTrip<'_> {
+    type Out = Result<()>;
+    fn call<K: Object + Serialize + DeserializeOwned>(self) -> Self::Out {
+        let mut k: K = into_typed(std::mem::take(self.0))?;
+        *self.0 = from_typed(&mut k)?;
+        Ok(())
+    }
+}
+
+/// Reads an object as its typed kind, consuming it: strings and subtrees move into the typed
+/// object instead of being copied, and the metadata moves over as it is (no JSON detour).
+/// A body that does not fit the type is a 400, as [`DynamicObject::to_typed`] answers.
+pub(crate) fn into_typed<K: Object>(obj: DynamicObject) -> Result<K> {
+    use serde::de::value::MapDeserializer;
+    let DynamicObject { types, metadata, data } = obj;
+    let serde_json::Value::Object(map) = data else {
+        let mut k: K = DynamicObject { types, metadata: Default::default(), data }.to_typed()?;
+        *k.meta_mut() = metadata;
+        return Ok(k);
+    };
+    let head = types.into_iter().flat_map(|t| [("apiVersion".to_owned(), t.api_version.into()), ("kind".to_owned(), t.kind.into())]);
+    let body = map.into_iter().filter(|(k, _)| !matches!(k.as_str(), "apiVersion" | "kind" | "metadata"));
+    let fields = head.chain(body).map(|(k, v): (String, serde_json::Value)| (k, v));
+    let mut k = K::deserialize(MapDeserializer::<_, serde_json::Error>::new(fields))
+        .map_err(|e| Error::bad_request(format!("decode {}: {e}", std::any::type_name::<K>())))?;
+    // Missing metadata decodes as the default: the object's own goes in whole.
+    *k.meta_mut() = metadata;
+    Ok(k)
+}
+
+/// A typed object as a dynamic one; its metadata moves over without a JSON detour (the typed
+/// object is left with empty metadata).
+pub(crate) fn from_typed<K: Object>(k: &mut K) -> Result<DynamicObject> {
+    let metadata = std::mem::take(k.meta_mut());
+    let value = serde_json::to_value(&*k).map_err(|e| Error::internal(format!("encode object: {e}")));
+    let value = match value {
+        Ok(v) => v,
+        Err(e) => {
+            *k.meta_mut() = metadata;
+            return Err(e);
+        }
+    };
+    let mut obj = split(value)?;
+    obj.metadata = metadata;
+    Ok(obj)
+}
+
+/// An object's JSON as a [`DynamicObject`], taking the top-level map apart instead of rebuilding
+/// it (what `DynamicObject::from_value` does). A body that is not a well-formed object is a 400.
+pub(crate) fn split(value: serde_json::Value) -> Result<DynamicObject> {
+    let serde_json::Value::Object(mut map) = value else { return DynamicObject::from_value(value) };
+    let text = |v: Option<serde_json::Value>, field: &str| match v {
+        Some(serde_json::Value::String(s)) => Ok(Some(s)),
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(other) => Err(Error::bad_request(format!("decode object: {field}: expected a string, found {other}"))),
+    };
+    let api_version = text(map.remove("apiVersion"), "apiVersion")?;
+    let kind = text(map.remove("kind"), "kind")?;
+    let metadata = match map.remove("metadata") {
+        Some(serde_json::Value::Null) | None => Default::default(),
+        Some(m) => serde_json::from_value(m).map_err(|e| Error::bad_request(format!("decode object: metadata: {e}")))?,
+    };
+    let types = match (api_version, kind) {
+        (None, None) => None,
+        (a, k) => Some(TypeMeta { api_version: a.unwrap_or_default(), kind: k.unwrap_or_default() }),
+    };
+    Ok(DynamicObject { types, metadata, data: serde_json::Value::Object(map) })
+}
+
+/// Runs `f` with the `k8s-openapi` type of a built-in kind; `None` for kinds without one.
+pub(crate) fn with_type<F: KindFn>(resource: &ApiResource, f: F) -> Option<F::Out> {
+    kinds!(resource, f,
         ("", "Namespace") => api::core::v1::Namespace,
         ("", "Node") => api::core::v1::Node,
         ("", "Pod") => api::core::v1::Pod,
@@ -58,5 +144,57 @@ pub(crate) fn round_trip(resource: &ApiResource, body: &serde_json::Value) -> Re
         ("rbac.authorization.k8s.io", "ClusterRole") => api::rbac::v1::ClusterRole,
         ("rbac.authorization.k8s.io", "RoleBinding") => api::rbac::v1::RoleBinding,
         ("rbac.authorization.k8s.io", "ClusterRoleBinding") => api::rbac::v1::ClusterRoleBinding,
+    )
+}
+
+/// Decodes an object through its kind's type and back, in place (unknown fields dropped, bad
+/// shapes refused with 400); `false` for kinds without a type (left as they are).
+pub(crate) fn round_trip_object(resource: &ApiResource, obj: &mut DynamicObject) -> Result<bool> {
+    with_type(resource, RoundTrip(obj)).transpose().map(|done| done.is_some())
+}
+
+macro_rules! statuses {
+    ($res:expr, $body:expr, $( ($group:literal, $kind:literal) => $ty:ty ),* $(,)?) => {
+        match (&*$res.group, &*$res.kind) {
+            $( ($group, $kind) => Some(status_through::<$ty>($body)?), )*
+            _ => None,
+        }
+    };
+}
+
+fn status_through<S: serde::de::DeserializeOwned + Serialize>(status: &serde_json::Value) -> Result<serde_json::Value> {
+    let s = S::deserialize(status).map_err(|e| Error::bad_request(format!("decode body: status: {e}")))?;
+    serde_json::to_value(&s).map_err(|e| Error::internal(format!("encode status: {e}")))
+}
+
+/// Decodes a kind's `status` (not null) as its typed status and encodes it again: the status part
+/// of [`round_trip`], for writes that change nothing else. `None` for kinds without a typed status.
+pub(crate) fn round_trip_status(resource: &ApiResource, status: &serde_json::Value) -> Result<Option<serde_json::Value>> {
+    use bosun_core::k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinitionStatus;
+    Ok(statuses!(resource, status,
+        ("", "Namespace") => api::core::v1::NamespaceStatus,
+        ("", "Node") => api::core::v1::NodeStatus,
+        ("", "Pod") => api::core::v1::PodStatus,
+        ("", "Service") => api::core::v1::ServiceStatus,
+        ("", "PersistentVolume") => api::core::v1::PersistentVolumeStatus,
+        ("", "PersistentVolumeClaim") => api::core::v1::PersistentVolumeClaimStatus,
+        ("", "ReplicationController") => api::core::v1::ReplicationControllerStatus,
+        ("", "ResourceQuota") => api::core::v1::ResourceQuotaStatus,
+        ("apps", "Deployment") => api::apps::v1::DeploymentStatus,
+        ("apps", "ReplicaSet") => api::apps::v1::ReplicaSetStatus,
+        ("apps", "StatefulSet") => api::apps::v1::StatefulSetStatus,
+        ("apps", "DaemonSet") => api::apps::v1::DaemonSetStatus,
+        ("batch", "Job") => api::batch::v1::JobStatus,
+        ("batch", "CronJob") => api::batch::v1::CronJobStatus,
+        ("autoscaling", "HorizontalPodAutoscaler") => api::autoscaling::v2::HorizontalPodAutoscalerStatus,
+        ("policy", "PodDisruptionBudget") => api::policy::v1::PodDisruptionBudgetStatus,
+        ("networking.k8s.io", "Ingress") => api::networking::v1::IngressStatus,
+        ("apiextensions.k8s.io", "CustomResourceDefinition") => CustomResourceDefinitionStatus,
     ))
+}
+
+/// Decodes a body as the resource's typed kind and encodes it again; `None` for kinds without one.
+/// A body that does not fit the type is a 400.
+pub(crate) fn round_trip(resource: &ApiResource, body: &serde_json::Value) -> Result<Option<serde_json::Value>> {
+    with_type(resource, Through(body)).transpose()
 }

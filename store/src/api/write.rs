@@ -363,7 +363,14 @@ impl ApiServer {
             }
             // A binding changes one field of an already defaulted and validated pod.
             let binding = change.subresource == Some("binding");
-            if !binding {
+            // A status write changes only `status` (the rest is the stored object's, already
+            // defaulted and validated): only `status` is defaulted, and built-in validation,
+            // which reads metadata and spec only, has nothing new to check.
+            let status_only =
+                change.subresource == Some("status") && !matches!(kind.rules, Rules::Custom | Rules::CustomResourceDefinition);
+            if status_only {
+                kind.default_status_update(&mut obj)?;
+            } else if !binding {
                 kind.default(&mut obj, false)?;
             }
             if kind.rules == Rules::Service {
@@ -378,7 +385,7 @@ impl ApiServer {
                 dry_run: change.dry_run,
             };
             self.admit(&attrs, &mut obj, Some(current)).await?;
-            if !binding {
+            if !binding && !status_only {
                 kind.validate(&obj, Some(current), self.node_ports)?;
             }
             self.admit_validate(&attrs, &obj, Some(current)).await?;
@@ -418,7 +425,7 @@ impl ApiServer {
                 }
             }
             let allocated = if kind.rules == Rules::Service { self.allocate_service(&mut obj, Some(current)).await? } else { Vec::new() };
-            let bytes = codec::encode(&mut obj)?;
+            let bytes = codec::encode_sized(&mut obj, kv.value.len() + kv.value.len() / 4)?;
             let lease = if kv.lease.is_some() { self.lease_for(kind).await } else { None };
             match self.storage.update(&key, bytes, kv.mod_revision, lease).await {
                 Ok(new) => {
@@ -453,6 +460,20 @@ impl ApiServer {
     /// Applies a patch to an object's JSON (strategic merge patch by the kind's merge keys,
     /// server-side apply with field managers).
     pub(crate) fn apply_patch(&self, kind: &Kind, current: &DynamicObject, patch: &Patch, ctx: &ApplyContext) -> Result<DynamicObject> {
+        match patch {
+            Patch::Merge(Value::Object(p)) if !p.contains_key("apiVersion") && !p.contains_key("kind") => {
+                return merge_object(current, p, None);
+            }
+            Patch::Strategic(Value::Object(p))
+                if kind.rules != Rules::Custom
+                    && !p.contains_key("apiVersion")
+                    && !p.contains_key("kind")
+                    && !crate::patch::has_top_level_directives(p) =>
+            {
+                return merge_object(current, p, Some(crate::patch::builtin_schema(&kind.resource)?));
+            }
+            _ => {}
+        }
         let doc = current.to_value();
         if matches!(patch, Patch::Strategic(_)) && kind.rules == Rules::Custom {
             return Err(crate::patch::PatchError::StrategicUnsupported {
@@ -485,9 +506,12 @@ impl ApiServer {
         let mut ctx = ApplyContext::from_params(params);
         ctx.subresource = sub.map(str::to_owned);
         ctx.schema = kind.schema.as_ref().map(|s| s.shared());
-        let manager = params.field_manager.as_deref().unwrap_or("unknown");
-        let change =
-            Change { subresource: sub, dry_run: params.dry_run, validation: params.field_validation, manager: Some(manager), applied };
+        // As for creates and updates, a writer that names no manager is recorded (as `unknown`)
+        // only where fields are already tracked: in-process controllers and node agents patch
+        // status without one, and recording them cost every such write a field diff and every
+        // later read of the object its managedFields.
+        let manager = params.field_manager.as_deref().filter(|m| !m.is_empty());
+        let change = Change { subresource: sub, dry_run: params.dry_run, validation: params.field_validation, manager, applied };
         let result = self.update_object(kind, namespace, name, change, &|cur| self.apply_patch(kind, cur, patch, &ctx)).await;
         match (result, patch) {
             (Err(e), Patch::Apply(body)) if e.is_not_found() && sub.is_none() => {
@@ -501,12 +525,8 @@ impl ApiServer {
                         obj.metadata.name.as_deref().unwrap_or("")
                     )));
                 }
-                let create = Create {
-                    dry_run: params.dry_run,
-                    field_manager: Some(manager),
-                    field_validation: params.field_validation,
-                    applied: true,
-                };
+                let create =
+                    Create { dry_run: params.dry_run, field_manager: manager, field_validation: params.field_validation, applied: true };
                 self.create_object(kind, namespace, obj, &create).await
             }
             (other, _) => other,
@@ -525,8 +545,20 @@ impl ApiServer {
         let mut ctx = ApplyContext::new(manager);
         ctx.subresource = sub.map(str::to_owned);
         ctx.schema = kind.schema.as_ref().map(|s| s.shared());
-        let old = old.map(DynamicObject::to_value);
-        let mut new = obj.to_value();
+        // Only the top-level fields the write changed can hold changed fields: the others are
+        // left out of both sides of the diff instead of being copied into JSON to compare equal.
+        let changed: Option<Vec<&String>> = match (old.map(|o| &o.data), &obj.data) {
+            (Some(Value::Object(o)), Value::Object(n)) => Some(
+                n.iter()
+                    .filter(|(k, v)| o.get(k.as_str()) != Some(v))
+                    .map(|(k, _)| k)
+                    .chain(o.keys().filter(|k| !n.contains_key(k.as_str())))
+                    .collect(),
+            ),
+            _ => None,
+        };
+        let old = old.map(|o| document(o, changed.as_deref()));
+        let mut new = document(obj, changed.as_deref());
         crate::patch::record_update(&kind.resource, old.as_ref(), &mut new, &ctx)?;
         let managed = new.get("metadata").and_then(|m| m.get("managedFields")).cloned();
         obj.metadata.managed_fields = match managed {
@@ -595,6 +627,70 @@ impl ApiServer {
             _ => {}
         }
     }
+}
+
+/// A JSON merge patch, or a strategic merge patch (with the kind's schema) without top-level
+/// directives, that leaves type meta alone, applied to an object field by field: each top-level
+/// member of such a patch merges into its own field only, so the untouched fields are copied as
+/// they are instead of being encoded into one JSON document and decoded back, and the metadata
+/// goes through JSON only when the patch names it. The same result as patching the object's JSON.
+fn merge_object(
+    current: &DynamicObject,
+    patch: &serde_json::Map<String, Value>,
+    schema: Option<crate::patch::Node>,
+) -> Result<DynamicObject> {
+    let mut obj = current.clone();
+    let Value::Object(data) = &mut obj.data else {
+        return Err(Error::bad_request("the patched object is not a JSON object"));
+    };
+    let merge = |fields: &mut serde_json::Map<String, Value>, key: &String, value: &Value| -> Result<()> {
+        match schema {
+            Some(root) => crate::patch::strategic_merge_fields(root, fields, [(key, value)]).map_err(Error::from),
+            None if value.is_null() => {
+                fields.remove(key);
+                Ok(())
+            }
+            None => {
+                crate::patch::merge_patch::merge_into(fields.entry(key.clone()).or_insert(Value::Null), value);
+                Ok(())
+            }
+        }
+    };
+    for (key, value) in patch {
+        if key == "metadata" {
+            let meta = serde_json::to_value(&current.metadata).map_err(|e| Error::internal(format!("encode metadata: {e}")))?;
+            let mut holder = serde_json::Map::new();
+            holder.insert("metadata".into(), meta);
+            merge(&mut holder, key, value)?;
+            obj.metadata = match holder.remove("metadata") {
+                None | Some(Value::Null) => Default::default(),
+                Some(meta) => serde_json::from_value(meta).map_err(|e| Error::bad_request(format!("decode object: metadata: {e}")))?,
+            };
+        } else {
+            merge(data, key, value)?;
+        }
+    }
+    Ok(obj)
+}
+
+/// An object as JSON for [`crate::patch::record_update`]: type meta, metadata and the top-level
+/// fields `keys` names (all of them for `None`).
+fn document(obj: &DynamicObject, keys: Option<&[&String]>) -> Value {
+    let Some(keys) = keys else { return obj.to_value() };
+    let mut map = serde_json::Map::new();
+    if let Some(t) = &obj.types {
+        map.insert("apiVersion".into(), Value::String(t.api_version.clone()));
+        map.insert("kind".into(), Value::String(t.kind.clone()));
+    }
+    map.insert("metadata".into(), serde_json::to_value(&obj.metadata).unwrap_or(Value::Null));
+    for k in keys {
+        if let Some(v) = obj.data.get(k.as_str())
+            && !matches!(k.as_str(), "apiVersion" | "kind" | "metadata")
+        {
+            map.insert((*k).clone(), v.clone());
+        }
+    }
+    Value::Object(map)
 }
 
 fn namespace_finalizers_left(obj: &DynamicObject) -> bool {

@@ -59,7 +59,7 @@ pub use error::{FIELD_MANAGER_CONFLICT, FieldConflict, PatchError, Result};
 pub use json_patch::json_patch;
 pub use merge_patch::merge_patch;
 pub use schema::Node;
-pub use strategic::strategic_merge_patch;
+pub use strategic::{has_top_level_directives, strategic_merge_fields, strategic_merge_patch};
 pub use yaml::parse_yaml_or_json;
 
 /// Who applies a patch and how: the field manager, `force`, the time recorded in `managedFields`.

@@ -86,27 +86,59 @@ fn merge_map(mut original: Map<String, Value>, patch: &Map<String, Value>, node:
         {
             continue;
         }
-        if patch_value.is_null() {
-            original.remove(key);
-            continue;
-        }
-        let sem = node.field(key);
-        let child = node.child(key);
-        let merged = match original.remove(key) {
-            None => clean(patch_value, child, &sem)?,
-            Some(Value::Object(orig)) if patch_value.is_object() => match patch_value {
-                Value::Object(p) if !sem.replace => Value::Object(merge_map(orig, p, child)?),
-                _ => clean(patch_value, child, &sem)?,
-            },
-            Some(Value::Array(orig)) if patch_value.is_array() => match patch_value {
-                Value::Array(p) if sem.merge => Value::Array(merge_list(orig, p, child, sem.merge_key)?),
-                _ => patch_value.clone(),
-            },
-            Some(_) => clean(patch_value, child, &sem)?,
-        };
-        original.insert(key.clone(), merged);
+        merge_field(&mut original, key, patch_value, node)?;
     }
     Ok(original)
+}
+
+/// Whether a strategic merge patch has directives at its top level (`$patch`, `$retainKeys`,
+/// `$setElementOrder/...`, `$deleteFromPrimitiveList/...`): those need the whole object, the
+/// other members merge each into its own field (see [`strategic_merge_fields`]).
+pub fn has_top_level_directives(patch: &Map<String, Value>) -> bool {
+    patch.keys().any(|k| k.starts_with('$'))
+}
+
+/// Applies members of a strategic merge patch without top-level directives (see
+/// [`has_top_level_directives`]) to the top-level fields of an object whose schema starts at
+/// `root`, in place: each member merges into its own field only, so the fields the patch does
+/// not name are neither copied nor visited. The same result as [`strategic_merge_patch`] on the
+/// whole object.
+pub fn strategic_merge_fields<'a>(
+    root: Node,
+    fields: &mut Map<String, Value>,
+    members: impl IntoIterator<Item = (&'a String, &'a Value)>,
+) -> Result<()> {
+    for (key, value) in members {
+        if key.starts_with('$') {
+            return Err(PatchError::malformed(format!("the directive {key} needs the whole object")));
+        }
+        merge_field(fields, key, value, root)?;
+    }
+    Ok(())
+}
+
+/// Merges one member of a patch map into the same member of the original map.
+fn merge_field(original: &mut Map<String, Value>, key: &String, patch_value: &Value, node: Node) -> Result<()> {
+    if patch_value.is_null() {
+        original.remove(key);
+        return Ok(());
+    }
+    let sem = node.field(key);
+    let child = node.child(key);
+    let merged = match original.remove(key) {
+        None => clean(patch_value, child, &sem)?,
+        Some(Value::Object(orig)) if patch_value.is_object() => match patch_value {
+            Value::Object(p) if !sem.replace => Value::Object(merge_map(orig, p, child)?),
+            _ => clean(patch_value, child, &sem)?,
+        },
+        Some(Value::Array(orig)) if patch_value.is_array() => match patch_value {
+            Value::Array(p) if sem.merge => Value::Array(merge_list(orig, p, child, sem.merge_key)?),
+            _ => patch_value.clone(),
+        },
+        Some(_) => clean(patch_value, child, &sem)?,
+    };
+    original.insert(key.clone(), merged);
+    Ok(())
 }
 
 /// A patch value copied where there is nothing to merge with: directives and nulls are resolved

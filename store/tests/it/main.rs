@@ -15,3 +15,4 @@ mod protobuf;
 mod storage;
 mod storage_durable;
 mod storage_etcd;
+mod write_path;
