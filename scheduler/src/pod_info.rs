@@ -492,8 +492,7 @@ impl PodInfo {
 
 /// See [`PodInfo::equivalent`].
 pub(crate) fn same_class(a: &Pod, b: &Pod) -> bool {
-    std::ptr::eq(a, b)
-        || (a.metadata.namespace == b.metadata.namespace && a.metadata.labels == b.metadata.labels && a.spec == b.spec)
+    std::ptr::eq(a, b) || (a.metadata.namespace == b.metadata.namespace && a.metadata.labels == b.metadata.labels && a.spec == b.spec)
 }
 
 /// Normalises an image name as the kubelet reports it (`nginx` → `docker.io/library/nginx:latest`).

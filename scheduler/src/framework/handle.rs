@@ -93,6 +93,8 @@ struct Inner {
     client: Option<Arc<dyn Client>>,
     namespaces: RwLock<HashMap<String, Arc<BTreeMap<String, String>>>>,
     pdbs: RwLock<Vec<PdbInfo>>,
+    /// Changes with every budget change; unique in the process (see [`Handle::pdb_generation`]).
+    pdb_generation: std::sync::atomic::AtomicU64,
     services: RwLock<HashMap<String, Vec<ServiceSelector>>>,
     nominator: Arc<Nominator>,
     waiting: WaitingPods,
@@ -134,6 +136,7 @@ impl Handle {
                 client,
                 namespaces: RwLock::default(),
                 pdbs: RwLock::default(),
+                pdb_generation: std::sync::atomic::AtomicU64::new(next_pdb_generation()),
                 services: RwLock::default(),
                 nominator,
                 waiting: WaitingPods::default(),
@@ -182,6 +185,13 @@ impl Handle {
         if pdb.disruptions_allowed >= 0 {
             list.push(pdb);
         }
+        self.inner.pdb_generation.store(next_pdb_generation(), std::sync::atomic::Ordering::Release);
+    }
+
+    /// Names the current set of disruption budgets: different after any change, and different
+    /// between handles, so that a result computed under one set can tell it still holds.
+    pub(crate) fn pdb_generation(&self) -> u64 {
+        self.inner.pdb_generation.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Records a Service's selector (`None` forgets the Service).
@@ -265,4 +275,9 @@ impl Handle {
     pub fn victim_grace_period(&self) -> Option<u32> {
         self.inner.victim_grace_period
     }
+}
+
+fn next_pdb_generation() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }

@@ -533,6 +533,35 @@ impl Framework {
         Some(SummaryJudge { plan, priority: pod.priority, own: NodeSummary::uid_bit(&pod.uid) })
     }
 
+    /// The Filter plugins (by position) that judge this cycle's pod, when every verdict on a node
+    /// depends on that node alone: each is node-local ([`FilterPlugin::node_local`]), no
+    /// PreFilter extension is active, the state lists no nominated pods or exclusions, and no
+    /// node lists the pod itself as nominated. A result kept per node for an equivalent pod
+    /// ([`PodInfo::equivalent`]) under the same plan holds until that node changes. `None`
+    /// otherwise.
+    pub fn node_local_plan(&self, state: &CycleState, pod: &PodInfo, snapshot: &Snapshot) -> Option<Vec<usize>> {
+        if state.nominated.is_some() || state.excluded.is_some() || snapshot.epoch == 0 || snapshot.summaries().len() != snapshot.len() {
+            return None;
+        }
+        if self.pre_filter.iter().any(|p| p.has_extensions() && !state.skips_filter(p.name())) {
+            return None;
+        }
+        let mut plan = Vec::new();
+        for (i, p) in self.filter.iter().enumerate() {
+            if (i < 64 && state.filter_skip_mask & (1 << i) != 0) || (i >= 64 && state.skips_filter(p.name())) {
+                continue;
+            }
+            if matches!(p.summary_filter(state, pod, snapshot), SummaryFilter::Pass) {
+                continue;
+            }
+            if !p.node_local(state, pod) {
+                return None;
+            }
+            plan.push(i);
+        }
+        (!snapshot.nominates(&pod.uid)).then_some(plan)
+    }
+
     /// How many feasible nodes to look for among `all` (kube-scheduler's `numFeasibleNodesToFind`).
     pub fn num_feasible_nodes_to_find(&self, all: usize) -> usize {
         let pct = self.percentage_of_nodes_to_score.map(|p| p as usize);

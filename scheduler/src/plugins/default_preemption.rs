@@ -12,8 +12,8 @@ use crate::snapshot::Snapshot;
 use bosun_core::DeleteParams;
 use rayon::prelude::*;
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// The message for nodes where evictions would not help.
 pub const NOT_HELPFUL: &str = "Preemption is not helpful for scheduling";
@@ -27,12 +27,47 @@ pub struct DefaultPreemption {
     pub min_candidate_nodes_percentage: usize,
     /// ...and at least this many (kube default 100).
     pub min_candidate_nodes_absolute: usize,
+    /// The last preemptor's dry runs, for the next equivalent one.
+    memo: Arc<Mutex<Option<DryRunMemo>>>,
 }
 
 impl Default for DefaultPreemption {
     fn default() -> Self {
-        Self { min_candidate_nodes_percentage: 10, min_candidate_nodes_absolute: 100 }
+        Self { min_candidate_nodes_percentage: 10, min_candidate_nodes_absolute: 100, memo: Arc::default() }
     }
+}
+
+impl DefaultPreemption {
+    /// Preemption looking for `percentage` % of the nodes as candidates, and at least `absolute`.
+    pub fn with_candidates(percentage: usize, absolute: usize) -> Self {
+        Self { min_candidate_nodes_percentage: percentage, min_candidate_nodes_absolute: absolute, ..Self::default() }
+    }
+}
+
+/// One node's dry run for a class of preemptors.
+#[derive(Debug, Clone, Copy)]
+enum DryRun {
+    /// Not run since the node last changed.
+    Unknown,
+    /// A candidate, with what [`DefaultPreemption::pick_one`] compares.
+    Candidate(CandidateKey),
+    /// No candidate, and why.
+    Not(&'static str),
+}
+
+/// The dry runs of the last preemptor, per node, kept for the next equivalent preemptor (a
+/// Deployment's pods preempting in a batch re-run only the nodes changed since, typically the
+/// ones the previous preemptors were nominated to). Valid under the same framework, node-local
+/// filter plan ([`Framework::node_local_plan`]), disruption budgets and snapshot change log.
+#[derive(Debug)]
+struct DryRunMemo {
+    framework: usize,
+    template: Arc<bosun_core::k8s_openapi::api::core::v1::Pod>,
+    plan: Vec<usize>,
+    pdb_generation: u64,
+    epoch: u64,
+    synced: usize,
+    per_node: Vec<DryRun>,
 }
 
 /// A node where preemption would work, with its victims.
@@ -72,7 +107,7 @@ fn pdb_protected<'a>(victims: impl Iterator<Item = &'a PodInfo>, pdb_allowance: 
                 if pdb.namespace != v.namespace || pdb.selector.is_empty() || !pdb.selector.matches(v.labels()) {
                     continue;
                 }
-                if pdb.disrupted_pods.iter().any(|n| *n == v.name) {
+                if pdb.disrupted_pods.contains(&v.name) {
                     continue;
                 }
                 *left -= 1;
@@ -375,6 +410,8 @@ impl PostFilterPlugin for DefaultPreemption {
         if !potential.is_empty() {
             let want = self.num_candidates(potential.len());
             let offset = fastrand::usize(0..potential.len());
+            // Read before the budgets: a change in between makes a kept result stale, not wrong.
+            let pdb_generation = ctx.handle.pdb_generation();
             let allowance: Vec<(PdbInfo, i32)> = ctx
                 .handle
                 .pdbs()
@@ -392,31 +429,91 @@ impl PostFilterPlugin for DefaultPreemption {
                 // tell. Candidates are compared as they come: only the best so far is built.
                 Some(judge) => {
                     let (mut lower, mut victims) = (Vec::new(), Vec::new());
+                    let mut slot = self.memo.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    let mut memo = match ctx.framework.node_local_plan(state, pod, snapshot) {
+                        None => None,
+                        Some(plan) => {
+                            let framework = std::ptr::from_ref(ctx.framework) as usize;
+                            let valid = slot.as_ref().is_some_and(|m| {
+                                m.framework == framework
+                                    && m.epoch == snapshot.epoch
+                                    && m.synced <= snapshot.changes.len()
+                                    && m.per_node.len() == all
+                                    && m.pdb_generation == pdb_generation
+                                    && m.plan == plan
+                                    && crate::pod_info::same_class(&m.template, &pod.pod)
+                            });
+                            match slot.as_mut() {
+                                Some(m) if valid => {
+                                    for &i in &snapshot.changes[m.synced..] {
+                                        m.per_node[i] = DryRun::Unknown;
+                                    }
+                                    m.synced = snapshot.changes.len();
+                                }
+                                _ => {
+                                    *slot = Some(DryRunMemo {
+                                        framework,
+                                        template: pod.pod.clone(),
+                                        plan,
+                                        pdb_generation,
+                                        epoch: snapshot.epoch,
+                                        synced: snapshot.changes.len(),
+                                        per_node: vec![DryRun::Unknown; all],
+                                    });
+                                }
+                            }
+                            slot.as_mut()
+                        }
+                    };
+                    let run = |i: usize, lower: &mut Vec<_>, victims: &mut Vec<_>| -> DryRun {
+                        match self.dry_run_by_summary(&judge, pod, snapshot, i, &allowance, lower, victims) {
+                            Some(Ok(violations)) => {
+                                DryRun::Candidate(candidate_key(victims.iter().map(|v: &&Arc<PodInfo>| &***v), violations))
+                            }
+                            Some(Err(reason)) => DryRun::Not(reason),
+                            None => match full(i) {
+                                Ok(c) => DryRun::Candidate(candidate_key(c.victims.iter().map(|v| &**v), c.pdb_violations)),
+                                Err(reason) => DryRun::Not(reason),
+                            },
+                        }
+                    };
+                    // Candidates are compared by key as they come; only the chosen one is built.
+                    let mut chosen: Option<(CandidateKey, usize)> = None;
                     let mut found = 0;
                     for i in rotated() {
                         if found >= want {
                             break;
                         }
-                        match self.dry_run_by_summary(&judge, pod, snapshot, i, &allowance, &mut lower, &mut victims) {
-                            Some(Ok(violations)) => {
+                        let r = match memo.as_ref().map_or(DryRun::Unknown, |m| m.per_node[i]) {
+                            DryRun::Unknown => {
+                                let r = run(i, &mut lower, &mut victims);
+                                if let Some(m) = memo.as_mut() {
+                                    m.per_node[i] = r;
+                                }
+                                r
+                            }
+                            r => r,
+                        };
+                        match r {
+                            DryRun::Candidate(key) => {
                                 found += 1;
-                                let key = candidate_key(victims.iter().map(|v| &***v), violations);
-                                if best.as_ref().is_none_or(|(k, _)| key < *k) {
-                                    best = Some((key, Self::candidate(&snapshot.nodes()[i], &victims, violations)));
+                                if chosen.as_ref().is_none_or(|(k, _)| key < *k) {
+                                    chosen = Some((key, i));
                                 }
                             }
-                            Some(Err(reason)) => *histogram.entry(reason).or_default() += 1,
-                            None => match full(i) {
-                                Ok(c) => {
-                                    found += 1;
-                                    let key = candidate_key(c.victims.iter().map(|v| &**v), c.pdb_violations);
-                                    if best.as_ref().is_none_or(|(k, _)| key < *k) {
-                                        best = Some((key, c));
-                                    }
-                                }
-                                Err(reason) => *histogram.entry(reason).or_default() += 1,
-                            },
+                            DryRun::Not(reason) => *histogram.entry(reason).or_default() += 1,
+                            DryRun::Unknown => {}
                         }
+                    }
+                    drop(slot);
+                    // The chosen node's dry run once more, for its victims (the node is the same).
+                    if let Some((key, i)) = chosen {
+                        let candidate = match self.dry_run_by_summary(&judge, pod, snapshot, i, &allowance, &mut lower, &mut victims) {
+                            Some(Ok(violations)) => Some(Self::candidate(&snapshot.nodes()[i], &victims, violations)),
+                            Some(Err(_)) => None,
+                            None => full(i).ok(),
+                        };
+                        best = candidate.map(|c| (key, c));
                     }
                 }
                 // Full dry runs in parallel from a random offset until enough candidates are found.

@@ -309,3 +309,66 @@ fn the_nominated_node_is_the_best_candidate_of_the_full_dry_runs() {
     }
     assert!(nominations > 40, "{nominations}");
 }
+
+/// A batch of equivalent preemptors through one framework (whose preemption keeps the dry runs of
+/// the nodes that did not change): each is nominated to a node no earlier one holds, with the
+/// candidate a fresh framework (nothing kept) finds best, also after a budget appears; once
+/// every node is taken, none is nominated.
+#[test]
+fn equivalent_preemptors_in_a_row_reuse_dry_runs_and_choose_as_a_fresh_run_does() {
+    use crate::cache::Cache;
+    use crate::node_info::NodeStatic;
+    const NODES: usize = 12;
+    let fw = framework();
+    let handle = Handle::default();
+    let mut cache = Cache::new();
+    for n in 0..NODES {
+        let name = format!("n{n}");
+        cache.add_or_update_node(NodeStatic::new(Arc::new(node(&name).0)));
+        for k in 0..4 {
+            let app = if n % 3 == 0 { "a" } else { "b" };
+            cache.add_or_update_pod(
+                pod(&format!("low-{n}-{k}")).labels(&[("app", app)]).node(&name).priority(1 + k % 2).req("900m", "").info(),
+            );
+        }
+    }
+    let mut snap = Snapshot::default();
+    let mut taken = std::collections::HashSet::new();
+    for i in 0..=NODES {
+        if i == 4 {
+            handle.set_pdb(PdbInfo {
+                namespace: "default".into(),
+                name: "guard-a".into(),
+                selector: LabelSelector::parse("app=a").unwrap_or_default(),
+                disruptions_allowed: 0,
+                disrupted_pods: Vec::new(),
+            });
+        }
+        cache.update_snapshot(&mut snap);
+        let p = pod(&format!("high-{i}")).priority(10).req("3", "").info();
+        let run = |fw: &Framework| {
+            let mut state = CycleState::new();
+            let Err(crate::framework::ScheduleError::Fit(d)) = fw.schedule_pod(&mut state, &p, &snap, &handle) else { panic!("fits") };
+            fw.run_post_filter(&state, &p, &d, &snap, &handle).0
+        };
+        let key_on = |node: &str| {
+            let mut state = CycleState::new();
+            let _ = fw.run_pre_filter(&mut state, &p, &snap, &handle);
+            let allowance: Vec<(PdbInfo, i32)> = handle.pdbs().into_iter().map(|b| (b.clone(), b.disruptions_allowed)).collect();
+            let n = snap.node(node).unwrap_or_else(|| panic!("{node}"));
+            let c = DefaultPreemption::default().select_victims(&fw, &state, &p, n, &handle, &allowance).unwrap_or_else(|e| panic!("{e}"));
+            candidate_key(c.victims.iter().map(|v| &**v), c.pdb_violations)
+        };
+        let kept = run(&fw);
+        let fresh = run(&framework());
+        if i == NODES {
+            assert_eq!((kept, fresh), (None, None), "every node holds a nominated preemptor");
+            break;
+        }
+        let (Some(kept), Some(fresh)) = (kept, fresh) else { panic!("preemptor {i}: a node is left") };
+        assert!(taken.insert(kept.clone()), "preemptor {i}: {kept} is already nominated");
+        assert_eq!(key_on(&kept), key_on(&fresh), "preemptor {i}: {kept} vs {fresh}");
+        // As the scheduler's nominator does: the node now keeps room for the preemptor.
+        cache.nominate(&p, None, Some(&kept));
+    }
+}
