@@ -42,6 +42,10 @@ fn f(name: &str) -> PathElement {
 
 /// Drops the fields kube-apiserver never tracks, and those reset by the write's subresource.
 fn scope(set: &FieldSet, resource: &ApiResource, subresource: Option<&str>) -> FieldSet {
+    if subresource == Some("status") {
+        // Only `status` stays: what the other rules drop lies outside it.
+        return set.only_prefix(&[f("status")]);
+    }
     let mut out = set.clone();
     for top in ["apiVersion", "kind"] {
         out.remove_prefix(&[f(top)]);

@@ -255,9 +255,29 @@ impl FieldSet {
     /// Keeps only the paths under `prefix` (the prefix itself included).
     pub fn only_prefix(&self, prefix: &[PathElement]) -> Self {
         let mut out = Self::new();
-        for p in self.paths() {
-            if p.starts_with(prefix) {
+        let Some((last, parents)) = prefix.split_last() else {
+            for p in self.paths() {
                 out.insert(&p);
+            }
+            return out;
+        };
+        // Only the subtree under the prefix is visited (not every path of the set).
+        let mut node = self;
+        for pe in parents {
+            match node.children.get(pe) {
+                Some(child) => node = child,
+                None => return out,
+            }
+        }
+        if node.members.contains(last) {
+            out.insert(prefix);
+        }
+        if let Some(child) = node.children.get(last) {
+            let mut path = prefix.to_vec();
+            for p in child.paths() {
+                path.truncate(prefix.len());
+                path.extend(p);
+                out.insert(&path);
             }
         }
         out
@@ -359,5 +379,36 @@ mod tests {
         assert_eq!(a.union(&b).paths().len(), 3);
         assert!(a.has_descendant(&[f("a")]));
         assert!(a.without_prefix(&[f("a")]).is_empty());
+    }
+
+    #[test]
+    fn only_prefix_keeps_what_filtering_every_path_keeps() {
+        let fields = serde_json::json!({
+            "f:metadata": {"f:labels": {".": {}, "f:a": {}}},
+            "f:status": {".": {}, "f:phase": {}, "f:conditions": {"k:{\"type\":\"Ready\"}": {".": {}, "f:status": {}}}},
+            "f:spec": {"f:replicas": {}},
+        });
+        let set = FieldSet::from_fields_v1(&fields).expect("well formed");
+        let by_filter = |prefix: &[PathElement]| {
+            let mut out = FieldSet::new();
+            for p in set.paths() {
+                if p.starts_with(prefix) {
+                    out.insert(&p);
+                }
+            }
+            out
+        };
+        for prefix in [
+            vec![],
+            vec![f("status")],
+            vec![f("status"), f("conditions")],
+            vec![f("metadata"), f("labels"), f("a")],
+            vec![f("missing")],
+            vec![f("spec"), f("replicas")],
+        ] {
+            let fast = set.only_prefix(&prefix);
+            assert_eq!(fast.to_fields_v1(), by_filter(&prefix).to_fields_v1(), "{prefix:?}");
+            assert_eq!(fast.paths(), by_filter(&prefix).paths(), "{prefix:?}");
+        }
     }
 }
