@@ -158,8 +158,14 @@ impl<K: Object> Store<K> {
                 Vec::new()
             }
             Event::InitApply(obj) => {
-                let obj = Arc::new(obj);
-                inner.buffer.get_or_insert_with(HashMap::new).insert(ObjectKey::of(&*obj), obj);
+                // An object the relist finds unchanged keeps the cached copy, so that a relist
+                // holds two copies only of what changed (the new one is dropped here).
+                let key = ObjectKey::of(&obj);
+                let obj = match inner.objects.get(&key) {
+                    Some(old) if !obj.resource_version().is_empty() && old.resource_version() == obj.resource_version() => old.clone(),
+                    _ => Arc::new(obj),
+                };
+                inner.buffer.get_or_insert_with(HashMap::new).insert(key, obj);
                 Vec::new()
             }
             Event::InitDone => {

@@ -63,11 +63,24 @@ pub struct WatcherConfig {
     pub timeout_seconds: u32,
     /// Backoff between failed attempts.
     pub backoff: Backoff,
+    /// Takes the initial state (and every relist) from a streaming list, a watch with
+    /// `sendInitialEvents`, instead of paged lists (default false). The server sends the objects
+    /// one by one from its watch cache, so a relist of 150,000 pods never holds a page, a list
+    /// snapshot or the whole list at once, and no continue token can expire. A server that
+    /// refuses it (400/422, e.g. without the `WatchList` feature) makes this watcher list instead.
+    pub streaming_list: bool,
 }
 
 impl Default for WatcherConfig {
     fn default() -> Self {
-        Self { label_selector: None, field_selector: None, page_size: Some(500), timeout_seconds: 290, backoff: Backoff::default() }
+        Self {
+            label_selector: None,
+            field_selector: None,
+            page_size: Some(500),
+            timeout_seconds: 290,
+            backoff: Backoff::default(),
+            streaming_list: false,
+        }
     }
 }
 
@@ -93,6 +106,14 @@ impl WatcherConfig {
         self
     }
 
+    /// Takes initial states from streaming lists (watches with `sendInitialEvents`) instead of
+    /// paged lists (default false); see [`WatcherConfig::streaming_list`].
+    #[must_use]
+    pub fn streaming_list(mut self, on: bool) -> Self {
+        self.streaming_list = on;
+        self
+    }
+
     /// Sets the list page size (default 500; `None` lists everything at once).
     #[must_use]
     pub fn page_size(mut self, size: Option<u32>) -> Self {
@@ -102,9 +123,18 @@ impl WatcherConfig {
 }
 
 enum Phase<K> {
-    Listing { continue_token: Option<String> },
-    Starting { resource_version: String },
-    Streaming { resource_version: String, stream: BoxStream<'static, crate::Result<WatchEvent<K>>> },
+    Listing {
+        continue_token: Option<String>,
+    },
+    Starting {
+        resource_version: String,
+    },
+    /// `initial`: the stream is a streaming list still sending the initial state.
+    Streaming {
+        resource_version: String,
+        stream: BoxStream<'static, crate::Result<WatchEvent<K>>>,
+        initial: bool,
+    },
 }
 
 struct State<K> {
@@ -113,11 +143,14 @@ struct State<K> {
     phase: Phase<K>,
     pending: VecDeque<Event<K>>,
     delay: Option<Duration>,
+    /// The server refused a streaming list: list in pages from now on.
+    no_streaming: bool,
 }
 
 /// Watches a kind forever: yields the events, and the errors it recovers from.
 pub fn watcher<K: Object>(api: Api<K>, config: WatcherConfig) -> impl Stream<Item = Result<Event<K>, WatchError>> + Send + 'static {
-    let state = State { api, config, phase: Phase::Listing { continue_token: None }, pending: VecDeque::new(), delay: None };
+    let state =
+        State { api, config, phase: Phase::Listing { continue_token: None }, pending: VecDeque::new(), delay: None, no_streaming: false };
     futures::stream::unfold(state, |mut s| async move {
         let item = s.step().await;
         Some((item, s))
@@ -139,6 +172,9 @@ impl<K: Object> State<K> {
                 tokio::time::sleep(delay).await;
             }
             match std::mem::replace(&mut self.phase, Phase::Listing { continue_token: None }) {
+                Phase::Listing { continue_token: None } if self.config.streaming_list && !self.no_streaming => {
+                    self.start_streaming_list().await?;
+                }
                 Phase::Listing { continue_token } => {
                     let first = continue_token.is_none();
                     let params = ListParams {
@@ -184,7 +220,7 @@ impl<K: Object> State<K> {
                         send_initial_events: false,
                     };
                     match self.api.watch(&params).await {
-                        Ok(stream) => self.phase = Phase::Streaming { resource_version, stream },
+                        Ok(stream) => self.phase = Phase::Streaming { resource_version, stream, initial: false },
                         Err(e) => {
                             self.phase =
                                 if e.is_gone() { Phase::Listing { continue_token: None } } else { Phase::Starting { resource_version } };
@@ -193,9 +229,14 @@ impl<K: Object> State<K> {
                         }
                     }
                 }
-                Phase::Streaming { mut resource_version, mut stream } => match stream.next().await {
+                Phase::Streaming { mut resource_version, mut stream, mut initial } => match stream.next().await {
                     Some(Ok(ev)) => {
                         let out = match ev {
+                            // The initial state of a streaming list (only ADDED events, by the protocol).
+                            WatchEvent::Added(k) | WatchEvent::Modified(k) if initial => {
+                                resource_version = k.resource_version().to_owned();
+                                Some(Event::InitApply(k))
+                            }
                             WatchEvent::Added(k) | WatchEvent::Modified(k) => {
                                 resource_version = k.resource_version().to_owned();
                                 Some(Event::Apply(k))
@@ -205,35 +246,37 @@ impl<K: Object> State<K> {
                                 Some(Event::Delete(k))
                             }
                             WatchEvent::Bookmark(b) => {
+                                let ends = initial && b.ends_initial_events();
                                 resource_version = b.resource_version;
-                                None
+                                if ends {
+                                    initial = false;
+                                    Some(Event::InitDone)
+                                } else {
+                                    None
+                                }
                             }
                             WatchEvent::Error(status) => {
                                 let e = Error::from_status(status);
-                                self.phase = if e.is_gone() {
-                                    Phase::Listing { continue_token: None }
-                                } else {
-                                    Phase::Starting { resource_version }
-                                };
-                                if !self.phase_is_relist() {
-                                    self.fail();
-                                }
+                                self.after_stream_error(&e, resource_version, initial);
                                 return Err(WatchError::Stream(e));
                             }
                         };
-                        self.config.backoff.reset();
-                        self.phase = Phase::Streaming { resource_version, stream };
+                        if !initial {
+                            self.config.backoff.reset();
+                        }
+                        self.phase = Phase::Streaming { resource_version, stream, initial };
                         if let Some(ev) = out {
                             return Ok(ev);
                         }
                     }
                     Some(Err(e)) => {
-                        self.phase =
-                            if e.is_gone() { Phase::Listing { continue_token: None } } else { Phase::Starting { resource_version } };
-                        if !self.phase_is_relist() {
-                            self.fail();
-                        }
+                        self.after_stream_error(&e, resource_version, initial);
                         return Err(WatchError::Stream(e));
+                    }
+                    // The server closed the watch before the initial state was complete: start over.
+                    None if initial => {
+                        self.phase = Phase::Listing { continue_token: None };
+                        self.fail();
                     }
                     // The server closed the watch (timeout): resume from the last version seen.
                     None => self.phase = Phase::Starting { resource_version },
@@ -242,7 +285,43 @@ impl<K: Object> State<K> {
         }
     }
 
-    fn phase_is_relist(&self) -> bool {
-        matches!(self.phase, Phase::Listing { .. })
+    /// Starts a streaming list: a watch from the current state (a consistent read) that sends it
+    /// as `ADDED` events, ended by an annotated bookmark. A server refusing it (a 4xx other than
+    /// auth, gone or throttling) turns this watcher to paged lists for good.
+    async fn start_streaming_list(&mut self) -> Result<(), WatchError> {
+        let params = WatchParams {
+            label_selector: self.config.label_selector.clone(),
+            field_selector: self.config.field_selector.clone(),
+            resource_version: None,
+            // No timeout: one cut short while the initial state streams would start it over.
+            timeout_seconds: None,
+            allow_bookmarks: true,
+            send_initial_events: true,
+        };
+        match self.api.watch(&params).await {
+            Ok(stream) => {
+                self.pending.push_back(Event::Init);
+                self.phase = Phase::Streaming { resource_version: String::new(), stream, initial: true };
+                Ok(())
+            }
+            Err(e) if matches!(e.code(), 400 | 405 | 406 | 415 | 422) => {
+                tracing::debug!(resource = %self.api.resource().group_resource(), error = %e, "streaming list refused; listing in pages");
+                self.no_streaming = true;
+                Ok(())
+            }
+            Err(e) => {
+                self.fail();
+                Err(WatchError::List(e))
+            }
+        }
+    }
+
+    /// After a failed watch stream: relist on 410 (at once) or when the initial state of a
+    /// streaming list was cut short, else resume from the last version seen; back off unless 410.
+    fn after_stream_error(&mut self, e: &Error, resource_version: String, initial: bool) {
+        self.phase = if e.is_gone() || initial { Phase::Listing { continue_token: None } } else { Phase::Starting { resource_version } };
+        if !e.is_gone() {
+            self.fail();
+        }
     }
 }

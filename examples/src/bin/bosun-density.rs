@@ -22,7 +22,7 @@ use bosun_controllers::{ControllerManager, ManagerConfig};
 use bosun_core::k8s_openapi::api::apps::v1::Deployment;
 use bosun_core::k8s_openapi::api::core::v1::{Namespace, Pod};
 use bosun_core::kube_client::KubeClient;
-use bosun_core::watch::Informers;
+use bosun_core::watch::{Informers, WatcherConfig};
 use bosun_core::{Api, Client, PostParams, WatchEvent, WatchParams};
 use bosun_examples::timed::{TimedClient, quantile};
 use bosun_runtime::agent::feed::SharedPodFeed;
@@ -77,6 +77,11 @@ struct Args {
     /// instead of all agents sharing one pod watch.
     #[arg(long)]
     per_node_watches: bool,
+    /// The scheduler's and controllers' informers take their initial state (and every relist) from
+    /// paged lists, 500 objects a page, instead of streaming lists (watches with
+    /// `sendInitialEvents`, which the API server serves from its watch cache one object at a time).
+    #[arg(long)]
+    paged_lists: bool,
 }
 
 fn main() -> std::process::ExitCode {
@@ -126,7 +131,7 @@ async fn run(args: Args) -> Result<bool, BoxError> {
     let server = bosun_store::http::serve(api.clone(), http).await?;
     let kubeconfig = work.join("kubeconfig");
     server.write_kubeconfig(&kubeconfig)?;
-    let informers = Informers::new(client.clone());
+    let informers = Informers::new(client.clone()).config(WatcherConfig::default().streaming_list(!args.paged_lists));
     let scheduler = Scheduler::builder(client.clone()).informers(informers.clone()).success_events(false).build()?;
     let _scheduler = scheduler.start().await;
     let manager =
@@ -280,9 +285,18 @@ async fn observe(api: Arc<ApiServer>, want: usize, timeout: Duration) -> Observe
     let mut seen: HashMap<String, Option<Instant>> = HashMap::new();
     let mut startup_s = Vec::with_capacity(want);
     let mut version = String::new();
+    // After the watch fell behind: catch up from a streaming list (the current state as ADDED
+    // events, one at a time, then a bookmark), not from a list of every pod at once.
+    let mut relisting = false;
     let mut last_report = Instant::now();
     'outer: while startup_s.len() < want {
-        let params = if version.is_empty() { WatchParams::default() } else { WatchParams::default().from_version(version.clone()) };
+        let params = if relisting {
+            WatchParams { send_initial_events: true, allow_bookmarks: true, ..WatchParams::default() }
+        } else if version.is_empty() {
+            WatchParams::default()
+        } else {
+            WatchParams::default().from_version(version.clone())
+        };
         let mut stream = match pods.watch(&params).await {
             Ok(s) => s,
             Err(error) => {
@@ -298,30 +312,21 @@ async fn observe(api: Arc<ApiServer>, want: usize, timeout: Duration) -> Observe
             let pod = match event {
                 WatchEvent::Added(p) | WatchEvent::Modified(p) => p,
                 WatchEvent::Bookmark(b) => {
+                    if b.ends_initial_events() {
+                        relisting = false;
+                    }
                     version = b.resource_version;
                     continue;
                 }
                 WatchEvent::Deleted(_) => continue,
                 WatchEvent::Error(status) => {
-                    // Fell behind or too old a version: catch up from a list, then watch from it.
                     tracing::warn!(message = %status.message.unwrap_or_default(), "observer watch ended; relisting");
-                    match pods.list(&bosun_core::ListParams::default()).await {
-                        Ok(list) => {
-                            version = list.metadata.resource_version.clone().unwrap_or_default();
-                            for pod in &list.items {
-                                count(&mut seen, &mut startup_s, pod, true);
-                            }
-                        }
-                        Err(error) => {
-                            tracing::warn!(%error, "observer list failed");
-                            version.clear();
-                        }
-                    }
+                    relisting = true;
                     continue 'outer;
                 }
             };
             version = pod.metadata.resource_version.clone().unwrap_or_default();
-            count(&mut seen, &mut startup_s, &pod, false);
+            count(&mut seen, &mut startup_s, &pod, relisting);
             if last_report.elapsed() > Duration::from_secs(5) {
                 tracing::info!(running = startup_s.len(), of = want, "pods running");
                 last_report = Instant::now();

@@ -160,22 +160,53 @@ pub(crate) struct Past {
     prev: Option<Bytes>,
 }
 
-/// One event waiting for a watcher: the cache's shared version of the object, decoded only when
-/// the watcher takes it, so that a queue holds pointers, not objects.
+/// One change's object as every watcher that receives it shares it: decoded at most once, by the
+/// first watcher that takes it, and dropped with the last queue that holds it (the cache and its
+/// history keep only bytes). A watcher that is the last holder takes the decoded object without
+/// a copy.
+#[derive(Debug)]
+pub(crate) struct Delivery {
+    cached: Arc<Cached>,
+    /// The version the object is shown with: its own, or the deletion's for a deletion.
+    stamp: Revision,
+    decoded: OnceLock<std::result::Result<DynamicObject, Error>>,
+}
+
+impl Delivery {
+    fn new(cached: Arc<Cached>, stamp: Revision) -> Arc<Self> {
+        Arc::new(Self { cached, stamp, decoded: OnceLock::new() })
+    }
+
+    fn decode(&self) -> Result<DynamicObject> {
+        codec::decode(&self.cached.stored, self.stamp)
+    }
+
+    /// The object: moved out when this is the last holder, else a copy of the shared decoding.
+    fn take(self: Arc<Self>) -> Result<DynamicObject> {
+        match Arc::try_unwrap(self) {
+            Ok(mut only) => only.decoded.take().unwrap_or_else(|| only.decode()),
+            Err(shared) => shared.decoded.get_or_init(|| shared.decode()).clone(),
+        }
+    }
+}
+
+/// One event waiting for a watcher: the change's shared delivery, decoded only when a watcher
+/// takes it, so that a queue holds pointers, not objects.
 #[derive(Debug)]
 pub(crate) enum Queued {
-    /// A change; a deletion carries the object's last version and the deletion's revision.
-    Object(Change, Arc<Cached>, Option<Revision>),
+    /// A change.
+    Object(Change, Arc<Delivery>),
     /// A bookmark at a revision.
     Bookmark(Revision),
 }
 
 impl Queued {
-    /// The watch event, the object decoded from the cache's bytes.
+    /// The watch event, the object decoded from the cache's bytes (once per change, however
+    /// many watchers receive it).
     pub(crate) fn into_event(self) -> WatchEvent<DynamicObject> {
         match self {
-            Self::Object(change, c, stamp) => {
-                let obj = match codec::decode(&c.stored, stamp.unwrap_or(c.revision)) {
+            Self::Object(change, delivery) => {
+                let obj = match delivery.take() {
                     Ok(obj) => obj,
                     Err(error) => return WatchEvent::Error(error.to_status()),
                 };
@@ -192,11 +223,12 @@ impl Queued {
     }
 }
 
-/// An event a new watcher starts with: ready, or a past change decoded (and filtered) when the
-/// watcher reaches it, so that a watch resuming far back does not decode the whole history at once.
+/// An event a new watcher starts with: an object of the current state, or a past change, decoded
+/// (and filtered) when the watcher reaches it, so that a watch starting with 150,000 objects or
+/// resuming far back does not decode them all at once.
 pub(crate) enum Initial {
-    /// Ready to send.
-    Ready(Queued),
+    /// An object of the current state, as `ADDED` (a pointer until the watcher reaches it).
+    Current(Arc<Cached>),
     /// A change from the history, with the cache's current version of the object when it is the
     /// version the change wrote (nothing to decode then).
     Replay(Arc<Filter>, Past, Option<Arc<Cached>>),
@@ -206,7 +238,10 @@ impl Initial {
     /// The event, if the watcher's filter selects it.
     pub(crate) fn resolve(self) -> Option<Queued> {
         match self {
-            Self::Ready(q) => Some(q),
+            Self::Current(c) => {
+                let revision = c.revision;
+                Some(Queued::Object(Change::Added, Delivery::new(c, revision)))
+            }
             Self::Replay(filter, past, current) => replay(&filter, past, current),
         }
     }
@@ -512,7 +547,8 @@ impl KindCache {
         st.last_change = revision;
         let mut watchers = self.lock_watchers();
         drop(st);
-        watchers.retain(|w| dispatch(w, &event));
+        let mut delivery = None;
+        watchers.retain(|w| dispatch(w, &event, &mut delivery));
         drop(watchers);
         self.revision.send_replace(revision);
     }
@@ -644,7 +680,7 @@ impl KindCache {
                     .range::<str, _>((Bound::Included(prefix.as_str()), Bound::Unbounded))
                     .take_while(|(k, _)| k.starts_with(prefix.as_str()))
                     .filter(|(_, c)| filter.selects(c))
-                    .map(|(_, c)| Initial::Ready(Queued::Object(Change::Added, c.clone(), None)))
+                    .map(|(_, c)| Initial::Current(c.clone()))
                     .collect()
             }
             Start::After(rv) => {
@@ -679,17 +715,16 @@ impl KindCache {
     }
 }
 
-/// The event a watcher with this filter sees for a change, if any: objects entering the selection
-/// are `ADDED`, objects leaving it `DELETED`.
-fn translate(filter: &Filter, e: &CacheEvent) -> Option<Queued> {
+/// The change a watcher with this filter sees, if any: objects entering the selection are
+/// `ADDED`, objects leaving it `DELETED`. Every watcher is shown the same version of the object
+/// (the changed one, or the last one of a deletion, at the change's revision).
+fn translate(filter: &Filter, e: &CacheEvent) -> Option<Change> {
     let now = e.change != Change::Deleted && filter.selects(&e.obj);
     let before = e.prev.as_ref().is_some_and(|p| filter.selects(p));
-    let event = |change| Some(Queued::Object(change, e.obj.clone(), None));
     match (e.change, before, now) {
-        (Change::Deleted, true, _) => Some(Queued::Object(Change::Deleted, e.obj.clone(), Some(e.revision))),
-        (_, true, true) => event(Change::Modified),
-        (_, false, true) => event(Change::Added),
-        (_, true, false) => event(Change::Deleted),
+        (Change::Deleted, true, _) | (_, true, false) => Some(Change::Deleted),
+        (_, true, true) => Some(Change::Modified),
+        (_, false, true) => Some(Change::Added),
         _ => None,
     }
 }
@@ -719,7 +754,8 @@ fn replay(filter: &Filter, past: Past, current: Option<Arc<Cached>>) -> Option<Q
     } else {
         past.prev.as_ref().map(|_| obj.clone())
     };
-    translate(filter, &CacheEvent { revision: past.revision, change: past.change, obj, prev })
+    let event = CacheEvent { revision: past.revision, change: past.change, obj, prev };
+    translate(filter, &event).map(|change| Queued::Object(change, Delivery::new(event.obj, event.revision)))
 }
 
 /// Sends to a watcher; false when the watcher is gone or too slow (then it is ended).
@@ -734,9 +770,86 @@ fn send(w: &Watcher, ev: Queued) -> bool {
     }
 }
 
-fn dispatch(w: &Watcher, e: &CacheEvent) -> bool {
+/// Queues a change for a watcher if its filter selects it, sharing `delivery` (made on first
+/// use) with every other watcher of the change; false when the watcher is to be dropped.
+fn dispatch(w: &Watcher, e: &CacheEvent, delivery: &mut Option<Arc<Delivery>>) -> bool {
     match translate(&w.filter, e) {
-        Some(ev) => send(w, ev),
+        Some(change) => {
+            let d = delivery.get_or_insert_with(|| Delivery::new(e.obj.clone(), e.revision));
+            send(w, Queued::Object(change, d.clone()))
+        }
         None => !w.tx.is_closed(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::KeyValue;
+
+    fn pods() -> Arc<Kind> {
+        let resource = bosun_core::resource::builtin("", "v1", "Pod").cloned().expect("pods are built in");
+        Arc::new(Kind::builtin(resource))
+    }
+
+    fn put(cache: &KindCache, name: &str, node: &str, revision: Revision) {
+        let pod = serde_json::json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "default"},
+            "spec": {"nodeName": node, "containers": [{"name": "c", "image": "i"}]}});
+        let bytes = Bytes::from(serde_json::to_vec(&pod).expect("encodes"));
+        let key: Arc<str> = Arc::from(format!("/registry/core/pods/default/{name}"));
+        let kv = KeyValue { key, value: bytes, create_revision: revision, mod_revision: revision, version: 1, lease: None };
+        cache.apply(StorageEvent::Put { kv, prev: None });
+    }
+
+    fn filter(kind: &Arc<Kind>, fields: &str) -> Arc<Filter> {
+        let fields = if fields.is_empty() { FieldSelector::everything() } else { FieldSelector::parse(fields).expect("parses") };
+        Arc::new(Filter { namespace: None, labels: LabelSelector::everything(), fields, kind: kind.clone() })
+    }
+
+    fn delivery(q: Queued) -> Arc<Delivery> {
+        match q {
+            Queued::Object(_, d) => d,
+            Queued::Bookmark(r) => panic!("bookmark {r} where an object was expected"),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_watchers_of_a_change_share_one_decoding_that_ends_with_the_last_of_them() {
+        let kind = pods();
+        let cache = KindCache::new("/registry/core/pods/".into(), kind.clone(), CacheOptions::default());
+        let mut everything = cache.watch(filter(&kind, ""), Start::Now, false).expect("registers");
+        let mut on_a = cache.watch(filter(&kind, "spec.nodeName=a"), Start::Now, false).expect("registers");
+        let mut on_b = cache.watch(filter(&kind, "spec.nodeName=b"), Start::Now, false).expect("registers");
+        put(&cache, "p", "a", 5);
+        let first = delivery(everything.rx.try_recv().expect("queued"));
+        let second = delivery(on_a.rx.try_recv().expect("queued"));
+        assert!(on_b.rx.try_recv().is_err(), "the watcher of node b does not see a pod of node a");
+        assert!(Arc::ptr_eq(&first, &second), "both queues hold the same delivery");
+        assert!(first.decoded.get().is_none(), "nothing is decoded before a watcher takes it");
+        let ev = Queued::Object(Change::Added, first).into_event();
+        // The first taker decoded into the shared cell; the last holder moves it out.
+        assert!(second.decoded.get().is_some_and(Result::is_ok));
+        let only = Arc::try_unwrap(second).expect("the last holder");
+        let moved = only.decoded.into_inner().expect("decoded").expect("ok");
+        let WatchEvent::Added(taken) = ev else { panic!("{ev:?}") };
+        assert_eq!(taken, moved);
+        assert_eq!(taken.metadata.resource_version.as_deref(), Some("5"));
+        assert_eq!(taken.path_str("spec.nodeName").as_deref(), Some("a"));
+    }
+
+    #[tokio::test]
+    async fn a_deletion_shows_every_watcher_the_last_version_at_the_deletion_revision() {
+        let kind = pods();
+        let cache = KindCache::new("/registry/core/pods/".into(), kind.clone(), CacheOptions::default());
+        put(&cache, "p", "a", 5);
+        let mut one = cache.watch(filter(&kind, ""), Start::After(5), false).expect("registers");
+        let mut two = cache.watch(filter(&kind, "spec.nodeName=a"), Start::After(5), false).expect("registers");
+        cache.apply(StorageEvent::Delete { key: Arc::from("/registry/core/pods/default/p"), revision: 9, prev: None });
+        for reg in [&mut one, &mut two] {
+            let ev = reg.rx.try_recv().expect("queued").into_event();
+            let WatchEvent::Deleted(obj) = ev else { panic!("{ev:?}") };
+            assert_eq!(obj.metadata.resource_version.as_deref(), Some("9"));
+            assert_eq!(obj.metadata.name.as_deref(), Some("p"));
+        }
     }
 }

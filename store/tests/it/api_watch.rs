@@ -217,3 +217,36 @@ async fn a_watch_ends_after_its_timeout() -> TestResult {
     assert!(matches!(ended, Ok(Ok(()))));
     Ok(())
 }
+
+#[tokio::test]
+async fn a_watcher_on_streaming_lists_takes_its_state_from_the_watch_cache_and_keeps_watching() -> TestResult {
+    use bosun_core::watch::{Event, WatcherConfig, watcher};
+    let client = client();
+    let cms = Api::<ConfigMap>::namespaced(client.clone(), "default");
+    for name in ["a", "b", "c"] {
+        cms.create(&config_map(name), &PostParams::default()).await?;
+    }
+    let config = WatcherConfig::default().streaming_list(true);
+    let mut events = Box::pin(watcher(cms.clone(), config));
+    let mut next = async || -> Result<String, Box<dyn std::error::Error>> {
+        let ev = tokio::time::timeout(Duration::from_secs(5), events.next()).await?.ok_or("watcher ended")??;
+        Ok(match ev {
+            Event::Init => "init".into(),
+            Event::InitApply(c) => format!("init:{}", c.metadata.name.unwrap_or_default()),
+            Event::InitDone => "done".into(),
+            Event::Apply(c) => format!("apply:{}", c.metadata.name.unwrap_or_default()),
+            Event::Delete(c) => format!("delete:{}", c.metadata.name.unwrap_or_default()),
+        })
+    };
+    let mut initial = Vec::new();
+    for _ in 0..5 {
+        initial.push(next().await?);
+    }
+    assert_eq!(initial, ["init", "init:a", "init:b", "init:c", "done"]);
+    // The same watch goes on with the changes after the initial state.
+    cms.create(&config_map("d"), &PostParams::default()).await?;
+    cms.delete("a", &DeleteParams::default()).await?;
+    assert_eq!(next().await?, "apply:d");
+    assert_eq!(next().await?, "delete:a");
+    Ok(())
+}
