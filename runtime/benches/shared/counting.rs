@@ -3,8 +3,8 @@
 
 use async_trait::async_trait;
 use bosun_core::{
-    Client, DeleteParams, Deleted, DynamicObject, ListParams, LogParams, LogStream, ObjectList, Patch, PatchParams, PostParams, Result, Target,
-    WatchParams, WatchStream,
+    Client, DeleteParams, Deleted, DynamicObject, ListParams, LogParams, LogStream, ObjectList, Patch, PatchParams, PostParams, Result,
+    Target, WatchParams, WatchStream,
 };
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};

@@ -216,10 +216,8 @@ impl Correlator {
 
         // Aggregation: too many similar events in the window become one combined event.
         let similar_key = format!("{object}\u{0}{}\u{0}{}", e.type_, e.reason);
-        let similar = self
-            .similar
-            .entry(similar_key.clone())
-            .or_insert_with(|| Similar { since: e.now, messages: std::collections::HashSet::new() });
+        let similar =
+            self.similar.entry(similar_key.clone()).or_insert_with(|| Similar { since: e.now, messages: std::collections::HashSet::new() });
         if e.now.saturating_duration_since(similar.since) > SIMILAR_WINDOW {
             similar.since = e.now;
             similar.messages.clear();
@@ -247,14 +245,31 @@ impl Correlator {
                 at: e.at,
                 count: seen.count,
             };
-            return Some(Write::Repeat { name: seen.name.clone(), namespace, count: seen.count, at: e.at, message, create: Box::new(create) });
+            return Some(Write::Repeat {
+                name: seen.name.clone(),
+                namespace,
+                count: seen.count,
+                at: e.at,
+                message,
+                create: Box::new(create),
+            });
         }
         if self.seen.len() >= SEEN_LIMIT {
             self.forget(e.now);
         }
         let name = self.name_for(&e.object, e.at);
         self.seen.insert(seen_key, Seen { name: name.clone(), count: 1, first: e.at, last: e.now });
-        Some(Write::Create { name, namespace, object: e.object, type_: e.type_, reason: e.reason, message, first: e.at, at: e.at, count: 1 })
+        Some(Write::Create {
+            name,
+            namespace,
+            object: e.object,
+            type_: e.type_,
+            reason: e.reason,
+            message,
+            first: e.at,
+            at: e.at,
+            count: 1,
+        })
     }
 
     /// client-go's name: the object's name and the time in nanoseconds, in hex (kept unique here).

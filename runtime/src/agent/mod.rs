@@ -338,7 +338,18 @@ impl NodeAgent {
     ) -> Self {
         let allocatable = config.allocatable();
         let runtime_name = runtime.version().name;
-        Self { ctx: Arc::new(Ctx { client, runtime, images, config, allocatable, runtime_name, events: std::sync::OnceLock::new(), wakers: Mutex::new(HashMap::new()) }) }
+        Self {
+            ctx: Arc::new(Ctx {
+                client,
+                runtime,
+                images,
+                config,
+                allocatable,
+                runtime_name,
+                events: std::sync::OnceLock::new(),
+                wakers: Mutex::new(HashMap::new()),
+            }),
+        }
     }
 
     /// Registers the Node, re-attaches to what the runtime still runs, and starts the lease, status,

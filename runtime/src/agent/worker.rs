@@ -508,7 +508,7 @@ impl Worker {
             log_directory: self.ctx.config.root_dir.join("logs").join(format!("{}_{}_{}", self.namespace(), self.name(), self.uid())),
             labels,
             annotations: pod.metadata.annotations.clone().unwrap_or_default(),
-            dns: pod_dns(&spec, self.namespace(), &self.ctx.config.cluster_dns, &self.ctx.config.cluster_domain),
+            dns: pod_dns(spec, self.namespace(), &self.ctx.config.cluster_dns, &self.ctx.config.cluster_domain),
         };
         let id = self.ctx.runtime.run_sandbox(&config).await.map_err(|e| e.to_string())?;
         let st = self.ctx.runtime.sandbox_status(&id).await.map_err(|e| e.to_string())?;
@@ -1053,7 +1053,10 @@ fn owned_part(status: &PodStatus) -> PodStatus {
 
 /// The two-way strategic merge patch from `old` to `new` (both JSON objects): changed keys, `null`
 /// for removed ones, nested objects patched in turn.
-fn object_diff(old: &serde_json::Map<String, serde_json::Value>, new: &serde_json::Map<String, serde_json::Value>) -> serde_json::Map<String, serde_json::Value> {
+fn object_diff(
+    old: &serde_json::Map<String, serde_json::Value>,
+    new: &serde_json::Map<String, serde_json::Value>,
+) -> serde_json::Map<String, serde_json::Value> {
     use serde_json::Value;
     let mut out = serde_json::Map::new();
     for (k, v) in new {
@@ -1252,7 +1255,10 @@ mod tests {
             })
         );
         assert_eq!(status_patch(&running, &running), None, "nothing changed, nothing to write");
-        assert!(owned_part(&pending).conditions.iter().flatten().all(|c| c.type_ != "PodScheduled"), "others' conditions are not the agent's");
+        assert!(
+            owned_part(&pending).conditions.iter().flatten().all(|c| c.type_ != "PodScheduled"),
+            "others' conditions are not the agent's"
+        );
     }
 
     #[test]

@@ -607,11 +607,8 @@ async fn status_writes_keep_the_conditions_others_own_and_the_events_kubectl_sho
     assert_eq!(later.metadata.resource_version, labelled.metadata.resource_version, "the server's status equals the agent's");
     // The events `kubectl describe pod` shows, once each.
     let events = Api::<Event>::namespaced(client.clone(), "default").list(&Default::default()).await.expect("events").items;
-    let mut reasons: Vec<&str> = events
-        .iter()
-        .filter(|e| e.involved_object.name.as_deref() == Some("kept"))
-        .filter_map(|e| e.reason.as_deref())
-        .collect();
+    let mut reasons: Vec<&str> =
+        events.iter().filter(|e| e.involved_object.name.as_deref() == Some("kept")).filter_map(|e| e.reason.as_deref()).collect();
     reasons.sort_unstable();
     assert_eq!(reasons, ["Created", "Pulled", "Started"]);
 }
