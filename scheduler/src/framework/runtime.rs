@@ -460,12 +460,23 @@ impl Framework {
         Status::success()
     }
 
+    /// The Filter plugins this cycle runs, with their positions: the first 64 skipped by the
+    /// state's mask, later ones by name.
+    fn active_filters<'s>(&'s self, state: &'s CycleState) -> impl Iterator<Item = (usize, &'s Arc<dyn FilterPlugin>)> + 's {
+        self.filter
+            .iter()
+            .enumerate()
+            .filter(move |(i, p)| !((*i < 64 && state.filter_skip_mask & (1 << i) != 0) || (*i >= 64 && state.skips_filter(p.name()))))
+    }
+
+    /// Whether a PreFilter plugin with AddPod/RemovePod extensions is active this cycle.
+    fn extensions_active(&self, state: &CycleState) -> bool {
+        self.pre_filter.iter().any(|p| p.has_extensions() && !state.skips_filter(p.name()))
+    }
+
     /// Runs every Filter on one node; the first failure wins.
     pub fn run_filter(&self, state: &CycleState, pod: &PodInfo, node: &NodeInfo) -> Status {
-        for (i, p) in self.filter.iter().enumerate() {
-            if (i < 64 && state.filter_skip_mask & (1 << i) != 0) || (i >= 64 && state.skips_filter(p.name())) {
-                continue;
-            }
+        for (_, p) in self.active_filters(state) {
             let s = p.filter(state, pod, node);
             if !s.is_success() {
                 return s.with_plugin(p.name());
@@ -516,14 +527,11 @@ impl Framework {
         if snapshot.summaries().len() != snapshot.len() || state.nominated.is_some() || state.excluded.is_some() {
             return None;
         }
-        if self.pre_filter.iter().any(|p| p.has_extensions() && !state.skips_filter(p.name())) {
+        if self.extensions_active(state) {
             return None;
         }
         let mut plan = Vec::new();
-        for (i, p) in self.filter.iter().enumerate() {
-            if (i < 64 && state.filter_skip_mask & (1 << i) != 0) || (i >= 64 && state.skips_filter(p.name())) {
-                continue;
-            }
+        for (_, p) in self.active_filters(state) {
             match p.summary_filter(state, pod, snapshot) {
                 SummaryFilter::Full => return None,
                 SummaryFilter::Pass => {}
@@ -543,14 +551,11 @@ impl Framework {
         if state.nominated.is_some() || state.excluded.is_some() || snapshot.epoch == 0 || snapshot.summaries().len() != snapshot.len() {
             return None;
         }
-        if self.pre_filter.iter().any(|p| p.has_extensions() && !state.skips_filter(p.name())) {
+        if self.extensions_active(state) {
             return None;
         }
         let mut plan = Vec::new();
-        for (i, p) in self.filter.iter().enumerate() {
-            if (i < 64 && state.filter_skip_mask & (1 << i) != 0) || (i >= 64 && state.skips_filter(p.name())) {
-                continue;
-            }
+        for (i, p) in self.active_filters(state) {
             if matches!(p.summary_filter(state, pod, snapshot), SummaryFilter::Pass) {
                 continue;
             }
@@ -597,10 +602,7 @@ impl Framework {
         };
         // This cycle's plan: the active Filter plugins with how each judges summaries.
         let plan: Vec<(usize, &Arc<dyn FilterPlugin>, SummaryFilter<'_>)> = self
-            .filter
-            .iter()
-            .enumerate()
-            .filter(|(i, p)| !((*i < 64 && state.filter_skip_mask & (1 << i) != 0) || (*i >= 64 && state.skips_filter(p.name()))))
+            .active_filters(state)
             .map(|(i, p)| (i, p, p.summary_filter(state, pod, snapshot)))
             .filter(|(_, _, f)| !matches!(f, SummaryFilter::Pass))
             .collect();
@@ -610,7 +612,7 @@ impl Framework {
         let listed: Option<HashSet<usize>> =
             state.nominated.as_ref().map(|map| map.keys().filter_map(|name| snapshot.index_of(name)).collect());
         // Nominated pods change what a plugin with AddPod extensions sees: only the full path knows.
-        let extensions = self.pre_filter.iter().any(|p| p.has_extensions() && !state.skips_filter(p.name()));
+        let extensions = self.extensions_active(state);
         let own = NodeSummary::uid_bit(&pod.uid);
         let summaries = snapshot.summaries();
         // The plan on one summary; `None` when a plugin needs its full filter and `node` is not given.
