@@ -113,6 +113,10 @@ struct State {
     picks: BTreeSet<script::Pick>,
     next_id: u32,
     free_ids: Vec<u32>,
+    /// Elements per map in the kernel.
+    counts: HashMap<&'static str, usize>,
+    /// The `size` each map was declared with at the last full sync (a diff must stay within it).
+    capacity: HashMap<&'static str, usize>,
 }
 
 impl State {
@@ -228,9 +232,11 @@ impl NftablesProxy {
             all.extend(elements.iter().cloned());
             state.ports.insert(svc.name.clone(), Programmed { spec: svc.clone(), ids, elements });
         }
+        state.counts = script::counts(&all);
+        state.capacity = script::all_maps().map(|m| (m, script::capacity(state.counts.get(m).copied().unwrap_or(0)))).collect();
         // Creating then deleting makes the delete safe when the table does not exist yet.
         let mut out = format!("table {f} {t} {{}}\ndelete table {f} {t}\n", f = script::TABLE_FAMILY);
-        out.push_str(&script::base(t));
+        out.push_str(&script::base(t, &state.capacity));
         for pick in &state.picks {
             pick.write(&mut out, t);
         }
@@ -398,6 +404,33 @@ impl ProxyBackend for NftablesProxy {
         }
         let (next_id, free) = (state.next_id, state.free_ids.clone());
         let inc = self.incremental(&mut state, diff);
+        let mut counts = state.counts.clone();
+        for e in &inc.removed {
+            if let Some(n) = counts.get_mut(e.map) {
+                *n = n.saturating_sub(1);
+            }
+        }
+        for e in &inc.added {
+            *counts.entry(e.map).or_default() += 1;
+        }
+        if let Some((map, n)) = counts.iter().find(|(m, n)| **n > state.capacity.get(*m).copied().unwrap_or(0)) {
+            // The diff would pass a map's size (or nothing was synced yet): a full sync of what the
+            // table would then hold sizes the maps anew.
+            tracing::info!(map, elements = n, "an nftables map outgrows its size; applying the diff as a full sync");
+            state.next_id = next_id;
+            state.free_ids = free;
+            let mut specs: HashMap<ServicePortName, Arc<ProxyService>> =
+                state.ports.iter().map(|(name, p)| (name.clone(), p.spec.clone())).collect();
+            for name in &diff.removed {
+                specs.remove(name);
+            }
+            for svc in &diff.upserted {
+                specs.insert(svc.name.clone(), svc.clone());
+            }
+            let services: Vec<Arc<ProxyService>> = specs.into_values().collect();
+            *state = self.full_sync(&state, &services).await.map_err(|e| ApplyError::new("nftables", e))?;
+            return Ok(());
+        }
         let live = state.live.clone().unwrap_or_else(|| self.config.table.clone());
         let result = if self.config.netlink && inc.new_picks.is_empty() && inc.chains.is_empty() {
             let t = live;
@@ -421,6 +454,7 @@ impl ProxyBackend for NftablesProxy {
             return Err(ApplyError::new("nftables", e));
         }
         state.picks = picks;
+        state.counts = counts;
         for (name, record) in records {
             match record {
                 Some(r) => {

@@ -152,3 +152,39 @@ fn ipv6_affinity_chains_have_nft_safe_names() {
     assert!(s.contains("service-ips6 { fd00:96::4 . tcp . 80 : goto svc6-ns/sticky/tcp/http }"), "{s}");
     assert!(!s.contains("svc-ns/sticky"), "no IPv4 chain for an IPv6-only service: {s}");
 }
+
+#[test]
+fn maps_are_declared_with_room_to_double_what_the_full_sync_puts_in_them() {
+    assert_eq!(script::capacity(0), 1024);
+    assert_eq!(script::capacity(600), 2048);
+    assert_eq!(script::capacity(100_000), 262_144);
+    let p = NftablesProxy::new(NftablesConfig::default());
+    // 700 services of 2 endpoints: 700 ids and addresses, 1,400 backends and hairpin elements.
+    let services: Vec<Arc<ProxyService>> = (0..700u32)
+        .map(|i| {
+            let vip = format!("10.96.{}.{}", i / 250, i % 250 + 1);
+            let eps = [format!("10.1.{}.{}:80", i / 250, i % 250 + 1), format!("10.2.{}.{}:80", i / 250, i % 250 + 1)];
+            Arc::new(svc(&format!("s{i}"), &vip, &[eps[0].as_str(), eps[1].as_str()]))
+        })
+        .collect();
+    let (text, all, state) = p.full("bosun", &services);
+    let declared = |map: &str| -> usize {
+        let line = text
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("map {map} {{")) || l.trim_start().starts_with(&format!("set {map} {{")));
+        let line = line.unwrap_or_else(|| panic!("{map} declared in:\n{text}"));
+        line.split("size ")
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("size in {line}"))
+    };
+    assert_eq!(declared("service-ids"), 2048);
+    assert_eq!(declared("service-ips"), 2048);
+    assert_eq!(declared("backends"), 4096);
+    assert_eq!(declared("hairpin"), 4096);
+    assert_eq!(declared("backends6"), 1024, "an empty map gets the smallest size");
+    assert_eq!(state.counts.get("backends"), Some(&1400));
+    assert_eq!(state.capacity.get("backends"), Some(&4096));
+    assert_eq!(all.len(), 700 * 2 + 1400 * 2);
+}

@@ -373,3 +373,42 @@ async fn ipv6_cluster_ips_dnat_to_ipv6_endpoints_and_dual_stack_families_stay_ap
     assert!(err.to_lowercase().contains("refused") || err.contains("unreachable"), "{err}");
     proxy.cleanup().await.expect("cleanup");
 }
+
+#[tokio::test]
+async fn a_diff_that_outgrows_a_maps_size_is_applied_as_a_full_sync_that_resizes_it() {
+    if skip() {
+        return;
+    }
+    let client = Netns::create("grow").expect("netns");
+    let server = Netns::create("grows").expect("netns");
+    client.link(&server, "vg1", "10.241.1.1/24", "vg2", "10.241.1.2/24").expect("veth");
+    client.ip(&["route", "add", "10.97.0.0/16", "dev", "vg1"]).expect("route");
+    server.ip(&["route", "add", "default", "via", "10.241.1.1"]).expect("route");
+    serve_in(&server, "10.241.1.2:8080", "grown");
+    let proxy = NftablesProxy::new(NftablesConfig::default().table("grow").netns(client.name.clone()));
+    let ep: SocketAddr = "10.241.1.2:8080".parse().expect("addr");
+    let first = service("first", Protocol::Tcp, "10.97.0.1".parse().expect("ip"), 80, &[ep]);
+    proxy.apply(&TableDiff { full: true, upserted: vec![arc(first)], removed: vec![] }).await.expect("full sync");
+    let before = proxy.table_in_use().await.expect("a table");
+    assert!(listing(&client, &before).iter().any(|t| t == "size 1024"), "sized maps");
+    // 1,100 more services: `service-ids` passes its 1,024 elements.
+    let more: Vec<_> = (0..1100u32)
+        .map(|i| {
+            arc(service(&format!("more{i}"), Protocol::Tcp, IpAddr::from([10, 97, 1 + (i / 250) as u8, (i % 250 + 1) as u8]), 80, &[ep]))
+        })
+        .collect();
+    proxy.apply(&TableDiff { full: false, upserted: more, removed: vec![] }).await.expect("diff past the size");
+    let after = proxy.table_in_use().await.expect("a table");
+    assert_ne!(before, after, "applied as a full sync, which builds the table under its other name");
+    let tokens = listing(&client, &after);
+    assert!(tokens.iter().any(|t| t == "size 4096"), "service-ids resized for 1,101 elements: {:?}", &tokens[..tokens.len().min(40)]);
+    assert_eq!(nft_tables(&client).iter().filter(|t| t.contains("grow")).count(), 1, "the old table is gone");
+    assert_eq!(ask(&client, "10.97.0.1:80".parse().expect("addr")).expect("the first service still answers"), "grown");
+    assert_eq!(ask(&client, "10.97.5.100:80".parse().expect("addr")).expect("the last new service answers"), "grown");
+    // Further diffs stay incremental on the resized table.
+    let last = service("last", Protocol::Tcp, "10.97.9.1".parse().expect("ip"), 80, &[ep]);
+    proxy.apply(&TableDiff { full: false, upserted: vec![arc(last)], removed: vec![] }).await.expect("small diff");
+    assert_eq!(proxy.table_in_use().await.expect("a table"), after, "a small diff does not rebuild the table");
+    assert_eq!(ask(&client, "10.97.9.1:80".parse().expect("addr")).expect("reach"), "grown");
+    proxy.cleanup().await.expect("cleanup");
+}
