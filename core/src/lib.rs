@@ -10,6 +10,7 @@ pub mod client;
 pub mod error;
 #[cfg(feature = "kube")]
 pub mod kube_client;
+pub mod layer;
 pub mod meta;
 pub mod object;
 pub mod quantity;

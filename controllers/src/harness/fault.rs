@@ -1,42 +1,17 @@
 //! A `Client` wrapper that injects faults: scripted errors (409 on update, 410 on watch...),
 //! dropped watch streams and slow writes; it also counts calls so tests can assert on traffic.
 
-use async_trait::async_trait;
-use bosun_core::{
-    Client, DeleteParams, Deleted, DynamicObject, Error, ListParams, LogParams, LogStream, ObjectList, Patch, PatchParams, PostParams,
-    Target, WatchParams, WatchStream,
-};
+/// The kind of request a fault rule matches (subresource calls count as their verb: a status
+/// update is an `Update`).
+pub use bosun_core::layer::Verb;
+use bosun_core::layer::{Call, Layer, Layered};
+use bosun_core::{Client, Error, WatchStream};
 use futures::StreamExt;
+use futures::future::BoxFuture;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-/// The kind of request a fault rule matches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-#[non_exhaustive]
-pub enum Verb {
-    /// `get` and `get_subresource`.
-    Get,
-    /// `list`.
-    List,
-    /// `create` and `create_subresource`.
-    Create,
-    /// `update` and `update_subresource`.
-    Update,
-    /// `patch` and `patch_subresource`.
-    Patch,
-    /// `delete` and `delete_collection`.
-    Delete,
-    /// `watch`.
-    Watch,
-}
-
-impl Verb {
-    fn is_write(self) -> bool {
-        matches!(self, Self::Create | Self::Update | Self::Patch | Self::Delete)
-    }
-}
 
 #[derive(Debug, Clone)]
 struct Rule {
@@ -143,23 +118,21 @@ impl Drop for InFlight {
     }
 }
 
-/// A `Client` that forwards to another one through a [`Faults`] script.
-pub struct FaultyClient {
-    inner: Arc<dyn Client>,
-    faults: Faults,
-}
+/// A `Client` that forwards to another one through a [`Faults`] script: made by [`Faults::wrap`].
+pub type FaultyClient = Layered<Faults>;
 
-impl FaultyClient {
+impl Faults {
     /// Wraps `inner`; returns the client and its fault script.
-    pub fn wrap(inner: Arc<dyn Client>) -> (Arc<Self>, Faults) {
+    pub fn wrap(inner: Arc<dyn Client>) -> (Arc<FaultyClient>, Faults) {
         let faults = Faults::default();
-        (Arc::new(Self { inner, faults: faults.clone() }), faults)
+        (Arc::new(Layered::new(inner, faults.clone())), faults)
     }
 
-    async fn gate(&self, verb: Verb, target: &Target<'_>) -> Result<InFlight, Error> {
-        self.faults.in_flight.fetch_add(1, Ordering::SeqCst);
-        let guard = InFlight(self.faults.in_flight.clone());
-        let (error, delay) = self.faults.enter(verb, &target.resource.plural);
+    /// Counts the call and applies the script: the write delay, then the injected error, if any.
+    async fn gate(&self, verb: Verb, resource: &str) -> Result<InFlight, Error> {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        let guard = InFlight(self.in_flight.clone());
+        let (error, delay) = self.enter(verb, resource);
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
@@ -170,101 +143,24 @@ impl FaultyClient {
     }
 }
 
-#[async_trait]
-impl Client for FaultyClient {
-    async fn get(&self, target: Target<'_>, name: &str) -> bosun_core::Result<DynamicObject> {
-        let _g = self.gate(Verb::Get, &target).await?;
-        self.inner.get(target, name).await
+impl Layer for Faults {
+    fn call<'a, T: Send + 'a>(
+        &'a self,
+        call: Call<'a>,
+        next: BoxFuture<'a, bosun_core::Result<T>>,
+    ) -> BoxFuture<'a, bosun_core::Result<T>> {
+        Box::pin(async move {
+            let _in_flight = self.gate(call.verb, call.plural).await?;
+            next.await
+        })
     }
 
-    async fn list(&self, target: Target<'_>, params: &ListParams) -> bosun_core::Result<ObjectList<DynamicObject>> {
-        let _g = self.gate(Verb::List, &target).await?;
-        self.inner.list(target, params).await
-    }
-
-    async fn create(&self, target: Target<'_>, obj: &DynamicObject, params: &PostParams) -> bosun_core::Result<DynamicObject> {
-        let _g = self.gate(Verb::Create, &target).await?;
-        self.inner.create(target, obj, params).await
-    }
-
-    async fn update(&self, target: Target<'_>, obj: &DynamicObject, params: &PostParams) -> bosun_core::Result<DynamicObject> {
-        let _g = self.gate(Verb::Update, &target).await?;
-        self.inner.update(target, obj, params).await
-    }
-
-    async fn patch(&self, target: Target<'_>, name: &str, patch: &Patch, params: &PatchParams) -> bosun_core::Result<DynamicObject> {
-        let _g = self.gate(Verb::Patch, &target).await?;
-        self.inner.patch(target, name, patch, params).await
-    }
-
-    async fn delete(&self, target: Target<'_>, name: &str, params: &DeleteParams) -> bosun_core::Result<Deleted<DynamicObject>> {
-        let _g = self.gate(Verb::Delete, &target).await?;
-        self.inner.delete(target, name, params).await
-    }
-
-    async fn delete_collection(
-        &self,
-        target: Target<'_>,
-        list: &ListParams,
-        params: &DeleteParams,
-    ) -> bosun_core::Result<ObjectList<DynamicObject>> {
-        let _g = self.gate(Verb::Delete, &target).await?;
-        self.inner.delete_collection(target, list, params).await
-    }
-
-    async fn watch(&self, target: Target<'_>, params: &WatchParams) -> bosun_core::Result<WatchStream> {
-        let _g = self.gate(Verb::Watch, &target).await?;
-        let stream = self.inner.watch(target, params).await?;
-        let mut dropped = self.faults.dropper.subscribe();
+    fn watch_stream(&self, _call: Call<'_>, stream: WatchStream) -> WatchStream {
+        let mut dropped = self.dropper.subscribe();
         dropped.mark_unchanged();
         let stop = async move {
             let _ = dropped.changed().await;
         };
-        Ok(stream.take_until(Box::pin(stop)).boxed())
-    }
-
-    async fn get_subresource(&self, target: Target<'_>, name: &str, subresource: &str) -> bosun_core::Result<DynamicObject> {
-        let _g = self.gate(Verb::Get, &target).await?;
-        self.inner.get_subresource(target, name, subresource).await
-    }
-
-    async fn update_subresource(
-        &self,
-        target: Target<'_>,
-        name: &str,
-        subresource: &str,
-        obj: &DynamicObject,
-        params: &PostParams,
-    ) -> bosun_core::Result<DynamicObject> {
-        let _g = self.gate(Verb::Update, &target).await?;
-        self.inner.update_subresource(target, name, subresource, obj, params).await
-    }
-
-    async fn patch_subresource(
-        &self,
-        target: Target<'_>,
-        name: &str,
-        subresource: &str,
-        patch: &Patch,
-        params: &PatchParams,
-    ) -> bosun_core::Result<DynamicObject> {
-        let _g = self.gate(Verb::Patch, &target).await?;
-        self.inner.patch_subresource(target, name, subresource, patch, params).await
-    }
-
-    async fn create_subresource(
-        &self,
-        target: Target<'_>,
-        name: &str,
-        subresource: &str,
-        body: &serde_json::Value,
-        params: &PostParams,
-    ) -> bosun_core::Result<serde_json::Value> {
-        let _g = self.gate(Verb::Create, &target).await?;
-        self.inner.create_subresource(target, name, subresource, body, params).await
-    }
-
-    async fn logs(&self, namespace: &str, pod: &str, params: &LogParams) -> bosun_core::Result<LogStream> {
-        self.inner.logs(namespace, pod, params).await
+        stream.take_until(Box::pin(stop)).boxed()
     }
 }

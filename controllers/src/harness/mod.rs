@@ -50,7 +50,7 @@ impl Drop for Harness {
 impl Harness {
     /// A harness over `inner` (wrapped in a [`FaultyClient`]).
     pub fn new(inner: Arc<dyn Client>) -> Self {
-        let (client, faults) = FaultyClient::wrap(inner);
+        let (client, faults) = Faults::wrap(inner);
         let client: Arc<dyn Client> = client;
         Self {
             informers: Informers::new(client.clone()),

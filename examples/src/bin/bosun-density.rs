@@ -24,7 +24,7 @@ use bosun_core::k8s_openapi::api::core::v1::{Namespace, Pod};
 use bosun_core::kube_client::KubeClient;
 use bosun_core::watch::{Informers, WatcherConfig};
 use bosun_core::{Api, Client, PostParams, WatchEvent, WatchParams};
-use bosun_examples::timed::{TimedClient, quantile};
+use bosun_examples::timed::{Timing, quantile};
 use bosun_runtime::agent::feed::SharedPodFeed;
 use bosun_runtime::{FakeRuntime, HostImages, NodeAgent, NodeAgentConfig};
 use bosun_scheduler::Scheduler;
@@ -125,7 +125,7 @@ async fn run(args: Args) -> Result<bool, BoxError> {
     let api = builder.build()?;
     let _compactor =
         (args.compaction_interval_s > 0).then(|| tokio::spawn(compact(storage, Duration::from_secs(args.compaction_interval_s))));
-    let timed = TimedClient::new(api.clone());
+    let timed = Timing::wrap(api.clone());
     let client: Arc<dyn Client> = timed.clone();
     let http = HttpConfig::for_api_server(&api).https(SocketAddr::from(([127, 0, 0, 1], 0)));
     let server = bosun_store::http::serve(api.clone(), http).await?;
@@ -166,7 +166,7 @@ async fn run(args: Args) -> Result<bool, BoxError> {
     let observer = tokio::spawn(observe(api.clone(), args.pods, Duration::from_secs(args.timeout_s)));
 
     // The load: Deployments over HTTPS at a steady pod rate.
-    let remote = TimedClient::new(Arc::new(KubeClient::from_kubeconfig(&kubeconfig).await?));
+    let remote = Timing::wrap(Arc::new(KubeClient::from_kubeconfig(&kubeconfig).await?));
     let remote_client: Arc<dyn Client> = remote.clone();
     Api::<Namespace>::all(remote_client.clone())
         .create(&serde_json::from_value(serde_json::json!({"metadata": {"name": "density"}}))?, &PostParams::default())
@@ -209,8 +209,8 @@ async fn run(args: Args) -> Result<bool, BoxError> {
     generator.abort();
     let mut startup = observed.startup_s;
     let running = startup.len();
-    let mut mutating = timed.latencies_ms();
-    let mut http_mutating = remote.latencies_ms();
+    let mut mutating = timed.layer().latencies_ms();
+    let mut http_mutating = remote.layer().latencies_ms();
     let mutating_calls = mutating.len() + http_mutating.len();
     mutating.extend_from_slice(&http_mutating);
     let peak_rss_gib = peak_rss_bytes().unwrap_or(0) as f64 / (1u64 << 30) as f64;

@@ -127,7 +127,7 @@ async fn fake_bench(dir: &std::path::Path, events: bool, watches: Watches) -> f6
     const PODS_PER_NODE: usize = 100;
     let client: Arc<dyn Client> = bosun_store::ApiServer::in_memory();
     // The agents' calls are counted; the bench's own (creates, its watch) are not.
-    let counting = counting::Counting::new(client.clone());
+    let counting = counting::Counting::wrap(client.clone());
     let agents: Arc<dyn Client> = counting.clone();
     let feed = (watches == Watches::Shared).then(|| SharedPodFeed::spawn(agents.clone()));
     let mut nodes = Vec::new();
@@ -141,7 +141,7 @@ async fn fake_bench(dir: &std::path::Path, events: bool, watches: Watches) -> f6
         }
         nodes.push(NodeAgent::new(agents.clone(), FakeRuntime::new(), HostImages, config).start().await.expect("agent"));
     }
-    counting.reset();
+    counting.layer().reset();
     let api = Api::<Pod>::namespaced(client.clone(), "default");
     let mut watch = api.watch(&WatchParams::default().from_version("0")).await.expect("watch");
     let total = NODES * PODS_PER_NODE;
@@ -173,7 +173,7 @@ async fn fake_bench(dir: &std::path::Path, events: bool, watches: Watches) -> f6
         }
     }
     let secs = t.elapsed().as_secs_f64();
-    let calls = counting.snapshot();
+    let calls = counting.layer().snapshot();
     creator.await.expect("creator");
     println!(
         "runtime.fake (events {}, {} pod watch): {total} pods on {NODES} hollow nodes Running {secs:.2} s after the first was bound",
@@ -186,7 +186,7 @@ async fn fake_bench(dir: &std::path::Path, events: bool, watches: Watches) -> f6
     };
     println!("  agent API calls per pod until all Running: {}", per_pod(&calls));
     tokio::time::sleep(Duration::from_secs(2)).await;
-    println!("  agent API calls per pod 2 s later: {}", per_pod(&counting.snapshot()));
+    println!("  agent API calls per pod 2 s later: {}", per_pod(&counting.layer().snapshot()));
     for n in &nodes {
         n.shutdown();
     }
