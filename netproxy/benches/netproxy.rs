@@ -11,8 +11,10 @@ use std::time::Instant;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-const BULK_BYTES: usize = 64 * 1024 * 1024;
-const BULK_ROUNDS: usize = 15;
+/// Bytes per bulk transfer: at ~3 GiB/s a 64 MiB round lasted ~20 ms, short enough for one
+/// scheduling hiccup to move a round's ratio by 0.2; 256 MiB rounds move the median less.
+const BULK_BYTES: usize = 256 * 1024 * 1024;
+const BULK_ROUNDS: usize = 11;
 const ROUND_TRIPS: usize = 5_000;
 const SERVICES: usize = 10_000;
 const ENDPOINTS: usize = 10;
@@ -202,7 +204,7 @@ enum Path {
 /// every path once, in a rotating order, so that all see the same machine load; the ratio is the
 /// median of the rounds' proxied/direct ratios.
 ///
-/// Knobs for investigation: `BOSUN_BENCH_ROUNDS` (default 7), `BOSUN_BENCH_BULK=direct|proxied|relay`
+/// Knobs for investigation: `BOSUN_BENCH_ROUNDS` (default 11), `BOSUN_BENCH_BULK=direct|proxied|relay`
 /// (only that path, e.g. under `perf record`), `BOSUN_BENCH_SPLICE=0` (the proxy copies instead).
 async fn userspace(proxy_rt: tokio::runtime::Handle) -> (f64, f64, f64) {
     let (sink, echo) = servers().await;
