@@ -310,7 +310,15 @@ impl Cluster {
         let proxy = ServiceProxy::new(informers.clone(), node);
         let proxy = match config.proxy {
             ProxyChoice::Userspace => proxy.backend(UserspaceProxy::new(UserspaceConfig::default())),
-            ProxyChoice::Nftables => proxy.backend(NftablesProxy::new(NftablesConfig::default())),
+            ProxyChoice::Nftables => {
+                let mut nft = NftablesConfig::default();
+                if config.runtime == RuntimeChoice::Runc {
+                    // The pods' subnets: cluster IP traffic from elsewhere (this host, other
+                    // hosts routing through it) is masqueraded, as kube-proxy's --cluster-cidr does.
+                    nft = nft.cluster_cidrs((0..self.nodes.len()).filter_map(|i| runc_network(i).1.parse().ok()));
+                }
+                proxy.backend(NftablesProxy::new(nft))
+            }
         };
         let table = proxy.table();
         self.tasks.push(proxy.spawn());

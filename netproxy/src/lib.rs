@@ -16,7 +16,7 @@ pub mod userspace;
 pub use backend::{ApplyError, ProxyBackend};
 pub use dns::{ClusterDns, DnsServer};
 pub use ingress::{IngressController, IngressProxy};
-pub use nftables::{NftablesConfig, NftablesProxy};
+pub use nftables::{Cidr, CidrError, NftablesConfig, NftablesProxy};
 pub use sync::{ServiceProxy, TableHandle};
 pub use table::{
     Affinity, Endpoint, NodeContext, Protocol, ProxyService, ServiceInfo, ServiceKind, ServicePortName, ServiceTable, TableDiff,

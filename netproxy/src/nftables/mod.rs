@@ -25,6 +25,7 @@ mod script;
 use crate::backend::{ApplyError, ProxyBackend};
 use crate::table::{ProxyService, ServicePortName, TableDiff};
 use std::collections::{BTreeSet, HashMap};
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
@@ -54,6 +55,55 @@ pub enum NftablesError {
     Netlink(#[source] std::io::Error),
 }
 
+/// A CIDR that is not one: `addr/prefix` with a prefix the family allows.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid CIDR {0:?}: want an address, a slash and a prefix length (10.244.0.0/16, fd00:10::/56)")]
+pub struct CidrError(String);
+
+/// An address range: `10.244.0.0/16`, `fd00:10::/56`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Cidr {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    /// The range of `addr` with a `prefix`-bit network part (at most 32 for IPv4, 128 for IPv6).
+    pub fn new(addr: IpAddr, prefix: u8) -> Result<Self, CidrError> {
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        if prefix > max {
+            return Err(CidrError(format!("{addr}/{prefix}")));
+        }
+        Ok(Self { addr, prefix })
+    }
+
+    /// The address as given.
+    pub fn addr(&self) -> IpAddr {
+        self.addr
+    }
+
+    /// The prefix length.
+    pub fn prefix(&self) -> u8 {
+        self.prefix
+    }
+}
+
+impl std::str::FromStr for Cidr {
+    type Err = CidrError;
+
+    fn from_str(s: &str) -> Result<Self, CidrError> {
+        let bad = || CidrError(s.to_owned());
+        let (addr, prefix) = s.trim().split_once('/').ok_or_else(bad)?;
+        Self::new(addr.parse().map_err(|_| bad())?, prefix.parse().map_err(|_| bad())?).map_err(|_| bad())
+    }
+}
+
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
 /// Settings of the nftables backend.
 #[derive(Debug, Clone)]
 #[must_use]
@@ -62,11 +112,20 @@ pub struct NftablesConfig {
     nft: PathBuf,
     netns: Option<String>,
     netlink: bool,
+    cluster_cidrs: Vec<Cidr>,
+    masquerade_all: bool,
 }
 
 impl Default for NftablesConfig {
     fn default() -> Self {
-        Self { table: "bosun".into(), nft: PathBuf::from("nft"), netns: None, netlink: true }
+        Self {
+            table: "bosun".into(),
+            nft: PathBuf::from("nft"),
+            netns: None,
+            netlink: true,
+            cluster_cidrs: Vec::new(),
+            masquerade_all: false,
+        }
     }
 }
 
@@ -93,6 +152,22 @@ impl NftablesConfig {
     /// Send map elements as nfnetlink batches (default `true`); `false` writes them as `nft` text.
     pub fn netlink(mut self, on: bool) -> Self {
         self.netlink = on;
+        self
+    }
+
+    /// The pods' address ranges (kube-proxy's `--cluster-cidr`; in dual stack one per family):
+    /// traffic to a cluster IP from outside them (another host routing through this node, or this
+    /// node itself) is masqueraded, so that the endpoint's replies come back through this node to
+    /// be un-NATted. Default: none, and cluster IP traffic keeps its source address.
+    pub fn cluster_cidrs(mut self, cidrs: impl IntoIterator<Item = Cidr>) -> Self {
+        self.cluster_cidrs = cidrs.into_iter().collect();
+        self
+    }
+
+    /// Masquerade all traffic to cluster IPs, from pods too (kube-proxy's `--masquerade-all`;
+    /// default `false`).
+    pub fn masquerade_all(mut self, on: bool) -> Self {
+        self.masquerade_all = on;
         self
     }
 }
@@ -236,7 +311,8 @@ impl NftablesProxy {
         state.capacity = script::all_maps().map(|m| (m, script::capacity(state.counts.get(m).copied().unwrap_or(0)))).collect();
         // Creating then deleting makes the delete safe when the table does not exist yet.
         let mut out = format!("table {f} {t} {{}}\ndelete table {f} {t}\n", f = script::TABLE_FAMILY);
-        out.push_str(&script::base(t, &state.capacity));
+        let masquerade = script::ClusterMasquerade { all: self.config.masquerade_all, unless_from: &self.config.cluster_cidrs };
+        out.push_str(&script::base(t, &state.capacity, &masquerade));
         for pick in &state.picks {
             pick.write(&mut out, t);
         }

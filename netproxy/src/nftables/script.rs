@@ -150,9 +150,34 @@ pub(super) fn counts<'a>(elements: impl IntoIterator<Item = &'a Element>) -> Has
     out
 }
 
+/// Which traffic to cluster IPs is masqueraded (see `NftablesConfig::cluster_cidrs`).
+pub(super) struct ClusterMasquerade<'a> {
+    /// All of it.
+    pub all: bool,
+    /// What does not come from these ranges (none: nothing).
+    pub unless_from: &'a [super::Cidr],
+}
+
+impl ClusterMasquerade<'_> {
+    /// The rule of `family` (with its `services` chain indent), or nothing.
+    fn rule(&self, family: Family, ids: &str) -> String {
+        let ip = family.ip();
+        let to_service = format!("{ip} daddr . meta l4proto . th dport @{ids} jump mark-for-masquerade");
+        if self.all {
+            return format!("    {to_service}\n");
+        }
+        let ranges: Vec<String> = self.unless_from.iter().filter(|c| Family::of(&c.addr()) == family).map(ToString::to_string).collect();
+        match ranges.as_slice() {
+            [] => String::new(),
+            [one] => format!("    {ip} saddr != {one} {to_service}\n"),
+            many => format!("    {ip} saddr != {{ {} }} {to_service}\n", many.join(", ")),
+        }
+    }
+}
+
 /// The base table: maps (each declared with the `size` `capacity` gives it), dispatch and hook
 /// chains (no service in it yet).
-pub(super) fn base(table: &str, capacity: &HashMap<&'static str, usize>) -> String {
+pub(super) fn base(table: &str, capacity: &HashMap<&'static str, usize>, masquerade: &ClusterMasquerade<'_>) -> String {
     let size = |map: &str| capacity.get(map).copied().unwrap_or(MIN_CAPACITY);
     let mut maps_text = String::new();
     let mut services = String::new();
@@ -192,11 +217,15 @@ pub(super) fn base(table: &str, capacity: &HashMap<&'static str, usize>) -> Stri
         let _ = write!(
             services,
             "    ct mark set {ip} daddr . meta l4proto . th dport map @{}
-    {ip} daddr . meta l4proto . th dport vmap @{}
+{}    {ip} daddr . meta l4proto . th dport vmap @{}
     {ip} daddr != {lo} fib daddr type local ct mark set meta l4proto . th dport map @{}
     {ip} daddr != {lo} fib daddr type local meta l4proto . th dport vmap @{}
 ",
-            m.service_ids, m.service_ips, m.nodeport_ids, m.service_nodeports
+            m.service_ids,
+            masquerade.rule(f, m.service_ids),
+            m.service_ips,
+            m.nodeport_ids,
+            m.service_nodeports
         );
         let _ = write!(
             filter,

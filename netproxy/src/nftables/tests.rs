@@ -188,3 +188,36 @@ fn maps_are_declared_with_room_to_double_what_the_full_sync_puts_in_them() {
     assert_eq!(state.capacity.get("backends"), Some(&4096));
     assert_eq!(all.len(), 700 * 2 + 1400 * 2);
 }
+
+#[test]
+fn cluster_ip_traffic_from_outside_the_cluster_cidrs_is_masqueraded_per_family() {
+    let services = [Arc::new(svc("web", "10.96.0.1", &["10.1.0.1:8080"]))];
+    let none = NftablesProxy::new(NftablesConfig::default()).full_script(&services);
+    assert!(!none.contains("@service-ids jump mark-for-masquerade"), "no CIDR, no masquerade-all: sources are kept:\n{none}");
+    let cidrs: Vec<Cidr> = ["10.244.0.0/16", "10.245.0.0/16", "fd00:10::/56"].iter().map(|c| c.parse().expect("cidr")).collect();
+    let script = NftablesProxy::new(NftablesConfig::default().cluster_cidrs(cidrs)).full_script(&services);
+    assert!(
+        script.contains(
+            "    ip saddr != { 10.244.0.0/16, 10.245.0.0/16 } ip daddr . meta l4proto . th dport @service-ids jump mark-for-masquerade\n"
+        ),
+        "{script}"
+    );
+    assert!(
+        script.contains("    ip6 saddr != fd00:10::/56 ip6 daddr . meta l4proto . th dport @service-ids6 jump mark-for-masquerade\n"),
+        "{script}"
+    );
+    let all = NftablesProxy::new(NftablesConfig::default().masquerade_all(true)).full_script(&services);
+    assert!(all.contains("    ip daddr . meta l4proto . th dport @service-ids jump mark-for-masquerade\n"), "{all}");
+    assert!(all.contains("    ip6 daddr . meta l4proto . th dport @service-ids6 jump mark-for-masquerade\n"), "{all}");
+}
+
+#[test]
+fn cidrs_parse_and_refuse_what_is_not_one() {
+    let c: Cidr = "10.244.0.0/16".parse().expect("cidr");
+    assert_eq!((c.addr(), c.prefix(), c.to_string()), ("10.244.0.0".parse().expect("ip"), 16, "10.244.0.0/16".to_owned()));
+    assert_eq!("fd00:10::/56".parse::<Cidr>().expect("cidr").prefix(), 56);
+    for bad in ["10.244.0.0", "10.244.0.0/33", "fd00::/129", "nope/8", "10.0.0.0/x", ""] {
+        let err = bad.parse::<Cidr>().expect_err(bad);
+        assert!(err.to_string().contains(&format!("{bad:?}")), "{err}");
+    }
+}

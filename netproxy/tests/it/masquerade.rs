@@ -199,3 +199,54 @@ async fn node_ports_from_a_client_namespace_dnat_over_ipv4_and_ipv6_and_masquera
     assert_eq!(ask(&client, addr("[fd00:9::1]:30081")).expect("back"), "e6 fd00:8::1");
     proxy.cleanup().await.expect("cleanup");
 }
+
+#[tokio::test]
+async fn cluster_ip_traffic_from_outside_the_cluster_cidr_is_masqueraded_and_pods_keep_their_address() {
+    if skip() {
+        return;
+    }
+    // outside --(10.250.9.0/24, fd00:99::/64)-- node --(10.240.8.0/24)-- endpoint
+    //                                              \--(10.240.7.0/24)-- pod (a client inside the cluster CIDR)
+    let [outside, node, endpoint, pod] = namespaces(["ccc", "ccn", "cce", "ccp"]);
+    outside.link(&node, "eth0", "10.250.9.2/24", "to-out", "10.250.9.1/24").expect("veth");
+    node.link(&endpoint, "to-ep", "10.240.8.1/24", "eth0", "10.240.8.2/24").expect("veth");
+    node.link(&pod, "to-pod", "10.240.7.1/24", "eth0", "10.240.7.2/24").expect("veth");
+    outside.ip(&["-6", "addr", "add", "fd00:99::2/64", "dev", "eth0", "nodad"]).expect("addr");
+    node.ip(&["-6", "addr", "add", "fd00:99::1/64", "dev", "to-out", "nodad"]).expect("addr");
+    node.ip(&["-6", "addr", "add", "fd00:240:8::1/64", "dev", "to-ep", "nodad"]).expect("addr");
+    endpoint.ip(&["-6", "addr", "add", "fd00:240:8::2/64", "dev", "eth0", "nodad"]).expect("addr");
+    outside.ip(&["route", "add", "10.96.0.0/16", "via", "10.250.9.1"]).expect("route");
+    outside.ip(&["-6", "route", "add", "fd00:96::/64", "via", "fd00:99::1"]).expect("route");
+    endpoint.ip(&["route", "add", "default", "via", "10.240.8.1"]).expect("route");
+    endpoint.ip(&["-6", "route", "add", "default", "via", "fd00:240:8::1"]).expect("route");
+    pod.ip(&["route", "add", "default", "via", "10.240.7.1"]).expect("route");
+    forwarding(&node);
+    serve_peer_in(&endpoint, "10.240.8.2:8080", "e4");
+    serve_peer_in(&endpoint, "[fd00:240:8::2]:8080", "e6");
+    let mut web = service("web", Protocol::Tcp, ip("10.96.0.30"), 80, &[addr("10.240.8.2:8080"), addr("[fd00:240:8::2]:8080")]);
+    web.cluster_ips.push(ip("fd00:96::30"));
+    let (v4, v6) = (addr("10.96.0.30:80"), addr("[fd00:96::30]:80"));
+    let cidrs = ["10.240.0.0/16".parse().expect("cidr"), "fd00:240::/48".parse().expect("cidr")];
+
+    for (config, from_outside, from_pod) in [
+        // No cluster CIDR: every source is kept (the outside host's replies only come back because
+        // the endpoint routes through this node).
+        (NftablesConfig::default(), ["e4 10.250.9.2", "e6 fd00:99::2"], "e4 10.240.7.2"),
+        // Cluster CIDRs: from outside them masqueraded to the node's address, pods keep theirs.
+        (NftablesConfig::default().cluster_cidrs(cidrs), ["e4 10.240.8.1", "e6 fd00:240:8::1"], "e4 10.240.7.2"),
+        // Masquerade all: pods too.
+        (NftablesConfig::default().masquerade_all(true), ["e4 10.240.8.1", "e6 fd00:240:8::1"], "e4 10.240.8.1"),
+    ] {
+        let proxy = NftablesProxy::new(config.netns(node.name.clone()));
+        proxy.apply(&TableDiff { full: true, upserted: vec![arc(web.clone())], removed: vec![] }).await.expect("full sync");
+        for (to, want) in [(v4, from_outside[0]), (v6, from_outside[1])] {
+            for answer in in_a_row(&outside, to, 3) {
+                assert_eq!(answer, want, "{to} from outside the cluster CIDR");
+            }
+        }
+        for answer in in_a_row(&pod, v4, 3) {
+            assert_eq!(answer, from_pod, "{v4} from a pod");
+        }
+        proxy.cleanup().await.expect("cleanup");
+    }
+}
