@@ -370,10 +370,7 @@ impl ContainerRuntime for FakeRuntime {
     }
 
     async fn signal_container(&self, id: &ContainerId, signal: i32) -> Result<()> {
-        let status = self.inner.table.container_status(id)?;
-        if status.state != ContainerState::Running {
-            return Err(RuntimeError::Invalid(format!("container {id} is not running")));
-        }
+        self.inner.table.running(id)?;
         let ignores_term = self.inner.table.lock().containers.get(id).is_some_and(|c| c.record.script.ignore_sigterm);
         if signal == 9 || (signal == 15 && !ignores_term) {
             self.finish(id, 128 + signal, Some(signal));

@@ -1,14 +1,16 @@
-//! What the process and runc backends share to launch a container's main process: its
-//! environment, its standard streams (a terminal of its own, or pipes), and their wiring to the
-//! log file and attach sessions.
+//! What the process and runc backends share to launch a container's main process (its
+//! environment, its standard streams: a terminal of its own or pipes, and their wiring to the log
+//! file and attach sessions) and to run an exec's process (over pipes or a terminal).
 
 use crate::attach::AttachPoint;
-use crate::cri::{ContainerConfig, Resize, SandboxStatus, TerminalSize};
-use crate::error::Result;
+use crate::cri::{ContainerConfig, ExecSession, Resize, SandboxStatus, TerminalSize};
+use crate::error::{Result, RuntimeError};
 use crate::{logs, sys};
+use futures::future::BoxFuture;
 use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::pin::Pin;
+use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWrite;
@@ -78,4 +80,58 @@ pub(crate) async fn drain(pumps: Vec<JoinHandle<()>>) {
     for pump in pumps {
         let _ = tokio::time::timeout(Duration::from_secs(2), pump).await;
     }
+}
+
+/// Spawns an exec's `command` with its standard streams as pipes (killed when the session is
+/// dropped); `what` names a spawn failure.
+pub(crate) fn piped_exec(mut command: Command, what: &str) -> Result<ExecSession> {
+    command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+    let mut child = command.spawn().map_err(|e| RuntimeError::io(what, e))?;
+    let (Some(stdin), Some(stdout), Some(stderr)) = (child.stdin.take(), child.stdout.take(), child.stderr.take()) else {
+        return Err(RuntimeError::Invalid("exec pipes missing".into()));
+    };
+    Ok(ExecSession { stdin: Box::pin(stdin), stdout: Box::pin(stdout), stderr: Box::pin(stderr), exit: exit_code(child), resize: None })
+}
+
+/// Spawns an exec's `command` on a new terminal (at `size` when given) as its standard streams
+/// (killed when the session is dropped); `what` names a spawn failure. The command makes the
+/// terminal its controlling terminal itself: it is `setsid --ctty ...` (util-linux), which runs
+/// the rest in a session of its own that it leads (so ^C reaches its process group; `setsid`
+/// forks only when it already leads a group, which a child of the agent does not).
+pub(crate) fn terminal_exec(mut command: Command, size: Option<TerminalSize>, what: &str) -> Result<ExecSession> {
+    let (master, slave) = sys::open_pty(size)?;
+    let stdio = sys::terminal_stdio;
+    command.stdin(stdio(&slave)?).stdout(stdio(&slave)?).stderr(stdio(&slave)?).kill_on_drop(true);
+    let child = command.spawn().map_err(|e| RuntimeError::io(what, e))?;
+    // Only the command may hold the slave side: the reader ends when the command's session does.
+    drop(command);
+    drop(slave);
+    let pid = child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0);
+    tty_session(master, pid, exit_code(child))
+}
+
+/// The exit code of an exec's process, once it ends.
+fn exit_code(mut child: Child) -> BoxFuture<'static, Result<i32>> {
+    Box::pin(async move { child.wait().await.map(sys::exit_code_of).map_err(|e| RuntimeError::io("wait exec", e)) })
+}
+
+/// An exec session over a pseudo-terminal's master side whose command leads session `pid`: when
+/// the command ends, what it left in its session goes too (it would hold the terminal open).
+fn tty_session(master: OwnedFd, pid: i32, exit: BoxFuture<'static, Result<i32>>) -> Result<ExecSession> {
+    let (reader, writer) = sys::pty_streams(master)?;
+    let fd = writer.fd();
+    let resize: Resize = Arc::new(move |size| sys::set_terminal_size(fd.get_ref(), size));
+    Ok(ExecSession {
+        stdin: Box::pin(writer),
+        stdout: Box::pin(reader),
+        stderr: Box::pin(tokio::io::empty()),
+        exit: Box::pin(async move {
+            let code = exit.await;
+            if pid > 0 {
+                let _ = sys::signal_group(pid, rustix::process::Signal::HUP.as_raw());
+            }
+            code
+        }),
+        resize: Some(resize),
+    })
 }

@@ -410,23 +410,8 @@ impl ContainerRuntime for ProcessRuntime {
 
     async fn exec(&self, id: &ContainerId, cmd: &[String]) -> Result<ExecSession> {
         let mut command = self.exec_command(id, cmd).await?;
-        command
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(true);
-        let mut child = command.spawn().map_err(|e| RuntimeError::io("spawn exec", e))?;
-        let (Some(stdin), Some(stdout), Some(stderr)) = (child.stdin.take(), child.stdout.take(), child.stderr.take()) else {
-            return Err(RuntimeError::Invalid("exec pipes missing".into()));
-        };
-        Ok(ExecSession {
-            stdin: Box::pin(stdin),
-            stdout: Box::pin(stdout),
-            stderr: Box::pin(stderr),
-            exit: Box::pin(async move { child.wait().await.map(sys::exit_code_of).map_err(|e| RuntimeError::io("wait exec", e)) }),
-            resize: None,
-        })
+        command.process_group(0);
+        launch::piped_exec(command, "spawn exec")
     }
 
     async fn exec_tty(&self, id: &ContainerId, cmd: &[String], size: Option<TerminalSize>) -> Result<ExecSession> {
@@ -434,32 +419,9 @@ impl ContainerRuntime for ProcessRuntime {
         if !env.iter().any(|(k, _)| k == "TERM") {
             env.push(("TERM".into(), "xterm".into()));
         }
-        let (master, slave) = sys::open_pty(size)?;
-        let stdio = sys::terminal_stdio;
-        // `setsid --ctty` (util-linux) makes the terminal the command's controlling terminal in a
-        // session of its own (the command leads it, so ^C reaches its process group); it forks
-        // only when it already leads a group, which a child of the agent does not.
         let mut command = Command::new("setsid");
-        command
-            .arg("--ctty")
-            .args(&argv)
-            .current_dir(dir)
-            .env_clear()
-            .envs(env)
-            .stdin(stdio(&slave)?)
-            .stdout(stdio(&slave)?)
-            .stderr(stdio(&slave)?)
-            .kill_on_drop(true);
-        let mut child = command.spawn().map_err(|e| RuntimeError::io("spawn exec", e))?;
-        // Only the command may hold the slave side: the reader ends when the command's session does.
-        drop(command);
-        drop(slave);
-        let pid = child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0);
-        tty_session(
-            master,
-            pid,
-            Box::pin(async move { child.wait().await.map(sys::exit_code_of).map_err(|e| RuntimeError::io("wait exec", e)) }),
-        )
+        command.arg("--ctty").args(&argv).current_dir(dir).env_clear().envs(env);
+        launch::terminal_exec(command, size, "spawn exec")
     }
 
     async fn attach(&self, id: &ContainerId, size: Option<TerminalSize>) -> Result<AttachSession> {
@@ -570,31 +532,6 @@ impl ProcessRuntime {
         command.args(&argv[1..]).current_dir(dir).env_clear().envs(env);
         Ok(command)
     }
-}
-
-/// An exec session over a pseudo-terminal's master side whose command leads session `pid`: when
-/// the command ends, what it left in its session goes too (it would hold the terminal open).
-pub(crate) fn tty_session(
-    master: std::os::fd::OwnedFd,
-    pid: i32,
-    exit: futures::future::BoxFuture<'static, Result<i32>>,
-) -> Result<ExecSession> {
-    let (reader, writer) = sys::pty_streams(master)?;
-    let fd = writer.fd();
-    let resize: Resize = Arc::new(move |size| sys::set_terminal_size(fd.get_ref(), size));
-    Ok(ExecSession {
-        stdin: Box::pin(writer),
-        stdout: Box::pin(reader),
-        stderr: Box::pin(tokio::io::empty()),
-        exit: Box::pin(async move {
-            let code = exit.await;
-            if pid > 0 {
-                let _ = sys::signal_group(pid, rustix::process::Signal::HUP.as_raw());
-            }
-            code
-        }),
-        resize: Some(resize),
-    })
 }
 
 /// What runs a container's command as its user, group and supplemental groups (`runAsUser`,

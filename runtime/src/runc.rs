@@ -641,10 +641,7 @@ impl ContainerRuntime for RuncRuntime {
     }
 
     async fn signal_container(&self, id: &ContainerId, signal: i32) -> Result<()> {
-        let record = self.inner.table.record(id)?;
-        if record.status.state != ContainerState::Running {
-            return Err(RuntimeError::Invalid(format!("container {id} is not running")));
-        }
+        self.inner.table.running(id)?;
         run(self.runc().args(["kill", &id.0, &signal.to_string()])).await.map(|_| ())
     }
 
@@ -675,10 +672,7 @@ impl ContainerRuntime for RuncRuntime {
     }
 
     async fn exec_sync(&self, id: &ContainerId, cmd: &[String], timeout: Duration) -> Result<ExecResult> {
-        let record = self.inner.table.record(id)?;
-        if record.status.state != ContainerState::Running {
-            return Err(RuntimeError::Invalid(format!("container {id} is not running")));
-        }
+        let record = self.inner.table.running(id)?;
         if cmd.is_empty() {
             return Err(RuntimeError::Invalid("empty exec command".into()));
         }
@@ -712,37 +706,14 @@ impl ContainerRuntime for RuncRuntime {
     }
 
     async fn exec(&self, id: &ContainerId, cmd: &[String]) -> Result<ExecSession> {
-        let record = self.inner.table.record(id)?;
-        if record.status.state != ContainerState::Running {
-            return Err(RuntimeError::Invalid(format!("container {id} is not running")));
-        }
+        self.inner.table.running(id)?;
         let mut command = self.runc();
-        command
-            .arg("exec")
-            .arg(&id.0)
-            .args(cmd)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true);
-        let mut child = command.spawn().map_err(|e| RuntimeError::io("spawn runc exec", e))?;
-        let (Some(stdin), Some(stdout), Some(stderr)) = (child.stdin.take(), child.stdout.take(), child.stderr.take()) else {
-            return Err(RuntimeError::Invalid("exec pipes missing".into()));
-        };
-        Ok(ExecSession {
-            stdin: Box::pin(stdin),
-            stdout: Box::pin(stdout),
-            stderr: Box::pin(stderr),
-            exit: Box::pin(async move { child.wait().await.map(sys::exit_code_of).map_err(|e| RuntimeError::io("wait exec", e)) }),
-            resize: None,
-        })
+        command.arg("exec").arg(&id.0).args(cmd);
+        launch::piped_exec(command, "spawn runc exec")
     }
 
     async fn exec_tty(&self, id: &ContainerId, cmd: &[String], size: Option<TerminalSize>) -> Result<ExecSession> {
-        let record = self.inner.table.record(id)?;
-        if record.status.state != ContainerState::Running {
-            return Err(RuntimeError::Invalid(format!("container {id} is not running")));
-        }
+        let record = self.inner.table.running(id)?;
         if cmd.is_empty() {
             return Err(RuntimeError::Invalid("empty exec command".into()));
         }
@@ -751,24 +722,14 @@ impl ContainerRuntime for RuncRuntime {
         // standard streams and, through `setsid --ctty`, as its controlling terminal. runc puts it in
         // raw mode (so ^C and ^D reach the container's terminal as bytes), starts the container's
         // terminal at its size, and follows its resizes (SIGWINCH).
-        let (master, slave) = sys::open_pty(Some(size.unwrap_or(TerminalSize { width: 80, height: 24 })))?;
-        let stdio = sys::terminal_stdio;
         let mut command = Command::new("setsid");
         command.arg("--ctty").arg(&self.inner.runc).arg("--root").arg(self.inner.root.join("runc")).args(["exec", "--tty"]);
         let has_term = record.config.env.iter().chain(&record.config.image.env).any(|(k, _)| k == "TERM");
         if !has_term {
             command.args(["--env", "TERM=xterm"]);
         }
-        command.arg(&id.0).args(cmd).stdin(stdio(&slave)?).stdout(stdio(&slave)?).stderr(stdio(&slave)?).kill_on_drop(true);
-        let mut child = command.spawn().map_err(|e| RuntimeError::io("spawn runc exec", e))?;
-        drop(command);
-        drop(slave);
-        let pid = child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0);
-        crate::process::tty_session(
-            master,
-            pid,
-            Box::pin(async move { child.wait().await.map(sys::exit_code_of).map_err(|e| RuntimeError::io("wait exec", e)) }),
-        )
+        command.arg(&id.0).args(cmd);
+        launch::terminal_exec(command, Some(size.unwrap_or(TerminalSize { width: 80, height: 24 })), "spawn runc exec")
     }
 
     async fn attach(&self, id: &ContainerId, size: Option<TerminalSize>) -> Result<AttachSession> {

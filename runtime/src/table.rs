@@ -302,6 +302,15 @@ where
         self.lock().containers.get(id).map(|c| c.record.clone()).ok_or_else(|| RuntimeError::not_found("container", &id.0))
     }
 
+    /// A running container's record (an error for one that is unknown or not running).
+    pub(crate) fn running(&self, id: &ContainerId) -> Result<R> {
+        let record = self.record(id)?;
+        if record.status().state != ContainerState::Running {
+            return Err(RuntimeError::Invalid(format!("container {id} is not running")));
+        }
+        Ok(record)
+    }
+
     /// A container's status.
     pub(crate) fn container_status(&self, id: &ContainerId) -> Result<ContainerStatus> {
         self.lock().containers.get(id).map(|c| c.record.status().clone()).ok_or_else(|| RuntimeError::not_found("container", &id.0))
