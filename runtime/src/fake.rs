@@ -212,8 +212,8 @@ impl FakeRuntime {
     /// Ends a running container (nothing for one that is not running).
     fn finish(&self, id: &ContainerId, code: i32, signal: Option<i32>) {
         self.inner.table.mark_exited(id, |c| {
-            let reason = ContainerStatus::exit_reason(code, false).into();
-            (c.status.state == ContainerState::Running).then_some(Exit { code, signal, reason, message: None })
+            let reason = || ContainerStatus::exit_reason(code, false).into();
+            (c.status.state == ContainerState::Running).then(|| Exit { code, signal, reason: reason(), message: None })
         });
     }
 }
@@ -294,13 +294,7 @@ impl ContainerRuntime for FakeRuntime {
     }
 
     async fn start_container(&self, id: &ContainerId) -> Result<()> {
-        let script = {
-            let c = self.inner.table.record(id)?;
-            if c.status.state != ContainerState::Created {
-                return Err(RuntimeError::Invalid(format!("container {id} is not in the created state")));
-            }
-            c.script
-        };
+        let script = self.inner.table.created(id)?.script;
         if script.start_delay_ms > 0 {
             tokio::time::sleep(Duration::from_millis(script.start_delay_ms)).await;
         }

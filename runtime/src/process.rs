@@ -287,10 +287,7 @@ impl ContainerRuntime for ProcessRuntime {
     }
 
     async fn start_container(&self, id: &ContainerId) -> Result<()> {
-        let record = self.inner.table.record(id)?;
-        if record.status.state != ContainerState::Created {
-            return Err(RuntimeError::Invalid(format!("container {id} is not in the created state")));
-        }
+        let record = self.inner.table.created(id)?;
         let sandbox = self.inner.table.sandbox_status(&record.status.sandbox_id)?;
         let mut argv = record.config.argv();
         if argv.is_empty() {

@@ -561,10 +561,7 @@ impl ContainerRuntime for RuncRuntime {
     }
 
     async fn start_container(&self, id: &ContainerId) -> Result<()> {
-        let record = self.inner.table.record(id)?;
-        if record.status.state != ContainerState::Created {
-            return Err(RuntimeError::Invalid(format!("container {id} is not in the created state")));
-        }
+        let record = self.inner.table.created(id)?;
         let pid_file = record.bundle.join("pid");
         let _ = std::fs::remove_file(&pid_file);
         let config = &record.config;

@@ -302,6 +302,16 @@ where
         self.lock().containers.get(id).map(|c| c.record.clone()).ok_or_else(|| RuntimeError::not_found("container", &id.0))
     }
 
+    /// A created (not yet started) container's record (an error for one that is unknown or was
+    /// started).
+    pub(crate) fn created(&self, id: &ContainerId) -> Result<R> {
+        let record = self.record(id)?;
+        if record.status().state != ContainerState::Created {
+            return Err(RuntimeError::Invalid(format!("container {id} is not in the created state")));
+        }
+        Ok(record)
+    }
+
     /// A running container's record (an error for one that is unknown or not running).
     pub(crate) fn running(&self, id: &ContainerId) -> Result<R> {
         let record = self.record(id)?;
@@ -458,3 +468,4 @@ pub(crate) fn mark_lost(status: &mut ContainerStatus) {
     status.exit_code = Some(137);
     status.reason = Some("ContainerStatusUnknown".into());
 }
+
