@@ -376,7 +376,9 @@ where
                 point.close();
             }
             self.store.save_container(&c.record);
-            let _ = c.exited.send(true);
+            // `send_replace`, not `send`: with no receiver at this moment, `send` would leave the
+            // value `false` for every later one (log followers, `wait_exited`).
+            c.exited.send_replace(true);
             c.record.status().sandbox_id.clone()
         };
         self.emit(EventKind::Exited, &sandbox, id);
@@ -391,7 +393,7 @@ where
         if let Some(point) = &removed.attach {
             point.close();
         }
-        let _ = removed.exited.send(true);
+        removed.exited.send_replace(true);
         self.store.delete_container(id);
         if let Some(log) = &removed.record.status().log_path {
             let _ = std::fs::remove_file(log);
@@ -469,3 +471,113 @@ pub(crate) fn mark_lost(status: &mut ContainerStatus) {
     status.reason = Some("ContainerStatusUnknown".into());
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cri::{SandboxConfig, SandboxState};
+    use futures::StreamExt;
+    use serde::Deserialize;
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    struct Record {
+        status: ContainerStatus,
+        pid: Option<i32>,
+    }
+
+    impl ContainerEntry for Record {
+        fn status(&self) -> &ContainerStatus {
+            &self.status
+        }
+
+        fn status_mut(&mut self) -> &mut ContainerStatus {
+            &mut self.status
+        }
+    }
+
+    fn sandbox(id: &str) -> SandboxStatus {
+        SandboxStatus {
+            id: SandboxId(id.into()),
+            config: SandboxConfig::default(),
+            state: SandboxState::Ready,
+            ip: None,
+            created_at: Timestamp::now(),
+        }
+    }
+
+    /// A table over `dir` with sandbox `sb-1` and its created container `c-1` (log file at `log`).
+    fn table_with_container(dir: &Path, log: Option<PathBuf>) -> (Table<SandboxStatus, Record, (), JsonFiles>, ContainerId) {
+        for sub in ["sandboxes", "containers"] {
+            std::fs::create_dir_all(dir.join(sub)).expect("state dirs");
+        }
+        let table = Table::new(JsonFiles::new(dir.to_path_buf()), 16);
+        let sb = sandbox("sb-1");
+        table.save_sandbox(&sb);
+        table.lock().sandboxes.insert(sb.id.clone(), sb);
+        let id = ContainerId("c-1".into());
+        let config = ContainerConfig { name: "main".into(), ..ContainerConfig::default() };
+        let record = Record { status: created_status(&id, &SandboxId("sb-1".into()), &config, log), pid: None };
+        table.save_container(&record);
+        table.lock().insert(id.clone(), record);
+        (table, id)
+    }
+
+    #[tokio::test]
+    async fn a_container_goes_through_started_exited_and_removed_with_its_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("main.log");
+        std::fs::write(&log, "x\n").expect("log");
+        let (table, id) = table_with_container(dir.path(), Some(log.clone()));
+        let mut events = table.events();
+        let sb = SandboxId("sb-1".into());
+        table.mark_running(&id, &sb, AttachPoint::new(None, false, false, None), |r| r.pid = Some(42));
+        assert_eq!(table.running(&id).expect("running").pid, Some(42));
+        assert!(table.created(&id).is_err(), "a started container is not in the created state");
+        // `None` leaves it running: no event, no change.
+        assert!(!table.mark_exited(&id, |_| None));
+        assert!(!table.wait_exited(&id, Duration::from_millis(1)).await);
+        let exit = |_: &mut Record| Some(Exit { code: 3, signal: None, reason: "Error".into(), message: None });
+        assert!(table.mark_exited(&id, exit));
+        assert!(table.wait_exited(&id, Duration::from_millis(1)).await);
+        let on_disk: Vec<(PathBuf, Record)> = table.store().load("containers");
+        assert_eq!(on_disk.len(), 1);
+        assert_eq!(on_disk[0].1.status.exit_code, Some(3));
+        assert_eq!(on_disk[0].1.status.state, ContainerState::Exited);
+        assert_eq!(table.list_containers(&ContainerFilter { state: Some(ContainerState::Exited), ..ContainerFilter::default() }).len(), 1);
+        table.remove_container(&id);
+        table.remove_container(&id);
+        assert!(table.container_status(&id).is_err());
+        assert!(!log.exists(), "the log file goes with the container");
+        assert!(table.store().load::<Record>("containers").is_empty());
+        let kinds: Vec<EventKind> = (&mut events).take(3).map(|e| e.kind).collect().await;
+        assert_eq!(kinds, [EventKind::Started, EventKind::Exited, EventKind::Removed]);
+        let sandbox = table.remove_sandbox(&sb).expect("known sandbox");
+        assert_eq!(sandbox.id, sb);
+        assert!(table.remove_sandbox(&sb).is_none());
+        assert!(table.store().load::<SandboxStatus>("sandboxes").is_empty());
+    }
+
+    #[tokio::test]
+    async fn removing_a_container_that_never_exited_wakes_its_watchers() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (table, id) = table_with_container(dir.path(), None);
+        let logs_of = table.logs(&id, &LogOptions::default());
+        assert!(logs_of.is_err(), "no log path: no logs");
+        let rx = table.lock().containers.get(&id).map(|c| c.exited.subscribe()).expect("entry");
+        table.remove_container(&id);
+        assert!(*rx.borrow());
+    }
+
+    #[test]
+    fn loading_skips_records_that_do_not_parse() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (table, _) = table_with_container(dir.path(), None);
+        std::fs::write(dir.path().join("containers/broken.json"), "{").expect("write");
+        std::fs::write(dir.path().join("containers/notes.txt"), "{}").expect("write");
+        let loaded: Vec<(PathBuf, Record)> = table.store().load("containers");
+        assert_eq!(loaded.len(), 1);
+        assert_eq!(loaded[0].0, dir.path().join("containers/c-1.json"));
+        let mut records = table.lock();
+        records.saw_id("c-main-0-41");
+        assert_eq!(records.next_seq(), 42);
+    }
+}
