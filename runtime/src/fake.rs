@@ -10,7 +10,7 @@ use crate::cri::*;
 use crate::error::{Result, RuntimeError};
 use crate::logs::format_time;
 use crate::process::short;
-use crate::table::{self, ContainerEntry, Exit, InMemory, Table};
+use crate::table::{self, Exit, InMemory, Table};
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 use jiff::Timestamp;
@@ -105,15 +105,7 @@ struct FakeContainer {
     stdio: (bool, bool, bool),
 }
 
-impl ContainerEntry for FakeContainer {
-    fn status(&self) -> &ContainerStatus {
-        &self.status
-    }
-
-    fn status_mut(&mut self) -> &mut ContainerStatus {
-        &mut self.status
-    }
-}
+table::container_entry!(FakeContainer);
 
 impl FakeContainer {
     /// CPU nanoseconds used since start: what ran at earlier rates plus the current rate since it began.

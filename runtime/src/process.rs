@@ -7,7 +7,7 @@ use crate::error::{Result, RuntimeError};
 use crate::launch::{self, container_env};
 use crate::logs;
 use crate::sys::{self, MountSupport};
-use crate::table::{self, ContainerEntry, Exit, JsonFiles, Table};
+use crate::table::{self, Exit, JsonFiles, Table};
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 use jiff::Timestamp;
@@ -110,15 +110,7 @@ struct ContainerRecord {
     start_ticks: Option<u64>,
 }
 
-impl ContainerEntry for ContainerRecord {
-    fn status(&self) -> &ContainerStatus {
-        &self.status
-    }
-
-    fn status_mut(&mut self) -> &mut ContainerStatus {
-        &mut self.status
-    }
-}
+table::container_entry!(ContainerRecord);
 
 impl ProcessRuntime {
     /// A builder over a state directory.

@@ -10,7 +10,7 @@ use crate::image::run;
 use crate::launch::{self, container_env};
 use crate::process::short;
 use crate::sys;
-use crate::table::{self, ContainerEntry, Exit, JsonFiles, SandboxEntry, Table};
+use crate::table::{self, Exit, JsonFiles, SandboxEntry, Table};
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 use jiff::Timestamp;
@@ -114,15 +114,7 @@ struct ContainerRecord {
     killing: bool,
 }
 
-impl ContainerEntry for ContainerRecord {
-    fn status(&self) -> &ContainerStatus {
-        &self.status
-    }
-
-    fn status_mut(&mut self) -> &mut ContainerStatus {
-        &mut self.status
-    }
-}
+table::container_entry!(ContainerRecord);
 
 /// Makes a minimal busybox root file system (from Debian's `busybox-static`) at `dir`: a test image.
 pub async fn busybox_rootfs(dir: &Path) -> Result<PathBuf> {

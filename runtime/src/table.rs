@@ -45,6 +45,22 @@ pub(crate) trait ContainerEntry: Clone {
     fn status_mut(&mut self) -> &mut ContainerStatus;
 }
 
+/// Implements [`ContainerEntry`] for a record whose status is its `status` field.
+macro_rules! container_entry {
+    ($record:ty) => {
+        impl $crate::table::ContainerEntry for $record {
+            fn status(&self) -> &$crate::cri::ContainerStatus {
+                &self.status
+            }
+
+            fn status_mut(&mut self) -> &mut $crate::cri::ContainerStatus {
+                &mut self.status
+            }
+        }
+    };
+}
+pub(crate) use container_entry;
+
 /// Where a table's records are kept so that a later instance finds them.
 pub(crate) trait Store<S, R> {
     /// Writes a sandbox's record (after every change).
@@ -484,15 +500,7 @@ mod tests {
         pid: Option<i32>,
     }
 
-    impl ContainerEntry for Record {
-        fn status(&self) -> &ContainerStatus {
-            &self.status
-        }
-
-        fn status_mut(&mut self) -> &mut ContainerStatus {
-            &mut self.status
-        }
-    }
+    container_entry!(Record);
 
     fn sandbox(id: &str) -> SandboxStatus {
         SandboxStatus {
