@@ -241,6 +241,8 @@ pub async fn exit_codes_and_events_are_reported(s: &dyn Subject) {
     for id in [&failing, &ok] {
         let kinds: Vec<EventKind> = seen.iter().filter(|(_, c)| c == id).map(|(k, _)| *k).collect();
         assert_eq!(kinds, vec![EventKind::Created, EventKind::Started, EventKind::Exited], "events of {id}");
+        // Following the log of a container that exited (nobody waiting on it then) ends.
+        read_log(&rt, id, LogOptions { follow: true, ..LogOptions::default() }).await;
     }
     rt.remove_container(&failing).await.expect("remove");
     rt.remove_container(&failing).await.expect("remove again");

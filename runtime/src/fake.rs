@@ -9,16 +9,15 @@ use crate::attach::AttachPoint;
 use crate::cri::*;
 use crate::error::{Result, RuntimeError};
 use crate::logs::format_time;
-use crate::process::{broadcast_events, short};
+use crate::process::short;
+use crate::table::{self, Exit, InMemory, Table};
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
 
 /// Runtime events buffered per fake runtime. A broadcast channel allocates its whole buffer up
@@ -87,18 +86,11 @@ impl std::fmt::Debug for FakeRuntime {
 
 struct Inner {
     behavior: Option<Behavior>,
-    state: Mutex<State>,
-    events: broadcast::Sender<RuntimeEvent>,
+    table: Table<SandboxStatus, FakeContainer, (), InMemory>,
     ip_prefix: u32,
 }
 
-#[derive(Default)]
-struct State {
-    sandboxes: HashMap<SandboxId, SandboxStatus>,
-    containers: HashMap<ContainerId, FakeContainer>,
-    seq: u64,
-}
-
+#[derive(Debug, Clone)]
 struct FakeContainer {
     status: ContainerStatus,
     script: FakeScript,
@@ -108,12 +100,12 @@ struct FakeContainer {
     /// When the current CPU rate began (the start, or the last `set_usage`).
     rate_since: Option<Instant>,
     log: Vec<(Timestamp, String, &'static str)>,
-    exited: watch::Sender<bool>,
-    /// `stdin`, `stdinOnce` and `tty` of the config.
+    /// `stdin`, `stdinOnce` and `tty` of the config. With `stdin` or `tty`, while it runs, its
+    /// entry's attach point is what attach sessions reach (stdin echoed to stdout).
     stdio: (bool, bool, bool),
-    /// With `stdin` or `tty`, while running: what attach sessions reach (stdin echoed to stdout).
-    attach: Option<Arc<AttachPoint>>,
 }
+
+table::container_entry!(FakeContainer);
 
 impl FakeContainer {
     /// CPU nanoseconds used since start: what ran at earlier rates plus the current rate since it began.
@@ -133,12 +125,10 @@ impl FakeRuntime {
     /// A fake runtime reading scripts from annotations. Pod IPs come from 10.x addresses that are
     /// never routed (nothing connects to them: network probes are answered by the script).
     pub fn new() -> Self {
-        let (events, _) = broadcast::channel(EVENT_CAPACITY);
         Self {
             inner: Arc::new(Inner {
                 behavior: None,
-                state: Mutex::new(State::default()),
-                events,
+                table: Table::new(InMemory, EVENT_CAPACITY),
                 ip_prefix: u32::from(Ipv4Addr::new(10, 0, 0, 0)) + (fastrand::u32(0..=255) << 16),
             }),
         }
@@ -151,14 +141,6 @@ impl FakeRuntime {
             inner.behavior = Some(Arc::new(behavior));
         }
         this
-    }
-
-    fn state(&self) -> MutexGuard<'_, State> {
-        self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn emit(&self, kind: EventKind, sandbox: &SandboxId, id: &ContainerId) {
-        let _ = self.inner.events.send(RuntimeEvent { kind, sandbox_id: sandbox.clone(), container_id: id.clone() });
     }
 
     fn script_for(&self, sandbox: &SandboxConfig, config: &ContainerConfig) -> FakeScript {
@@ -185,9 +167,9 @@ impl FakeRuntime {
 
     /// Changes whether a container's network probes and execs succeed.
     pub fn set_healthy(&self, id: &ContainerId, healthy: bool) {
-        if let Some(c) = self.state().containers.get_mut(id) {
-            c.script.probe_ok = healthy;
-            c.script.exec_exit_code = if healthy { 0 } else { 1 };
+        if let Some(c) = self.inner.table.lock().containers.get_mut(id) {
+            c.record.script.probe_ok = healthy;
+            c.record.script.exec_exit_code = if healthy { 0 } else { 1 };
         }
     }
 
@@ -195,10 +177,10 @@ impl FakeRuntime {
     /// `container` of pod `namespace/pod` use from now on (the CPU already used is kept, so the
     /// node agent's next rate sample shows the new rate). Returns how many containers matched.
     pub fn set_usage(&self, namespace: &str, pod: &str, container: &str, cpu_millis: u64, memory_bytes: u64) -> usize {
-        let mut state = self.state();
-        let State { sandboxes, containers, .. } = &mut *state;
+        let mut records = self.inner.table.lock();
+        let table::Records { sandboxes, containers, .. } = &mut *records;
         let mut matched = 0;
-        for c in containers.values_mut() {
+        for c in containers.values_mut().map(|c| &mut c.record) {
             let Some(sb) = sandboxes.get(&c.status.sandbox_id) else { continue };
             if sb.config.namespace != namespace || sb.config.name != pod || c.status.name != container {
                 continue;
@@ -216,38 +198,15 @@ impl FakeRuntime {
 
     /// How many containers are running.
     pub fn running(&self) -> usize {
-        self.state().containers.values().filter(|c| c.status.state == ContainerState::Running).count()
+        self.inner.table.lock().containers.values().filter(|c| c.record.status.state == ContainerState::Running).count()
     }
 
+    /// Ends a running container (nothing for one that is not running).
     fn finish(&self, id: &ContainerId, code: i32, signal: Option<i32>) {
-        let sandbox = {
-            let mut state = self.state();
-            let Some(c) = state.containers.get_mut(id) else { return };
-            if c.status.state != ContainerState::Running {
-                return;
-            }
-            c.status.state = ContainerState::Exited;
-            c.status.finished_at = Some(Timestamp::now());
-            c.status.exit_code = Some(code);
-            c.status.signal = signal;
-            c.status.reason = Some(ContainerStatus::exit_reason(code, false).into());
-            if let Some(point) = c.attach.take() {
-                point.close();
-            }
-            let _ = c.exited.send(true);
-            c.status.sandbox_id.clone()
-        };
-        self.emit(EventKind::Exited, &sandbox, id);
-    }
-
-    fn lookup(&self, id: &ContainerId) -> Result<ContainerStatus> {
-        self.state().containers.get(id).map(|c| c.status.clone()).ok_or_else(|| RuntimeError::not_found("container", &id.0))
-    }
-
-    async fn wait_exited(&self, id: &ContainerId, limit: Duration) -> bool {
-        let rx = self.state().containers.get(id).map(|c| c.exited.subscribe());
-        let Some(mut rx) = rx else { return true };
-        tokio::time::timeout(limit, rx.wait_for(|e| *e)).await.is_ok()
+        self.inner.table.mark_exited(id, |c| {
+            let reason = || ContainerStatus::exit_reason(code, false).into();
+            (c.status.state == ContainerState::Running).then(|| Exit { code, signal, reason: reason(), message: None })
+        });
     }
 }
 
@@ -270,13 +229,12 @@ impl ContainerRuntime for FakeRuntime {
     }
 
     async fn run_sandbox(&self, config: &SandboxConfig) -> Result<SandboxId> {
-        let mut state = self.state();
-        state.seq += 1;
-        let seq = state.seq;
+        let mut records = self.inner.table.lock();
+        let seq = records.next_seq();
         let id = SandboxId(format!("fsb-{}-{}", short(&config.uid), seq));
         let offset = u32::try_from(seq % 65_000).unwrap_or(1) + 1;
         let ip = (!config.host_network).then(|| IpAddr::V4(Ipv4Addr::from(self.inner.ip_prefix + offset)));
-        state.sandboxes.insert(
+        records.sandboxes.insert(
             id.clone(),
             SandboxStatus { id: id.clone(), config: config.clone(), state: SandboxState::Ready, ip, created_at: Timestamp::now() },
         );
@@ -284,104 +242,58 @@ impl ContainerRuntime for FakeRuntime {
     }
 
     async fn stop_sandbox(&self, id: &SandboxId) -> Result<()> {
-        let running: Vec<ContainerId> = self
-            .state()
-            .containers
-            .iter()
-            .filter(|(_, c)| &c.status.sandbox_id == id && c.status.state == ContainerState::Running)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for c in running {
+        for c in self.inner.table.running_in(id) {
             self.finish(&c, 137, Some(9));
         }
-        if let Some(sb) = self.state().sandboxes.get_mut(id) {
-            sb.state = SandboxState::NotReady;
-        }
+        self.inner.table.update_sandbox(id, |sb| sb.state = SandboxState::NotReady);
         Ok(())
     }
 
     async fn remove_sandbox(&self, id: &SandboxId) -> Result<()> {
         self.stop_sandbox(id).await?;
-        let ids: Vec<ContainerId> =
-            self.state().containers.iter().filter(|(_, c)| &c.status.sandbox_id == id).map(|(k, _)| k.clone()).collect();
-        for c in ids {
+        for c in self.inner.table.containers_in(id) {
             self.remove_container(&c).await?;
         }
-        self.state().sandboxes.remove(id);
+        self.inner.table.remove_sandbox(id);
         Ok(())
     }
 
     async fn sandbox_status(&self, id: &SandboxId) -> Result<SandboxStatus> {
-        self.state().sandboxes.get(id).cloned().ok_or_else(|| RuntimeError::not_found("sandbox", &id.0))
+        self.inner.table.sandbox_status(id)
     }
 
     async fn list_sandboxes(&self) -> Result<Vec<SandboxStatus>> {
-        Ok(self.state().sandboxes.values().cloned().collect())
+        Ok(self.inner.table.list_sandboxes())
     }
 
     async fn create_container(&self, sandbox: &SandboxId, config: &ContainerConfig) -> Result<ContainerId> {
         let id = {
-            let mut state = self.state();
-            let sb = state.sandboxes.get(sandbox).ok_or_else(|| RuntimeError::not_found("sandbox", &sandbox.0))?;
+            let mut records = self.inner.table.lock();
+            let sb = records.sandboxes.get(sandbox).ok_or_else(|| RuntimeError::not_found("sandbox", &sandbox.0))?;
             if sb.state != SandboxState::Ready {
                 return Err(RuntimeError::Invalid(format!("sandbox {sandbox} is not ready")));
             }
             let script = self.script_for(&sb.config, config);
-            state.seq += 1;
-            let id = ContainerId(format!("fc-{}-{}-{}", config.name, config.attempt, state.seq));
-            let status = ContainerStatus {
-                id: id.clone(),
-                sandbox_id: sandbox.clone(),
-                name: config.name.clone(),
-                attempt: config.attempt,
-                image: config.image.name.clone(),
-                state: ContainerState::Created,
-                created_at: Timestamp::now(),
-                started_at: None,
-                finished_at: None,
-                exit_code: None,
-                signal: None,
-                reason: None,
-                message: None,
-                log_path: None,
-                labels: config.labels.clone(),
-            };
-            let (exited, _) = watch::channel(false);
-            state.containers.insert(
-                id.clone(),
-                FakeContainer {
-                    status,
-                    script,
-                    started: None,
-                    cpu_before: 0,
-                    rate_since: None,
-                    log: Vec::new(),
-                    exited,
-                    stdio: (config.stdin, config.stdin_once, config.tty),
-                    attach: None,
-                },
-            );
+            let id = ContainerId(format!("fc-{}-{}-{}", config.name, config.attempt, records.next_seq()));
+            let status = table::created_status(&id, sandbox, config, None);
+            let stdio = (config.stdin, config.stdin_once, config.tty);
+            let container = FakeContainer { status, script, started: None, cpu_before: 0, rate_since: None, log: Vec::new(), stdio };
+            records.insert(id.clone(), container);
             id
         };
-        self.emit(EventKind::Created, sandbox, &id);
+        self.inner.table.emit(EventKind::Created, sandbox, &id);
         Ok(id)
     }
 
     async fn start_container(&self, id: &ContainerId) -> Result<()> {
-        let script = {
-            let state = self.state();
-            let c = state.containers.get(id).ok_or_else(|| RuntimeError::not_found("container", &id.0))?;
-            if c.status.state != ContainerState::Created {
-                return Err(RuntimeError::Invalid(format!("container {id} is not in the created state")));
-            }
-            c.script.clone()
-        };
+        let script = self.inner.table.created(id)?.script;
         if script.start_delay_ms > 0 {
             tokio::time::sleep(Duration::from_millis(script.start_delay_ms)).await;
         }
         let sandbox = {
-            let mut state = self.state();
-            let c = state.containers.get_mut(id).ok_or_else(|| RuntimeError::not_found("container", &id.0))?;
+            let mut records = self.inner.table.lock();
+            let entry = records.containers.get_mut(id).ok_or_else(|| RuntimeError::not_found("container", &id.0))?;
+            let c = &mut entry.record;
             c.status.state = ContainerState::Running;
             c.status.started_at = Some(Timestamp::now());
             c.started = Some(Instant::now());
@@ -408,11 +320,11 @@ impl ContainerRuntime for FakeRuntime {
                         this.finish(&id, 0, None);
                     }
                 });
-                c.attach = Some(point);
+                entry.attach = Some(point);
             }
-            c.status.sandbox_id.clone()
+            entry.record.status.sandbox_id.clone()
         };
-        self.emit(EventKind::Started, &sandbox, id);
+        self.inner.table.emit(EventKind::Started, &sandbox, id);
         if let Some(after) = script.exit_after_ms {
             let this = self.clone();
             let id = id.clone();
@@ -425,17 +337,17 @@ impl ContainerRuntime for FakeRuntime {
     }
 
     async fn stop_container(&self, id: &ContainerId, grace: Duration) -> Result<()> {
-        let status = self.lookup(id)?;
+        let status = self.inner.table.container_status(id)?;
         if status.state != ContainerState::Running {
             return Ok(());
         }
-        let ignores_term = self.state().containers.get(id).is_some_and(|c| c.script.ignore_sigterm);
+        let ignores_term = self.inner.table.lock().containers.get(id).is_some_and(|c| c.record.script.ignore_sigterm);
         if !grace.is_zero() {
             if !ignores_term {
                 self.finish(id, 143, Some(15));
                 return Ok(());
             }
-            if self.wait_exited(id, grace).await {
+            if self.inner.table.wait_exited(id, grace).await {
                 return Ok(());
             }
         }
@@ -444,11 +356,8 @@ impl ContainerRuntime for FakeRuntime {
     }
 
     async fn signal_container(&self, id: &ContainerId, signal: i32) -> Result<()> {
-        let status = self.lookup(id)?;
-        if status.state != ContainerState::Running {
-            return Err(RuntimeError::Invalid(format!("container {id} is not running")));
-        }
-        let ignores_term = self.state().containers.get(id).is_some_and(|c| c.script.ignore_sigterm);
+        self.inner.table.running(id)?;
+        let ignores_term = self.inner.table.lock().containers.get(id).is_some_and(|c| c.record.script.ignore_sigterm);
         if signal == 9 || (signal == 15 && !ignores_term) {
             self.finish(id, 128 + signal, Some(signal));
         }
@@ -456,22 +365,15 @@ impl ContainerRuntime for FakeRuntime {
     }
 
     async fn remove_container(&self, id: &ContainerId) -> Result<()> {
-        let removed = self.state().containers.remove(id);
-        if let Some(c) = removed {
-            if let Some(point) = &c.attach {
-                point.close();
-            }
-            let _ = c.exited.send(true);
-            self.emit(EventKind::Removed, &c.status.sandbox_id, id);
-        }
+        self.inner.table.remove_container(id);
         Ok(())
     }
 
     async fn attach(&self, id: &ContainerId, size: Option<TerminalSize>) -> Result<AttachSession> {
         let (state, point, mut exited) = {
-            let state = self.state();
-            let c = state.containers.get(id).ok_or_else(|| RuntimeError::not_found("container", &id.0))?;
-            (c.status.state, c.attach.clone(), c.exited.subscribe())
+            let records = self.inner.table.lock();
+            let c = records.containers.get(id).ok_or_else(|| RuntimeError::not_found("container", &id.0))?;
+            (c.record.status.state, c.attach.clone(), c.exited.subscribe())
         };
         if state != ContainerState::Running {
             return Err(RuntimeError::Invalid(format!("container {id} is not running")));
@@ -489,20 +391,20 @@ impl ContainerRuntime for FakeRuntime {
     }
 
     async fn container_status(&self, id: &ContainerId) -> Result<ContainerStatus> {
-        self.lookup(id)
+        self.inner.table.container_status(id)
     }
 
     async fn list_containers(&self, filter: &ContainerFilter) -> Result<Vec<ContainerStatus>> {
-        Ok(self.state().containers.values().map(|c| &c.status).filter(|s| filter.matches(s)).cloned().collect())
+        Ok(self.inner.table.list_containers(filter))
     }
 
     fn events(&self) -> BoxStream<'static, RuntimeEvent> {
-        broadcast_events(self.inner.events.subscribe())
+        self.inner.table.events()
     }
 
     async fn exec_sync(&self, id: &ContainerId, cmd: &[String], _timeout: Duration) -> Result<ExecResult> {
-        let state = self.state();
-        let c = state.containers.get(id).ok_or_else(|| RuntimeError::not_found("container", &id.0))?;
+        let records = self.inner.table.lock();
+        let c = &records.containers.get(id).ok_or_else(|| RuntimeError::not_found("container", &id.0))?.record;
         if c.status.state != ContainerState::Running {
             return Err(RuntimeError::Invalid(format!("container {id} is not running")));
         }
@@ -515,9 +417,9 @@ impl ContainerRuntime for FakeRuntime {
 
     async fn logs(&self, id: &ContainerId, options: &LogOptions) -> Result<LogByteStream> {
         let lines = {
-            let state = self.state();
-            let c = state.containers.get(id).ok_or_else(|| RuntimeError::not_found("container", &id.0))?;
-            c.log.clone()
+            let records = self.inner.table.lock();
+            let c = records.containers.get(id).ok_or_else(|| RuntimeError::not_found("container", &id.0))?;
+            c.record.log.clone()
         };
         let mut lines: Vec<_> = lines.into_iter().filter(|(t, _, _)| options.since.is_none_or(|s| *t >= s)).collect();
         if let Some(tail) = options.tail_lines {
@@ -544,8 +446,8 @@ impl ContainerRuntime for FakeRuntime {
     }
 
     async fn stats(&self, id: &ContainerId) -> Result<ContainerStats> {
-        let state = self.state();
-        let c = state.containers.get(id).ok_or_else(|| RuntimeError::not_found("container", &id.0))?;
+        let records = self.inner.table.lock();
+        let c = &records.containers.get(id).ok_or_else(|| RuntimeError::not_found("container", &id.0))?.record;
         if c.status.state != ContainerState::Running {
             return Ok(ContainerStats::default());
         }
@@ -553,11 +455,18 @@ impl ContainerRuntime for FakeRuntime {
     }
 
     async fn recover(&self) -> Result<Vec<ContainerStatus>> {
-        Ok(self.state().containers.values().map(|c| c.status.clone()).collect())
+        Ok(self.inner.table.list_containers(&ContainerFilter::default()))
     }
 
     async fn probe_network(&self, id: &ContainerId, _port: u16) -> Option<bool> {
-        Some(self.state().containers.get(id).is_some_and(|c| c.status.state == ContainerState::Running && c.script.probe_ok))
+        Some(
+            self.inner
+                .table
+                .lock()
+                .containers
+                .get(id)
+                .is_some_and(|c| c.record.status.state == ContainerState::Running && c.record.script.probe_ok),
+        )
     }
 }
 

@@ -15,10 +15,12 @@ pub mod cri;
 pub mod error;
 pub mod fake;
 pub mod image;
+mod launch;
 pub mod logs;
 pub mod process;
 pub mod runc;
 pub mod sys;
+mod table;
 
 pub use agent::{NodeAgent, NodeAgentConfig, NodeHandle};
 pub use cri::{

@@ -2,25 +2,22 @@
 //! working directory, log file and a loopback pod IP (127.x.y.z); needs no privileges unless a pod
 //! mounts volumes (then a private mount namespace per container, as root or in a user namespace).
 
-use crate::attach::AttachPoint;
 use crate::cri::*;
 use crate::error::{Result, RuntimeError};
+use crate::launch::{self, container_env};
 use crate::logs;
 use crate::sys::{self, MountSupport};
+use crate::table::{self, Exit, JsonFiles, Table};
 use async_trait::async_trait;
-use futures::StreamExt;
 use futures::stream::BoxStream;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::process::Command;
-use tokio::sync::{broadcast, watch};
-
-const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Builds a [`ProcessRuntime`].
 #[derive(Debug, Clone)]
@@ -56,14 +53,12 @@ impl ProcessRuntimeBuilder {
             let hash = self.root.to_string_lossy().bytes().fold(17u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)));
             Ipv4Addr::new(127, 20 + u8::try_from(hash % 200).unwrap_or(0), 0, 1)
         });
-        let (events, _) = broadcast::channel(4096);
         Ok(ProcessRuntime {
             inner: Arc::new(Inner {
+                table: Table::new(JsonFiles::new(self.root.clone()), 4096),
                 root: self.root,
                 first_ip: u32::from(first_ip),
                 mounts: self.mounts.unwrap_or_else(MountSupport::detect),
-                state: Mutex::new(State::default()),
-                events,
             }),
         })
     }
@@ -80,25 +75,30 @@ struct Inner {
     root: PathBuf,
     first_ip: u32,
     mounts: MountSupport,
-    state: Mutex<State>,
-    events: broadcast::Sender<RuntimeEvent>,
+    table: Table<SandboxStatus, ContainerRecord, IpPool, JsonFiles>,
 }
 
+/// The pod IPs in use and where the search for a free one resumes (offsets from the first IP).
 #[derive(Debug, Default)]
-struct State {
-    sandboxes: HashMap<SandboxId, SandboxStatus>,
-    containers: HashMap<ContainerId, Container>,
-    used_ips: BTreeSet<u32>,
-    next_ip: u32,
-    seq: u64,
+struct IpPool {
+    used: BTreeSet<u32>,
+    next: u32,
 }
 
-#[derive(Debug)]
-struct Container {
-    record: ContainerRecord,
-    exited: watch::Sender<bool>,
-    /// The main process's stdio for attach sessions, while it runs (not after a recovery).
-    attach: Option<Arc<AttachPoint>>,
+impl IpPool {
+    /// A free address from `first` on (skipping `.0` and `.255`), now in use.
+    fn allocate(&mut self, first: u32) -> Ipv4Addr {
+        loop {
+            let candidate = first.wrapping_add(self.next);
+            self.next = self.next.wrapping_add(1);
+            let last = candidate & 0xff;
+            if last == 0 || last == 255 || self.used.contains(&candidate) {
+                continue;
+            }
+            self.used.insert(candidate);
+            return Ipv4Addr::from(candidate);
+        }
+    }
 }
 
 /// What is persisted per container so that a new agent can re-attach.
@@ -109,6 +109,8 @@ struct ContainerRecord {
     pid: Option<i32>,
     start_ticks: Option<u64>,
 }
+
+table::container_entry!(ContainerRecord);
 
 impl ProcessRuntime {
     /// A builder over a state directory.
@@ -126,46 +128,6 @@ impl ProcessRuntime {
         self.inner.mounts
     }
 
-    fn state(&self) -> MutexGuard<'_, State> {
-        self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn emit(&self, kind: EventKind, sandbox_id: &SandboxId, container_id: &ContainerId) {
-        let _ = self.inner.events.send(RuntimeEvent { kind, sandbox_id: sandbox_id.clone(), container_id: container_id.clone() });
-    }
-
-    fn sandbox_file(&self, id: &SandboxId) -> PathBuf {
-        self.inner.root.join("sandboxes").join(format!("{id}.json"))
-    }
-
-    fn container_file(&self, id: &ContainerId) -> PathBuf {
-        self.inner.root.join("containers").join(format!("{id}.json"))
-    }
-
-    fn persist<T: Serialize>(path: &Path, value: &T) {
-        let tmp = path.with_extension("tmp");
-        let written = serde_json::to_vec(value)
-            .map_err(std::io::Error::other)
-            .and_then(|data| std::fs::write(&tmp, data))
-            .and_then(|()| std::fs::rename(&tmp, path));
-        if let Err(error) = written {
-            tracing::warn!(%error, path = %path.display(), "cannot persist runtime state");
-        }
-    }
-
-    fn allocate_ip(state: &mut State, first: u32) -> Ipv4Addr {
-        loop {
-            let candidate = first.wrapping_add(state.next_ip);
-            state.next_ip = state.next_ip.wrapping_add(1);
-            let last = candidate & 0xff;
-            if last == 0 || last == 255 || state.used_ips.contains(&candidate) {
-                continue;
-            }
-            state.used_ips.insert(candidate);
-            return Ipv4Addr::from(candidate);
-        }
-    }
-
     /// Watches a spawned child (or, after recovery, a re-attached pid) until it exits.
     fn track_exit(
         &self,
@@ -178,23 +140,8 @@ impl ProcessRuntime {
             let (code, signal, reason) = exit.await;
             // Whatever the main process left in its group goes with it.
             let _ = sys::signal_group(pgid, rustix::process::Signal::KILL.as_raw());
-            let sandbox = {
-                let mut state = this.state();
-                let Some(c) = state.containers.get_mut(&id) else { return };
-                let st = &mut c.record.status;
-                st.state = ContainerState::Exited;
-                st.finished_at = Some(Timestamp::now());
-                st.exit_code = Some(code);
-                st.signal = signal;
-                st.reason = Some(reason.unwrap_or_else(|| ContainerStatus::exit_reason(code, false).to_string()));
-                if let Some(point) = c.attach.take() {
-                    point.close();
-                }
-                Self::persist(&this.container_file(&id), &c.record);
-                let _ = c.exited.send(true);
-                c.record.status.sandbox_id.clone()
-            };
-            this.emit(EventKind::Exited, &sandbox, &id);
+            let reason = reason.unwrap_or_else(|| ContainerStatus::exit_reason(code, false).to_string());
+            this.inner.table.mark_exited(&id, |_| Some(Exit { code, signal, reason, message: None }));
         });
     }
 
@@ -242,27 +189,6 @@ impl ProcessRuntime {
         cmd.arg("--").arg("/bin/sh").arg("-c").arg(script).arg("sh").args(argv);
         Ok(cmd)
     }
-
-    fn env_for(&self, config: &ContainerConfig, sandbox: &SandboxStatus) -> Vec<(String, String)> {
-        let mut env: Vec<(String, String)> =
-            vec![("PATH".into(), DEFAULT_PATH.into()), ("HOSTNAME".into(), sandbox.config.hostname.clone())];
-        if let Some(ip) = sandbox.ip {
-            env.push(("POD_IP".into(), ip.to_string()));
-        }
-        env.extend(config.image.env.iter().cloned());
-        env.extend(config.env.iter().cloned());
-        env
-    }
-
-    fn lookup(&self, id: &ContainerId) -> Result<ContainerRecord> {
-        self.state().containers.get(id).map(|c| c.record.clone()).ok_or_else(|| RuntimeError::not_found("container", &id.0))
-    }
-
-    async fn wait_exited(&self, id: &ContainerId, limit: Duration) -> bool {
-        let rx = self.state().containers.get(id).map(|c| c.exited.subscribe());
-        let Some(mut rx) = rx else { return true };
-        tokio::time::timeout(limit, rx.wait_for(|e| *e)).await.is_ok()
-    }
 }
 
 #[async_trait]
@@ -285,69 +211,49 @@ impl ContainerRuntime for ProcessRuntime {
 
     async fn run_sandbox(&self, config: &SandboxConfig) -> Result<SandboxId> {
         let status = {
-            let mut state = self.state();
-            state.seq += 1;
-            let id = SandboxId(format!("sb-{}-{}-{}", short(&config.uid), config.attempt, state.seq));
-            let ip = (!config.host_network).then(|| IpAddr::V4(Self::allocate_ip(&mut state, self.inner.first_ip)));
+            let mut records = self.inner.table.lock();
+            let id = SandboxId(format!("sb-{}-{}-{}", short(&config.uid), config.attempt, records.next_seq()));
+            let ip = (!config.host_network).then(|| IpAddr::V4(records.extra.allocate(self.inner.first_ip)));
             let status =
                 SandboxStatus { id: id.clone(), config: config.clone(), state: SandboxState::Ready, ip, created_at: Timestamp::now() };
-            state.sandboxes.insert(id, status.clone());
+            records.sandboxes.insert(id, status.clone());
             status
         };
-        Self::persist(&self.sandbox_file(&status.id), &status);
+        self.inner.table.save_sandbox(&status);
         Ok(status.id)
     }
 
     async fn stop_sandbox(&self, id: &SandboxId) -> Result<()> {
-        let running: Vec<ContainerId> = self
-            .state()
-            .containers
-            .iter()
-            .filter(|(_, c)| &c.record.status.sandbox_id == id && c.record.status.state == ContainerState::Running)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for c in running {
+        for c in self.inner.table.running_in(id) {
             self.stop_container(&c, Duration::ZERO).await?;
         }
-        let mut state = self.state();
-        if let Some(sb) = state.sandboxes.get_mut(id) {
-            sb.state = SandboxState::NotReady;
-            let snapshot = sb.clone();
-            drop(state);
-            Self::persist(&self.sandbox_file(id), &snapshot);
-        }
+        self.inner.table.update_sandbox(id, |sb| sb.state = SandboxState::NotReady);
         Ok(())
     }
 
     async fn remove_sandbox(&self, id: &SandboxId) -> Result<()> {
         self.stop_sandbox(id).await?;
-        let ids: Vec<ContainerId> =
-            self.state().containers.iter().filter(|(_, c)| &c.record.status.sandbox_id == id).map(|(k, _)| k.clone()).collect();
-        for c in ids {
+        for c in self.inner.table.containers_in(id) {
             self.remove_container(&c).await?;
         }
-        let removed = self.state().sandboxes.remove(id);
-        if let Some(sb) = removed {
-            if let Some(IpAddr::V4(ip)) = sb.ip {
-                self.state().used_ips.remove(&u32::from(ip));
-            }
-            let _ = std::fs::remove_file(self.sandbox_file(id));
+        if let Some(IpAddr::V4(ip)) = self.inner.table.remove_sandbox(id).and_then(|sb| sb.ip) {
+            self.inner.table.lock().extra.used.remove(&u32::from(ip));
         }
         Ok(())
     }
 
     async fn sandbox_status(&self, id: &SandboxId) -> Result<SandboxStatus> {
-        self.state().sandboxes.get(id).cloned().ok_or_else(|| RuntimeError::not_found("sandbox", &id.0))
+        self.inner.table.sandbox_status(id)
     }
 
     async fn list_sandboxes(&self) -> Result<Vec<SandboxStatus>> {
-        Ok(self.state().sandboxes.values().cloned().collect())
+        Ok(self.inner.table.list_sandboxes())
     }
 
     async fn create_container(&self, sandbox: &SandboxId, config: &ContainerConfig) -> Result<ContainerId> {
         let (id, record) = {
-            let mut state = self.state();
-            let sb = state.sandboxes.get(sandbox).ok_or_else(|| RuntimeError::not_found("sandbox", &sandbox.0))?;
+            let mut records = self.inner.table.lock();
+            let sb = records.sandboxes.get(sandbox).ok_or_else(|| RuntimeError::not_found("sandbox", &sandbox.0))?;
             if sb.state != SandboxState::Ready {
                 return Err(RuntimeError::Invalid(format!("sandbox {sandbox} is not ready")));
             }
@@ -357,70 +263,33 @@ impl ContainerRuntime for ProcessRuntime {
                     reason: "the process runtime needs root or unprivileged user namespaces to make a private mount namespace".into(),
                 });
             }
-            let log_dir = if sb.config.log_directory.as_os_str().is_empty() {
-                self.inner.root.join("logs").join(&sandbox.0)
-            } else {
-                sb.config.log_directory.clone()
-            };
-            state.seq += 1;
-            let id = ContainerId(format!("c-{}-{}-{}", config.name, config.attempt, state.seq));
-            let log_path = log_dir.join(&config.name).join(format!("{}.log", config.attempt));
-            let status = ContainerStatus {
-                id: id.clone(),
-                sandbox_id: sandbox.clone(),
-                name: config.name.clone(),
-                attempt: config.attempt,
-                image: config.image.name.clone(),
-                state: ContainerState::Created,
-                created_at: Timestamp::now(),
-                started_at: None,
-                finished_at: None,
-                exit_code: None,
-                signal: None,
-                reason: None,
-                message: None,
-                log_path: Some(log_path),
-                labels: config.labels.clone(),
-            };
+            let log_path = table::log_path(&self.inner.root, sb, config);
+            let id = ContainerId(format!("c-{}-{}-{}", config.name, config.attempt, records.next_seq()));
+            let status = table::created_status(&id, sandbox, config, Some(log_path));
             let record = ContainerRecord { status, config: config.clone(), pid: None, start_ticks: None };
-            let (exited, _) = watch::channel(false);
-            state.containers.insert(id.clone(), Container { record: record.clone(), exited, attach: None });
+            records.insert(id.clone(), record.clone());
             (id, record)
         };
         if let Some(dir) = record.status.log_path.as_deref().and_then(Path::parent) {
             std::fs::create_dir_all(dir).map_err(|e| RuntimeError::io(format!("create {}", dir.display()), e))?;
         }
-        Self::persist(&self.container_file(&id), &record);
-        self.emit(EventKind::Created, sandbox, &id);
+        self.inner.table.save_container(&record);
+        self.inner.table.emit(EventKind::Created, sandbox, &id);
         Ok(id)
     }
 
     async fn start_container(&self, id: &ContainerId) -> Result<()> {
-        let record = self.lookup(id)?;
-        if record.status.state != ContainerState::Created {
-            return Err(RuntimeError::Invalid(format!("container {id} is not in the created state")));
-        }
-        let sandbox = self.sandbox_status(&record.status.sandbox_id).await?;
+        let record = self.inner.table.created(id)?;
+        let sandbox = self.inner.table.sandbox_status(&record.status.sandbox_id)?;
         let mut argv = record.config.argv();
         if argv.is_empty() {
             argv.push(record.config.image.name.clone());
         }
         let argv = [identity_prefix(&record.config), argv].concat();
-        let mut cmd = self.command_for(&record.config, &argv)?;
         let config = &record.config;
-        // With `tty` the container's standard streams are a terminal of its own: `setsid --ctty`
-        // makes it the controlling terminal of a new session that the container leads (so its
-        // pid still names its process group).
-        let pty = if config.tty {
-            let (master, slave) = sys::open_pty(None)?;
-            cmd = sys::on_terminal(&cmd, &slave)?;
-            Some(master)
-        } else {
-            let stdin = if config.stdin { std::process::Stdio::piped() } else { std::process::Stdio::null() };
-            cmd.stdin(stdin).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).process_group(0);
-            None
-        };
-        cmd.env_clear().envs(self.env_for(&record.config, &sandbox));
+        // With `tty` the container's standard streams are a terminal of its own.
+        let (mut cmd, pty) = launch::main_stdio(self.command_for(config, &argv)?, config, None)?;
+        cmd.env_clear().envs(container_env(config, &sandbox));
         if config.tty && !config.env.iter().chain(&config.image.env).any(|(k, _)| k == "TERM") {
             cmd.env("TERM", "xterm");
         }
@@ -434,22 +303,13 @@ impl ContainerRuntime for ProcessRuntime {
                 // Like a container whose entrypoint is missing: it exits at once with 128.
                 let msg = format!("cannot start {:?}: {e}", argv[0]);
                 let _ = logs::append_record(&log_path, "stderr", &msg);
-                let sandbox_id = {
-                    let mut state = self.state();
-                    let c = state.containers.get_mut(id).ok_or_else(|| RuntimeError::not_found("container", &id.0))?;
-                    let now = Timestamp::now();
-                    let st = &mut c.record.status;
-                    st.state = ContainerState::Exited;
-                    st.started_at = Some(now);
-                    st.finished_at = Some(now);
-                    st.exit_code = Some(128);
-                    st.reason = Some("StartError".into());
-                    st.message = Some(msg.clone());
-                    Self::persist(&self.container_file(id), &c.record);
-                    let _ = c.exited.send(true);
-                    c.record.status.sandbox_id.clone()
-                };
-                self.emit(EventKind::Exited, &sandbox_id, id);
+                let marked = self.inner.table.mark_exited(id, |r| {
+                    r.status.started_at = Some(Timestamp::now());
+                    Some(Exit { code: 128, signal: None, reason: "StartError".into(), message: Some(msg.clone()) })
+                });
+                if !marked {
+                    return Err(RuntimeError::not_found("container", &id.0));
+                }
                 return Err(RuntimeError::Invalid(msg));
             }
         };
@@ -468,48 +328,14 @@ impl ContainerRuntime for ProcessRuntime {
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
         }
-        let (point, pumps) = match pty {
-            Some(master) => {
-                let (reader, writer) = sys::pty_streams(master)?;
-                let fd = writer.fd();
-                let resize: Resize = Arc::new(move |size| sys::set_terminal_size(fd.get_ref(), size));
-                let stdin = config.stdin.then(|| -> std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>> { Box::pin(writer) });
-                let point = AttachPoint::new(stdin, config.stdin_once, true, Some(resize));
-                let out = point.tee(reader, false);
-                (point, (Some(tokio::spawn(logs::pump(out, "stdout", log_path.clone()))), None))
-            }
-            None => {
-                let stdin = child.stdin.take().map(|w| -> std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>> { Box::pin(w) });
-                let point = AttachPoint::new(stdin, config.stdin_once, false, None);
-                let stdout = child.stdout.take().map(|s| point.tee(s, false));
-                let stderr = child.stderr.take().map(|s| point.tee(s, true));
-                let (a, b) = (log_path.clone(), log_path.clone());
-                let h1 = stdout.map(|s| tokio::spawn(logs::pump(s, "stdout", a)));
-                let h2 = stderr.map(|s| tokio::spawn(logs::pump(s, "stderr", b)));
-                (point, (h1, h2))
-            }
-        };
-        {
-            let mut state = self.state();
-            if let Some(c) = state.containers.get_mut(id) {
-                c.attach = Some(point);
-                c.record.pid = Some(pid);
-                c.record.start_ticks = sys::start_ticks(pid);
-                c.record.status.state = ContainerState::Running;
-                c.record.status.started_at = Some(Timestamp::now());
-                Self::persist(&self.container_file(id), &c.record);
-            }
-        }
-        self.emit(EventKind::Started, &record.status.sandbox_id, id);
+        let (point, pumps) = launch::wire_output(config, pty, &mut child, &log_path)?;
+        self.inner.table.mark_running(id, &record.status.sandbox_id, point, |r| {
+            r.pid = Some(pid);
+            r.start_ticks = sys::start_ticks(pid);
+        });
         self.track_exit(id.clone(), pid, async move {
             let status = child.wait().await;
-            // The log is complete only once both pipes are drained.
-            if let Some(h) = pumps.0 {
-                let _ = tokio::time::timeout(Duration::from_secs(2), h).await;
-            }
-            if let Some(h) = pumps.1 {
-                let _ = tokio::time::timeout(Duration::from_secs(2), h).await;
-            }
+            launch::drain(pumps).await;
             match status {
                 Ok(s) => {
                     use std::os::unix::process::ExitStatusExt;
@@ -522,23 +348,23 @@ impl ContainerRuntime for ProcessRuntime {
     }
 
     async fn stop_container(&self, id: &ContainerId, grace: Duration) -> Result<()> {
-        let record = self.lookup(id)?;
+        let record = self.inner.table.record(id)?;
         let Some(pid) = record.pid.filter(|_| record.status.state == ContainerState::Running) else {
             return Ok(());
         };
         if !grace.is_zero() {
             sys::signal_group(pid, rustix::process::Signal::TERM.as_raw())?;
-            if self.wait_exited(id, grace).await {
+            if self.inner.table.wait_exited(id, grace).await {
                 return Ok(());
             }
         }
         sys::signal_group(pid, rustix::process::Signal::KILL.as_raw())?;
-        self.wait_exited(id, Duration::from_secs(10)).await;
+        self.inner.table.wait_exited(id, Duration::from_secs(10)).await;
         Ok(())
     }
 
     async fn signal_container(&self, id: &ContainerId, signal: i32) -> Result<()> {
-        let record = self.lookup(id)?;
+        let record = self.inner.table.record(id)?;
         match record.pid.filter(|_| record.status.state == ContainerState::Running) {
             Some(pid) => sys::signal_group(pid, signal),
             None => Err(RuntimeError::Invalid(format!("container {id} is not running"))),
@@ -546,29 +372,24 @@ impl ContainerRuntime for ProcessRuntime {
     }
 
     async fn remove_container(&self, id: &ContainerId) -> Result<()> {
-        let Ok(record) = self.lookup(id) else { return Ok(()) };
+        let Ok(record) = self.inner.table.record(id) else { return Ok(()) };
         if record.status.state == ContainerState::Running {
             self.stop_container(id, Duration::ZERO).await?;
         }
-        self.state().containers.remove(id);
-        let _ = std::fs::remove_file(self.container_file(id));
-        if let Some(log) = &record.status.log_path {
-            let _ = std::fs::remove_file(log);
-        }
-        self.emit(EventKind::Removed, &record.status.sandbox_id, id);
+        self.inner.table.remove_container(id);
         Ok(())
     }
 
     async fn container_status(&self, id: &ContainerId) -> Result<ContainerStatus> {
-        self.lookup(id).map(|r| r.status)
+        self.inner.table.container_status(id)
     }
 
     async fn list_containers(&self, filter: &ContainerFilter) -> Result<Vec<ContainerStatus>> {
-        Ok(self.state().containers.values().map(|c| &c.record.status).filter(|s| filter.matches(s)).cloned().collect())
+        Ok(self.inner.table.list_containers(filter))
     }
 
     fn events(&self) -> BoxStream<'static, RuntimeEvent> {
-        broadcast_events(self.inner.events.subscribe())
+        self.inner.table.events()
     }
 
     async fn exec_sync(&self, id: &ContainerId, cmd: &[String], timeout: Duration) -> Result<ExecResult> {
@@ -578,23 +399,8 @@ impl ContainerRuntime for ProcessRuntime {
 
     async fn exec(&self, id: &ContainerId, cmd: &[String]) -> Result<ExecSession> {
         let mut command = self.exec_command(id, cmd).await?;
-        command
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(true);
-        let mut child = command.spawn().map_err(|e| RuntimeError::io("spawn exec", e))?;
-        let (Some(stdin), Some(stdout), Some(stderr)) = (child.stdin.take(), child.stdout.take(), child.stderr.take()) else {
-            return Err(RuntimeError::Invalid("exec pipes missing".into()));
-        };
-        Ok(ExecSession {
-            stdin: Box::pin(stdin),
-            stdout: Box::pin(stdout),
-            stderr: Box::pin(stderr),
-            exit: Box::pin(async move { child.wait().await.map(sys::exit_code_of).map_err(|e| RuntimeError::io("wait exec", e)) }),
-            resize: None,
-        })
+        command.process_group(0);
+        launch::piped_exec(command, "spawn exec")
     }
 
     async fn exec_tty(&self, id: &ContainerId, cmd: &[String], size: Option<TerminalSize>) -> Result<ExecSession> {
@@ -602,51 +408,21 @@ impl ContainerRuntime for ProcessRuntime {
         if !env.iter().any(|(k, _)| k == "TERM") {
             env.push(("TERM".into(), "xterm".into()));
         }
-        let (master, slave) = sys::open_pty(size)?;
-        let stdio = sys::terminal_stdio;
-        // `setsid --ctty` (util-linux) makes the terminal the command's controlling terminal in a
-        // session of its own (the command leads it, so ^C reaches its process group); it forks
-        // only when it already leads a group, which a child of the agent does not.
         let mut command = Command::new("setsid");
-        command
-            .arg("--ctty")
-            .args(&argv)
-            .current_dir(dir)
-            .env_clear()
-            .envs(env)
-            .stdin(stdio(&slave)?)
-            .stdout(stdio(&slave)?)
-            .stderr(stdio(&slave)?)
-            .kill_on_drop(true);
-        let mut child = command.spawn().map_err(|e| RuntimeError::io("spawn exec", e))?;
-        // Only the command may hold the slave side: the reader ends when the command's session does.
-        drop(command);
-        drop(slave);
-        let pid = child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0);
-        tty_session(
-            master,
-            pid,
-            Box::pin(async move { child.wait().await.map(sys::exit_code_of).map_err(|e| RuntimeError::io("wait exec", e)) }),
-        )
+        command.arg("--ctty").args(&argv).current_dir(dir).env_clear().envs(env);
+        launch::terminal_exec(command, size, "spawn exec")
     }
 
     async fn attach(&self, id: &ContainerId, size: Option<TerminalSize>) -> Result<AttachSession> {
-        attach_to(self.state().containers.get(id).map(|c| (c.record.status.state, c.attach.clone())), id, size)
+        self.inner.table.attach(id, size)
     }
 
     async fn logs(&self, id: &ContainerId, options: &LogOptions) -> Result<LogByteStream> {
-        let record = self.lookup(id)?;
-        let path = record.status.log_path.clone().ok_or_else(|| RuntimeError::not_found("log", &id.0))?;
-        let rx = self.state().containers.get(id).map(|c| c.exited.subscribe());
-        let finished: Arc<dyn Fn() -> bool + Send + Sync> = match rx {
-            Some(rx) => Arc::new(move || *rx.borrow()),
-            None => Arc::new(|| true),
-        };
-        Ok(logs::read(path, options.clone(), finished))
+        self.inner.table.logs(id, options)
     }
 
     async fn stats(&self, id: &ContainerId) -> Result<ContainerStats> {
-        let record = self.lookup(id)?;
+        let record = self.inner.table.record(id)?;
         match record.pid.filter(|_| record.status.state == ContainerState::Running) {
             Some(pid) => Ok(sys::group_stats(pid)),
             None => Ok(ContainerStats::default()),
@@ -654,35 +430,19 @@ impl ContainerRuntime for ProcessRuntime {
     }
 
     async fn recover(&self) -> Result<Vec<ContainerStatus>> {
-        let read_dir = |sub: &str| -> Vec<PathBuf> {
-            std::fs::read_dir(self.inner.root.join(sub))
-                .map(|rd| rd.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "json")).collect())
-                .unwrap_or_default()
-        };
-        for path in read_dir("sandboxes") {
-            let Ok(sb) = std::fs::read(&path)
-                .map_err(|e| e.to_string())
-                .and_then(|d| serde_json::from_slice::<SandboxStatus>(&d).map_err(|e| e.to_string()))
-            else {
-                continue;
-            };
-            let mut state = self.state();
+        let table = &self.inner.table;
+        for (_, sb) in table.store().load::<SandboxStatus>("sandboxes") {
+            let mut records = table.lock();
             if let Some(IpAddr::V4(ip)) = sb.ip {
-                state.used_ips.insert(u32::from(ip));
+                records.extra.used.insert(u32::from(ip));
             }
-            state.seq = state.seq.max(seq_of(&sb.id.0));
-            state.sandboxes.insert(sb.id.clone(), sb);
+            records.saw_id(&sb.id.0);
+            records.sandboxes.insert(sb.id.clone(), sb);
         }
         let mut found = Vec::new();
-        for path in read_dir("containers") {
-            let Ok(mut record) = std::fs::read(&path)
-                .map_err(|e| e.to_string())
-                .and_then(|d| serde_json::from_slice::<ContainerRecord>(&d).map_err(|e| e.to_string()))
-            else {
-                continue;
-            };
+        for (path, mut record) in table.store().load::<ContainerRecord>("containers") {
             let id = record.status.id.clone();
-            if self.state().containers.contains_key(&id) {
+            if table.lock().containers.contains_key(&id) {
                 continue;
             }
             let mut still_running = record.status.state == ContainerState::Running
@@ -702,19 +462,14 @@ impl ContainerRuntime for ProcessRuntime {
                 still_running = false;
             }
             if record.status.state == ContainerState::Running && !still_running {
-                // It ended while nobody watched; its exit code is lost.
-                record.status.state = ContainerState::Exited;
-                record.status.finished_at = Some(Timestamp::now());
-                record.status.exit_code = Some(137);
-                record.status.reason = Some("ContainerStatusUnknown".into());
+                table::mark_lost(&mut record.status);
                 record.status.message = Some("the container ended while the runtime was not watching".into());
-                Self::persist(&path, &record);
+                JsonFiles::write(&path, &record);
             }
-            let (exited, _) = watch::channel(record.status.state == ContainerState::Exited);
             {
-                let mut state = self.state();
-                state.seq = state.seq.max(seq_of(&id.0));
-                state.containers.insert(id.clone(), Container { record: record.clone(), exited, attach: None });
+                let mut records = table.lock();
+                records.saw_id(&id.0);
+                records.insert(id.clone(), record.clone());
             }
             if still_running && let Some(pid) = record.pid {
                 self.track_exit(id.clone(), pid, async move {
@@ -734,14 +489,14 @@ impl ProcessRuntime {
     /// The argv, environment and working directory of an exec in a running container (through
     /// `nsenter` into its mount namespace when it has volumes).
     async fn exec_parts(&self, id: &ContainerId, cmd: &[String]) -> Result<(Vec<String>, Vec<(String, String)>, String)> {
-        let record = self.lookup(id)?;
+        let record = self.inner.table.record(id)?;
         let (Some(pid), ContainerState::Running) = (record.pid, record.status.state) else {
             return Err(RuntimeError::Invalid(format!("container {id} is not running")));
         };
         if cmd.is_empty() {
             return Err(RuntimeError::Invalid("empty exec command".into()));
         }
-        let sandbox = self.sandbox_status(&record.status.sandbox_id).await?;
+        let sandbox = self.inner.table.sandbox_status(&record.status.sandbox_id)?;
         let dir = record.config.working_dir.clone().unwrap_or_else(|| "/".into());
         let cmd = [identity_prefix(&record.config), cmd.to_vec()].concat();
         let argv = if record.config.mounts.is_empty() {
@@ -757,7 +512,7 @@ impl ProcessRuntime {
             argv.extend(cmd.iter().cloned());
             argv
         };
-        Ok((argv, self.env_for(&record.config, &sandbox), dir))
+        Ok((argv, container_env(&record.config, &sandbox), dir))
     }
 
     async fn exec_command(&self, id: &ContainerId, cmd: &[String]) -> Result<Command> {
@@ -766,31 +521,6 @@ impl ProcessRuntime {
         command.args(&argv[1..]).current_dir(dir).env_clear().envs(env);
         Ok(command)
     }
-}
-
-/// An exec session over a pseudo-terminal's master side whose command leads session `pid`: when
-/// the command ends, what it left in its session goes too (it would hold the terminal open).
-pub(crate) fn tty_session(
-    master: std::os::fd::OwnedFd,
-    pid: i32,
-    exit: futures::future::BoxFuture<'static, Result<i32>>,
-) -> Result<ExecSession> {
-    let (reader, writer) = sys::pty_streams(master)?;
-    let fd = writer.fd();
-    let resize: Resize = Arc::new(move |size| sys::set_terminal_size(fd.get_ref(), size));
-    Ok(ExecSession {
-        stdin: Box::pin(writer),
-        stdout: Box::pin(reader),
-        stderr: Box::pin(tokio::io::empty()),
-        exit: Box::pin(async move {
-            let code = exit.await;
-            if pid > 0 {
-                let _ = sys::signal_group(pid, rustix::process::Signal::HUP.as_raw());
-            }
-            code
-        }),
-        resize: Some(resize),
-    })
 }
 
 /// What runs a container's command as its user, group and supplemental groups (`runAsUser`,
@@ -818,41 +548,9 @@ fn identity_prefix(config: &ContainerConfig) -> Vec<String> {
     argv
 }
 
-/// An attach session to a container in `state` with `point` (`None` when the container is unknown).
-pub(crate) fn attach_to(
-    found: Option<(ContainerState, Option<Arc<AttachPoint>>)>,
-    id: &ContainerId,
-    size: Option<TerminalSize>,
-) -> Result<AttachSession> {
-    match found {
-        None => Err(RuntimeError::not_found("container", &id.0)),
-        Some((ContainerState::Running, Some(point))) => Ok(point.session(size)),
-        Some((ContainerState::Running, None)) => {
-            Err(RuntimeError::Unsupported(format!("container {id} was started by a previous agent; its stdio cannot be attached to")))
-        }
-        Some(_) => Err(RuntimeError::Invalid(format!("container {id} is not running"))),
-    }
-}
-
-/// Turns a broadcast receiver into an event stream that reports lost events as one `Resync`.
-pub(crate) fn broadcast_events(rx: broadcast::Receiver<RuntimeEvent>) -> BoxStream<'static, RuntimeEvent> {
-    tokio_stream::wrappers::BroadcastStream::new(rx)
-        .map(|r| match r {
-            Ok(ev) => ev,
-            Err(_) => {
-                RuntimeEvent { kind: EventKind::Resync, sandbox_id: SandboxId(String::new()), container_id: ContainerId(String::new()) }
-            }
-        })
-        .boxed()
-}
-
 /// The first characters of a UID, enough to tell pods apart in ids.
 pub(crate) fn short(uid: &str) -> &str {
     uid.get(..8).unwrap_or(uid)
-}
-
-fn seq_of(id: &str) -> u64 {
-    id.rsplit('-').next().and_then(|n| n.parse().ok()).unwrap_or(0)
 }
 
 /// Whether a container's stdout is a pipe that no thread of this process reads any more, i.e.

@@ -3,26 +3,23 @@
 //! cgroup CPU and memory limits (OOM kills reported as `OOMKilled`), volume bind mounts, and one
 //! network namespace per pod wired by the CNI `bridge` and `host-local` plugins.
 
-use crate::attach::AttachPoint;
 use crate::cni::{self, CniConfig};
 use crate::cri::*;
 use crate::error::{Result, RuntimeError};
 use crate::image::run;
-use crate::logs;
-use crate::process::{broadcast_events, short};
+use crate::launch::{self, container_env};
+use crate::process::short;
 use crate::sys;
+use crate::table::{self, Exit, JsonFiles, SandboxEntry, Table};
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::process::Command;
-use tokio::sync::{broadcast, watch};
-
-const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Builds a [`RuncRuntime`].
 #[derive(Debug, Clone)]
@@ -64,10 +61,8 @@ impl RuncRuntimeBuilder {
             let dir = self.root.join(sub);
             std::fs::create_dir_all(&dir).map_err(|e| RuntimeError::io(format!("create {}", dir.display()), e))?;
         }
-        let (events, _) = broadcast::channel(4096);
-        Ok(RuncRuntime {
-            inner: Arc::new(Inner { root: self.root, runc: self.runc, cni: self.cni, state: Mutex::new(State::default()), events }),
-        })
+        let table = Table::new(JsonFiles::new(self.root.clone()), 4096);
+        Ok(RuncRuntime { inner: Arc::new(Inner { root: self.root, runc: self.runc, cni: self.cni, table }) })
     }
 }
 
@@ -82,15 +77,12 @@ struct Inner {
     root: PathBuf,
     runc: PathBuf,
     cni: CniConfig,
-    state: Mutex<State>,
-    events: broadcast::Sender<RuntimeEvent>,
+    table: Table<SandboxRecord, ContainerRecord, Making, JsonFiles>,
 }
 
+/// What the runtime keeps beside its records, under the same lock (the sweep reads both at once).
 #[derive(Debug, Default)]
-struct State {
-    sandboxes: HashMap<SandboxId, SandboxRecord>,
-    containers: HashMap<ContainerId, Container>,
-    seq: u64,
+struct Making {
     /// Sandboxes and containers being made: their directories exist before their records do.
     pending: HashSet<String>,
     /// Whether leftovers were swept (once per instance, at the first `recover`).
@@ -103,13 +95,10 @@ struct SandboxRecord {
     netns: Option<String>,
 }
 
-#[derive(Debug)]
-struct Container {
-    record: ContainerRecord,
-    exited: watch::Sender<bool>,
-    killing: bool,
-    /// The main process's stdio for attach sessions, while it runs (not after a recovery).
-    attach: Option<Arc<AttachPoint>>,
+impl SandboxEntry for SandboxRecord {
+    fn status(&self) -> &SandboxStatus {
+        &self.status
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -119,7 +108,13 @@ struct ContainerRecord {
     bundle: PathBuf,
     overlay: bool,
     pid: Option<i32>,
+    /// Whether this instance is stopping it (an exit 137 is then no OOM kill). Not persisted: a
+    /// recovered container is not being stopped.
+    #[serde(skip)]
+    killing: bool,
 }
+
+table::container_entry!(ContainerRecord);
 
 /// Makes a minimal busybox root file system (from Debian's `busybox-static`) at `dir`: a test image.
 pub async fn busybox_rootfs(dir: &Path) -> Result<PathBuf> {
@@ -165,68 +160,20 @@ impl RuncRuntime {
         runc && cni && rustix::process::geteuid().is_root()
     }
 
-    fn state(&self) -> MutexGuard<'_, State> {
-        self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn emit(&self, kind: EventKind, sandbox_id: &SandboxId, container_id: &ContainerId) {
-        let _ = self.inner.events.send(RuntimeEvent { kind, sandbox_id: sandbox_id.clone(), container_id: container_id.clone() });
-    }
-
     fn runc(&self) -> Command {
         let mut c = Command::new(&self.inner.runc);
         c.arg("--root").arg(self.inner.root.join("runc"));
         c
     }
 
-    fn sandbox_file(&self, id: &SandboxId) -> PathBuf {
-        self.inner.root.join("sandboxes").join(format!("{id}.json"))
-    }
-
-    fn container_file(&self, id: &ContainerId) -> PathBuf {
-        self.inner.root.join("containers").join(format!("{id}.json"))
-    }
-
-    fn persist<T: Serialize>(path: &Path, value: &T) {
-        let tmp = path.with_extension("tmp");
-        let written = serde_json::to_vec(value)
-            .map_err(std::io::Error::other)
-            .and_then(|d| std::fs::write(&tmp, d))
-            .and_then(|()| std::fs::rename(&tmp, path));
-        if let Err(error) = written {
-            tracing::warn!(%error, path = %path.display(), "cannot persist runtime state");
-        }
-    }
-
-    fn lookup(&self, id: &ContainerId) -> Result<ContainerRecord> {
-        self.state().containers.get(id).map(|c| c.record.clone()).ok_or_else(|| RuntimeError::not_found("container", &id.0))
-    }
-
-    async fn wait_exited(&self, id: &ContainerId, limit: Duration) -> bool {
-        let rx = self.state().containers.get(id).map(|c| c.exited.subscribe());
-        let Some(mut rx) = rx else { return true };
-        tokio::time::timeout(limit, rx.wait_for(|e| *e)).await.is_ok()
-    }
-
+    /// Marks a container exited; an exit 137 that this instance did not cause in a container with
+    /// a memory limit is an OOM kill.
     fn mark_exited(&self, id: &ContainerId, code: i32, signal: Option<i32>, reason: Option<String>) {
-        let sandbox = {
-            let mut state = self.state();
-            let Some(c) = state.containers.get_mut(id) else { return };
-            let oom = reason.is_none() && code == 137 && !c.killing && c.record.config.resources.memory_limit_bytes.is_some();
-            let st = &mut c.record.status;
-            st.state = ContainerState::Exited;
-            st.finished_at = Some(Timestamp::now());
-            st.exit_code = Some(code);
-            st.signal = signal;
-            st.reason = Some(reason.unwrap_or_else(|| ContainerStatus::exit_reason(code, oom).to_string()));
-            if let Some(point) = c.attach.take() {
-                point.close();
-            }
-            Self::persist(&self.container_file(id), &c.record);
-            let _ = c.exited.send(true);
-            c.record.status.sandbox_id.clone()
-        };
-        self.emit(EventKind::Exited, &sandbox, id);
+        self.inner.table.mark_exited(id, |r| {
+            let oom = reason.is_none() && code == 137 && !r.killing && r.config.resources.memory_limit_bytes.is_some();
+            let reason = reason.unwrap_or_else(|| ContainerStatus::exit_reason(code, oom).to_string());
+            Some(Exit { code, signal, reason, message: None })
+        });
     }
 
     /// The body of `run_sandbox`: directory, network namespace, hosts and resolv.conf files, record.
@@ -261,8 +208,8 @@ impl RuncRuntime {
         }
         let status = SandboxStatus { id: id.clone(), config: config.clone(), state: SandboxState::Ready, ip, created_at: Timestamp::now() };
         let record = SandboxRecord { status, netns };
-        Self::persist(&self.sandbox_file(id), &record);
-        self.state().sandboxes.insert(id.clone(), record);
+        self.inner.table.save_sandbox(&record);
+        self.inner.table.lock().sandboxes.insert(id.clone(), record);
         Ok(())
     }
 
@@ -274,13 +221,14 @@ impl RuncRuntime {
     /// collide with. Runs once per instance, at the first [`ContainerRuntime::recover`].
     async fn sweep(&self) {
         let (sandboxes, containers, pending) = {
-            let mut state = self.state();
-            if std::mem::replace(&mut state.swept, true) {
+            let mut records = self.inner.table.lock();
+            if std::mem::replace(&mut records.extra.swept, true) {
                 return;
             }
-            let sandboxes: HashMap<String, Option<String>> = state.sandboxes.iter().map(|(k, v)| (k.0.clone(), v.netns.clone())).collect();
-            let containers: HashSet<String> = state.containers.keys().map(|k| k.0.clone()).collect();
-            (sandboxes, containers, state.pending.clone())
+            let sandboxes: HashMap<String, Option<String>> =
+                records.sandboxes.iter().map(|(k, v)| (k.0.clone(), v.netns.clone())).collect();
+            let containers: HashSet<String> = records.containers.keys().map(|k| k.0.clone()).collect();
+            (sandboxes, containers, records.extra.pending.clone())
         };
         let subdirs = |sub: &str| -> Vec<String> {
             std::fs::read_dir(self.inner.root.join(sub))
@@ -386,13 +334,7 @@ impl RuncRuntime {
         if argv.is_empty() {
             argv.push("/bin/sh".into());
         }
-        let mut env: Vec<(String, String)> =
-            vec![("PATH".into(), DEFAULT_PATH.into()), ("HOSTNAME".into(), sandbox.status.config.hostname.clone())];
-        if let Some(ip) = sandbox.status.ip {
-            env.push(("POD_IP".into(), ip.to_string()));
-        }
-        env.extend(config.image.env.iter().cloned());
-        env.extend(config.env.iter().cloned());
+        let env = container_env(config, &sandbox.status);
         let mut dedup: Vec<(String, String)> = Vec::new();
         for (k, v) in env {
             match dedup.iter_mut().find(|(n, _)| *n == k) {
@@ -508,72 +450,59 @@ impl ContainerRuntime for RuncRuntime {
 
     async fn run_sandbox(&self, config: &SandboxConfig) -> Result<SandboxId> {
         let id = {
-            let mut state = self.state();
-            state.seq += 1;
-            let id = SandboxId(format!("rsb-{}-{}", short(&config.uid), state.seq));
-            state.pending.insert(id.0.clone());
+            let mut records = self.inner.table.lock();
+            let id = SandboxId(format!("rsb-{}-{}", short(&config.uid), records.next_seq()));
+            records.extra.pending.insert(id.0.clone());
             id
         };
         let made = self.make_sandbox(&id, config).await;
-        self.state().pending.remove(&id.0);
+        self.inner.table.lock().extra.pending.remove(&id.0);
         made.map(|()| id)
     }
 
     async fn stop_sandbox(&self, id: &SandboxId) -> Result<()> {
-        let running: Vec<ContainerId> = self
-            .state()
-            .containers
-            .iter()
-            .filter(|(_, c)| &c.record.status.sandbox_id == id && c.record.status.state == ContainerState::Running)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for c in running {
+        for c in self.inner.table.running_in(id) {
             self.stop_container(&c, Duration::ZERO).await?;
         }
-        let record = self.state().sandboxes.get(id).cloned();
-        if let Some(mut record) = record {
-            if let Some(ns) = record.netns.take() {
-                cni::teardown(&self.inner.cni, &id.0, &ns).await;
-            }
-            record.status.state = SandboxState::NotReady;
-            Self::persist(&self.sandbox_file(id), &record);
-            self.state().sandboxes.insert(id.clone(), record);
+        let netns = self.inner.table.lock().sandboxes.get(id).and_then(|r| r.netns.clone());
+        if let Some(ns) = netns {
+            cni::teardown(&self.inner.cni, &id.0, &ns).await;
         }
+        self.inner.table.update_sandbox(id, |r| {
+            r.netns = None;
+            r.status.state = SandboxState::NotReady;
+        });
         Ok(())
     }
 
     async fn remove_sandbox(&self, id: &SandboxId) -> Result<()> {
         self.stop_sandbox(id).await?;
-        let ids: Vec<ContainerId> =
-            self.state().containers.iter().filter(|(_, c)| &c.record.status.sandbox_id == id).map(|(k, _)| k.clone()).collect();
-        for c in ids {
+        for c in self.inner.table.containers_in(id) {
             self.remove_container(&c).await?;
         }
-        if self.state().sandboxes.remove(id).is_some() {
-            let _ = std::fs::remove_file(self.sandbox_file(id));
+        if self.inner.table.remove_sandbox(id).is_some() {
             let _ = std::fs::remove_dir_all(self.inner.root.join("sandboxes").join(&id.0));
         }
         Ok(())
     }
 
     async fn sandbox_status(&self, id: &SandboxId) -> Result<SandboxStatus> {
-        self.state().sandboxes.get(id).map(|s| s.status.clone()).ok_or_else(|| RuntimeError::not_found("sandbox", &id.0))
+        self.inner.table.sandbox_status(id)
     }
 
     async fn list_sandboxes(&self) -> Result<Vec<SandboxStatus>> {
-        Ok(self.state().sandboxes.values().map(|s| s.status.clone()).collect())
+        Ok(self.inner.table.list_sandboxes())
     }
 
     async fn create_container(&self, sandbox: &SandboxId, config: &ContainerConfig) -> Result<ContainerId> {
         let (sb, id) = {
-            let mut state = self.state();
-            let sb = state.sandboxes.get(sandbox).cloned().ok_or_else(|| RuntimeError::not_found("sandbox", &sandbox.0))?;
+            let mut records = self.inner.table.lock();
+            let sb = records.sandboxes.get(sandbox).cloned().ok_or_else(|| RuntimeError::not_found("sandbox", &sandbox.0))?;
             if sb.status.state != SandboxState::Ready {
                 return Err(RuntimeError::Invalid(format!("sandbox {sandbox} is not ready")));
             }
-            state.seq += 1;
-            let id = ContainerId(format!("rc-{}-{}-{}-{}", short(&sb.status.config.uid), config.name, config.attempt, state.seq));
-            state.pending.insert(id.0.clone());
+            let id = ContainerId(format!("rc-{}-{}-{}-{}", short(&sb.status.config.uid), config.name, config.attempt, records.next_seq()));
+            records.extra.pending.insert(id.0.clone());
             (sb, id)
         };
         let image_root = config.image.rootfs.clone().ok_or_else(|| {
@@ -607,49 +536,24 @@ impl ContainerRuntime for RuncRuntime {
         let spec = self.spec(&id, config, &sb, &root_path, &hosts);
         std::fs::write(bundle.join("config.json"), serde_json::to_vec_pretty(&spec).unwrap_or_default())
             .map_err(|e| RuntimeError::io("write config.json", e))?;
-        let log_dir = if sb.status.config.log_directory.as_os_str().is_empty() {
-            self.inner.root.join("logs").join(&sandbox.0)
-        } else {
-            sb.status.config.log_directory.clone()
-        };
-        let log_path = log_dir.join(&config.name).join(format!("{}.log", config.attempt));
+        let log_path = table::log_path(&self.inner.root, &sb.status, config);
         if let Some(dir) = log_path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| RuntimeError::io("create log dir", e))?;
         }
-        let status = ContainerStatus {
-            id: id.clone(),
-            sandbox_id: sandbox.clone(),
-            name: config.name.clone(),
-            attempt: config.attempt,
-            image: config.image.name.clone(),
-            state: ContainerState::Created,
-            created_at: Timestamp::now(),
-            started_at: None,
-            finished_at: None,
-            exit_code: None,
-            signal: None,
-            reason: None,
-            message: None,
-            log_path: Some(log_path),
-            labels: config.labels.clone(),
-        };
-        let record = ContainerRecord { status, config: config.clone(), bundle, overlay, pid: None };
-        Self::persist(&self.container_file(&id), &record);
-        let (exited, _) = watch::channel(false);
+        let status = table::created_status(&id, sandbox, config, Some(log_path));
+        let record = ContainerRecord { status, config: config.clone(), bundle, overlay, pid: None, killing: false };
+        self.inner.table.save_container(&record);
         {
-            let mut state = self.state();
-            state.pending.remove(&id.0);
-            state.containers.insert(id.clone(), Container { record, exited, killing: false, attach: None });
+            let mut records = self.inner.table.lock();
+            records.extra.pending.remove(&id.0);
+            records.insert(id.clone(), record);
         }
-        self.emit(EventKind::Created, sandbox, &id);
+        self.inner.table.emit(EventKind::Created, sandbox, &id);
         Ok(id)
     }
 
     async fn start_container(&self, id: &ContainerId) -> Result<()> {
-        let record = self.lookup(id)?;
-        if record.status.state != ContainerState::Created {
-            return Err(RuntimeError::Invalid(format!("container {id} is not in the created state")));
-        }
+        let record = self.inner.table.created(id)?;
         let pid_file = record.bundle.join("pid");
         let _ = std::fs::remove_file(&pid_file);
         let config = &record.config;
@@ -659,37 +563,12 @@ impl ContainerRuntime for RuncRuntime {
         // `tty` (`terminal: true` in the bundle) runc makes the container a terminal inside it
         // and relays it to runc's terminal: ours, given as runc's streams and, through
         // `setsid --ctty`, its controlling terminal, whose resizes runc follows (SIGWINCH).
-        let pty = if config.tty {
-            let (master, slave) = sys::open_pty(Some(TerminalSize { width: 80, height: 24 }))?;
-            cmd = sys::on_terminal(&cmd, &slave)?;
-            Some(master)
-        } else {
-            let stdin = if config.stdin { std::process::Stdio::piped() } else { std::process::Stdio::null() };
-            cmd.stdin(stdin).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).process_group(0);
-            None
-        };
+        let (mut cmd, pty) = launch::main_stdio(cmd, config, Some(TerminalSize { width: 80, height: 24 }))?;
         let spawned = cmd.spawn();
         drop(cmd);
         let mut child = spawned.map_err(|e| RuntimeError::io("spawn runc run", e))?;
         let log_path = record.status.log_path.clone().unwrap_or_default();
-        let (point, h1, h2) = match pty {
-            Some(master) => {
-                let (reader, writer) = sys::pty_streams(master)?;
-                let fd = writer.fd();
-                let resize: Resize = Arc::new(move |size| sys::set_terminal_size(fd.get_ref(), size));
-                let stdin = config.stdin.then(|| -> std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>> { Box::pin(writer) });
-                let point = AttachPoint::new(stdin, config.stdin_once, true, Some(resize));
-                let out = point.tee(reader, false);
-                (point, Some(tokio::spawn(logs::pump(out, "stdout", log_path.clone()))), None)
-            }
-            None => {
-                let stdin = child.stdin.take().map(|w| -> std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>> { Box::pin(w) });
-                let point = AttachPoint::new(stdin, config.stdin_once, false, None);
-                let h1 = child.stdout.take().map(|s| tokio::spawn(logs::pump(point.tee(s, false), "stdout", log_path.clone())));
-                let h2 = child.stderr.take().map(|s| tokio::spawn(logs::pump(point.tee(s, true), "stderr", log_path.clone())));
-                (point, h1, h2)
-            }
-        };
+        let (point, pumps) = launch::wire_output(config, pty, &mut child, &log_path)?;
         // Running once runc has written the container's pid (or it failed first).
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         let mut pid = None;
@@ -705,17 +584,7 @@ impl ContainerRuntime for RuncRuntime {
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
-        {
-            let mut state = self.state();
-            if let Some(c) = state.containers.get_mut(id) {
-                c.attach = Some(point);
-                c.record.pid = pid;
-                c.record.status.state = ContainerState::Running;
-                c.record.status.started_at = Some(Timestamp::now());
-                Self::persist(&self.container_file(id), &c.record);
-            }
-        }
-        self.emit(EventKind::Started, &record.status.sandbox_id, id);
+        self.inner.table.mark_running(id, &record.status.sandbox_id, point, |r| r.pid = pid);
         let this = self.clone();
         let id2 = id.clone();
         tokio::spawn(async move {
@@ -723,9 +592,7 @@ impl ContainerRuntime for RuncRuntime {
                 Some(s) => Ok(s),
                 None => child.wait().await,
             };
-            for h in [h1, h2].into_iter().flatten() {
-                let _ = tokio::time::timeout(Duration::from_secs(2), h).await;
-            }
+            launch::drain(pumps).await;
             match status {
                 Ok(s) => {
                     use std::os::unix::process::ExitStatusExt;
@@ -740,21 +607,21 @@ impl ContainerRuntime for RuncRuntime {
     }
 
     async fn stop_container(&self, id: &ContainerId, grace: Duration) -> Result<()> {
-        let record = self.lookup(id)?;
+        let record = self.inner.table.record(id)?;
         if record.status.state != ContainerState::Running {
             return Ok(());
         }
-        if let Some(c) = self.state().containers.get_mut(id) {
-            c.killing = true;
+        if let Some(c) = self.inner.table.lock().containers.get_mut(id) {
+            c.record.killing = true;
         }
         if !grace.is_zero() {
             let _ = run(self.runc().args(["kill", &id.0, "TERM"])).await;
-            if self.wait_exited(id, grace).await {
+            if self.inner.table.wait_exited(id, grace).await {
                 return Ok(());
             }
         }
         let _ = run(self.runc().args(["kill", "--all", &id.0, "KILL"])).await;
-        if !self.wait_exited(id, Duration::from_secs(10)).await
+        if !self.inner.table.wait_exited(id, Duration::from_secs(10)).await
             && let Some(pid) = record.pid
         {
             let _ = sys::signal_group(pid, 9);
@@ -763,15 +630,12 @@ impl ContainerRuntime for RuncRuntime {
     }
 
     async fn signal_container(&self, id: &ContainerId, signal: i32) -> Result<()> {
-        let record = self.lookup(id)?;
-        if record.status.state != ContainerState::Running {
-            return Err(RuntimeError::Invalid(format!("container {id} is not running")));
-        }
+        self.inner.table.running(id)?;
         run(self.runc().args(["kill", &id.0, &signal.to_string()])).await.map(|_| ())
     }
 
     async fn remove_container(&self, id: &ContainerId) -> Result<()> {
-        let Ok(record) = self.lookup(id) else { return Ok(()) };
+        let Ok(record) = self.inner.table.record(id) else { return Ok(()) };
         if record.status.state == ContainerState::Running {
             self.stop_container(id, Duration::ZERO).await?;
         }
@@ -780,32 +644,24 @@ impl ContainerRuntime for RuncRuntime {
             let _ = run(Command::new("umount").arg(record.bundle.join("rootfs"))).await;
         }
         let _ = std::fs::remove_dir_all(&record.bundle);
-        self.state().containers.remove(id);
-        let _ = std::fs::remove_file(self.container_file(id));
-        if let Some(log) = &record.status.log_path {
-            let _ = std::fs::remove_file(log);
-        }
-        self.emit(EventKind::Removed, &record.status.sandbox_id, id);
+        self.inner.table.remove_container(id);
         Ok(())
     }
 
     async fn container_status(&self, id: &ContainerId) -> Result<ContainerStatus> {
-        self.lookup(id).map(|r| r.status)
+        self.inner.table.container_status(id)
     }
 
     async fn list_containers(&self, filter: &ContainerFilter) -> Result<Vec<ContainerStatus>> {
-        Ok(self.state().containers.values().map(|c| &c.record.status).filter(|s| filter.matches(s)).cloned().collect())
+        Ok(self.inner.table.list_containers(filter))
     }
 
     fn events(&self) -> BoxStream<'static, RuntimeEvent> {
-        broadcast_events(self.inner.events.subscribe())
+        self.inner.table.events()
     }
 
     async fn exec_sync(&self, id: &ContainerId, cmd: &[String], timeout: Duration) -> Result<ExecResult> {
-        let record = self.lookup(id)?;
-        if record.status.state != ContainerState::Running {
-            return Err(RuntimeError::Invalid(format!("container {id} is not running")));
-        }
+        let record = self.inner.table.running(id)?;
         if cmd.is_empty() {
             return Err(RuntimeError::Invalid("empty exec command".into()));
         }
@@ -839,37 +695,14 @@ impl ContainerRuntime for RuncRuntime {
     }
 
     async fn exec(&self, id: &ContainerId, cmd: &[String]) -> Result<ExecSession> {
-        let record = self.lookup(id)?;
-        if record.status.state != ContainerState::Running {
-            return Err(RuntimeError::Invalid(format!("container {id} is not running")));
-        }
+        self.inner.table.running(id)?;
         let mut command = self.runc();
-        command
-            .arg("exec")
-            .arg(&id.0)
-            .args(cmd)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true);
-        let mut child = command.spawn().map_err(|e| RuntimeError::io("spawn runc exec", e))?;
-        let (Some(stdin), Some(stdout), Some(stderr)) = (child.stdin.take(), child.stdout.take(), child.stderr.take()) else {
-            return Err(RuntimeError::Invalid("exec pipes missing".into()));
-        };
-        Ok(ExecSession {
-            stdin: Box::pin(stdin),
-            stdout: Box::pin(stdout),
-            stderr: Box::pin(stderr),
-            exit: Box::pin(async move { child.wait().await.map(sys::exit_code_of).map_err(|e| RuntimeError::io("wait exec", e)) }),
-            resize: None,
-        })
+        command.arg("exec").arg(&id.0).args(cmd);
+        launch::piped_exec(command, "spawn runc exec")
     }
 
     async fn exec_tty(&self, id: &ContainerId, cmd: &[String], size: Option<TerminalSize>) -> Result<ExecSession> {
-        let record = self.lookup(id)?;
-        if record.status.state != ContainerState::Running {
-            return Err(RuntimeError::Invalid(format!("container {id} is not running")));
-        }
+        let record = self.inner.table.running(id)?;
         if cmd.is_empty() {
             return Err(RuntimeError::Invalid("empty exec command".into()));
         }
@@ -878,43 +711,26 @@ impl ContainerRuntime for RuncRuntime {
         // standard streams and, through `setsid --ctty`, as its controlling terminal. runc puts it in
         // raw mode (so ^C and ^D reach the container's terminal as bytes), starts the container's
         // terminal at its size, and follows its resizes (SIGWINCH).
-        let (master, slave) = sys::open_pty(Some(size.unwrap_or(TerminalSize { width: 80, height: 24 })))?;
-        let stdio = sys::terminal_stdio;
         let mut command = Command::new("setsid");
         command.arg("--ctty").arg(&self.inner.runc).arg("--root").arg(self.inner.root.join("runc")).args(["exec", "--tty"]);
         let has_term = record.config.env.iter().chain(&record.config.image.env).any(|(k, _)| k == "TERM");
         if !has_term {
             command.args(["--env", "TERM=xterm"]);
         }
-        command.arg(&id.0).args(cmd).stdin(stdio(&slave)?).stdout(stdio(&slave)?).stderr(stdio(&slave)?).kill_on_drop(true);
-        let mut child = command.spawn().map_err(|e| RuntimeError::io("spawn runc exec", e))?;
-        drop(command);
-        drop(slave);
-        let pid = child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0);
-        crate::process::tty_session(
-            master,
-            pid,
-            Box::pin(async move { child.wait().await.map(sys::exit_code_of).map_err(|e| RuntimeError::io("wait exec", e)) }),
-        )
+        command.arg(&id.0).args(cmd);
+        launch::terminal_exec(command, Some(size.unwrap_or(TerminalSize { width: 80, height: 24 })), "spawn runc exec")
     }
 
     async fn attach(&self, id: &ContainerId, size: Option<TerminalSize>) -> Result<AttachSession> {
-        crate::process::attach_to(self.state().containers.get(id).map(|c| (c.record.status.state, c.attach.clone())), id, size)
+        self.inner.table.attach(id, size)
     }
 
     async fn logs(&self, id: &ContainerId, options: &LogOptions) -> Result<LogByteStream> {
-        let record = self.lookup(id)?;
-        let path = record.status.log_path.clone().ok_or_else(|| RuntimeError::not_found("log", &id.0))?;
-        let rx = self.state().containers.get(id).map(|c| c.exited.subscribe());
-        let finished: Arc<dyn Fn() -> bool + Send + Sync> = match rx {
-            Some(rx) => Arc::new(move || *rx.borrow()),
-            None => Arc::new(|| true),
-        };
-        Ok(logs::read(path, options.clone(), finished))
+        self.inner.table.logs(id, options)
     }
 
     async fn stats(&self, id: &ContainerId) -> Result<ContainerStats> {
-        let record = self.lookup(id)?;
+        let record = self.inner.table.record(id)?;
         if record.status.state != ContainerState::Running {
             return Ok(ContainerStats::default());
         }
@@ -936,40 +752,28 @@ impl ContainerRuntime for RuncRuntime {
     }
 
     async fn recover(&self) -> Result<Vec<ContainerStatus>> {
-        let read_dir = |sub: &str| -> Vec<PathBuf> {
-            std::fs::read_dir(self.inner.root.join(sub))
-                .map(|rd| rd.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "json")).collect())
-                .unwrap_or_default()
-        };
-        for path in read_dir("sandboxes") {
-            let Some(sb) = std::fs::read(&path).ok().and_then(|d| serde_json::from_slice::<SandboxRecord>(&d).ok()) else { continue };
-            let mut state = self.state();
-            state.seq = state.seq.max(sb.status.id.0.rsplit('-').next().and_then(|n| n.parse().ok()).unwrap_or(0));
-            state.sandboxes.entry(sb.status.id.clone()).or_insert(sb);
+        let table = &self.inner.table;
+        for (_, sb) in table.store().load::<SandboxRecord>("sandboxes") {
+            let mut records = table.lock();
+            records.saw_id(&sb.status.id.0);
+            records.sandboxes.entry(sb.status.id.clone()).or_insert(sb);
         }
         let mut found = Vec::new();
-        for path in read_dir("containers") {
-            let Some(mut record) = std::fs::read(&path).ok().and_then(|d| serde_json::from_slice::<ContainerRecord>(&d).ok()) else {
-                continue;
-            };
+        for (path, mut record) in table.store().load::<ContainerRecord>("containers") {
             let id = record.status.id.clone();
-            if self.state().containers.contains_key(&id) {
+            if table.lock().containers.contains_key(&id) {
                 found.push(record.status);
                 continue;
             }
             let alive = record.status.state == ContainerState::Running && record.pid.is_some_and(sys::alive);
             if record.status.state == ContainerState::Running && !alive {
-                record.status.state = ContainerState::Exited;
-                record.status.finished_at = Some(Timestamp::now());
-                record.status.exit_code = Some(137);
-                record.status.reason = Some("ContainerStatusUnknown".into());
-                Self::persist(&path, &record);
+                table::mark_lost(&mut record.status);
+                JsonFiles::write(&path, &record);
             }
-            let (exited, _) = watch::channel(record.status.state == ContainerState::Exited);
             {
-                let mut state = self.state();
-                state.seq = state.seq.max(id.0.rsplit('-').next().and_then(|n| n.parse().ok()).unwrap_or(0));
-                state.containers.insert(id.clone(), Container { record: record.clone(), exited, killing: false, attach: None });
+                let mut records = table.lock();
+                records.saw_id(&id.0);
+                records.insert(id.clone(), record.clone());
             }
             if alive && let Some(pid) = record.pid {
                 let this = self.clone();

@@ -141,8 +141,16 @@ async fn a_process_container_with_a_volume_starts_at_once_and_stops_for_real() {
         serde_json::from_str::<serde_json::Value>(&record).ok()?.get("pid")?.as_i64()
     })()
     .expect("pid in the record");
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).expect("cmdline");
-    assert!(cmdline.starts_with(b"sleep\0"), "{:?}", String::from_utf8_lossy(&cmdline));
+    // The shell writes `boots` just before it execs sleep: give it that moment.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).expect("cmdline");
+        if cmdline.starts_with(b"sleep\0") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{:?}", String::from_utf8_lossy(&cmdline));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     crate::support::check_exec_tty(&rt, &id, true).await;
     let stopping = Instant::now();
     rt.stop_container(&id, Duration::from_secs(10)).await.expect("stop");
