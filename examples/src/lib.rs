@@ -7,6 +7,7 @@ mod local_nodes;
 pub mod node_endpoint;
 pub mod prefixed;
 pub mod reloader;
+pub mod scheduling;
 pub mod timed;
 
 pub use cluster::{Cluster, ClusterConfig, ProxyChoice, Role, RuntimeChoice, StoreChoice};

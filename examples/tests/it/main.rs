@@ -3,3 +3,4 @@
 mod custom_storage;
 mod kube_adapter;
 mod node_endpoint;
+mod scheduler_plugin;
