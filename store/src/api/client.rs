@@ -76,6 +76,7 @@ impl Client for ApiServer {
             validation: params.field_validation,
             manager: params.field_manager.as_deref(),
             applied: false,
+            patched: false,
         };
         self.update_object(&kind, ns.as_deref(), &name, change, &|_| Ok(obj.clone())).await
     }

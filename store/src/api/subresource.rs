@@ -148,10 +148,12 @@ impl ApiServer {
             validation: params.field_validation,
             manager: params.field_manager.as_deref(),
             applied: false,
+            patched: false,
         };
         match sub {
             "status" => self.update_object(kind, ns, name, change, &|_| Ok(body.clone())).await,
             "scale" => {
+                check_scale_body(body, name)?;
                 let replicas = Self::scale_replicas(body, name)?;
                 let rv = body.metadata.resource_version.clone().filter(|r| !r.is_empty());
                 let change = Change { validation: None, ..change };
@@ -190,6 +192,7 @@ impl ApiServer {
             validation: params.field_validation,
             manager: params.field_manager.as_deref(),
             applied,
+            patched: true,
         };
         match sub {
             "status" => self.patch_object(kind, ns, name, Some("status"), patch, params).await,
@@ -201,7 +204,8 @@ impl ApiServer {
                     .update_object(kind, ns, name, Change { validation: None, ..change }, &|cur| {
                         let scale = self.to_scale(kind, cur);
                         let patched = self.apply_patch(&scale_kind, &scale, patch, &ctx)?;
-                        let replicas = Self::scale_replicas(&patched, name)?;
+                        let replicas = Self::scale_replicas(&patched, name)
+                            .map_err(|e| super::write::patched_invalid(e, &scale_kind.resource, name))?;
                         let rv = patched.metadata.resource_version.clone().filter(|r| Some(r) != scale.metadata.resource_version.as_ref());
                         Ok(Self::with_replicas(kind, cur, replicas, rv.or_else(|| cur.metadata.resource_version.clone())))
                     })
@@ -214,6 +218,7 @@ impl ApiServer {
 
     /// `pods/binding`: assigns a pod to a node.
     pub(crate) async fn bind(&self, kind: &Arc<Kind>, ns: Option<&str>, name: &str, body: &Value, params: &PostParams) -> Result<Value> {
+        typed_body::<bosun_core::k8s_openapi::api::core::v1::Binding>(body, &["v1"], "Binding")?;
         let node = body
             .get("target")
             .and_then(|t| t.get("name"))
@@ -228,7 +233,14 @@ impl ApiServer {
         let annotations = body.get("metadata").and_then(|m| m.get("annotations")).and_then(Value::as_object).cloned();
         let uid = body.get("metadata").and_then(|m| m.get("uid")).and_then(Value::as_str).map(str::to_owned);
         let at = self.now_text();
-        let change = Change { subresource: Some("binding"), dry_run: params.dry_run, validation: None, manager: None, applied: false };
+        let change = Change {
+            subresource: Some("binding"),
+            dry_run: params.dry_run,
+            validation: None,
+            manager: None,
+            applied: false,
+            patched: false,
+        };
         self.update_object(kind, ns, name, change, &|cur| {
             if let Some(uid) = uid.as_deref()
                 && cur.metadata.uid.as_deref() != Some(uid)
@@ -269,15 +281,10 @@ impl ApiServer {
 
     /// `pods/eviction`: deletes a pod unless a disruption budget forbids it (429).
     pub(crate) async fn evict(&self, kind: &Arc<Kind>, ns: Option<&str>, name: &str, body: &Value, params: &PostParams) -> Result<Value> {
+        let eviction =
+            typed_body::<bosun_core::k8s_openapi::api::policy::v1::Eviction>(body, &["policy/v1", "policy/v1beta1"], "Eviction")?;
+        let delete = eviction_delete_params(eviction.delete_options, params.dry_run, name)?;
         let (pod, _) = self.get_object(kind, ns, name).await?;
-        let mut delete = DeleteParams { dry_run: params.dry_run, ..DeleteParams::default() };
-        if let Some(opts) = body.get("deleteOptions") {
-            delete.grace_period_seconds = opts.get("gracePeriodSeconds").and_then(Value::as_u64).and_then(|g| u32::try_from(g).ok());
-            if let Some(p) = opts.get("preconditions") {
-                delete.preconditions = serde_json::from_value(p.clone()).ok();
-            }
-            delete.propagation_policy = opts.get("propagationPolicy").cloned().and_then(|p| serde_json::from_value(p).ok());
-        }
         let phase = pod.path_str("status.phase").map(|p| p.into_owned()).unwrap_or_default();
         let terminal = matches!(phase.as_str(), "Succeeded" | "Failed");
         if !terminal && pod.metadata.deletion_timestamp.is_none() {
@@ -332,7 +339,8 @@ impl ApiServer {
                 let rv = pdb.metadata.resource_version.clone();
                 let pod_name = pod.metadata.name.clone().unwrap_or_default();
                 let at = self.now_text();
-                let change = Change { subresource: Some("status"), dry_run, validation: None, manager: None, applied: false };
+                let change =
+                    Change { subresource: Some("status"), dry_run, validation: None, manager: None, applied: false, patched: false };
                 self.update_object(&pdb_kind, ns, &pdb_name, change, &|cur| {
                     let mut obj = cur.clone();
                     obj.metadata.resource_version = rv.clone();
@@ -367,5 +375,91 @@ impl WithText for Error {
     fn with_text(self, message: String) -> Self {
         let details = self.body().and_then(|b| b.details.clone());
         Error::NotFound(Box::new(bosun_core::ErrorBody { message, details }))
+    }
+}
+
+/// The body of a create on a subresource decoded as the kind it takes: a JSON object whose
+/// `apiVersion` and `kind`, when set, name that kind, and whose members have their types. 400
+/// otherwise, as kube-apiserver's decoding answers (instead of acting on a misread body).
+fn typed_body<T: serde::de::DeserializeOwned>(body: &Value, api_versions: &[&str], kind: &str) -> Result<T> {
+    let Some(map) = body.as_object() else {
+        return Err(Error::bad_request(format!("the body of a {kind} must be a JSON object")));
+    };
+    let field =
+        |f: &str| map.get(f).map(|v| v.as_str().ok_or_else(|| Error::bad_request(format!("{kind}: {f} must be a string")))).transpose();
+    if let Some(k) = field("kind")?.filter(|k| !k.is_empty() && *k != kind) {
+        return Err(Error::bad_request(format!("the kind in the body ({k}) does not match the kind of the request ({kind})")));
+    }
+    if let Some(v) = field("apiVersion")?.filter(|v| !v.is_empty() && !api_versions.contains(v)) {
+        return Err(Error::bad_request(format!(
+            "the API version in the data ({v}) does not match the expected API version ({})",
+            api_versions[0]
+        )));
+    }
+    let mut rest = map.clone();
+    rest.remove("kind");
+    rest.remove("apiVersion");
+    serde_json::from_value(Value::Object(rest)).map_err(|e| Error::bad_request(format!("decode {kind}: {e}")))
+}
+
+/// An eviction's `deleteOptions` as delete parameters; values kube-apiserver's
+/// ValidateDeleteOptions refuses are 422.
+fn eviction_delete_params(
+    options: Option<bosun_core::k8s_openapi::apimachinery::pkg::apis::meta::v1::DeleteOptions>,
+    dry_run: bool,
+    name: &str,
+) -> Result<DeleteParams> {
+    let mut delete = DeleteParams { dry_run, ..DeleteParams::default() };
+    let Some(opts) = options else { return Ok(delete) };
+    let mut errors = Vec::new();
+    delete.grace_period_seconds = opts.grace_period_seconds.map(|g| u32::try_from(g.max(0)).unwrap_or(u32::MAX));
+    delete.preconditions = opts.preconditions.map(|p| bosun_core::Preconditions { uid: p.uid, resource_version: p.resource_version });
+    match opts.dry_run.as_deref().unwrap_or_default() {
+        [] => {}
+        [all] if all == "All" => delete.dry_run = true,
+        other => errors.push(FieldError::not_supported("deleteOptions.dryRun", other.join(","), &["All"])),
+    }
+    delete.propagation_policy = match (opts.propagation_policy.as_deref(), opts.orphan_dependents) {
+        (Some(_), Some(_)) => {
+            errors.push(FieldError::invalid(
+                "deleteOptions.propagationPolicy",
+                opts.propagation_policy.as_deref().unwrap_or_default(),
+                "orphanDependents and deletionPropagation cannot be both set",
+            ));
+            None
+        }
+        (Some(p), None) => match serde_json::from_value(json!(p)) {
+            Ok(policy) => Some(policy),
+            Err(_) => {
+                errors.push(FieldError::not_supported("deleteOptions.propagationPolicy", p, &["Background", "Foreground", "Orphan"]));
+                None
+            }
+        },
+        (None, Some(true)) => Some(bosun_core::PropagationPolicy::Orphan),
+        (None, Some(false)) => Some(bosun_core::PropagationPolicy::Background),
+        (None, None) => None,
+    };
+    if errors.is_empty() { Ok(delete) } else { Err(Error::invalid("policy", "Eviction", name, errors)) }
+}
+
+/// A `Scale` written whole must say it is one (`autoscaling/v1`, when it names its type) and name
+/// the object of its URL: 400 otherwise, as kube-apiserver's decoding and name check answer.
+fn check_scale_body(body: &DynamicObject, name: &str) -> Result<()> {
+    if let Some(t) = body.types.as_ref() {
+        if !t.kind.is_empty() && t.kind != "Scale" {
+            return Err(Error::bad_request(format!("the kind in the body ({}) does not match the kind of the request (Scale)", t.kind)));
+        }
+        if !t.api_version.is_empty() && t.api_version != "autoscaling/v1" {
+            return Err(Error::bad_request(format!(
+                "the API version in the data ({}) does not match the expected API version (autoscaling/v1)",
+                t.api_version
+            )));
+        }
+    }
+    match body.metadata.name.as_deref() {
+        Some(n) if !n.is_empty() && n != name => {
+            Err(Error::bad_request(format!("the name of the object ({n}) does not match the name on the URL ({name})")))
+        }
+        _ => Ok(()),
     }
 }

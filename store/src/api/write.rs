@@ -49,6 +49,9 @@ pub(crate) struct Change<'a> {
     pub(crate) manager: Option<&'a str>,
     /// The change is a server-side apply, which records its own `managedFields`.
     pub(crate) applied: bool,
+    /// The change is a patch: a patched object that does not decode as its kind is a 422 (the
+    /// patch made it invalid), where a body that does not is a 400.
+    pub(crate) patched: bool,
 }
 
 /// How a create was asked for.
@@ -318,6 +321,15 @@ impl ApiServer {
             if let Some(uid) = obj.metadata.uid.as_deref().filter(|u| !u.is_empty())
                 && Some(uid) != current.metadata.uid.as_deref()
             {
+                // A patch names no precondition: its changed uid is an immutable field changed.
+                if change.patched {
+                    return Err(Error::invalid(
+                        &kind.resource.group,
+                        &kind.resource.kind,
+                        name,
+                        vec![bosun_core::FieldError::invalid("metadata.uid", uid, "field is immutable")],
+                    ));
+                }
                 return Err(Error::conflict(format!(
                     "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
                     current.metadata.uid.as_deref().unwrap_or("")
@@ -368,10 +380,12 @@ impl ApiServer {
             // which reads metadata and spec only, has nothing new to check.
             let status_only =
                 change.subresource == Some("status") && !matches!(kind.rules, Rules::Custom | Rules::CustomResourceDefinition);
+            // Defaulting and validation decode the object as its kind.
+            let undecodable = |e: Error| if change.patched { patched_invalid(e, &kind.resource, name) } else { e };
             if status_only {
-                kind.default_status_update(&mut obj)?;
+                kind.default_status_update(&mut obj).map_err(undecodable)?;
             } else if !binding {
-                kind.default(&mut obj, false)?;
+                kind.default(&mut obj, false).map_err(undecodable)?;
             }
             if kind.rules == Rules::Service {
                 carry_service_allocations(&mut obj, current);
@@ -386,7 +400,7 @@ impl ApiServer {
             };
             self.admit(&attrs, &mut obj, Some(current)).await?;
             if !binding && !status_only {
-                kind.validate(&obj, Some(current), self.node_ports)?;
+                kind.validate(&obj, Some(current), self.node_ports).map_err(undecodable)?;
             }
             self.admit_validate(&attrs, &obj, Some(current)).await?;
             if spec_changed(&obj.data, &current.data) {
@@ -460,9 +474,12 @@ impl ApiServer {
     /// Applies a patch to an object's JSON (strategic merge patch by the kind's merge keys,
     /// server-side apply with field managers).
     pub(crate) fn apply_patch(&self, kind: &Kind, current: &DynamicObject, patch: &Patch, ctx: &ApplyContext) -> Result<DynamicObject> {
+        let name = current.metadata.name.as_deref().unwrap_or_default();
+        let undecodable = |e: Error| patched_invalid(e, &kind.resource, name);
         match patch {
+            Patch::Json(ops) => check_json_patch(ops)?,
             Patch::Merge(Value::Object(p)) if !p.contains_key("apiVersion") && !p.contains_key("kind") => {
-                return merge_object(current, p, None);
+                return merge_object(current, p, None).map_err(undecodable);
             }
             Patch::Strategic(Value::Object(p))
                 if kind.rules != Rules::Custom
@@ -470,7 +487,8 @@ impl ApiServer {
                     && !p.contains_key("kind")
                     && !crate::patch::has_top_level_directives(p) =>
             {
-                return merge_object(current, p, Some(crate::patch::builtin_schema(&kind.resource)?));
+                return merge_object(current, p, Some(crate::patch::builtin_schema(&kind.resource)?))
+                    .map_err(|e| if e.reason() == UNDECODABLE_METADATA { undecodable(e) } else { e });
             }
             _ => {}
         }
@@ -481,11 +499,21 @@ impl ApiServer {
             }
             .into());
         }
-        let patched = crate::patch::apply_patch(&kind.resource, &doc, patch, ctx)?;
+        let patched = crate::patch::apply_patch(&kind.resource, &doc, patch, ctx).map_err(|e| match (patch, e) {
+            // A well-formed JSON patch (checked above) whose operations cannot apply: 422, as
+            // kube-apiserver answers any failure of a JSON patch's application.
+            (Patch::Json(_), crate::patch::PatchError::Malformed(message)) => Error::invalid(
+                &kind.resource.group,
+                &kind.resource.kind,
+                name,
+                vec![bosun_core::FieldError { reason: "FieldValueInvalid".into(), field: "patch".into(), message }],
+            ),
+            (_, e) => e.into(),
+        })?;
         if !patched.is_object() {
-            return Err(Error::bad_request("the patched object is not a JSON object"));
+            return Err(undecodable(Error::bad_request("the patched object is not a JSON object")));
         }
-        DynamicObject::from_value(patched)
+        DynamicObject::from_value(patched).map_err(undecodable)
     }
 
     /// Patches an object (or a subresource's view of it: `status`); server-side apply creates
@@ -501,7 +529,9 @@ impl ApiServer {
     ) -> Result<DynamicObject> {
         let applied = matches!(patch, Patch::Apply(_));
         if applied && params.field_manager.as_deref().is_none_or(str::is_empty) {
-            return Err(Error::bad_request("PATCH requests with application/apply-patch+yaml must set the fieldManager parameter"));
+            let mut required = bosun_core::FieldError::required("fieldManager");
+            required.message = "Required value: is required for apply patch".to_owned();
+            return Err(Error::invalid("meta.k8s.io", "PatchOptions", "", vec![required]));
         }
         let mut ctx = ApplyContext::from_params(params);
         ctx.subresource = sub.map(str::to_owned);
@@ -511,7 +541,8 @@ impl ApiServer {
         // status without one, and recording them cost every such write a field diff and every
         // later read of the object its managedFields.
         let manager = params.field_manager.as_deref().filter(|m| !m.is_empty());
-        let change = Change { subresource: sub, dry_run: params.dry_run, validation: params.field_validation, manager, applied };
+        let change =
+            Change { subresource: sub, dry_run: params.dry_run, validation: params.field_validation, manager, applied, patched: true };
         let result = self.update_object(kind, namespace, name, change, &|cur| self.apply_patch(kind, cur, patch, &ctx)).await;
         match (result, patch) {
             (Err(e), Patch::Apply(body)) if e.is_not_found() && sub.is_none() => {
@@ -629,6 +660,47 @@ impl ApiServer {
     }
 }
 
+/// The reason [`merge_object`] gives metadata a patch made undecodable, which [`ApiServer::apply_patch`]
+/// turns into a 422 (never sent as it is).
+const UNDECODABLE_METADATA: &str = "UndecodableMetadata";
+
+/// The most operations a JSON patch may hold (kube-apiserver's limit).
+const MAX_JSON_PATCH_OPERATIONS: usize = 10_000;
+
+/// A JSON patch's shape, before it is applied: an array (400 otherwise) of objects (400, a
+/// document that does not decode as operations), at most [`MAX_JSON_PATCH_OPERATIONS`] long (413).
+fn check_json_patch(ops: &Value) -> Result<()> {
+    let Some(ops) = ops.as_array() else {
+        return Err(Error::bad_request("json patch must be an array of operations"));
+    };
+    if ops.len() > MAX_JSON_PATCH_OPERATIONS {
+        return Err(Error::too_large(format!(
+            "The allowed maximum operations in a JSON patch is {MAX_JSON_PATCH_OPERATIONS}, got {}",
+            ops.len()
+        )));
+    }
+    if let Some(i) = ops.iter().position(|op| !op.is_object()) {
+        return Err(Error::bad_request(format!("json patch operation {i} is not an object")));
+    }
+    Ok(())
+}
+
+/// A patched object that does not decode as its kind (a 400 from decoding): 422, as
+/// kube-apiserver answers a patch that made its object undecodable (`patch: Invalid value`),
+/// where the same body in a create or update is a 400. Other errors pass unchanged.
+pub(crate) fn patched_invalid(err: Error, resource: &bosun_core::ApiResource, name: &str) -> Error {
+    if err.code() != 400 {
+        return err;
+    }
+    let message = err.to_string();
+    Error::invalid(
+        &resource.group,
+        &resource.kind,
+        name,
+        vec![bosun_core::FieldError { reason: "FieldValueInvalid".into(), field: "patch".into(), message }],
+    )
+}
+
 /// A JSON merge patch, or a strategic merge patch (with the kind's schema) without top-level
 /// directives, that leaves type meta alone, applied to an object field by field: each top-level
 /// member of such a patch merges into its own field only, so the untouched fields are copied as
@@ -664,7 +736,14 @@ fn merge_object(
             merge(&mut holder, key, value)?;
             obj.metadata = match holder.remove("metadata") {
                 None | Some(Value::Null) => Default::default(),
-                Some(meta) => serde_json::from_value(meta).map_err(|e| Error::bad_request(format!("decode object: metadata: {e}")))?,
+                Some(meta) => serde_json::from_value(meta).map_err(|e| {
+                    Error::Other(Box::new(bosun_core::k8s_openapi::apimachinery::pkg::apis::meta::v1::Status {
+                        code: Some(400),
+                        reason: Some(UNDECODABLE_METADATA.to_owned()),
+                        message: Some(format!("decode object: metadata: {e}")),
+                        ..Default::default()
+                    }))
+                })?,
             };
         } else {
             merge(data, key, value)?;

@@ -48,12 +48,13 @@ pub(crate) enum Format {
     Protobuf,
 }
 
-/// The body format a content type names; 415 for anything else.
+/// The format of a whole object's body (create, update, delete options) a content type names;
+/// 415 for anything else, patch types included: those only name a PATCH's body (read by the
+/// patch handler), as kube-apiserver's create and update refuse them.
 pub(crate) fn body_format(media: &str) -> Result<Format> {
     match media {
         "" | "application/json" | "*/*" => Ok(Format::Json),
-        "application/yaml" | "application/x-yaml" | "text/yaml" | "application/apply-patch+yaml" => Ok(Format::Yaml),
-        "application/json-patch+json" | "application/merge-patch+json" | "application/strategic-merge-patch+json" => Ok(Format::Json),
+        "application/yaml" | "application/x-yaml" | "text/yaml" => Ok(Format::Yaml),
         crate::protobuf::MEDIA_TYPE => Ok(Format::Protobuf),
         other => Err(Error::unsupported_media_type(format!(
             "the body of the request was in an unknown format ({other}) - accepted media types include: application/json, application/yaml"

@@ -12,8 +12,8 @@ use super::strict::{self, Decoded};
 use super::table::{self, Include};
 use super::{review, validation, warnings, watch};
 use bosun_core::{
-    ApiResource, Client, DeleteParams, Deleted, DynamicObject, Error, FieldValidation, ListParams, LogParams, Patch, PatchParams,
-    PostParams, Preconditions, PropagationPolicy, Result, Target, TypeMeta, VersionMatch, WatchParams,
+    ApiResource, Client, DeleteParams, Deleted, DynamicObject, Error, FieldError, FieldValidation, ListParams, LogParams, Patch,
+    PatchParams, PostParams, Preconditions, PropagationPolicy, Result, Target, TypeMeta, VersionMatch, WatchParams,
 };
 use bytes::Bytes;
 use futures::StreamExt;
@@ -145,6 +145,9 @@ async fn dispatch(state: &State, req: Request<Incoming>, path: &ResourcePath, qu
         }
         (ns, _) => ns.clone(),
     };
+    if let Some(name) = path.name.as_deref() {
+        check_path_name(name)?;
+    }
     let target = Target::new(&resource, namespace.as_deref());
     if let Some(sub) = path.subresource.as_deref() {
         let name = path.name.as_deref().unwrap_or_default();
@@ -154,6 +157,7 @@ async fn dispatch(state: &State, req: Request<Incoming>, path: &ResourcePath, qu
         }
         return subresource(state, req, &resource, target, namespace.as_deref(), name, sub, query, verb).await;
     }
+    check_method(verb, &resource, path)?;
     let output = body::negotiate(req.headers())?;
     let include = Include::parse(query.get("includeObject"))?;
     let check = |v: &str| -> Result<()> {
@@ -227,7 +231,7 @@ async fn dispatch(state: &State, req: Request<Incoming>, path: &ResourcePath, qu
         "POST" => {
             check("create")?;
             let (bytes, format) = read_body(state, req).await?;
-            let (params, validation) = post_params(query)?;
+            let (params, validation) = post_params(query, "CreateOptions")?;
             let body = strict::decode(&bytes, format)?;
             let mut warnings = check_fields(state, &resource, &resource.kind, &body, validation)?;
             warnings.extend(warnings::finalizers(&body.value));
@@ -240,7 +244,7 @@ async fn dispatch(state: &State, req: Request<Incoming>, path: &ResourcePath, qu
             check("update")?;
             let name = path.name.as_deref().unwrap_or_default();
             let (bytes, format) = read_body(state, req).await?;
-            let (params, validation) = post_params(query)?;
+            let (params, validation) = post_params(query, "UpdateOptions")?;
             let body = strict::decode(&bytes, format)?;
             let mut warnings = check_fields(state, &resource, &resource.kind, &body, validation)?;
             warnings.extend(warnings::finalizers(&body.value));
@@ -367,28 +371,111 @@ fn object_for(resource: &ApiResource, value: Value, namespace: Option<&str>, nam
     Ok(obj)
 }
 
-fn field_validation(query: &Query) -> Result<Option<FieldValidation>> {
+/// Where kube-apiserver serves no such method: a create or delete-collection across namespaces
+/// of a namespaced resource, a create at an object, an update or patch of a collection. 405, as
+/// its router answers.
+fn check_method(verb: &str, resource: &ApiResource, path: &ResourcePath) -> Result<()> {
+    let served = match verb {
+        "POST" => path.name.is_none() && (path.namespace.is_some() || !resource.namespaced),
+        "DELETECOLLECTION" => path.namespace.is_some() || !resource.namespaced,
+        "PUT" | "PATCH" => path.name.is_some(),
+        _ => true,
+    };
+    if served {
+        return Ok(());
+    }
+    Err(Error::method_not_allowed(format!("the server does not allow this method on the requested resource ({verb} {})", resource.plural)))
+}
+
+/// A name in a URL must be a valid path segment (kube-apiserver's IsValidPathSegmentName): not
+/// `.` or `..`, without `%` (which arrives escaped): 400, as its storage key function answers.
+fn check_path_name(name: &str) -> Result<()> {
+    // An escaped `/` splits the path where kube-apiserver routes (it decodes first): nothing is there.
+    if name.contains('/') {
+        return Err(Error::not_found("", "", name).with_message("the server could not find the requested resource"));
+    }
+    let why = match name {
+        "." | ".." => Some(format!("may not be '{name}'")),
+        _ if name.contains('%') => Some("may not contain '%'".to_owned()),
+        _ => None,
+    };
+    match why {
+        Some(why) => Err(Error::bad_request(format!("Name parameter invalid: {name:?}: {why}"))),
+        None => Ok(()),
+    }
+}
+
+/// Refused request options (`CreateOptions`, `PatchOptions`, `DeleteOptions`, `ListOptions`):
+/// 422, as kube-apiserver's option validation answers.
+fn invalid_options(kind: &str, errors: Vec<FieldError>) -> Error {
+    Error::invalid("meta.k8s.io", kind, "", errors)
+}
+
+/// Collects every refused option, then fails naming them all.
+#[derive(Default)]
+struct OptionErrors(Vec<FieldError>);
+
+impl OptionErrors {
+    fn check<T>(&mut self, checked: std::result::Result<T, FieldError>, otherwise: T) -> T {
+        checked.unwrap_or_else(|e| {
+            self.0.push(e);
+            otherwise
+        })
+    }
+
+    fn finish(self, kind: &str) -> Result<()> {
+        if self.0.is_empty() { Ok(()) } else { Err(invalid_options(kind, self.0)) }
+    }
+}
+
+fn field_validation(query: &Query) -> std::result::Result<Option<FieldValidation>, FieldError> {
     match query.get("fieldValidation") {
         None | Some("") => Ok(None),
         Some("Strict") => Ok(Some(FieldValidation::Strict)),
         Some("Warn") => Ok(Some(FieldValidation::Warn)),
         Some("Ignore") => Ok(Some(FieldValidation::Ignore)),
-        Some(other) => Err(Error::bad_request(format!("fieldValidation must be one of \"Ignore\", \"Warn\" or \"Strict\", not {other:?}"))),
+        Some(other) => Err(FieldError::not_supported("fieldValidation", other, &["Ignore", "Strict", "Warn"])),
     }
 }
 
-fn dry_run(query: &Query) -> Result<bool> {
-    let values = query.all("dryRun");
-    match values.iter().map(String::as_str).filter(|v| !v.is_empty()).collect::<Vec<_>>().as_slice() {
+fn dry_run_values<S: AsRef<str>>(values: &[S]) -> std::result::Result<bool, FieldError> {
+    match values.iter().map(AsRef::as_ref).filter(|v| !v.is_empty()).collect::<Vec<_>>().as_slice() {
         [] => Ok(false),
         ["All"] => Ok(true),
-        other => Err(Error::bad_request(format!("dryRun: unsupported value {other:?}: only \"All\" is supported"))),
+        other => Err(FieldError::not_supported("dryRun", other.join(","), &["All"])),
     }
 }
 
-fn post_params(query: &Query) -> Result<(PostParams, Option<FieldValidation>)> {
-    let validation = field_validation(query)?;
-    Ok((PostParams { dry_run: dry_run(query)?, field_manager: query.non_empty("fieldManager"), field_validation: validation }, validation))
+fn dry_run(query: &Query) -> std::result::Result<bool, FieldError> {
+    dry_run_values(&query.all("dryRun"))
+}
+
+/// `fieldManager`: at most 128 characters, all printable (kube-apiserver's ValidateFieldManager).
+fn field_manager(query: &Query) -> std::result::Result<Option<String>, FieldError> {
+    let Some(manager) = query.non_empty("fieldManager") else { return Ok(None) };
+    if manager.len() > 128 {
+        return Err(FieldError::invalid("fieldManager", &manager, "may not be more than 128 bytes"));
+    }
+    if manager.chars().any(char::is_control) {
+        return Err(FieldError::invalid("fieldManager", &manager, "must only contain printable characters"));
+    }
+    Ok(Some(manager))
+}
+
+/// A Go-style boolean parameter (`force`), as kube-apiserver's parameter codec reads it: false
+/// for `0`, `f`, `false`, `n`, `no` (any case), true for anything else.
+fn go_bool(value: &str) -> bool {
+    !["0", "f", "false", "n", "no"].iter().any(|f| value.eq_ignore_ascii_case(f))
+}
+
+/// The options of a create (`CreateOptions`) or update (`UpdateOptions`).
+fn post_params(query: &Query, kind: &str) -> Result<(PostParams, Option<FieldValidation>)> {
+    let mut errors = OptionErrors::default();
+    let validation = errors.check(field_validation(query), None);
+    let dry_run = errors.check(dry_run(query), false);
+    let field_manager = errors.check(field_manager(query), None);
+    errors.finish(kind)?;
+    Ok((PostParams { dry_run, field_manager, field_validation: validation }, validation))
 }
 
 /// Unknown and repeated fields of a body: Strict refuses them with 400, Warn (the default)
@@ -447,15 +534,23 @@ async fn read_patch(
         _ => return Err(unsupported()),
     };
     let bytes = body::read_limited(req.into_body(), state.max_body_bytes).await?;
+    // The options are checked before the body is, in kube-apiserver's order.
+    let mut errors = OptionErrors::default();
+    let validation = errors.check(field_validation(query), None);
+    let dry_run = errors.check(dry_run(query), false);
+    let field_manager = errors.check(field_manager(query), None);
+    let force = query.get("force").is_some_and(go_bool);
+    if force && kind_of != 3 {
+        errors.0.push(FieldError::forbidden("force", "may not be specified for non-apply patch"));
+    }
+    if kind_of == 3 && field_manager.is_none() {
+        let mut required = FieldError::required("fieldManager");
+        required.message = "Required value: is required for apply patch".to_owned();
+        errors.0.push(required);
+    }
+    errors.finish("PatchOptions")?;
     let body = strict::decode(&bytes, if kind_of == 3 { Format::Yaml } else { Format::Json })?;
     let value = &body.value;
-    let validation = field_validation(query)?;
-    let force = match query.get("force") {
-        None | Some("" | "false") => false,
-        Some("true") if kind_of == 3 => true,
-        Some("true") => return Err(Error::bad_request("force: Forbidden: may not be specified for non-apply patch")),
-        Some(other) => return Err(Error::bad_request(format!("force: invalid value {other:?}"))),
-    };
     let patch = match kind_of {
         0 => {
             if !value.is_array() {
@@ -469,8 +564,7 @@ async fn read_patch(
         _ => Patch::Apply(value.clone()),
     };
     let warnings = if kind_of == 0 { Vec::new() } else { check_fields(state, resource, kind, &body, validation)? };
-    let params =
-        PatchParams { dry_run: dry_run(query)?, field_manager: query.non_empty("fieldManager"), force, field_validation: validation };
+    let params = PatchParams { dry_run, field_manager, force, field_validation: validation };
     Ok((patch, params, warnings))
 }
 
@@ -487,19 +581,44 @@ fn patch_sets_finalizers(patch: &Patch) -> bool {
     }
 }
 
+/// `ListOptions` from the query: malformed numbers are 400 (the parameter codec), and
+/// `resourceVersionMatch` is checked as kube-apiserver's ValidateListOptions does (422).
 fn list_params(query: &Query) -> Result<ListParams> {
+    // A limit of zero or less is no limit; timeoutSeconds only has to be a number for a list.
+    let limit = query.number::<i64>("limit")?.filter(|l| *l > 0).map(|l| u32::try_from(l).unwrap_or(u32::MAX));
+    query.number::<i64>("timeoutSeconds")?;
+    let resource_version = query.non_empty("resourceVersion");
+    let continue_token = query.non_empty("continue");
+    let mut errors = OptionErrors::default();
     let version_match = match query.get("resourceVersionMatch") {
         None | Some("") => None,
-        Some("NotOlderThan") => Some(VersionMatch::NotOlderThan),
-        Some("Exact") => Some(VersionMatch::Exact),
-        Some(other) => return Err(Error::bad_request(format!("resourceVersionMatch: unsupported value {other:?}"))),
+        Some(m) => {
+            if resource_version.is_none() {
+                errors.0.push(FieldError::forbidden(
+                    "resourceVersionMatch",
+                    "resourceVersionMatch is forbidden unless resourceVersion is provided",
+                ));
+            }
+            if continue_token.is_some() {
+                errors.0.push(FieldError::forbidden("resourceVersionMatch", "resourceVersionMatch is forbidden when continue is provided"));
+            }
+            match m {
+                "NotOlderThan" => Some(VersionMatch::NotOlderThan),
+                "Exact" => Some(VersionMatch::Exact),
+                other => {
+                    errors.0.push(FieldError::not_supported("resourceVersionMatch", other, &["Exact", "NotOlderThan"]));
+                    None
+                }
+            }
+        }
     };
+    errors.finish("ListOptions")?;
     Ok(ListParams {
         label_selector: query.non_empty("labelSelector"),
         field_selector: query.non_empty("fieldSelector"),
-        limit: query.number::<u32>("limit")?.filter(|l| *l > 0),
-        continue_token: query.non_empty("continue"),
-        resource_version: query.non_empty("resourceVersion"),
+        limit,
+        continue_token,
+        resource_version,
         version_match,
     })
 }
@@ -515,53 +634,74 @@ fn watch_params(query: &Query) -> Result<WatchParams> {
     })
 }
 
-fn propagation(s: &str) -> Result<PropagationPolicy> {
+fn propagation(s: &str) -> std::result::Result<PropagationPolicy, FieldError> {
     match s {
         "Orphan" => Ok(PropagationPolicy::Orphan),
         "Background" => Ok(PropagationPolicy::Background),
         "Foreground" => Ok(PropagationPolicy::Foreground),
-        other => Err(Error::bad_request(format!("propagationPolicy: unsupported value {other:?}"))),
+        other => Err(FieldError::not_supported("propagationPolicy", other, &["Background", "Foreground", "Orphan"])),
     }
 }
 
-/// `DeleteOptions` from the body (if any) and the query.
+/// A `DeleteOptions` body, decoded by type: a member of the wrong type is a 400, not ignored.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct DeleteBody {
+    kind: Option<String>,
+    grace_period_seconds: Option<i64>,
+    preconditions: Option<Preconditions>,
+    orphan_dependents: Option<bool>,
+    propagation_policy: Option<String>,
+    dry_run: Option<Vec<String>>,
+}
+
+/// `DeleteOptions` from the body (if any) and the query: malformed values are 400, values
+/// kube-apiserver's ValidateDeleteOptions refuses are 422.
 async fn delete_params(state: &State, req: Request<Incoming>, query: &Query) -> Result<DeleteParams> {
     let media = body::media_type(req.headers());
     let bytes = body::read_limited(req.into_body(), state.max_body_bytes).await?;
-    let mut params = DeleteParams { dry_run: dry_run(query)?, ..DeleteParams::default() };
-    if let Some(g) = query.number::<u32>("gracePeriodSeconds")? {
-        params.grace_period_seconds = Some(g);
-    }
-    if let Some(p) = query.non_empty("propagationPolicy") {
-        params.propagation_policy = Some(propagation(&p)?);
-    }
-    match query.get("orphanDependents") {
-        Some("true") => params.propagation_policy = Some(PropagationPolicy::Orphan),
-        Some("false") if params.propagation_policy.is_none() => params.propagation_policy = Some(PropagationPolicy::Background),
-        _ => {}
-    }
-    if !bytes.iter().all(u8::is_ascii_whitespace) {
-        let body = body::decode(&bytes, body::body_format(&media)?)?;
-        if let Some(g) = body.get("gracePeriodSeconds").and_then(Value::as_i64) {
-            params.grace_period_seconds = Some(u32::try_from(g.max(0)).unwrap_or(u32::MAX));
+    let grace = query.number::<i64>("gracePeriodSeconds")?;
+    let body = if bytes.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        let value = body::decode(&bytes, body::body_format(&media)?)?;
+        let body: DeleteBody = serde_json::from_value(value).map_err(|e| Error::bad_request(format!("decode DeleteOptions: {e}")))?;
+        if let Some(kind) = body.kind.as_deref().filter(|k| !k.is_empty() && *k != "DeleteOptions") {
+            return Err(Error::bad_request(format!("decoded object of kind {kind} cannot be converted to DeleteOptions")));
         }
-        if let Some(p) = body.get("propagationPolicy").and_then(Value::as_str) {
-            params.propagation_policy = Some(propagation(p)?);
-        } else if let Some(o) = body.get("orphanDependents").and_then(Value::as_bool) {
-            params.propagation_policy = Some(if o { PropagationPolicy::Orphan } else { PropagationPolicy::Background });
+        Some(body)
+    };
+    let mut errors = OptionErrors::default();
+    let mut dry_run = errors.check(dry_run(query), false);
+    let mut grace = grace;
+    let mut policy = query.non_empty("propagationPolicy");
+    let mut orphan = query.get("orphanDependents").filter(|v| !v.is_empty()).map(go_bool);
+    let mut preconditions = None;
+    if let Some(body) = body {
+        if let Some(d) = body.dry_run {
+            dry_run = errors.check(dry_run_values(&d), false);
         }
-        if let Some(p) = body.get("preconditions").filter(|p| p.is_object()) {
-            let pre: Preconditions = serde_json::from_value(p.clone()).map_err(|e| Error::bad_request(format!("preconditions: {e}")))?;
-            params.preconditions = Some(pre);
-        }
-        if let Some(d) = body.get("dryRun").and_then(Value::as_array) {
-            match d.iter().filter_map(Value::as_str).collect::<Vec<_>>().as_slice() {
-                [] => {}
-                ["All"] => params.dry_run = true,
-                other => return Err(Error::bad_request(format!("dryRun: unsupported value {other:?}"))),
-            }
-        }
+        grace = body.grace_period_seconds.or(grace);
+        policy = body.propagation_policy.or(policy);
+        orphan = body.orphan_dependents.or(orphan);
+        preconditions = body.preconditions;
     }
+    let mut params = DeleteParams { dry_run, preconditions, ..DeleteParams::default() };
+    params.grace_period_seconds = grace.map(|g| u32::try_from(g.max(0)).unwrap_or(u32::MAX));
+    if orphan.is_some() && policy.is_some() {
+        errors.0.push(FieldError::invalid(
+            "propagationPolicy",
+            policy.as_deref().unwrap_or_default(),
+            "orphanDependents and deletionPropagation cannot be both set",
+        ));
+    }
+    params.propagation_policy = match (policy.as_deref(), orphan) {
+        (Some(p), _) => errors.check(propagation(p).map(Some), None),
+        (None, Some(true)) => Some(PropagationPolicy::Orphan),
+        (None, Some(false)) => Some(PropagationPolicy::Background),
+        (None, None) => None,
+    };
+    errors.finish("DeleteOptions")?;
     Ok(params)
 }
 
@@ -596,7 +736,7 @@ async fn subresource(
         }
         Method::PUT => {
             let (bytes, format) = read_body(state, req).await?;
-            let (params, validation) = post_params(query)?;
+            let (params, validation) = post_params(query, "UpdateOptions")?;
             let body = strict::decode(&bytes, format)?;
             let warnings = check_fields(state, resource, &kind, &body, validation)?;
             let mut obj = DynamicObject::from_value(body.value)?;
@@ -616,7 +756,7 @@ async fn subresource(
         }
         Method::POST => {
             let (bytes, format) = read_body(state, req).await?;
-            let (params, _) = post_params(query)?;
+            let (params, _) = post_params(query, "CreateOptions")?;
             let value = body::decode(&bytes, format)?;
             let answer = state.client.create_subresource(target, name, sub, &value, &params).await?;
             Ok(body::respond(StatusCode::CREATED, &answer, output).into())
@@ -684,10 +824,12 @@ mod tests {
         let q = Query::parse(Some("watch=true&timeoutSeconds=5&allowWatchBookmarks=true"));
         let w = watch_params(&q)?;
         assert_eq!((w.timeout_seconds, w.allow_bookmarks), (Some(5), true));
-        assert_eq!(field_validation(&Query::parse(Some("fieldValidation=Strict")))?, Some(FieldValidation::Strict));
+        assert_eq!(field_validation(&Query::parse(Some("fieldValidation=Strict"))).ok(), Some(Some(FieldValidation::Strict)));
         assert!(field_validation(&Query::parse(Some("fieldValidation=strict"))).is_err());
-        assert!(dry_run(&Query::parse(Some("dryRun=All")))?);
+        assert_eq!(dry_run(&Query::parse(Some("dryRun=All"))).ok(), Some(true));
         assert!(dry_run(&Query::parse(Some("dryRun=Some"))).is_err());
+        let refused = post_params(&Query::parse(Some("dryRun=Some")), "CreateOptions").err();
+        assert_eq!(refused.map(|e| (e.code(), e.reason().to_owned())), Some((422, "Invalid".to_owned())));
         Ok(())
     }
 }

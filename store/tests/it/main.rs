@@ -12,6 +12,7 @@ mod kubectl_more;
 mod metrics;
 mod patch;
 mod protobuf;
+mod robustness;
 mod storage;
 mod storage_durable;
 mod storage_etcd;

@@ -56,19 +56,20 @@ async fn status_writes_keep_their_errors() -> TestResult {
     let c = client();
     let pods = Api::<Pod>::namespaced(c.clone(), "default");
     let created = pods.create(&pod("e"), &PostParams::default()).await?;
-    // A badly shaped status is a 400 and changes nothing.
+    // A patch that leaves a badly shaped status is a 422 (as kube-apiserver answers a patch that
+    // made its object undecodable) and changes nothing.
     let err = pods
         .patch_status("e", &Patch::Merge(json!({"status": {"phase": 5}})), &PatchParams::default())
         .await
         .err()
         .ok_or("a number for a phase passed")?;
-    assert_eq!(err.code(), 400, "{err}");
+    assert_eq!(err.code(), 422, "{err}");
     let err = pods
         .patch_status("e", &Patch::Merge(json!({"status": {"conditions": {"not": "a list"}}})), &PatchParams::default())
         .await
         .err()
         .ok_or("an object for conditions passed")?;
-    assert_eq!(err.code(), 400, "{err}");
+    assert_eq!(err.code(), 422, "{err}");
     assert_eq!(pods.get("e").await?.metadata.resource_version, created.metadata.resource_version, "nothing written");
     // Preconditions in the patch's metadata still hold: a stale version is 409, another name 400.
     let stale = json!({"metadata": {"resourceVersion": "1"}, "status": {"phase": "Running"}});
@@ -108,9 +109,9 @@ async fn merge_patches_of_metadata_and_spec_merge_as_before() -> TestResult {
     cms.patch("m", &Patch::Merge(json!({"bogus": {"a": 1}})), &PatchParams::default()).await?;
     let raw = c.get(bosun_core::Target::new(&res, Some("default")), "m").await?;
     assert!(raw.data.get("bogus").is_none(), "{}", raw.data);
-    // Metadata that is not an object is a 400.
+    // A patch that makes metadata not an object is a 422, as kube-apiserver answers.
     let err = cms.patch("m", &Patch::Merge(json!({"metadata": 5})), &PatchParams::default()).await.err().ok_or("metadata 5")?;
-    assert_eq!(err.code(), 400, "{err}");
+    assert_eq!(err.code(), 422, "{err}");
     Ok(())
 }
 
@@ -211,7 +212,7 @@ async fn typed_round_trips_default_and_prune_every_built_in_kind() -> TestResult
         .await
         .err()
         .ok_or("a string for capacity")?;
-    assert_eq!(err.code(), 400, "{err}");
+    assert_eq!(err.code(), 422, "{err}");
     Ok(())
 }
 
