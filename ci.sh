@@ -9,7 +9,7 @@ log() { printf '\n==> %s\n' "$*"; }
 # Real components the tests drive. In this script a missing component fails the run;
 # a bare `cargo test` skips those tests with a loud message instead.
 export BOSUN_REQUIRE_COMPONENTS=1
-APT_PACKAGES=(etcd-server etcd-client protobuf-compiler runc nftables iproute2 busybox-static containernetworking-plugins)
+APT_PACKAGES=(etcd-server etcd-client protobuf-compiler runc nftables iproute2 busybox-static containernetworking-plugins haproxy)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

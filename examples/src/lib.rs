@@ -3,6 +3,7 @@
 //! Start with [`cluster::Cluster`]: every bosun component composed in one process.
 
 pub mod cluster;
+pub mod haproxy;
 mod local_nodes;
 pub mod node_endpoint;
 pub mod prefixed;
