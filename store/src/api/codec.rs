@@ -50,7 +50,54 @@ pub(crate) fn encode_sized(obj: &mut DynamicObject, size: usize) -> Result<Bytes
         })
         .map_err(|e| Error::internal(format!("encode object: {e}")));
     obj.metadata.resource_version = rv;
-    out
+    let out = out?;
+    // What `decode` cannot read back must not be stored: one such object would fail every read,
+    // list and write of it (and every list of its kind) with a 500.
+    let depth = nesting_depth(&out);
+    if depth > MAX_DEPTH {
+        let (group, _) = bosun_core::resource::split_api_version(obj.types.as_ref().map_or("", |t| t.api_version.as_str()));
+        return Err(Error::invalid(
+            group,
+            obj.types.as_ref().map_or("", |t| t.kind.as_str()),
+            obj.metadata.name.as_deref().unwrap_or_default(),
+            vec![bosun_core::FieldError {
+                reason: "FieldValueInvalid".into(),
+                field: "<object>".into(),
+                message: format!("the object nests {depth} levels deep; at most {MAX_DEPTH} can be stored"),
+            }],
+        ));
+    }
+    Ok(out)
+}
+
+/// The deepest nesting of arrays and objects [`decode`] reads (serde_json's recursion limit of
+/// 128 stops at the 128th level).
+const MAX_DEPTH: usize = 127;
+
+/// How deeply arrays and objects nest in a JSON document (brackets inside strings do not count).
+fn nesting_depth(json: &[u8]) -> usize {
+    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for &b in json {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
 }
 
 /// Decodes a stored object and stamps it with its revision.
@@ -156,6 +203,27 @@ pub(crate) fn storage_error(e: StorageError) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An object nested as deeply as storage takes round-trips; one level more is refused with
+    /// 422 rather than stored unreadable.
+    #[test]
+    fn what_is_stored_can_be_read_back() -> Result<()> {
+        let nested = |levels: usize| {
+            let mut v = serde_json::json!(1);
+            // The object itself is one level; `data` is the outermost of the others.
+            for _ in 0..levels - 1 {
+                v = serde_json::json!({"a": v});
+            }
+            DynamicObject::from_value(serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "n"}, "data": v}))
+        };
+        let bytes = encode(&mut nested(MAX_DEPTH)?)?;
+        assert_eq!(nesting_depth(&bytes), MAX_DEPTH);
+        assert!(decode(&bytes, 1).is_ok());
+        let refused = encode(&mut nested(MAX_DEPTH + 1)?).err();
+        assert_eq!(refused.map(|e| e.code()), Some(422));
+        assert_eq!(nesting_depth(br#"{"a": "{[\"{", "b": [{}]}"#), 3);
+        Ok(())
+    }
 
     #[test]
     fn the_one_pass_decoding_agrees_with_the_generic_one() -> Result<()> {

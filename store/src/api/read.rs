@@ -56,8 +56,18 @@ fn decode_token(token: &str) -> Result<Token> {
     Ok(t)
 }
 
-fn parse_rv(rv: &str) -> Result<Revision> {
-    rv.parse::<Revision>().ok().filter(|r| *r >= 0).ok_or_else(|| Error::bad_request(format!("invalid resource version: {rv}")))
+/// A `resourceVersion` to read at: a malformed one is 422 `Invalid` on `resourceVersion`, as
+/// kube-apiserver's storage answers it (kube itself turns that into a 500 for a list; its watch
+/// answers the 422).
+fn parse_rv(rv: &str, resource: &bosun_core::ApiResource) -> Result<Revision> {
+    rv.parse::<Revision>().ok().filter(|r| *r >= 0).ok_or_else(|| {
+        Error::invalid(
+            &resource.group,
+            &resource.plural,
+            "",
+            vec![bosun_core::FieldError::invalid("resourceVersion", rv, "must be a non-negative integer")],
+        )
+    })
 }
 
 /// What a list resolved to: the items (as cache entries), the version, and whether more remain.
@@ -145,16 +155,24 @@ impl ApiServer {
         }
         match (rv, params.version_match) {
             (Some(r), Some(VersionMatch::Exact)) => {
-                let rev = parse_rv(r)?;
+                let rev = parse_rv(r, &kind.resource)?;
                 if rev == 0 {
-                    return Err(Error::bad_request("resourceVersionMatch=Exact requires a non-zero resourceVersion"));
+                    return Err(Error::invalid(
+                        "meta.k8s.io",
+                        "ListOptions",
+                        "",
+                        vec![bosun_core::FieldError::forbidden(
+                            "resourceVersionMatch",
+                            "resourceVersionMatch \"exact\" is forbidden for resourceVersion \"0\"",
+                        )],
+                    ));
                 }
                 exact(rev, None).await
             }
             // A legacy exact read: a version and a limit without a match rule.
-            (Some(r), None) if r != "0" && limit > 0 => exact(parse_rv(r)?, None).await,
+            (Some(r), None) if r != "0" && limit > 0 => exact(parse_rv(r, &kind.resource)?, None).await,
             (Some(r), _) => {
-                let rev = parse_rv(r)?;
+                let rev = parse_rv(r, &kind.resource)?;
                 if !cache.wait_for(rev.max(0)).await {
                     if rev == 0 {
                         let now = self.storage.current_revision().await.map_err(codec::storage_error)?;
@@ -303,7 +321,7 @@ impl ApiServer {
                 Start::Now
             }
             Some(r) => {
-                let rev = parse_rv(r)?;
+                let rev = parse_rv(r, &kind.resource)?;
                 if !cache.wait_for(rev).await {
                     return Err(too_large(rev));
                 }

@@ -462,12 +462,6 @@ fn field_manager(query: &Query) -> std::result::Result<Option<String>, FieldErro
     Ok(Some(manager))
 }
 
-/// A Go-style boolean parameter (`force`), as kube-apiserver's parameter codec reads it: false
-/// for `0`, `f`, `false`, `n`, `no` (any case), true for anything else.
-fn go_bool(value: &str) -> bool {
-    !["0", "f", "false", "n", "no"].iter().any(|f| value.eq_ignore_ascii_case(f))
-}
-
 /// The options of a create (`CreateOptions`) or update (`UpdateOptions`).
 fn post_params(query: &Query, kind: &str) -> Result<(PostParams, Option<FieldValidation>)> {
     let mut errors = OptionErrors::default();
@@ -539,7 +533,7 @@ async fn read_patch(
     let validation = errors.check(field_validation(query), None);
     let dry_run = errors.check(dry_run(query), false);
     let field_manager = errors.check(field_manager(query), None);
-    let force = query.get("force").is_some_and(go_bool);
+    let force = query.flag("force");
     if force && kind_of != 3 {
         errors.0.push(FieldError::forbidden("force", "may not be specified for non-apply patch"));
     }
@@ -675,7 +669,7 @@ async fn delete_params(state: &State, req: Request<Incoming>, query: &Query) -> 
     let mut dry_run = errors.check(dry_run(query), false);
     let mut grace = grace;
     let mut policy = query.non_empty("propagationPolicy");
-    let mut orphan = query.get("orphanDependents").filter(|v| !v.is_empty()).map(go_bool);
+    let mut orphan = query.get("orphanDependents").map(|_| query.flag("orphanDependents"));
     let mut preconditions = None;
     if let Some(body) = body {
         if let Some(d) = body.dry_run {

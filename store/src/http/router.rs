@@ -165,9 +165,10 @@ impl Query {
         self.pairs.iter().filter(|(k, _)| k == key).map(|(_, v)| v.clone()).collect()
     }
 
-    /// A boolean parameter: `true` or `1`.
+    /// A boolean parameter as kube-apiserver's parameter codec reads one: false when absent,
+    /// `0` or `false` (any case), true for any other value, the empty one included.
     pub(crate) fn flag(&self, key: &str) -> bool {
-        matches!(self.get(key), Some("true" | "1" | "True"))
+        self.get(key).is_some_and(|v| v != "0" && !v.eq_ignore_ascii_case("false"))
     }
 
     /// An unsigned number; a malformed one is a 400.

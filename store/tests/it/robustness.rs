@@ -115,6 +115,13 @@ async fn bad_bodies_get_a_status_and_write_nothing() -> TestResult {
         text(&v)
     };
     let post = |what, ctype, body: Bytes| case(what, Method::POST, CMS, ctype, body);
+    // 1,000 nested objects under data, and YAML aliases that would expand to 9^9 strings.
+    let deep = Bytes::from(format!(r#"{{"metadata": {{"name": "t"}}, "data": {}1{}}}"#, r#"{"a": "#.repeat(1000), "}".repeat(1000)));
+    let mut bomb = String::from("metadata:\n  name: t\na0: &a0 [x, x, x, x, x, x, x, x, x]\n");
+    for i in 1..9 {
+        let p = i - 1;
+        bomb.push_str(&format!("a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"));
+    }
     let put = |what, ctype, body: Bytes| case(what, Method::PUT, KEEP, ctype, body);
     let cases = vec![
         post("truncated json", Some(JSON), Bytes::from_static(br#"{"metadata": {"name": "t"}, "data": {"#)).answers(400, "BadRequest"),
@@ -156,6 +163,8 @@ async fn bad_bodies_get_a_status_and_write_nothing() -> TestResult {
         post("text", Some("text/plain"), text(&cm("t"))).answers(415, "UnsupportedMediaType"),
         post("a patch type", Some(MERGE), text(&cm("t"))).answers(415, "UnsupportedMediaType"),
         post("malformed yaml", Some(YAML), Bytes::from_static(b"metadata:\n  name: [t\n")).answers(400, "BadRequest"),
+        post("json nested 1,000 deep", Some(JSON), deep).answers(400, "BadRequest"),
+        post("yaml alias bomb", Some(YAML), Bytes::from(bomb)).answers(400, "BadRequest"),
         post("yaml list", Some(YAML), Bytes::from_static(b"- a\n- b\n")).answers(400, "BadRequest"),
         post("yaml scalar", Some(YAML), Bytes::from_static(b"just words\n")).answers(400, "BadRequest"),
         post("yaml with two documents", Some(YAML), Bytes::from_static(b"metadata:\n  name: t\n---\nmetadata:\n  name: u\n"))
@@ -396,7 +405,12 @@ async fn bad_query_parameters_get_400_or_422_and_change_nothing() -> TestResult 
         get("resourceVersionMatch unsupported", "resourceVersionMatch=Bogus&resourceVersion=1").answers(422, "Invalid"),
         get("resourceVersionMatch with continue", "resourceVersionMatch=NotOlderThan&resourceVersion=1&continue=e30")
             .answers(422, "Invalid"),
+        get("resourceVersionMatch=Exact at 0", "resourceVersionMatch=Exact&resourceVersion=0").answers(422, "Invalid"),
+        get("resourceVersion: not a number", "resourceVersion=abc").answers(422, "Invalid"),
+        get("resourceVersion: not a number, paged", "resourceVersion=abc&limit=5").answers(422, "Invalid"),
+        get("resourceVersion: negative", "resourceVersion=-3&resourceVersionMatch=NotOlderThan").answers(422, "Invalid"),
         get("timeoutSeconds: not a number", "timeoutSeconds=abc").answers(400, "BadRequest"),
+        get("watch: resourceVersion not a number", "watch=1&resourceVersion=abc").answers(422, "Invalid"),
         get("watch: timeoutSeconds not a number", "watch=1&timeoutSeconds=abc").answers(400, "BadRequest"),
         get("watch: bad label selector", "watch=1&labelSelector=a%20in%20(b").answers(400, "BadRequest"),
         get("watch: unsupported field", "watch=1&fieldSelector=spec.foo%3Dbar").answers(400, "BadRequest"),
@@ -439,6 +453,14 @@ async fn bad_query_parameters_get_400_or_422_and_change_nothing() -> TestResult 
     check_all(&server, cases, &[(KEEP, keep)]).await?;
     let list = stored(&server, CMS).await?;
     assert_eq!(list["items"].as_array().map(Vec::len), Some(2), "a refused request wrote: {list}");
+    // Read as kube-apiserver's parameter codec reads them: a limit below 1 is no limit, and any
+    // boolean value but `0` or `false` is true (so this is a watch, not a list).
+    let unlimited = call(&server, Method::GET, &format!("{CMS}?limit=-1"), &[], Bytes::new()).await?;
+    assert_eq!((unlimited.status.as_u16(), unlimited.json()["items"].as_array().map(Vec::len)), (200, Some(2)), "{:?}", unlimited.body);
+    let watched = call(&server, Method::GET, &format!("{CMS}?watch=maybe&timeoutSeconds=1"), &[], Bytes::new()).await?;
+    let events: Vec<Value> = watched.body.split(|b| *b == b'\n').filter_map(|l| serde_json::from_slice(l).ok()).collect();
+    assert_eq!(watched.status.as_u16(), 200);
+    assert!(events.len() == 2 && events.iter().all(|e| e["type"] == "ADDED"), "{:?}", watched.body);
     Ok(())
 }
 
@@ -604,5 +626,37 @@ async fn racing_writes_conflict_and_exactly_one_wins() -> TestResult {
         futures::future::join_all(posts).await.into_iter().map(|r| r.map(|r| r.status.as_u16())).collect::<Result<_, _>>()?;
     assert_eq!(codes.iter().filter(|c| **c == 201).count(), 1, "{codes:?}");
     assert_eq!(codes.iter().filter(|c| **c == 409).count(), 7, "{codes:?}");
+    Ok(())
+}
+
+/// A JSON patch names paths of any depth, so patches can nest an object deeper than any body
+/// could; what storage could not read back must be refused, or every read and list of the kind
+/// fails afterwards.
+#[tokio::test]
+async fn patches_cannot_nest_an_object_past_what_storage_reads_back() -> TestResult {
+    let (_api, server) = start().await?;
+    let mut crd = widget_crd();
+    crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"] =
+        json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true});
+    create(&server, "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", &crd).await?;
+    let gadgets = "/apis/example.com/v1/namespaces/default/gadgets";
+    let gadget = format!("{gadgets}/g");
+    create(&server, gadgets, &json!({"apiVersion": "example.com/v1", "kind": "Gadget", "metadata": {"name": "g"}, "spec": {}})).await?;
+    let mut value = json!(1);
+    for _ in 0..100 {
+        value = json!({"a": value});
+    }
+    // 100 levels below spec: stored fine.
+    let first = json!([{"op": "add", "path": "/spec/b", "value": value}]);
+    let reply = call(&server, Method::PATCH, &gadget, &[("content-type", JSON_PATCH)], text(&first)).await?;
+    assert_eq!(reply.status.as_u16(), 200, "{:?}", reply.body);
+    let before = stored(&server, &gadget).await?;
+    // 100 more below the first: refused, and the object and its list still read.
+    let deeper = json!([{"op": "add", "path": format!("/spec/b{}/b", "/a".repeat(99)), "value": value}]);
+    let cases =
+        vec![case("a patch nesting past storage", Method::PATCH, gadget.as_str(), Some(JSON_PATCH), text(&deeper)).answers(422, "Invalid")];
+    check_all(&server, cases, &[(gadget.as_str(), before)]).await?;
+    let list = call(&server, Method::GET, gadgets, &[], Bytes::new()).await?;
+    assert_eq!(list.status.as_u16(), 200, "{:?}", list.body);
     Ok(())
 }
