@@ -74,9 +74,13 @@ struct Args {
     #[arg(long, default_value_t = 60)]
     compaction_interval_s: u64,
     /// Each node agent watches its own pods (`spec.nodeName=<node>`, as a real kubelet does)
-    /// instead of all agents sharing one pod watch.
+    /// instead of all agents sharing the control plane's pod informer.
     #[arg(long)]
     per_node_watches: bool,
+    /// The agents share a pod watch of their own (a second typed copy of every bound pod) instead
+    /// of the control plane's pod informer.
+    #[arg(long)]
+    own_pod_watch: bool,
     /// The scheduler's and controllers' informers take their initial state (and every relist) from
     /// paged lists, 500 objects a page, instead of streaming lists (watches with
     /// `sendInitialEvents`, which the API server serves from its watch cache one object at a time).
@@ -139,10 +143,14 @@ async fn run(args: Args) -> Result<bool, BoxError> {
     let _controllers = manager.spawn_all();
     tracing::info!(url = %server.https_url().unwrap_or_default(), "control plane up");
 
-    // The hollow nodes, registered a few at a time. They share one pod watch (demultiplexed by
-    // node name) unless --per-node-watches.
+    // The hollow nodes, registered a few at a time. They share the scheduler's and controllers'
+    // pod informer (demultiplexed by node name: one copy of each pod in the process) unless
+    // --own-pod-watch (one shared watch of their own) or --per-node-watches.
     let t = Instant::now();
-    let feed = (!args.per_node_watches).then(|| SharedPodFeed::spawn(client.clone()));
+    let feed = (!args.per_node_watches).then(|| match args.own_pod_watch {
+        true => SharedPodFeed::spawn(client.clone()),
+        false => SharedPodFeed::from_informer(informers.all()),
+    });
     let nodes: Vec<_> = futures::stream::iter(0..args.nodes)
         .map(|i| {
             let client = client.clone();

@@ -18,7 +18,7 @@
 //! ```
 
 use bosun_core::k8s_openapi::api::core::v1::Pod;
-use bosun_core::watch::{Event, WatchError, WatcherConfig, watcher};
+use bosun_core::watch::{Change, Event, Informer, WatchError, WatcherConfig, watcher};
 use bosun_core::{Api, Client};
 use futures::StreamExt;
 use futures::stream::BoxStream;
@@ -164,13 +164,13 @@ impl FeedState {
         }
     }
 
-    fn apply(&mut self, event: Event<Pod>) {
+    fn apply(&mut self, event: Event<Arc<Pod>>) {
         match event {
             Event::Init => self.relist = Some(HashMap::new()),
             Event::InitApply(p) => {
                 let relist = self.relist.get_or_insert_with(HashMap::new);
                 if let Some(node) = node_of(&p) {
-                    relist.entry(node.to_string()).or_default().insert(uid_of(&p), Arc::new(p));
+                    relist.entry(node.to_string()).or_default().insert(uid_of(&p), p);
                 }
             }
             Event::InitDone => {
@@ -184,7 +184,6 @@ impl FeedState {
             }
             Event::Apply(p) => {
                 let Some(node) = node_of(&p).map(str::to_owned) else { return };
-                let p = Arc::new(p);
                 self.by_node.entry(node.clone()).or_default().insert(uid_of(&p), p.clone());
                 self.send(&node, &Ok(Event::Apply(p)));
             }
@@ -196,18 +195,39 @@ impl FeedState {
                         self.by_node.remove(&node);
                     }
                 }
-                self.send(&node, &Ok(Event::Delete(Arc::new(p))));
+                self.send(&node, &Ok(Event::Delete(p)));
             }
         }
+    }
+
+    /// A complete listing of `pods` (a relist).
+    fn relist(&mut self, pods: Vec<Arc<Pod>>) {
+        self.apply(Event::Init);
+        for p in pods {
+            self.apply(Event::InitApply(p));
+        }
+        self.apply(Event::InitDone);
     }
 }
 
 impl SharedPodFeed {
     /// Starts the shared watch (of pods with a `spec.nodeName`) on the current tokio runtime.
     pub fn spawn(client: Arc<dyn Client>) -> Self {
+        Self::start(|weak| tokio::spawn(run(client, weak)))
+    }
+
+    /// Feeds the agents from a pod informer the process already has (the scheduler's and the
+    /// controllers' `Informers::all::<Pod>()`) instead of a watch of its own: the agents then hold
+    /// the informer's copy of each pod (`Arc`s of its cache), not a second one, and the API
+    /// server serves one pod watcher fewer. The informer's caches drop `managedFields` when it
+    /// comes from `Informers::new`.
+    pub fn from_informer(pods: Informer<Pod>) -> Self {
+        Self::start(|weak| tokio::spawn(follow(pods, weak)))
+    }
+
+    fn start(spawn: impl FnOnce(Weak<FeedInner>) -> tokio::task::JoinHandle<()>) -> Self {
         let inner = Arc::new(FeedInner { state: Mutex::new(FeedState::default()), task: Mutex::new(None) });
-        let weak = Arc::downgrade(&inner);
-        let task = tokio::spawn(run(client, weak));
+        let task = spawn(Arc::downgrade(&inner));
         *inner.task.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(task.abort_handle());
         Self { inner }
     }
@@ -240,8 +260,28 @@ async fn run(client: Arc<dyn Client>, feed: Weak<FeedInner>) {
     while let Some(item) = events.next().await {
         let Some(feed) = feed.upgrade() else { return };
         match item {
-            Ok(event) => feed.lock().apply(without_managed_fields(event)),
+            Ok(event) => feed.lock().apply(shared_event(event)),
             Err(error) => tracing::warn!(%error, "shared pod watch failed; retrying"),
+        }
+    }
+}
+
+/// Follows an informer: its cache as the first listing (and again after a `Resync`), its changes
+/// after. Changes made between subscribing and reading the cache arrive twice (an `Apply` of a pod
+/// the listing had): agents take a repeated `Apply` as no change.
+async fn follow(pods: Informer<Pod>, feed: Weak<FeedInner>) {
+    let mut changes = pods.subscribe();
+    pods.wait_ready().await;
+    match feed.upgrade() {
+        Some(f) => f.lock().relist(pods.store().list()),
+        None => return,
+    }
+    while let Some(change) = changes.next().await {
+        let Some(f) = feed.upgrade() else { return };
+        match change {
+            Change::Applied(p) => f.lock().apply(Event::Apply(p)),
+            Change::Deleted(p) => f.lock().apply(Event::Delete(p)),
+            Change::Resync => f.lock().relist(pods.store().list()),
         }
     }
 }
@@ -259,8 +299,8 @@ mod tests {
     use bosun_core::k8s_openapi::api::core::v1::PodSpec;
     use bosun_core::k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-    fn pod(name: &str, node: &str) -> Pod {
-        Pod {
+    fn pod(name: &str, node: &str) -> Arc<Pod> {
+        Arc::new(Pod {
             metadata: ObjectMeta {
                 name: Some(name.into()),
                 namespace: Some("d".into()),
@@ -269,7 +309,7 @@ mod tests {
             },
             spec: Some(PodSpec { node_name: Some(node.into()), ..PodSpec::default() }),
             ..Pod::default()
-        }
+        })
     }
 
     fn drain(rx: &mut mpsc::UnboundedReceiver<Item>) -> Vec<String> {
@@ -338,11 +378,25 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn agents_sharing_a_feed_run_the_pods_of_their_own_node() {
+        agents_run_the_pods_of_their_own_node(false).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn agents_fed_by_an_informer_run_their_pods_and_hold_the_informers_copies() {
+        agents_run_the_pods_of_their_own_node(true).await;
+    }
+
+    /// Three agents on one feed: its own watch, or (`from_informer`) a pod informer's cache.
+    async fn agents_run_the_pods_of_their_own_node(from_informer: bool) {
         use crate::{FakeRuntime, HostImages, NodeAgent, NodeAgentConfig};
         use bosun_core::{DeleteParams, PostParams};
         let client: Arc<dyn Client> = bosun_store::ApiServer::in_memory();
         let dir = tempfile::tempdir().expect("tempdir");
-        let feed = SharedPodFeed::spawn(client.clone());
+        let pods_informer = from_informer.then(|| bosun_core::watch::Informers::new(client.clone()).all::<Pod>());
+        let feed = match &pods_informer {
+            Some(i) => SharedPodFeed::from_informer(i.clone()),
+            None => SharedPodFeed::spawn(client.clone()),
+        };
         let api = Api::<Pod>::namespaced(client.clone(), "default");
         // n2's pod exists before its agent starts: the agent gets it from the feed's listing.
         api.create(&bound_pod("early", "n2"), &PostParams::default()).await.expect("create");
@@ -370,5 +424,19 @@ mod tests {
         wait_until("b gone and stopped", async || api.get_opt("b").await.expect("get").is_none() && fakes[0].running() == 2).await;
         wait_until("the feed forgot b", async || feed.len() == 4).await;
         assert_eq!([fakes[1].running(), fakes[2].running()], [1, 1]);
+        if let Some(informer) = &pods_informer {
+            // One copy of each pod in the process: the feed holds the informer's Arcs.
+            wait_until("the feed holds the informer's copies", async || {
+                let st = feed.inner.lock();
+                let held: Vec<&Arc<Pod>> = st.by_node.values().flat_map(HashMap::values).collect();
+                held.len() == 4
+                    && held.iter().all(|p| {
+                        let key =
+                            bosun_core::ObjectKey::new(p.metadata.namespace.as_deref(), p.metadata.name.as_deref().unwrap_or_default());
+                        informer.store().get(&key).is_some_and(|cached| Arc::ptr_eq(&cached, p))
+                    })
+            })
+            .await;
+        }
     }
 }
