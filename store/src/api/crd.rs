@@ -319,6 +319,24 @@ pub(crate) fn validate_definition(obj: &DynamicObject, errs: &mut Vec<FieldError
     }
 }
 
+/// What a CustomResourceDefinition may not change once it serves (kube-apiserver's
+/// ValidateCustomResourceDefinitionSpecUpdate for an established definition): its scope and kind
+/// (they shape storage), its group and plural (they make its name).
+pub(crate) fn validate_definition_update(obj: &DynamicObject, old: &DynamicObject, errs: &mut Vec<FieldError>) {
+    let (spec, old_spec) = (obj.data.get("spec").unwrap_or(&Value::Null), old.data.get("spec").unwrap_or(&Value::Null));
+    for (path, field) in [
+        (&["scope"][..], "spec.scope"),
+        (&["names", "kind"], "spec.names.kind"),
+        (&["group"], "spec.group"),
+        (&["names", "plural"], "spec.names.plural"),
+    ] {
+        let (new, was) = (str_at(spec, path), str_at(old_spec, path));
+        if new != was {
+            errs.push(FieldError::invalid(field, new.unwrap_or(""), "field is immutable"));
+        }
+    }
+}
+
 /// The kinds a CustomResourceDefinition serves: one per served version.
 pub(crate) fn kinds_of(crd: &DynamicObject) -> Vec<Kind> {
     let Some(spec) = crd.data.get("spec") else { return Vec::new() };

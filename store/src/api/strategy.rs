@@ -374,7 +374,12 @@ impl Kind {
                     e.push(FieldError::not_supported("addressType", &n.address_type, &["FQDN", "IPv4", "IPv6"]));
                 }
             })?,
-            Rules::CustomResourceDefinition => super::crd::validate_definition(obj, &mut errs),
+            Rules::CustomResourceDefinition => {
+                super::crd::validate_definition(obj, &mut errs);
+                if let Some(old) = old {
+                    super::crd::validate_definition_update(obj, old, &mut errs);
+                }
+            }
             Rules::Custom => {
                 if let Some(schema) = self.schema.as_ref() {
                     schema.validate(&obj.data, &mut errs);

@@ -737,8 +737,12 @@ async fn subresource(
             if let (Some(ns), true) = (namespace, obj.metadata.namespace.is_none()) {
                 obj.metadata.namespace = Some(ns.to_owned());
             }
-            if obj.metadata.name.is_none() {
-                obj.metadata.name = Some(name.to_owned());
+            match obj.metadata.name.as_deref() {
+                None | Some("") => obj.metadata.name = Some(name.to_owned()),
+                Some(n) if n != name => {
+                    return Err(Error::bad_request(format!("the name of the object ({n}) does not match the name on the URL ({name})")));
+                }
+                Some(_) => {}
             }
             let updated = state.client.update_subresource(target, name, sub, &obj, &params).await?;
             Ok(Reply { response: body::respond(StatusCode::OK, &updated, output), warnings })

@@ -527,17 +527,20 @@ async fn bad_urls_get_404_400_and_405() -> TestResult {
 }
 
 #[tokio::test]
-async fn subresource_misuse_gets_a_status_and_changes_nothing() -> TestResult {
+async fn subresource_and_definition_misuse_gets_a_status_and_changes_nothing() -> TestResult {
     let (_api, server) = start().await?;
     create(&server, DEPLOYS, &deployment("web")).await?;
     create(&server, PODS, &pod("bound", Some("node-1"))).await?;
     create(&server, PODS, &pod("free", None)).await?;
     create(&server, "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", &widget_crd()).await?;
     let (web, bound, free) = (format!("{DEPLOYS}/web"), format!("{PODS}/bound"), format!("{PODS}/free"));
+    let crd = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/gadgets.example.com";
     let before = [
         (web.as_str(), stored(&server, &web).await?),
         (bound.as_str(), stored(&server, &bound).await?),
         (free.as_str(), stored(&server, &free).await?),
+        (crd, stored(&server, crd).await?),
+        ("/api/v1/namespaces/default", stored(&server, "/api/v1/namespaces/default").await?),
     ];
     let scale = stored(&server, &format!("{web}/scale")).await?;
     let scale_with = |f: &dyn Fn(&mut Value)| {
@@ -583,6 +586,19 @@ async fn subresource_misuse_gets_a_status_and_changes_nothing() -> TestResult {
             .answers(400, "BadRequest"),
         post("binding: target a string", &bind_free, text(&json!({"kind": "Binding", "target": "node-2"}))).answers(400, "BadRequest"),
         post("binding: missing pod", &format!("{PODS}/missing/binding"), text(&binding("missing"))).answers(404, "NotFound"),
+        put(
+            "finalize: other name",
+            "/api/v1/namespaces/default/finalize",
+            text(&json!({"metadata": {"name": "other"}, "spec": {"finalizers": []}})),
+        )
+        .answers(400, "BadRequest"),
+        put("finalize: finalizers a string", "/api/v1/namespaces/default/finalize", text(&json!({"spec": {"finalizers": "x"}})))
+            .answers(400, "BadRequest"),
+        put("namespace status: wrong kind", "/api/v1/namespaces/default/status", text(&json!({"kind": "Pod", "apiVersion": "v1"})))
+            .answers(400, "BadRequest"),
+        patch("definition: scope changed", crd, MERGE, r#"{"spec":{"scope":"Cluster"}}"#).answers(422, "Invalid"),
+        patch("definition: kind changed", crd, MERGE, r#"{"spec":{"names":{"kind":"Widget"}}}"#).answers(422, "Invalid"),
+        patch("definition: group changed", crd, MERGE, r#"{"spec":{"group":"other.example.com"}}"#).answers(422, "Invalid"),
         post("eviction: malformed", &evict_free, raw(b"{\"metadata\"")).answers(400, "BadRequest"),
         post("eviction: an array", &evict_free, raw(b"[1]")).answers(400, "BadRequest"),
         post("eviction: wrong kind", &evict_free, eviction(json!({"kind": "Pod", "apiVersion": "v1"}))).answers(400, "BadRequest"),
