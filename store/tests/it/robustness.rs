@@ -642,6 +642,43 @@ async fn racing_writes_conflict_and_exactly_one_wins() -> TestResult {
         futures::future::join_all(posts).await.into_iter().map(|r| r.map(|r| r.status.as_u16())).collect::<Result<_, _>>()?;
     assert_eq!(codes.iter().filter(|c| **c == 201).count(), 1, "{codes:?}");
     assert_eq!(codes.iter().filter(|c| **c == 409).count(), 7, "{codes:?}");
+    // Patches without a version retry on conflicts: every one lands. Appliers of their own fields too.
+    let patches = (0..12).map(|i| {
+        let (path, body) = match i % 2 {
+            0 => (KEEP.to_owned(), json!({"data": {format!("m{i}"): "x"}}).to_string()),
+            _ => (
+                format!("{KEEP}?fieldManager=m{i}"),
+                format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: keep\ndata:\n  a{i}: x\n"),
+            ),
+        };
+        let ctype = if i % 2 == 0 { MERGE } else { APPLY };
+        let server = &server;
+        async move { call(server, Method::PATCH, &path, &[("content-type", ctype)], body).await }
+    });
+    for reply in futures::future::join_all(patches).await {
+        let reply = reply?;
+        assert_eq!(reply.status.as_u16(), 200, "{:?}", reply.body);
+    }
+    let data = stored(&server, KEEP).await?["data"].clone();
+    let keys = data.as_object().map(|d| d.keys().filter(|k| k.starts_with('m') || k.starts_with('a')).count());
+    assert_eq!(keys, Some(12), "{data}");
+    // A delete racing patches: each answer is the object or 404, and the object ends gone.
+    let race = (0..8).map(|i| {
+        let server = &server;
+        async move {
+            if i == 4 {
+                call(server, Method::DELETE, KEEP, &[], Bytes::new()).await
+            } else {
+                call(server, Method::PATCH, KEEP, &[("content-type", MERGE)], json!({"data": {"late": i.to_string()}}).to_string()).await
+            }
+        }
+    });
+    for reply in futures::future::join_all(race).await {
+        let reply = reply?;
+        assert!(matches!(reply.status.as_u16(), 200 | 404), "{} {:?}", reply.status, reply.body);
+    }
+    let gone = call(&server, Method::GET, KEEP, &[], Bytes::new()).await?;
+    assert_eq!(gone.status.as_u16(), 404, "{:?}", gone.body);
     Ok(())
 }
 
@@ -674,5 +711,71 @@ async fn patches_cannot_nest_an_object_past_what_storage_reads_back() -> TestRes
     check_all(&server, cases, &[(gadget.as_str(), before)]).await?;
     let list = call(&server, Method::GET, gadgets, &[], Bytes::new()).await?;
     assert_eq!(list.status.as_u16(), 200, "{:?}", list.body);
+    Ok(())
+}
+
+/// Raw HTTP/1.1 on loopback: sends `request` (while reading: a server refusing a long body
+/// answers before it has all of it, and may close before the rest is written), half-closes, and
+/// returns what the server answered.
+async fn raw_exchange(server: &Server, request: Vec<u8>) -> Result<String, Box<dyn std::error::Error>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let stream = tokio::net::TcpStream::connect(server.addr()).await?;
+    let (mut read, mut write) = stream.into_split();
+    let writer = tokio::spawn(async move {
+        // The server may stop reading once it has answered: a failed write is expected then.
+        if write.write_all(&request).await.is_ok() {
+            let _ = write.shutdown().await;
+        }
+    });
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 8192];
+    let reading = async {
+        // A reset after the answer ends the reading; what came before it is the answer.
+        while let Ok(n) = read.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            answer.extend_from_slice(&buf[..n]);
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), reading).await?;
+    writer.abort();
+    Ok(String::from_utf8_lossy(&answer).into_owned())
+}
+
+/// A body cut short by the client (fewer bytes than its Content-Length, then end of stream), and
+/// chunked bodies that are malformed or run past the limit, are refused with a `Status`; nothing is
+/// written and the server goes on serving.
+#[tokio::test]
+async fn truncated_and_malformed_framing_is_refused() -> TestResult {
+    let (_api, server) = start().await?;
+    create(&server, CMS, &cm("keep")).await?;
+    let keep = stored(&server, KEEP).await?;
+    let body = text(&cm("cut"));
+    let mut cut =
+        format!("POST {CMS} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n", body.len()).into_bytes();
+    cut.extend_from_slice(&body[..body.len() / 2]);
+    let answer = raw_exchange(&server, cut).await?;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains(r#""reason":"BadRequest""#), "{answer}");
+    let chunk = format!(
+        "PUT {KEEP} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n{{}}\r\n0\r\n\r\n"
+    );
+    let answer = raw_exchange(&server, chunk.into_bytes()).await?;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    let mut big =
+        format!("POST {CMS} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n").into_bytes();
+    for _ in 0..4 {
+        big.extend_from_slice(format!("{:x}\r\n", 1024 * 1024).as_bytes());
+        big.extend(std::iter::repeat_n(b' ', 1024 * 1024));
+        big.extend_from_slice(b"\r\n");
+    }
+    big.extend_from_slice(b"0\r\n\r\n");
+    let answer = raw_exchange(&server, big).await?;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{}", &answer[..answer.len().min(300)]);
+    assert!(answer.contains(r#""reason":"RequestEntityTooLarge""#), "{}", &answer[..answer.len().min(300)]);
+    check_all(&server, Vec::new(), &[(KEEP, keep)]).await?;
+    let list = stored(&server, CMS).await?;
+    assert_eq!(list["items"].as_array().map(Vec::len), Some(2), "{list}");
     Ok(())
 }
