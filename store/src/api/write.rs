@@ -301,7 +301,10 @@ impl ApiServer {
             };
             let current = &codec::decode(&kv.value, kv.mod_revision)?;
             let mut obj = mutate(current)?;
-            if obj.metadata.name.as_deref().is_some_and(|n| !n.is_empty() && n != name) {
+            // A patch that removes the name (`$patch: delete` or `replace` of the object or its
+            // metadata) names another object than its URL, as kube-apiserver's name check finds.
+            let unnamed = change.patched && obj.metadata.name.as_deref().is_none_or(str::is_empty);
+            if unnamed || obj.metadata.name.as_deref().is_some_and(|n| !n.is_empty() && n != name) {
                 return Err(Error::bad_request(format!(
                     "the name of the object ({}) does not match the name on the URL ({name})",
                     obj.metadata.name.as_deref().unwrap_or("")

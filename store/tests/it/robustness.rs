@@ -307,6 +307,43 @@ async fn bad_patches_get_a_status_and_leave_the_object_alone() -> TestResult {
         patch("strategic: delete directive on a string", SMP, r#"{"data": {"k": {"$patch": "delete"}}}"#).answers(422, "Invalid"),
         patch("strategic: data a list", SMP, r#"{"data": ["k"]}"#).answers(422, "Invalid"),
         patch("strategic: finalizers an object", SMP, r#"{"metadata": {"finalizers": {"a": "b"}}}"#).answers(422, "Invalid"),
+        patch("strategic: $patch delete of the object", SMP, r#"{"$patch": "delete"}"#).answers(400, "BadRequest"),
+        patch("strategic: $patch replace of metadata", SMP, r#"{"metadata": {"$patch": "replace"}}"#).answers(400, "BadRequest"),
+        patch("strategic: $deleteFromPrimitiveList not a list", SMP, r#"{"metadata": {"$deleteFromPrimitiveList/finalizers": "a"}}"#)
+            .answers(400, "BadRequest"),
+        patch("json patch: remove the name", JSON_PATCH, r#"[{"op": "remove", "path": "/metadata/name"}]"#).answers(400, "BadRequest"),
+        case(
+            "strategic: delete without a merge key",
+            Method::PATCH,
+            web.clone(),
+            Some(SMP),
+            r#"{"spec":{"template":{"spec":{"containers":[{"$patch":"delete"}]}}}}"#,
+        )
+        .answers(422, "Invalid"),
+        case(
+            "strategic: $setElementOrder not a list",
+            Method::PATCH,
+            web.clone(),
+            Some(SMP),
+            r#"{"spec":{"template":{"spec":{"$setElementOrder/containers":"c"}}}}"#,
+        )
+        .answers(400, "BadRequest"),
+        case(
+            "strategic: a list of lists",
+            Method::PATCH,
+            web.clone(),
+            Some(SMP),
+            r#"{"spec":{"template":{"spec":{"containers":[["c"]]}}}}"#,
+        )
+        .answers(422, "Invalid"),
+        case(
+            "strategic: unknown $patch in a list item",
+            Method::PATCH,
+            web.clone(),
+            Some(SMP),
+            r#"{"spec":{"template":{"spec":{"containers":[{"name":"c","$patch":"frob"}]}}}}"#,
+        )
+        .answers(400, "BadRequest"),
         patch("apply: no fieldManager", APPLY, "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: keep\ndata:\n  k: x\n")
             .answers(422, "Invalid"),
         patch("apply: malformed yaml, no fieldManager (options come first)", APPLY, "metadata: [keep\n").answers(422, "Invalid"),
