@@ -141,6 +141,10 @@ impl ApiServer {
         params: &PostParams,
     ) -> Result<DynamicObject> {
         Self::check_subresource(kind, sub)?;
+        // A subresource written whole names the object of its URL (kube-apiserver's name check).
+        if let Some(n) = body.metadata.name.as_deref().filter(|n| !n.is_empty() && *n != name) {
+            return Err(Error::bad_request(format!("the name of the object ({n}) does not match the name on the URL ({name})")));
+        }
         // Unnamed writers are recorded only where fields are tracked (see `patch_object`).
         let change = Change {
             subresource: Some(sub),
@@ -153,7 +157,7 @@ impl ApiServer {
         match sub {
             "status" => self.update_object(kind, ns, name, change, &|_| Ok(body.clone())).await,
             "scale" => {
-                check_scale_body(body, name)?;
+                check_scale_types(body)?;
                 let replicas = Self::scale_replicas(body, name)?;
                 let rv = body.metadata.resource_version.clone().filter(|r| !r.is_empty());
                 let change = Change { validation: None, ..change };
@@ -442,24 +446,18 @@ fn eviction_delete_params(
     if errors.is_empty() { Ok(delete) } else { Err(Error::invalid("policy", "Eviction", name, errors)) }
 }
 
-/// A `Scale` written whole must say it is one (`autoscaling/v1`, when it names its type) and name
-/// the object of its URL: 400 otherwise, as kube-apiserver's decoding and name check answer.
-fn check_scale_body(body: &DynamicObject, name: &str) -> Result<()> {
-    if let Some(t) = body.types.as_ref() {
-        if !t.kind.is_empty() && t.kind != "Scale" {
-            return Err(Error::bad_request(format!("the kind in the body ({}) does not match the kind of the request (Scale)", t.kind)));
-        }
-        if !t.api_version.is_empty() && t.api_version != "autoscaling/v1" {
-            return Err(Error::bad_request(format!(
-                "the API version in the data ({}) does not match the expected API version (autoscaling/v1)",
-                t.api_version
-            )));
-        }
+/// A `Scale` written whole must say it is one (`autoscaling/v1`) when it names its type: 400
+/// otherwise, as kube-apiserver's decoding answers.
+fn check_scale_types(body: &DynamicObject) -> Result<()> {
+    let Some(t) = body.types.as_ref() else { return Ok(()) };
+    if !t.kind.is_empty() && t.kind != "Scale" {
+        return Err(Error::bad_request(format!("the kind in the body ({}) does not match the kind of the request (Scale)", t.kind)));
     }
-    match body.metadata.name.as_deref() {
-        Some(n) if !n.is_empty() && n != name => {
-            Err(Error::bad_request(format!("the name of the object ({n}) does not match the name on the URL ({name})")))
-        }
-        _ => Ok(()),
+    if !t.api_version.is_empty() && t.api_version != "autoscaling/v1" {
+        return Err(Error::bad_request(format!(
+            "the API version in the data ({}) does not match the expected API version (autoscaling/v1)",
+            t.api_version
+        )));
     }
+    Ok(())
 }

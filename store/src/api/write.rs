@@ -482,7 +482,7 @@ impl ApiServer {
         match patch {
             Patch::Json(ops) => check_json_patch(ops)?,
             Patch::Merge(Value::Object(p)) if !p.contains_key("apiVersion") && !p.contains_key("kind") => {
-                return merge_object(current, p, None).map_err(undecodable);
+                return merge_object(&kind.resource, current, p, None);
             }
             Patch::Strategic(Value::Object(p))
                 if kind.rules != Rules::Custom
@@ -490,8 +490,7 @@ impl ApiServer {
                     && !p.contains_key("kind")
                     && !crate::patch::has_top_level_directives(p) =>
             {
-                return merge_object(current, p, Some(crate::patch::builtin_schema(&kind.resource)?))
-                    .map_err(|e| if e.reason() == UNDECODABLE_METADATA { undecodable(e) } else { e });
+                return merge_object(&kind.resource, current, p, Some(crate::patch::builtin_schema(&kind.resource)?));
             }
             _ => {}
         }
@@ -532,9 +531,7 @@ impl ApiServer {
     ) -> Result<DynamicObject> {
         let applied = matches!(patch, Patch::Apply(_));
         if applied && params.field_manager.as_deref().is_none_or(str::is_empty) {
-            let mut required = bosun_core::FieldError::required("fieldManager");
-            required.message = "Required value: is required for apply patch".to_owned();
-            return Err(Error::invalid("meta.k8s.io", "PatchOptions", "", vec![required]));
+            return Err(Error::invalid("meta.k8s.io", "PatchOptions", "", vec![apply_needs_manager()]));
         }
         let mut ctx = ApplyContext::from_params(params);
         ctx.subresource = sub.map(str::to_owned);
@@ -663,9 +660,12 @@ impl ApiServer {
     }
 }
 
-/// The reason [`merge_object`] gives metadata a patch made undecodable, which [`ApiServer::apply_patch`]
-/// turns into a 422 (never sent as it is).
-const UNDECODABLE_METADATA: &str = "UndecodableMetadata";
+/// An apply names its field manager (kube-apiserver's ValidatePatchOptions).
+pub(crate) fn apply_needs_manager() -> bosun_core::FieldError {
+    let mut required = bosun_core::FieldError::required("fieldManager");
+    required.message = "Required value: is required for apply patch".to_owned();
+    required
+}
 
 /// The most operations a JSON patch may hold (kube-apiserver's limit).
 const MAX_JSON_PATCH_OPERATIONS: usize = 10_000;
@@ -710,13 +710,15 @@ pub(crate) fn patched_invalid(err: Error, resource: &bosun_core::ApiResource, na
 /// they are instead of being encoded into one JSON document and decoded back, and the metadata
 /// goes through JSON only when the patch names it. The same result as patching the object's JSON.
 fn merge_object(
+    resource: &bosun_core::ApiResource,
     current: &DynamicObject,
     patch: &serde_json::Map<String, Value>,
     schema: Option<crate::patch::Node>,
 ) -> Result<DynamicObject> {
+    let name = current.metadata.name.as_deref().unwrap_or_default();
     let mut obj = current.clone();
     let Value::Object(data) = &mut obj.data else {
-        return Err(Error::bad_request("the patched object is not a JSON object"));
+        return Err(patched_invalid(Error::bad_request("the patched object is not a JSON object"), resource, name));
     };
     let merge = |fields: &mut serde_json::Map<String, Value>, key: &String, value: &Value| -> Result<()> {
         match schema {
@@ -739,14 +741,8 @@ fn merge_object(
             merge(&mut holder, key, value)?;
             obj.metadata = match holder.remove("metadata") {
                 None | Some(Value::Null) => Default::default(),
-                Some(meta) => serde_json::from_value(meta).map_err(|e| {
-                    Error::Other(Box::new(bosun_core::k8s_openapi::apimachinery::pkg::apis::meta::v1::Status {
-                        code: Some(400),
-                        reason: Some(UNDECODABLE_METADATA.to_owned()),
-                        message: Some(format!("decode object: metadata: {e}")),
-                        ..Default::default()
-                    }))
-                })?,
+                Some(meta) => serde_json::from_value(meta)
+                    .map_err(|e| patched_invalid(Error::bad_request(format!("decode object: metadata: {e}")), resource, name))?,
             };
         } else {
             merge(data, key, value)?;

@@ -538,9 +538,7 @@ async fn read_patch(
         errors.0.push(FieldError::forbidden("force", "may not be specified for non-apply patch"));
     }
     if kind_of == 3 && field_manager.is_none() {
-        let mut required = FieldError::required("fieldManager");
-        required.message = "Required value: is required for apply patch".to_owned();
-        errors.0.push(required);
+        errors.0.push(crate::api::apply_needs_manager());
     }
     errors.finish("PatchOptions")?;
     let body = strict::decode(&bytes, if kind_of == 3 { Format::Yaml } else { Format::Json })?;
@@ -737,12 +735,8 @@ async fn subresource(
             if let (Some(ns), true) = (namespace, obj.metadata.namespace.is_none()) {
                 obj.metadata.namespace = Some(ns.to_owned());
             }
-            match obj.metadata.name.as_deref() {
-                None | Some("") => obj.metadata.name = Some(name.to_owned()),
-                Some(n) if n != name => {
-                    return Err(Error::bad_request(format!("the name of the object ({n}) does not match the name on the URL ({name})")));
-                }
-                Some(_) => {}
+            if obj.metadata.name.is_none() {
+                obj.metadata.name = Some(name.to_owned());
             }
             let updated = state.client.update_subresource(target, name, sub, &obj, &params).await?;
             Ok(Reply { response: body::respond(StatusCode::OK, &updated, output), warnings })
