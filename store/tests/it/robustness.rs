@@ -508,6 +508,7 @@ async fn bad_urls_get_404_400_and_405() -> TestResult {
     create(&server, DEPLOYS, &deployment("web")).await?;
     let keep = stored(&server, KEEP).await?;
     let get = |what, path: String| case(what, Method::GET, path, None, Bytes::new());
+    let post = |what, path: &str, body: &'static str| case(what, Method::POST, path, Some(JSON), body);
     let cases = vec![
         get("unknown group", "/apis/nope.example.com/v1/namespaces/default/things".into()).answers(404, "NotFound"),
         get("unknown version", "/api/v2/namespaces/default/configmaps".into()).answers(404, "NotFound"),
@@ -519,14 +520,8 @@ async fn bad_urls_get_404_400_and_405() -> TestResult {
         get("too deep", format!("{KEEP}/status/more")).answers(404, "NotFound"),
         get("unknown top level", "/nothing/here".into()).answers(404, "NotFound"),
         get("cluster-scoped in a namespace", "/api/v1/namespaces/default/nodes".into()).answers(404, "NotFound"),
-        case(
-            "create cluster-scoped in a namespace",
-            Method::POST,
-            "/api/v1/namespaces/default/nodes",
-            Some(JSON),
-            r#"{"metadata":{"name":"n"}}"#,
-        )
-        .answers(404, "NotFound"),
+        post("create cluster-scoped in a namespace", "/api/v1/namespaces/default/nodes", r#"{"metadata":{"name":"n"}}"#)
+            .answers(404, "NotFound"),
         get("name ..", format!("{CMS}/%2E%2E")).answers(400, "BadRequest"),
         get("name .", format!("{CMS}/%2E")).answers(400, "BadRequest"),
         get("name with %", format!("{CMS}/a%25b")).answers(400, "BadRequest"),
@@ -537,28 +532,16 @@ async fn bad_urls_get_404_400_and_405() -> TestResult {
         case("patch name ..", Method::PATCH, format!("{CMS}/%2E%2E"), Some(MERGE), "{}").answers(400, "BadRequest"),
         get("long name", format!("{CMS}/{}", "a".repeat(300))).answers(404, "NotFound"),
         get("very long name", format!("{CMS}/{}", "a".repeat(6000))).answers(404, "NotFound"),
-        case(
-            "create without a namespace",
-            Method::POST,
-            "/api/v1/configmaps",
-            Some(JSON),
-            r#"{"metadata":{"name":"t","namespace":"default"}}"#,
-        )
-        .answers(405, "MethodNotAllowed"),
+        post("create without a namespace", "/api/v1/configmaps", r#"{"metadata":{"name":"t","namespace":"default"}}"#)
+            .answers(405, "MethodNotAllowed"),
         case("delete all namespaces' objects", Method::DELETE, "/api/v1/configmaps", None, "").answers(405, "MethodNotAllowed"),
         case("update a collection", Method::PUT, CMS, Some(JSON), r#"{"metadata":{"name":"t"}}"#).answers(405, "MethodNotAllowed"),
         case("patch a collection", Method::PATCH, CMS, Some(MERGE), "{}").answers(405, "MethodNotAllowed"),
-        case("create at an object", Method::POST, KEEP, Some(JSON), r#"{"metadata":{"name":"keep"}}"#).answers(405, "MethodNotAllowed"),
-        case("create at status", Method::POST, format!("{DEPLOYS}/web/status"), Some(JSON), "{}").answers(405, "MethodNotAllowed"),
+        post("create at an object", KEEP, r#"{"metadata":{"name":"keep"}}"#).answers(405, "MethodNotAllowed"),
+        post("create at status", &format!("{DEPLOYS}/web/status"), "{}").answers(405, "MethodNotAllowed"),
         case("delete status", Method::DELETE, format!("{DEPLOYS}/web/status"), None, "").answers(405, "MethodNotAllowed"),
-        case(
-            "create in a missing namespace",
-            Method::POST,
-            "/api/v1/namespaces/nope/configmaps",
-            Some(JSON),
-            r#"{"metadata":{"name":"t"}}"#,
-        )
-        .answers(404, "NotFound"),
+        post("create in a missing namespace", "/api/v1/namespaces/nope/configmaps", r#"{"metadata":{"name":"t"}}"#)
+            .answers(404, "NotFound"),
     ];
     check_all(&server, cases, &[(KEEP, keep)]).await
 }
