@@ -220,7 +220,8 @@ impl ApiServer {
         let mut served_at;
         let mut more = false;
         'outer: loop {
-            let mut req = RangeRequest::prefix(prefix.clone()).at_revision(revision).limit(chunk);
+            // Pages need no total: without one, a page costs its own keys, not the rest of the range.
+            let mut req = RangeRequest::prefix(prefix.clone()).at_revision(revision).limit(chunk).without_total();
             if let Some(s) = start.as_ref().filter(|s| s.as_str() >= prefix.as_str()) {
                 req = req.start_after(s.clone());
             }

@@ -98,6 +98,10 @@ pub struct RangeRequest {
     pub revision: Revision,
     /// Return only the count, no keys.
     pub count_only: bool,
+    /// Stop at the end of the page instead of walking the rest of the range to count it: `count`
+    /// is then only a lower bound (the keys returned, plus one when `more`). A paged read of N keys
+    /// costs O(N) in all instead of O(N) per page. Backends that count anyway (etcd) may ignore it.
+    pub without_total: bool,
 }
 
 impl RangeRequest {
@@ -135,6 +139,12 @@ impl RangeRequest {
         self
     }
 
+    /// Do not count the keys past the page (see [`RangeRequest::without_total`](Self#structfield.without_total)).
+    pub fn without_total(mut self) -> Self {
+        self.without_total = true;
+        self
+    }
+
     /// Whether `key` lies in this range (ignoring `start_after`).
     pub fn contains(&self, key: &str) -> bool {
         if self.exact { key == self.prefix } else { key.starts_with(&self.prefix) }
@@ -148,7 +158,8 @@ pub struct RangeResponse {
     pub kvs: Vec<KeyValue>,
     /// Whether keys remain after the last one returned (the limit cut the answer).
     pub more: bool,
-    /// How many keys the range holds after `start_after`, ignoring the limit.
+    /// How many keys the range holds after `start_after`, ignoring the limit (with
+    /// `without_total`, only a lower bound).
     pub count: u64,
     /// The revision the read was served at.
     pub revision: Revision,

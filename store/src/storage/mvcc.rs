@@ -123,6 +123,9 @@ impl Mvcc {
             }
             if req.limit > 0 && resp.kvs.len() >= req.limit {
                 resp.more = true;
+                if req.without_total {
+                    break;
+                }
             } else {
                 resp.kvs.push(kv.clone());
             }
@@ -369,6 +372,26 @@ mod tests {
         assert!(!m.keys.contains_key("b"));
         assert!(m.range(&RangeRequest::prefix("").at_revision(3), 4).is_err());
         assert_eq!(m.range(&RangeRequest::prefix(""), 4).expect("range").count, 1);
+    }
+
+    #[test]
+    fn a_page_without_total_stops_at_its_end_with_the_same_keys() {
+        let mut m = Mvcc::default();
+        for k in ["p/a", "p/b", "p/c", "p/d", "q/a"] {
+            put(&mut m, k, "1");
+        }
+        m.apply_txn(&Txn::new().and_then([TxnOp::delete("p/b")])).expect("delete");
+        let visible = m.revision;
+        let full = m.range(&RangeRequest::prefix("p/").limit(2), visible).expect("range");
+        let short = m.range(&RangeRequest::prefix("p/").limit(2).without_total(), visible).expect("range");
+        assert_eq!((full.kvs.len(), full.more, full.count), (2, true, 3));
+        assert_eq!(
+            (short.kvs, short.more, short.count),
+            (full.kvs, true, 3),
+            "the deleted key is skipped, the third live key ends the walk"
+        );
+        let last = m.range(&RangeRequest::prefix("p/").limit(2).start_after("p/c").without_total(), visible).expect("range");
+        assert_eq!((last.kvs.len(), last.more, last.count), (1, false, 1));
     }
 
     #[test]
