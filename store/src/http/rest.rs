@@ -604,6 +604,9 @@ fn list_params(query: &Query) -> Result<ListParams> {
             }
         }
     };
+    if query.get("sendInitialEvents").is_some() {
+        errors.0.push(FieldError::forbidden("sendInitialEvents", "sendInitialEvents is forbidden for list"));
+    }
     errors.finish("ListOptions")?;
     Ok(ListParams {
         label_selector: query.non_empty("labelSelector"),
@@ -615,7 +618,32 @@ fn list_params(query: &Query) -> Result<ListParams> {
     })
 }
 
+/// The options of a watch, checked as kube-apiserver's validateWatchOptions does (422):
+/// `sendInitialEvents` and `resourceVersionMatch=NotOlderThan` go together.
 fn watch_params(query: &Query) -> Result<WatchParams> {
+    let mut errors = OptionErrors::default();
+    let version_match = query.get("resourceVersionMatch").filter(|m| !m.is_empty());
+    let initial_events = query.get("sendInitialEvents").is_some();
+    if initial_events && version_match != Some("NotOlderThan") {
+        errors
+            .0
+            .push(FieldError::forbidden("resourceVersionMatch", "sendInitialEvents requires setting resourceVersionMatch to NotOlderThan"));
+    }
+    if let Some(m) = version_match {
+        if !initial_events {
+            errors.0.push(FieldError::forbidden(
+                "resourceVersionMatch",
+                "resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided",
+            ));
+        }
+        if m != "NotOlderThan" {
+            errors.0.push(FieldError::not_supported("resourceVersionMatch", m, &["NotOlderThan"]));
+        }
+        if query.non_empty("continue").is_some() {
+            errors.0.push(FieldError::forbidden("resourceVersionMatch", "resourceVersionMatch is forbidden when continue is provided"));
+        }
+    }
+    errors.finish("ListOptions")?;
     Ok(WatchParams {
         label_selector: query.non_empty("labelSelector"),
         field_selector: query.non_empty("fieldSelector"),

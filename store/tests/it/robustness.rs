@@ -451,6 +451,11 @@ async fn bad_query_parameters_get_400_or_422_and_change_nothing() -> TestResult 
         get("watch: timeoutSeconds not a number", "watch=1&timeoutSeconds=abc").answers(400, "BadRequest"),
         get("watch: bad label selector", "watch=1&labelSelector=a%20in%20(b").answers(400, "BadRequest"),
         get("watch: unsupported field", "watch=1&fieldSelector=spec.foo%3Dbar").answers(400, "BadRequest"),
+        get("watch: sendInitialEvents without a match rule", "watch=1&sendInitialEvents=true").answers(422, "Invalid"),
+        get("watch: a match rule without sendInitialEvents", "watch=1&resourceVersionMatch=NotOlderThan").answers(422, "Invalid"),
+        get("watch: an Exact match rule", "watch=1&sendInitialEvents=true&resourceVersionMatch=Exact&resourceVersion=1")
+            .answers(422, "Invalid"),
+        get("list: sendInitialEvents", "sendInitialEvents=true").answers(422, "Invalid"),
         write("create: dryRun=Maybe", Method::POST, CMS, "dryRun=Maybe", Some(JSON), cm_body).answers(422, "Invalid"),
         write("create: fieldValidation=Bogus", Method::POST, CMS, "fieldValidation=Bogus", Some(JSON), cm_body).answers(422, "Invalid"),
         write("create: fieldValidation=strict", Method::POST, CMS, "fieldValidation=strict", Some(JSON), cm_body).answers(422, "Invalid"),
