@@ -212,6 +212,7 @@ impl ApiServer {
         meta.deletion_timestamp = None;
         meta.deletion_grace_period_seconds = None;
         meta.self_link = None;
+        keep_managed_fields_readable(&mut obj, None);
         kind.prepare_create(&mut obj);
         kind.default(&mut obj, true)?;
         let name = obj.metadata.name.clone().unwrap_or_default();
@@ -301,6 +302,7 @@ impl ApiServer {
             };
             let current = &codec::decode(&kv.value, kv.mod_revision)?;
             let mut obj = mutate(current)?;
+            keep_managed_fields_readable(&mut obj, Some(current));
             // A patch that removes the name (`$patch: delete` or `replace` of the object or its
             // metadata) names another object than its URL, as kube-apiserver's name check finds.
             let unnamed = change.patched && obj.metadata.name.as_deref().is_none_or(str::is_empty);
@@ -533,6 +535,11 @@ impl ApiServer {
         if applied && params.field_manager.as_deref().is_none_or(str::is_empty) {
             return Err(Error::invalid("meta.k8s.io", "PatchOptions", "", vec![apply_needs_manager()]));
         }
+        if let Patch::Apply(body) = patch
+            && body.pointer("/metadata/managedFields").is_some_and(|m| !m.is_null())
+        {
+            return Err(Error::bad_request("metadata.managedFields must be nil"));
+        }
         let mut ctx = ApplyContext::from_params(params);
         ctx.subresource = sub.map(str::to_owned);
         ctx.schema = kind.schema.as_ref().map(|s| s.shared());
@@ -657,6 +664,22 @@ impl ApiServer {
             }
             _ => {}
         }
+    }
+}
+
+/// Written `managedFields` that do not decode are replaced by the stored object's (none on a
+/// create), as kube-apiserver's field manager does: stored, they would fail every later apply and
+/// recorded write of the object.
+fn keep_managed_fields_readable(obj: &mut DynamicObject, live: Option<&DynamicObject>) {
+    let Some(written) = obj.metadata.managed_fields.as_ref() else { return };
+    if live.is_some_and(|l| l.metadata.managed_fields.as_ref() == Some(written)) {
+        return;
+    }
+    let readable = serde_json::to_value(written).is_ok_and(|fields| {
+        crate::patch::managed::decode_managed_fields(&serde_json::json!({"metadata": {"managedFields": fields}})).is_ok()
+    });
+    if !readable {
+        obj.metadata.managed_fields = live.and_then(|l| l.metadata.managed_fields.clone());
     }
 }
 

@@ -360,6 +360,14 @@ async fn bad_patches_get_a_status_and_leave_the_object_alone() -> TestResult {
         )
         .answers(409, "Conflict"),
         case(
+            "apply: managedFields set",
+            Method::PATCH,
+            format!("{KEEP}?fieldManager=owner"),
+            Some(APPLY),
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: keep\n  managedFields:\n  - manager: a\n    operation: Apply\n",
+        )
+        .answers(400, "BadRequest"),
+        case(
             "apply: other apiVersion",
             Method::PATCH,
             format!("{KEEP}?fieldManager=owner"),
@@ -802,5 +810,27 @@ async fn truncated_and_malformed_framing_is_refused() -> TestResult {
     check_all(&server, Vec::new(), &[(KEEP, keep)]).await?;
     let list = stored(&server, CMS).await?;
     assert_eq!(list["items"].as_array().map(Vec::len), Some(2), "{list}");
+    Ok(())
+}
+
+/// `managedFields` a writer sends that do not decode are replaced by the stored ones (none on a
+/// create), as kube-apiserver's field manager does: stored, they failed every later apply.
+#[tokio::test]
+async fn unreadable_managed_fields_are_not_stored() -> TestResult {
+    let (_api, server) = start().await?;
+    let garbage = json!([{"manager": "a", "operation": "Update", "fieldsType": "FieldsV1", "fieldsV1": {"f:data": {"k:{bad": {}}}}]);
+    let mut body = cm("keep");
+    body["metadata"]["managedFields"] = garbage.clone();
+    let created = create(&server, CMS, &body).await?;
+    assert!(created["metadata"].get("managedFields").is_none(), "{created}");
+    let mut put = stored(&server, KEEP).await?;
+    put["metadata"]["managedFields"] = garbage;
+    let replaced = call(&server, Method::PUT, KEEP, &[("content-type", JSON)], text(&put)).await?;
+    assert_eq!(replaced.status.as_u16(), 200, "{:?}", replaced.body);
+    assert!(replaced.json()["metadata"].get("managedFields").is_none(), "{:?}", replaced.body);
+    let apply = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: keep\ndata:\n  k: applied\n";
+    let applied = call(&server, Method::PATCH, &format!("{KEEP}?fieldManager=a&force=true"), &[("content-type", APPLY)], apply).await?;
+    assert_eq!(applied.status.as_u16(), 200, "{:?}", applied.body);
+    assert_eq!(applied.json()["data"]["k"], "applied");
     Ok(())
 }
