@@ -313,9 +313,40 @@ pub(crate) fn validate_definition(obj: &DynamicObject, errs: &mut Vec<FieldError
     if versions.is_empty() {
         errs.push(FieldError::required("spec.versions"));
     }
+    for (i, version) in versions.iter().enumerate() {
+        let columns = version.get("additionalPrinterColumns").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+        for (j, column) in columns.iter().enumerate() {
+            validate_printer_column(column, &format!("spec.versions[{i}].additionalPrinterColumns[{j}]"), errs);
+        }
+    }
     let storage = versions.iter().filter(|v| v.get("storage").and_then(Value::as_bool) == Some(true)).count();
     if !versions.is_empty() && storage != 1 {
         errs.push(FieldError::invalid("spec.versions", storage, "must have exactly one version marked as storage version"));
+    }
+}
+
+/// A printer column as kube-apiserver's ValidateCustomResourceColumnDefinition checks it: a
+/// name, a known type and format, and a simple JSON path starting with `.`.
+fn validate_printer_column(column: &Value, at: &str, errs: &mut Vec<FieldError>) {
+    const TYPES: [&str; 5] = ["boolean", "date", "integer", "number", "string"];
+    const FORMATS: [&str; 8] = ["byte", "date", "date-time", "double", "float", "int32", "int64", "password"];
+    if str_at(column, &["name"]).unwrap_or("").is_empty() {
+        errs.push(FieldError::required(format!("{at}.name")));
+    }
+    match str_at(column, &["type"]).unwrap_or("") {
+        "" => errs.push(FieldError::required(format!("{at}.type"))),
+        t if !TYPES.contains(&t) => errs.push(FieldError::not_supported(format!("{at}.type"), t, &TYPES)),
+        _ => {}
+    }
+    if let Some(f) = str_at(column, &["format"]).filter(|f| !f.is_empty() && !FORMATS.contains(f)) {
+        errs.push(FieldError::not_supported(format!("{at}.format"), f, &FORMATS));
+    }
+    match str_at(column, &["jsonPath"]).unwrap_or("") {
+        "" => errs.push(FieldError::required(format!("{at}.JSONPath"))),
+        p if !p.starts_with('.') => {
+            errs.push(FieldError::invalid(format!("{at}.JSONPath"), p, "must be a simple json path starting with ."))
+        }
+        _ => {}
     }
 }
 

@@ -632,6 +632,20 @@ async fn subresource_and_definition_misuse_gets_a_status_and_changes_nothing() -
         patch("definition: scope changed", crd, MERGE, r#"{"spec":{"scope":"Cluster"}}"#).answers(422, "Invalid"),
         patch("definition: kind changed", crd, MERGE, r#"{"spec":{"names":{"kind":"Widget"}}}"#).answers(422, "Invalid"),
         patch("definition: group changed", crd, MERGE, r#"{"spec":{"group":"other.example.com"}}"#).answers(422, "Invalid"),
+        patch(
+            "definition: printer column path",
+            crd,
+            JSON_PATCH,
+            r#"[{"op":"add","path":"/spec/versions/0/additionalPrinterColumns","value":[{"name":"S","type":"string","jsonPath":"{{{"}]}]"#,
+        )
+        .answers(422, "Invalid"),
+        patch(
+            "definition: printer column type",
+            crd,
+            JSON_PATCH,
+            r#"[{"op":"add","path":"/spec/versions/0/additionalPrinterColumns","value":[{"name":"S","type":"text","jsonPath":".spec"}]}]"#,
+        )
+        .answers(422, "Invalid"),
         post("eviction: malformed", &evict_free, raw(b"{\"metadata\"")).answers(400, "BadRequest"),
         post("eviction: an array", &evict_free, raw(b"[1]")).answers(400, "BadRequest"),
         post("eviction: wrong kind", &evict_free, eviction(json!({"kind": "Pod", "apiVersion": "v1"}))).answers(400, "BadRequest"),
