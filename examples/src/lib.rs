@@ -4,6 +4,7 @@
 
 pub mod cluster;
 pub mod haproxy;
+pub mod image_policy;
 mod local_nodes;
 pub mod node_endpoint;
 pub mod prefixed;

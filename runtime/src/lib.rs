@@ -16,6 +16,7 @@ pub mod error;
 pub mod fake;
 pub mod image;
 mod launch;
+pub mod layer;
 pub mod logs;
 pub mod process;
 pub mod runc;

@@ -2,6 +2,7 @@
 
 mod custom_proxy;
 mod custom_storage;
+mod image_policy;
 mod kube_adapter;
 mod node_endpoint;
 mod scheduler_plugin;
