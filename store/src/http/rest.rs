@@ -215,6 +215,16 @@ async fn dispatch(state: &State, req: Request<Incoming>, path: &ResourcePath, qu
         }
         "GET" => {
             check("get")?;
+            // A read of one object is always of the latest version, but a malformed version is
+            // refused as a list or watch refuses it.
+            if let Some(rv) = query.non_empty("resourceVersion").filter(|rv| rv.parse::<u64>().is_err()) {
+                return Err(Error::invalid(
+                    &resource.group,
+                    &resource.plural,
+                    "",
+                    vec![FieldError::invalid("resourceVersion", rv, "must be a non-negative integer")],
+                ));
+            }
             let name = path.name.as_deref().unwrap_or_default();
             let obj = state.client.get(target, name).await?;
             let value = typed_value(&obj, &resource);

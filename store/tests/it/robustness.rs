@@ -455,6 +455,7 @@ async fn bad_query_parameters_get_400_or_422_and_change_nothing() -> TestResult 
         get("resourceVersion: not a number, paged", "resourceVersion=abc&limit=5").answers(422, "Invalid"),
         get("resourceVersion: negative", "resourceVersion=-3&resourceVersionMatch=NotOlderThan").answers(422, "Invalid"),
         get("timeoutSeconds: not a number", "timeoutSeconds=abc").answers(400, "BadRequest"),
+        case("get: resourceVersion not a number", Method::GET, format!("{KEEP}?resourceVersion=abc"), None, "").answers(422, "Invalid"),
         get("watch: resourceVersion not a number", "watch=1&resourceVersion=abc").answers(422, "Invalid"),
         get("watch: timeoutSeconds not a number", "watch=1&timeoutSeconds=abc").answers(400, "BadRequest"),
         get("watch: bad label selector", "watch=1&labelSelector=a%20in%20(b").answers(400, "BadRequest"),
