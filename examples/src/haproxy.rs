@@ -36,7 +36,8 @@ pub enum HaproxyError {
     Refused(String),
 }
 
-/// A backend that keeps HAProxy in step with the service table.
+/// A backend that keeps HAProxy in step with the service table. It starts HAProxy at its first
+/// apply that has something to serve, and stops it when dropped (or by [`HaproxyBackend::stop`]).
 pub struct HaproxyBackend {
     config: PathBuf,
     pid_file: PathBuf,
