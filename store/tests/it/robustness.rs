@@ -422,6 +422,37 @@ async fn bad_patches_get_a_status_and_leave_the_object_alone() -> TestResult {
     check_all(&server, cases, &before).await
 }
 
+/// List and watch queries kube-apiserver refuses: what, query string, code, reason.
+const BAD_QUERIES: &[(&str, &str, u16, &str)] = &[
+    ("label selector: open set", "labelSelector=a%20in%20(b", 400, "BadRequest"),
+    ("label selector: operators only", "labelSelector=%3D%3D%3D", 400, "BadRequest"),
+    ("label selector: invalid key", "labelSelector=-bad%3Dv", 400, "BadRequest"),
+    ("label selector: invalid value", "labelSelector=a%3D-v-", 400, "BadRequest"),
+    ("field selector: no operator", "fieldSelector=metadata.name", 400, "BadRequest"),
+    ("field selector: unsupported field", "fieldSelector=spec.foo%3Dbar", 400, "BadRequest"),
+    ("field selector: unknown operator", "fieldSelector=metadata.name~x", 400, "BadRequest"),
+    ("limit: not a number", "limit=abc", 400, "BadRequest"),
+    ("limit: a fraction", "limit=1.5", 400, "BadRequest"),
+    ("continue: not base64", "continue=%25%25garbage", 400, "BadRequest"),
+    ("continue: not a token", "continue=e30", 400, "BadRequest"),
+    ("resourceVersionMatch without resourceVersion", "resourceVersionMatch=Exact", 422, "Invalid"),
+    ("resourceVersionMatch unsupported", "resourceVersionMatch=Bogus&resourceVersion=1", 422, "Invalid"),
+    ("resourceVersionMatch with continue", "resourceVersionMatch=NotOlderThan&resourceVersion=1&continue=e30", 422, "Invalid"),
+    ("resourceVersionMatch=Exact at 0", "resourceVersionMatch=Exact&resourceVersion=0", 422, "Invalid"),
+    ("resourceVersion: not a number", "resourceVersion=abc", 422, "Invalid"),
+    ("resourceVersion: not a number, paged", "resourceVersion=abc&limit=5", 422, "Invalid"),
+    ("resourceVersion: negative", "resourceVersion=-3&resourceVersionMatch=NotOlderThan", 422, "Invalid"),
+    ("timeoutSeconds: not a number", "timeoutSeconds=abc", 400, "BadRequest"),
+    ("watch: resourceVersion not a number", "watch=1&resourceVersion=abc", 422, "Invalid"),
+    ("watch: timeoutSeconds not a number", "watch=1&timeoutSeconds=abc", 400, "BadRequest"),
+    ("watch: bad label selector", "watch=1&labelSelector=a%20in%20(b", 400, "BadRequest"),
+    ("watch: unsupported field", "watch=1&fieldSelector=spec.foo%3Dbar", 400, "BadRequest"),
+    ("watch: sendInitialEvents without a match rule", "watch=1&sendInitialEvents=true", 422, "Invalid"),
+    ("watch: a match rule without sendInitialEvents", "watch=1&resourceVersionMatch=NotOlderThan", 422, "Invalid"),
+    ("watch: an Exact match rule", "watch=1&sendInitialEvents=true&resourceVersionMatch=Exact&resourceVersion=1", 422, "Invalid"),
+    ("list: sendInitialEvents", "sendInitialEvents=true", 422, "Invalid"),
+];
+
 #[tokio::test]
 async fn bad_query_parameters_get_400_or_422_and_change_nothing() -> TestResult {
     let (_api, server) = start().await?;
@@ -434,37 +465,9 @@ async fn bad_query_parameters_get_400_or_422_and_change_nothing() -> TestResult 
     let delete = |what, body: &'static str| case(what, Method::DELETE, KEEP, Some(JSON), body);
     let manager = format!("fieldManager={}", "m".repeat(129));
     let cm_body: &'static str = r#"{"metadata": {"name": "t"}, "data": {"k": "v"}}"#;
-    let cases = vec![
-        get("label selector: open set", "labelSelector=a%20in%20(b").answers(400, "BadRequest"),
-        get("label selector: operators only", "labelSelector=%3D%3D%3D").answers(400, "BadRequest"),
-        get("label selector: invalid key", "labelSelector=-bad%3Dv").answers(400, "BadRequest"),
-        get("label selector: invalid value", "labelSelector=a%3D-v-").answers(400, "BadRequest"),
-        get("field selector: no operator", "fieldSelector=metadata.name").answers(400, "BadRequest"),
-        get("field selector: unsupported field", "fieldSelector=spec.foo%3Dbar").answers(400, "BadRequest"),
-        get("field selector: unknown operator", "fieldSelector=metadata.name~x").answers(400, "BadRequest"),
-        get("limit: not a number", "limit=abc").answers(400, "BadRequest"),
-        get("limit: a fraction", "limit=1.5").answers(400, "BadRequest"),
-        get("continue: not base64", "continue=%25%25garbage").answers(400, "BadRequest"),
-        get("continue: not a token", "continue=e30").answers(400, "BadRequest"),
-        get("resourceVersionMatch without resourceVersion", "resourceVersionMatch=Exact").answers(422, "Invalid"),
-        get("resourceVersionMatch unsupported", "resourceVersionMatch=Bogus&resourceVersion=1").answers(422, "Invalid"),
-        get("resourceVersionMatch with continue", "resourceVersionMatch=NotOlderThan&resourceVersion=1&continue=e30")
-            .answers(422, "Invalid"),
-        get("resourceVersionMatch=Exact at 0", "resourceVersionMatch=Exact&resourceVersion=0").answers(422, "Invalid"),
-        get("resourceVersion: not a number", "resourceVersion=abc").answers(422, "Invalid"),
-        get("resourceVersion: not a number, paged", "resourceVersion=abc&limit=5").answers(422, "Invalid"),
-        get("resourceVersion: negative", "resourceVersion=-3&resourceVersionMatch=NotOlderThan").answers(422, "Invalid"),
-        get("timeoutSeconds: not a number", "timeoutSeconds=abc").answers(400, "BadRequest"),
+    let mut cases: Vec<Case> = BAD_QUERIES.iter().map(|(what, query, code, reason)| get(what, query).answers(*code, reason)).collect();
+    cases.extend([
         case("get: resourceVersion not a number", Method::GET, format!("{KEEP}?resourceVersion=abc"), None, "").answers(422, "Invalid"),
-        get("watch: resourceVersion not a number", "watch=1&resourceVersion=abc").answers(422, "Invalid"),
-        get("watch: timeoutSeconds not a number", "watch=1&timeoutSeconds=abc").answers(400, "BadRequest"),
-        get("watch: bad label selector", "watch=1&labelSelector=a%20in%20(b").answers(400, "BadRequest"),
-        get("watch: unsupported field", "watch=1&fieldSelector=spec.foo%3Dbar").answers(400, "BadRequest"),
-        get("watch: sendInitialEvents without a match rule", "watch=1&sendInitialEvents=true").answers(422, "Invalid"),
-        get("watch: a match rule without sendInitialEvents", "watch=1&resourceVersionMatch=NotOlderThan").answers(422, "Invalid"),
-        get("watch: an Exact match rule", "watch=1&sendInitialEvents=true&resourceVersionMatch=Exact&resourceVersion=1")
-            .answers(422, "Invalid"),
-        get("list: sendInitialEvents", "sendInitialEvents=true").answers(422, "Invalid"),
         write("create: dryRun=Maybe", Method::POST, CMS, "dryRun=Maybe", Some(JSON), cm_body).answers(422, "Invalid"),
         write("create: fieldValidation=Bogus", Method::POST, CMS, "fieldValidation=Bogus", Some(JSON), cm_body).answers(422, "Invalid"),
         write("create: fieldValidation=strict", Method::POST, CMS, "fieldValidation=strict", Some(JSON), cm_body).answers(422, "Invalid"),
@@ -500,7 +503,7 @@ async fn bad_query_parameters_get_400_or_422_and_change_nothing() -> TestResult 
             .answers(422, "Invalid"),
         write("deletecollection: unsupported field", Method::DELETE, CMS, "fieldSelector=spec.foo%3Dbar", None, "")
             .answers(400, "BadRequest"),
-    ];
+    ]);
     check_all(&server, cases, &[(KEEP, keep)]).await?;
     let list = stored(&server, CMS).await?;
     assert_eq!(list["items"].as_array().map(Vec::len), Some(2), "a refused request wrote: {list}");
