@@ -30,7 +30,7 @@ pub use admission::{AdmissionPlugin, Attributes, NamespaceLifecycle, Operation, 
 pub use alloc::ParseRangeError;
 pub use cache::Cached;
 pub use read::EncodedList;
-pub(crate) use write::apply_needs_manager;
+pub(crate) use write::{apply_needs_manager, patched_invalid};
 
 use crate::http::{NodeConnector, ResourceCatalog};
 use crate::storage::{MemoryStorage, RangeRequest, Storage};

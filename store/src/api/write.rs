@@ -341,7 +341,10 @@ impl ApiServer {
                 )));
             }
             self.check_types(kind, &mut obj)?;
-            self.check_fields(kind, &obj, change.validation)?;
+            // Unknown fields a patch (other than an apply) leaves under Strict: 422, as kube-apiserver
+            // answers a patched object its strict decoding refuses.
+            self.check_fields(kind, &obj, change.validation)
+                .map_err(|e| if change.patched && !change.applied { patched_invalid(e, &kind.resource, name) } else { e })?;
             // What the server owns stays the server's.
             {
                 let (m, c) = (&mut obj.metadata, &current.metadata);

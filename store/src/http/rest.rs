@@ -266,7 +266,7 @@ async fn dispatch(state: &State, req: Request<Incoming>, path: &ResourcePath, qu
         "PATCH" => {
             check("patch")?;
             let name = path.name.as_deref().unwrap_or_default().to_owned();
-            let (patch, params, mut warnings) = read_patch(state, req, &resource, &resource.kind, query).await?;
+            let (patch, params, mut warnings) = read_patch(state, req, &resource, &resource.kind, &name, query).await?;
             // Server-side apply creates what does not exist, and then answers 201 as kube-apiserver does.
             let creates = matches!(patch, Patch::Apply(_)) && state.client.get(target, &name).await.is_err_and(|e| e.is_not_found());
             let patched = typed_value(&state.client.patch(target, &name, &patch, &params).await?, &resource);
@@ -521,6 +521,7 @@ async fn read_patch(
     req: Request<Incoming>,
     resource: &ApiResource,
     kind: &str,
+    name: &str,
     query: &Query,
 ) -> Result<(Patch, PatchParams, Vec<String>)> {
     let media = body::media_type(req.headers());
@@ -565,7 +566,13 @@ async fn read_patch(
         2 => Patch::Strategic(value.clone()),
         _ => Patch::Apply(value.clone()),
     };
-    let warnings = if kind_of == 0 { Vec::new() } else { check_fields(state, resource, kind, &body, validation)? };
+    // Under Strict, a merge patch's unknown or repeated fields are the patched object's: 422, as
+    // kube-apiserver answers them (an apply's are its body's: 400).
+    let warnings = match kind_of {
+        0 => Vec::new(),
+        1 | 2 => check_fields(state, resource, kind, &body, validation).map_err(|e| crate::api::patched_invalid(e, resource, name))?,
+        _ => check_fields(state, resource, kind, &body, validation)?,
+    };
     let params = PatchParams { dry_run, field_manager, force, field_validation: validation };
     Ok((patch, params, warnings))
 }
@@ -780,7 +787,7 @@ async fn subresource(
             Ok(Reply { response: body::respond(StatusCode::OK, &updated, output), warnings })
         }
         Method::PATCH => {
-            let (patch, params, warnings) = read_patch(state, req, resource, &kind, query).await?;
+            let (patch, params, warnings) = read_patch(state, req, resource, &kind, name, query).await?;
             let patched = state.client.patch_subresource(target, name, sub, &patch, &params).await?;
             Ok(Reply { response: body::respond(StatusCode::OK, &patched, output), warnings })
         }

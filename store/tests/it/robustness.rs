@@ -383,6 +383,24 @@ async fn bad_patches_get_a_status_and_leave_the_object_alone() -> TestResult {
             "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: other\ndata:\n  k: v\n",
         )
         .answers(400, "BadRequest"),
+        case("merge: unknown field under Strict", Method::PATCH, format!("{KEEP}?fieldValidation=Strict"), Some(MERGE), r#"{"bogus": 1}"#)
+            .answers(422, "Invalid"),
+        case(
+            "json patch: unknown field under Strict",
+            Method::PATCH,
+            format!("{KEEP}?fieldValidation=Strict"),
+            Some(JSON_PATCH),
+            r#"[{"op": "add", "path": "/bogus", "value": 1}]"#,
+        )
+        .answers(422, "Invalid"),
+        case(
+            "strategic: repeated field under Strict",
+            Method::PATCH,
+            format!("{KEEP}?fieldValidation=Strict"),
+            Some(SMP),
+            r#"{"data": {"k": "a", "k": "b"}}"#,
+        )
+        .answers(422, "Invalid"),
         case("force on a merge patch", Method::PATCH, format!("{KEEP}?force=true"), Some(MERGE), r#"{"data":{"k":"x"}}"#)
             .answers(422, "Invalid"),
         case("patch over the limit", Method::PATCH, KEEP, Some(MERGE), huge).answers(413, "RequestEntityTooLarge"),
