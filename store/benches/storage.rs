@@ -2,7 +2,7 @@
 //! etcd started here, in one run.
 //!
 //! Workload (per backend): 1 KiB values; 100k creates from 64 concurrent writers (plus a
-//! one-writer and a 512-writer run); ranged reads of 10k keys; then watch fan-out: 1,000
+//! one-writer and a 512-writer run); ranged reads of 10k keys; a paged read of every key; then watch fan-out: 1,000
 //! watchers each receiving every one of 10k events written at a steady rate, reporting delivery
 //! latency (from the event's commit to the watcher's receipt) at p50 and p99, and the p99 from
 //! the writer's call (commit and fsync included). etcd gets
@@ -74,6 +74,30 @@ async fn ranges(s: &dyn Storage, prefix: &str) -> f64 {
         assert_eq!(r.kvs.len(), 10_000);
     }
     start.elapsed().as_secs_f64() * 1000.0 / f64::from(rounds)
+}
+
+/// Reads every key under `prefix` in pages of 500 (kubectl's chunk size), as the API server pages
+/// a list from storage: `without_total` (as the API server asks; etcd counts anyway), or with each
+/// page counting the rest of the range; returns (milliseconds for the whole read, keys read).
+async fn paged(s: &dyn Storage, prefix: &str, without_total: bool) -> (f64, usize) {
+    let start = Instant::now();
+    let (mut after, mut keys) = (None::<String>, 0);
+    loop {
+        let mut req = RangeRequest::prefix(prefix).limit(500);
+        if without_total {
+            req = req.without_total();
+        }
+        if let Some(a) = after.take() {
+            req = req.start_after(a);
+        }
+        let r = s.range(req).await.expect("page");
+        keys += r.kvs.len();
+        after = r.kvs.last().map(|kv| kv.key.to_string());
+        if !r.more || after.is_none() {
+            break;
+        }
+    }
+    (start.elapsed().as_secs_f64() * 1000.0, keys)
 }
 
 /// `watchers` watchers each receive `events` events written at `rate` per second by 64 writers;
@@ -186,6 +210,11 @@ async fn run(name: &'static str, s: Arc<dyn Storage>, watchers: usize) -> Figure
     let r = ranges(s.as_ref(), "/bench/w64/").await;
     println!("{name}: range of 10k keys: {r:.1} ms");
     lines.push((format!("storage.{name}.range_10k_ms"), r));
+    let (p, keys) = paged(s.as_ref(), "/bench/w64/", true).await;
+    let (counted, _) = paged(s.as_ref(), "/bench/w64/", false).await;
+    println!("{name}: all {keys} keys in pages of 500: {p:.1} ms ({counted:.1} ms when each page counts the rest)");
+    lines.push((format!("storage.{name}.paged_read_500_ms"), p));
+    lines.push((format!("storage.{name}.paged_read_500_counted_ms"), counted));
     if watchers > 0 {
         let (p50, p99, p99_write) = fanout(s.clone(), "/bench/fan/", watchers, events, rate).await;
         println!(
