@@ -236,12 +236,17 @@ const CHUNK: usize = 256;
 pub struct NftablesProxy {
     config: Arc<NftablesConfig>,
     state: Arc<tokio::sync::Mutex<State>>,
+    /// The netlink socket element batches go through, kept open between applies: closing one
+    /// after a transaction that deleted elements blocks for 10–20 ms while the kernel finishes
+    /// with them (strace of the bench's endpoint changes), and opening one in another namespace
+    /// costs a thread. Dropped after any error, so the next batch starts on a fresh socket.
+    socket: Arc<std::sync::Mutex<Option<std::os::fd::OwnedFd>>>,
 }
 
 impl NftablesProxy {
     /// A backend with the given settings; nothing is programmed until the first apply.
     pub fn new(config: NftablesConfig) -> Self {
-        Self { config: Arc::new(config), state: Arc::default() }
+        Self { config: Arc::new(config), state: Arc::default(), socket: Arc::default() }
     }
 
     /// Whether `nft` can be run here (installed, and we may use netlink).
@@ -254,6 +259,8 @@ impl NftablesProxy {
         let mut state = self.state.lock().await;
         self.run(&self.delete_all()).await?;
         *state = State::default();
+        // An open socket keeps its network namespace alive.
+        drop(self.socket.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take());
         Ok(())
     }
 
@@ -374,13 +381,22 @@ impl NftablesProxy {
     /// Builds an element batch and sends it (one kernel transaction), off the async threads.
     async fn send_elements(&self, build: impl FnOnce() -> netlink::Batch + Send + 'static) -> Result<(), NftablesError> {
         let netns = self.config.netns.clone();
+        let cached = self.socket.clone();
         tokio::task::spawn_blocking(move || {
             let batch = build();
             if batch.is_empty() {
                 return Ok(());
             }
-            let socket = netlink::open(netns.as_deref())?;
-            netlink::send(&socket, batch)
+            let mut slot = cached.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let socket = match slot.take() {
+                Some(socket) => socket,
+                None => netlink::open(netns.as_deref())?,
+            };
+            let sent = netlink::send(&socket, batch);
+            if sent.is_ok() {
+                *slot = Some(socket);
+            }
+            sent
         })
         .await
         .map_err(|e| NftablesError::Netlink(std::io::Error::other(e)))?
