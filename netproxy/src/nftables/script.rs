@@ -111,6 +111,25 @@ pub(super) fn maps(family: Family) -> &'static Maps {
     &MAPS[family.index()]
 }
 
+impl Maps {
+    /// Every map and set of the family: `map` or `set`, its name and its type.
+    fn declarations(&self, f: Family) -> [(&'static str, &'static str, String); 8] {
+        let (ip, addr) = (f.ip(), f.addr_type());
+        let by_addr = |value: &str| format!("type {addr} . inet_proto . inet_service : {value}");
+        let by_port = |value: &str| format!("type inet_proto . inet_service : {value}");
+        [
+            ("map", self.service_ids, by_addr("mark")),
+            ("map", self.nodeport_ids, by_port("mark")),
+            ("map", self.service_ips, by_addr("verdict")),
+            ("map", self.service_nodeports, by_port("verdict")),
+            ("map", self.backends, format!("typeof ct mark . numgen random mod 2 : {ip} daddr . tcp dport")),
+            ("map", self.no_endpoint_services, by_addr("verdict")),
+            ("map", self.no_endpoint_nodeports, by_port("verdict")),
+            ("set", self.hairpin, format!("type mark . {addr} . {addr}")),
+        ]
+    }
+}
+
 /// The smallest `size` a map is declared with.
 const MIN_CAPACITY: usize = 1024;
 
@@ -127,18 +146,7 @@ pub(super) fn capacity(count: usize) -> usize {
 
 /// Every map and set name of both families.
 pub(super) fn all_maps() -> impl Iterator<Item = &'static str> {
-    MAPS.iter().flat_map(|m| {
-        [
-            m.service_ids,
-            m.nodeport_ids,
-            m.service_ips,
-            m.service_nodeports,
-            m.backends,
-            m.no_endpoint_services,
-            m.no_endpoint_nodeports,
-            m.hairpin,
-        ]
-    })
+    Family::ALL.into_iter().flat_map(|f| maps(f).declarations(f).map(|(_, name, _)| name))
 }
 
 /// Elements per map name.
@@ -185,35 +193,10 @@ pub(super) fn base(table: &str, capacity: &HashMap<&'static str, usize>, masquer
     let mut hairpin = String::new();
     for f in Family::ALL {
         let m = maps(f);
-        let (ip, addr, lo) = (f.ip(), f.addr_type(), f.loopback());
-        let _ = write!(
-            maps_text,
-            "  map {} {{ type {addr} . inet_proto . inet_service : mark ; size {} ; }}
-  map {} {{ type inet_proto . inet_service : mark ; size {} ; }}
-  map {} {{ type {addr} . inet_proto . inet_service : verdict ; size {} ; }}
-  map {} {{ type inet_proto . inet_service : verdict ; size {} ; }}
-  map {} {{ typeof ct mark . numgen random mod 2 : {ip} daddr . tcp dport ; size {} ; }}
-  map {} {{ type {addr} . inet_proto . inet_service : verdict ; size {} ; }}
-  map {} {{ type inet_proto . inet_service : verdict ; size {} ; }}
-  set {} {{ type mark . {addr} . {addr} ; size {} ; }}
-",
-            m.service_ids,
-            size(m.service_ids),
-            m.nodeport_ids,
-            size(m.nodeport_ids),
-            m.service_ips,
-            size(m.service_ips),
-            m.service_nodeports,
-            size(m.service_nodeports),
-            m.backends,
-            size(m.backends),
-            m.no_endpoint_services,
-            size(m.no_endpoint_services),
-            m.no_endpoint_nodeports,
-            size(m.no_endpoint_nodeports),
-            m.hairpin,
-            size(m.hairpin)
-        );
+        let (ip, lo) = (f.ip(), f.loopback());
+        for (kind, name, ty) in m.declarations(f) {
+            let _ = writeln!(maps_text, "  {kind} {name} {{ {ty} ; size {} ; }}", size(name));
+        }
         let _ = write!(
             services,
             "    ct mark set {ip} daddr . meta l4proto . th dport map @{}
