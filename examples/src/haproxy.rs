@@ -206,18 +206,8 @@ mod tests {
 
     fn svc(name: &str, protocol: Protocol, ips: &[&str], eps: &[&str]) -> Arc<ProxyService> {
         let eps: Vec<Endpoint> = eps.iter().map(|e| Endpoint::ready(e.parse::<SocketAddr>().expect("addr"))).collect();
-        Arc::new(ProxyService {
-            name: ServicePortName { namespace: "ns".into(), name: name.into(), port: "p".into(), protocol },
-            cluster_ips: ips.iter().map(|i| i.parse().expect("ip")).collect(),
-            port: 80,
-            node_port: None,
-            external_ips: Vec::new(),
-            affinity: Affinity::None,
-            internal_local: false,
-            external_local: false,
-            cluster_endpoints: eps.clone(),
-            external_endpoints: eps,
-        })
+        let name = ServicePortName { namespace: "ns".into(), name: name.into(), port: "p".into(), protocol };
+        Arc::new(ProxyService::new(name, ips.iter().map(|i| i.parse().expect("ip")).collect(), 80, eps))
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //!
 //! Run: `cargo bench -p bosun-netproxy --bench netproxy`. Ends with `BENCH name=value` lines.
 
-use bosun_netproxy::table::{Affinity, Endpoint, Protocol, ProxyService, ServicePortName, TableDiff};
+use bosun_netproxy::table::{Endpoint, Protocol, ProxyService, ServicePortName, TableDiff};
 use bosun_netproxy::{NftablesConfig, NftablesProxy, ProxyBackend, UserspaceConfig, UserspaceProxy};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -24,19 +24,8 @@ fn endpoint(addr: SocketAddr) -> Endpoint {
 }
 
 fn service(name: String, vip: IpAddr, port: u16, eps: Vec<SocketAddr>) -> ProxyService {
-    let eps: Vec<Endpoint> = eps.into_iter().map(endpoint).collect();
-    ProxyService {
-        name: ServicePortName { namespace: "bench".into(), name, port: "http".into(), protocol: Protocol::Tcp },
-        cluster_ips: vec![vip],
-        port,
-        node_port: None,
-        external_ips: Vec::new(),
-        affinity: Affinity::None,
-        internal_local: false,
-        external_local: false,
-        cluster_endpoints: eps.clone(),
-        external_endpoints: eps,
-    }
+    let name = ServicePortName { namespace: "bench".into(), name, port: "http".into(), protocol: Protocol::Tcp };
+    ProxyService::new(name, vec![vip], port, eps.into_iter().map(endpoint).collect())
 }
 
 /// A server that swallows a stream and answers one byte at EOF; and echoes small messages.

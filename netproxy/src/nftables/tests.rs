@@ -4,18 +4,8 @@ use std::net::SocketAddr;
 
 fn svc(name: &str, vip: &str, eps: &[&str]) -> ProxyService {
     let eps: Vec<Endpoint> = eps.iter().map(|a| Endpoint::ready(a.parse::<SocketAddr>().expect("addr"))).collect();
-    ProxyService {
-        name: ServicePortName { namespace: "ns".into(), name: name.into(), port: "http".into(), protocol: Protocol::Tcp },
-        cluster_ips: vec![vip.parse().expect("ip")],
-        port: 80,
-        node_port: None,
-        external_ips: Vec::new(),
-        affinity: Affinity::None,
-        internal_local: false,
-        external_local: false,
-        cluster_endpoints: eps.clone(),
-        external_endpoints: eps,
-    }
+    let name = ServicePortName { namespace: "ns".into(), name: name.into(), port: "http".into(), protocol: Protocol::Tcp };
+    ProxyService::new(name, vec![vip.parse().expect("ip")], 80, eps)
 }
 
 fn diff(up: Vec<ProxyService>, removed: Vec<ServicePortName>) -> TableDiff {

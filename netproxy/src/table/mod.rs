@@ -158,6 +158,23 @@ pub struct ProxyService {
 }
 
 impl ProxyService {
+    /// A plain ClusterIP service port: `endpoints` serve cluster and external traffic alike; no
+    /// node port, external IP or affinity; `Cluster` traffic policies. Set fields for the rest.
+    pub fn new(name: ServicePortName, cluster_ips: Vec<IpAddr>, port: u16, endpoints: Vec<Endpoint>) -> Self {
+        Self {
+            name,
+            cluster_ips,
+            port,
+            node_port: None,
+            external_ips: Vec::new(),
+            affinity: Affinity::None,
+            internal_local: false,
+            external_local: false,
+            cluster_endpoints: endpoints.clone(),
+            external_endpoints: endpoints,
+        }
+    }
+
     /// Every endpoint address either kind of traffic may reach.
     pub fn all_endpoints(&self) -> impl Iterator<Item = &Endpoint> {
         self.cluster_endpoints.iter().chain(self.external_endpoints.iter().filter(|e| !self.cluster_endpoints.contains(e)))

@@ -1,6 +1,6 @@
 //! Helpers shared by the integration tests.
 
-use bosun_netproxy::table::{Affinity, Endpoint, Protocol, ProxyService, ServicePortName};
+use bosun_netproxy::table::{Endpoint, Protocol, ProxyService, ServicePortName};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,19 +22,8 @@ pub fn endpoint(addr: SocketAddr) -> Endpoint {
 }
 
 pub fn service(name: &str, protocol: Protocol, ip: IpAddr, port: u16, endpoints: &[SocketAddr]) -> ProxyService {
-    let eps: Vec<Endpoint> = endpoints.iter().copied().map(endpoint).collect();
-    ProxyService {
-        name: ServicePortName { namespace: "default".into(), name: name.into(), port: String::new(), protocol },
-        cluster_ips: vec![ip],
-        port,
-        node_port: None,
-        external_ips: Vec::new(),
-        affinity: Affinity::None,
-        internal_local: false,
-        external_local: false,
-        cluster_endpoints: eps.clone(),
-        external_endpoints: eps,
-    }
+    let name = ServicePortName { namespace: "default".into(), name: name.into(), port: String::new(), protocol };
+    ProxyService::new(name, vec![ip], port, endpoints.iter().copied().map(endpoint).collect())
 }
 
 /// A TCP server that greets each connection with its name and a newline, then echoes.
