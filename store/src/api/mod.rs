@@ -18,6 +18,7 @@ mod delete;
 mod hpa_v1;
 pub mod metrics;
 mod read;
+pub(crate) use read::parse_rv;
 mod registry;
 mod services;
 mod strategy;

@@ -59,7 +59,7 @@ fn decode_token(token: &str) -> Result<Token> {
 /// A `resourceVersion` to read at: a malformed one is 422 `Invalid` on `resourceVersion`, as
 /// kube-apiserver's storage answers it (kube itself turns that into a 500 for a list; its watch
 /// answers the 422).
-fn parse_rv(rv: &str, resource: &bosun_core::ApiResource) -> Result<Revision> {
+pub(crate) fn parse_rv(rv: &str, resource: &bosun_core::ApiResource) -> Result<Revision> {
     rv.parse::<Revision>().ok().filter(|r| *r >= 0).ok_or_else(|| {
         Error::invalid(
             &resource.group,
@@ -83,14 +83,6 @@ impl ApiServer {
             Some(s) => LabelSelector::parse(s).map_err(|e| Error::bad_request(format!("unable to parse requirement: {e}")))?,
             None => LabelSelector::everything(),
         };
-        // The parser takes any word for a key; kube-apiserver's requires label keys and values.
-        for r in labels.requirements() {
-            bosun_core::meta::validate_qualified_name(&r.key)
-                .map_err(|e| Error::bad_request(format!("unable to parse requirement: key: Invalid value: {:?}: {e}", r.key)))?;
-            if let Some(v) = r.values.iter().find(|v| bosun_core::meta::validate_label_value(v).is_err()) {
-                return Err(Error::bad_request(format!("unable to parse requirement: values[0][{}]: Invalid value: {v:?}", r.key)));
-            }
-        }
         let fields = match fields.filter(|s| !s.trim().is_empty()) {
             Some(s) => FieldSelector::parse(s).map_err(|e| Error::bad_request(format!("invalid field selector: {e}")))?,
             None => FieldSelector::everything(),

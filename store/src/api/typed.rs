@@ -57,7 +57,7 @@ pub(crate) fn into_typed<K: Object>(obj: DynamicObject) -> Result<K> {
     };
     let head = types.into_iter().flat_map(|t| [("apiVersion".to_owned(), t.api_version.into()), ("kind".to_owned(), t.kind.into())]);
     let body = map.into_iter().filter(|(k, _)| !matches!(k.as_str(), "apiVersion" | "kind" | "metadata"));
-    let fields = head.chain(body).map(|(k, v): (String, serde_json::Value)| (k, v));
+    let fields = head.chain(body);
     let mut k = K::deserialize(MapDeserializer::<_, serde_json::Error>::new(fields))
         .map_err(|e| Error::bad_request(format!("decode {}: {e}", std::any::type_name::<K>())))?;
     // Missing metadata decodes as the default: the object's own goes in whole.

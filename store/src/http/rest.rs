@@ -217,13 +217,8 @@ async fn dispatch(state: &State, req: Request<Incoming>, path: &ResourcePath, qu
             check("get")?;
             // A read of one object is always of the latest version, but a malformed version is
             // refused as a list or watch refuses it.
-            if let Some(rv) = query.non_empty("resourceVersion").filter(|rv| rv.parse::<u64>().is_err()) {
-                return Err(Error::invalid(
-                    &resource.group,
-                    &resource.plural,
-                    "",
-                    vec![FieldError::invalid("resourceVersion", rv, "must be a non-negative integer")],
-                ));
+            if let Some(rv) = query.non_empty("resourceVersion") {
+                crate::api::parse_rv(&rv, &resource)?;
             }
             let name = path.name.as_deref().unwrap_or_default();
             let obj = state.client.get(target, name).await?;
@@ -697,7 +692,7 @@ struct DeleteBody {
 async fn delete_params(state: &State, req: Request<Incoming>, query: &Query) -> Result<DeleteParams> {
     let media = body::media_type(req.headers());
     let bytes = body::read_limited(req.into_body(), state.max_body_bytes).await?;
-    let grace = query.number::<i64>("gracePeriodSeconds")?;
+    let mut grace = query.number::<i64>("gracePeriodSeconds")?;
     let body = if bytes.iter().all(u8::is_ascii_whitespace) {
         None
     } else {
@@ -710,7 +705,6 @@ async fn delete_params(state: &State, req: Request<Incoming>, query: &Query) -> 
     };
     let mut errors = OptionErrors::default();
     let mut dry_run = errors.check(dry_run(query), false);
-    let mut grace = grace;
     let mut policy = query.non_empty("propagationPolicy");
     let mut orphan = query.get("orphanDependents").map(|_| query.flag("orphanDependents"));
     let mut preconditions = None;
