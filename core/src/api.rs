@@ -200,15 +200,22 @@ impl<K: Object> Api<K> {
     }
 }
 
+/// Binds pod `name` in `namespace` to `node` (`pods/binding`) through `client`, as
+/// [`Api::<Pod>::bind`](Api::bind) does, without building an `Api` (a scheduler's hot path).
+pub async fn bind_pod(client: &dyn Client, namespace: Option<&str>, name: &str, node: &str) -> Result<()> {
+    static PODS: std::sync::LazyLock<ApiResource> = std::sync::LazyLock::new(k8s_openapi::api::core::v1::Pod::api_resource);
+    let body = serde_json::json!({
+        "apiVersion": "v1", "kind": "Binding",
+        "metadata": {"name": name, "namespace": namespace},
+        "target": {"apiVersion": "v1", "kind": "Node", "name": node},
+    });
+    client.create_subresource(Target::new(&PODS, namespace), name, "binding", &body, &PostParams::default()).await.map(drop)
+}
+
 impl Api<k8s_openapi::api::core::v1::Pod> {
     /// Binds a pod to a node (`pods/binding`), as a scheduler does.
     pub async fn bind(&self, name: &str, node: &str) -> Result<()> {
-        let body = serde_json::json!({
-            "apiVersion": "v1", "kind": "Binding",
-            "metadata": {"name": name, "namespace": self.namespace},
-            "target": {"apiVersion": "v1", "kind": "Node", "name": node},
-        });
-        self.create_subresource(name, "binding", &body, &PostParams::default()).await.map(drop)
+        bind_pod(&*self.client, self.namespace.as_deref(), name, node).await
     }
 
     /// Evicts a pod (`pods/eviction`); 429 when a disruption budget forbids it.

@@ -438,13 +438,6 @@ impl PodInfo {
         Some(Arc::new(Self { pod, node_name, ..self.clone() }))
     }
 
-    /// Whether `other` is alike for every node-local Filter (same namespace, labels and spec:
-    /// requests, tolerations, selectors, priority...), as a ReplicaSet's pods are: a node that
-    /// rejected one rejects the other for the same reason until the node changes.
-    pub fn equivalent(&self, other: &PodInfo) -> bool {
-        same_class(&self.pod, &other.pod)
-    }
-
     /// The pod's labels (empty when it has none).
     pub fn labels(&self) -> &BTreeMap<String, String> {
         self.pod.metadata.labels.as_ref().unwrap_or(&EMPTY_LABELS)

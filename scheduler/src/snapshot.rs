@@ -47,7 +47,8 @@ pub struct Snapshot {
 /// Hands out snapshot epochs, unique in the process.
 static EPOCHS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
-fn next_epoch() -> u64 {
+/// A number no earlier call returned, in this process (snapshot epochs, budget generations).
+pub(crate) fn next_epoch() -> u64 {
     EPOCHS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 

@@ -9,16 +9,6 @@ use std::sync::LazyLock;
 static PODS: LazyLock<ApiResource> = LazyLock::new(Pod::api_resource);
 static EVENTS: LazyLock<ApiResource> = LazyLock::new(Event::api_resource);
 
-/// Binds a pod to a node (`pods/binding`).
-pub(crate) async fn bind_pod(client: &dyn Client, namespace: &str, name: &str, node: &str) -> Result<()> {
-    let body = serde_json::json!({
-        "apiVersion": "v1", "kind": "Binding",
-        "metadata": {"name": name, "namespace": namespace},
-        "target": {"apiVersion": "v1", "kind": "Node", "name": node},
-    });
-    client.create_subresource(Target::new(&PODS, Some(namespace)), name, "binding", &body, &PostParams::default()).await.map(drop)
-}
-
 /// Deletes a pod.
 pub(crate) async fn delete_pod(client: &dyn Client, namespace: &str, name: &str, params: &DeleteParams) -> Result<()> {
     client.delete(Target::new(&PODS, Some(namespace)), name, params).await.map(drop)

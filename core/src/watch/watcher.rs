@@ -232,14 +232,10 @@ impl<K: Object> State<K> {
                 Phase::Streaming { mut resource_version, mut stream, mut initial } => match stream.next().await {
                     Some(Ok(ev)) => {
                         let out = match ev {
-                            // The initial state of a streaming list (only ADDED events, by the protocol).
-                            WatchEvent::Added(k) | WatchEvent::Modified(k) if initial => {
-                                resource_version = k.resource_version().to_owned();
-                                Some(Event::InitApply(k))
-                            }
+                            // While `initial`, the state of a streaming list (only ADDED events, by the protocol).
                             WatchEvent::Added(k) | WatchEvent::Modified(k) => {
                                 resource_version = k.resource_version().to_owned();
-                                Some(Event::Apply(k))
+                                Some(if initial { Event::InitApply(k) } else { Event::Apply(k) })
                             }
                             WatchEvent::Deleted(k) => {
                                 resource_version = k.resource_version().to_owned();

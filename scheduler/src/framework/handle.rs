@@ -136,7 +136,7 @@ impl Handle {
                 client,
                 namespaces: RwLock::default(),
                 pdbs: RwLock::default(),
-                pdb_generation: std::sync::atomic::AtomicU64::new(next_pdb_generation()),
+                pdb_generation: std::sync::atomic::AtomicU64::new(crate::snapshot::next_epoch()),
                 services: RwLock::default(),
                 nominator,
                 waiting: WaitingPods::default(),
@@ -185,7 +185,7 @@ impl Handle {
         if pdb.disruptions_allowed >= 0 {
             list.push(pdb);
         }
-        self.inner.pdb_generation.store(next_pdb_generation(), std::sync::atomic::Ordering::Release);
+        self.inner.pdb_generation.store(crate::snapshot::next_epoch(), std::sync::atomic::Ordering::Release);
     }
 
     /// Names the current set of disruption budgets: different after any change, and different
@@ -275,9 +275,4 @@ impl Handle {
     pub fn victim_grace_period(&self) -> Option<u32> {
         self.inner.victim_grace_period
     }
-}
-
-fn next_pdb_generation() -> u64 {
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }

@@ -22,7 +22,7 @@ impl Plugin for DefaultBinder {
 impl BindPlugin for DefaultBinder {
     async fn bind(&self, _: &CycleState, pod: &Arc<PodInfo>, node: &str, handle: &Handle) -> Status {
         let Some(client) = handle.client() else { return Status::error("no API client to bind with") };
-        match crate::writes::bind_pod(&**client, &pod.namespace, &pod.name, node).await {
+        match bosun_core::api::bind_pod(&**client, Some(&pod.namespace), &pod.name, node).await {
             Ok(()) => Status::success(),
             Err(e) => Status::error(e.to_string()),
         }
