@@ -19,6 +19,17 @@ use tokio::task::JoinHandle;
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
+/// A terminal's size when nobody gave one.
+pub(crate) const DEFAULT_TERMINAL: TerminalSize = TerminalSize { width: 80, height: 24 };
+
+/// The `TERM` a process on a terminal gets unless its environment names one.
+pub(crate) const DEFAULT_TERM: (&str, &str) = ("TERM", "xterm");
+
+/// Whether an environment names `TERM`.
+pub(crate) fn names_term<'a>(env: impl IntoIterator<Item = &'a (String, String)>) -> bool {
+    env.into_iter().any(|(k, _)| k == DEFAULT_TERM.0)
+}
+
 /// A container's environment in order (a later entry wins over an earlier one of the same name):
 /// `PATH`, `HOSTNAME`, `POD_IP` (when the pod has one), the image's, then the config's.
 pub(crate) fn container_env(config: &ContainerConfig, sandbox: &SandboxStatus) -> Vec<(String, String)> {

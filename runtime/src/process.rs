@@ -290,8 +290,8 @@ impl ContainerRuntime for ProcessRuntime {
         // With `tty` the container's standard streams are a terminal of its own.
         let (mut cmd, pty) = launch::main_stdio(self.command_for(config, &argv)?, config, None)?;
         cmd.env_clear().envs(container_env(config, &sandbox));
-        if config.tty && !config.env.iter().chain(&config.image.env).any(|(k, _)| k == "TERM") {
-            cmd.env("TERM", "xterm");
+        if config.tty && !launch::names_term(config.env.iter().chain(&config.image.env)) {
+            cmd.env(launch::DEFAULT_TERM.0, launch::DEFAULT_TERM.1);
         }
         let log_path = record.status.log_path.clone().unwrap_or_default();
         let spawned = cmd.spawn();
@@ -405,8 +405,8 @@ impl ContainerRuntime for ProcessRuntime {
 
     async fn exec_tty(&self, id: &ContainerId, cmd: &[String], size: Option<TerminalSize>) -> Result<ExecSession> {
         let (argv, mut env, dir) = self.exec_parts(id, cmd).await?;
-        if !env.iter().any(|(k, _)| k == "TERM") {
-            env.push(("TERM".into(), "xterm".into()));
+        if !launch::names_term(&env) {
+            env.push((launch::DEFAULT_TERM.0.into(), launch::DEFAULT_TERM.1.into()));
         }
         let mut command = Command::new("setsid");
         command.arg("--ctty").args(&argv).current_dir(dir).env_clear().envs(env);

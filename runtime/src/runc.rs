@@ -563,7 +563,7 @@ impl ContainerRuntime for RuncRuntime {
         // `tty` (`terminal: true` in the bundle) runc makes the container a terminal inside it
         // and relays it to runc's terminal: ours, given as runc's streams and, through
         // `setsid --ctty`, its controlling terminal, whose resizes runc follows (SIGWINCH).
-        let (mut cmd, pty) = launch::main_stdio(cmd, config, Some(TerminalSize { width: 80, height: 24 }))?;
+        let (mut cmd, pty) = launch::main_stdio(cmd, config, Some(launch::DEFAULT_TERMINAL))?;
         let spawned = cmd.spawn();
         drop(cmd);
         let mut child = spawned.map_err(|e| RuntimeError::io("spawn runc run", e))?;
@@ -713,12 +713,11 @@ impl ContainerRuntime for RuncRuntime {
         // terminal at its size, and follows its resizes (SIGWINCH).
         let mut command = Command::new("setsid");
         command.arg("--ctty").arg(&self.inner.runc).arg("--root").arg(self.inner.root.join("runc")).args(["exec", "--tty"]);
-        let has_term = record.config.env.iter().chain(&record.config.image.env).any(|(k, _)| k == "TERM");
-        if !has_term {
-            command.args(["--env", "TERM=xterm"]);
+        if !launch::names_term(record.config.env.iter().chain(&record.config.image.env)) {
+            command.args(["--env", &format!("{}={}", launch::DEFAULT_TERM.0, launch::DEFAULT_TERM.1)]);
         }
         command.arg(&id.0).args(cmd);
-        launch::terminal_exec(command, Some(size.unwrap_or(TerminalSize { width: 80, height: 24 })), "spawn runc exec")
+        launch::terminal_exec(command, Some(size.unwrap_or(launch::DEFAULT_TERMINAL)), "spawn runc exec")
     }
 
     async fn attach(&self, id: &ContainerId, size: Option<TerminalSize>) -> Result<AttachSession> {

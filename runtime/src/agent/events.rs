@@ -16,8 +16,7 @@
 
 use bosun_core::k8s_openapi::api::core::v1::ObjectReference;
 use bosun_core::k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
-use bosun_core::resource::builtin;
-use bosun_core::{Client, DynamicObject, Patch, PatchParams, PostParams, Target, TypeMeta};
+use bosun_core::{ApiResource, Client, DynamicObject, Patch, PatchParams, PostParams, Target, TypeMeta, TypedObject};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use jiff::Timestamp;
@@ -316,7 +315,9 @@ fn event_object(source: &Source, w: &Write) -> Option<DynamicObject> {
 
 /// Writes one event; a repeat whose object is gone (expired) is created again.
 async fn write(client: &dyn Client, source: &Source, w: Write) {
-    let Some(resource) = builtin("", "v1", "Event") else { return };
+    static EVENTS: std::sync::LazyLock<ApiResource> =
+        std::sync::LazyLock::new(<bosun_core::k8s_openapi::api::core::v1::Event as TypedObject>::api_resource);
+    let resource = &*EVENTS;
     let result = match &w {
         Write::Create { namespace, .. } => match event_object(source, &w) {
             Some(obj) => client.create(Target::new(resource, Some(namespace)), &obj, &PostParams::default()).await.map(drop),
