@@ -138,27 +138,24 @@ struct Source {
 #[derive(Debug, Clone, PartialEq)]
 enum Write {
     /// A new Event object.
-    Create {
-        name: String,
-        namespace: String,
-        object: Arc<ObjectReference>,
-        type_: &'static str,
-        reason: String,
-        message: String,
-        first: Timestamp,
-        at: Timestamp,
-        count: i32,
-    },
-    /// A repeat: the existing object's count, last timestamp and message.
-    Repeat {
-        name: String,
-        namespace: String,
-        count: i32,
-        at: Timestamp,
-        message: String,
-        /// The whole event, created again should the object be gone (expired).
-        create: Box<Write>,
-    },
+    Create(EventFields),
+    /// A repeat: a patch of the existing object's count, last timestamp and message (the whole
+    /// event is created again should the object be gone: expired).
+    Repeat(EventFields),
+}
+
+/// An Event object's fields.
+#[derive(Debug, Clone, PartialEq)]
+struct EventFields {
+    name: String,
+    namespace: String,
+    object: Arc<ObjectReference>,
+    type_: &'static str,
+    reason: String,
+    message: String,
+    first: Timestamp,
+    at: Timestamp,
+    count: i32,
 }
 
 struct Seen {
@@ -233,32 +230,24 @@ impl Correlator {
         if let Some(seen) = self.seen.get_mut(&seen_key) {
             seen.count = seen.count.saturating_add(1);
             seen.last = e.now;
-            let create = Write::Create {
+            return Some(Write::Repeat(EventFields {
                 name: seen.name.clone(),
-                namespace: namespace.clone(),
+                namespace,
                 object: e.object,
                 type_: e.type_,
                 reason: e.reason,
-                message: message.clone(),
+                message,
                 first: seen.first,
                 at: e.at,
                 count: seen.count,
-            };
-            return Some(Write::Repeat {
-                name: seen.name.clone(),
-                namespace,
-                count: seen.count,
-                at: e.at,
-                message,
-                create: Box::new(create),
-            });
+            }));
         }
         if self.seen.len() >= SEEN_LIMIT {
             self.forget(e.now);
         }
         let name = self.name_for(&e.object, e.at);
         self.seen.insert(seen_key, Seen { name: name.clone(), count: 1, first: e.at, last: e.now });
-        Some(Write::Create {
+        Some(Write::Create(EventFields {
             name,
             namespace,
             object: e.object,
@@ -268,7 +257,7 @@ impl Correlator {
             first: e.at,
             at: e.at,
             count: 1,
-        })
+        }))
     }
 
     /// client-go's name: the object's name and the time in nanoseconds, in hex (kept unique here).
@@ -292,8 +281,8 @@ impl Correlator {
     }
 }
 
-fn event_object(source: &Source, w: &Write) -> Option<DynamicObject> {
-    let Write::Create { name, namespace, object, type_, reason, message, first, at, count } = w else { return None };
+fn event_object(source: &Source, e: &EventFields) -> DynamicObject {
+    let EventFields { name, namespace, object, type_, reason, message, first, at, count } = e;
     let data = serde_json::json!({
         "involvedObject": object.as_ref(),
         "reason": reason,
@@ -306,11 +295,11 @@ fn event_object(source: &Source, w: &Write) -> Option<DynamicObject> {
         "lastTimestamp": Time(*at),
         "count": count,
     });
-    Some(DynamicObject {
+    DynamicObject {
         types: Some(TypeMeta { api_version: "v1".into(), kind: "Event".into() }),
         metadata: ObjectMeta { name: Some(name.clone()), namespace: Some(namespace.clone()), ..ObjectMeta::default() },
         data,
-    })
+    }
 }
 
 /// Writes one event; a repeat whose object is gone (expired) is created again.
@@ -318,18 +307,15 @@ async fn write(client: &dyn Client, source: &Source, w: Write) {
     static EVENTS: std::sync::LazyLock<ApiResource> =
         std::sync::LazyLock::new(<bosun_core::k8s_openapi::api::core::v1::Event as TypedObject>::api_resource);
     let resource = &*EVENTS;
+    let create = async |e: &EventFields| {
+        client.create(Target::new(resource, Some(&e.namespace)), &event_object(source, e), &PostParams::default()).await.map(drop)
+    };
     let result = match &w {
-        Write::Create { namespace, .. } => match event_object(source, &w) {
-            Some(obj) => client.create(Target::new(resource, Some(namespace)), &obj, &PostParams::default()).await.map(drop),
-            None => Ok(()),
-        },
-        Write::Repeat { name, namespace, count, at, message, create } => {
-            let patch = Patch::Merge(serde_json::json!({ "count": count, "lastTimestamp": Time(*at), "message": message }));
-            match client.patch(Target::new(resource, Some(namespace)), name, &patch, &PatchParams::default()).await {
-                Err(e) if e.is_not_found() => match event_object(source, create) {
-                    Some(obj) => client.create(Target::new(resource, Some(namespace)), &obj, &PostParams::default()).await.map(drop),
-                    None => Ok(()),
-                },
+        Write::Create(e) => create(e).await,
+        Write::Repeat(e) => {
+            let patch = Patch::Merge(serde_json::json!({ "count": e.count, "lastTimestamp": Time(e.at), "message": e.message }));
+            match client.patch(Target::new(resource, Some(&e.namespace)), &e.name, &patch, &PatchParams::default()).await {
+                Err(err) if err.is_not_found() => create(e).await,
                 other => other.map(drop),
             }
         }
@@ -381,14 +367,14 @@ mod tests {
 
     fn created(w: Option<Write>) -> (String, String, i32) {
         match w {
-            Some(Write::Create { name, message, count, .. }) => (name, message, count),
+            Some(Write::Create(e)) => (e.name, e.message, e.count),
             other => panic!("expected a create, got {other:?}"),
         }
     }
 
     fn repeated(w: Option<Write>) -> (String, String, i32) {
         match w {
-            Some(Write::Repeat { name, message, count, .. }) => (name, message, count),
+            Some(Write::Repeat(e)) => (e.name, e.message, e.count),
             other => panic!("expected a repeat, got {other:?}"),
         }
     }
