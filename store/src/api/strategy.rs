@@ -218,39 +218,29 @@ impl Kind {
 
     /// Prepares an update of the `status` subresource: everything but `.status` comes from the stored object.
     pub(crate) fn prepare_status_update(&self, obj: &mut DynamicObject, old: &DynamicObject) {
-        // A patch of `status` leaves the rest as stored: then there is nothing to copy back.
-        let rest_same = match (obj.data.as_object(), old.data.as_object()) {
-            (Some(n), Some(o)) => {
-                let others = |m: &serde_json::Map<String, serde_json::Value>| m.len() - usize::from(m.contains_key("status"));
-                others(n) == others(o) && n.iter().filter(|(k, _)| k.as_str() != "status").all(|(k, v)| o.get(k) == Some(v))
-            }
-            _ => false,
-        };
-        if rest_same {
-            if obj.metadata != old.metadata {
-                let rv = obj.metadata.resource_version.take();
-                obj.metadata = old.metadata.clone();
-                obj.metadata.resource_version = rv;
-            }
-            return;
-        }
-        let status = obj.data.get("status").cloned();
-        let mut data = old.data.clone();
-        if let Some(map) = data.as_object_mut() {
-            match status {
-                Some(s) => {
-                    map.insert("status".into(), s);
-                }
-                None => {
-                    map.remove("status");
+        // A patch of `status` leaves the rest as stored: then there is no data to copy back.
+        let rest_same = obj.data.is_object() && old.data.is_object() && !super::write::spec_changed(&obj.data, &old.data);
+        if !rest_same {
+            let status = obj.data.get("status").cloned();
+            let mut data = old.data.clone();
+            if let Some(map) = data.as_object_mut() {
+                match status {
+                    Some(s) => {
+                        map.insert("status".into(), s);
+                    }
+                    None => {
+                        map.remove("status");
+                    }
                 }
             }
+            obj.data = data;
         }
-        obj.data = data;
         // Metadata is the stored object's (the resourceVersion precondition stays the body's).
-        let rv = obj.metadata.resource_version.take();
-        obj.metadata = old.metadata.clone();
-        obj.metadata.resource_version = rv;
+        if obj.metadata != old.metadata {
+            let rv = obj.metadata.resource_version.take();
+            obj.metadata = old.metadata.clone();
+            obj.metadata.resource_version = rv;
+        }
     }
 
     /// Fills in defaults (typed kinds go through their `k8s-openapi` type, which also prunes unknown fields).
@@ -463,7 +453,7 @@ pub(crate) fn typed<K: Object + Serialize + DeserializeOwned>(obj: &mut DynamicO
     let types = obj.types.clone();
     let mut k: K = super::typed::into_typed(std::mem::take(obj))?;
     f(&mut k);
-    let mut back = super::typed::from_typed(&mut k)?;
+    let mut back = super::typed::from_typed(k)?;
     back.types = types;
     *obj = back;
     Ok(())

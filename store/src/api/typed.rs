@@ -38,8 +38,8 @@ struct RoundTrip<'a>(&'a mut DynamicObject);
 impl KindFn for RoundTrip<'_> {
     type Out = Result<()>;
     fn call<K: Object + Serialize + DeserializeOwned>(self) -> Self::Out {
-        let mut k: K = into_typed(std::mem::take(self.0))?;
-        *self.0 = from_typed(&mut k)?;
+        let k: K = into_typed(std::mem::take(self.0))?;
+        *self.0 = from_typed(k)?;
         Ok(())
     }
 }
@@ -65,18 +65,10 @@ pub(crate) fn into_typed<K: Object>(obj: DynamicObject) -> Result<K> {
     Ok(k)
 }
 
-/// A typed object as a dynamic one; its metadata moves over without a JSON detour (the typed
-/// object is left with empty metadata).
-pub(crate) fn from_typed<K: Object>(k: &mut K) -> Result<DynamicObject> {
+/// A typed object as a dynamic one; its metadata moves over without a JSON detour.
+pub(crate) fn from_typed<K: Object>(mut k: K) -> Result<DynamicObject> {
     let metadata = std::mem::take(k.meta_mut());
-    let value = serde_json::to_value(&*k).map_err(|e| Error::internal(format!("encode object: {e}")));
-    let value = match value {
-        Ok(v) => v,
-        Err(e) => {
-            *k.meta_mut() = metadata;
-            return Err(e);
-        }
-    };
+    let value = serde_json::to_value(&k).map_err(|e| Error::internal(format!("encode object: {e}")))?;
     let mut obj = split(value)?;
     obj.metadata = metadata;
     Ok(obj)

@@ -88,7 +88,7 @@ fn spec_part(data: &Value) -> Value {
     }
 }
 
-fn spec_changed(new: &Value, old: &Value) -> bool {
+pub(super) fn spec_changed(new: &Value, old: &Value) -> bool {
     match (new, old) {
         (Value::Object(n), Value::Object(o)) => {
             let n = n.iter().filter(|(k, _)| k.as_str() != "status");
