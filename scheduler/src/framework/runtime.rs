@@ -548,6 +548,21 @@ impl Framework {
     /// ([`PodInfo::equivalent`]) under the same plan holds until that node changes. `None`
     /// otherwise.
     pub fn node_local_plan(&self, state: &CycleState, pod: &PodInfo, snapshot: &Snapshot) -> Option<Vec<usize>> {
+        let judging = self.active_filters(state).filter(|(_, p)| !matches!(p.summary_filter(state, pod, snapshot), SummaryFilter::Pass));
+        self.local_plan(state, pod, snapshot, judging)
+    }
+
+    /// The indexes of the `judging` Filter plugins when nothing but the nodes themselves shapes
+    /// their verdicts for `pod` (every one node-local; no nominated pods, exclusions or PreFilter
+    /// extensions in play; a snapshot with summaries): what the failed-scan and dry-run memos
+    /// key on. `None` otherwise.
+    fn local_plan<'a>(
+        &self,
+        state: &CycleState,
+        pod: &PodInfo,
+        snapshot: &Snapshot,
+        judging: impl Iterator<Item = (usize, &'a Arc<dyn FilterPlugin>)>,
+    ) -> Option<Vec<usize>> {
         if state.nominated.is_some() || state.excluded.is_some() || snapshot.epoch == 0 || snapshot.summaries().len() != snapshot.len() {
             return None;
         }
@@ -555,10 +570,7 @@ impl Framework {
             return None;
         }
         let mut plan = Vec::new();
-        for (i, p) in self.active_filters(state) {
-            if matches!(p.summary_filter(state, pod, snapshot), SummaryFilter::Pass) {
-                continue;
-            }
+        for (i, p) in judging {
             if !p.node_local(state, pod) {
                 return None;
             }
@@ -665,16 +677,13 @@ impl Framework {
         };
         // The failed-scan memo applies when every judging plugin is node-local and nothing but
         // the nodes themselves shaped the verdicts.
-        let memo_ok = candidates.is_none()
-            && listed.is_none()
-            && state.excluded.is_none()
-            && !extensions
-            && snapshot.epoch != 0
-            && summaries.len() == snapshot.len()
-            && plan.iter().all(|(_, p, _)| p.node_local(state, pod))
-            && !snapshot.nominates(&pod.uid);
-        let signature: Vec<usize> = if memo_ok { plan.iter().map(|(i, _, _)| *i).collect() } else { Vec::new() };
-        if memo_ok && self.replay_failed_scan(pod, &signature, snapshot, &check, diagnosis) {
+        let signature = match candidates {
+            None => self.local_plan(state, pod, snapshot, plan.iter().map(|(i, p, _)| (*i, *p))),
+            Some(_) => None,
+        };
+        if let Some(signature) = &signature
+            && self.replay_failed_scan(pod, signature, snapshot, &check, diagnosis)
+        {
             return (Vec::new(), n);
         }
         let mut feasible = Vec::with_capacity(want.min(n));
@@ -755,7 +764,7 @@ impl Framework {
             for (idx, s) in failed {
                 diagnosis.record(idx, s);
             }
-            if memo_ok && complete {
+            if let Some(signature) = signature.filter(|_| complete) {
                 self.remember_failed_scan(pod, signature, snapshot, &diagnosis.node_statuses);
             }
         }
