@@ -106,13 +106,7 @@ impl Cached {
 
     /// The object's JSON as clients see it: the stored bytes with `resourceVersion` spliced in.
     pub fn encoded(&self) -> Result<Bytes> {
-        match codec::splice_version(&self.stored, self.revision) {
-            Some(b) => Ok(b),
-            None => {
-                let obj = self.object()?;
-                Ok(Bytes::from(serde_json::to_vec(&obj).map_err(|e| Error::internal(format!("encode object: {e}")))?))
-            }
-        }
+        codec::shown(&self.stored, self.revision)
     }
 
     /// Whether the object is being deleted (`metadata.deletionTimestamp` is set).
@@ -170,11 +164,18 @@ pub(crate) struct Delivery {
     /// The version the object is shown with: its own, or the deletion's for a deletion.
     stamp: Revision,
     decoded: OnceLock<std::result::Result<DynamicObject, Error>>,
+    /// The object's JSON at `stamp`, made once for every watcher that is sent bytes.
+    encoded: OnceLock<std::result::Result<Bytes, Error>>,
 }
 
 impl Delivery {
     fn new(cached: Arc<Cached>, stamp: Revision) -> Arc<Self> {
-        Arc::new(Self { cached, stamp, decoded: OnceLock::new() })
+        Arc::new(Self { cached, stamp, decoded: OnceLock::new(), encoded: OnceLock::new() })
+    }
+
+    /// The object's JSON as clients see it, spliced from the stored bytes once per change.
+    fn encoded(&self) -> Result<Bytes> {
+        self.encoded.get_or_init(|| codec::shown(&self.cached.stored, self.stamp)).clone()
     }
 
     fn decode(&self) -> Result<DynamicObject> {
@@ -219,6 +220,32 @@ impl Queued {
             Self::Bookmark(revision) => {
                 WatchEvent::Bookmark(Bookmark { resource_version: revision.to_string(), annotations: BTreeMap::new() })
             }
+        }
+    }
+}
+
+impl Change {
+    /// The watch event's `type`.
+    pub(crate) fn type_name(self) -> &'static str {
+        match self {
+            Self::Added => "ADDED",
+            Self::Modified => "MODIFIED",
+            Self::Deleted => "DELETED",
+        }
+    }
+}
+
+impl Queued {
+    /// The change as the line a JSON watch sends, `{"type":…,"object":…}` and a newline, with
+    /// the object's JSON made once and shared by every watcher of the change (kube-apiserver's
+    /// caching of serialized objects). `None` for a bookmark, and for a custom resource stored
+    /// in another version than `api_version`, the one it is watched in.
+    pub(crate) fn shared_line(&self, api_version: Option<&str>) -> Option<Result<Bytes>> {
+        let Self::Object(change, delivery) = self else { return None };
+        match delivery.encoded() {
+            Ok(json) if api_version.is_some_and(|v| !codec::has_api_version(&json, v)) => None,
+            Ok(json) => Some(Ok(codec::watch_line(change.type_name(), &json))),
+            Err(e) => Some(Err(e)),
         }
     }
 }
@@ -835,6 +862,38 @@ mod tests {
         assert_eq!(taken, moved);
         assert_eq!(taken.metadata.resource_version.as_deref(), Some("5"));
         assert_eq!(taken.path_str("spec.nodeName").as_deref(), Some("a"));
+    }
+
+    #[tokio::test]
+    async fn the_watchers_of_a_change_share_one_encoding_and_nothing_is_decoded() {
+        let kind = pods();
+        let cache = KindCache::new("/registry/core/pods/".into(), kind.clone(), CacheOptions::default());
+        put(&cache, "p", "a", 5);
+        let mut watchers: Vec<_> = ["", "spec.nodeName=a", ""]
+            .into_iter()
+            .map(|f| cache.watch(filter(&kind, f), Start::After(5), false).expect("registers"))
+            .collect();
+        // Moving the pod to node b: a MODIFIED for the unfiltered watchers, a DELETED for node a's.
+        put(&cache, "p", "b", 7);
+        let queued: Vec<Queued> = watchers.iter_mut().map(|w| w.rx.try_recv().expect("queued")).collect();
+        let lines: Vec<Bytes> = queued.iter().map(|q| q.shared_line(None).expect("an object").expect("encodes")).collect();
+        let shared: Vec<Arc<Delivery>> = queued.into_iter().map(delivery).collect();
+        assert!(shared[0].decoded.get().is_none(), "encoding needs no decoded object");
+        let json = shared[0].encoded().expect("encodes");
+        for d in &shared[1..] {
+            assert!(Arc::ptr_eq(d, &shared[0]));
+            assert_eq!(d.encoded().expect("encodes").as_ptr(), json.as_ptr(), "one encoding, shared");
+        }
+        assert_eq!(lines[0], lines[2]);
+        let events: Vec<serde_json::Value> = lines.iter().map(|l| serde_json::from_slice(l).expect("a JSON line")).collect();
+        assert!(lines.iter().all(|l| l.ends_with(b"}\n") && l.iter().filter(|&&b| b == b'\n').count() == 1));
+        assert_eq!((events[0]["type"].as_str(), events[1]["type"].as_str()), (Some("MODIFIED"), Some("DELETED")));
+        for e in &events {
+            assert_eq!(e["object"]["metadata"]["resourceVersion"], "7");
+            assert_eq!(e["object"]["spec"]["nodeName"], "b");
+            assert_eq!(e["object"]["kind"], "Pod");
+        }
+        assert!(Queued::Bookmark(7).shared_line(None).is_none());
     }
 
     #[tokio::test]

@@ -10,7 +10,7 @@ use bosun_core::{
 };
 use tracing::Instrument;
 
-fn verb(target: &Target<'_>, verb: &str) -> Result<()> {
+pub(super) fn verb(target: &Target<'_>, verb: &str) -> Result<()> {
     if target.resource.verbs.is_empty() || target.resource.supports(verb) {
         Ok(())
     } else {

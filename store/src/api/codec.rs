@@ -172,6 +172,44 @@ pub(crate) fn splice_version(bytes: &[u8], revision: Revision) -> Option<Bytes> 
     Some(Bytes::from(out))
 }
 
+/// The JSON clients see for a stored object at `revision`: spliced when the bytes allow it, else
+/// decoded and encoded again.
+pub(crate) fn shown(stored: &[u8], revision: Revision) -> Result<Bytes> {
+    match splice_version(stored, revision) {
+        Some(b) => Ok(b),
+        None => {
+            let obj = decode(stored, revision)?;
+            Ok(Bytes::from(serde_json::to_vec(&obj).map_err(|e| Error::internal(format!("encode object: {e}")))?))
+        }
+    }
+}
+
+/// Whether an object's JSON, as [`encode`] writes it, starts with this `apiVersion`.
+pub(crate) fn has_api_version(json: &[u8], api_version: &str) -> bool {
+    const HEAD: &[u8] = b"{\"apiVersion\":\"";
+    json.strip_prefix(HEAD).and_then(|rest| rest.strip_prefix(api_version.as_bytes())).is_some_and(|rest| rest.first() == Some(&b'"'))
+}
+
+/// One event of a JSON watch: `{"type":…,"object":…}` and a newline, `object` given as JSON.
+pub(crate) fn watch_line(type_name: &str, object: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(object.len() + type_name.len() + 24);
+    out.extend_from_slice(b"{\"type\":\"");
+    out.extend_from_slice(type_name.as_bytes());
+    out.extend_from_slice(b"\",\"object\":");
+    out.extend_from_slice(object);
+    out.extend_from_slice(b"}\n");
+    Bytes::from(out)
+}
+
+/// A bookmark's object: the watched kind with only a `resourceVersion` (and annotations).
+pub(crate) fn bookmark_object(resource: &ApiResource, bookmark: &bosun_core::Bookmark) -> serde_json::Value {
+    serde_json::json!({
+        "kind": resource.kind,
+        "apiVersion": resource.api_version(),
+        "metadata": {"resourceVersion": bookmark.resource_version, "annotations": bookmark.annotations},
+    })
+}
+
 /// Whether `needle` (non-empty) occurs in `hay`: a jump from each occurrence of its first byte,
 /// many times faster than comparing every window (lists splice every object they serve).
 fn contains(hay: &[u8], needle: &[u8]) -> bool {

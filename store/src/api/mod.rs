@@ -18,6 +18,7 @@ mod delete;
 mod hpa_v1;
 pub mod metrics;
 mod read;
+pub(crate) use codec::{bookmark_object, watch_line};
 pub(crate) use read::parse_rv;
 mod registry;
 mod services;
@@ -30,7 +31,7 @@ mod write;
 pub use admission::{AdmissionPlugin, Attributes, NamespaceLifecycle, Operation, Priority, ServiceAccountDefaults, default_plugins};
 pub use alloc::ParseRangeError;
 pub use cache::Cached;
-pub use read::EncodedList;
+pub use read::{EncodedList, EncodedWatch};
 pub(crate) use write::{apply_needs_manager, patched_invalid};
 
 use crate::http::{NodeConnector, ResourceCatalog};

@@ -109,10 +109,7 @@ impl ApiServer {
     /// Sets the apiVersion a request for this kind's version expects (custom resources share storage across versions).
     pub(crate) fn present(&self, kind: &Kind, obj: &mut DynamicObject) {
         if kind.rules == Rules::Custom {
-            let api_version = kind.resource.api_version();
-            if obj.types.as_ref().is_none_or(|t| t.api_version != api_version) {
-                obj.types = Some(TypeMeta::of(&kind.resource));
-            }
+            show_as(obj, &kind.resource);
         }
     }
 
@@ -297,6 +294,51 @@ impl ApiServer {
 
     /// Watches a kind.
     pub(crate) async fn watch_objects(&self, kind: &Arc<Kind>, namespace: Option<&str>, params: &WatchParams) -> Result<WatchStream> {
+        let resource = kind.resource.clone();
+        let custom = kind.rules == Rules::Custom;
+        let present = move |ev: WatchEvent<DynamicObject>| if custom { retype(ev, &resource) } else { ev };
+        let stream = self.watch_queue(kind, namespace, params).await?.map(move |item| {
+            Ok(match item {
+                Emit::Queued(q) => present(q.into_event()),
+                Emit::Bookmark(b) => WatchEvent::Bookmark(b),
+                Emit::Fail(e) => WatchEvent::Error(e.to_status()),
+            })
+        });
+        Ok(until_timeout(stream, params))
+    }
+
+    /// Watches a kind with every event already encoded as the line a JSON watch sends (see
+    /// [`EncodedWatch`]); `None` for the resources that are not watched from the cache.
+    pub async fn watch_encoded(&self, target: bosun_core::Target<'_>, params: &WatchParams) -> Result<Option<EncodedWatch>> {
+        self.ready().await?;
+        super::client::verb(&target, "watch")?;
+        if super::metrics::is_metrics(target.resource) || super::hpa_v1::is_v1(target.resource) {
+            return Ok(None);
+        }
+        let kind = self.registry.resolve(target.resource)?;
+        let resource = kind.resource.clone();
+        // Custom resources share storage across versions: each is shown in the version asked for.
+        let custom = (kind.rules == Rules::Custom).then(|| resource.api_version());
+        let stream = self.watch_queue(&kind, target.namespace, params).await?.map(move |item| match item {
+            Emit::Queued(q) => match q.shared_line(custom.as_deref()) {
+                Some(line) => line,
+                // A custom resource stored in another version than the one watched.
+                None => event_line(retype(q.into_event(), &resource), &resource),
+            },
+            Emit::Bookmark(b) => event_line(WatchEvent::Bookmark(b), &resource),
+            Emit::Fail(e) => Err(e),
+        });
+        Ok(Some(until_timeout(stream, params)))
+    }
+
+    /// The watch of a kind as the cache queues it: the initial events (decoded only as the
+    /// watcher reaches them), then the changes, then an error if the watcher fell behind.
+    async fn watch_queue(
+        &self,
+        kind: &Arc<Kind>,
+        namespace: Option<&str>,
+        params: &WatchParams,
+    ) -> Result<futures::stream::BoxStream<'static, Emit>> {
         let filter = Arc::new(self.filter(kind, namespace, params.label_selector.as_deref(), params.field_selector.as_deref())?);
         let cache = self.cache(kind);
         let rv = params.resource_version.as_deref().filter(|r| !r.is_empty());
@@ -323,46 +365,79 @@ impl ApiServer {
         };
         let reg = match cache.watch(filter, start, params.allow_bookmarks) {
             Ok(reg) => reg,
-            Err(e) => return Ok(futures::stream::iter([Ok(WatchEvent::Error(e.to_status()))]).boxed()),
+            Err(e) => return Ok(futures::stream::iter([Emit::Fail(e)]).boxed()),
         };
         let Registration { initial, revision, rx, overflow } = reg;
-        let custom = kind.rules == Rules::Custom;
-        let resource = kind.resource.clone();
-        // Events are copied out of the cache (and past ones decoded) only as the watcher takes them.
         let initial_end = params.send_initial_events.then(|| {
             let mut annotations = BTreeMap::new();
             annotations.insert(Bookmark::INITIAL_EVENTS_END.to_owned(), "true".to_owned());
-            WatchEvent::Bookmark(Bookmark { resource_version: revision.to_string(), annotations })
+            Emit::Bookmark(Bookmark { resource_version: revision.to_string(), annotations })
         });
-        let present = move |ev: WatchEvent<DynamicObject>| Ok(if custom { retype(ev, &resource) } else { ev });
         let head = futures::stream::iter(initial)
-            .filter_map(|i| futures::future::ready(i.resolve().map(Queued::into_event)))
-            .chain(futures::stream::iter(initial_end))
-            .map(present.clone());
-        let tail = tokio_stream::wrappers::ReceiverStream::new(rx).map(move |q| present(q.into_event()));
+            .filter_map(|i| futures::future::ready(i.resolve().map(Emit::Queued)))
+            .chain(futures::stream::iter(initial_end));
+        let tail = tokio_stream::wrappers::ReceiverStream::new(rx).map(Emit::Queued);
         let plural = kind.resource.plural.to_string();
         let end = futures::stream::once(async move {
-            overflow.load(Ordering::SeqCst).then(|| {
-                Ok(WatchEvent::Error(
-                    Error::expired(format!("watch of {plural} ended: the watcher fell behind; relist and watch again")).to_status(),
-                ))
-            })
+            overflow
+                .load(Ordering::SeqCst)
+                .then(|| Emit::Fail(Error::expired(format!("watch of {plural} ended: the watcher fell behind; relist and watch again"))))
         })
         .filter_map(futures::future::ready);
-        let stream = head.chain(tail).chain(end);
-        Ok(match params.timeout_seconds.filter(|t| *t > 0) {
-            Some(t) => stream.take_until(tokio::time::sleep(std::time::Duration::from_secs(u64::from(t)))).boxed(),
-            None => stream.boxed(),
-        })
+        Ok(head.chain(tail).chain(end).boxed())
+    }
+}
+
+/// A watch whose events are the lines a JSON watch sends, `{"type":…,"object":…}` and a
+/// newline, each object's JSON made once per change and shared by all its watchers: what the
+/// HTTP server streams without decoding and encoding every object once per watcher. An error
+/// (a version too old, a watcher that fell behind) is the stream's last item.
+pub type EncodedWatch = futures::stream::BoxStream<'static, Result<Bytes>>;
+
+/// What a watch of the cache yields, before it is shown as events or as encoded lines.
+enum Emit {
+    Queued(Queued),
+    /// The end of the initial events.
+    Bookmark(Bookmark),
+    /// The watch ends with this error.
+    Fail(Error),
+}
+
+/// Ends a watch stream at the `timeoutSeconds` asked for.
+fn until_timeout<T: Send + 'static>(
+    stream: impl futures::Stream<Item = T> + Send + 'static,
+    params: &WatchParams,
+) -> futures::stream::BoxStream<'static, T> {
+    match params.timeout_seconds.filter(|t| *t > 0) {
+        Some(t) => stream.take_until(tokio::time::sleep(std::time::Duration::from_secs(u64::from(t)))).boxed(),
+        None => stream.boxed(),
+    }
+}
+
+/// An event encoded on its own, for a watcher that cannot share the change's encoding.
+fn event_line(event: WatchEvent<DynamicObject>, resource: &bosun_core::ApiResource) -> Result<Bytes> {
+    fn encode(v: &impl Serialize) -> Result<Vec<u8>> {
+        serde_json::to_vec(v).map_err(|e| Error::internal(format!("encode watch event: {e}")))
+    }
+    let json = match &event {
+        WatchEvent::Added(o) | WatchEvent::Modified(o) | WatchEvent::Deleted(o) => encode(o)?,
+        WatchEvent::Bookmark(b) => encode(&codec::bookmark_object(resource, b))?,
+        WatchEvent::Error(status) => return Err(Error::Other(Box::new(status.clone()))),
+    };
+    Ok(codec::watch_line(event.type_name(), &json))
+}
+
+/// Gives an object the apiVersion and kind of the resource it is shown as.
+fn show_as(obj: &mut DynamicObject, resource: &bosun_core::ApiResource) {
+    if obj.types.as_ref().is_none_or(|t| t.api_version != resource.api_version()) {
+        obj.types = Some(TypeMeta::of(resource));
     }
 }
 
 /// Gives a custom resource's event the apiVersion of the watched version.
 fn retype(ev: WatchEvent<DynamicObject>, resource: &bosun_core::ApiResource) -> WatchEvent<DynamicObject> {
     let fix = |mut o: DynamicObject| {
-        if o.types.as_ref().is_none_or(|t| t.api_version != resource.api_version()) {
-            o.types = Some(TypeMeta::of(resource));
-        }
+        show_as(&mut o, resource);
         o
     };
     match ev {

@@ -101,6 +101,16 @@ pub(crate) enum Output {
     Metadata,
 }
 
+/// An object's JSON with the `apiVersion` and `kind` of its resource when it has none.
+pub(crate) fn typed_value(obj: &bosun_core::DynamicObject, resource: &bosun_core::ApiResource) -> serde_json::Value {
+    let mut value = obj.to_value();
+    if let Some(map) = value.as_object_mut().filter(|m| !m.contains_key("kind")) {
+        map.insert("apiVersion".into(), resource.api_version().into());
+        map.insert("kind".into(), resource.kind.to_string().into());
+    }
+    value
+}
+
 /// An object reduced to `PartialObjectMetadata`.
 pub(crate) fn partial_metadata(object: &serde_json::Value) -> serde_json::Value {
     serde_json::json!({

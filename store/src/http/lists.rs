@@ -1,23 +1,35 @@
-//! The fast path for large lists: a source of lists whose items are already JSON-encoded, written
-//! out without decoding and re-encoding each object.
+//! The fast path for large lists and many watchers: a source of lists and watches whose objects
+//! are already JSON-encoded, written out without decoding and re-encoding each object (for a
+//! watch: once per watcher).
 
-use crate::api::{ApiServer, EncodedList};
+use crate::api::{ApiServer, EncodedList, EncodedWatch};
 use async_trait::async_trait;
-use bosun_core::{ListParams, Result, Target};
+use bosun_core::{ListParams, Result, Target, WatchParams};
 use bytes::Bytes;
 
-/// Lists with pre-encoded items. Optional: without one, the server lists through
-/// [`bosun_core::Client::list`] and encodes each object itself.
+/// Lists and watches with pre-encoded objects, for JSON responses. Optional: without one, the
+/// server lists and watches through [`bosun_core::Client`] and encodes each object itself.
 #[async_trait]
 pub trait EncodedLists: Send + Sync + 'static {
     /// One page of a list, each item as its JSON bytes.
     async fn list_encoded(&self, target: Target<'_>, params: &ListParams) -> Result<EncodedList>;
+
+    /// A watch whose events are already the lines a JSON watch sends; `None` (the default) to
+    /// watch through [`bosun_core::Client::watch`] instead.
+    async fn watch_encoded(&self, target: Target<'_>, params: &WatchParams) -> Result<Option<EncodedWatch>> {
+        let _ = (target, params);
+        Ok(None)
+    }
 }
 
 #[async_trait]
 impl EncodedLists for ApiServer {
     async fn list_encoded(&self, target: Target<'_>, params: &ListParams) -> Result<EncodedList> {
         ApiServer::list_encoded(self, target, params).await
+    }
+
+    async fn watch_encoded(&self, target: Target<'_>, params: &WatchParams) -> Result<Option<EncodedWatch>> {
+        ApiServer::watch_encoded(self, target, params).await
     }
 }
 

@@ -177,6 +177,17 @@ async fn dispatch(state: &State, req: Request<Incoming>, path: &ResourcePath, qu
             let timeout = params.timeout_seconds.map_or(state.default_watch_timeout, |s| Duration::from_secs(u64::from(s)));
             // A version too old to watch from is an ERROR event in a 200 stream, as kube-apiserver
             // sends it (clients relist on it), not a failed request.
+            let encoded = match (output, &state.lists) {
+                (Output::Json, Some(fast)) => match fast.watch_encoded(target, &params).await {
+                    Ok(stream) => stream,
+                    Err(e) if e.is_gone() => Some(futures::stream::iter([Err(e)]).boxed()),
+                    Err(e) => return Err(e),
+                },
+                _ => None,
+            };
+            if let Some(stream) = encoded {
+                return Ok(watch_response(watch::encoded_body(stream, timeout, state.metrics.clone())));
+            }
             let stream = match state.client.watch(target, &params).await {
                 Ok(stream) => stream,
                 Err(e) if e.is_gone() => futures::stream::iter([Ok(bosun_core::WatchEvent::Error(e.to_status()))]).boxed(),
@@ -184,11 +195,7 @@ async fn dispatch(state: &State, req: Request<Incoming>, path: &ResourcePath, qu
             };
             let printer = printer(state, &resource, output).await;
             let encoding = watch::Encoding { resource: resource.clone(), printer, output, include };
-            let mut response = Response::new(watch::body(stream, encoding, timeout, state.metrics.clone()));
-            response.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-            // No Transfer-Encoding: HTTP/1.1 chunks a body of unknown length by itself, and the
-            // header is illegal in HTTP/2.
-            Ok(response.into())
+            Ok(watch_response(encoding.body(stream, timeout, state.metrics.clone())))
         }
         "LIST" => {
             check("list")?;
@@ -204,7 +211,7 @@ async fn dispatch(state: &State, req: Request<Incoming>, path: &ResourcePath, qu
                 return Ok(body::respond(StatusCode::OK, &list, output).into());
             }
             if output == Output::Table {
-                let items: Vec<Value> = list.items.iter().map(|o| typed_value(o, &resource)).collect();
+                let items: Vec<Value> = list.items.iter().map(|o| body::typed_value(o, &resource)).collect();
                 let meta = serde_json::to_value(&list.metadata).unwrap_or_else(|_| json!({}));
                 let printer = printer(state, &resource, output).await;
                 return Ok(body::respond(StatusCode::OK, &table::table(&printer, &items, meta, include), output).into());
@@ -222,7 +229,7 @@ async fn dispatch(state: &State, req: Request<Incoming>, path: &ResourcePath, qu
             }
             let name = path.name.as_deref().unwrap_or_default();
             let obj = state.client.get(target, name).await?;
-            let value = typed_value(&obj, &resource);
+            let value = body::typed_value(&obj, &resource);
             if output == Output::Metadata {
                 return Ok(body::respond(StatusCode::OK, &body::partial_metadata(&value), output).into());
             }
@@ -243,7 +250,7 @@ async fn dispatch(state: &State, req: Request<Incoming>, path: &ResourcePath, qu
             warnings.extend(warnings::pod(&resource.group, &resource.kind, &body.value));
             let obj = object_for(&resource, body.value, namespace.as_deref(), None)?;
             let created = state.client.create(target, &obj, &params).await?;
-            Ok(Reply { response: body::respond(StatusCode::CREATED, &typed_value(&created, &resource), plain(output)), warnings })
+            Ok(Reply { response: body::respond(StatusCode::CREATED, &body::typed_value(&created, &resource), plain(output)), warnings })
         }
         "PUT" => {
             check("update")?;
@@ -256,7 +263,7 @@ async fn dispatch(state: &State, req: Request<Incoming>, path: &ResourcePath, qu
             warnings.extend(warnings::pod(&resource.group, &resource.kind, &body.value));
             let obj = object_for(&resource, body.value, namespace.as_deref(), Some(name))?;
             let updated = state.client.update(target, &obj, &params).await?;
-            Ok(Reply { response: body::respond(StatusCode::OK, &typed_value(&updated, &resource), plain(output)), warnings })
+            Ok(Reply { response: body::respond(StatusCode::OK, &body::typed_value(&updated, &resource), plain(output)), warnings })
         }
         "PATCH" => {
             check("patch")?;
@@ -264,7 +271,7 @@ async fn dispatch(state: &State, req: Request<Incoming>, path: &ResourcePath, qu
             let (patch, params, mut warnings) = read_patch(state, req, &resource, &resource.kind, &name, query).await?;
             // Server-side apply creates what does not exist, and then answers 201 as kube-apiserver does.
             let creates = matches!(patch, Patch::Apply(_)) && state.client.get(target, &name).await.is_err_and(|e| e.is_not_found());
-            let patched = typed_value(&state.client.patch(target, &name, &patch, &params).await?, &resource);
+            let patched = body::typed_value(&state.client.patch(target, &name, &patch, &params).await?, &resource);
             if patch_sets_finalizers(&patch) {
                 warnings.extend(warnings::finalizers(&patched));
             }
@@ -282,7 +289,7 @@ async fn dispatch(state: &State, req: Request<Incoming>, path: &ResourcePath, qu
             let obj = match state.client.delete(target, &name, &params).await? {
                 Deleted::Now(o) | Deleted::Pending(o) => o,
             };
-            Ok(body::respond(StatusCode::OK, &typed_value(&obj, &resource), plain(output)).into())
+            Ok(body::respond(StatusCode::OK, &body::typed_value(&obj, &resource), plain(output)).into())
         }
         "DELETECOLLECTION" => {
             check("deletecollection")?;
@@ -317,13 +324,13 @@ fn plain(output: Output) -> Output {
 }
 
 /// The object as JSON with its type meta filled in.
-fn typed_value(obj: &DynamicObject, resource: &ApiResource) -> Value {
-    let mut value = obj.to_value();
-    if let Some(map) = value.as_object_mut().filter(|m| !m.contains_key("kind")) {
-        map.insert("apiVersion".into(), resource.api_version().into());
-        map.insert("kind".into(), resource.kind.to_string().into());
-    }
-    value
+/// A watch's response: JSON lines, streamed.
+fn watch_response(body: Body) -> Reply {
+    let mut response = Response::new(body);
+    response.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    // No Transfer-Encoding: HTTP/1.1 chunks a body of unknown length by itself, and the header is
+    // illegal in HTTP/2.
+    response.into()
 }
 
 async fn read_body(state: &State, req: Request<Incoming>) -> Result<(Bytes, Format)> {

@@ -4,6 +4,7 @@
 use super::body::{Body, Output, status_value};
 use super::metrics::Metrics;
 use super::table::{self, Include};
+use crate::api::EncodedWatch;
 use bosun_core::{ApiResource, WatchEvent, WatchStream};
 use bytes::Bytes;
 use futures::StreamExt;
@@ -27,11 +28,7 @@ impl Encoding {
     pub(crate) fn event(&self, event: &WatchEvent<bosun_core::DynamicObject>) -> Bytes {
         let object = match event {
             WatchEvent::Added(o) | WatchEvent::Modified(o) | WatchEvent::Deleted(o) => {
-                let mut value = o.to_value();
-                if let Some(map) = value.as_object_mut().filter(|m| !m.contains_key("kind")) {
-                    map.insert("apiVersion".into(), self.resource.api_version().into());
-                    map.insert("kind".into(), self.resource.kind.to_string().into());
-                }
+                let value = super::body::typed_value(o, &self.resource);
                 match self.output {
                     Output::Metadata => super::body::partial_metadata(&value),
                     Output::Table => {
@@ -41,26 +38,43 @@ impl Encoding {
                     _ => value,
                 }
             }
-            WatchEvent::Bookmark(b) => json!({
-                "kind": self.resource.kind,
-                "apiVersion": self.resource.api_version(),
-                "metadata": {"resourceVersion": b.resource_version, "annotations": b.annotations},
-            }),
+            WatchEvent::Bookmark(b) => crate::api::bookmark_object(&self.resource, b),
             WatchEvent::Error(status) => status_value(status),
         };
-        line(event.type_name(), object)
+        line(event.type_name(), &object)
+    }
+
+    /// The body of a watch of objects, each event encoded for this watcher. The stream ends after
+    /// an `ERROR` event.
+    pub(crate) fn body(self, stream: WatchStream, timeout: Duration, metrics: Arc<Metrics>) -> Body {
+        let lines = stream.map(move |next| match next {
+            Ok(event) => (self.event(&event), matches!(event, WatchEvent::Error(_))),
+            Err(err) => (error_line(&err), true),
+        });
+        body(lines, timeout, metrics)
     }
 }
 
-fn line(kind: &str, object: Value) -> Bytes {
-    let mut bytes = serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap_or_default();
-    bytes.push(b'\n');
-    Bytes::from(bytes)
+/// The body of a watch whose events come encoded (see [`crate::api::EncodedWatch`]).
+pub(crate) fn encoded_body(stream: EncodedWatch, timeout: Duration, metrics: Arc<Metrics>) -> Body {
+    let lines = stream.map(|next| match next {
+        Ok(line) => (line, false),
+        Err(err) => (error_line(&err), true),
+    });
+    body(lines, timeout, metrics)
 }
 
-/// Streams a watch as the response body. The stream ends after `timeout`, when the client goes
-/// away, or after an error event.
-pub(crate) fn body(mut stream: WatchStream, encoding: Encoding, timeout: Duration, metrics: Arc<Metrics>) -> Body {
+fn line(kind: &str, object: &Value) -> Bytes {
+    crate::api::watch_line(kind, &serde_json::to_vec(object).unwrap_or_default())
+}
+
+fn error_line(err: &bosun_core::Error) -> Bytes {
+    line("ERROR", &status_value(&err.to_status()))
+}
+
+/// Streams a watch's lines (each with whether it is the last) as the response body. The stream
+/// ends after `timeout`, when the client goes away, or after the last line.
+fn body(mut lines: impl futures::Stream<Item = (Bytes, bool)> + Send + Unpin + 'static, timeout: Duration, metrics: Arc<Metrics>) -> Body {
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(64);
     metrics.watch_delta(1);
     tokio::spawn(async move {
@@ -70,16 +84,9 @@ pub(crate) fn body(mut stream: WatchStream, encoding: Encoding, timeout: Duratio
             let next = tokio::select! {
                 () = &mut deadline => break,
                 () = tx.closed() => break,
-                next = stream.next() => next,
+                next = lines.next() => next,
             };
-            let (bytes, last) = match next {
-                None => break,
-                Some(Ok(event)) => {
-                    let last = matches!(event, WatchEvent::Error(_));
-                    (encoding.event(&event), last)
-                }
-                Some(Err(err)) => (line("ERROR", status_value(&err.to_status())), true),
-            };
+            let Some((bytes, last)) = next else { break };
             if tx.send(Ok(Frame::data(bytes))).await.is_err() || last {
                 break;
             }

@@ -124,7 +124,7 @@ async fn bare_finalizer_names_get_a_warning() -> TestResult {
 /// A definition of `widgets.example.com` with a deprecated v1beta1 (default warning), a
 /// deprecated v1alpha1 with its own warning, and v1; its schema has an associative list
 /// (`ports` by `name`), a set (`tags`), an atomic list (`hosts`) and an atomic map (`selector`).
-fn widget_crd() -> Value {
+pub(crate) fn widget_crd() -> Value {
     let schema = json!({"type": "object", "properties": {"spec": {"type": "object", "properties": {
         "ports": {"type": "array", "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"],
             "items": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}, "port": {"type": "integer"}}}},

@@ -7,6 +7,7 @@ mod api_watch;
 mod http;
 mod http_fields;
 mod http_kube;
+mod http_watch;
 mod kubectl;
 mod kubectl_more;
 mod metrics;
