@@ -38,8 +38,9 @@ fn cpu_time() -> Duration {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
     // Fields after the command name (which ends with the last ')'): utime and stime are the 12th and 13th.
     let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let fields: Vec<u64> = rest.split_whitespace().filter_map(|f| f.parse().ok()).collect();
-    let ticks = fields.get(11).copied().unwrap_or(0) + fields.get(12).copied().unwrap_or(0);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    let ticks = field(11) + field(12);
     Duration::from_millis(ticks * 10)
 }
 
@@ -109,7 +110,7 @@ async fn run(api: &Arc<ApiServer>, server: &Server, watchers: usize, events: u64
         *round += 1;
         let patch = json!({"metadata": {"annotations": {"round": round.to_string()}}});
         let pods = pods.clone();
-        async move { pods.patch(&format!("web-{}", i as usize % PODS), &PatchParams::default(), &Patch::Merge(patch)).await }
+        async move { pods.patch(&format!("web-{}", i as usize % PODS), &Patch::Merge(patch), &PatchParams::default()).await }
     };
     // Every watcher connected and fed once before the clock starts.
     update(0).await?;
