@@ -21,6 +21,12 @@ if ((${#missing[@]})); then
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
+# One build from clean: no incremental state and no debug info. That keeps the target directory
+# near 2.5 GB (clippy and every test binary and example); with both it grew past what a CI
+# machine had free, and linking an example died of a bus error on the full disk.
+export CARGO_INCREMENTAL=0 CARGO_PROFILE_DEV_DEBUG=0 CARGO_PROFILE_DEV_STRIP=debuginfo
+log "disk: $(df -h . | awk 'NR==2 {print $4 " free of " $2}')"
+
 # Debian puts some CNI plugins outside PATH; tests look here.
 export CNI_PATH="${CNI_PATH:-/usr/lib/cni}"
 
