@@ -96,7 +96,7 @@ impl<K: Object> Api<K> {
 
     /// Reads one object.
     pub async fn get(&self, name: &str) -> Result<K> {
-        self.client.get(self.target(), name).await?.to_typed()
+        self.client.get(self.target(), name).await?.into_typed()
     }
 
     /// Reads one object, `None` if it does not exist.
@@ -111,7 +111,7 @@ impl<K: Object> Api<K> {
     /// Lists one page (or everything when `limit` is unset).
     pub async fn list(&self, params: &ListParams) -> Result<ObjectList<K>> {
         let list = self.client.list(self.target(), params).await?;
-        let items = list.items.iter().map(DynamicObject::to_typed).collect::<Result<Vec<K>>>()?;
+        let items = list.items.into_iter().map(DynamicObject::into_typed).collect::<Result<Vec<K>>>()?;
         Ok(ObjectList { types: list.types, metadata: list.metadata, items })
     }
 
@@ -130,62 +130,62 @@ impl<K: Object> Api<K> {
 
     /// Creates an object.
     pub async fn create(&self, obj: &K, params: &PostParams) -> Result<K> {
-        self.client.create(self.target_for(obj), &self.encode(obj)?, params).await?.to_typed()
+        self.client.create(self.target_for(obj), &self.encode(obj)?, params).await?.into_typed()
     }
 
     /// Replaces an object (409 if its resourceVersion is stale).
     pub async fn replace(&self, obj: &K, params: &PostParams) -> Result<K> {
-        self.client.update(self.target_for(obj), &self.encode(obj)?, params).await?.to_typed()
+        self.client.update(self.target_for(obj), &self.encode(obj)?, params).await?.into_typed()
     }
 
     /// Patches an object.
     pub async fn patch(&self, name: &str, patch: &Patch, params: &PatchParams) -> Result<K> {
-        self.client.patch(self.target(), name, patch, params).await?.to_typed()
+        self.client.patch(self.target(), name, patch, params).await?.into_typed()
     }
 
     /// Deletes an object.
     pub async fn delete(&self, name: &str, params: &DeleteParams) -> Result<Deleted<K>> {
         Ok(match self.client.delete(self.target(), name, params).await? {
-            Deleted::Now(d) => Deleted::Now(d.to_typed()?),
-            Deleted::Pending(d) => Deleted::Pending(d.to_typed()?),
+            Deleted::Now(d) => Deleted::Now(d.into_typed()?),
+            Deleted::Pending(d) => Deleted::Pending(d.into_typed()?),
         })
     }
 
     /// Deletes every object the list parameters select.
     pub async fn delete_collection(&self, list: &ListParams, params: &DeleteParams) -> Result<Vec<K>> {
         let gone = self.client.delete_collection(self.target(), list, params).await?;
-        gone.items.iter().map(DynamicObject::to_typed).collect()
+        gone.items.into_iter().map(DynamicObject::into_typed).collect()
     }
 
     /// Watches for changes.
     pub async fn watch(&self, params: &WatchParams) -> Result<futures::stream::BoxStream<'static, Result<WatchEvent<K>>>> {
         let stream = self.client.watch(self.target(), params).await?;
-        Ok(stream.and_then(|ev| futures::future::ready(ev.try_map(|d| d.to_typed::<K>()))).boxed())
+        Ok(stream.and_then(|ev| futures::future::ready(ev.try_map(DynamicObject::into_typed::<K>))).boxed())
     }
 
     /// Reads the `status` subresource.
     pub async fn get_status(&self, name: &str) -> Result<K> {
-        self.client.get_subresource(self.target(), name, "status").await?.to_typed()
+        self.client.get_subresource(self.target(), name, "status").await?.into_typed()
     }
 
     /// Replaces the `status` subresource (only `.status` is taken from `obj`).
     pub async fn replace_status(&self, obj: &K, params: &PostParams) -> Result<K> {
-        self.client.update_subresource(self.target_for(obj), obj.name(), "status", &self.encode(obj)?, params).await?.to_typed()
+        self.client.update_subresource(self.target_for(obj), obj.name(), "status", &self.encode(obj)?, params).await?.into_typed()
     }
 
     /// Patches the `status` subresource.
     pub async fn patch_status(&self, name: &str, patch: &Patch, params: &PatchParams) -> Result<K> {
-        self.client.patch_subresource(self.target(), name, "status", patch, params).await?.to_typed()
+        self.client.patch_subresource(self.target(), name, "status", patch, params).await?.into_typed()
     }
 
     /// Reads the `scale` subresource.
     pub async fn get_scale(&self, name: &str) -> Result<k8s_openapi::api::autoscaling::v1::Scale> {
-        self.client.get_subresource(self.target(), name, "scale").await?.to_typed()
+        self.client.get_subresource(self.target(), name, "scale").await?.into_typed()
     }
 
     /// Patches the `scale` subresource, e.g. `{"spec":{"replicas":3}}` as a merge patch.
     pub async fn patch_scale(&self, name: &str, patch: &Patch, params: &PatchParams) -> Result<k8s_openapi::api::autoscaling::v1::Scale> {
-        self.client.patch_subresource(self.target(), name, "scale", patch, params).await?.to_typed()
+        self.client.patch_subresource(self.target(), name, "scale", patch, params).await?.into_typed()
     }
 
     /// Posts to a subresource such as `binding` or `eviction`.

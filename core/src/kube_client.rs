@@ -195,21 +195,19 @@ fn parse_event(line: &str) -> Result<WatchEvent<DynamicObject>> {
         object: serde_json::Value,
     }
     let frame: Frame = serde_json::from_str(line).map_err(|e| Error::internal(format!("decode watch event: {e}")))?;
-    let object = || DynamicObject::from_value(frame.object.clone());
-    Ok(match frame.type_.as_str() {
-        "ADDED" => WatchEvent::Added(object()?),
-        "MODIFIED" => WatchEvent::Modified(object()?),
-        "DELETED" => WatchEvent::Deleted(object()?),
+    let Frame { type_, object } = frame;
+    Ok(match type_.as_str() {
+        "ADDED" => WatchEvent::Added(DynamicObject::from_value(object)?),
+        "MODIFIED" => WatchEvent::Modified(DynamicObject::from_value(object)?),
+        "DELETED" => WatchEvent::Deleted(DynamicObject::from_value(object)?),
         "BOOKMARK" => {
-            let meta = object()?.metadata;
+            let meta = DynamicObject::from_value(object)?.metadata;
             WatchEvent::Bookmark(Bookmark {
                 resource_version: meta.resource_version.unwrap_or_default(),
                 annotations: meta.annotations.unwrap_or_default(),
             })
         }
-        "ERROR" => {
-            WatchEvent::Error(serde_json::from_value(frame.object).map_err(|e| Error::internal(format!("decode watch error: {e}")))?)
-        }
+        "ERROR" => WatchEvent::Error(serde_json::from_value(object).map_err(|e| Error::internal(format!("decode watch error: {e}")))?),
         other => return Err(Error::internal(format!("unknown watch event type {other:?}"))),
     })
 }

@@ -125,24 +125,8 @@ impl Serialize for DynamicObject {
 
 impl<'de> Deserialize<'de> for DynamicObject {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
-        use serde::de::Error as _;
-        let mut map = serde_json::Map::<String, serde_json::Value>::deserialize(deserializer)?;
-        let text = |v: Option<serde_json::Value>| match v {
-            Some(serde_json::Value::String(s)) => Ok(Some(s)),
-            None | Some(serde_json::Value::Null) => Ok(None),
-            Some(other) => Err(D::Error::custom(format!("expected a string, found {other}"))),
-        };
-        let api_version = text(map.remove("apiVersion"))?;
-        let kind = text(map.remove("kind"))?;
-        let metadata = match map.remove("metadata") {
-            Some(serde_json::Value::Null) | None => ObjectMeta::default(),
-            Some(m) => serde_json::from_value(m).map_err(|e| D::Error::custom(format!("metadata: {e}")))?,
-        };
-        let types = match (api_version, kind) {
-            (None, None) => None,
-            (a, k) => Some(TypeMeta { api_version: a.unwrap_or_default(), kind: k.unwrap_or_default() }),
-        };
-        Ok(Self { types, metadata, data: serde_json::Value::Object(map) })
+        let map = serde_json::Map::<String, serde_json::Value>::deserialize(deserializer)?;
+        Self::from_map(map).map_err(serde::de::Error::custom)
     }
 }
 
@@ -176,6 +160,36 @@ impl DynamicObject {
         Self::from_value(value)
     }
 
+    /// Converts any object into a `DynamicObject`, consuming it: the metadata moves over as it
+    /// is, without a JSON detour.
+    pub fn from_typed_owned<K: Object>(mut obj: K) -> Result<Self> {
+        let metadata = std::mem::take(obj.meta_mut());
+        let value = serde_json::to_value(&obj).map_err(|e| Error::internal(format!("encode object: {e}")))?;
+        let mut dynamic = Self::from_value(value)?;
+        dynamic.metadata = metadata;
+        Ok(dynamic)
+    }
+
+    /// Converts a `DynamicObject` into a typed kind, consuming it: strings and subtrees move into
+    /// the typed object instead of being copied, and the metadata moves over as it is. A
+    /// mismatching body is a `BadRequest`, as [`to_typed`](Self::to_typed) answers.
+    pub fn into_typed<K: Object>(self) -> Result<K> {
+        use serde::de::value::MapDeserializer;
+        let Self { types, metadata, data } = self;
+        let serde_json::Value::Object(map) = data else {
+            let mut k: K = Self { types, metadata: ObjectMeta::default(), data }.to_typed()?;
+            *k.meta_mut() = metadata;
+            return Ok(k);
+        };
+        let head = types.into_iter().flat_map(|t| [("apiVersion".to_owned(), t.api_version.into()), ("kind".to_owned(), t.kind.into())]);
+        let body = map.into_iter().filter(|(k, _)| !matches!(k.as_str(), "apiVersion" | "kind" | "metadata"));
+        let mut k = K::deserialize(MapDeserializer::<_, serde_json::Error>::new(head.chain(body)))
+            .map_err(|e| Error::bad_request(format!("decode {}: {e}", std::any::type_name::<K>())))?;
+        // Missing metadata decodes as the default: the object's own goes in whole.
+        *k.meta_mut() = metadata;
+        Ok(k)
+    }
+
     /// Converts a `DynamicObject` into a typed kind. A mismatching body is a `BadRequest`.
     ///
     /// The typed object is read straight from this one's fields (only the metadata goes through
@@ -197,9 +211,34 @@ impl DynamicObject {
         K::deserialize(MapDeserializer::<_, serde_json::Error>::new(fields)).map_err(decode)
     }
 
-    /// Parses a JSON value, e.g. a request body.
+    /// Parses a JSON value, e.g. a request body. An object's top-level map is taken apart, not
+    /// rebuilt: its subtrees move into the result.
     pub fn from_value(value: serde_json::Value) -> Result<Self> {
-        serde_json::from_value(value).map_err(|e| Error::bad_request(format!("decode object: {e}")))
+        let bad = |e: String| Error::bad_request(format!("decode object: {e}"));
+        match value {
+            serde_json::Value::Object(map) => Self::from_map(map).map_err(bad),
+            other => serde_json::from_value(other).map_err(|e| bad(e.to_string())),
+        }
+    }
+
+    /// The object of a JSON map: `apiVersion`, `kind` and `metadata` taken out, the rest is data.
+    fn from_map(mut map: serde_json::Map<String, serde_json::Value>) -> std::result::Result<Self, String> {
+        let mut text = |field: &str| match map.remove(field) {
+            Some(serde_json::Value::String(s)) => Ok(Some(s)),
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(other) => Err(format!("{field}: expected a string, found {other}")),
+        };
+        let api_version = text("apiVersion")?;
+        let kind = text("kind")?;
+        let metadata = match map.remove("metadata") {
+            Some(serde_json::Value::Null) | None => ObjectMeta::default(),
+            Some(m) => serde_json::from_value(m).map_err(|e| format!("metadata: {e}"))?,
+        };
+        let types = match (api_version, kind) {
+            (None, None) => None,
+            (a, k) => Some(TypeMeta { api_version: a.unwrap_or_default(), kind: k.unwrap_or_default() }),
+        };
+        Ok(Self { types, metadata, data: serde_json::Value::Object(map) })
     }
 
     /// The whole object as one JSON value.
@@ -326,7 +365,25 @@ mod tests {
         assert_eq!(DynamicObject::from_typed(&pod)?, dynamic);
         // The kind is checked: a Pod's body is no Namespace.
         assert_eq!(dynamic.to_typed::<Namespace>().err().map(|e| e.code()), Some(400));
+        // The consuming conversions give the same objects.
+        assert_eq!(dynamic.clone().into_typed::<Pod>()?, pod);
+        assert_eq!(DynamicObject::from_typed_owned(pod.clone())?, dynamic);
+        assert_eq!(dynamic.clone().into_typed::<Namespace>().err().map(|e| e.code()), Some(400));
         Ok(())
+    }
+
+    #[test]
+    fn parsing_checks_the_type_fields_and_the_metadata() {
+        let code = |v: serde_json::Value| DynamicObject::from_value(v).err().map(|e| e.code());
+        assert_eq!(code(serde_json::json!({"apiVersion": 1, "kind": "Pod"})), Some(400));
+        assert_eq!(code(serde_json::json!({"kind": ["Pod"]})), Some(400));
+        assert_eq!(code(serde_json::json!({"metadata": {"name": 5}})), Some(400));
+        assert_eq!(code(serde_json::json!([1, 2])), Some(400));
+        assert_eq!(code(serde_json::json!("pod")), Some(400));
+        let Ok(bare) = DynamicObject::from_value(serde_json::json!({"metadata": null, "kind": null, "spec": {}})) else { unreachable!() };
+        assert_eq!((bare.types, bare.metadata, bare.data), (None, ObjectMeta::default(), serde_json::json!({"spec": {}})));
+        let Ok(kind_only) = DynamicObject::from_value(serde_json::json!({"kind": "Pod"})) else { unreachable!() };
+        assert_eq!(kind_only.types, Some(TypeMeta { api_version: String::new(), kind: "Pod".into() }));
     }
 
     #[test]
@@ -335,6 +392,7 @@ mod tests {
         let Ok(dynamic) = dynamic else { unreachable!() };
         let err = dynamic.to_typed::<Pod>().err();
         assert_eq!(err.map(|e| e.code()), Some(400));
+        assert_eq!(dynamic.into_typed::<Pod>().err().map(|e| e.code()), Some(400));
     }
 
     #[test]

@@ -451,9 +451,9 @@ fn copy_field(obj: &mut DynamicObject, old: &DynamicObject, field: &str) {
 /// Runs `f` on the typed form of `obj` and stores the result back, keeping the type meta.
 pub(crate) fn typed<K: Object + Serialize + DeserializeOwned>(obj: &mut DynamicObject, f: impl FnOnce(&mut K)) -> Result<()> {
     let types = obj.types.clone();
-    let mut k: K = super::typed::into_typed(std::mem::take(obj))?;
+    let mut k: K = std::mem::take(obj).into_typed()?;
     f(&mut k);
-    let mut back = super::typed::from_typed(k)?;
+    let mut back = DynamicObject::from_typed_owned(k)?;
     back.types = types;
     *obj = back;
     Ok(())

@@ -1,7 +1,7 @@
 //! The `k8s-openapi` type behind each built-in kind, for decoding checks and unknown-field detection.
 
 use bosun_core::k8s_openapi::api;
-use bosun_core::{ApiResource, DynamicObject, Error, Object, Result, TypeMeta};
+use bosun_core::{ApiResource, DynamicObject, Error, Object, Result};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -38,62 +38,10 @@ struct RoundTrip<'a>(&'a mut DynamicObject);
 impl KindFn for RoundTrip<'_> {
     type Out = Result<()>;
     fn call<K: Object + Serialize + DeserializeOwned>(self) -> Self::Out {
-        let k: K = into_typed(std::mem::take(self.0))?;
-        *self.0 = from_typed(k)?;
+        let k: K = std::mem::take(self.0).into_typed()?;
+        *self.0 = DynamicObject::from_typed_owned(k)?;
         Ok(())
     }
-}
-
-/// Reads an object as its typed kind, consuming it: strings and subtrees move into the typed
-/// object instead of being copied, and the metadata moves over as it is (no JSON detour).
-/// A body that does not fit the type is a 400, as [`DynamicObject::to_typed`] answers.
-pub(crate) fn into_typed<K: Object>(obj: DynamicObject) -> Result<K> {
-    use serde::de::value::MapDeserializer;
-    let DynamicObject { types, metadata, data } = obj;
-    let serde_json::Value::Object(map) = data else {
-        let mut k: K = DynamicObject { types, metadata: Default::default(), data }.to_typed()?;
-        *k.meta_mut() = metadata;
-        return Ok(k);
-    };
-    let head = types.into_iter().flat_map(|t| [("apiVersion".to_owned(), t.api_version.into()), ("kind".to_owned(), t.kind.into())]);
-    let body = map.into_iter().filter(|(k, _)| !matches!(k.as_str(), "apiVersion" | "kind" | "metadata"));
-    let fields = head.chain(body);
-    let mut k = K::deserialize(MapDeserializer::<_, serde_json::Error>::new(fields))
-        .map_err(|e| Error::bad_request(format!("decode {}: {e}", std::any::type_name::<K>())))?;
-    // Missing metadata decodes as the default: the object's own goes in whole.
-    *k.meta_mut() = metadata;
-    Ok(k)
-}
-
-/// A typed object as a dynamic one; its metadata moves over without a JSON detour.
-pub(crate) fn from_typed<K: Object>(mut k: K) -> Result<DynamicObject> {
-    let metadata = std::mem::take(k.meta_mut());
-    let value = serde_json::to_value(&k).map_err(|e| Error::internal(format!("encode object: {e}")))?;
-    let mut obj = split(value)?;
-    obj.metadata = metadata;
-    Ok(obj)
-}
-
-/// An object's JSON as a [`DynamicObject`], taking the top-level map apart instead of rebuilding
-/// it (what `DynamicObject::from_value` does). A body that is not a well-formed object is a 400.
-pub(crate) fn split(value: serde_json::Value) -> Result<DynamicObject> {
-    let serde_json::Value::Object(mut map) = value else { return DynamicObject::from_value(value) };
-    let text = |v: Option<serde_json::Value>, field: &str| match v {
-        Some(serde_json::Value::String(s)) => Ok(Some(s)),
-        None | Some(serde_json::Value::Null) => Ok(None),
-        Some(other) => Err(Error::bad_request(format!("decode object: {field}: expected a string, found {other}"))),
-    };
-    let api_version = text(map.remove("apiVersion"), "apiVersion")?;
-    let kind = text(map.remove("kind"), "kind")?;
-    let metadata = match map.remove("metadata") {
-        Some(serde_json::Value::Null) | None => Default::default(),
-        Some(m) => serde_json::from_value(m).map_err(|e| Error::bad_request(format!("decode object: metadata: {e}")))?,
-    };
-    let types = match (api_version, kind) {
-        (None, None) => None,
-        (a, k) => Some(TypeMeta { api_version: a.unwrap_or_default(), kind: k.unwrap_or_default() }),
-    };
-    Ok(DynamicObject { types, metadata, data: serde_json::Value::Object(map) })
 }
 
 /// Runs `f` with the `k8s-openapi` type of a built-in kind; `None` for kinds without one.
