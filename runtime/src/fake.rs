@@ -286,7 +286,7 @@ impl ContainerRuntime for FakeRuntime {
     }
 
     async fn start_container(&self, id: &ContainerId) -> Result<()> {
-        let script = self.inner.table.created(id)?.script;
+        let script = self.inner.table.with_created(id, |c| c.script.clone())?;
         if script.start_delay_ms > 0 {
             tokio::time::sleep(Duration::from_millis(script.start_delay_ms)).await;
         }
@@ -337,11 +337,10 @@ impl ContainerRuntime for FakeRuntime {
     }
 
     async fn stop_container(&self, id: &ContainerId, grace: Duration) -> Result<()> {
-        let status = self.inner.table.container_status(id)?;
-        if status.state != ContainerState::Running {
+        let (state, ignores_term) = self.inner.table.with_container(id, |c| (c.status.state, c.script.ignore_sigterm))?;
+        if state != ContainerState::Running {
             return Ok(());
         }
-        let ignores_term = self.inner.table.lock().containers.get(id).is_some_and(|c| c.record.script.ignore_sigterm);
         if !grace.is_zero() {
             if !ignores_term {
                 self.finish(id, 143, Some(15));
@@ -356,8 +355,7 @@ impl ContainerRuntime for FakeRuntime {
     }
 
     async fn signal_container(&self, id: &ContainerId, signal: i32) -> Result<()> {
-        self.inner.table.running(id)?;
-        let ignores_term = self.inner.table.lock().containers.get(id).is_some_and(|c| c.record.script.ignore_sigterm);
+        let ignores_term = self.inner.table.with_running(id, |c| c.script.ignore_sigterm)?;
         if signal == 9 || (signal == 15 && !ignores_term) {
             self.finish(id, 128 + signal, Some(signal));
         }

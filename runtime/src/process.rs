@@ -348,8 +348,7 @@ impl ContainerRuntime for ProcessRuntime {
     }
 
     async fn stop_container(&self, id: &ContainerId, grace: Duration) -> Result<()> {
-        let record = self.inner.table.record(id)?;
-        let Some(pid) = record.pid.filter(|_| record.status.state == ContainerState::Running) else {
+        let Some(pid) = self.inner.table.with_container(id, running_pid)? else {
             return Ok(());
         };
         if !grace.is_zero() {
@@ -364,16 +363,15 @@ impl ContainerRuntime for ProcessRuntime {
     }
 
     async fn signal_container(&self, id: &ContainerId, signal: i32) -> Result<()> {
-        let record = self.inner.table.record(id)?;
-        match record.pid.filter(|_| record.status.state == ContainerState::Running) {
+        match self.inner.table.with_container(id, running_pid)? {
             Some(pid) => sys::signal_group(pid, signal),
             None => Err(RuntimeError::Invalid(format!("container {id} is not running"))),
         }
     }
 
     async fn remove_container(&self, id: &ContainerId) -> Result<()> {
-        let Ok(record) = self.inner.table.record(id) else { return Ok(()) };
-        if record.status.state == ContainerState::Running {
+        let Ok(state) = self.inner.table.with_container(id, |r| r.status.state) else { return Ok(()) };
+        if state == ContainerState::Running {
             self.stop_container(id, Duration::ZERO).await?;
         }
         self.inner.table.remove_container(id);
@@ -422,8 +420,7 @@ impl ContainerRuntime for ProcessRuntime {
     }
 
     async fn stats(&self, id: &ContainerId) -> Result<ContainerStats> {
-        let record = self.inner.table.record(id)?;
-        match record.pid.filter(|_| record.status.state == ContainerState::Running) {
+        match self.inner.table.with_container(id, running_pid)? {
             Some(pid) => Ok(sys::group_stats(pid)),
             None => Ok(ContainerStats::default()),
         }
@@ -546,6 +543,11 @@ fn identity_prefix(config: &ContainerConfig) -> Vec<String> {
     }
     argv.push("--".into());
     argv
+}
+
+/// The pid of a running container's main process (`None` when it is not running).
+fn running_pid(record: &ContainerRecord) -> Option<i32> {
+    record.pid.filter(|_| record.status.state == ContainerState::Running)
 }
 
 /// The first characters of a UID, enough to tell pods apart in ids.

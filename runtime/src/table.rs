@@ -313,33 +313,41 @@ where
             .collect()
     }
 
-    /// A container's record.
+    /// A container's record (a copy: for a caller that needs the record after the lock, across
+    /// awaits; [`Table::with_container`] reads a field or two in place).
     pub(crate) fn record(&self, id: &ContainerId) -> Result<R> {
-        self.lock().containers.get(id).map(|c| c.record.clone()).ok_or_else(|| RuntimeError::not_found("container", &id.0))
+        self.with_container(id, R::clone)
+    }
+
+    /// What `read` makes of a container's record, read in place under the lock (a not-found
+    /// error for an unknown container). Do not await or lock the table again in `read`.
+    pub(crate) fn with_container<T>(&self, id: &ContainerId, read: impl FnOnce(&R) -> T) -> Result<T> {
+        self.lock().containers.get(id).map(|c| read(&c.record)).ok_or_else(|| RuntimeError::not_found("container", &id.0))
+    }
+
+    /// What `read` makes of a created (not yet started) container's record, read in place (an
+    /// error for one that is unknown or was started).
+    pub(crate) fn with_created<T>(&self, id: &ContainerId, read: impl FnOnce(&R) -> T) -> Result<T> {
+        self.with_container(id, |r| (r.status().state == ContainerState::Created).then(|| read(r)))?
+            .ok_or_else(|| RuntimeError::Invalid(format!("container {id} is not in the created state")))
+    }
+
+    /// What `read` makes of a running container's record, read in place (an error for one that
+    /// is unknown or not running).
+    pub(crate) fn with_running<T>(&self, id: &ContainerId, read: impl FnOnce(&R) -> T) -> Result<T> {
+        self.with_container(id, |r| (r.status().state == ContainerState::Running).then(|| read(r)))?
+            .ok_or_else(|| RuntimeError::Invalid(format!("container {id} is not running")))
     }
 
     /// A created (not yet started) container's record (an error for one that is unknown or was
     /// started).
     pub(crate) fn created(&self, id: &ContainerId) -> Result<R> {
-        let record = self.record(id)?;
-        if record.status().state != ContainerState::Created {
-            return Err(RuntimeError::Invalid(format!("container {id} is not in the created state")));
-        }
-        Ok(record)
-    }
-
-    /// A running container's record (an error for one that is unknown or not running).
-    pub(crate) fn running(&self, id: &ContainerId) -> Result<R> {
-        let record = self.record(id)?;
-        if record.status().state != ContainerState::Running {
-            return Err(RuntimeError::Invalid(format!("container {id} is not running")));
-        }
-        Ok(record)
+        self.with_created(id, R::clone)
     }
 
     /// A container's status.
     pub(crate) fn container_status(&self, id: &ContainerId) -> Result<ContainerStatus> {
-        self.lock().containers.get(id).map(|c| c.record.status().clone()).ok_or_else(|| RuntimeError::not_found("container", &id.0))
+        self.with_container(id, |r| r.status().clone())
     }
 
     /// The statuses of the containers that pass `filter`.
@@ -537,9 +545,12 @@ mod tests {
         let (table, id) = table_with_container(dir.path(), Some(log.clone()));
         let mut events = table.events();
         let sb = SandboxId("sb-1".into());
+        assert!(table.with_running(&id, |_| ()).is_err(), "a created container is not running");
         table.mark_running(&id, &sb, AttachPoint::new(None, false, false, None), |r| r.pid = Some(42));
-        assert_eq!(table.running(&id).expect("running").pid, Some(42));
+        assert_eq!(table.with_running(&id, |r| r.pid).expect("running"), Some(42));
         assert!(table.created(&id).is_err(), "a started container is not in the created state");
+        assert!(table.with_created(&id, |_| ()).is_err(), "a started container is not in the created state");
+        assert!(table.with_container(&ContainerId("c-2".into()), |_| ()).expect_err("unknown").is_not_found());
         // `None` leaves it running: no event, no change.
         assert!(!table.mark_exited(&id, |_| None));
         assert!(!table.wait_exited(&id, Duration::from_millis(1)).await);
