@@ -290,40 +290,38 @@ impl ContainerRuntime for FakeRuntime {
         if script.start_delay_ms > 0 {
             tokio::time::sleep(Duration::from_millis(script.start_delay_ms)).await;
         }
-        let sandbox = {
-            let mut records = self.inner.table.lock();
-            let entry = records.containers.get_mut(id).ok_or_else(|| RuntimeError::not_found("container", &id.0))?;
-            let c = &mut entry.record;
-            c.status.state = ContainerState::Running;
-            c.status.started_at = Some(Timestamp::now());
+        // Unlike the process and runc backends (whose `mark_running` tells of the start whatever
+        // happened meanwhile), a container removed during its start delay is an error here, and
+        // no `Started` follows; and only one with stdin or a terminal gets an attach point.
+        let started = self.inner.table.set_running(id, |c| {
             c.started = Some(Instant::now());
             c.rate_since = c.started;
             let now = Timestamp::now();
             c.log.extend(script.log.iter().map(|l| (now, l.clone(), "stdout")));
-            if let (stdin, stdin_once, tty) = c.stdio
-                && (stdin || tty)
-            {
-                // The fake's main process echoes its stdin, like `cat`.
-                let (writer, reader) = tokio::io::duplex(64 * 1024);
-                let point = AttachPoint::new(
-                    stdin.then(|| -> std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>> { Box::pin(writer) }),
-                    stdin_once,
-                    tty,
-                    None,
-                );
-                let mut echo = point.tee(reader, false);
-                let (this, id) = (self.clone(), id.clone());
-                tokio::spawn(async move {
-                    let _ = tokio::io::copy(&mut echo, &mut tokio::io::sink()).await;
-                    // Like `cat`, it exits at the end of its stdin.
-                    if stdin {
-                        this.finish(&id, 0, None);
-                    }
-                });
-                entry.attach = Some(point);
+            let (stdin, stdin_once, tty) = c.stdio;
+            if !(stdin || tty) {
+                return None;
             }
-            entry.record.status.sandbox_id.clone()
-        };
+            // The fake's main process echoes its stdin, like `cat`.
+            let (writer, reader) = tokio::io::duplex(64 * 1024);
+            let point = AttachPoint::new(
+                stdin.then(|| -> std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>> { Box::pin(writer) }),
+                stdin_once,
+                tty,
+                None,
+            );
+            let mut echo = point.tee(reader, false);
+            let (this, id) = (self.clone(), id.clone());
+            tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut echo, &mut tokio::io::sink()).await;
+                // Like `cat`, it exits at the end of its stdin.
+                if stdin {
+                    this.finish(&id, 0, None);
+                }
+            });
+            Some(point)
+        });
+        let sandbox = started.ok_or_else(|| RuntimeError::not_found("container", &id.0))?;
         self.inner.table.emit(EventKind::Started, &sandbox, id);
         if let Some(after) = script.exit_after_ms {
             let this = self.clone();

@@ -363,20 +363,30 @@ where
     }
 
     /// Marks a container running with its attach point (`update` adds what the backend records,
-    /// such as the pid), persists it and emits `Started`.
+    /// such as the pid), persists it and emits `Started` (for `sandbox`, even when the container
+    /// is gone by now).
     pub(crate) fn mark_running(&self, id: &ContainerId, sandbox: &SandboxId, attach: Arc<AttachPoint>, update: impl FnOnce(&mut R)) {
-        {
-            let mut records = self.lock();
-            if let Some(c) = records.containers.get_mut(id) {
-                c.attach = Some(attach);
-                update(&mut c.record);
-                let st = c.record.status_mut();
-                st.state = ContainerState::Running;
-                st.started_at = Some(Timestamp::now());
-                self.store.save_container(&c.record);
-            }
-        }
+        self.set_running(id, |r| {
+            update(r);
+            Some(attach)
+        });
         self.emit(EventKind::Started, sandbox, id);
+    }
+
+    /// Marks a container running and persists it, emitting nothing: `update` adds what the
+    /// backend records and returns the attach point of the container's main process, if it has
+    /// one. The container's sandbox (`None`, and nothing done, when the container is unknown).
+    pub(crate) fn set_running(&self, id: &ContainerId, update: impl FnOnce(&mut R) -> Option<Arc<AttachPoint>>) -> Option<SandboxId> {
+        let mut records = self.lock();
+        let c = records.containers.get_mut(id)?;
+        if let Some(attach) = update(&mut c.record) {
+            c.attach = Some(attach);
+        }
+        let st = c.record.status_mut();
+        st.state = ContainerState::Running;
+        st.started_at = Some(Timestamp::now());
+        self.store.save_container(&c.record);
+        Some(c.record.status().sandbox_id.clone())
     }
 
     /// Marks a container exited as `exit` says (it sees the record first, may change it, and
@@ -573,6 +583,27 @@ mod tests {
         assert_eq!(sandbox.id, sb);
         assert!(table.remove_sandbox(&sb).is_none());
         assert!(table.store().load::<SandboxStatus>("sandboxes").is_empty());
+    }
+
+    #[tokio::test]
+    async fn set_running_persists_and_tells_nothing_and_skips_an_unknown_container() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (table, id) = table_with_container(dir.path(), None);
+        let mut events = table.events();
+        assert_eq!(table.set_running(&ContainerId("c-2".into()), |_| unreachable!("an unknown container")), None);
+        let started = table.set_running(&id, |r| {
+            r.pid = Some(7);
+            None
+        });
+        assert_eq!(started, Some(SandboxId("sb-1".into())));
+        let on_disk: Vec<(PathBuf, Record)> = table.store().load("containers");
+        assert_eq!((on_disk[0].1.status.state, on_disk[0].1.pid), (ContainerState::Running, Some(7)));
+        assert!(on_disk[0].1.status.started_at.is_some());
+        let attached = table.attach(&id, None).map(|_| ());
+        assert!(matches!(attached, Err(RuntimeError::Unsupported(_))), "no attach point given, none kept: {attached:?}");
+        // The first event is the caller's own: `set_running` emitted none.
+        table.emit(EventKind::Created, &SandboxId("sb-1".into()), &id);
+        assert_eq!(events.next().await.map(|e| e.kind), Some(EventKind::Created));
     }
 
     #[tokio::test]
