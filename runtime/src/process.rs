@@ -436,15 +436,17 @@ impl ContainerRuntime for ProcessRuntime {
             records.saw_id(&sb.id.0);
             records.sandboxes.insert(sb.id.clone(), sb);
         }
-        let mut found = Vec::new();
-        for (path, mut record) in table.store().load::<ContainerRecord>("containers") {
+        // A process group is still the container's while its leader lives with the start time
+        // recorded (a reused pid has another). One whose output pipe a previous agent read is
+        // stopped: see `output_orphaned`.
+        let alive = |record: &ContainerRecord| {
             let id = record.status.id.clone();
-            if table.lock().containers.contains_key(&id) {
-                continue;
-            }
-            let mut still_running = record.status.state == ContainerState::Running
-                && record.pid.is_some_and(|pid| sys::alive(pid) && sys::start_ticks(pid) == record.start_ticks);
-            if still_running && let Some(pid) = record.pid.filter(|pid| output_orphaned(*pid)) {
+            let pid = record.pid.filter(|pid| sys::alive(*pid) && sys::start_ticks(*pid) == record.start_ticks);
+            async move {
+                let Some(pid) = pid else { return false };
+                if !output_orphaned(pid) {
+                    return true;
+                }
                 // Its stdout pipe was read by an agent process that is gone: the next write would
                 // fail (EPIPE), so the container cannot be re-adopted safely. Stop it; the agent
                 // restarts it under its restart policy.
@@ -456,29 +458,22 @@ impl ContainerRuntime for ProcessRuntime {
                     }
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
-                still_running = false;
+                false
             }
-            if record.status.state == ContainerState::Running && !still_running {
-                table::mark_lost(&mut record.status);
-                record.status.message = Some("the container ended while the runtime was not watching".into());
-                JsonFiles::write(&path, &record);
-            }
-            {
-                let mut records = table.lock();
-                records.saw_id(&id.0);
-                records.insert(id.clone(), record.clone());
-            }
-            if still_running && let Some(pid) = record.pid {
-                self.track_exit(id.clone(), pid, async move {
-                    while sys::alive(pid) {
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                    }
-                    (137, None, Some("ContainerStatusUnknown".to_string()))
-                });
-            }
-            found.push(record.status);
-        }
-        Ok(found)
+        };
+        let lost = |record: &mut ContainerRecord| {
+            record.status.message = Some("the container ended while the runtime was not watching".into());
+        };
+        let watch = |id: &ContainerId, record: &ContainerRecord| {
+            let Some(pid) = record.pid else { return };
+            self.track_exit(id.clone(), pid, async move {
+                while sys::alive(pid) {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                (137, None, Some("ContainerStatusUnknown".to_string()))
+            });
+        };
+        Ok(table.recover_containers(table::Known::Skipped, alive, lost, watch).await)
     }
 }
 

@@ -759,35 +759,20 @@ impl ContainerRuntime for RuncRuntime {
             records.saw_id(&sb.status.id.0);
             records.sandboxes.entry(sb.status.id.clone()).or_insert(sb);
         }
-        let mut found = Vec::new();
-        for (path, mut record) in table.store().load::<ContainerRecord>("containers") {
-            let id = record.status.id.clone();
-            if table.lock().containers.contains_key(&id) {
-                found.push(record.status);
-                continue;
-            }
-            let alive = record.status.state == ContainerState::Running && record.pid.is_some_and(sys::alive);
-            if record.status.state == ContainerState::Running && !alive {
-                table::mark_lost(&mut record.status);
-                JsonFiles::write(&path, &record);
-            }
-            {
-                let mut records = table.lock();
-                records.saw_id(&id.0);
-                records.insert(id.clone(), record.clone());
-            }
-            if alive && let Some(pid) = record.pid {
-                let this = self.clone();
-                let id = id.clone();
-                tokio::spawn(async move {
-                    while sys::alive(pid) {
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                    }
-                    this.mark_exited(&id, 137, None, Some("ContainerStatusUnknown".into()));
-                });
-            }
-            found.push(record.status);
-        }
+        // Still running while its first process lives (runc keeps the container's own state).
+        let alive = |record: &ContainerRecord| std::future::ready(record.pid.is_some_and(sys::alive));
+        let watch = |id: &ContainerId, record: &ContainerRecord| {
+            let Some(pid) = record.pid else { return };
+            let this = self.clone();
+            let id = id.clone();
+            tokio::spawn(async move {
+                while sys::alive(pid) {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                this.mark_exited(&id, 137, None, Some("ContainerStatusUnknown".into()));
+            });
+        };
+        let found = table.recover_containers(table::Known::Reported, alive, |_| {}, watch).await;
         self.sweep().await;
         Ok(found)
     }

@@ -460,6 +460,68 @@ where
     }
 }
 
+/// What [`Table::recover_containers`] reports of a persisted container that the table holds
+/// already.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Known {
+    /// Nothing: only the containers taken in are reported.
+    Skipped,
+    /// Its status as persisted, like those taken in.
+    Reported,
+}
+
+impl<S, R, X> Table<S, R, X, JsonFiles>
+where
+    S: SandboxEntry + Serialize,
+    R: ContainerEntry + Serialize + DeserializeOwned,
+    X: Default,
+{
+    /// Takes in the containers that an earlier instance persisted and the table does not hold
+    /// yet, in the order they load, and returns their statuses (with those of the ones it holds
+    /// when `known` says so). One persisted as running is asked `alive` (the backend's own test:
+    /// it may stop the container and answer `false`); one that no longer runs is marked lost,
+    /// `lost` adds the backend's detail, and its file is rewritten. Each is inserted (its id
+    /// noted, so that new ids do not repeat it), then `watch` follows each one still running.
+    pub(crate) async fn recover_containers<F>(
+        &self,
+        known: Known,
+        mut alive: impl FnMut(&R) -> F,
+        lost: impl Fn(&mut R),
+        watch: impl Fn(&ContainerId, &R),
+    ) -> Vec<ContainerStatus>
+    where
+        F: Future<Output = bool>,
+    {
+        let mut found = Vec::new();
+        for (path, mut record) in self.store.load::<R>("containers") {
+            let id = record.status().id.clone();
+            if self.lock().containers.contains_key(&id) {
+                if known == Known::Reported {
+                    found.push(record.status().clone());
+                }
+                continue;
+            }
+            let was_running = record.status().state == ContainerState::Running;
+            let still_running = was_running && alive(&record).await;
+            if was_running && !still_running {
+                mark_lost(record.status_mut());
+                lost(&mut record);
+                JsonFiles::write(&path, &record);
+            }
+            {
+                let mut records = self.lock();
+                records.saw_id(&id.0);
+                records.insert(id.clone(), record.clone());
+            }
+            if still_running {
+                watch(&id, &record);
+            }
+            found.push(record.status().clone());
+        }
+        found
+    }
+}
+
 /// A new container's status: `Created` now, from its config.
 pub(crate) fn created_status(
     id: &ContainerId,
@@ -615,6 +677,53 @@ mod tests {
         let rx = table.lock().containers.get(&id).map(|c| c.exited.subscribe()).expect("entry");
         table.remove_container(&id);
         assert!(*rx.borrow());
+    }
+
+    #[tokio::test]
+    async fn recovery_takes_in_what_it_does_not_hold_and_marks_the_lost() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (table, known) = table_with_container(dir.path(), None);
+        let config = ContainerConfig { name: "main".into(), ..ContainerConfig::default() };
+        let persisted = |id: &str, state: ContainerState, pid: i32| {
+            let id = ContainerId(id.into());
+            let mut status = created_status(&id, &SandboxId("sb-1".into()), &config, None);
+            status.state = state;
+            table.save_container(&Record { status, pid: Some(pid) });
+            id
+        };
+        let running = persisted("c-run-2", ContainerState::Running, 1);
+        let dead = persisted("c-dead-3", ContainerState::Running, 2);
+        let done = persisted("c-done-7", ContainerState::Exited, 4);
+        let watched = Mutex::new(Vec::new());
+        let alive = |r: &Record| {
+            assert_ne!(r.pid, Some(4), "only a container persisted as running is asked");
+            std::future::ready(r.pid == Some(1))
+        };
+        let lost = |r: &mut Record| r.status.message = Some("lost".into());
+        let watch = |id: &ContainerId, r: &Record| watched.lock().expect("watched").push((id.clone(), r.pid));
+        let mut found: Vec<ContainerId> =
+            table.recover_containers(Known::Skipped, alive, lost, watch).await.into_iter().map(|st| st.id).collect();
+        found.sort();
+        assert_eq!(found, [dead.clone(), done.clone(), running.clone()], "the known one is not reported");
+        assert_eq!(*watched.lock().expect("watched"), [(running.clone(), Some(1))]);
+        let st = table.container_status(&dead).expect("taken in");
+        assert_eq!(
+            (st.state, st.exit_code, st.reason.as_deref(), st.message.as_deref()),
+            (ContainerState::Exited, Some(137), Some("ContainerStatusUnknown"), Some("lost"))
+        );
+        let on_disk: Vec<(PathBuf, Record)> = table.store().load("containers");
+        let dead_on_disk = on_disk.iter().find(|(_, r)| r.status.id == dead).expect("persisted");
+        assert_eq!(dead_on_disk.1.status.state, ContainerState::Exited, "the lost one's file is rewritten");
+        assert_eq!(table.container_status(&running).expect("taken in").state, ContainerState::Running);
+        assert!(table.lock().next_seq() > 7, "recovered ids are not handed out again");
+        // Again: everything is known now.
+        let never = |_: &Record| -> std::future::Ready<bool> { unreachable!("nothing to take in") };
+        let again = table.recover_containers(Known::Skipped, never, |_| {}, |_, _| {}).await;
+        assert!(again.is_empty());
+        let mut reported: Vec<ContainerId> =
+            table.recover_containers(Known::Reported, never, |_| {}, |_, _| {}).await.into_iter().map(|st| st.id).collect();
+        reported.sort();
+        assert_eq!(reported, [known, dead, done, running]);
     }
 
     #[test]
