@@ -286,44 +286,42 @@ impl ContainerRuntime for FakeRuntime {
     }
 
     async fn start_container(&self, id: &ContainerId) -> Result<()> {
-        let script = self.inner.table.created(id)?.script;
+        let script = self.inner.table.with_created(id, |c| c.script.clone())?;
         if script.start_delay_ms > 0 {
             tokio::time::sleep(Duration::from_millis(script.start_delay_ms)).await;
         }
-        let sandbox = {
-            let mut records = self.inner.table.lock();
-            let entry = records.containers.get_mut(id).ok_or_else(|| RuntimeError::not_found("container", &id.0))?;
-            let c = &mut entry.record;
-            c.status.state = ContainerState::Running;
-            c.status.started_at = Some(Timestamp::now());
+        // Unlike the process and runc backends (whose `mark_running` tells of the start whatever
+        // happened meanwhile), a container removed during its start delay is an error here, and
+        // no `Started` follows; and only one with stdin or a terminal gets an attach point.
+        let started = self.inner.table.set_running(id, |c| {
             c.started = Some(Instant::now());
             c.rate_since = c.started;
             let now = Timestamp::now();
             c.log.extend(script.log.iter().map(|l| (now, l.clone(), "stdout")));
-            if let (stdin, stdin_once, tty) = c.stdio
-                && (stdin || tty)
-            {
-                // The fake's main process echoes its stdin, like `cat`.
-                let (writer, reader) = tokio::io::duplex(64 * 1024);
-                let point = AttachPoint::new(
-                    stdin.then(|| -> std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>> { Box::pin(writer) }),
-                    stdin_once,
-                    tty,
-                    None,
-                );
-                let mut echo = point.tee(reader, false);
-                let (this, id) = (self.clone(), id.clone());
-                tokio::spawn(async move {
-                    let _ = tokio::io::copy(&mut echo, &mut tokio::io::sink()).await;
-                    // Like `cat`, it exits at the end of its stdin.
-                    if stdin {
-                        this.finish(&id, 0, None);
-                    }
-                });
-                entry.attach = Some(point);
+            let (stdin, stdin_once, tty) = c.stdio;
+            if !(stdin || tty) {
+                return None;
             }
-            entry.record.status.sandbox_id.clone()
-        };
+            // The fake's main process echoes its stdin, like `cat`.
+            let (writer, reader) = tokio::io::duplex(64 * 1024);
+            let point = AttachPoint::new(
+                stdin.then(|| -> std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>> { Box::pin(writer) }),
+                stdin_once,
+                tty,
+                None,
+            );
+            let mut echo = point.tee(reader, false);
+            let (this, id) = (self.clone(), id.clone());
+            tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut echo, &mut tokio::io::sink()).await;
+                // Like `cat`, it exits at the end of its stdin.
+                if stdin {
+                    this.finish(&id, 0, None);
+                }
+            });
+            Some(point)
+        });
+        let sandbox = started.ok_or_else(|| RuntimeError::not_found("container", &id.0))?;
         self.inner.table.emit(EventKind::Started, &sandbox, id);
         if let Some(after) = script.exit_after_ms {
             let this = self.clone();
@@ -337,11 +335,10 @@ impl ContainerRuntime for FakeRuntime {
     }
 
     async fn stop_container(&self, id: &ContainerId, grace: Duration) -> Result<()> {
-        let status = self.inner.table.container_status(id)?;
-        if status.state != ContainerState::Running {
+        let (state, ignores_term) = self.inner.table.with_container(id, |c| (c.status.state, c.script.ignore_sigterm))?;
+        if state != ContainerState::Running {
             return Ok(());
         }
-        let ignores_term = self.inner.table.lock().containers.get(id).is_some_and(|c| c.record.script.ignore_sigterm);
         if !grace.is_zero() {
             if !ignores_term {
                 self.finish(id, 143, Some(15));
@@ -356,8 +353,7 @@ impl ContainerRuntime for FakeRuntime {
     }
 
     async fn signal_container(&self, id: &ContainerId, signal: i32) -> Result<()> {
-        self.inner.table.running(id)?;
-        let ignores_term = self.inner.table.lock().containers.get(id).is_some_and(|c| c.record.script.ignore_sigterm);
+        let ignores_term = self.inner.table.with_running(id, |c| c.script.ignore_sigterm)?;
         if signal == 9 || (signal == 15 && !ignores_term) {
             self.finish(id, 128 + signal, Some(signal));
         }

@@ -348,8 +348,7 @@ impl ContainerRuntime for ProcessRuntime {
     }
 
     async fn stop_container(&self, id: &ContainerId, grace: Duration) -> Result<()> {
-        let record = self.inner.table.record(id)?;
-        let Some(pid) = record.pid.filter(|_| record.status.state == ContainerState::Running) else {
+        let Some(pid) = self.inner.table.with_container(id, running_pid)? else {
             return Ok(());
         };
         if !grace.is_zero() {
@@ -364,16 +363,15 @@ impl ContainerRuntime for ProcessRuntime {
     }
 
     async fn signal_container(&self, id: &ContainerId, signal: i32) -> Result<()> {
-        let record = self.inner.table.record(id)?;
-        match record.pid.filter(|_| record.status.state == ContainerState::Running) {
+        match self.inner.table.with_container(id, running_pid)? {
             Some(pid) => sys::signal_group(pid, signal),
             None => Err(RuntimeError::Invalid(format!("container {id} is not running"))),
         }
     }
 
     async fn remove_container(&self, id: &ContainerId) -> Result<()> {
-        let Ok(record) = self.inner.table.record(id) else { return Ok(()) };
-        if record.status.state == ContainerState::Running {
+        let Ok(state) = self.inner.table.with_container(id, |r| r.status.state) else { return Ok(()) };
+        if state == ContainerState::Running {
             self.stop_container(id, Duration::ZERO).await?;
         }
         self.inner.table.remove_container(id);
@@ -422,8 +420,7 @@ impl ContainerRuntime for ProcessRuntime {
     }
 
     async fn stats(&self, id: &ContainerId) -> Result<ContainerStats> {
-        let record = self.inner.table.record(id)?;
-        match record.pid.filter(|_| record.status.state == ContainerState::Running) {
+        match self.inner.table.with_container(id, running_pid)? {
             Some(pid) => Ok(sys::group_stats(pid)),
             None => Ok(ContainerStats::default()),
         }
@@ -439,15 +436,17 @@ impl ContainerRuntime for ProcessRuntime {
             records.saw_id(&sb.id.0);
             records.sandboxes.insert(sb.id.clone(), sb);
         }
-        let mut found = Vec::new();
-        for (path, mut record) in table.store().load::<ContainerRecord>("containers") {
+        // A process group is still the container's while its leader lives with the start time
+        // recorded (a reused pid has another). One whose output pipe a previous agent read is
+        // stopped: see `output_orphaned`.
+        let alive = |record: &ContainerRecord| {
             let id = record.status.id.clone();
-            if table.lock().containers.contains_key(&id) {
-                continue;
-            }
-            let mut still_running = record.status.state == ContainerState::Running
-                && record.pid.is_some_and(|pid| sys::alive(pid) && sys::start_ticks(pid) == record.start_ticks);
-            if still_running && let Some(pid) = record.pid.filter(|pid| output_orphaned(*pid)) {
+            let pid = record.pid.filter(|pid| sys::alive(*pid) && sys::start_ticks(*pid) == record.start_ticks);
+            async move {
+                let Some(pid) = pid else { return false };
+                if !output_orphaned(pid) {
+                    return true;
+                }
                 // Its stdout pipe was read by an agent process that is gone: the next write would
                 // fail (EPIPE), so the container cannot be re-adopted safely. Stop it; the agent
                 // restarts it under its restart policy.
@@ -459,29 +458,22 @@ impl ContainerRuntime for ProcessRuntime {
                     }
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
-                still_running = false;
+                false
             }
-            if record.status.state == ContainerState::Running && !still_running {
-                table::mark_lost(&mut record.status);
-                record.status.message = Some("the container ended while the runtime was not watching".into());
-                JsonFiles::write(&path, &record);
-            }
-            {
-                let mut records = table.lock();
-                records.saw_id(&id.0);
-                records.insert(id.clone(), record.clone());
-            }
-            if still_running && let Some(pid) = record.pid {
-                self.track_exit(id.clone(), pid, async move {
-                    while sys::alive(pid) {
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                    }
-                    (137, None, Some("ContainerStatusUnknown".to_string()))
-                });
-            }
-            found.push(record.status);
-        }
-        Ok(found)
+        };
+        let lost = |record: &mut ContainerRecord| {
+            record.status.message = Some("the container ended while the runtime was not watching".into());
+        };
+        let watch = |id: &ContainerId, record: &ContainerRecord| {
+            let Some(pid) = record.pid else { return };
+            self.track_exit(id.clone(), pid, async move {
+                while sys::alive(pid) {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                (137, None, Some("ContainerStatusUnknown".to_string()))
+            });
+        };
+        Ok(table.recover_containers(table::Known::Skipped, alive, lost, watch).await)
     }
 }
 
@@ -546,6 +538,11 @@ fn identity_prefix(config: &ContainerConfig) -> Vec<String> {
     }
     argv.push("--".into());
     argv
+}
+
+/// The pid of a running container's main process (`None` when it is not running).
+fn running_pid(record: &ContainerRecord) -> Option<i32> {
+    record.pid.filter(|_| record.status.state == ContainerState::Running)
 }
 
 /// The first characters of a UID, enough to tell pods apart in ids.

@@ -607,8 +607,8 @@ impl ContainerRuntime for RuncRuntime {
     }
 
     async fn stop_container(&self, id: &ContainerId, grace: Duration) -> Result<()> {
-        let record = self.inner.table.record(id)?;
-        if record.status.state != ContainerState::Running {
+        let (state, pid) = self.inner.table.with_container(id, |r| (r.status.state, r.pid))?;
+        if state != ContainerState::Running {
             return Ok(());
         }
         if let Some(c) = self.inner.table.lock().containers.get_mut(id) {
@@ -622,7 +622,7 @@ impl ContainerRuntime for RuncRuntime {
         }
         let _ = run(self.runc().args(["kill", "--all", &id.0, "KILL"])).await;
         if !self.inner.table.wait_exited(id, Duration::from_secs(10)).await
-            && let Some(pid) = record.pid
+            && let Some(pid) = pid
         {
             let _ = sys::signal_group(pid, 9);
         }
@@ -630,20 +630,22 @@ impl ContainerRuntime for RuncRuntime {
     }
 
     async fn signal_container(&self, id: &ContainerId, signal: i32) -> Result<()> {
-        self.inner.table.running(id)?;
+        self.inner.table.with_running(id, |_| ())?;
         run(self.runc().args(["kill", &id.0, &signal.to_string()])).await.map(|_| ())
     }
 
     async fn remove_container(&self, id: &ContainerId) -> Result<()> {
-        let Ok(record) = self.inner.table.record(id) else { return Ok(()) };
-        if record.status.state == ContainerState::Running {
+        let Ok((state, overlay, bundle)) = self.inner.table.with_container(id, |r| (r.status.state, r.overlay, r.bundle.clone())) else {
+            return Ok(());
+        };
+        if state == ContainerState::Running {
             self.stop_container(id, Duration::ZERO).await?;
         }
         let _ = run(self.runc().args(["delete", "--force", &id.0])).await;
-        if record.overlay {
-            let _ = run(Command::new("umount").arg(record.bundle.join("rootfs"))).await;
+        if overlay {
+            let _ = run(Command::new("umount").arg(bundle.join("rootfs"))).await;
         }
-        let _ = std::fs::remove_dir_all(&record.bundle);
+        let _ = std::fs::remove_dir_all(&bundle);
         self.inner.table.remove_container(id);
         Ok(())
     }
@@ -661,11 +663,11 @@ impl ContainerRuntime for RuncRuntime {
     }
 
     async fn exec_sync(&self, id: &ContainerId, cmd: &[String], timeout: Duration) -> Result<ExecResult> {
-        let record = self.inner.table.running(id)?;
+        let bundle = self.inner.table.with_running(id, |r| r.bundle.clone())?;
         if cmd.is_empty() {
             return Err(RuntimeError::Invalid("empty exec command".into()));
         }
-        let pid_file = record.bundle.join(format!("exec-{:08x}.pid", fastrand::u32(..)));
+        let pid_file = bundle.join(format!("exec-{:08x}.pid", fastrand::u32(..)));
         let mut command = self.runc();
         command.arg("exec").arg("--pid-file").arg(&pid_file).arg(&id.0).args(cmd);
         // On timeout, kill the process inside the container too, not just `runc exec`.
@@ -695,14 +697,14 @@ impl ContainerRuntime for RuncRuntime {
     }
 
     async fn exec(&self, id: &ContainerId, cmd: &[String]) -> Result<ExecSession> {
-        self.inner.table.running(id)?;
+        self.inner.table.with_running(id, |_| ())?;
         let mut command = self.runc();
         command.arg("exec").arg(&id.0).args(cmd);
         launch::piped_exec(command, "spawn runc exec")
     }
 
     async fn exec_tty(&self, id: &ContainerId, cmd: &[String], size: Option<TerminalSize>) -> Result<ExecSession> {
-        let record = self.inner.table.running(id)?;
+        let names_term = self.inner.table.with_running(id, |r| launch::names_term(r.config.env.iter().chain(&r.config.image.env)))?;
         if cmd.is_empty() {
             return Err(RuntimeError::Invalid("empty exec command".into()));
         }
@@ -713,7 +715,7 @@ impl ContainerRuntime for RuncRuntime {
         // terminal at its size, and follows its resizes (SIGWINCH).
         let mut command = Command::new("setsid");
         command.arg("--ctty").arg(&self.inner.runc).arg("--root").arg(self.inner.root.join("runc")).args(["exec", "--tty"]);
-        if !launch::names_term(record.config.env.iter().chain(&record.config.image.env)) {
+        if !names_term {
             command.args(["--env", &format!("{}={}", launch::DEFAULT_TERM.0, launch::DEFAULT_TERM.1)]);
         }
         command.arg(&id.0).args(cmd);
@@ -729,8 +731,8 @@ impl ContainerRuntime for RuncRuntime {
     }
 
     async fn stats(&self, id: &ContainerId) -> Result<ContainerStats> {
-        let record = self.inner.table.record(id)?;
-        if record.status.state != ContainerState::Running {
+        let (state, pid) = self.inner.table.with_container(id, |r| (r.status.state, r.pid))?;
+        if state != ContainerState::Running {
             return Ok(ContainerStats::default());
         }
         // cgroup v1 or v2 counters of the container's cgroup.
@@ -746,7 +748,7 @@ impl ContainerRuntime for RuncRuntime {
         let mem = v1("memory", "memory.usage_in_bytes").or_else(|| v2("memory.current")).and_then(|s| s.trim().parse::<u64>().ok());
         match (cpu, mem) {
             (Some(c), Some(m)) => Ok(ContainerStats { cpu_usage_nanos: c, memory_working_set_bytes: m }),
-            _ => Ok(record.pid.map(sys::group_stats).unwrap_or_default()),
+            _ => Ok(pid.map(sys::group_stats).unwrap_or_default()),
         }
     }
 
@@ -757,35 +759,20 @@ impl ContainerRuntime for RuncRuntime {
             records.saw_id(&sb.status.id.0);
             records.sandboxes.entry(sb.status.id.clone()).or_insert(sb);
         }
-        let mut found = Vec::new();
-        for (path, mut record) in table.store().load::<ContainerRecord>("containers") {
-            let id = record.status.id.clone();
-            if table.lock().containers.contains_key(&id) {
-                found.push(record.status);
-                continue;
-            }
-            let alive = record.status.state == ContainerState::Running && record.pid.is_some_and(sys::alive);
-            if record.status.state == ContainerState::Running && !alive {
-                table::mark_lost(&mut record.status);
-                JsonFiles::write(&path, &record);
-            }
-            {
-                let mut records = table.lock();
-                records.saw_id(&id.0);
-                records.insert(id.clone(), record.clone());
-            }
-            if alive && let Some(pid) = record.pid {
-                let this = self.clone();
-                let id = id.clone();
-                tokio::spawn(async move {
-                    while sys::alive(pid) {
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                    }
-                    this.mark_exited(&id, 137, None, Some("ContainerStatusUnknown".into()));
-                });
-            }
-            found.push(record.status);
-        }
+        // Still running while its first process lives (runc keeps the container's own state).
+        let alive = |record: &ContainerRecord| std::future::ready(record.pid.is_some_and(sys::alive));
+        let watch = |id: &ContainerId, record: &ContainerRecord| {
+            let Some(pid) = record.pid else { return };
+            let this = self.clone();
+            let id = id.clone();
+            tokio::spawn(async move {
+                while sys::alive(pid) {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                this.mark_exited(&id, 137, None, Some("ContainerStatusUnknown".into()));
+            });
+        };
+        let found = table.recover_containers(table::Known::Reported, alive, |_| {}, watch).await;
         self.sweep().await;
         Ok(found)
     }

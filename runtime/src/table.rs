@@ -313,33 +313,41 @@ where
             .collect()
     }
 
-    /// A container's record.
+    /// A container's record (a copy: for a caller that needs the record after the lock, across
+    /// awaits; [`Table::with_container`] reads a field or two in place).
     pub(crate) fn record(&self, id: &ContainerId) -> Result<R> {
-        self.lock().containers.get(id).map(|c| c.record.clone()).ok_or_else(|| RuntimeError::not_found("container", &id.0))
+        self.with_container(id, R::clone)
+    }
+
+    /// What `read` makes of a container's record, read in place under the lock (a not-found
+    /// error for an unknown container). Do not await or lock the table again in `read`.
+    pub(crate) fn with_container<T>(&self, id: &ContainerId, read: impl FnOnce(&R) -> T) -> Result<T> {
+        self.lock().containers.get(id).map(|c| read(&c.record)).ok_or_else(|| RuntimeError::not_found("container", &id.0))
+    }
+
+    /// What `read` makes of a created (not yet started) container's record, read in place (an
+    /// error for one that is unknown or was started).
+    pub(crate) fn with_created<T>(&self, id: &ContainerId, read: impl FnOnce(&R) -> T) -> Result<T> {
+        self.with_container(id, |r| (r.status().state == ContainerState::Created).then(|| read(r)))?
+            .ok_or_else(|| RuntimeError::Invalid(format!("container {id} is not in the created state")))
+    }
+
+    /// What `read` makes of a running container's record, read in place (an error for one that
+    /// is unknown or not running).
+    pub(crate) fn with_running<T>(&self, id: &ContainerId, read: impl FnOnce(&R) -> T) -> Result<T> {
+        self.with_container(id, |r| (r.status().state == ContainerState::Running).then(|| read(r)))?
+            .ok_or_else(|| RuntimeError::Invalid(format!("container {id} is not running")))
     }
 
     /// A created (not yet started) container's record (an error for one that is unknown or was
     /// started).
     pub(crate) fn created(&self, id: &ContainerId) -> Result<R> {
-        let record = self.record(id)?;
-        if record.status().state != ContainerState::Created {
-            return Err(RuntimeError::Invalid(format!("container {id} is not in the created state")));
-        }
-        Ok(record)
-    }
-
-    /// A running container's record (an error for one that is unknown or not running).
-    pub(crate) fn running(&self, id: &ContainerId) -> Result<R> {
-        let record = self.record(id)?;
-        if record.status().state != ContainerState::Running {
-            return Err(RuntimeError::Invalid(format!("container {id} is not running")));
-        }
-        Ok(record)
+        self.with_created(id, R::clone)
     }
 
     /// A container's status.
     pub(crate) fn container_status(&self, id: &ContainerId) -> Result<ContainerStatus> {
-        self.lock().containers.get(id).map(|c| c.record.status().clone()).ok_or_else(|| RuntimeError::not_found("container", &id.0))
+        self.with_container(id, |r| r.status().clone())
     }
 
     /// The statuses of the containers that pass `filter`.
@@ -355,20 +363,30 @@ where
     }
 
     /// Marks a container running with its attach point (`update` adds what the backend records,
-    /// such as the pid), persists it and emits `Started`.
+    /// such as the pid), persists it and emits `Started` (for `sandbox`, even when the container
+    /// is gone by now).
     pub(crate) fn mark_running(&self, id: &ContainerId, sandbox: &SandboxId, attach: Arc<AttachPoint>, update: impl FnOnce(&mut R)) {
-        {
-            let mut records = self.lock();
-            if let Some(c) = records.containers.get_mut(id) {
-                c.attach = Some(attach);
-                update(&mut c.record);
-                let st = c.record.status_mut();
-                st.state = ContainerState::Running;
-                st.started_at = Some(Timestamp::now());
-                self.store.save_container(&c.record);
-            }
-        }
+        self.set_running(id, |r| {
+            update(r);
+            Some(attach)
+        });
         self.emit(EventKind::Started, sandbox, id);
+    }
+
+    /// Marks a container running and persists it, emitting nothing: `update` adds what the
+    /// backend records and returns the attach point of the container's main process, if it has
+    /// one. The container's sandbox (`None`, and nothing done, when the container is unknown).
+    pub(crate) fn set_running(&self, id: &ContainerId, update: impl FnOnce(&mut R) -> Option<Arc<AttachPoint>>) -> Option<SandboxId> {
+        let mut records = self.lock();
+        let c = records.containers.get_mut(id)?;
+        if let Some(attach) = update(&mut c.record) {
+            c.attach = Some(attach);
+        }
+        let st = c.record.status_mut();
+        st.state = ContainerState::Running;
+        st.started_at = Some(Timestamp::now());
+        self.store.save_container(&c.record);
+        Some(c.record.status().sandbox_id.clone())
     }
 
     /// Marks a container exited as `exit` says (it sees the record first, may change it, and
@@ -439,6 +457,68 @@ where
             (path, c.exited.subscribe())
         };
         Ok(logs::read(path, options.clone(), Arc::new(move || *rx.borrow())))
+    }
+}
+
+/// What [`Table::recover_containers`] reports of a persisted container that the table holds
+/// already.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Known {
+    /// Nothing: only the containers taken in are reported.
+    Skipped,
+    /// Its status as persisted, like those taken in.
+    Reported,
+}
+
+impl<S, R, X> Table<S, R, X, JsonFiles>
+where
+    S: SandboxEntry + Serialize,
+    R: ContainerEntry + Serialize + DeserializeOwned,
+    X: Default,
+{
+    /// Takes in the containers that an earlier instance persisted and the table does not hold
+    /// yet, in the order they load, and returns their statuses (with those of the ones it holds
+    /// when `known` says so). One persisted as running is asked `alive` (the backend's own test:
+    /// it may stop the container and answer `false`); one that no longer runs is marked lost,
+    /// `lost` adds the backend's detail, and its file is rewritten. Each is inserted (its id
+    /// noted, so that new ids do not repeat it), then `watch` follows each one still running.
+    pub(crate) async fn recover_containers<F>(
+        &self,
+        known: Known,
+        mut alive: impl FnMut(&R) -> F,
+        lost: impl Fn(&mut R),
+        watch: impl Fn(&ContainerId, &R),
+    ) -> Vec<ContainerStatus>
+    where
+        F: Future<Output = bool>,
+    {
+        let mut found = Vec::new();
+        for (path, mut record) in self.store.load::<R>("containers") {
+            let id = record.status().id.clone();
+            if self.lock().containers.contains_key(&id) {
+                if known == Known::Reported {
+                    found.push(record.status().clone());
+                }
+                continue;
+            }
+            let was_running = record.status().state == ContainerState::Running;
+            let still_running = was_running && alive(&record).await;
+            if was_running && !still_running {
+                mark_lost(record.status_mut());
+                lost(&mut record);
+                JsonFiles::write(&path, &record);
+            }
+            {
+                let mut records = self.lock();
+                records.saw_id(&id.0);
+                records.insert(id.clone(), record.clone());
+            }
+            if still_running {
+                watch(&id, &record);
+            }
+            found.push(record.status().clone());
+        }
+        found
     }
 }
 
@@ -537,9 +617,12 @@ mod tests {
         let (table, id) = table_with_container(dir.path(), Some(log.clone()));
         let mut events = table.events();
         let sb = SandboxId("sb-1".into());
+        assert!(table.with_running(&id, |_| ()).is_err(), "a created container is not running");
         table.mark_running(&id, &sb, AttachPoint::new(None, false, false, None), |r| r.pid = Some(42));
-        assert_eq!(table.running(&id).expect("running").pid, Some(42));
+        assert_eq!(table.with_running(&id, |r| r.pid).expect("running"), Some(42));
         assert!(table.created(&id).is_err(), "a started container is not in the created state");
+        assert!(table.with_created(&id, |_| ()).is_err(), "a started container is not in the created state");
+        assert!(table.with_container(&ContainerId("c-2".into()), |_| ()).expect_err("unknown").is_not_found());
         // `None` leaves it running: no event, no change.
         assert!(!table.mark_exited(&id, |_| None));
         assert!(!table.wait_exited(&id, Duration::from_millis(1)).await);
@@ -565,6 +648,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn set_running_persists_and_tells_nothing_and_skips_an_unknown_container() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (table, id) = table_with_container(dir.path(), None);
+        let mut events = table.events();
+        assert_eq!(table.set_running(&ContainerId("c-2".into()), |_| unreachable!("an unknown container")), None);
+        let started = table.set_running(&id, |r| {
+            r.pid = Some(7);
+            None
+        });
+        assert_eq!(started, Some(SandboxId("sb-1".into())));
+        let on_disk: Vec<(PathBuf, Record)> = table.store().load("containers");
+        assert_eq!((on_disk[0].1.status.state, on_disk[0].1.pid), (ContainerState::Running, Some(7)));
+        assert!(on_disk[0].1.status.started_at.is_some());
+        let attached = table.attach(&id, None).map(|_| ());
+        assert!(matches!(attached, Err(RuntimeError::Unsupported(_))), "no attach point given, none kept: {attached:?}");
+        // The first event is the caller's own: `set_running` emitted none.
+        table.emit(EventKind::Created, &SandboxId("sb-1".into()), &id);
+        assert_eq!(events.next().await.map(|e| e.kind), Some(EventKind::Created));
+    }
+
+    #[tokio::test]
     async fn removing_a_container_that_never_exited_wakes_its_watchers() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (table, id) = table_with_container(dir.path(), None);
@@ -573,6 +677,53 @@ mod tests {
         let rx = table.lock().containers.get(&id).map(|c| c.exited.subscribe()).expect("entry");
         table.remove_container(&id);
         assert!(*rx.borrow());
+    }
+
+    #[tokio::test]
+    async fn recovery_takes_in_what_it_does_not_hold_and_marks_the_lost() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (table, known) = table_with_container(dir.path(), None);
+        let config = ContainerConfig { name: "main".into(), ..ContainerConfig::default() };
+        let persisted = |id: &str, state: ContainerState, pid: i32| {
+            let id = ContainerId(id.into());
+            let mut status = created_status(&id, &SandboxId("sb-1".into()), &config, None);
+            status.state = state;
+            table.save_container(&Record { status, pid: Some(pid) });
+            id
+        };
+        let running = persisted("c-run-2", ContainerState::Running, 1);
+        let dead = persisted("c-dead-3", ContainerState::Running, 2);
+        let done = persisted("c-done-7", ContainerState::Exited, 4);
+        let watched = Mutex::new(Vec::new());
+        let alive = |r: &Record| {
+            assert_ne!(r.pid, Some(4), "only a container persisted as running is asked");
+            std::future::ready(r.pid == Some(1))
+        };
+        let lost = |r: &mut Record| r.status.message = Some("lost".into());
+        let watch = |id: &ContainerId, r: &Record| watched.lock().expect("watched").push((id.clone(), r.pid));
+        let mut found: Vec<ContainerId> =
+            table.recover_containers(Known::Skipped, alive, lost, watch).await.into_iter().map(|st| st.id).collect();
+        found.sort();
+        assert_eq!(found, [dead.clone(), done.clone(), running.clone()], "the known one is not reported");
+        assert_eq!(*watched.lock().expect("watched"), [(running.clone(), Some(1))]);
+        let st = table.container_status(&dead).expect("taken in");
+        assert_eq!(
+            (st.state, st.exit_code, st.reason.as_deref(), st.message.as_deref()),
+            (ContainerState::Exited, Some(137), Some("ContainerStatusUnknown"), Some("lost"))
+        );
+        let on_disk: Vec<(PathBuf, Record)> = table.store().load("containers");
+        let dead_on_disk = on_disk.iter().find(|(_, r)| r.status.id == dead).expect("persisted");
+        assert_eq!(dead_on_disk.1.status.state, ContainerState::Exited, "the lost one's file is rewritten");
+        assert_eq!(table.container_status(&running).expect("taken in").state, ContainerState::Running);
+        assert!(table.lock().next_seq() > 7, "recovered ids are not handed out again");
+        // Again: everything is known now.
+        let never = |_: &Record| -> std::future::Ready<bool> { unreachable!("nothing to take in") };
+        let again = table.recover_containers(Known::Skipped, never, |_| {}, |_, _| {}).await;
+        assert!(again.is_empty());
+        let mut reported: Vec<ContainerId> =
+            table.recover_containers(Known::Reported, never, |_| {}, |_, _| {}).await.into_iter().map(|st| st.id).collect();
+        reported.sort();
+        assert_eq!(reported, [known, dead, done, running]);
     }
 
     #[test]

@@ -1004,10 +1004,11 @@ impl Worker {
     /// conditions others own stay).
     async fn publish(&mut self) {
         let desired = self.desired_status();
-        let reported = owned_part(&self.reported);
-        if desired == reported {
+        // Compared in place: the trimmed copy is only made for a status that changed.
+        if owns_same(&desired, &self.reported) {
             return;
         }
+        let reported = owned_part(&self.reported);
         let Some(patch) = status_patch(&reported, &desired) else { return };
         let resource = Pod::api_resource();
         let target = bosun_core::Target::new(&resource, Some(self.namespace()));
@@ -1049,6 +1050,65 @@ fn owned_part(status: &PodStatus) -> PodStatus {
         reason: status.reason.clone(),
         ..PodStatus::default()
     }
+}
+
+/// The agent's conditions of a status, in its order: `owned_part`'s conditions, without a copy.
+fn owned_conditions(status: &PodStatus) -> impl Iterator<Item = &PodCondition> {
+    // Type by type: what `owned_part`'s stable sort by type makes of them.
+    OWN_CONDITIONS.iter().flat_map(move |t| status.conditions.iter().flatten().filter(move |c| c.type_ == *t))
+}
+
+/// Whether `owned_part(reported) == *desired`, compared in place. The fields the agent does not
+/// write are `None` in `owned_part`: equal only when `desired` leaves them `None` too (as
+/// `desired_status` does). Destructured whole, so that a field k8s-openapi adds is decided here.
+fn owns_same(desired: &PodStatus, reported: &PodStatus) -> bool {
+    let PodStatus {
+        phase,
+        conditions,
+        host_ip,
+        host_ips,
+        pod_ip,
+        pod_ips,
+        start_time,
+        init_container_statuses,
+        container_statuses,
+        qos_class,
+        message,
+        reason,
+        allocated_resources,
+        ephemeral_container_statuses,
+        extended_resource_claim_status,
+        node_allocatable_resource_claim_statuses,
+        nominated_node_name,
+        observed_generation,
+        resize,
+        resource_claim_statuses,
+        resources,
+        volume_health,
+    } = desired;
+    let unowned_none = allocated_resources.is_none()
+        && ephemeral_container_statuses.is_none()
+        && extended_resource_claim_status.is_none()
+        && node_allocatable_resource_claim_statuses.is_none()
+        && nominated_node_name.is_none()
+        && observed_generation.is_none()
+        && resize.is_none()
+        && resource_claim_statuses.is_none()
+        && resources.is_none()
+        && volume_health.is_none();
+    unowned_none
+        && *phase == reported.phase
+        && *host_ip == reported.host_ip
+        && *pod_ip == reported.pod_ip
+        && *qos_class == reported.qos_class
+        && *message == reported.message
+        && *reason == reported.reason
+        && *start_time == reported.start_time
+        && *host_ips == reported.host_ips
+        && *pod_ips == reported.pod_ips
+        && conditions.as_deref().is_some_and(|c| c.iter().eq(owned_conditions(reported)))
+        && *init_container_statuses == reported.init_container_statuses
+        && *container_statuses == reported.container_statuses
 }
 
 /// The two-way strategic merge patch from `old` to `new` (both JSON objects): changed keys, `null`
@@ -1259,6 +1319,57 @@ mod tests {
             owned_part(&pending).conditions.iter().flatten().all(|c| c.type_ != "PodScheduled"),
             "others' conditions are not the agent's"
         );
+    }
+
+    #[test]
+    fn the_in_place_comparison_agrees_with_the_trimmed_copy() {
+        let server = status(json!({
+            "phase": "Running",
+            // Others' conditions between the agent's, which come out of order.
+            "conditions": [cond("Ready", "True", None), cond("PodScheduled", "True", None), cond("Initialized", "True", None),
+                cond("DisruptionTarget", "False", None), cond("ContainersReady", "True", None)],
+            "podIP": "10.0.0.1", "podIPs": [{ "ip": "10.0.0.1" }], "hostIP": "10.1.0.1", "qosClass": "BestEffort",
+            "nominatedNodeName": "n2",
+        }));
+        let same = owned_part(&server);
+        let mut reordered = same.clone();
+        reordered.conditions.as_mut().expect("conditions").swap(0, 1);
+        let mut phase = same.clone();
+        phase.phase = Some("Succeeded".into());
+        let mut condition = same.clone();
+        condition.conditions.as_mut().expect("conditions")[2].status = "False".into();
+        let mut fewer = same.clone();
+        fewer.conditions.as_mut().expect("conditions").pop();
+        let mut no_conditions = same.clone();
+        no_conditions.conditions = None;
+        let mut unowned = same.clone();
+        unowned.nominated_node_name = Some("n2".into());
+        let mut ip = same.clone();
+        ip.pod_ips = Some(Vec::new());
+        let cases = [
+            (&same, true),
+            (&reordered, false),
+            (&phase, false),
+            (&condition, false),
+            (&fewer, false),
+            (&no_conditions, false),
+            (&unowned, false),
+            (&ip, false),
+        ];
+        for (i, (desired, equal)) in cases.into_iter().enumerate() {
+            assert_eq!(owned_part(&server) == *desired, equal, "case {i}: the trimmed copy");
+            assert_eq!(owns_same(desired, &server), equal, "case {i}: in place");
+        }
+        // Duplicate types (which the server's merge by type would not keep) compare alike too.
+        let mut twice = server.clone();
+        twice.conditions.as_mut().expect("conditions").push(cond_value("Initialized", "False"));
+        assert!(!owns_same(&same, &twice));
+        assert!(owns_same(&owned_part(&twice), &twice));
+        assert!(owns_same(&PodStatus { conditions: Some(Vec::new()), ..PodStatus::default() }, &PodStatus::default()));
+    }
+
+    fn cond_value(type_: &str, status_: &str) -> PodCondition {
+        serde_json::from_value(cond(type_, status_, None)).expect("condition")
     }
 
     #[test]
