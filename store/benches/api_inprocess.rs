@@ -4,7 +4,7 @@
 //! Run: `cargo bench -p bosun-store --bench api_inprocess` (`BOSUN_BENCH_PODS` changes the count).
 
 use bosun_core::k8s_openapi::api::core::v1::Pod;
-use bosun_core::{Api, Client, ListParams, PostParams, Target};
+use bosun_core::{Api, Client, DynamicObject, ListParams, PostParams, Target};
 use bosun_store::ApiServer;
 use std::sync::Arc;
 use std::time::Instant;
@@ -86,9 +86,23 @@ async fn run() -> BenchResult {
     let on_node = client.list(Target::new(res, None), &ListParams::default().fields("spec.nodeName=node-7")).await?;
     println!("list by spec.nodeName ({} pods): {:.4}s", on_node.items.len(), started.elapsed().as_secs_f64());
 
+    // What a typed client (`Api<Pod>`) pays per object it receives: converting the listed
+    // objects, borrowed (`to_typed`, copying) and consumed (`into_typed`, moving).
+    let copy = listed.items.clone();
+    let started = Instant::now();
+    let borrowed = listed.items.iter().map(DynamicObject::to_typed::<Pod>).collect::<bosun_core::Result<Vec<_>>>()?;
+    let borrowed_s = started.elapsed().as_secs_f64();
+    drop(borrowed);
+    let started = Instant::now();
+    let consumed = copy.into_iter().map(DynamicObject::into_typed::<Pod>).collect::<bosun_core::Result<Vec<_>>>()?;
+    let consumed_s = started.elapsed().as_secs_f64();
+    println!("typed {} pods: borrowed {borrowed_s:.3}s, consumed {consumed_s:.3}s", consumed.len());
+
     println!("BENCH api.inprocess.creates_per_s={creates:.0}");
     println!("BENCH api.inprocess.binds_per_s={bind_rate:.0}");
     println!("BENCH api.inprocess.list_150000_pods_encoded.seconds={encoded_s:.3}");
     println!("BENCH api.inprocess.list_150000_pods.seconds={list_s:.3}");
+    println!("BENCH api.inprocess.typed_150000_pods.borrowed_s={borrowed_s:.3}");
+    println!("BENCH api.inprocess.typed_150000_pods.consumed_s={consumed_s:.3}");
     Ok(())
 }
