@@ -1,12 +1,14 @@
 //! The Kubernetes REST API over HTTP: discovery, CRUD, watch, patch, subresources, Table output,
 //! OpenAPI and health endpoints, in front of any [`bosun_core::Client`]; field validation
 //! (unknown and repeated fields) and the `Warning` headers kube-apiserver sends; the access and
-//! identity reviews behind `kubectl auth can-i` and `kubectl auth whoami`.
+//! identity reviews behind `kubectl auth can-i` and `kubectl auth whoami`; the streaming
+//! subresources through a [`NodeConnector`]: `pods/log`, `pods/exec` and `pods/attach`
+//! ([`channel`]), `pods/portforward` ([`portforward`] over [`spdy`]).
 //!
 //! Start with [`serve`]: it binds a plain HTTP listener (HTTP/1.1, or HTTP/2 with prior
 //! knowledge) and optionally an HTTPS one with a self-signed certificate (HTTP/2 or HTTP/1.1 by
-//! ALPN; exec's WebSocket upgrade takes HTTP/1.1), and returns a [`Server`] handle with the bound
-//! addresses.
+//! ALPN; the upgrades of exec and port-forward take HTTP/1.1), and returns a [`Server`] handle
+//! with the bound addresses.
 //! [`Server::write_kubeconfig`] writes a kubeconfig that points `kubectl` at it.
 //!
 //! ```no_run

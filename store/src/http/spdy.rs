@@ -353,7 +353,8 @@ impl HeaderCompressor {
             let before = self.deflate.total_in();
             self.deflate.compress_vec(&input[pos..], &mut out, FlushCompress::Sync).map_err(|e| SpdyError::Compression(e.to_string()))?;
             pos += usize::try_from(self.deflate.total_in() - before).unwrap_or(usize::MAX).min(input.len() - pos);
-            if pos == input.len() && out.capacity() - out.len() >= 64 {
+            // zlib: a flush that returns with output room to spare is complete.
+            if pos == input.len() && out.len() < out.capacity() {
                 return Ok(out);
             }
         }
@@ -389,7 +390,8 @@ impl HeaderDecompressor {
         let mut out: Vec<u8> = Vec::with_capacity(input.len() * 4 + 64);
         let mut pos = 0;
         let mut idle = 0;
-        loop {
+        // Bounded: each round consumes input, grows the output (capped) or ends.
+        for _ in 0..4096 {
             if out.capacity() == out.len() {
                 if out.len() >= MAX_HEADER_BLOCK {
                     return Err(SpdyError::HeaderBlock(format!("a header block inflates past {MAX_HEADER_BLOCK} bytes")));
@@ -420,6 +422,9 @@ impl HeaderDecompressor {
                     break;
                 }
             }
+        }
+        if pos < input.len() {
+            return Err(SpdyError::Compression("inflate made no progress".into()));
         }
         parse_header_block(&out)
     }
