@@ -2,8 +2,7 @@
 //! server in a pod, reached through the API server's `pods/portforward` (SPDY tunneled in a
 //! WebSocket, kubectl's default, and plain SPDY).
 
-use crate::kubectl::{KillContainers, Kubectl, kubectl_binary, one_node_in_memory};
-use bosun_examples::Cluster;
+use crate::kubectl::{Kubectl, OneNode, kubectl_binary};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -61,11 +60,8 @@ async fn echo_through(ip: std::net::IpAddr, port: u16, payload: &[u8]) -> std::i
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_port_forward_reaches_a_pods_listener() {
     let Some(binary) = kubectl_binary() else { return };
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
-    let _cleanup = KillContainers(dir.path().join("data"));
-    let cluster = Cluster::start(one_node_in_memory(dir.path())).await.unwrap_or_else(|e| panic!("start cluster: {e}"));
-    let k = Kubectl::new(binary, &dir.path().join("kubeconfig"), &dir.path().join("cache"));
-    k.eventually(&["get", "nodes"], WAIT, |out| out.contains("node-1") && out.contains(" Ready ")).await;
+    let cluster = OneNode::ready(binary).await;
+    let k = &cluster.k;
 
     // Process-runtime pods share the host's network (each with its own 127.x.y.z address): a
     // free port for the pod's listener. The process runtime runs host binaries, so busybox's
@@ -86,7 +82,7 @@ async fn kubectl_port_forward_reaches_a_pods_listener() {
     }
 
     for websockets in [true, false] {
-        let (mut child, local) = port_forward(&k, port, websockets).await;
+        let (mut child, local) = port_forward(k, port, websockets).await;
         let big: Vec<u8> = (0..100_000u32).map(|i| (i % 253) as u8).collect();
         let here = std::net::IpAddr::from([127, 0, 0, 1]);
         let (a, b) = tokio::join!(echo_through(here, local, b"hello pod"), echo_through(here, local, &big));
