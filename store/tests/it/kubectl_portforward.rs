@@ -216,3 +216,37 @@ async fn kubectl_port_forward_to_a_missing_pod_fails_plainly() -> TestResult {
     assert!(err.contains("pods \"nope\" not found"), "{err}");
     Ok(())
 }
+
+/// What is refused before any upgrade, as a plain `Status` (a non-101 answer is also what makes
+/// kubectl fall back from the WebSocket tunnel to plain SPDY).
+#[tokio::test]
+async fn port_forward_requests_are_checked_before_the_upgrade() -> TestResult {
+    use http::{Method, StatusCode};
+    let path = "/api/v1/namespaces/default/pods/p/portforward";
+    let (_api, bare) = super::http::start().await?;
+    let reply = super::http::call(&bare, Method::POST, path, &[], "").await?;
+    assert_eq!(reply.status, StatusCode::METHOD_NOT_ALLOWED, "no node connector");
+
+    let (_nodes, server, _k) = setup().await?;
+    let reply = super::http::call(&server, Method::POST, path, &[], "").await?;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "no upgrade");
+    assert!(reply.json()["message"].as_str().unwrap_or_default().contains("SPDY/3.1"), "{:?}", reply.json());
+    let websocket = [
+        ("connection", "Upgrade"),
+        ("upgrade", "websocket"),
+        ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ("sec-websocket-version", "13"),
+    ];
+    let mut exec_only = websocket.to_vec();
+    exec_only.push(("sec-websocket-protocol", "v5.channel.k8s.io"));
+    let reply = super::http::call(&server, Method::GET, path, &exec_only, "").await?;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "a WebSocket without the tunnel subprotocol");
+    let spdy = [("connection", "Upgrade"), ("upgrade", "SPDY/3.1"), ("x-stream-protocol-version", "v4.channel.k8s.io")];
+    let reply = super::http::call(&server, Method::POST, path, &spdy, "").await?;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "SPDY without portforward.k8s.io");
+    let mut tunnel = websocket.to_vec();
+    tunnel.push(("sec-websocket-protocol", "SPDY/3.1+portforward.k8s.io"));
+    let reply = super::http::call(&server, Method::GET, "/api/v1/namespaces/default/pods/nope/portforward", &tunnel, "").await?;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND, "a missing pod");
+    Ok(())
+}
