@@ -192,7 +192,6 @@ pub async fn serve_port_forward(
         streams: HashMap::new(),
         last_stream: 0,
         tasks: JoinSet::new(),
-        done: mpsc::unbounded_channel(),
     };
     let result = session.run(reader).await;
     if let Err(error) = &result {
@@ -305,9 +304,8 @@ struct Session {
     streams: HashMap<u32, Forwarding>,
     /// The highest stream id the client opened.
     last_stream: u32,
-    tasks: JoinSet<()>,
-    /// Data streams whose forward ended.
-    done: (mpsc::UnboundedSender<u32>, mpsc::UnboundedReceiver<u32>),
+    /// The forwards, each ending with its data stream's id.
+    tasks: JoinSet<u32>,
 }
 
 impl Session {
@@ -328,8 +326,10 @@ impl Session {
                         return Ok(());
                     }
                 }
-                Some(stream) = self.done.1.recv() => {
-                    self.streams.remove(&stream);
+                Some(ended) = self.tasks.join_next(), if !self.tasks.is_empty() => {
+                    if let Ok(stream) = ended {
+                        self.streams.remove(&stream);
+                    }
                 }
                 _ = sweep.tick() => self.expire_pairs().await,
             }
@@ -428,7 +428,7 @@ impl Session {
         let (to_pod, from_client) = mpsc::channel(TO_POD_QUEUE);
         let (cancel, cancelled) = oneshot::channel();
         self.streams.insert(data, Forwarding { to_pod: Some(to_pod), cancel: Some(cancel) });
-        let link = Link { out: self.out.clone(), error, data, done: self.done.0.clone() };
+        let link = Link { out: self.out.clone(), error, data };
         let (nodes, namespace, pod) = (self.nodes.clone(), self.namespace.clone(), self.pod.clone());
         let span = info_span!("forward", port = ?port.as_ref().ok(), data);
         self.tasks.spawn(
@@ -444,6 +444,7 @@ impl Session {
                     Ok(conn) => link.copy(conn, from_client, cancelled).await,
                     Err(message) => link.fail(message).await,
                 }
+                data
             }
             .instrument(span),
         );
@@ -473,7 +474,6 @@ struct Link {
     out: mpsc::Sender<Frame>,
     error: u32,
     data: u32,
-    done: mpsc::UnboundedSender<u32>,
 }
 
 impl Link {
@@ -531,7 +531,6 @@ impl Link {
             let _ = self.out.send(Frame::Data { stream: self.data, fin: true, data: Bytes::new() }).await;
         }
         let _ = self.out.send(Frame::Data { stream: self.error, fin: true, data: Bytes::new() }).await;
-        let _ = self.done.send(self.data);
     }
 }
 
