@@ -677,6 +677,54 @@ mod tests {
         assert_eq!(c.next().await, Some(Frame::RstStream { stream: 7, status: spdy::RST_PROTOCOL_ERROR }));
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_left_without_its_partner_times_out() {
+        let (mut c, _task) = session();
+        c.open(1, "error", 80, 0).await;
+        tokio::time::sleep(PAIR_TIMEOUT + Duration::from_secs(6)).await;
+        match c.next().await {
+            Some(Frame::Data { stream: 1, fin: true, data }) => assert!(String::from_utf8_lossy(&data).contains("timed out"), "{data:?}"),
+            other => panic!("expected the timeout on the error stream, got {other:?}"),
+        }
+        // The request id is free again.
+        c.open(3, "error", 80, 0).await;
+    }
+
+    #[tokio::test]
+    async fn the_websocket_tunnel_carries_frames_split_and_merged_and_refuses_text() {
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let task =
+            tokio::spawn(async move { serve_port_forward(Box::new(server), Transport::WebSocket, "default", "p", Arc::new(Echo)).await });
+        let mut ws = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
+        let mut enc = FrameEncoder::new().unwrap_or_else(|e| panic!("{e}"));
+        let mut wire = Vec::new();
+        for (stream, kind) in [(1, "error"), (3, "data")] {
+            let headers =
+                HeaderBlock(vec![("streamtype".into(), kind.into()), ("port".into(), "80".into()), ("requestid".into(), "0".into())]);
+            assert!(enc.encode(&Frame::SynStream { stream, associated: 0, priority: 0, flags: 0, headers }, &mut wire).is_ok());
+        }
+        assert!(enc.encode(&Frame::Data { stream: 3, fin: false, data: Bytes::from_static(b"tunneled") }, &mut wire).is_ok());
+        // Both SYN_STREAMs and the data in messages cut at odd places, as a byte stream.
+        for piece in wire.chunks(7) {
+            assert!(ws.send(Message::Binary(Bytes::copy_from_slice(piece))).await.is_ok());
+        }
+        let mut dec = FrameDecoder::new();
+        let mut buf = BytesMut::new();
+        let mut got = Vec::new();
+        while got.len() < 3 {
+            match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+                Ok(Some(Ok(Message::Binary(b)))) => buf.extend_from_slice(&b),
+                other => panic!("expected binary messages, got {other:?}"),
+            }
+            while let Ok(Some(frame)) = dec.decode(&mut buf) {
+                got.push(frame);
+            }
+        }
+        assert_eq!(got[2], Frame::Data { stream: 3, fin: false, data: Bytes::from_static(b"tunneled") });
+        assert!(ws.send(Message::Text("hello".into())).await.is_ok());
+        assert!(matches!(task.await, Ok(Err(PortForwardError::TextMessage))));
+    }
+
     #[tokio::test]
     async fn garbage_ends_the_session_with_an_error_and_a_goaway() {
         let (mut c, task) = session();
