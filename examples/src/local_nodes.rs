@@ -1,5 +1,5 @@
-//! The node agents this process runs, as the API server's [`NodeConnector`] (logs, exec, attach)
-//! and metrics source (`kubectl top`).
+//! The node agents this process runs, as the API server's [`NodeConnector`] (logs, exec, attach,
+//! port forwarding) and metrics source (`kubectl top`).
 
 use crate::node_endpoint::LocalNodeSet;
 use async_trait::async_trait;
@@ -51,7 +51,33 @@ impl NodeConnector for LocalNodes {
         let process = self.start_exec(&request, size).await;
         channel::run_exec(session, &request, process).await.map_err(internal)
     }
+
+    /// A TCP connection to the pod's IP (`status.podIP`): with the process runtime that is the
+    /// node's IP, where the pod's processes listen on the host's network; with runc, the pod's
+    /// address on the node's bridge, routed from this host. No runtime call is needed.
+    async fn port_forward(&self, namespace: &str, pod: &str, port: u16) -> Result<Box<dyn ExecIo>> {
+        let pods = bosun_core::Api::<bosun_core::k8s_openapi::api::core::v1::Pod>::namespaced(self.client.clone(), namespace);
+        let found = pods.get(pod).await?;
+        let node = found.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default();
+        if !self.serves(&node) {
+            return Err(Error::unavailable(format!("node {node:?} of pod {pod:?} is not served by this process")));
+        }
+        let ip = found.status.and_then(|s| s.pod_ip).filter(|ip| !ip.is_empty());
+        let ip = ip.ok_or_else(|| Error::bad_request(format!("pod {pod:?} has no IP yet")))?;
+        let addr: std::net::IpAddr = ip.parse().map_err(|_| Error::internal(format!("pod {pod:?} has a malformed IP {ip:?}")))?;
+        let dial = tokio::time::timeout(DIAL_TIMEOUT, tokio::net::TcpStream::connect((addr, port))).await;
+        let conn = match dial {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) => return Err(Error::unavailable(format!("dial {addr}:{port}: {e}"))),
+            Err(_) => return Err(Error::unavailable(format!("dial {addr}:{port}: no answer in {DIAL_TIMEOUT:?}"))),
+        };
+        let _ = conn.set_nodelay(true);
+        Ok(Box::new(conn))
+    }
 }
+
+/// How long connecting to a pod's port may take.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl LocalNodeSet for LocalNodes {
     fn serves(&self, node: &str) -> bool {

@@ -333,6 +333,15 @@ impl NodeConnector for NodeRouter {
         }
     }
 
+    /// Pods on this process's nodes only: the node endpoint has no port-forward route yet.
+    async fn port_forward(&self, namespace: &str, pod: &str, port: u16) -> Result<Box<dyn ExecIo>> {
+        let (_, node) = self.node_of(namespace, pod).await?;
+        if self.local.serves(&node) {
+            return self.local.port_forward(namespace, pod, port).await;
+        }
+        Err(Error::method_not_allowed(format!("port forwarding to pods on node {node:?} (another process) is not served")))
+    }
+
     async fn exec(&self, request: ExecRequest, mut io: Box<dyn ExecIo>) -> Result<()> {
         let node = match self.node_of(&request.namespace, &request.pod).await {
             Ok((_, node)) if self.local.serves(&node) => return self.local.exec(request, io).await,

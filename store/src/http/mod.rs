@@ -1,12 +1,14 @@
 //! The Kubernetes REST API over HTTP: discovery, CRUD, watch, patch, subresources, Table output,
 //! OpenAPI and health endpoints, in front of any [`bosun_core::Client`]; field validation
 //! (unknown and repeated fields) and the `Warning` headers kube-apiserver sends; the access and
-//! identity reviews behind `kubectl auth can-i` and `kubectl auth whoami`.
+//! identity reviews behind `kubectl auth can-i` and `kubectl auth whoami`; the streaming
+//! subresources through a [`NodeConnector`]: `pods/log`, `pods/exec` and `pods/attach`
+//! ([`channel`]), `pods/portforward` ([`portforward`] over [`spdy`]).
 //!
 //! Start with [`serve`]: it binds a plain HTTP listener (HTTP/1.1, or HTTP/2 with prior
 //! knowledge) and optionally an HTTPS one with a self-signed certificate (HTTP/2 or HTTP/1.1 by
-//! ALPN; exec's WebSocket upgrade takes HTTP/1.1), and returns a [`Server`] handle with the bound
-//! addresses.
+//! ALPN; the upgrades of exec and port-forward take HTTP/1.1), and returns a [`Server`] handle
+//! with the bound addresses.
 //! [`Server::write_kubeconfig`] writes a kubeconfig that points `kubectl` at it.
 //!
 //! ```no_run
@@ -31,10 +33,12 @@ mod lists;
 mod metrics;
 mod node;
 mod openapi;
+pub mod portforward;
 mod rest;
 mod review;
 mod router;
 mod server;
+pub mod spdy;
 mod strict;
 mod table;
 mod tls;
@@ -46,6 +50,7 @@ pub use catalog::{FnCatalog, ResourceCatalog, StaticCatalog};
 pub use channel::{ChannelSession, ExecProcess, run_exec, serve_exec};
 pub use lists::EncodedLists;
 pub use node::{ExecIo, ExecRequest, NoNodes, NodeConnector};
+pub use portforward::{PortForwardError, Transport, serve_port_forward};
 pub use server::{HttpConfig, Server, serve};
 pub use table::{Column, TableRow, table_columns, table_row};
 pub use tls::{SelfSignedCert, kubeconfig_yaml};

@@ -1,5 +1,5 @@
-//! The node connection behind `pods/log` and `pods/exec`: the HTTP server forwards those requests
-//! to whatever runs the pod (the node agent implements this trait).
+//! The node connection behind `pods/log`, `pods/exec` and `pods/portforward`: the HTTP server
+//! forwards those requests to whatever runs the pod (the node agent implements this trait).
 
 use async_trait::async_trait;
 use bosun_core::{Error, LogParams, LogStream, Result};
@@ -36,8 +36,9 @@ pub struct ExecRequest {
     pub attach: bool,
 }
 
-/// Reaches the node that runs a pod, for logs and exec. The defaults refuse: logs with 405
-/// `MethodNotAllowed`, exec with no subprotocol (the server answers 405 before upgrading).
+/// Reaches the node that runs a pod, for logs, exec and port forwarding. The defaults refuse: logs
+/// and port forwarding with 405 `MethodNotAllowed`, exec with no subprotocol (the server answers
+/// 405 before upgrading).
 #[async_trait]
 pub trait NodeConnector: Send + Sync + 'static {
     /// Streams a container's log.
@@ -66,6 +67,15 @@ pub trait NodeConnector: Send + Sync + 'static {
     async fn exec(&self, request: ExecRequest, io: Box<dyn ExecIo>) -> Result<()> {
         let _ = (request, io);
         Err(Error::method_not_allowed("no node connection serves pod exec"))
+    }
+
+    /// Opens a byte stream to `port` of the pod (`kubectl port-forward`): one call per forwarded
+    /// connection; closing the write side half-closes the connection to the pod. An error is
+    /// shown to the client as the message of its forwarded connection
+    /// ([`portforward`](super::portforward) speaks the protocol). The default refuses with 405.
+    async fn port_forward(&self, namespace: &str, pod: &str, port: u16) -> Result<Box<dyn ExecIo>> {
+        let _ = (namespace, pod, port);
+        Err(Error::method_not_allowed("no node connection serves port forwarding"))
     }
 }
 

@@ -760,6 +760,9 @@ async fn subresource(
         ("exec" | "attach", Method::GET | Method::POST) => {
             return super::server::exec(state, req, namespace.unwrap_or("default"), name, sub, query).await.map(Reply::from);
         }
+        ("portforward", Method::GET | Method::POST) => {
+            return super::portforward::upgrade(state, req, target, namespace.unwrap_or("default"), name).await.map(Reply::from);
+        }
         ("exec" | "attach" | "portforward" | "proxy" | "log", _) => {
             return Err(Error::method_not_allowed(format!("{verb} is not supported on {}/{sub}", resource.plural)));
         }

@@ -506,7 +506,7 @@ pub(crate) async fn exec(
 }
 
 /// `Sec-WebSocket-Accept` for a key (RFC 6455).
-fn websocket_accept(key: &str) -> String {
+pub(super) fn websocket_accept(key: &str) -> String {
     let digest = sha1(format!("{key}258EAFA5-E914-47DA-95CA-C5AB0DC85B11").as_bytes());
     base64::engine::general_purpose::STANDARD.encode(digest)
 }

@@ -10,6 +10,7 @@ mod http_kube;
 mod http_watch;
 mod kubectl;
 mod kubectl_more;
+mod kubectl_portforward;
 mod metrics;
 mod patch;
 mod protobuf;

@@ -163,3 +163,25 @@ pub fn one_node_in_memory(dir: &Path) -> bosun_examples::ClusterConfig {
         ..bosun_examples::ClusterConfig::default()
     }
 }
+
+/// A one-node in-memory cluster (process runtime) in a temp dir, with kubectl pointed at it.
+/// Fields drop in order: the cluster stops, then its leftover containers are killed, then the
+/// directory goes.
+pub struct OneNode {
+    pub k: Kubectl,
+    _cluster: bosun_examples::Cluster,
+    _cleanup: KillContainers,
+    _dir: tempfile::TempDir,
+}
+
+impl OneNode {
+    /// Starts the cluster and waits (90 s at most) until its node is Ready.
+    pub async fn ready(binary: PathBuf) -> Self {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let cleanup = KillContainers(dir.path().join("data"));
+        let cluster = bosun_examples::Cluster::start(one_node_in_memory(dir.path())).await.unwrap_or_else(|e| panic!("start cluster: {e}"));
+        let k = Kubectl::new(binary, &dir.path().join("kubeconfig"), &dir.path().join("cache"));
+        k.eventually(&["get", "nodes"], Duration::from_secs(90), |out| out.contains("node-1") && out.contains(" Ready ")).await;
+        Self { k, _cluster: cluster, _cleanup: cleanup, _dir: dir }
+    }
+}

@@ -5,6 +5,7 @@ mod etcd;
 mod exec;
 mod healing;
 mod kubectl;
+mod port_forward;
 mod quickstart;
 mod remote_node;
 mod roles;
