@@ -333,13 +333,22 @@ impl NodeConnector for NodeRouter {
         }
     }
 
-    /// Pods on this process's nodes only: the node endpoint has no port-forward route yet.
+    /// A pod on another process's node is reached through that node's endpoint: one upgraded
+    /// connection per forwarded connection, carrying its bytes as they are.
     async fn port_forward(&self, namespace: &str, pod: &str, port: u16) -> Result<Box<dyn ExecIo>> {
         let (_, node) = self.node_of(namespace, pod).await?;
         if self.local.serves(&node) {
             return self.local.port_forward(namespace, pod, port).await;
         }
-        Err(Error::method_not_allowed(format!("port forwarding to pods on node {node:?} (another process) is not served")))
+        let addr = self.endpoint(&node).await?;
+        let response = self.get(&node, addr, &wire::port_forward_path(namespace, pod, port), true).await?;
+        if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+            return Err(error_of(&node, response).await);
+        }
+        let upgraded = hyper::upgrade::on(response)
+            .await
+            .map_err(|e| Error::unavailable(format!("node {node:?}: port-forward upgrade failed: {e}")))?;
+        Ok(Box::new(TokioIo::new(upgraded)))
     }
 
     async fn exec(&self, request: ExecRequest, mut io: Box<dyn ExecIo>) -> Result<()> {

@@ -197,6 +197,10 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<B
             let request = wire::exec_request(namespace, pod, *verb == "attach", &pairs);
             exec(shared, req, request).await
         }
+        ["portForward", namespace, pod] => {
+            let port = wire::port_forward_port(&pairs)?;
+            port_forward(shared, req, namespace, pod, port).await
+        }
         ["usage"] => {
             let namespace = pairs.iter().find(|(k, _)| k == "namespace").map(|(_, v)| v.as_str()).filter(|v| !v.is_empty());
             let nodes = shared.nodes.nodes().await?;
@@ -211,13 +215,50 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<B
     }
 }
 
+/// Connects to the pod's port, then upgrades and relays bytes both ways: the API server speaks
+/// kubectl's port-forward protocol and sends each forwarded connection here as one raw stream.
+/// A pod or port that cannot be reached is refused before the upgrade, as a plain `Status`.
+async fn port_forward(shared: Arc<Shared>, req: Request<Incoming>, namespace: &str, pod: &str, port: u16) -> Result<Response<Body>> {
+    if !wants_upgrade(&req) {
+        return Err(Error::bad_request("port forwarding needs a connection upgrade"));
+    }
+    let mut target = shared.nodes.port_forward(namespace, pod, port).await?;
+    tokio::spawn(
+        async move {
+            match hyper::upgrade::on(req).await {
+                Ok(upgraded) => {
+                    if let Err(error) = tokio::io::copy_bidirectional(&mut TokioIo::new(upgraded), &mut target).await {
+                        debug!(%error, "port-forward stream ended with an error");
+                    }
+                }
+                Err(error) => warn!(%error, "port-forward upgrade failed"),
+            }
+        }
+        .in_current_span(),
+    );
+    Ok(switching_protocols())
+}
+
+/// Whether the request asks for the connection upgrade the API server sends.
+fn wants_upgrade(req: &Request<Incoming>) -> bool {
+    req.headers().get(header::UPGRADE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+}
+
+/// The 101 answer that hands the connection over.
+fn switching_protocols() -> Response<Body> {
+    let mut response = Response::new(full(Bytes::new()));
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    response.headers_mut().insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    response
+}
+
 /// Checks an exec or attach request, then upgrades and runs the session over `channel.k8s.io`.
 async fn exec(shared: Arc<Shared>, req: Request<Incoming>, request: ExecRequest) -> Result<Response<Body>> {
     if !shared.nodes.exec_protocols().contains(&request.protocol) {
         return Err(Error::bad_request(format!("unsupported exec subprotocol {:?}", request.protocol)));
     }
-    let upgrade = req.headers().get(header::UPGRADE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
-    if !upgrade {
+    if !wants_upgrade(&req) {
         return Err(Error::bad_request("exec and attach need a connection upgrade"));
     }
     shared.nodes.check_exec(&request).await?;
@@ -235,9 +276,5 @@ async fn exec(shared: Arc<Shared>, req: Request<Incoming>, request: ExecRequest)
         }
         .in_current_span(),
     );
-    let mut response = Response::new(full(Bytes::new()));
-    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    response.headers_mut().insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    Ok(response)
+    Ok(switching_protocols())
 }

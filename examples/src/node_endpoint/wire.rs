@@ -130,6 +130,21 @@ pub(super) fn exec_path(request: &ExecRequest) -> String {
     format!("/{verb}/{}/{}{q}", encode(&request.namespace), encode(&request.pod))
 }
 
+/// `/portForward/{namespace}/{pod}?port=N`: a raw byte stream to the pod's port after the upgrade.
+pub(super) fn port_forward_path(namespace: &str, pod: &str, port: u16) -> String {
+    let mut q = String::new();
+    push(&mut q, "port", &port.to_string());
+    format!("/portForward/{}/{}{q}", encode(namespace), encode(pod))
+}
+
+/// The port of a `/portForward` query: 1–65535, else 400.
+pub(super) fn port_forward_port(pairs: &[(String, String)]) -> Result<u16> {
+    match number(pairs, "port")? {
+        Some(p) => u16::try_from(p).ok().filter(|p| *p > 0).ok_or_else(|| Error::bad_request(format!("port {p} is out of range"))),
+        None => Err(Error::bad_request("port forwarding needs a port")),
+    }
+}
+
 /// The exec request of an `/exec` or `/attach` query.
 pub(super) fn exec_request(namespace: &str, pod: &str, attach: bool, pairs: &[(String, String)]) -> ExecRequest {
     ExecRequest {
@@ -264,6 +279,17 @@ impl PodUsage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn port_forward_ports_cross_the_wire_and_bad_ones_are_refused() {
+        let path = port_forward_path("default", "web-0", 8080);
+        let (at, query) = path.split_once('?').unwrap_or_default();
+        assert_eq!(at, "/portForward/default/web-0");
+        assert_eq!(port_forward_port(&parse_query(Some(query))).ok(), Some(8080));
+        for bad in ["port=0", "port=65536", "port=http", "", "port="] {
+            assert_eq!(port_forward_port(&parse_query(Some(bad))).err().map(|e| e.code()), Some(400), "{bad}");
+        }
+    }
 
     #[test]
     fn exec_requests_cross_the_wire_unchanged() {

@@ -159,6 +159,20 @@ async fn kubectl_reaches_pods_on_a_node_in_another_process() {
     assert!(attached.status.success(), "stdout: {stdout}\nstderr: {}", text(&attached.stderr));
     assert!(stdout.contains("ticked"), "attach ends with the container's last words: {stdout}");
 
+    // Port forwarding: the API server speaks kubectl's protocol and relays each connection
+    // through the node's endpoint to the pod.
+    let port = crate::port_forward::echo_pod(&k, "echo").await;
+    let (mut forward, local) = crate::port_forward::port_forward(&k, "echo", port, true).await;
+    let here = std::net::IpAddr::from([127, 0, 0, 1]);
+    let big: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    let (small, large) = tokio::join!(
+        crate::port_forward::echo_through(here, local, b"to the worker"),
+        crate::port_forward::echo_through(here, local, &big)
+    );
+    assert_eq!(small.unwrap_or_else(|e| panic!("forwarded connection: {e}")), b"to the worker");
+    assert!(large.unwrap_or_else(|e| panic!("forwarded connection: {e}")) == big, "100 kB came back changed");
+    let _ = forward.kill().await;
+
     // Metrics: the node process's usage samples reach metrics.k8s.io (sampled every 15 s).
     let top = k.eventually(&["top", "pod", "shell", "--no-headers"], WAIT, |out| out.starts_with("shell ")).await;
     assert!(top.contains('m') && top.contains("Mi"), "{top}");
