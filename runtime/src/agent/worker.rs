@@ -430,6 +430,11 @@ impl Worker {
             for c in &spec.containers {
                 self.ensure(c, policy, &mut next).await;
             }
+            // Ephemeral containers (added through `pods/ephemeralcontainers`): started once the
+            // pod runs, in its sandbox, and never restarted.
+            for c in ephemeral_as_containers(spec) {
+                self.ensure(&c, Policy::Never, &mut next).await;
+            }
             if policy != Policy::Always {
                 let mut all_done = true;
                 let mut failed = false;
@@ -963,6 +968,13 @@ impl Worker {
         let now = Timestamp::now();
         let init_views = self.views(spec.and_then(|s| s.init_containers.as_deref()).unwrap_or_default(), true);
         let app_views = self.views(spec.map(|s| s.containers.as_slice()).unwrap_or_default(), false);
+        // Ephemeral containers are never ready and count for neither readiness nor the phase.
+        let ephemeral_views: Vec<ContainerView> = spec
+            .map(|s| self.views(&ephemeral_as_containers(s), false))
+            .unwrap_or_default()
+            .into_iter()
+            .map(|v| ContainerView { ready: false, started: Some(matches!(v.state, ViewState::Running { .. })), ..v })
+            .collect();
         let rt = &self.ctx.runtime_name;
         // The agent's conditions, their transition times kept from what the server holds.
         let mut conditions: Vec<PodCondition> =
@@ -992,6 +1004,7 @@ impl Worker {
             start_time: Some(status::api_time(self.start_time)),
             init_container_statuses: (!init_views.is_empty()).then(|| init_views.iter().map(|v| v.to_api(rt)).collect()),
             container_statuses: Some(app_views.iter().map(|v| v.to_api(rt)).collect()),
+            ephemeral_container_statuses: (!ephemeral_views.is_empty()).then(|| ephemeral_views.iter().map(|v| v.to_api(rt)).collect()),
             qos_class: Some(status::qos_class(&self.pod).to_string()),
             message: self.terminal_reason.as_ref().map(|(_, m)| m.clone()).or_else(|| self.pod_waiting.as_ref().map(|(_, m)| m.clone())),
             reason: self.terminal_reason.as_ref().map(|(r, _)| (*r).to_string()),
@@ -1045,6 +1058,7 @@ fn owned_part(status: &PodStatus) -> PodStatus {
         start_time: status.start_time.clone(),
         init_container_statuses: status.init_container_statuses.clone(),
         container_statuses: status.container_statuses.clone(),
+        ephemeral_container_statuses: status.ephemeral_container_statuses.clone(),
         qos_class: status.qos_class.clone(),
         message: status.message.clone(),
         reason: status.reason.clone(),
@@ -1087,7 +1101,6 @@ fn owns_same(desired: &PodStatus, reported: &PodStatus) -> bool {
         volume_health,
     } = desired;
     let unowned_none = allocated_resources.is_none()
-        && ephemeral_container_statuses.is_none()
         && extended_resource_claim_status.is_none()
         && node_allocatable_resource_claim_statuses.is_none()
         && nominated_node_name.is_none()
@@ -1109,6 +1122,35 @@ fn owns_same(desired: &PodStatus, reported: &PodStatus) -> bool {
         && conditions.as_deref().is_some_and(|c| c.iter().eq(owned_conditions(reported)))
         && *init_container_statuses == reported.init_container_statuses
         && *container_statuses == reported.container_statuses
+        && *ephemeral_container_statuses == reported.ephemeral_container_statuses
+}
+
+/// A pod's ephemeral containers as containers (the fields they share; `targetContainerName` is
+/// not one: the agent's sandbox already shares what a target would).
+fn ephemeral_as_containers(spec: &PodSpec) -> Vec<Container> {
+    spec.ephemeral_containers
+        .iter()
+        .flatten()
+        .map(|e| Container {
+            name: e.name.clone(),
+            image: e.image.clone(),
+            command: e.command.clone(),
+            args: e.args.clone(),
+            env: e.env.clone(),
+            env_from: e.env_from.clone(),
+            working_dir: e.working_dir.clone(),
+            volume_mounts: e.volume_mounts.clone(),
+            volume_devices: e.volume_devices.clone(),
+            security_context: e.security_context.clone(),
+            image_pull_policy: e.image_pull_policy.clone(),
+            stdin: e.stdin,
+            stdin_once: e.stdin_once,
+            tty: e.tty,
+            termination_message_path: e.termination_message_path.clone(),
+            termination_message_policy: e.termination_message_policy.clone(),
+            ..Container::default()
+        })
+        .collect()
 }
 
 /// The two-way strategic merge patch from `old` to `new` (both JSON objects): changed keys, `null`

@@ -1,5 +1,5 @@
-//! Subresources: `status`, `scale` (as `autoscaling/v1` Scale), `pods/binding`, `pods/eviction`
-//! and `namespaces/finalize`.
+//! Subresources: `status`, `scale` (as `autoscaling/v1` Scale), `pods/binding`, `pods/eviction`,
+//! `pods/ephemeralcontainers` and `namespaces/finalize`.
 
 use super::ApiServer;
 use super::strategy::{Kind, Rules};
@@ -100,6 +100,7 @@ impl ApiServer {
         let (obj, _) = self.get_object(kind, ns, name).await?;
         match sub {
             "status" => Ok(obj),
+            "ephemeralcontainers" if kind.rules == Rules::Pod => Ok(obj),
             "scale" => Ok(self.to_scale(kind, &obj)),
             other => Err(Error::method_not_allowed(format!("{other} does not support get"))),
         }
@@ -156,6 +157,9 @@ impl ApiServer {
         };
         match sub {
             "status" => self.update_object(kind, ns, name, change, &|_| Ok(body.clone())).await,
+            "ephemeralcontainers" if kind.rules == Rules::Pod => {
+                self.update_object(kind, ns, name, change, &|cur| with_ephemeral_containers(cur, body, name)).await
+            }
             "scale" => {
                 check_scale_types(body)?;
                 let replicas = Self::scale_replicas(body, name)?;
@@ -200,6 +204,19 @@ impl ApiServer {
         };
         match sub {
             "status" => self.patch_object(kind, ns, name, Some("status"), patch, params).await,
+            "ephemeralcontainers" if kind.rules == Rules::Pod => {
+                if applied && params.field_manager.as_deref().is_none_or(str::is_empty) {
+                    return Err(Error::invalid("meta.k8s.io", "PatchOptions", "", vec![super::write::apply_needs_manager()]));
+                }
+                let mut ctx = crate::patch::ApplyContext::from_params(params);
+                ctx.subresource = Some(sub.into());
+                ctx.schema = kind.schema.as_ref().map(|s| s.shared());
+                self.update_object(kind, ns, name, change, &|cur| {
+                    let patched = self.apply_patch(kind, cur, patch, &ctx)?;
+                    with_ephemeral_containers(cur, &patched, name)
+                })
+                .await
+            }
             "scale" => {
                 let mut ctx = crate::patch::ApplyContext::from_params(params);
                 ctx.subresource = Some("scale".into());
@@ -460,4 +477,109 @@ fn check_scale_types(body: &DynamicObject) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// What a write to `pods/ephemeralcontainers` makes of the stored pod: the pod as it is, with the
+/// written pod's `spec.ephemeralContainers` (and its resourceVersion precondition and
+/// managedFields); anything else the writer changed is ignored, as kube-apiserver's
+/// EphemeralContainers strategy does. The change is validated the way kube's
+/// `ValidatePodEphemeralContainersUpdate` does (422 otherwise).
+fn with_ephemeral_containers(current: &DynamicObject, written: &DynamicObject, name: &str) -> Result<DynamicObject> {
+    let ephemeral = written.data.get("spec").and_then(|s| s.get("ephemeralContainers")).cloned().unwrap_or(Value::Null);
+    let errs = ephemeral_errors(current, &ephemeral);
+    if !errs.is_empty() {
+        return Err(Error::invalid("", "Pod", name, errs));
+    }
+    let mut obj = current.clone();
+    obj.metadata.resource_version = written.metadata.resource_version.clone().filter(|r| !r.is_empty());
+    obj.metadata.managed_fields = written.metadata.managed_fields.clone();
+    match ephemeral {
+        Value::Null => {
+            if let Some(spec) = obj.data.get_mut("spec").and_then(Value::as_object_mut) {
+                spec.remove("ephemeralContainers");
+            }
+        }
+        list => set_path(&mut obj.data, "spec.ephemeralContainers", list),
+    }
+    Ok(obj)
+}
+
+/// The fields an ephemeral container may not set (kube: "cannot be set for an Ephemeral Container").
+const EPHEMERAL_FORBIDDEN: [&str; 8] =
+    ["ports", "livenessProbe", "readinessProbe", "startupProbe", "lifecycle", "resources", "resizePolicy", "restartPolicy"];
+
+/// The validation errors of a new `spec.ephemeralContainers` (JSON) against the stored pod's.
+fn ephemeral_errors(current: &DynamicObject, new: &Value) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    let field = "spec.ephemeralContainers";
+    let new_list: &[Value] = match new {
+        Value::Null => &[],
+        Value::Array(list) => list,
+        other => {
+            errs.push(FieldError::invalid(field, other.to_string(), "must be a list of ephemeral containers"));
+            return errs;
+        }
+    };
+    let spec = current.data.get("spec");
+    let names_of = |list: &str| -> Vec<String> {
+        spec.and_then(|s| s.get(list))
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c.get("name").and_then(Value::as_str).map(str::to_owned))
+            .collect()
+    };
+    let mut seen: std::collections::HashSet<String> = names_of("containers").into_iter().chain(names_of("initContainers")).collect();
+    let old_list: &[Value] = spec.and_then(|s| s.get("ephemeralContainers")).and_then(Value::as_array).map_or(&[], Vec::as_slice);
+    let name_of = |c: &Value| c.get("name").and_then(Value::as_str).unwrap_or("").to_owned();
+    for (i, c) in new_list.iter().enumerate() {
+        let at = format!("{field}[{i}]");
+        let Some(map) = c.as_object() else {
+            errs.push(FieldError::invalid(&at, c.to_string(), "must be an ephemeral container"));
+            continue;
+        };
+        let n = name_of(c);
+        if n.is_empty() {
+            errs.push(FieldError::required(format!("{at}.name")));
+        } else {
+            super::validation::name(super::validation::NameRule::Label, &format!("{at}.name"), &n, &mut errs);
+            if !seen.insert(n.clone()) {
+                errs.push(FieldError::duplicate(format!("{at}.name"), n.as_str()));
+            }
+        }
+        if map.get("image").and_then(Value::as_str).is_none_or(str::is_empty) {
+            errs.push(FieldError::required(format!("{at}.image")));
+        }
+        for f in EPHEMERAL_FORBIDDEN {
+            // Unset is `null`, an empty object or an empty list (kubectl sends `resources: {}`).
+            let set = map.get(f).is_some_and(|v| match v {
+                Value::Null => false,
+                Value::Object(m) => !m.is_empty(),
+                Value::Array(a) => !a.is_empty(),
+                Value::String(s) => !s.is_empty(),
+                _ => true,
+            });
+            if set {
+                errs.push(FieldError::forbidden(format!("{at}.{f}"), "cannot be set for an Ephemeral Container"));
+            }
+        }
+        if let Err(e) = serde_json::from_value::<bosun_core::k8s_openapi::api::core::v1::EphemeralContainer>(c.clone()) {
+            errs.push(FieldError::invalid(&at, "", e.to_string()));
+        }
+    }
+    // Existing ephemeral containers may be neither removed nor changed.
+    for old in old_list {
+        let n = name_of(old);
+        match new_list.iter().position(|c| name_of(c) == n) {
+            None => errs.push(FieldError::forbidden(field, format!("existing ephemeral containers {n:?} may not be removed"))),
+            Some(i) if new_list[i] != *old => {
+                errs.push(FieldError::forbidden(
+                    format!("{field}[{i}]"),
+                    format!("existing ephemeral containers {n:?} may not be changed"),
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    errs
 }

@@ -4,6 +4,7 @@ mod api;
 mod api_deletion;
 mod api_subresources;
 mod api_watch;
+mod ephemeral;
 mod http;
 mod http_fields;
 mod http_kube;

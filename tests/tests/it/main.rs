@@ -1,6 +1,7 @@
 //! End-to-end tests: the reference cluster driven by the real `kubectl`.
 
 mod attach;
+mod debug;
 mod etcd;
 mod exec;
 mod healing;
