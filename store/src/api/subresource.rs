@@ -486,12 +486,17 @@ fn check_scale_types(body: &DynamicObject) -> Result<()> {
 /// `ValidatePodEphemeralContainersUpdate` does (422 otherwise).
 fn with_ephemeral_containers(current: &DynamicObject, written: &DynamicObject, name: &str) -> Result<DynamicObject> {
     let ephemeral = written.data.get("spec").and_then(|s| s.get("ephemeralContainers")).cloned().unwrap_or(Value::Null);
+    // A stale resourceVersion precondition conflicts before anything is validated.
+    let rv = written.metadata.resource_version.clone().filter(|r| !r.is_empty());
+    if rv.is_some() && rv != current.metadata.resource_version {
+        return Err(Error::stale("", "pods", name));
+    }
     let errs = ephemeral_errors(current, &ephemeral);
     if !errs.is_empty() {
         return Err(Error::invalid("", "Pod", name, errs));
     }
     let mut obj = current.clone();
-    obj.metadata.resource_version = written.metadata.resource_version.clone().filter(|r| !r.is_empty());
+    obj.metadata.resource_version = rv;
     obj.metadata.managed_fields = written.metadata.managed_fields.clone();
     match ephemeral {
         Value::Null => {
