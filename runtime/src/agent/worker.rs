@@ -1423,4 +1423,27 @@ mod tests {
             Some(json!({ "podIP": "10.0.0.2", "podIPs": [{ "ip": "10.0.0.2" }, { "$patch": "replace" }] }))
         );
     }
+
+    #[test]
+    fn ephemeral_containers_run_as_containers_and_their_statuses_are_the_agents() {
+        let spec: PodSpec = serde_json::from_value(json!({
+            "containers": [{ "name": "app", "image": "busybox" }],
+            "ephemeralContainers": [{ "name": "dbg", "image": "busybox", "command": ["sh"], "args": ["-c", "true"],
+                "stdin": true, "tty": true, "env": [{ "name": "A", "value": "1" }], "targetContainerName": "app" }]
+        }))
+        .expect("spec");
+        let cs = ephemeral_as_containers(&spec);
+        assert_eq!(cs.len(), 1);
+        let c = &cs[0];
+        assert_eq!((c.name.as_str(), c.image.as_deref(), c.stdin, c.tty), ("dbg", Some("busybox"), Some(true), Some(true)));
+        assert_eq!((c.command.clone(), c.args.clone()), (Some(vec!["sh".into()]), Some(vec!["-c".into(), "true".into()])));
+        assert_eq!(c.env.as_ref().map(Vec::len), Some(1));
+        assert!(c.ports.is_none() && c.readiness_probe.is_none() && c.restart_policy.is_none());
+        // The agent owns ephemeralContainerStatuses: a change there is a change to write.
+        let with = status(json!({ "ephemeralContainerStatuses": [{ "name": "dbg", "image": "busybox", "imageID": "",
+            "ready": false, "restartCount": 0, "state": { "running": {} } }] }));
+        assert!(!owns_same(&owned_part(&with), &PodStatus::default()));
+        assert!(owns_same(&owned_part(&with), &with));
+        assert!(status_patch(&PodStatus::default(), &with).is_some_and(|p| p.get("ephemeralContainerStatuses").is_some()));
+    }
 }
