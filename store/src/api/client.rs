@@ -85,7 +85,7 @@ impl Client for ApiServer {
         self.ready().await?;
         verb(&target, "patch")?;
         let kind = self.registry.resolve(target.resource)?;
-        self.patch_object(&kind, target.namespace, name, None, patch, params).await
+        self.patch_object(&kind, target.namespace, name, None, patch, params, None).await
     }
 
     async fn delete(&self, target: Target<'_>, name: &str, params: &DeleteParams) -> Result<Deleted<DynamicObject>> {

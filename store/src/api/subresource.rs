@@ -203,19 +203,10 @@ impl ApiServer {
             patched: true,
         };
         match sub {
-            "status" => self.patch_object(kind, ns, name, Some("status"), patch, params).await,
+            "status" => self.patch_object(kind, ns, name, Some("status"), patch, params, None).await,
             "ephemeralcontainers" if kind.rules == Rules::Pod => {
-                if applied && params.field_manager.as_deref().is_none_or(str::is_empty) {
-                    return Err(Error::invalid("meta.k8s.io", "PatchOptions", "", vec![super::write::apply_needs_manager()]));
-                }
-                let mut ctx = crate::patch::ApplyContext::from_params(params);
-                ctx.subresource = Some(sub.into());
-                ctx.schema = kind.schema.as_ref().map(|s| s.shared());
-                self.update_object(kind, ns, name, change, &|cur| {
-                    let patched = self.apply_patch(kind, cur, patch, &ctx)?;
-                    with_ephemeral_containers(cur, &patched, name)
-                })
-                .await
+                let shape = |cur: &DynamicObject, patched: &DynamicObject| with_ephemeral_containers(cur, patched, name);
+                self.patch_object(kind, ns, name, Some(sub), patch, params, Some(&shape)).await
             }
             "scale" => {
                 let mut ctx = crate::patch::ApplyContext::from_params(params);

@@ -523,8 +523,10 @@ impl ApiServer {
         DynamicObject::from_value(patched).map_err(undecodable)
     }
 
-    /// Patches an object (or a subresource's view of it: `status`); server-side apply creates
-    /// what does not exist.
+    /// Patches an object (or a subresource's view of it: `status`, `ephemeralcontainers`);
+    /// server-side apply creates what does not exist. `shape`, given the stored object and the
+    /// patched one, makes what is written of them (a subresource that takes only its part).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn patch_object(
         &self,
         kind: &Arc<Kind>,
@@ -533,6 +535,7 @@ impl ApiServer {
         sub: Option<&str>,
         patch: &Patch,
         params: &bosun_core::PatchParams,
+        shape: Option<&Shape<'_>>,
     ) -> Result<DynamicObject> {
         let applied = matches!(patch, Patch::Apply(_));
         if applied && params.field_manager.as_deref().is_none_or(str::is_empty) {
@@ -553,7 +556,15 @@ impl ApiServer {
         let manager = params.field_manager.as_deref().filter(|m| !m.is_empty());
         let change =
             Change { subresource: sub, dry_run: params.dry_run, validation: params.field_validation, manager, applied, patched: true };
-        let result = self.update_object(kind, namespace, name, change, &|cur| self.apply_patch(kind, cur, patch, &ctx)).await;
+        let result = self
+            .update_object(kind, namespace, name, change, &|cur| {
+                let patched = self.apply_patch(kind, cur, patch, &ctx)?;
+                match shape {
+                    Some(f) => f(cur, &patched),
+                    None => Ok(patched),
+                }
+            })
+            .await;
         match (result, patch) {
             (Err(e), Patch::Apply(body)) if e.is_not_found() && sub.is_none() => {
                 let created = crate::patch::server_side_apply(&kind.resource, &Value::Null, body, &ctx)?;
@@ -687,6 +698,10 @@ fn keep_managed_fields_readable(obj: &mut DynamicObject, live: Option<&DynamicOb
 }
 
 /// An apply names its field manager (kube-apiserver's ValidatePatchOptions).
+/// What a subresource patch writes, given the stored object and the patched one (see
+/// [`ApiServer::patch_object`]).
+pub(crate) type Shape<'a> = dyn Fn(&DynamicObject, &DynamicObject) -> Result<DynamicObject> + Send + Sync + 'a;
+
 pub(crate) fn apply_needs_manager() -> bosun_core::FieldError {
     let mut required = bosun_core::FieldError::required("fieldManager");
     required.message = "Required value: is required for apply patch".to_owned();
