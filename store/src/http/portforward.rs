@@ -102,12 +102,9 @@ pub(crate) async fn upgrade(
     // Before the upgrade, so that kubectl prints a plain `pods "x" not found`.
     state.client.get(target, pod).await?;
     let headers = req.headers();
-    let text = |name: &str| headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect::<Vec<_>>().join(",");
-    let tokens = |name: &str| text(name).split(',').map(|t| t.trim().to_owned()).filter(|t| !t.is_empty()).collect::<Vec<_>>();
+    let tokens = |name: &str| super::server::header_tokens(headers, name);
     let upgrades = tokens(header::UPGRADE.as_str());
-    let mut response = Response::new(body::full(Bytes::new()));
-    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let transport = if upgrades.iter().any(|u| u.eq_ignore_ascii_case("websocket")) {
+    let (transport, response) = if upgrades.iter().any(|u| u.eq_ignore_ascii_case("websocket")) {
         let key = headers.get("sec-websocket-key").and_then(|v| v.to_str().ok()).unwrap_or_default();
         if key.is_empty() {
             return Err(Error::bad_request("pods/portforward: a WebSocket upgrade needs Sec-WebSocket-Key"));
@@ -118,13 +115,7 @@ pub(crate) async fn upgrade(
                 "pods/portforward: none of the WebSocket subprotocols {offered:?} is {TUNNEL_PROTOCOL}"
             )));
         }
-        let h = response.headers_mut();
-        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        h.insert("sec-websocket-protocol", HeaderValue::from_static(TUNNEL_PROTOCOL));
-        if let Ok(v) = HeaderValue::from_str(&super::server::websocket_accept(key)) {
-            h.insert("sec-websocket-accept", v);
-        }
-        Transport::WebSocket
+        (Transport::WebSocket, super::server::websocket_switch(key, TUNNEL_PROTOCOL))
     } else if upgrades.iter().any(|u| u.eq_ignore_ascii_case(SPDY_UPGRADE)) {
         let offered = tokens("x-stream-protocol-version");
         if !offered.is_empty() && !offered.iter().any(|p| p == PORT_FORWARD_PROTOCOL) {
@@ -132,14 +123,16 @@ pub(crate) async fn upgrade(
                 "pods/portforward: none of the stream protocols {offered:?} is {PORT_FORWARD_PROTOCOL}"
             )));
         }
+        let mut response = Response::new(body::full(Bytes::new()));
+        *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
         let h = response.headers_mut();
         h.insert(header::UPGRADE, HeaderValue::from_static(SPDY_UPGRADE));
+        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
         h.insert("x-stream-protocol-version", HeaderValue::from_static(PORT_FORWARD_PROTOCOL));
-        Transport::Spdy
+        (Transport::Spdy, response)
     } else {
         return Err(Error::bad_request("pods/portforward needs an upgrade to SPDY/3.1 or a WebSocket (SPDY/3.1+portforward.k8s.io)"));
     };
-    response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
     let (namespace, pod) = (namespace.to_owned(), pod.to_owned());
     let span = info_span!("portforward", %namespace, %pod, ?transport);
     tokio::spawn(

@@ -469,18 +469,12 @@ pub(crate) async fn exec(
     let (true, Some(key)) = (is_websocket, key) else {
         return Err(Error::bad_request("pods/exec needs a WebSocket upgrade (channel.k8s.io)"));
     };
-    let offered: Vec<String> = headers
-        .get_all("sec-websocket-protocol")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|p| p.trim().to_owned())
-        .collect();
+    let offered = header_tokens(headers, "sec-websocket-protocol");
     let Some(protocol) = supported.iter().find(|p| offered.contains(p)).cloned() else {
         return Err(Error::bad_request(format!("none of the offered subprotocols {offered:?} is supported; supported: {supported:?}")));
     };
     request.protocol = protocol.clone();
-    let accept = websocket_accept(&key);
+    let response = websocket_switch(&key, &protocol);
     tokio::spawn(async move {
         match hyper::upgrade::on(req).await {
             Ok(upgraded) => {
@@ -491,22 +485,39 @@ pub(crate) async fn exec(
             Err(error) => warn!(%error, "exec upgrade failed"),
         }
     });
+    Ok(response)
+}
+
+/// The comma-separated tokens of every value of a header, trimmed, empty ones left out.
+pub(super) fn header_tokens(headers: &http::HeaderMap, name: &str) -> Vec<String> {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_owned())
+        .filter(|t| !t.is_empty())
+        .collect()
+}
+
+/// The 101 answer to a WebSocket upgrade with this `Sec-WebSocket-Key`, speaking `protocol`.
+pub(super) fn websocket_switch(key: &str, protocol: &str) -> Response<Body> {
     let mut response = Response::new(body::full(bytes::Bytes::new()));
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = response.headers_mut();
     h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    if let Ok(v) = HeaderValue::from_str(&accept) {
+    if let Ok(v) = HeaderValue::from_str(&websocket_accept(key)) {
         h.insert("sec-websocket-accept", v);
     }
-    if let Ok(v) = HeaderValue::from_str(&protocol) {
+    if let Ok(v) = HeaderValue::from_str(protocol) {
         h.insert("sec-websocket-protocol", v);
     }
-    Ok(response)
+    response
 }
 
 /// `Sec-WebSocket-Accept` for a key (RFC 6455).
-pub(super) fn websocket_accept(key: &str) -> String {
+fn websocket_accept(key: &str) -> String {
     let digest = sha1(format!("{key}258EAFA5-E914-47DA-95CA-C5AB0DC85B11").as_bytes());
     base64::engine::general_purpose::STANDARD.encode(digest)
 }
